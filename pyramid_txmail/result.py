@@ -1,0 +1,58 @@
+"""Per-recipient delivery results, shared by transports, the processor and events."""
+from __future__ import annotations
+
+import dataclasses
+
+SENT = "sent"
+TEMPORARY = "temporary"
+PERMANENT = "permanent"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipientResult:
+    """What happened to one envelope recipient in one attempt.
+
+    ``code`` is the SMTP reply code (``None`` when no reply was had, e.g. a
+    dropped connection) and ``text`` the server's text or our reason.
+    """
+
+    recipient: str
+    status: str  # SENT, TEMPORARY or PERMANENT
+    code: int | None = None
+    text: str = ""
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one attempt to deliver one message to its recipients."""
+
+    message_id: str | None
+    results: tuple = ()
+
+    def _with(self, status):
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def sent(self):
+        return self._with(SENT)
+
+    @property
+    def temporary(self):
+        return self._with(TEMPORARY)
+
+    @property
+    def permanent(self):
+        return self._with(PERMANENT)
+
+    @property
+    def ok(self):
+        """True when every recipient accepted the message."""
+        return all(r.status == SENT for r in self.results)
+
+    def summary(self):
+        """One line for logs: ``a@x: 250 ok; b@y: 550 no such user``."""
+        return "; ".join(f"{r.recipient}: {r.code or '-'} {r.text}".strip()
+                         for r in self.results)

@@ -1,0 +1,221 @@
+"""Every ``mail.*`` setting in one table: its type, default and error text.
+
+The settings are parsed once, at ``config.include`` time (and by the console
+scripts), into a frozen :class:`MailSettings`.  A wrong key or value is a
+:class:`pyramid.exceptions.ConfigurationError` that names the key, the value
+and what would have been accepted -- never a traceback at the first send.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+
+from pyramid.exceptions import ConfigurationError
+from pyramid.settings import asbool
+
+PREFIX = "mail."
+
+DELIVERY_MODES = ("queue", "direct")
+FALLBACK_MODES = ("none", "queue")
+
+_TRUE = ("true", "yes", "on", "y", "t", "1")
+_FALSE = ("false", "no", "off", "n", "f", "0", "")
+
+
+def _bool(value):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ValueError("expected a boolean (true/false, yes/no, on/off, 1/0)")
+    return asbool(text)
+
+
+def _int(value, minimum=None, maximum=None):
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"expected a number >= {minimum}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"expected a number <= {maximum}")
+    return number
+
+
+def _port(value):
+    return _int(value, 1, 65535)
+
+
+def _debug(value):
+    return _int(value, 0, 2)
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(value):
+    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float)."""
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError("expected a positive duration")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError("expected a positive duration such as 30, 30s, 5m, 2h or 5d")
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _str(value):
+    text = str(value).strip()
+    return text or None
+
+
+def _address(value):
+    from .message import validate_address_header
+
+    text = _str(value)
+    if text is None:
+        return None
+    validate_address_header("mail.default_sender", text)
+    return text
+
+
+def _choice(choices):
+    def parse(value):
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError("expected one of: " + ", ".join(choices))
+        return text
+
+    return parse
+
+
+def _template(value):
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return shlex.split(str(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    parse: object
+    default: object
+    doc: str
+
+
+#: The table.  README.rst documents the same keys; tests check they agree.
+SETTINGS = (
+    Setting("host", _str, "localhost", "SMTP relay host."),
+    Setting("port", _port, None, "SMTP port (default 25, or 465 with mail.ssl)."),
+    Setting("username", _str, None, "SMTP AUTH user name."),
+    Setting("password", _str, None, "SMTP AUTH password (never logged)."),
+    Setting("tls", _bool, False, "Require STARTTLS; a server without it is an error."),
+    Setting("ssl", _bool, False, "Implicit TLS (SMTPS, usually port 465)."),
+    Setting("keyfile", _str, None, "Client certificate key file for TLS."),
+    Setting("certfile", _str, None, "Client certificate file for TLS."),
+    Setting("tls_cafile", _str, None, "CA bundle used to verify the server instead of the system store."),
+    Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
+    Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
+    Setting("delivery", _choice(DELIVERY_MODES), None,
+            "queue (default when queue_path is set) or direct."),
+    Setting("direct_fallback", _choice(FALLBACK_MODES), "none",
+            "With direct delivery: 'queue' spools a message the relay did not take."),
+    Setting("default_sender", _address, None, "From address used when a message has none."),
+    Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
+    Setting("sendmail_app", _str, "/usr/sbin/sendmail", "Accepted for pyramid_mailer compatibility."),
+    Setting("sendmail_template", _template, ["{sendmail_app}", "-t", "-i", "-f", "{sender}"],
+            "Accepted for pyramid_mailer compatibility."),
+    Setting("claim_timeout", parse_duration, 3600.0,
+            "A message claimed by a processor that died goes back to the queue after this."),
+    Setting("retry_initial", parse_duration, 300.0, "First retry delay after a temporary failure."),
+    Setting("retry_max", parse_duration, 4000.0, "Longest delay between two retries."),
+    Setting("max_queue_time", parse_duration, 5 * 86400.0,
+            "A message still undelivered after this is dead-lettered."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class MailSettings:
+    """The parsed ``mail.*`` settings (see :data:`SETTINGS`)."""
+
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    tls: bool = False
+    ssl: bool = False
+    keyfile: str | None = None
+    certfile: str | None = None
+    tls_cafile: str | None = None
+    timeout: float = 30.0
+    queue_path: str | None = None
+    delivery: str = "direct"
+    direct_fallback: str = "none"
+    default_sender: str | None = None
+    debug: int = 0
+    sendmail_app: str = "/usr/sbin/sendmail"
+    sendmail_template: list = dataclasses.field(
+        default_factory=lambda: ["{sendmail_app}", "-t", "-i", "-f", "{sender}"])
+    claim_timeout: float = 3600.0
+    retry_initial: float = 300.0
+    retry_max: float = 4000.0
+    max_queue_time: float = 5 * 86400.0
+
+
+def _fail(key, value, why):
+    shown = "***" if key == PREFIX + "password" else repr(value)
+    raise ConfigurationError(f"{key} = {shown}: {why}")
+
+
+def parse_settings(settings, prefix=PREFIX):
+    """Parse the ``mail.*`` keys of a Pyramid settings dict.
+
+    Raises :class:`ConfigurationError` naming the first bad key.
+    """
+    values = {}
+    for key, raw in settings.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        setting = _BY_NAME.get(name)
+        if setting is None:
+            known = ", ".join(prefix + s.name for s in SETTINGS)
+            _fail(key, raw, f"unknown setting; known settings are: {known}")
+        try:
+            values[name] = setting.parse(raw)
+        except ValueError as exc:
+            _fail(key, raw, str(exc))
+        if values[name] is None:
+            del values[name]
+
+    if values.get("ssl") and values.get("tls"):
+        _fail(prefix + "tls", "true", f"cannot be combined with {prefix}ssl = true "
+              "(ssl is implicit TLS, tls is STARTTLS); choose one")
+    if "port" not in values:
+        values["port"] = 465 if values.get("ssl") else 25
+    if "delivery" not in values:
+        values["delivery"] = "queue" if values.get("queue_path") else "direct"
+    needs_queue = values["delivery"] == "queue" or values.get("direct_fallback") == "queue"
+    if needs_queue and not values.get("queue_path"):
+        which = (prefix + "delivery = queue" if values["delivery"] == "queue"
+                 else prefix + "direct_fallback = queue")
+        raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
+                                 "set it to a directory for the mail spool")
+    if values.get("retry_max", 4000.0) < values.get("retry_initial", 300.0):
+        _fail(prefix + "retry_max", values["retry_max"],
+              f"must not be shorter than {prefix}retry_initial")
+    for name in ("keyfile", "certfile", "tls_cafile"):
+        path = values.get(name)
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                _fail(prefix + name, path, f"cannot read the file: {exc.strerror}")
+    return MailSettings(**values)

@@ -1,0 +1,295 @@
+"""The durable on-disk queue: a Maildir whose states are directories.
+
+::
+
+    tmp/        being written by a committing transaction (never read)
+    new/        queued, ready to send
+    cur/        claimed by a processor (the claim is the atomic rename)
+    deferred/   waiting for a retry after a temporary failure
+    failed/     dead letters: permanent failure, poison file or too old
+    meta/       NAME.json: attempts, next attempt, delivered recipients, reason
+
+Each message is one file, named like a Maildir file (``time.MusecPpidQn.host``),
+holding the message bytes with the envelope prepended as repoze.sendmail's
+``X-Actually-From:`` / ``X-Actually-To:`` header lines, so that repoze.sendmail's
+``qp`` delivers what we queued and we deliver what it queued.
+
+Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
+``new/``, ``fsync`` the directory.  Files are 0600 and directories 0700 whatever
+the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import random
+import re
+import socket
+import time
+from email.header import Header, decode_header
+
+STATES = ("tmp", "new", "cur", "deferred", "failed", "meta")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+_counter = itertools.count()
+_HOST = re.sub(r"[/:\s]", "_", socket.gethostname()) or "localhost"
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used (names the path and the reason)."""
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unique_name():
+    now = time.time()
+    return (f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}"
+            f"Q{next(_counter)}R{random.getrandbits(32):08x}.{_HOST}")
+
+
+def _encode_envelope_value(value):
+    if value.isascii():
+        return value
+    return Header(value, "utf-8").encode()
+
+
+def _decode_envelope_value(raw):
+    parts = []
+    for chunk, charset in decode_header(raw):
+        if isinstance(chunk, bytes):
+            chunk = chunk.decode(charset or "ascii", errors="replace")
+        parts.append(chunk)
+    return "".join(parts).strip()
+
+
+def envelope_lines(fromaddr, toaddrs):
+    """The header lines that carry the envelope in a spool file."""
+    return (f"X-Actually-From: {_encode_envelope_value(fromaddr)}\n"
+            f"X-Actually-To: {_encode_envelope_value(','.join(toaddrs))}\n"
+            ).encode("ascii")
+
+
+class PoisonMessage(ValueError):
+    """A queue file that cannot be sent as it is: no envelope, unreadable."""
+
+
+def split_envelope(data):
+    """Split a spool file's bytes into ``(fromaddr, toaddrs, message_bytes)``.
+
+    The ``X-Actually-*`` lines may stand anywhere in the header block
+    (repoze.sendmail appends them, we prepend them); they are removed and
+    every other byte of the message is kept as it was.
+    """
+    match = re.search(rb"\r?\n\r?\n", data)
+    head_end = match.start() if match else len(data)
+    lines = data[:head_end].splitlines(keepends=True)
+    kept, fromaddr, toaddrs = [], None, None
+    i = 0
+    while i < len(lines):
+        field = [lines[i]]
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+            field.append(lines[i])
+            i += 1
+        name, _, value = b"".join(field).partition(b":")
+        lname = name.strip().lower()
+        if lname in (b"x-actually-from", b"x-actually-to"):
+            text = _decode_envelope_value(re.sub(rb"\r?\n[ \t]", b" ", value)
+                                          .decode("utf-8", errors="replace").strip())
+            if lname == b"x-actually-from":
+                fromaddr = text
+            else:
+                toaddrs = tuple(a.strip() for a in text.split(",") if a.strip())
+        else:
+            kept.extend(field)
+    if fromaddr is None or not toaddrs:
+        raise PoisonMessage("no envelope: the file has no X-Actually-From/X-Actually-To "
+                            "header lines (or no recipient in them)")
+    return fromaddr, toaddrs, b"".join(kept).rstrip(b"\r\n") + data[head_end:]
+
+
+@dataclasses.dataclass
+class Entry:
+    """One message file in the spool, in one state."""
+
+    spool: Spool
+    state: str
+    name: str
+
+    @property
+    def path(self):
+        return os.path.join(self.spool.path, self.state, self.name)
+
+
+class Spool:
+    """A spool directory.  Creates the Maildir layout when missing."""
+
+    def __init__(self, path, create=True):
+        self.path = os.path.abspath(path)
+        for state in ("",) + STATES:
+            directory = os.path.join(self.path, state)
+            if not os.path.isdir(directory):
+                if not create:
+                    raise SpoolError(f"{directory}: not a spool directory")
+                try:
+                    os.makedirs(directory, DIR_MODE, exist_ok=True)
+                    os.chmod(directory, DIR_MODE)
+                except OSError as exc:
+                    raise SpoolError(f"{directory}: cannot create the spool "
+                                     f"directory: {exc.strerror}") from None
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise SpoolError(f"{directory}: the spool directory is not writable "
+                                 f"by this user (uid {os.getuid()})")
+
+    def _dir(self, state):
+        return os.path.join(self.path, state)
+
+    # -- writing (the transaction data manager) ------------------------------
+
+    def write_tmp(self, fromaddr, toaddrs, message_bytes):
+        """Write and fsync one message into ``tmp/``; returns its name."""
+        while True:
+            name = _unique_name()
+            path = os.path.join(self._dir("tmp"), name)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            except FileExistsError:
+                continue
+            break
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "wb", closefd=False) as stream:
+                stream.write(envelope_lines(fromaddr, toaddrs))
+                stream.write(message_bytes)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            self.discard_tmp(name)
+            raise
+        os.close(fd)
+        return name
+
+    def commit_tmp(self, names):
+        """Move written messages from ``tmp/`` to ``new/`` and fsync ``new/``."""
+        for name in names:
+            os.rename(os.path.join(self._dir("tmp"), name),
+                      os.path.join(self._dir("new"), name))
+        if names:
+            _fsync_dir(self._dir("new"))
+
+    def discard_tmp(self, name):
+        try:
+            os.unlink(os.path.join(self._dir("tmp"), name))
+        except FileNotFoundError:
+            pass
+
+    # -- reading (the processor) ------------------------------------------------
+
+    def names(self, state):
+        """The message names in a state, oldest first (dotfiles skipped)."""
+        try:
+            names = [n for n in os.listdir(self._dir(state))
+                     if not n.startswith(".") and not n.endswith(".json")]
+        except FileNotFoundError:
+            return []
+        return sorted(names, key=_age_key)
+
+    def count(self, state):
+        return len(self.names(state))
+
+    def read_meta(self, name):
+        try:
+            with open(os.path.join(self._dir("meta"), name + ".json"), "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            return {"corrupt_meta": True}
+
+    def write_meta(self, name, meta):
+        final = os.path.join(self._dir("meta"), name + ".json")
+        tmp = os.path.join(self._dir("meta"), f".{name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            os.write(fd, json.dumps(meta, indent=1, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        _fsync_dir(self._dir("meta"))
+
+    def drop_meta(self, name):
+        try:
+            os.unlink(os.path.join(self._dir("meta"), name + ".json"))
+        except FileNotFoundError:
+            pass
+
+    def claim(self, state, name):
+        """Atomically take a message for sending; ``None`` if another took it."""
+        source = os.path.join(self._dir(state), name)
+        try:
+            os.utime(source)
+            os.rename(source, os.path.join(self._dir("cur"), name))
+        except FileNotFoundError:
+            return None
+        return Entry(self, "cur", name)
+
+    def read(self, entry):
+        """``(fromaddr, toaddrs, message_bytes)`` of an entry (PoisonMessage if bad)."""
+        try:
+            with open(entry.path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
+        return split_envelope(data)
+
+    def move(self, entry, state):
+        """Move an entry to another state and fsync the target directory."""
+        os.rename(entry.path, os.path.join(self._dir(state), entry.name))
+        _fsync_dir(self._dir(state))
+        return Entry(self, state, entry.name)
+
+    def remove(self, entry):
+        """A delivered message leaves the spool, with its state file."""
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        self.drop_meta(entry.name)
+
+    def recover_stale(self, timeout, now=None):
+        """Claims older than ``timeout`` seconds go back to ``new/``.
+
+        Their owner died mid-send: at-least-once, like Postfix after a
+        restart (recipients recorded as delivered are not sent again).
+        """
+        now = time.time() if now is None else now
+        recovered = []
+        for name in self.names("cur"):
+            path = os.path.join(self._dir("cur"), name)
+            try:
+                if now - os.stat(path).st_mtime < timeout:
+                    continue
+                os.rename(path, os.path.join(self._dir("new"), name))
+            except FileNotFoundError:
+                continue
+            recovered.append(name)
+        return recovered
+
+
+def _age_key(name):
+    head = name.split(".", 2)
+    try:
+        return (float(head[0] + "." + head[1].lstrip("M").split("P")[0]), name)
+    except (ValueError, IndexError):
+        return (float("inf"), name)
