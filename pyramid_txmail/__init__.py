@@ -1,1 +1,71 @@
-"""pyramid_txmail: transactional email for Pyramid."""
+"""pyramid_txmail: transactional email for Pyramid.
+
+``config.include('pyramid_txmail')`` and then, in a view::
+
+    request.mailer.send(message)   # returns the Message-ID
+
+The mail goes out only if the request's transaction commits.
+"""
+from __future__ import annotations
+
+from pyramid.exceptions import ConfigurationError
+
+from .delivery import Delivery, Mailer, NoTransaction, make_outbox
+from .events import MailDeferred, MailFailed, MailQueued, MailSent
+from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailQueued,
+                         IMailSent, IMailSettings)
+from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
+                      NoSender)
+from .settings import MailSettings, parse_settings
+from .spool import SpoolError
+
+__all__ = [
+    "Delivery", "Mailer", "NoTransaction", "MailSettings", "get_mailer", "includeme",
+    "MailQueued", "MailSent", "MailDeferred", "MailFailed",
+    "IMailQueued", "IMailSent", "IMailDeferred", "IMailFailed", "IMailDelivery",
+    "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
+]
+
+
+def transport_factory(settings):
+    """A callable opening an SMTP transport for ``settings`` (used by direct delivery)."""
+    def open_transport():
+        from .smtp import SMTPTransport
+
+        return SMTPTransport.from_settings(settings)
+
+    return open_transport
+
+
+def make_delivery(settings, registry=None):
+    """Build the :class:`Delivery` for parsed :class:`MailSettings`."""
+    try:
+        outbox = make_outbox(settings, transport_factory(settings))
+    except SpoolError as exc:
+        raise ConfigurationError(f"mail.queue_path = {settings.queue_path!r}: {exc}") from None
+    return Delivery(settings, outbox, registry)
+
+
+def get_mailer(registry, transaction_manager=None):
+    """The mailer for scripts and workers, bound to ``transaction_manager``
+    (default: the thread-local ``transaction.manager``)."""
+    delivery = registry.queryUtility(IMailDelivery)
+    if delivery is None:
+        raise ConfigurationError("pyramid_txmail is not configured in this registry: "
+                                 "call config.include('pyramid_txmail')")
+    return delivery.bind(transaction_manager)
+
+
+def _request_mailer(request):
+    delivery = request.registry.getUtility(IMailDelivery)
+    return delivery.bind(request.tm, request)
+
+
+def includeme(config):
+    """Include pyramid_tm, parse ``mail.*`` once, register the delivery and ``request.mailer``."""
+    config.include("pyramid_tm")
+    settings = parse_settings(config.get_settings())
+    delivery = make_delivery(settings, config.registry)
+    config.registry.registerUtility(settings, IMailSettings)
+    config.registry.registerUtility(delivery, IMailDelivery)
+    config.add_request_method(_request_mailer, "mailer", reify=True)

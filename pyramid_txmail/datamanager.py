@@ -1,0 +1,89 @@
+"""The transaction data manager: mail goes out only if the transaction commits.
+
+One :class:`MailDataManager` per delivery and transaction holds the prepared
+messages.  In protocol order:
+
+- ``tpc_vote`` hands them to the outbox, which for the queue writes and
+  fsyncs each into the spool's ``tmp/`` -- a full disk fails the vote and so
+  aborts the whole transaction, before any database has committed (we sort
+  before zope.sqlalchemy's ``~sqlalchemy`` key, so we vote first).
+- ``tpc_finish`` publishes them (rename into ``new/``).
+- ``abort`` / ``tpc_abort`` drop them and remove any ``tmp/`` file.
+- A savepoint rollback drops the messages sent after that savepoint.
+
+Work that must not happen inside the commit (SMTP for direct delivery,
+event subscribers) runs from an after-commit hook.
+"""
+from __future__ import annotations
+
+import logging
+
+from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
+from zope.interface import implementer
+
+log = logging.getLogger(__name__)
+
+
+@implementer(ISavepointDataManager)
+class MailDataManager:
+    def __init__(self, outbox, transaction_manager, on_committed):
+        self.outbox = outbox
+        self.transaction_manager = transaction_manager
+        self.on_committed = on_committed
+        self.messages = []
+        self.voted = None  # the outbox's handle for what tpc_vote wrote
+
+    def add(self, prepared):
+        self.messages.append(prepared)
+
+    def abort(self, txn):
+        self._discard()
+
+    def tpc_begin(self, txn):
+        pass
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        self.voted = self.outbox.vote(self.messages)
+
+    def tpc_finish(self, txn):
+        self.outbox.finish(self.voted)
+        self.voted = None
+
+    def tpc_abort(self, txn):
+        self._discard()
+
+    def sortKey(self):
+        return "!pyramid_txmail:%d" % id(self)
+
+    def savepoint(self):
+        return MailSavepoint(self)
+
+    def after_commit(self, status):
+        """After-commit hook: hand the committed messages on (never raises)."""
+        if not status:
+            return
+        messages, self.messages = self.messages, []
+        try:
+            self.on_committed(messages)
+        except Exception:
+            log.exception("after-commit mail handling failed for %d message(s)",
+                          len(messages))
+
+    def _discard(self):
+        if self.voted is not None:
+            self.outbox.discard(self.voted)
+            self.voted = None
+        self.messages = []
+
+
+@implementer(IDataManagerSavepoint)
+class MailSavepoint:
+    def __init__(self, manager):
+        self.manager = manager
+        self.length = len(manager.messages)
+
+    def rollback(self):
+        del self.manager.messages[self.length:]

@@ -1,0 +1,234 @@
+"""Deliveries (queue, direct) and the transaction-bound mailer.
+
+:class:`Delivery` is the registered utility (repoze.sendmail's
+``IMailDelivery``); :class:`Mailer` is what ``request.mailer`` and
+:func:`pyramid_txmail.get_mailer` return: the delivery bound to one
+transaction manager.  An *outbox* is the part that differs between queue and
+direct delivery: what happens at vote, at finish and after the commit.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import transaction
+from zope.interface import implementer
+
+from .datamanager import MailDataManager
+from .events import MailFailed, MailQueued, MailSent, dispatch
+from .interfaces import IMailDelivery
+from .message import prepare
+from .result import PERMANENT, TEMPORARY, DeliveryResult, RecipientResult
+from .spool import Entry, Spool
+
+log = logging.getLogger("pyramid_txmail")
+
+
+class QueueOutbox:
+    """Durable queue delivery: the spool is written at vote, published at finish."""
+
+    def __init__(self, spool):
+        self.spool = spool
+
+    def vote(self, messages):
+        names = []
+        try:
+            for prepared in messages:
+                names.append(self.spool.write_tmp(prepared.fromaddr, prepared.toaddrs,
+                                                  prepared.data))
+        except OSError as exc:
+            self.discard(names)
+            raise OSError(exc.errno, f"cannot write the mail spool {self.spool.path}: "
+                          f"{exc.strerror}; the transaction is aborted") from exc
+        return names
+
+    def finish(self, names):
+        self.spool.commit_tmp(names)
+
+    def discard(self, names):
+        for name in names:
+            self.spool.discard_tmp(name)
+
+    def committed(self, messages):
+        for prepared in messages:
+            log.info("queued %s from %s to %s", prepared.message_id, prepared.fromaddr,
+                     ", ".join(prepared.toaddrs))
+        return [MailQueued(p.message_id, p.fromaddr, p.toaddrs) for p in messages]
+
+
+class DirectOutbox:
+    """Direct delivery: nothing happens in the commit; SMTP runs after it.
+
+    A failure never raises into the committed request.  With a fallback
+    spool, recipients that failed temporarily are queued for the processor
+    and permanently refused ones are dead-lettered; without one they are
+    reported (log + :class:`MailFailed`) -- there is nowhere to keep them.
+    """
+
+    def __init__(self, transport_factory, fallback=None, clock=time.time):
+        self.transport_factory = transport_factory
+        self.fallback = fallback
+        self.clock = clock
+
+    def vote(self, messages):
+        return None
+
+    def finish(self, voted):
+        pass
+
+    def discard(self, voted):
+        pass
+
+    def committed(self, messages):
+        events = []
+        if not messages:
+            return events
+        with self.transport_factory() as transport:
+            for prepared in messages:
+                events.extend(self._deliver(transport, prepared))
+        return events
+
+    def _deliver(self, transport, prepared):
+        try:
+            result = transport.deliver(prepared.fromaddr, prepared.toaddrs, prepared.data,
+                                       message_id=prepared.message_id)
+        except Exception as exc:  # a bug must not lose the message either
+            log.exception("direct delivery of %s raised", prepared.message_id)
+            result = DeliveryResult(prepared.message_id, tuple(
+                RecipientResult(r, TEMPORARY, None, f"internal error: {exc!r}")
+                for r in prepared.toaddrs))
+        events = []
+        if result.sent:
+            log.info("sent %s to %s", prepared.message_id,
+                     ", ".join(r.recipient for r in result.sent))
+            events.append(MailSent(prepared.message_id, prepared.fromaddr,
+                                   [r.recipient for r in result.sent], result.sent))
+        if result.temporary:
+            events.extend(self._fall_back(prepared, result.temporary, "new"))
+        if result.permanent:
+            events.extend(self._fall_back(prepared, result.permanent, "failed"))
+        return events
+
+    def _fall_back(self, prepared, failures, state):
+        recipients = [r.recipient for r in failures]
+        reason = "; ".join(f"{r.recipient}: {r.code or '-'} {r.text}" for r in failures)
+        if self.fallback is None:
+            log.error("direct delivery of %s to %s failed and no fallback is configured "
+                      "(mail.direct_fallback = queue keeps it): %s", prepared.message_id,
+                      ", ".join(recipients), reason)
+            return [MailFailed(prepared.message_id, prepared.fromaddr, recipients,
+                               failures, reason=reason)]
+        name = self.fallback.write_tmp(prepared.fromaddr, recipients, prepared.data)
+        now = self.clock()
+        self.fallback.write_meta(name, {
+            "message_id": prepared.message_id, "attempts": 1, "first_attempt": now,
+            "last_attempt": now, "delivered": [],
+            "results": [dict(r.as_dict(), time=now) for r in failures],
+            "reason": reason if state == "failed" else None,
+        })
+        if state == "new":
+            self.fallback.commit_tmp([name])
+            log.warning("direct delivery of %s to %s failed temporarily (%s); queued in %s",
+                        prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
+            return [MailQueued(prepared.message_id, prepared.fromaddr, recipients, failures,
+                               reason=reason)]
+        self.fallback.move(Entry(self.fallback, "tmp", name), "failed")
+        log.error("direct delivery of %s to %s failed permanently (%s); dead-lettered in %s",
+                  prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
+        return [MailFailed(prepared.message_id, prepared.fromaddr, recipients, failures,
+                           reason=reason)]
+
+
+@implementer(IMailDelivery)
+class Delivery:
+    """The configured delivery (a registry utility providing ``IMailDelivery``).
+
+    ``send(fromaddr, toaddrs, message)`` keeps repoze.sendmail's signature and
+    joins the thread-local transaction, like repoze.sendmail's deliveries.
+    """
+
+    def __init__(self, settings, outbox, registry=None):
+        self.settings = settings
+        self.outbox = outbox
+        self.registry = registry
+        self.transaction_manager = transaction.manager
+
+    def send(self, fromaddr, toaddrs, message):
+        return Mailer(self, self.transaction_manager).send(fromaddr, toaddrs, message)
+
+    def bind(self, transaction_manager=None, request=None):
+        return Mailer(self, transaction_manager or self.transaction_manager, request)
+
+
+class NoTransaction(RuntimeError):
+    """``send`` was called with no active transaction to join."""
+
+
+@implementer(IMailDelivery)
+class Mailer:
+    """A delivery bound to a transaction manager (and maybe a request).
+
+    ``send(message)`` validates the message now, returns its Message-ID and
+    sends it when the transaction commits.  ``send(fromaddr, toaddrs,
+    message)`` does the same with an explicit envelope (repoze.sendmail's
+    ``IMailDelivery`` signature).
+    """
+
+    def __init__(self, delivery, transaction_manager, request=None):
+        self.delivery = delivery
+        self.transaction_manager = transaction_manager
+        self.request = request
+
+    def send(self, *args):
+        if len(args) == 1:
+            (message,), fromaddr, toaddrs = args, None, None
+        elif len(args) == 3:
+            fromaddr, toaddrs, message = args
+            if isinstance(toaddrs, str):
+                toaddrs = [toaddrs]
+        else:
+            raise TypeError("send(message) or send(fromaddr, toaddrs, message)")
+        prepared = prepare(message, self.delivery.settings.default_sender,
+                           fromaddr, toaddrs)
+        self._data_manager().add(prepared)
+        return prepared.message_id
+
+    def _data_manager(self):
+        try:
+            txn = self.transaction_manager.get()
+        except transaction.interfaces.NoTransaction:
+            raise NoTransaction("mailer.send() needs an active transaction: begin one "
+                                "(with transaction_manager: ...) or enable pyramid_tm "
+                                "for this request") from None
+        try:
+            return txn.data(self.delivery)
+        except KeyError:
+            pass
+        manager = MailDataManager(self.delivery.outbox, self.transaction_manager,
+                                  self._committed)
+        txn.join(manager)
+        txn.addAfterCommitHook(manager.after_commit)
+        txn.set_data(self.delivery, manager)
+        return manager
+
+    def _committed(self, messages):
+        events = self.delivery.outbox.committed(messages)
+        registry = self.delivery.registry
+        if not events or registry is None:
+            return
+        if self.request is not None:
+            # pyramid_tm has ended the transaction by the time finished
+            # callbacks run: subscribers get a fresh one on request.tm.
+            self.request.add_finished_callback(
+                lambda request: dispatch(registry, events, self.transaction_manager))
+        else:
+            dispatch(registry, events, transaction.TransactionManager(explicit=True))
+
+
+def make_outbox(settings, transport_factory):
+    """The outbox for ``settings.delivery`` (spool created/checked here)."""
+    spool = Spool(settings.queue_path) if settings.queue_path else None
+    if settings.delivery == "queue":
+        return QueueOutbox(spool)
+    fallback = spool if settings.direct_fallback == "queue" else None
+    return DirectOutbox(transport_factory, fallback)

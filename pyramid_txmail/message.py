@@ -1,0 +1,173 @@
+"""Turn what a view hands to ``send`` into a validated envelope and bytes.
+
+Everything here runs inside ``send``, in the view, so a bad message fails
+there with an error that names the header or address -- not at commit time
+and never in the queue processor.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import email.policy
+import email.utils
+import re
+from email.message import Message
+
+from email_validator import EmailNotValidError, validate_email
+
+from . import wire
+
+ADDRESS_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Bcc")
+RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")
+_FOLD = re.compile(r"\r?\n[ \t]")
+
+
+class MessageError(ValueError):
+    """The message cannot be sent as it is (subclasses say why)."""
+
+
+class NoRecipients(MessageError):
+    """Neither To, Cc nor Bcc (nor an explicit envelope) names a recipient."""
+
+
+class NoSender(MessageError):
+    """No From header and no ``mail.default_sender``."""
+
+
+class InvalidAddress(MessageError):
+    """An address does not parse or is not a valid mailbox."""
+
+    def __init__(self, header, address, reason):
+        self.header, self.address, self.reason = header, address, reason
+        super().__init__(f"{header}: invalid address {address!r}: {reason}")
+
+
+class HeaderInjection(MessageError):
+    """A header name or value carries a line break: it would add headers."""
+
+    def __init__(self, header):
+        self.header = header
+        super().__init__(f"{header}: header value contains a CR or LF line break "
+                         "(header injection refused)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A message ready for the spool or the relay."""
+
+    fromaddr: str
+    toaddrs: tuple
+    message_id: str
+    data: bytes  # the message, LF line endings, no line over 998 octets
+
+
+def check_address(header, address):
+    """Validate one ``addr-spec``; returns the form used in the envelope."""
+    try:
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(header, address, str(exc)) from None
+    return valid.ascii_email or valid.normalized
+
+
+def validate_address_header(header, value):
+    """Parse and validate an address header value; returns envelope addresses."""
+    text = str(value)
+    if "\r" in _FOLD.sub(" ", text) or "\n" in _FOLD.sub(" ", text):
+        raise HeaderInjection(header)
+    pairs = email.utils.getaddresses([text])
+    if not pairs or any(not addr for _, addr in pairs):
+        raise InvalidAddress(header, text, "no address found")
+    return [check_address(header, addr) for _, addr in pairs]
+
+
+def check_headers(message):
+    """Refuse header names or values that would start a new header line."""
+    for part in message.walk():
+        for name, value in part.items():
+            if not _HEADER_NAME.match(name):
+                raise HeaderInjection(repr(name))
+            unfolded = _FOLD.sub(" ", str(value))
+            if "\r" in unfolded or "\n" in unfolded:
+                raise HeaderInjection(name)
+
+
+def _coerce(message):
+    """``(email Message copy, envelope sender or None, envelope recipients or None)``."""
+    if isinstance(message, Message):
+        return copy.deepcopy(message), None, None
+    to_message = getattr(message, "to_message", None)
+    if callable(to_message) and hasattr(message, "send_to"):  # pyramid_mailer.Message
+        if getattr(message, "is_bad_headers", lambda: False)():
+            raise HeaderInjection("pyramid_mailer Message")
+        recipients = [r for r in [*message.recipients, *message.cc, *message.bcc] if r]
+        return to_message(), message.sender or None, recipients
+    raise TypeError(f"send() takes an email.message.EmailMessage (or Message, or a "
+                    f"pyramid_mailer Message), not {type(message).__name__}")
+
+
+def _addresses(message, names):
+    found = []
+    for name in names:
+        for value in message.get_all(name, []):
+            found.extend(validate_address_header(name, value))
+    return found
+
+
+def _serialize(message, utf8):
+    policy = message.policy
+    if isinstance(policy, email.policy.EmailPolicy):
+        policy = policy.clone(linesep="\n", utf8=utf8)
+    else:
+        policy = policy.clone(linesep="\n")
+    try:
+        data = message.as_bytes(policy=policy)
+    except (UnicodeError, LookupError) as exc:
+        raise MessageError(f"the message cannot be serialized ({exc}); build it as an "
+                           "email.message.EmailMessage to use non-ASCII text") from None
+    return wire.to_wire(data).replace(b"\r\n", b"\n")
+
+
+def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
+    """Validate ``message`` and build its envelope and bytes.
+
+    ``fromaddr`` / ``toaddrs`` override the envelope taken from the headers
+    (repoze.sendmail's ``send(fromaddr, toaddrs, message)``).
+    """
+    message, env_from, env_to = _coerce(message)
+    fromaddr = fromaddr or env_from
+    toaddrs = list(toaddrs) if toaddrs is not None else env_to
+    check_headers(message)
+
+    if message["From"] is None:
+        if not default_sender:
+            raise NoSender("the message has no From header and mail.default_sender "
+                           "is not set")
+        message["From"] = default_sender
+    header_senders = _addresses(message, ("Sender",)) or _addresses(message, ("From",))
+    reply_to = _addresses(message, ("Reply-To",))
+    header_recipients = _addresses(message, RECIPIENT_HEADERS)
+
+    fromaddr = check_address("envelope sender", fromaddr) if fromaddr else header_senders[0]
+    if toaddrs is None:
+        toaddrs = header_recipients
+    else:
+        toaddrs = [check_address("envelope recipient", a) for a in toaddrs]
+    toaddrs = tuple(dict.fromkeys(toaddrs))
+    if not toaddrs:
+        raise NoRecipients("the message has no recipient: set To, Cc or Bcc")
+
+    del message["Bcc"]
+    if message["Message-ID"] is None:
+        domain = fromaddr.rpartition("@")[2]
+        message["Message-ID"] = email.utils.make_msgid(domain=domain)
+    if message["Date"] is None:
+        message["Date"] = email.utils.formatdate(localtime=True)
+
+    # UTF-8 headers only when a mailbox itself is non-ASCII (RFC 6532); display
+    # names and subjects are RFC 2047 encoded words otherwise.
+    utf8 = wire.needs_smtputf8(fromaddr, [*toaddrs, *header_senders, *reply_to,
+                                          *header_recipients])
+    return Prepared(fromaddr, toaddrs, str(message["Message-ID"]).strip(),
+                    _serialize(message, utf8))
