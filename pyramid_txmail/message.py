@@ -17,7 +17,6 @@ from email_validator import EmailNotValidError, validate_email
 
 from . import wire
 
-ADDRESS_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Bcc")
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")
 _FOLD = re.compile(r"\r?\n[ \t]")
@@ -38,9 +37,10 @@ class NoSender(MessageError):
 class InvalidAddress(MessageError):
     """An address does not parse or is not a valid mailbox."""
 
-    def __init__(self, header, address, reason):
+    def __init__(self, header, address, reason, within=None):
         self.header, self.address, self.reason = header, address, reason
-        super().__init__(f"{header}: invalid address {address!r}: {reason}")
+        where = f" in {within!r}" if within and within.strip() != address else ""
+        super().__init__(f"{header}: invalid address {address!r}{where}: {reason}")
 
 
 class HeaderInjection(MessageError):
@@ -62,12 +62,12 @@ class Prepared:
     data: bytes  # the message, LF line endings, no line over 998 octets
 
 
-def check_address(header, address):
+def check_address(header, address, within=None):
     """Validate one ``addr-spec``; returns the form used in the envelope."""
     try:
         valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
-        raise InvalidAddress(header, address, str(exc)) from None
+        raise InvalidAddress(header, address, str(exc), within) from None
     return valid.ascii_email or valid.normalized
 
 
@@ -78,8 +78,8 @@ def validate_address_header(header, value):
         raise HeaderInjection(header)
     pairs = email.utils.getaddresses([text])
     if not pairs or any(not addr for _, addr in pairs):
-        raise InvalidAddress(header, text, "no address found")
-    return [check_address(header, addr) for _, addr in pairs]
+        raise InvalidAddress(header, text, "not a list of addresses")
+    return [check_address(header, addr, text) for _, addr in pairs]
 
 
 def check_headers(message):

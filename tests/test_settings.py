@@ -1,0 +1,84 @@
+"""mail.* settings: pyramid_mailer's keys keep working; bad input is a clear startup error."""
+from __future__ import annotations
+
+import pytest
+from pyramid.config import Configurator
+from pyramid.exceptions import ConfigurationError
+
+from pyramid_txmail.settings import SETTINGS, parse_settings
+
+PYRAMID_MAILER_KEYS = {
+    "mail.host": "smtp.example.com", "mail.port": "2525", "mail.username": "u",
+    "mail.password": "secret", "mail.tls": "true", "mail.ssl": "false",
+    "mail.keyfile": None, "mail.certfile": None, "mail.queue_path": None,
+    "mail.default_sender": "Site <site@example.com>", "mail.debug": "1",
+    "mail.sendmail_app": "/usr/lib/sendmail", "mail.sendmail_template": "{sendmail_app} -t",
+}
+
+
+def test_pyramid_mailer_keys_keep_their_meaning(tmp_path):
+    values = {k: v for k, v in PYRAMID_MAILER_KEYS.items() if v is not None}
+    values["mail.queue_path"] = str(tmp_path)
+    s = parse_settings(values)
+    assert (s.host, s.port, s.username, s.password) == ("smtp.example.com", 2525, "u", "secret")
+    assert s.tls is True and s.ssl is False and s.debug == 1
+    assert s.default_sender == "Site <site@example.com>"
+    assert s.sendmail_template == ["{sendmail_app}", "-t"]
+    assert s.delivery == "queue"  # queue is the default when queue_path is set
+
+
+def test_defaults():
+    s = parse_settings({"other.key": "ignored"})
+    assert (s.host, s.port, s.delivery, s.tls, s.timeout) == ("localhost", 25, "direct", False, 30.0)
+    assert parse_settings({"mail.ssl": "yes"}).port == 465
+    assert parse_settings({"mail.timeout": "2m"}).timeout == 120.0
+    assert parse_settings({"mail.retry_initial": "5m", "mail.max_queue_time": "5d"}).max_queue_time == 432000
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("mail.hots", "x", "mail.hots = 'x': unknown setting; known settings are: mail.host"),
+    ("mail.tls", "maybe", "mail.tls = 'maybe': expected a boolean"),
+    ("mail.port", "smtp", "mail.port = 'smtp': expected a whole number"),
+    ("mail.port", "70000", "mail.port = '70000': expected a number <= 65535"),
+    ("mail.delivery", "pigeon", "mail.delivery = 'pigeon': expected one of: queue, direct"),
+    ("mail.timeout", "soon", "mail.timeout = 'soon': expected a positive duration"),
+    ("mail.default_sender", "not an address", "mail.default_sender"),
+    ("mail.tls_cafile", "/nonexistent/ca.pem", "mail.tls_cafile = '/nonexistent/ca.pem': cannot read"),
+    ("mail.debug", "7", "mail.debug = '7': expected a number <= 2"),
+])
+def test_bad_values_name_key_value_and_choices(key, value, expected):
+    with pytest.raises(ConfigurationError) as info:
+        parse_settings({key: value})
+    assert expected in str(info.value)
+
+
+def test_combinations_are_checked():
+    with pytest.raises(ConfigurationError, match="mail.tls .*mail.ssl"):
+        parse_settings({"mail.tls": "true", "mail.ssl": "true"})
+    with pytest.raises(ConfigurationError, match="mail.queue_path: required with mail.delivery = queue"):
+        parse_settings({"mail.delivery": "queue"})
+    with pytest.raises(ConfigurationError, match="mail.direct_fallback = queue"):
+        parse_settings({"mail.direct_fallback": "queue"})
+    with pytest.raises(ConfigurationError, match="mail.retry_max"):
+        parse_settings({"mail.retry_initial": "1h", "mail.retry_max": "5m"})
+
+
+def test_password_is_never_echoed():
+    with pytest.raises(ConfigurationError) as info:
+        parse_settings({"mail.password": "hunter2", "mail.nope": "1"})
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in repr(parse_settings({"mail.password": "hunter2"}))
+
+
+def test_every_setting_is_documented_in_the_readme():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.rst").read_text()
+    missing = [s.name for s in SETTINGS if f"mail.{s.name}" not in readme]
+    assert missing == []
+
+
+def test_include_fails_at_startup_on_a_bad_key():
+    config = Configurator(settings={"mail.prot": "25"})
+    with pytest.raises(ConfigurationError, match="mail.prot"):
+        config.include("pyramid_txmail")
