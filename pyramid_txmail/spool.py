@@ -259,6 +259,26 @@ class Spool:
         _fsync_dir(self._dir(state))
         return Entry(self, state, entry.name)
 
+    def dead_letter_copy(self, fromaddr, toaddrs, message_bytes, meta):
+        """Write a new message straight into ``failed/``, its state file first.
+
+        Used when only some recipients of a message failed: the copy's
+        envelope is exactly those, so retrying it cannot reach the others.
+        Durable like a commit: written and fsynced in ``tmp/``, its meta
+        written, then renamed into ``failed/`` and the directory fsynced.
+        """
+        name = self.write_tmp(fromaddr, toaddrs, message_bytes)
+        try:
+            self.write_meta(name, meta)
+            os.rename(os.path.join(self._dir("tmp"), name),
+                      os.path.join(self._dir("failed"), name))
+        except BaseException:
+            self.discard_tmp(name)
+            self.drop_meta(name)
+            raise
+        _fsync_dir(self._dir("failed"))
+        return Entry(self, "failed", name)
+
     def remove(self, entry):
         """A delivered message leaves the spool, with its state file."""
         try:

@@ -1,0 +1,371 @@
+"""Drain the spool: claim, send, then record the outcome before moving the file.
+
+One :meth:`Processor.run_once` pass puts stale claims back, then takes every
+message in ``new/`` (oldest first) and every message in ``deferred/`` whose
+retry is due, one at a time, over one transport connection.
+
+The order of the disk writes is the whole point of this module.  After each
+attempt the message's state file (``meta/NAME.json``) is rewritten and
+fsynced *before* the message file moves, so a crash at any moment can cause
+at most one more attempt for the recipients not yet recorded -- never a
+second copy to a recipient that accepted, and never a silent drop::
+
+    deliver → meta (attempts, delivered) → dead-letter copy → meta (failed)
+            → remove | move to deferred/
+
+State file of a message waiting in ``new/``, ``cur/`` or ``deferred/``::
+
+    attempts, first_attempt, last_attempt, next_attempt   (epoch seconds)
+    delivered          recipients that accepted (never sent again)
+    failed_recipients  recipients already dead-lettered (never sent again)
+    history            [{"time", "results": [{recipient, status, code, text}]}]
+    message_id
+
+State file of a dead letter in ``failed/``: ``reason`` (one line),
+``failed_at``, ``attempts``, ``first_attempt``, ``last_attempt``,
+``recipients`` (code and text per recipient), ``history``, ``message_id`` and
+``dead_letter_of`` (the queue file it came from).  It holds no
+``delivered``/``failed_recipients`` keys: moving a dead letter back to
+``new/`` resends it to its whole envelope, which is exactly the recipients
+that failed, and the processor starts it with fresh retry state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import re
+import time
+
+from . import events as mail_events
+from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
+from .spool import PoisonMessage
+
+log = logging.getLogger("pyramid_txmail.processor")
+
+#: Retry delays are spread by this fraction either way, so that messages
+#: deferred together by one relay outage do not all come back at once.
+JITTER = 0.2
+
+
+@dataclasses.dataclass
+class PassStats:
+    """What one pass did, counted in queue files (what ``ls`` would show).
+
+    ``sent``: messages delivered to every remaining recipient and removed;
+    ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
+    dead letters written to ``failed/`` (refused, expired or poison);
+    ``skipped``: deferred messages not yet due, or claimed by another
+    process first; ``recovered``: stale claims put back into ``new/``.
+    """
+
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+    recovered: int = 0
+
+    def summary(self):
+        return (f"sent={self.sent} deferred={self.deferred} failed={self.failed} "
+                f"skipped={self.skipped} recovered={self.recovered}")
+
+
+@dataclasses.dataclass
+class _Job:
+    """One claimed message and its state file, while it is being handled."""
+
+    entry: object
+    fromaddr: str
+    toaddrs: tuple
+    data: bytes
+    message_id: str | None
+    meta: dict
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(data):
+    """The Message-ID header of raw message bytes, or ``None``.
+
+    Only the header block is scanned: logging a message id must not cost a
+    full MIME parse of a large body.
+    """
+    match = _HEAD_END.search(data)
+    head = data[:match.start()] if match else data
+    found = _MESSAGE_ID.search(head)
+    if not found:
+        return None
+    value = re.sub(rb"\s+", b" ", found.group(1)).strip()
+    return value.decode("ascii", errors="replace") or None
+
+
+def format_duration(seconds):
+    """``"5d 2h"``, ``"3h 20m"``, ``"45m"``, ``"30s"``: for people reading reasons."""
+    seconds = int(seconds)
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
+        if seconds >= size:
+            rest = (seconds % size) // subsize
+            return f"{seconds // size}{unit}" + (f" {rest}{sub}" if rest else "")
+    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
+
+
+def _summary(results):
+    return DeliveryResult(None, tuple(results)).summary()
+
+
+class Processor:
+    """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through a transport.
+
+    ``transport`` is anything with ``deliver(fromaddr, toaddrs, data,
+    message_id=None) -> DeliveryResult`` (the caller opens and closes it).
+    ``clock`` and ``rand`` are injectable so that retry timing can be tested
+    without sleeping.  With a ``registry``, MailSent/MailDeferred/MailFailed
+    are notified after the files are durable, each in a new transaction of
+    ``transaction_manager`` (default: the thread-local ``transaction.manager``).
+    """
+
+    def __init__(self, spool, transport, settings, *, registry=None,
+                 transaction_manager=None, clock=time.time, rand=random.random):
+        if registry is not None and transaction_manager is None:
+            import transaction
+            transaction_manager = transaction.manager
+        self.spool = spool
+        self.transport = transport
+        self.settings = settings
+        self.registry = registry
+        self.transaction_manager = transaction_manager
+        self.clock = clock
+        self.rand = rand
+
+    # -- the pass ---------------------------------------------------------------
+
+    def run_once(self):
+        """One pass over the spool; returns :class:`PassStats`."""
+        stats = PassStats()
+        now = self.clock()
+        stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
+        fresh = self.spool.names("new")
+        waiting = self.spool.names("deferred")
+        for name in fresh:
+            self._process("new", name, stats)
+        for name in waiting:
+            if self._due(name, now):
+                self._process("deferred", name, stats)
+            else:
+                stats.skipped += 1
+        return stats
+
+    def _due(self, name, now):
+        """A deferred message is due when its retry time has come (or is unknown)."""
+        next_attempt = self.spool.read_meta(name).get("next_attempt")
+        return not isinstance(next_attempt, (int, float)) or next_attempt <= now
+
+    def _process(self, state, name, stats):
+        """Claim, read, attempt and settle one message; a bad file never stops the pass."""
+        entry = self.spool.claim(state, name)
+        if entry is None:
+            stats.skipped += 1
+            return
+        meta = self._load_meta(entry)
+        try:
+            fromaddr, toaddrs, data = self.spool.read(entry)
+        except PoisonMessage as exc:
+            self._bury_poison(entry, meta, str(exc), stats)
+            return
+        job = _Job(entry, fromaddr, toaddrs, data, message_id_of(data), meta)
+        if meta.get("corrupt_meta"):
+            self._bury_unknown_state(job, stats)
+            return
+        pending = self._pending(job)
+        if not pending:
+            self.spool.remove(entry)  # a crash hit after the last attempt was recorded
+            stats.sent += 1
+            return
+        result = self._attempt(job, pending)
+        self._dispatch(self._settle(job, pending, result, stats))
+
+    def _load_meta(self, entry):
+        """The state file; a dead letter put back for a retry starts afresh."""
+        meta = self.spool.read_meta(entry.name)
+        if "failed_at" in meta:
+            log.info("%s: retrying a dead letter (was: %s)", entry.name, meta.get("reason"))
+            return {"retried_after": meta.get("reason")}
+        return meta
+
+    def _pending(self, job):
+        """Envelope recipients neither delivered nor dead-lettered yet, in order."""
+        done = set(job.meta.get("delivered", ())) | set(job.meta.get("failed_recipients", ()))
+        return [r for r in job.toaddrs if r not in done]
+
+    # -- one attempt ------------------------------------------------------------
+
+    def _attempt(self, job, pending):
+        """Send to ``pending`` and record the outcome durably before anything moves."""
+        result = self._deliver(job, pending)
+        now = self.clock()
+        meta = job.meta
+        meta["message_id"] = job.message_id
+        meta["attempts"] = meta.get("attempts", 0) + 1
+        meta.setdefault("first_attempt", now)
+        meta["last_attempt"] = now
+        meta["next_attempt"] = now + self._retry_delay(meta["attempts"])
+        meta["delivered"] = meta.get("delivered", []) + [r.recipient for r in result.sent]
+        meta.setdefault("failed_recipients", [])
+        meta.setdefault("history", []).append(
+            {"time": now, "results": [r.as_dict() for r in result.results]})
+        self.spool.write_meta(job.entry.name, meta)
+        return result
+
+    def _deliver(self, job, pending):
+        """The transport's result, with one entry per pending recipient.
+
+        A transport bug (an exception, a missing recipient) becomes a
+        temporary failure: the message is retried later, never lost.
+        """
+        try:
+            result = self.transport.deliver(job.fromaddr, list(pending), job.data,
+                                            message_id=job.message_id)
+        except Exception as exc:
+            log.exception("%s: the transport raised; treating as a temporary failure",
+                          job.entry.name)
+            result = DeliveryResult(job.message_id, tuple(
+                RecipientResult(r, TEMPORARY, None, f"transport error: {exc!r}")
+                for r in pending))
+        seen = {r.recipient: r for r in result.results if r.recipient in pending}
+        return DeliveryResult(job.message_id, tuple(
+            seen.get(r) or RecipientResult(r, TEMPORARY, None, "no result from the transport")
+            for r in pending))
+
+    def _retry_delay(self, attempts):
+        """Exponential backoff from retry_initial, capped at retry_max, with jitter."""
+        base = min(self.settings.retry_max,
+                   self.settings.retry_initial * 2 ** max(attempts - 1, 0))
+        return base * (1 + JITTER * (2 * self.rand() - 1))
+
+    # -- outcomes ---------------------------------------------------------------
+
+    def _settle(self, job, pending, result, stats):
+        """Dead-letter, defer or remove, in that order; returns the events to send."""
+        now = self.clock()
+        sent = [r for r in result.results if r.status == SENT]
+        temporary = [r for r in result.results if r.status == TEMPORARY]
+        permanent = [r for r in result.results if r.status not in (SENT, TEMPORARY)]
+        expired = bool(temporary) and now - job.meta["first_attempt"] > self.settings.max_queue_time
+        dead = permanent + (temporary if expired else [])
+        retry = [] if expired else temporary
+        found = []
+        if sent:
+            log.info("sent %s from %s to %s (%s)", job.message_id, job.fromaddr,
+                     ", ".join(r.recipient for r in sent), _summary(sent))
+            found.append(self._event(mail_events.MailSent, job, sent))
+        if dead:
+            reason = self._reason(job, permanent, temporary if expired else [], now)
+            self._bury(job, dead, reason, now, stats)
+            found.append(self._event(mail_events.MailFailed, job, dead, reason))
+        if retry:
+            self._defer(job, retry, stats)
+            found.append(self._event(mail_events.MailDeferred, job, retry, _summary(retry)))
+        elif not self._is_whole(job, dead):
+            self.spool.remove(job.entry)
+            stats.sent += not dead
+        return found
+
+    def _reason(self, job, permanent, expired, now):
+        """One line saying why these recipients were given up."""
+        parts = []
+        if permanent:
+            parts.append("permanent failure: " + _summary(permanent))
+        if expired:
+            age = format_duration(now - job.meta["first_attempt"])
+            parts.append(f"expired after {job.meta['attempts']} attempts over {age}: "
+                         f"last error {_summary(expired)}")
+        return "; ".join(parts)
+
+    def _defer(self, job, retry, stats):
+        """Park the message in deferred/ (its next_attempt is already on disk)."""
+        self.spool.move(job.entry, "deferred")
+        stats.deferred += 1
+        wait = format_duration(job.meta["next_attempt"] - job.meta["last_attempt"])
+        log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,
+                    ", ".join(r.recipient for r in retry), _summary(retry),
+                    job.meta["attempts"], wait)
+
+    def _is_whole(self, job, dead):
+        """True when the dead recipients are the message's entire envelope."""
+        return set(r.recipient for r in dead) == set(job.toaddrs)
+
+    def _bury(self, job, dead, reason, now, stats):
+        """Dead-letter ``dead``: move the file when it is all of them, else copy.
+
+        The copy's envelope is exactly the failed recipients, so retrying a
+        dead letter can never reach a recipient that already accepted.  The
+        original's state then records them as failed -- after the copy is on
+        disk, so a crash in between means a second try, not a lost recipient.
+        """
+        meta = self._failure_meta(job, dead, reason, now)
+        if self._is_whole(job, dead):
+            self.spool.write_meta(job.entry.name, meta)
+            where = self.spool.move(job.entry, "failed")
+        else:
+            where = self.spool.dead_letter_copy(
+                job.fromaddr, [r.recipient for r in dead], job.data, meta)
+            job.meta["failed_recipients"] = (job.meta["failed_recipients"]
+                                             + [r.recipient for r in dead])
+            self.spool.write_meta(job.entry.name, job.meta)
+        stats.failed += 1
+        log.error("dead letter %s from %s to %s: %s (failed/%s)", job.message_id,
+                  job.fromaddr, ", ".join(r.recipient for r in dead), reason, where.name)
+
+    def _failure_meta(self, job, dead, reason, now):
+        """The state file of a dead letter: why, when, after how many attempts."""
+        meta = job.meta
+        return {"reason": reason, "failed_at": now, "attempts": meta.get("attempts", 0),
+                "first_attempt": meta.get("first_attempt"),
+                "last_attempt": meta.get("last_attempt"),
+                "recipients": [r.as_dict() for r in dead],
+                "history": meta.get("history", []), "message_id": job.message_id,
+                "dead_letter_of": job.entry.name}
+
+    def _bury_poison(self, entry, meta, why, stats):
+        """A file that cannot be sent as it is goes to failed/ untouched, with the reason."""
+        now = self.clock()
+        reason = f"poison: {why}"
+        self.spool.write_meta(entry.name, {
+            "reason": reason, "failed_at": now, "attempts": meta.get("attempts", 0),
+            "recipients": [], "history": meta.get("history", []),
+            "message_id": None, "dead_letter_of": entry.name})
+        self.spool.move(entry, "failed")
+        stats.failed += 1
+        log.error("dead letter failed/%s: %s", entry.name, reason)
+        self._dispatch([mail_events.MailFailed(None, "", (), reason=reason)])
+
+    def _bury_unknown_state(self, job, stats):
+        """A corrupt state file hides who already got the message: stop, do not guess.
+
+        Sending again could reach recipients twice, so the message is
+        dead-lettered whole for a person to look at.
+        """
+        now = self.clock()
+        reason = (f"the state file meta/{job.entry.name}.json is corrupt, so the "
+                  "recipients already delivered are unknown; not sent again")
+        dead = [RecipientResult(r, PERMANENT, None, "delivery state unknown")
+                for r in job.toaddrs]
+        job.meta = {}
+        self.spool.write_meta(job.entry.name, self._failure_meta(job, dead, reason, now))
+        self.spool.move(job.entry, "failed")
+        stats.failed += 1
+        log.error("dead letter %s to %s: %s", job.message_id, ", ".join(job.toaddrs), reason)
+        self._dispatch([self._event(mail_events.MailFailed, job, dead, reason)])
+
+    # -- events -----------------------------------------------------------------
+
+    def _event(self, kind, job, results, reason=None):
+        return kind(job.message_id, job.fromaddr, [r.recipient for r in results],
+                    results, reason=reason)
+
+    def _dispatch(self, found):
+        """Notify subscribers, only now that the spool state is durable."""
+        if self.registry is not None and found:
+            mail_events.dispatch(self.registry, found, self.transaction_manager)
