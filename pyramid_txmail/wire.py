@@ -1,0 +1,184 @@
+"""Bytes on the wire: CRLF line endings, lines of at most 998 octets, 7/8-bit.
+
+SMTP (RFC 5321 section 4.5.3.1.6) limits a line to 998 octets plus CRLF and
+knows only CRLF as a line ending; a server without 8BITMIME takes only 7-bit
+data.  :func:`to_wire` turns any stored message into such bytes while keeping
+its meaning: most messages only need their line endings normalised, which is
+done without parsing.  Only a message that still breaks a rule is parsed, and
+then only the parts that break it are re-encoded (text as quoted-printable,
+anything else as base64).
+
+A bare CR or LF is taken as a line break everywhere, as the ``email``
+package's parser does.  Dot-stuffing is left to ``smtplib``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import email.policy
+from email.parser import BytesParser
+
+__all__ = ["MAX_LINE", "to_wire", "needs_smtputf8", "has_8bit"]
+
+#: The longest line SMTP allows, in octets, not counting the CRLF.
+MAX_LINE = 998
+_FOLD_AT = 78  # where an over-long header line is folded, when it can be
+_CRLF = b"\r\n"
+_WSP = b" \t"
+
+
+def _as_bytes(data):
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"expected the message as bytes, not {type(data).__name__}")
+
+
+def _crlf(data):
+    """Every CRLF, bare CR and bare LF becomes CRLF (as email's parser reads them)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", _CRLF)
+
+
+def _fits(data):
+    """True when no line of the CRLF-only ``data`` is longer than MAX_LINE."""
+    return len(data) <= MAX_LINE or max(map(len, data.split(_CRLF))) <= MAX_LINE
+
+
+def has_8bit(data) -> bool:
+    """True when ``data`` holds a byte with the high bit set."""
+    return not _as_bytes(data).isascii()
+
+
+def _split_head(data):
+    """``(header block, rest)`` of CRLF-only ``data``; the block ends with its CRLF."""
+    if data.startswith(_CRLF):
+        return b"", data
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data, b""
+    return data[:end + 2], data[end + 2:]
+
+
+def needs_smtputf8(fromaddr, toaddrs, data=None) -> bool:
+    """True when an envelope address is non-ASCII or the header block of ``data``
+    holds raw non-ASCII bytes (RFC 6531/6532)."""
+    addresses = [fromaddr or "", *toaddrs]
+    if not all(address.isascii() for address in addresses):
+        return True
+    if data is None:
+        return False
+    data = _as_bytes(data)
+    if data.isascii():
+        return False
+    return not _split_head(_crlf(data))[0].isascii()
+
+
+def _fold_line(line):
+    """Fold one over-long physical header line at its whitespace.
+
+    A fold only inserts CRLF before existing whitespace, so unfolding (RFC 5322
+    2.2.3) gives back exactly the original line.  Pieces are kept near 78
+    octets; a run without whitespace longer than that stays whole.
+    """
+    colon = line.find(b":")
+    start = colon + 2 if colon >= 0 else 1  # never fold right after "Name:"
+    pieces = []
+    while len(line) > _FOLD_AT:
+        cut = None
+        for i in range(min(_FOLD_AT, len(line) - 1), start - 1, -1):
+            if line[i] in _WSP and line[i - 1] not in _WSP:
+                cut = i
+                break
+        if cut is None:
+            for i in range(max(_FOLD_AT, start), len(line)):
+                if line[i] in _WSP and line[i - 1] not in _WSP:
+                    cut = i
+                    break
+        if cut is None or not line[cut:].strip(_WSP):
+            break  # nothing to fold at, or only trailing whitespace would move
+        pieces.append(line[:cut])
+        line = line[cut:]
+        start = 1
+    pieces.append(line)
+    return _CRLF.join(pieces)
+
+
+def _fold_head(head):
+    lines = head.split(_CRLF)
+    return _CRLF.join(_fold_line(line) if len(line) > MAX_LINE else line for line in lines)
+
+
+def _wire_ok(data, eightbit):
+    return _fits(data) and (eightbit or data.isascii())
+
+
+def to_wire(data: bytes, eightbit: bool = True) -> bytes:
+    """The message ``data`` as SMTP wants it: CRLF only, no line over 998 octets,
+    and 7-bit clean unless ``eightbit`` (the server offers 8BITMIME).
+
+    The result parses to the same message: same headers once unfolded, same
+    decoded text (line breaks as CRLF) and same attachment bytes.
+    """
+    data = _crlf(_as_bytes(data))
+    if _wire_ok(data, eightbit):
+        return data
+    head, body = _split_head(data)
+    if not _fits(head):
+        data = _fold_head(head) + body
+        if _wire_ok(data, eightbit):
+            return data
+    return _reencode(data, eightbit)
+
+
+def _policy(eightbit):
+    # Headers that folding at whitespace could not shorten are refolded by
+    # the email package (RFC 2047 encoded words) -- only those over 998.
+    return email.policy.default.clone(
+        linesep="\r\n", max_line_length=MAX_LINE, refold_source="long",
+        cte_type="8bit" if eightbit else "7bit")
+
+
+def _reencode(data, eightbit):
+    policy = _policy(eightbit)
+    message = BytesParser(policy=policy).parsebytes(data)
+    changed = False
+    for part in message.walk():
+        if part.is_multipart() or part.get_content_maintype() in ("multipart", "message"):
+            continue
+        if _part_needs_reencoding(part, eightbit):
+            _reencode_part(part)
+            changed = True
+    if changed and "MIME-Version" not in message:
+        message["MIME-Version"] = "1.0"  # a Content-Transfer-Encoding needs MIME
+    return message.as_bytes(policy=policy)
+
+
+def _part_needs_reencoding(part, eightbit):
+    # The raw payload as parsed: 8-bit bytes are kept as lone surrogates, one
+    # per byte, so its length in characters is its length in octets.
+    # (get_payload() would decode it with the part's charset.)
+    payload = part._payload
+    if not isinstance(payload, str):
+        return False
+    if not eightbit and not payload.isascii():
+        return True
+    # (str.splitlines would also split at FF, VT, FS..., which SMTP does not)
+    lines = payload.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return max(map(len, lines)) > MAX_LINE
+
+
+def _reencode_part(part):
+    raw = part.get_payload(decode=True) or b""
+    if part.get_content_maintype() == "text":
+        # Text line breaks are CRLF on the wire and in the canonical form;
+        # quoted-printable keeps them as hard breaks.
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        encoded, cte = binascii.b2a_qp(raw, quotetabs=False, istext=True), "quoted-printable"
+    else:
+        encoded, cte = base64.encodebytes(raw), "base64"
+    if "Content-Transfer-Encoding" in part:
+        part.replace_header("Content-Transfer-Encoding", cte)
+    else:
+        part["Content-Transfer-Encoding"] = cte
+    part.set_payload(encoded.decode("ascii"))
