@@ -56,7 +56,9 @@ class PassStats:
     ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
     dead letters written to ``failed/`` (refused, expired or poison);
     ``skipped``: deferred messages not yet due, or claimed by another
-    process first; ``recovered``: stale claims put back into ``new/``.
+    process first; ``recovered``: stale claims put back into ``new/``;
+    ``errors``: messages whose handling raised unexpectedly (logged; the
+    file stays claimed in ``cur/`` until ``claim_timeout`` puts it back).
     """
 
     sent: int = 0
@@ -64,10 +66,11 @@ class PassStats:
     failed: int = 0
     skipped: int = 0
     recovered: int = 0
+    errors: int = 0
 
     def summary(self):
         return (f"sent={self.sent} deferred={self.deferred} failed={self.failed} "
-                f"skipped={self.skipped} recovered={self.recovered}")
+                f"skipped={self.skipped} recovered={self.recovered} errors={self.errors}")
 
 
 @dataclasses.dataclass
@@ -149,13 +152,26 @@ class Processor:
         fresh = self.spool.names("new")
         waiting = self.spool.names("deferred")
         for name in fresh:
-            self._process("new", name, stats)
+            self._process_safely("new", name, stats)
         for name in waiting:
             if self._due(name, now):
-                self._process("deferred", name, stats)
+                self._process_safely("deferred", name, stats)
             else:
                 stats.skipped += 1
         return stats
+
+    def _process_safely(self, state, name, stats):
+        """One message's bug or I/O error must not stop the queue behind it.
+
+        Whatever was recorded in its state file stands; the claim is put
+        back by a later pass after ``claim_timeout``.
+        """
+        try:
+            self._process(state, name, stats)
+        except Exception:
+            stats.errors += 1
+            log.exception("%s: unexpected error; the message stays claimed in cur/ "
+                          "until claim_timeout puts it back", name)
 
     def _due(self, name, now):
         """A deferred message is due when its retry time has come (or is unknown)."""
@@ -197,7 +213,7 @@ class Processor:
     def _pending(self, job):
         """Envelope recipients neither delivered nor dead-lettered yet, in order."""
         done = set(job.meta.get("delivered", ())) | set(job.meta.get("failed_recipients", ()))
-        return [r for r in job.toaddrs if r not in done]
+        return [r for r in dict.fromkeys(job.toaddrs) if r not in done]
 
     # -- one attempt ------------------------------------------------------------
 
@@ -269,7 +285,8 @@ class Processor:
             found.append(self._event(mail_events.MailDeferred, job, retry, _summary(retry)))
         elif not self._is_whole(job, dead):
             self.spool.remove(job.entry)
-            stats.sent += not dead
+            if not dead:
+                stats.sent += 1
         return found
 
     def _reason(self, job, permanent, expired, now):

@@ -251,7 +251,10 @@ class Spool:
                 data = f.read()
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
-        return split_envelope(data)
+        try:
+            return split_envelope(data)
+        except (LookupError, UnicodeError) as exc:  # e.g. =?bogus-charset?q?...?=
+            raise PoisonMessage(f"undecodable envelope header: {exc}") from None
 
     def move(self, entry, state):
         """Move an entry to another state and fsync the target directory."""

@@ -246,17 +246,21 @@ def test_poison_files_are_dead_lettered_and_the_pass_goes_on(spool, smtp_server,
     _put(spool, "1000000001.M000001P1Q1.host", b"Subject: no envelope\n\nbody\n")
     _put(spool, "1000000002.M000001P1Q2.host", bytes(range(256)) * 8)
     os.mkdir(os.path.join(spool.path, "new", "1000000003.M000001P1Q3.host"))
+    _put(spool, "1000000004.M000001P1Q4.host",
+         b"X-Actually-From: =?bogus?q?a?=\nX-Actually-To: b@example.org\n\nhi\n")
     good = queue(spool, ["a@example.org"])
     stats = make_processor(smtp_server).run_once()
-    assert (stats.sent, stats.failed) == (1, 3)
+    assert (stats.sent, stats.failed, stats.errors) == (1, 4, 0)
     assert len(smtp_server.messages) == 1
     assert files(spool, "failed") == ["1000000001.M000001P1Q1.host",
                                       "1000000002.M000001P1Q2.host",
-                                      "1000000003.M000001P1Q3.host"]
+                                      "1000000003.M000001P1Q3.host",
+                                      "1000000004.M000001P1Q4.host"]
     reasons = [m["reason"] for m in failed_meta(spool)]
     assert all(r.startswith("poison: ") for r in reasons)
     assert "no envelope" in reasons[0] and "no envelope" in reasons[1]
     assert "unreadable" in reasons[2]
+    assert "bogus" in reasons[3]
     assert good not in files(spool, "failed")
 
 
@@ -296,6 +300,31 @@ def test_corrupt_state_file_is_not_guessed(spool, smtp_server, make_processor):
     assert smtp_server.messages == []
     assert files(spool, "failed") == [name]
     assert "corrupt" in spool.read_meta(name)["reason"]
+
+
+def test_duplicate_envelope_recipients_get_one_copy(spool, smtp_server, make_processor):
+    queue(spool, ["a@example.org", "b@example.org", "a@example.org"])
+    assert make_processor(smtp_server).run_once().sent == 1
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["a@example.org", "b@example.org"]]
+
+
+def test_an_unexpected_error_on_one_message_does_not_stop_the_pass(
+        spool, smtp_server, make_processor, monkeypatch, caplog):
+    broken = queue(spool, ["broken@example.org"])
+    queue(spool, ["fine@example.org"])
+    write_meta = spool.write_meta
+
+    def failing_write_meta(name, meta):
+        if name == broken:
+            raise OSError(28, "No space left on device")
+        write_meta(name, meta)
+
+    monkeypatch.setattr(spool, "write_meta", failing_write_meta)
+    stats = make_processor(smtp_server).run_once()
+    assert (stats.sent, stats.errors) == (1, 1)
+    assert files(spool, "cur") == [broken]  # put back after claim_timeout
+    assert "No space left on device" in caplog.text
+    assert [m.rcpt_tos for m in smtp_server.messages][-1] == ["fine@example.org"]
 
 
 class RaisingTransport:

@@ -61,7 +61,8 @@ def _epilog():
             "\n"
             "exit status:\n"
             "  0   the pass ran (messages deferred for a retry are normal)\n"
-            "  1   unexpected error (logged with its traceback)\n"
+            "  1   unexpected error (logged with its traceback), also when the\n"
+            "      pass went on past a message that could not be handled\n"
             "  2   usage error (bad command line)\n"
             "  78  configuration error: missing ini file or section, bad or unknown\n"
             "      mail.* setting, no mail.queue_path, unusable spool directory\n"
@@ -178,7 +179,7 @@ def run(args):
         with SMTPTransport.from_settings(settings) as transport:
             stats = Processor(spool, transport, settings, registry=registry).run_once()
     log.info("txmail-qp pass over %s: %s", spool.path, stats.summary())
-    return EX_OK
+    return EX_SOFTWARE if stats.errors else EX_OK
 
 
 def main(argv=None):
