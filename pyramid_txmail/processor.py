@@ -237,17 +237,19 @@ class Processor:
     def _deliver(self, job, pending):
         """The transport's result, with one entry per pending recipient.
 
-        A transport bug (an exception, a missing recipient) becomes a
-        temporary failure: the message is retried later, never lost.
+        Transports raise only for arguments they cannot send (ValueError,
+        TypeError): retrying cannot help, so that is a permanent failure.
+        Any other exception is a transport bug and, like a missing
+        recipient, a temporary failure: retried later, never lost.
         """
         try:
             result = self.transport.deliver(job.fromaddr, list(pending), job.data,
                                             message_id=job.message_id)
         except Exception as exc:
-            log.exception("%s: the transport raised; treating as a temporary failure",
-                          job.entry.name)
+            status = PERMANENT if isinstance(exc, (ValueError, TypeError)) else TEMPORARY
+            log.exception("%s: the transport raised; a %s failure", job.entry.name, status)
             result = DeliveryResult(job.message_id, tuple(
-                RecipientResult(r, TEMPORARY, None, f"transport error: {exc!r}")
+                RecipientResult(r, status, None, f"transport error: {exc!r}")
                 for r in pending))
         seen = {r.recipient: r for r in result.results if r.recipient in pending}
         return DeliveryResult(job.message_id, tuple(

@@ -252,9 +252,13 @@ class Spool:
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
         try:
-            return split_envelope(data)
+            fromaddr, toaddrs, message = split_envelope(data)
         except (LookupError, UnicodeError) as exc:  # e.g. =?bogus-charset?q?...?=
             raise PoisonMessage(f"undecodable envelope header: {exc}") from None
+        for address in (fromaddr, *toaddrs):
+            if "\r" in address or "\n" in address:  # smuggled in an encoded word
+                raise PoisonMessage(f"envelope address contains a line break: {address!r}")
+        return fromaddr, toaddrs, message
 
     def move(self, entry, state):
         """Move an entry to another state and fsync the target directory."""

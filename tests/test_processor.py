@@ -248,19 +248,23 @@ def test_poison_files_are_dead_lettered_and_the_pass_goes_on(spool, smtp_server,
     os.mkdir(os.path.join(spool.path, "new", "1000000003.M000001P1Q3.host"))
     _put(spool, "1000000004.M000001P1Q4.host",
          b"X-Actually-From: =?bogus?q?a?=\nX-Actually-To: b@example.org\n\nhi\n")
+    _put(spool, "1000000005.M000001P1Q5.host",
+         b"X-Actually-From: a@example.org\nX-Actually-To: =?utf-8?q?b=0Ab@x.org?=\n\nhi\n")
     good = queue(spool, ["a@example.org"])
     stats = make_processor(smtp_server).run_once()
-    assert (stats.sent, stats.failed, stats.errors) == (1, 4, 0)
+    assert (stats.sent, stats.failed, stats.errors) == (1, 5, 0)
     assert len(smtp_server.messages) == 1
     assert files(spool, "failed") == ["1000000001.M000001P1Q1.host",
                                       "1000000002.M000001P1Q2.host",
                                       "1000000003.M000001P1Q3.host",
-                                      "1000000004.M000001P1Q4.host"]
+                                      "1000000004.M000001P1Q4.host",
+                                      "1000000005.M000001P1Q5.host"]
     reasons = [m["reason"] for m in failed_meta(spool)]
     assert all(r.startswith("poison: ") for r in reasons)
     assert "no envelope" in reasons[0] and "no envelope" in reasons[1]
     assert "unreadable" in reasons[2]
     assert "bogus" in reasons[3]
+    assert "line break" in reasons[4]
     assert good not in files(spool, "failed")
 
 
@@ -328,17 +332,31 @@ def test_an_unexpected_error_on_one_message_does_not_stop_the_pass(
 
 
 class RaisingTransport:
+    def __init__(self, exc):
+        self.exc = exc
+
     def deliver(self, fromaddr, toaddrs, data, message_id=None):
-        raise RuntimeError("bug in a transport")
+        raise self.exc
 
 
 def test_a_raising_transport_defers_instead_of_losing(spool, clock):
     settings = parse_settings({"mail.queue_path": spool.path})
     name = queue(spool, ["a@example.org"])
-    stats = Processor(spool, RaisingTransport(), settings, clock=clock).run_once()
+    transport = RaisingTransport(RuntimeError("bug in a transport"))
+    stats = Processor(spool, transport, settings, clock=clock).run_once()
     assert stats.deferred == 1
     assert files(spool, "deferred") == [name]
     assert "bug in a transport" in spool.read_meta(name)["history"][0]["results"][0]["text"]
+
+
+def test_arguments_the_transport_refuses_are_a_permanent_failure(spool, clock):
+    settings = parse_settings({"mail.queue_path": spool.path})
+    name = queue(spool, ["a@example.org"])
+    transport = RaisingTransport(ValueError("cannot send this"))
+    stats = Processor(spool, transport, settings, clock=clock).run_once()
+    assert stats.failed == 1
+    assert files(spool, "failed") == [name]
+    assert "cannot send this" in spool.read_meta(name)["reason"]
 
 
 # -- repoze.sendmail compatibility, both directions ------------------------------------
