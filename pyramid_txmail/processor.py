@@ -200,7 +200,7 @@ class Processor:
             stats.sent += 1
             return
         result = self._attempt(job, pending)
-        self._dispatch(self._settle(job, pending, result, stats))
+        self._dispatch(self._settle(job, result, stats))
 
     def _load_meta(self, entry):
         """The state file; a dead letter put back for a retry starts afresh."""
@@ -264,7 +264,7 @@ class Processor:
 
     # -- outcomes ---------------------------------------------------------------
 
-    def _settle(self, job, pending, result, stats):
+    def _settle(self, job, result, stats):
         """Dead-letter, defer or remove, in that order; returns the events to send."""
         now = self.clock()
         sent = [r for r in result.results if r.status == SENT]
