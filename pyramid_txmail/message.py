@@ -141,10 +141,10 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     check_headers(message)
 
     if message["From"] is None:
-        if not default_sender:
+        if not (default_sender or fromaddr):
             raise NoSender("the message has no From header and mail.default_sender "
                            "is not set")
-        message["From"] = default_sender
+        message["From"] = default_sender or fromaddr
     header_senders = _addresses(message, ("Sender",)) or _addresses(message, ("From",))
     reply_to = _addresses(message, ("Reply-To",))
     header_recipients = _addresses(message, RECIPIENT_HEADERS)
