@@ -19,7 +19,7 @@ from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
 from .result import PERMANENT, TEMPORARY, DeliveryResult, RecipientResult
-from .spool import Entry, Spool
+from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
 
@@ -118,21 +118,24 @@ class DirectOutbox:
                       ", ".join(recipients), reason)
             return [MailFailed(prepared.message_id, prepared.fromaddr, recipients,
                                failures, reason=reason)]
-        name = self.fallback.write_tmp(prepared.fromaddr, recipients, prepared.data)
         now = self.clock()
-        self.fallback.write_meta(name, {
-            "message_id": prepared.message_id, "attempts": 1, "first_attempt": now,
-            "last_attempt": now, "delivered": [],
-            "results": [dict(r.as_dict(), time=now) for r in failures],
-            "reason": reason if state == "failed" else None,
-        })
+        results = [r.as_dict() for r in failures]
         if state == "new":
+            name = self.fallback.write_tmp(prepared.fromaddr, recipients, prepared.data)
+            self.fallback.write_meta(name, {
+                "message_id": prepared.message_id, "attempts": 1, "first_attempt": now,
+                "last_attempt": now, "delivered": [], "failed_recipients": [],
+                "history": [{"time": now, "results": results}]})
             self.fallback.commit_tmp([name])
             log.warning("direct delivery of %s to %s failed temporarily (%s); queued in %s",
                         prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
             return [MailQueued(prepared.message_id, prepared.fromaddr, recipients, failures,
                                reason=reason)]
-        self.fallback.move(Entry(self.fallback, "tmp", name), "failed")
+        self.fallback.dead_letter_copy(prepared.fromaddr, recipients, prepared.data, {
+            "reason": "permanent failure: " + reason, "failed_at": now, "attempts": 1,
+            "first_attempt": now, "last_attempt": now, "recipients": results,
+            "history": [{"time": now, "results": results}],
+            "message_id": prepared.message_id, "dead_letter_of": None})
         log.error("direct delivery of %s to %s failed permanently (%s); dead-lettered in %s",
                   prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
         return [MailFailed(prepared.message_id, prepared.fromaddr, recipients, failures,

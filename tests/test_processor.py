@@ -268,19 +268,6 @@ def test_poison_files_are_dead_lettered_and_the_pass_goes_on(spool, smtp_server,
     assert good not in files(spool, "failed")
 
 
-def test_unreadable_file_is_dead_lettered(spool, smtp_server, make_processor):
-    path = _put(spool, "1000000001.M000001P1Q1.host",
-                b"X-Actually-From: a@x.org\nX-Actually-To: b@x.org\n\nhi\n")
-    os.chmod(path, 0)
-    if os.access(path, os.R_OK):
-        pytest.skip("running as root: a 0000 file is still readable")
-    queue(spool, ["a@example.org"])
-    stats = make_processor(smtp_server).run_once()
-    assert (stats.sent, stats.failed) == (1, 1)
-    [meta] = failed_meta(spool)
-    assert "unreadable" in meta["reason"]
-
-
 def test_stale_claim_is_recovered_and_a_fresh_one_left_alone(spool, clock, smtp_server,
                                                             make_processor):
     stale = queue(spool, ["stale@example.org"])
