@@ -178,3 +178,16 @@ def test_long_lines_are_re_encoded_before_spooling():
 def test_not_a_message():
     with pytest.raises(TypeError, match="EmailMessage"):
         prepare("To: a@example.com\n\nbody", "s@example.com")
+
+
+def test_long_lines_of_a_legacy_message_are_re_encoded_and_bare_cr_normalised():
+    text = "y" * 3000 + "\r" + "z" * 10 + "\n"
+    msg = Message()
+    msg["To"] = "a@example.com"
+    msg.set_payload(text)
+    p = prepare(msg, "s@example.com")
+    lines = p.data.split(b"\n")
+    assert max(len(line) for line in lines) <= 998
+    assert b"\r" not in p.data
+    body = email.message_from_bytes(p.data).get_payload(decode=True)
+    assert body.replace(b"\r\n", b"\n") == b"y" * 3000 + b"\n" + b"z" * 10 + b"\n"
