@@ -398,6 +398,8 @@ class SMTPTransport:
                     f"{exc.verify_message or exc}; nothing sent")
         if isinstance(exc, _ssl.SSLError):
             return f"TLS with {addr} failed: {exc.reason or exc}; nothing sent"
+        if isinstance(exc, TimeoutError) and step == "connect":
+            return f"cannot connect to {addr}: no answer within {self.timeout:g}s"
         if isinstance(exc, TimeoutError) or "timed out" in str(exc):
             return f"no reply from {addr} within {self.timeout:g}s (at {step})"
         if isinstance(exc, smtplib.SMTPServerDisconnected):

@@ -4,6 +4,9 @@
 
 * logs the commands it saw (``handler.commands``: "EHLO", "MAIL", "RCPT",
   "RSET", "QUIT", "DATA" -- the DATA *command*, before any message data),
+* changes its EHLO reply: ``script["ehlo"] = "502 ..."`` refuses EHLO (the
+  client falls back to HELO), ``script["ehlo-without"] = ["8BITMIME", "SIZE"]``
+  leaves extensions out,
 * waits before a reply: ``script["delay"] = {"mail": 2.0}`` (also "ehlo",
   "rcpt", "data" = after the final dot),
 * answers the DATA command itself: ``script["data-command"] = "451 ..."``
@@ -12,7 +15,7 @@
 * can close every open connection as an idle timeout would
   (:meth:`close_connections`).
 
-:func:`extra_server` starts an :class:`SMTPServer` with it (the DATA command
+:func:`extra_server` starts a ``tests.smtpserver.SMTPServer`` with it (the DATA command
 needs an aiosmtpd ``SMTP`` subclass, installed as the controller's factory).
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 
 from aiosmtpd.smtp import SMTP
 
-from .smtpserver import ScriptedHandler, SMTPServer
+from .smtpserver import ScriptedHandler
 
 
 class ExtraHandler(ScriptedHandler):
@@ -41,7 +44,11 @@ class ExtraHandler(ScriptedHandler):
         self.transports.append(server.transport)
         self.loop = asyncio.get_running_loop()
         await self._delay("ehlo")
-        return await super().handle_EHLO(server, session, envelope, hostname, responses)
+        responses = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        if self.script.get("ehlo"):
+            return [self.script["ehlo"]]
+        without = {word.upper() for word in self.script.get("ehlo-without", ())}
+        return [line for line in responses if line[4:].split()[0].upper() not in without]
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.commands.append("MAIL")

@@ -23,6 +23,9 @@ MSG = (b"From: a@example.com\nTo: b@example.com\nSubject: hi\n"
        b"Message-ID: <1@example.com>\n\nhello\n.a line starting with a dot\n")
 CRLF_MSG = MSG.replace(b"\n", b"\r\n")
 USER, PASSWORD = "mailuser", "s3cret-Pa55"
+EIGHTBIT = (b"From: a@example.com\nSubject: x\nMIME-Version: 1.0\n"
+            b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+            + "gr\u00fc\u00dfe\n".encode())
 
 
 @pytest.fixture
@@ -71,13 +74,26 @@ def test_plain_send_arrives_with_crlf_and_exact_envelope(server, transports):
 
 
 def test_8bit_message_is_sent_as_8bitmime(server, transports):
-    data = (b"From: a@example.com\nSubject: x\nContent-Type: text/plain; charset=utf-8\n"
-            b"Content-Transfer-Encoding: 8bit\n\n" + "gr\u00fc\u00dfe\n".encode())
+    data = EIGHTBIT
     result = transports(server).deliver("a@example.com", ["b@example.com"], data)
     assert result.ok
     (received,) = server.messages
     assert "BODY=8BITMIME" in received.mail_options
     assert received.data == data.replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("script", [{"ehlo-without": ["8BITMIME", "SIZE"]},
+                                    {"ehlo": "502 5.5.1 EHLO not implemented"}])
+def test_8bit_message_to_a_server_without_8bitmime_goes_7bit(make_smtp_server, transports,
+                                                             script):
+    server = extra_server(make_smtp_server, script)
+    assert transports(server).deliver("a@example.com", ["b@example.com"], EIGHTBIT).ok
+    (received,) = server.messages
+    assert received.data.isascii()
+    assert received.mail_options == []  # neither BODY=8BITMIME nor SIZE=
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
+    assert parsed.get_content().replace("\r\n", "\n") == "gr\u00fc\u00dfe\n"
 
 
 def test_long_lines_bare_lf_and_cr_arrive_as_crlf_within_998(server, transports):
