@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Postfix's smtp-sink, from Debian's postfix package, unpacked locally: it needs
+# no MTA service and nothing installed system-wide.
+POSTFIX_ROOT := .deps/postfix
+SMTP_SINK := $(POSTFIX_ROOT)/usr/sbin/smtp-sink
 
 .PHONY: test demo install clean
 
@@ -14,11 +18,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo]'
 	touch $@
 
-test: install
+$(SMTP_SINK):
+	mkdir -p .deps/debs
+	cd .deps/debs && rm -f postfix_*.deb && \
+	  { apt-get download postfix 2>/dev/null || { apt-get update -qq && apt-get download postfix; }; }
+	dpkg -x .deps/debs/postfix_*.deb $(POSTFIX_ROOT)
+	touch $@
+
+test: install $(SMTP_SINK)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m demo_app.run
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .pytest_cache
+	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache
