@@ -18,7 +18,7 @@ from .datamanager import MailDataManager
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
-from .result import PERMANENT, TEMPORARY, DeliveryResult, RecipientResult
+from .result import TEMPORARY, DeliveryResult, RecipientResult
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")

@@ -34,10 +34,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import re
 import time
 
 from . import events as mail_events
+from . import wire
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .spool import PoisonMessage
 
@@ -83,25 +83,6 @@ class _Job:
     data: bytes
     message_id: str | None
     meta: dict
-
-
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-
-
-def message_id_of(data):
-    """The Message-ID header of raw message bytes, or ``None``.
-
-    Only the header block is scanned: logging a message id must not cost a
-    full MIME parse of a large body.
-    """
-    match = _HEAD_END.search(data)
-    head = data[:match.start()] if match else data
-    found = _MESSAGE_ID.search(head)
-    if not found:
-        return None
-    value = re.sub(rb"\s+", b" ", found.group(1)).strip()
-    return value.decode("ascii", errors="replace") or None
 
 
 def format_duration(seconds):
@@ -190,7 +171,7 @@ class Processor:
         except PoisonMessage as exc:
             self._bury_poison(entry, meta, str(exc), stats)
             return
-        job = _Job(entry, fromaddr, toaddrs, data, message_id_of(data), meta)
+        job = _Job(entry, fromaddr, toaddrs, data, wire.message_id_of(data), meta)
         if meta.get("corrupt_meta"):
             self._bury_unknown_state(job, stats)
             return

@@ -31,12 +31,10 @@ import email.utils
 import functools
 import ipaddress
 import logging
-import re
 import smtplib
 import socket
 import ssl as _ssl
 import threading
-from email.parser import BytesHeaderParser
 
 from zope.interface import implementer
 
@@ -132,16 +130,6 @@ def _reply_status(code):
     return TEMPORARY
 
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-
-
-def _message_id(data):
-    match = _HEAD_END.search(data)
-    head = data[:match.start() + 2] if match else data
-    value = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)["Message-ID"]
-    return " ".join(str(value).split()) if value is not None else None
-
-
 def _check_args(fromaddr, toaddrs, data):
     if not isinstance(fromaddr, str):
         raise TypeError(f"fromaddr must be a str, not {type(fromaddr).__name__}")
@@ -219,7 +207,7 @@ class SMTPTransport:
         """
         fromaddr, toaddrs, data = _check_args(fromaddr, toaddrs, data)
         if message_id is None:
-            message_id = _message_id(data)
+            message_id = wire.message_id_of(data)
         with self._lock:
             try:
                 results = self._attempt(fromaddr, toaddrs, data)

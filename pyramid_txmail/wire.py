@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import re
 from email.parser import BytesParser
 
 __all__ = ["MAX_LINE", "to_wire", "needs_smtputf8", "has_8bit"]
@@ -182,3 +183,22 @@ def _reencode_part(part):
     else:
         part["Content-Transfer-Encoding"] = cte
     part.set_payload(encoded.decode("ascii"))
+
+
+_HEADERS_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(data):
+    """The Message-ID header of raw message bytes, or ``None``.
+
+    Only the header block is scanned: logging a message id must not cost a
+    full MIME parse of a large body.
+    """
+    match = _HEADERS_END.search(data)
+    head = data[:match.start()] if match else data
+    found = _MESSAGE_ID_FIELD.search(head)
+    if not found:
+        return None
+    value = re.sub(rb"\s+", b" ", found.group(1)).strip()
+    return value.decode("ascii", errors="replace") or None

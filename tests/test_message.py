@@ -10,7 +10,6 @@ import pytest
 
 from pyramid_txmail.message import (HeaderInjection, InvalidAddress, NoRecipients,
                                     NoSender, prepare)
-from pyramid_txmail.spool import split_envelope  # noqa: F401 (format shared with the spool)
 
 
 def parse(prepared):

@@ -12,7 +12,8 @@ import transaction
 from pyramid.config import Configurator
 
 from pyramid_txmail.interfaces import IMailDeferred, IMailFailed, IMailSent
-from pyramid_txmail.processor import Processor, format_duration, message_id_of
+from pyramid_txmail.processor import Processor, format_duration
+from pyramid_txmail.wire import message_id_of
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.spool import Spool, split_envelope
 
