@@ -1,0 +1,409 @@
+"""Run the whole demo with one command and show one mail going through.
+
+::
+
+    python -m demo_app.run [--ini demo_app/development.ini] [--check]
+
+starts
+
+* the development SMTP server (:mod:`demo_app.devsmtp`, in this process),
+* the web application under waitress (``pserve INI`` in a child process),
+* the queue processor: ``txmail-qp INI`` once every second (a child process
+  per pass, like a cron job would run it),
+
+then signs up a sample user over HTTP and waits until the welcome mail is in
+the inbox.  Without ``--check`` it keeps everything running until Ctrl-C;
+with ``--check`` it exits 0 as soon as the mail arrived (1 if it did not).
+
+``--http-port``, ``--smtp-port`` and ``--var`` override the INI file: the
+demo then writes a copy of it with those values into a temporary directory
+and gives that copy to ``pserve`` and ``txmail-qp`` alike, so all three parts
+agree on the ports and directories.
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import email.policy
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from email.parser import BytesParser
+
+import plaster
+
+from demo_app.devsmtp import DevSMTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_INI = os.path.join(HERE, "development.ini")
+# txmail-qp's summary of a pass that found nothing to do: once a second is noise.
+IDLE_PASS = re.compile(rb"txmail-qp pass over .*: sent=0 deferred=0 failed=0 skipped=0 "
+                       rb"recovered=0 errors=0\s*$")
+SAMPLE = {"name": "Newcomer", "email": "newcomer@example.org"}
+
+
+class Stop(Exception):
+    """Ctrl-C or SIGTERM: stop everything and exit 0."""
+
+
+class DemoError(Exception):
+    """Something a user can fix (a port in use, a missing script): exit 1 with the text."""
+
+
+def say(text):
+    print(text, flush=True)
+
+
+# -- configuration ---------------------------------------------------------
+
+def write_overridden_ini(ini, directory, http_port=None, smtp_port=None, var=None):
+    """Copy ``ini`` into ``directory`` with ports and directories replaced.
+
+    ``%(here)s`` is resolved against the original file's directory so the
+    copy means the same as the original apart from the overrides.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keep the keys' case
+    with open(ini, encoding="utf-8") as fh:
+        parser.read_file(fh)
+    here = os.path.dirname(os.path.abspath(ini))
+    for section in parser.sections():
+        for key, value in parser.items(section, raw=True):
+            if "%(here)s" in value or "%(__file__)s" in value:
+                value = value.replace("%(here)s", here).replace(
+                    "%(__file__)s", os.path.abspath(ini))
+                parser.set(section, key, value)
+    if smtp_port is not None:
+        parser.set("app:main", "mail.port", str(smtp_port))
+    if var is not None:
+        var = os.path.abspath(var)
+        parser.set("app:main", "mail.queue_path", os.path.join(var, "spool"))
+        parser.set("app:main", "demo.inbox_path", os.path.join(var, "inbox"))
+    if http_port is not None:
+        host = server_address(dict(parser.items("server:main", raw=True)))[0]
+        for key in ("host", "port", "listen"):
+            parser.remove_option("server:main", key)
+        parser.set("server:main", "listen", f"{host}:{http_port}")
+    path = os.path.join(directory, "demo.ini")
+    with open(path, "w", encoding="utf-8") as fh:
+        parser.write(fh)
+    return path
+
+
+def server_address(server_settings):
+    """(host, port) from a waitress ``[server:main]`` section."""
+    listen = server_settings.get("listen")
+    if listen:
+        first = listen.split()[0]
+        host, _, port = first.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+    return server_settings.get("host", "127.0.0.1"), int(server_settings.get("port", 6543))
+
+
+def read_config(ini):
+    loader = plaster.get_loader(ini, protocols=["wsgi"])
+    app = loader.get_settings("app:main")
+    missing = [k for k in ("mail.queue_path", "mail.port", "demo.inbox_path") if not app.get(k)]
+    if missing:
+        raise DemoError(f"{ini}: [app:main] needs {', '.join(missing)}")
+    http_host, http_port = server_address(loader.get_settings("server:main"))
+    return {
+        "smtp_host": app.get("mail.host") or "127.0.0.1",
+        "smtp_port": int(app["mail.port"]),
+        "spool": os.path.normpath(app["mail.queue_path"]),
+        "inbox": os.path.normpath(app["demo.inbox_path"]),
+        "http_host": http_host,
+        "http_port": http_port,
+    }
+
+
+def check_port_free(host, port, what, flag):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # Like the servers themselves: a TIME_WAIT left by the last run is no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DemoError(f"cannot use {host}:{port} for the {what}: {exc.strerror}. "
+                            f"Is the demo already running? Choose another port with {flag}.")
+
+
+def find_qp():
+    """``txmail-qp`` from the same environment as this Python."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
+    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("txmail-qp")
+    if found:
+        return found
+    raise DemoError("txmail-qp not found next to " + sys.executable +
+                    ": install the package in this environment (pip install -e '.[demo]').")
+
+
+def child_env():
+    """The environment for the children: ``demo_app`` importable from anywhere."""
+    env = dict(os.environ)
+    root = os.path.dirname(HERE)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# -- the parts -------------------------------------------------------------
+
+class QueueLoop(threading.Thread):
+    """Run ``txmail-qp INI`` once a second until stopped."""
+
+    def __init__(self, qp, ini, env, interval=1.0):
+        super().__init__(name="txmail-qp loop", daemon=True)
+        self.command = [qp, ini]
+        self.env = env
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.process = None
+        self.passes = 0
+        self.last_error = None
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                self.process = subprocess.Popen(self.command, env=self.env,
+                                                stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+                for line in self.process.stdout:
+                    if not IDLE_PASS.search(line):
+                        sys.stderr.buffer.write(line)
+                        sys.stderr.flush()
+                self.process.stdout.close()
+                code = self.process.wait()
+            except OSError as exc:
+                code, self.last_error = None, str(exc)
+            else:
+                self.passes += 1
+                if code != 0 and self.last_error is None:
+                    self.last_error = f"txmail-qp exited with status {code}"
+                    say(f"demo: {self.last_error} (see its output above); retrying every second")
+                elif code == 0:
+                    self.last_error = None
+            self.stopping.wait(self.interval)
+
+    def stop(self, grace=10.0):
+        self.stopping.set()
+        process = self.process
+        if process is not None and process.poll() is None:
+            # Let a pass that is delivering finish; stop it only if it hangs.
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                terminate(process)
+        self.join(grace)
+
+
+def terminate(process, grace=5.0):
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_web(ini, env):
+    command = [sys.executable, "-m", "pyramid.scripts.pserve", ini]
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_for_web(url, web, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if web.poll() is not None:
+            raise DemoError(f"the web server (pserve) exited with status {web.returncode}; "
+                            "see its output above.")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, http.client.HTTPException, OSError):
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise DemoError(f"the web application did not answer at {url} within {timeout:.0f} s.")
+
+
+def post_signup(form_url, fields):
+    """POST the form like a browser; return the Message-ID from the thanks page's URL."""
+    data = urllib.parse.urlencode(fields).encode("ascii")
+    request = urllib.request.Request(form_url, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            final_url = response.geturl()
+    except urllib.error.HTTPError as exc:
+        raise DemoError(f"posting the sample sign-up failed: HTTP {exc.code} from {form_url}")
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise DemoError(f"posting the sample sign-up to {form_url} failed: {exc}")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(final_url).query)
+    message_ids = query.get("message_id")
+    if not message_ids:
+        raise DemoError(f"the sign-up did not redirect to the thanks page (ended at {final_url})")
+    return message_ids[0]
+
+
+def find_in_inbox(inbox, message_id):
+    """The parsed message with this Message-ID in the inbox, or None."""
+    try:
+        names = sorted(os.listdir(inbox), reverse=True)
+    except FileNotFoundError:
+        return None
+    parser = BytesParser(policy=email.policy.default)
+    for name in names:
+        if name.startswith(".") or not name.endswith(".eml"):
+            continue
+        try:
+            with open(os.path.join(inbox, name), "rb") as fh:
+                msg = parser.parse(fh, headersonly=True)
+        except OSError:
+            continue
+        if str(msg.get("Message-ID", "")).strip() == message_id.strip():
+            return msg
+    return None
+
+
+def wait_for_mail(inbox, message_id, timeout, queue):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = find_in_inbox(inbox, message_id)
+        if msg is not None:
+            return msg
+        time.sleep(0.2)
+    hint = f" Last problem: {queue.last_error}." if queue.last_error else ""
+    raise DemoError(f"the sample mail {message_id} did not arrive in {inbox} within "
+                    f"{timeout:.0f} s ({queue.passes} txmail-qp passes ran).{hint}")
+
+
+# -- main ------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m demo_app.run",
+        description="Run the pyramid_txmail demo: a local SMTP inbox, the web app and "
+                    "the queue processor; then send one sample mail through them.")
+    parser.add_argument("--ini", default=DEFAULT_INI,
+                        help="the app's INI file (default: demo_app/development.ini)")
+    parser.add_argument("--http-port", type=int,
+                        help="port for the web app (default: from the INI file, 6543)")
+    parser.add_argument("--smtp-port", type=int,
+                        help="port for the development SMTP server (default: mail.port "
+                             "from the INI file, 8025)")
+    parser.add_argument("--var", metavar="DIR",
+                        help="directory for the spool and the inbox (default: from the INI "
+                             "file, var/demo)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 0 once the sample mail arrived, 1 if it did not")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for the sample mail (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def _raise_stop(signum, frame):
+    raise Stop()
+
+
+def run(args):
+    ini = os.path.abspath(args.ini)
+    if not os.path.isfile(ini):
+        raise DemoError(f"no such INI file: {args.ini}")
+    tmpdir = None
+    smtp = web = queue = None
+    try:
+        if args.http_port is not None or args.smtp_port is not None or args.var is not None:
+            tmpdir = tempfile.mkdtemp(prefix="txmail-demo-")
+            ini = write_overridden_ini(ini, tmpdir, args.http_port, args.smtp_port, args.var)
+        config = read_config(ini)
+        if config["smtp_port"] == config["http_port"]:
+            raise DemoError(f"the web app and the SMTP server cannot share port "
+                            f"{config['http_port']}: use different --http-port and --smtp-port.")
+        check_port_free(config["smtp_host"], config["smtp_port"],
+                        "development SMTP server", "--smtp-port")
+        check_port_free(config["http_host"], config["http_port"], "web app", "--http-port")
+        qp = find_qp()
+        env = child_env()
+
+        smtp = DevSMTPServer(config["inbox"], config["smtp_host"], config["smtp_port"]).start()
+        say(f"demo: development SMTP server on {config['smtp_host']}:{config['smtp_port']}, "
+            f"inbox {config['inbox']}")
+        web = start_web(ini, env)
+        queue = QueueLoop(qp, ini, env)
+        queue.start()
+        say(f"demo: queue processor: {os.path.basename(qp)} {ini} every second "
+            f"(spool {config['spool']})")
+
+        base = f"http://{config['http_host']}:{config['http_port']}/"
+        wait_for_web(base, web, timeout=30)
+        say("")
+        say(f"Form: {base}   Inbox: {base}inbox")
+        say("")
+        say(f"demo: signing up {SAMPLE['name']} <{SAMPLE['email']}> through the form ...")
+        message_id = post_signup(base, SAMPLE)
+        say(f"demo: queued {message_id}; waiting for it to arrive ...")
+        msg = wait_for_mail(config["inbox"], message_id, args.timeout, queue)
+        recipient = str(msg.get("X-Envelope-To") or msg.get("To"))
+        say(f"Mail arrived: {msg.get('Subject')} to {recipient}")
+        if args.check:
+            return 0
+        say("")
+        say(f"demo: running. Open {base} to sign up, {base}inbox to read the mail. "
+            "Ctrl-C stops everything.")
+        while True:
+            if web.poll() is not None:
+                raise DemoError(f"the web server (pserve) exited with status {web.returncode}.")
+            time.sleep(0.5)
+    finally:
+        # A second Ctrl-C must not interrupt the clean-up.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if queue is not None:
+            queue.stop()
+        if web is not None:
+            terminate(web)
+        if smtp is not None:
+            smtp.stop()
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Also when started where SIGINT is ignored (a background job): Ctrl-C or
+    # kill -INT/-TERM always means "stop everything cleanly".
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        code = run(args)
+    except (KeyboardInterrupt, Stop):
+        say("\ndemo: stopped.")
+        return 0
+    except DemoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if code == 0 and args.check:
+        say("demo: check passed, everything stopped.")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
