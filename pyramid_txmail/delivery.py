@@ -167,6 +167,16 @@ class NoTransaction(RuntimeError):
     """``send`` was called with no active transaction to join."""
 
 
+def _has_transaction(manager):
+    """Whether ``manager`` has begun a transaction (without beginning one).
+
+    transaction's managers keep it in ``_txn``; a thread-local manager wraps
+    one as ``manager``.  Unknown managers are trusted.
+    """
+    inner = getattr(manager, "manager", manager)
+    return getattr(inner, "_txn", True) is not None
+
+
 @implementer(IMailDelivery)
 class Mailer:
     """A delivery bound to a transaction manager (and maybe a request).
@@ -197,6 +207,13 @@ class Mailer:
         return prepared.message_id
 
     def _data_manager(self):
+        if self.request is not None and not self.request.environ.get("tm.active") \
+                and not _has_transaction(self.transaction_manager):
+            # A non-explicit manager would quietly begin a transaction that
+            # nobody commits: the mail would be lost without a word.
+            raise NoTransaction("pyramid_tm is not managing this request (see "
+                                "tm.activate_hook) and no transaction was begun: wrap "
+                                "the send in `with request.tm:`")
         try:
             txn = self.transaction_manager.get()
         except transaction.interfaces.NoTransaction:

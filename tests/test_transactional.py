@@ -196,3 +196,79 @@ def test_spool_layout_is_readable_by_repoze_maildir(spool_dir):
     webtest.TestApp(main({"mail.queue_path": str(spool_dir)})).get("/send")
     assert len(list(Maildir(str(spool_dir)))) == 1
     assert Spool(str(spool_dir)).count("new") == 1
+
+
+def test_send_in_a_request_pyramid_tm_does_not_manage_is_an_error_not_a_lost_mail(spool_dir):
+    from pyramid_txmail import NoTransaction
+
+    settings = {"mail.queue_path": str(spool_dir),
+                "tm.activate_hook": "tests.test_transactional.never"}
+    app = webtest.TestApp(main(settings))
+    with pytest.raises(NoTransaction, match="tm.activate_hook"):
+        app.get("/send")
+    assert queued(spool_dir) == [] and leftovers(spool_dir) == []
+
+
+def never(request):
+    return False
+
+
+def test_send_inside_request_tm_without_pyramid_tm_works(spool_dir):
+    """The pattern of Pyramid's scripts: ``with env['request'].tm: ...``."""
+    from pyramid.scripting import prepare
+
+    from .app import make_message
+
+    config = Configurator(settings={"mail.queue_path": str(spool_dir),
+                                    "mail.default_sender": "app@example.com"})
+    config.include("pyramid_txmail")
+    config.commit()
+    env = prepare(registry=config.registry)
+    try:
+        with env["request"].tm:
+            msgid = env["request"].mailer.send(make_message({}))
+    finally:
+        env["closer"]()
+    [(_, _, msg)] = queued(spool_dir)
+    assert msg["Message-ID"] == msgid
+
+
+class FailingVote:
+    """A data manager that votes after ours and fails, like a database refusing commit."""
+
+    transaction_manager = None
+
+    def sortKey(self):
+        return "~sqlalchemy:0"
+
+    def tpc_begin(self, txn):
+        pass
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        raise RuntimeError("database refused the commit")
+
+    def tpc_abort(self, txn):
+        pass
+
+    def abort(self, txn):
+        pass
+
+
+def test_a_later_data_manager_failing_its_vote_leaves_nothing_queued(spool_dir):
+    from .app import make_message
+
+    config = Configurator(settings={"mail.queue_path": str(spool_dir),
+                                    "mail.default_sender": "app@example.com"})
+    config.include("pyramid_txmail")
+    manager = transaction.TransactionManager(explicit=True)
+    mailer = get_mailer(config.registry, manager)
+    txn = manager.begin()
+    mailer.send(make_message({}))
+    txn.join(FailingVote())
+    with pytest.raises(RuntimeError, match="database refused"):
+        manager.commit()
+    manager.abort()
+    assert queued(spool_dir) == [] and leftovers(spool_dir) == []
