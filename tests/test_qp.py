@@ -207,11 +207,15 @@ def test_the_app_is_loaded_so_its_subscribers_see_events(tmp_path, make_smtp_ser
     ]
 
 
-def test_an_app_that_cannot_load_is_an_unexpected_error(tmp_path, smtp_server):
+def test_an_app_that_cannot_load_is_a_one_line_configuration_error(tmp_path, smtp_server):
     ini = write_ini(tmp_path, smtp_server)  # txmail_testapp is not importable here
+    queue(tmp_path, ["a@example.org"])
     proc = run_qp(ini)
-    assert proc.returncode == 1
-    assert "txmail_testapp" in proc.stderr
+    assert proc.returncode == 78
+    assert "cannot load the application [app:main]" in proc.stderr
+    assert "txmail_testapp" in proc.stderr and "--no-app" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert smtp_server.messages == []  # nothing is sent by a half-configured processor
 
 
 @pytest.mark.parametrize("uri_suffix", ["#main", ""])

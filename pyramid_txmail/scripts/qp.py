@@ -65,7 +65,8 @@ def _epilog():
             "      pass went on past a message that could not be handled\n"
             "  2   usage error (bad command line)\n"
             "  78  configuration error: missing ini file or section, bad or unknown\n"
-            "      mail.* setting, no mail.queue_path, unusable spool directory\n"
+            "      mail.* setting, no mail.queue_path, unusable spool directory,\n"
+            "      an application that cannot be loaded (see --no-app)\n"
             "\n"
             "example crontab line (a pass every minute, quiet unless something fails):\n"
             "  * * * * *  /srv/app/env/bin/txmail-qp /srv/app/production.ini -q\n")
@@ -159,7 +160,13 @@ def app_registry(path, app_name, load):
         return
     from pyramid.paster import bootstrap
 
-    env = bootstrap(f"{path}#{app_name}")
+    try:
+        env = bootstrap(f"{path}#{app_name}")
+    except Exception as exc:
+        log.debug("loading [app:%s] from %s failed", app_name, path, exc_info=True)
+        raise ConfigError(f"{path}: cannot load the application [app:{app_name}]: "
+                          f"{type(exc).__name__}: {exc} (run with -v for the traceback, "
+                          "or --no-app to deliver without loading the application)") from None
     try:
         yield env["registry"]
     finally:
