@@ -9,6 +9,7 @@ The mail goes out only if the request's transaction commits.
 from __future__ import annotations
 
 from pyramid.exceptions import ConfigurationError
+from pyramid.interfaces import IRequest
 
 from .delivery import Delivery, Mailer, NoTransaction, make_outbox
 from .events import MailDeferred, MailFailed, MailQueued, MailSent
@@ -48,7 +49,13 @@ def make_delivery(settings, registry=None):
 
 def get_mailer(registry, transaction_manager=None):
     """The mailer for scripts and workers, bound to ``transaction_manager``
-    (default: the thread-local ``transaction.manager``)."""
+    (default: the thread-local ``transaction.manager``).
+
+    Given a request instead of a registry (pyramid_mailer's
+    ``get_mailer(request)``), it returns ``request.mailer``.
+    """
+    if IRequest.providedBy(registry) and transaction_manager is None:
+        return registry.mailer
     delivery = registry.queryUtility(IMailDelivery)
     if delivery is None:
         raise ConfigurationError("pyramid_txmail is not configured in this registry: "

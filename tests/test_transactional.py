@@ -272,3 +272,17 @@ def test_a_later_data_manager_failing_its_vote_leaves_nothing_queued(spool_dir):
         manager.commit()
     manager.abort()
     assert queued(spool_dir) == [] and leftovers(spool_dir) == []
+
+
+def test_get_mailer_of_a_request_is_request_mailer_as_in_pyramid_mailer(spool_dir):
+    from pyramid.scripting import prepare
+
+    config = Configurator(settings={"mail.queue_path": str(spool_dir)})
+    config.include("pyramid_txmail")
+    config.commit()
+    env = prepare(registry=config.registry)
+    try:
+        assert get_mailer(env["request"]) is env["request"].mailer
+        assert get_mailer(env["request"]).transaction_manager is env["request"].tm
+    finally:
+        env["closer"]()
