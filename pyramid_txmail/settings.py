@@ -210,6 +210,9 @@ def parse_settings(settings, prefix=PREFIX):
     if values.get("retry_max", 4000.0) < values.get("retry_initial", 300.0):
         _fail(prefix + "retry_max", values["retry_max"],
               f"must not be shorter than {prefix}retry_initial")
+    if values.get("keyfile") and not values.get("certfile"):
+        _fail(prefix + "keyfile", values["keyfile"], f"needs {prefix}certfile (the client "
+              "certificate the key belongs to)")
     for name in ("keyfile", "certfile", "tls_cafile"):
         path = values.get(name)
         if path is not None:

@@ -59,6 +59,8 @@ def test_combinations_are_checked():
         parse_settings({"mail.delivery": "queue"})
     with pytest.raises(ConfigurationError, match="mail.direct_fallback = queue"):
         parse_settings({"mail.direct_fallback": "queue"})
+    with pytest.raises(ConfigurationError, match="mail.keyfile = .*needs mail.certfile"):
+        parse_settings({"mail.keyfile": __file__})
     with pytest.raises(ConfigurationError, match="mail.retry_max"):
         parse_settings({"mail.retry_initial": "1h", "mail.retry_max": "5m"})
 
