@@ -19,7 +19,7 @@ import email.policy
 import re
 from email.parser import BytesParser
 
-__all__ = ["MAX_LINE", "to_wire", "needs_smtputf8", "has_8bit"]
+__all__ = ["MAX_LINE", "to_wire", "needs_smtputf8", "has_8bit", "message_id_of"]
 
 #: The longest line SMTP allows, in octets, not counting the CRLF.
 MAX_LINE = 998
@@ -186,7 +186,8 @@ def _reencode_part(part):
 
 
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
-_MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+                               re.IGNORECASE | re.MULTILINE)
 
 
 def message_id_of(data):
