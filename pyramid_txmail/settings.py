@@ -122,8 +122,9 @@ SETTINGS = (
     Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
             "queue (default when queue_path is set) or direct."),
-    Setting("direct_fallback", _choice(FALLBACK_MODES), "none",
-            "With direct delivery: 'queue' spools a message the relay did not take."),
+    Setting("direct_fallback", _choice(FALLBACK_MODES), None,
+            "With direct delivery: 'queue' (default when queue_path is set) spools a "
+            "message the relay did not take; 'none' only reports it."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
     Setting("sendmail_app", _str, "/usr/sbin/sendmail", "Accepted for pyramid_mailer compatibility."),
@@ -201,6 +202,8 @@ def parse_settings(settings, prefix=PREFIX):
         values["port"] = 465 if values.get("ssl") else 25
     if "delivery" not in values:
         values["delivery"] = "queue" if values.get("queue_path") else "direct"
+    if "direct_fallback" not in values:
+        values["direct_fallback"] = "queue" if values.get("queue_path") else "none"
     needs_queue = values["delivery"] == "queue" or values.get("direct_fallback") == "queue"
     if needs_queue and not values.get("queue_path"):
         which = (prefix + "delivery = queue" if values["delivery"] == "queue"

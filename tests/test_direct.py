@@ -89,8 +89,7 @@ def test_fallback_queues_temporary_failures(make_smtp_server, tmp_path):
     server = make_smtp_server({"rcpt": {"later@example.com": "451 4.3.0 busy"}})
     spool = tmp_path / "spool"
     events = []
-    direct_app(server, events, **{"mail.direct_fallback": "queue",
-                                  "mail.queue_path": str(spool)}).get(
+    direct_app(server, events, **{"mail.queue_path": str(spool)}).get(  # fallback: default
         "/send", {"to": "now@example.com, later@example.com"})
     assert [m.rcpt_tos for m in server.messages] == [["now@example.com"]]
     [name] = os.listdir(spool / "new")
@@ -127,3 +126,14 @@ def test_delivery_utility_is_repoze_imaildelivery(smtp_server):
     [received] = smtp_server.messages
     assert (received.mail_from, received.rcpt_tos) == ("bounce@example.com", ["x@example.com"])
     assert email.message_from_bytes(received.data)["Message-ID"] == msgid
+
+
+def test_fallback_none_reports_but_keeps_nothing(make_smtp_server, tmp_path, caplog):
+    server = make_smtp_server({"rcpt": "451 4.3.0 busy"})
+    spool = tmp_path / "spool"
+    events = []
+    direct_app(server, events, **{"mail.direct_fallback": "none",
+                                  "mail.queue_path": str(spool)}).get("/send")
+    assert [IMailFailed.providedBy(e) for e, _ in events] == [True]
+    assert all(os.listdir(spool / state) == [] for state in ("new", "failed", "tmp"))
+    assert "no fallback" in caplog.text

@@ -25,11 +25,13 @@ def test_pyramid_mailer_keys_keep_their_meaning(tmp_path):
     assert s.default_sender == "Site <site@example.com>"
     assert s.sendmail_template == ["{sendmail_app}", "-t"]
     assert s.delivery == "queue"  # queue is the default when queue_path is set
+    assert s.direct_fallback == "queue"  # and so is the fallback of direct delivery
 
 
 def test_defaults():
     s = parse_settings({"other.key": "ignored"})
     assert (s.host, s.port, s.delivery, s.tls, s.timeout) == ("localhost", 25, "direct", False, 30.0)
+    assert s.direct_fallback == "none"
     assert parse_settings({"mail.ssl": "yes"}).port == 465
     assert parse_settings({"mail.timeout": "2m"}).timeout == 120.0
     assert parse_settings({"mail.retry_initial": "5m", "mail.max_queue_time": "5d"}).max_queue_time == 432000
