@@ -85,7 +85,14 @@ class DirectOutbox:
             return events
         with self.transport_factory() as transport:
             for prepared in messages:
-                events.extend(self._deliver(transport, prepared))
+                try:
+                    events.extend(self._deliver(transport, prepared))
+                except Exception as exc:  # e.g. the fallback spool cannot be written
+                    # One message's trouble must not cost the others their turn.
+                    log.exception("direct delivery of %s to %s failed and it could not "
+                                  "be kept", prepared.message_id, ", ".join(prepared.toaddrs))
+                    events.append(MailFailed(prepared.message_id, prepared.fromaddr,
+                                             prepared.toaddrs, reason=repr(exc)))
         return events
 
     def _deliver(self, transport, prepared):

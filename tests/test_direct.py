@@ -137,3 +137,35 @@ def test_fallback_none_reports_but_keeps_nothing(make_smtp_server, tmp_path, cap
     assert [IMailFailed.providedBy(e) for e, _ in events] == [True]
     assert all(os.listdir(spool / state) == [] for state in ("new", "failed", "tmp"))
     assert "no fallback" in caplog.text
+
+
+def test_a_fallback_write_failure_does_not_cost_the_next_message_its_turn(
+        make_smtp_server, tmp_path, caplog):
+    import resource
+    import signal
+
+    from pyramid_txmail import get_mailer
+
+    from .app import make_message
+
+    server = make_smtp_server({"rcpt": "451 4.3.0 busy"})
+    spool = tmp_path / "spool"
+    config = Configurator(settings={
+        "mail.delivery": "direct", "mail.host": server.host, "mail.port": str(server.port),
+        "mail.queue_path": str(spool), "mail.default_sender": "app@example.com"})
+    config.include("pyramid_txmail")
+    manager = transaction.TransactionManager(explicit=True)
+    mailer = get_mailer(config.registry, manager)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3000, hard))
+    try:
+        with manager:
+            big = mailer.send(make_message({"body": "x" * 8000}))
+            small = mailer.send(make_message({"body": "small"}))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    [name] = os.listdir(spool / "new")
+    assert email.message_from_bytes((spool / "new" / name).read_bytes())["Message-ID"] == small
+    assert big in caplog.text and "could not be kept" in caplog.text
