@@ -246,6 +246,8 @@ class Mailer:
         if self.request is not None:
             # pyramid_tm has ended the transaction by the time finished
             # callbacks run: subscribers get a fresh one on request.tm.
+            for event in events:
+                event.request = self.request
             self.request.add_finished_callback(
                 lambda request: dispatch(registry, events, self.transaction_manager))
         else:

@@ -102,6 +102,7 @@ def test_queued_event_runs_after_commit_in_a_new_transaction(app, events):
     [(event, status)] = events
     assert event.message_id == msgid
     assert event.toaddrs == ("alice@example.com",)
+    assert event.request is not None and event.request.path == "/send"
     assert str(status) in ("Active", "Status.ACTIVE")
 
 
