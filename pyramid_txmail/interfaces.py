@@ -7,6 +7,19 @@ class IMailSettings(Interface):
     """Marker for the parsed :class:`pyramid_txmail.settings.MailSettings` utility."""
 
 
+class IMailOutbox(Interface):
+    """The messages that ``mail.delivery = memory`` delivered (committed), oldest first.
+
+    Registered as a utility by that delivery; the test fixtures and the
+    preview page read it.
+    """
+
+    messages = Attribute("A list of pyramid_txmail.testing.SentMail, oldest first.")
+
+    def clear():
+        """Forget every message."""
+
+
 class IMailEvent(Interface):
     """Something happened to a message; notified after the commit."""
 

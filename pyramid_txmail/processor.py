@@ -125,16 +125,24 @@ class Processor:
 
     # -- the pass ---------------------------------------------------------------
 
-    def run_once(self):
-        """One pass over the spool; returns :class:`PassStats`."""
+    def run_once(self, stop=None):
+        """One pass over the spool; returns :class:`PassStats`.
+
+        ``stop`` is an optional :class:`threading.Event`: once it is set,
+        the message being sent is finished and the pass ends there.
+        """
         stats = PassStats()
         now = self.clock()
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
         fresh = self.spool.names("new")
         waiting = self.spool.names("deferred")
         for name in fresh:
+            if stop is not None and stop.is_set():
+                return stats
             self._process_safely("new", name, stats)
         for name in waiting:
+            if stop is not None and stop.is_set():
+                return stats
             if self._due(name, now):
                 self._process_safely("deferred", name, stats)
             else:

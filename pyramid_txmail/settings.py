@@ -93,6 +93,32 @@ def _choice(choices):
     return parse
 
 
+def _positive_float(value):
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if number < 0:
+        raise ValueError("expected a number >= 0")
+    return number or None
+
+
+def _hosts(value):
+    """``"smtp2.example.com:587, 10.0.0.5"`` → ``(("smtp2.example.com", 587), ("10.0.0.5", None))``."""
+    hosts = []
+    for item in re.split(r"[\s,]+", str(value).strip()):
+        if not item:
+            continue
+        host, sep, port = item.partition(":") if item.count(":") == 1 else (item, "", "")
+        if not host:
+            raise ValueError(f"{item!r} has no host name")
+        try:
+            hosts.append((host, _port(port) if sep else None))
+        except ValueError:
+            raise ValueError(f"{item!r}: the port must be a number from 1 to 65535") from None
+    return tuple(hosts) or None
+
+
 def _template(value):
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -136,6 +162,19 @@ SETTINGS = (
     Setting("retry_max", parse_duration, 4000.0, "Longest delay between two retries."),
     Setting("max_queue_time", parse_duration, 5 * 86400.0,
             "A message still undelivered after this is dead-lettered."),
+    Setting("workers", lambda v: _int(v, 1, 64), 4,
+            "Parallel SMTP connections of txmail-qp (each reused for many messages)."),
+    Setting("connection_max_messages", lambda v: _int(v, 1), 1000,
+            "Messages sent over one SMTP connection before it is closed and reopened."),
+    Setting("fallback_hosts", _hosts, None,
+            "Relays tried in order when mail.host is unreachable (host or host:port, "
+            "comma-separated; the port defaults to mail.port)."),
+    Setting("host_rest", parse_duration, 300.0,
+            "A relay that keeps failing to connect is not tried again for this long."),
+    Setting("rate_limit", _positive_float, None,
+            "Most messages per second txmail-qp sends, across all workers (unset: no limit)."),
+    Setting("poll_interval", parse_duration, 1.0,
+            "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -167,6 +206,12 @@ class MailSettings:
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_time: float = 5 * 86400.0
+    workers: int = 4
+    connection_max_messages: int = 1000
+    fallback_hosts: tuple = ()
+    host_rest: float = 300.0
+    rate_limit: float | None = None
+    poll_interval: float = 1.0
 
 
 def _fail(key, value, why):

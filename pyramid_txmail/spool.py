@@ -156,7 +156,10 @@ class Spool:
     # -- writing (the transaction data manager) ------------------------------
 
     def write_tmp(self, fromaddr, toaddrs, message_bytes):
-        """Write and fsync one message into ``tmp/``; returns its name."""
+        """Write and fsync one message into ``tmp/``; returns its name.
+
+        ``message_bytes`` is ``bytes`` or a :class:`~pyramid_txmail.wire.Stream`.
+        """
         while True:
             name = _unique_name()
             path = os.path.join(self._dir("tmp"), name)
@@ -169,7 +172,11 @@ class Spool:
             os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb", closefd=False) as stream:
                 stream.write(envelope_lines(fromaddr, toaddrs))
-                stream.write(message_bytes)
+                if isinstance(message_bytes, (bytes, bytearray, memoryview)):
+                    stream.write(message_bytes)
+                else:  # a wire.Stream: written chunk by chunk, never whole in memory
+                    for chunk in message_bytes:
+                        stream.write(chunk)
             os.fsync(fd)
         except BaseException:
             os.close(fd)

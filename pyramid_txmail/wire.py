@@ -19,13 +19,39 @@ import email.policy
 import re
 from email.parser import BytesParser
 
-__all__ = ["MAX_LINE", "to_wire", "needs_smtputf8", "has_8bit", "message_id_of"]
+__all__ = ["MAX_LINE", "Stream", "to_wire", "needs_smtputf8", "has_8bit", "message_id_of"]
 
 #: The longest line SMTP allows, in octets, not counting the CRLF.
 MAX_LINE = 998
 _FOLD_AT = 78  # where an over-long header line is folded, when it can be
 _CRLF = b"\r\n"
 _WSP = b" \t"
+
+
+class Stream:
+    """A message too large to hold in memory, produced in chunks.
+
+    ``factory()`` returns a new iterator of ``bytes`` each time it is called,
+    yielding the whole message from its first header line (so the message
+    can be written to the spool, or sent again after a reconnect).  Whoever
+    makes a Stream promises what :func:`to_wire` would otherwise ensure:
+    lines of at most :data:`MAX_LINE` octets, LF or CRLF endings, and a
+    7-bit body unless ``eightbit`` is true.  ``head`` is the header block
+    (used for the Message-ID and the SMTPUTF8 decision without reading the
+    body); ``size`` is the length in octets, when known.
+    """
+
+    def __init__(self, factory, *, head=b"", size=None, eightbit=False):
+        self.factory = factory
+        self.head = head
+        self.size = size
+        self.eightbit = eightbit
+
+    def __iter__(self):
+        return iter(self.factory())
+
+    def __repr__(self):
+        return f"<Stream of {self.size if self.size is not None else '?'} octets>"
 
 
 def _as_bytes(data):
