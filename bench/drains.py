@@ -1,0 +1,136 @@
+"""Drain one full spool with one tool, as a child process, and check it delivered.
+
+Every drain starts from a spool holding ``count`` copies of the same
+~2 KB file (written by our own enqueue path, so repoze.sendmail's ``qp``
+reads the same bytes: the format is the same Maildir) and ends when the
+tool exits; the spool must then be empty, or the figure would be a lie.
+``smtp-source`` sends the same message (without the envelope lines) and is
+the floor: what a C client gets out of the same sink.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import subprocess
+from pathlib import Path
+
+from harness import (BIN, POSTFIX_ENV, RECIPIENT, BenchError, median, postfix_tool,
+                     run_timed, strip_envelope)
+
+SENDER_ADDRESS = "sender@example.com"
+
+
+@functools.lru_cache(maxsize=None)
+def qp_has_workers_flag():
+    """``txmail-qp --workers`` is being added in main; until then mail.workers is set."""
+    help_text = subprocess.run([str(BIN / "txmail-qp"), "--help"], capture_output=True,
+                               text=True).stdout
+    return "--workers" in help_text
+
+
+def write_ini(directory, spool, sink, workers=None):
+    lines = ["[app:main]", "use = egg:pyramid_txmail", f"mail.queue_path = {spool}",
+             "mail.host = 127.0.0.1", f"mail.port = {sink.port}"]
+    if workers is not None and not qp_has_workers_flag():
+        lines.append(f"mail.workers = {workers}")
+    path = Path(directory) / "bench.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def txmail_argv(ini, workers=None):
+    """txmail-qp as cron runs it (README: ``-q``), no app (no subscribers to load)."""
+    argv = [BIN / "txmail-qp", ini, "--no-app", "-q"]
+    if workers is not None and qp_has_workers_flag():
+        argv += ["--workers", str(workers)]
+    return argv
+
+
+def _left_in(spool, states):
+    left = {}
+    for state in states:
+        try:
+            names = os.listdir(spool / state)
+        except FileNotFoundError:
+            continue
+        if names:
+            left[state] = len(names)
+    return left
+
+
+def _check(run, spool, states, what):
+    left = _left_in(spool, states)
+    if run.returncode != 0 or left:
+        tail = " | ".join(run.stderr.strip().splitlines()[-3:])
+        raise BenchError(f"{what}: exit status {run.returncode}, left in the spool: "
+                         f"{left or 'nothing'}; stderr: {tail or '(empty)'}")
+    return run
+
+
+def drain_txmail(ctx, sink, count, workers=None):
+    base = ctx.scratch(f"drain-txmail-w{workers}")
+    spool = base / "spool"
+    ctx.fill(spool, count)
+    ini = write_ini(base, spool, sink, workers)
+    run = run_timed(txmail_argv(ini, workers))
+    return _check(run, spool, ("new", "cur", "deferred", "failed", "meta"),
+                  f"txmail-qp --workers {workers} into {sink.name}")
+
+
+def drain_repoze(ctx, sink, count):
+    base = ctx.scratch("drain-repoze")
+    spool = base / "spool"
+    ctx.fill(spool, count)
+    run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port", str(sink.port),
+                     "--no-tls", spool])
+    return _check(run, spool, ("new", "cur"), f"repoze.sendmail qp into {sink.name}")
+
+
+def drain_smtp_source(ctx, sink, count, sessions):
+    """smtp-source: ``-d`` keeps each session's connection for all its messages."""
+    message = ctx.workdir / "smtp-source-message.txt"
+    if not message.exists():
+        message.write_bytes(strip_envelope(ctx.template()).replace(b"\r\n", b"\n"))
+    run = run_timed([postfix_tool("smtp-source"), "-d", "-s", str(sessions), "-m", str(count),
+                     "-f", SENDER_ADDRESS, "-t", RECIPIENT, "-F", message,
+                     f"127.0.0.1:{sink.port}"], env=POSTFIX_ENV)
+    if run.returncode != 0:
+        raise BenchError(f"smtp-source -s {sessions} into {sink.name}: exit status "
+                         f"{run.returncode}: {run.stderr.strip()[-300:]}")
+    return run
+
+
+def startup(ctx, sink, tool):
+    """Median ``(wall, cpu)`` of a pass over an empty spool: the cost paid before any mail.
+
+    One warm-up pass first (byte-compiling, a cold page cache), not counted.
+    """
+    runs = []
+    for _ in range(1 + (1 if ctx.options.quick else max(3, ctx.options.repeats))):
+        base = ctx.scratch(f"startup-{tool}")
+        spool = base / "spool"
+        ctx.fill(spool, 0)
+        if tool == "txmail":
+            run = run_timed(txmail_argv(write_ini(base, spool, sink, 1), 1))
+        else:
+            run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port",
+                             str(sink.port), "--no-tls", spool])
+        runs.append(_check(run, spool, ("new",), f"{tool} over an empty spool"))
+    return Startup(median([r.wall for r in runs[1:]]), median([r.cpu for r in runs[1:]]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Startup:
+    wall: float
+    cpu: float
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_startup(ctx, sink_name, tool):
+    return startup(ctx, ctx.sink(sink_name), tool)
+
+
+def startup_of(ctx, tool):
+    """Start-up of ``tool``, measured once per run (against smtp-sink)."""
+    return _cached_startup(ctx, "smtp-sink", tool)

@@ -1,0 +1,431 @@
+"""What every benchmark section shares: sinks, timed child processes, spools, tables.
+
+Nothing here measures anything by itself.  A section (see ``run.py``) gets a
+:class:`Context` -- the options, a scratch directory on the repository's
+disk, the SMTP sinks started once per run -- and returns a
+:class:`SectionResult`: Markdown for bench/RESULTS.md, lines for the
+terminal and the targets it checked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import email.message
+import glob
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTFIX_ROOT = ROOT / ".deps" / "postfix"
+POSTFIX_SBIN = POSTFIX_ROOT / "usr" / "sbin"
+POSTFIX_ENV = dict(os.environ, LD_LIBRARY_PATH=str(POSTFIX_ROOT / "usr" / "lib" / "postfix"))
+BIN = Path(sys.executable).parent
+SENDER = "Benchmark Sender <sender@example.com>"
+RECIPIENT = "rcpt@example.net"
+
+
+class BenchError(Exception):
+    """Something the person running the benchmark must fix (one line, exit 1)."""
+
+
+# -- results ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Target:
+    """One target of the issue, checked against a figure of this run."""
+
+    text: str
+    met: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class SectionResult:
+    """What a section hands back: Markdown for RESULTS.md, lines for the terminal."""
+
+    title: str
+    markdown: str
+    lines: list = dataclasses.field(default_factory=list)
+    targets: list = dataclasses.field(default_factory=list)
+
+
+def table(headers, rows):
+    """A Markdown table; numbers are already formatted by the caller."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def rate(count, seconds):
+    """Messages per second; ``None`` when there is no usable time to divide by."""
+    return count / seconds if seconds else None
+
+
+def net_seconds(wall, startup):
+    """Wall clock minus the tool's start-up.
+
+    ``None`` when the start-up is most of the run (a queue too small to
+    say anything about the steady rate, as in --quick).
+    """
+    net = wall - startup
+    return net if net > 0.2 * wall else None
+
+
+def fmt(value, spec=".0f", suffix=""):
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+# -- child processes -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ChildRun:
+    """A finished child: wall-clock seconds and its peak resident set."""
+
+    argv: list
+    wall: float
+    peak_rss_kb: int
+    cpu: float  # user + system seconds of the child (its threads included)
+    returncode: int
+    stderr: str
+
+
+def _peak_rss_kb(pid):
+    """The high-water mark of ``pid``'s resident set (VmHWM), 0 once it has exited.
+
+    Not ``ru_maxrss``: Linux carries a process's peak across fork and exec,
+    so every child of this (larger) Python process would report at least
+    this process's size.  VmHWM belongs to the child's own address space.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def run_timed(argv, *, env=None, timeout=1800, cwd=None):
+    """Run ``argv`` to completion: wall clock from start to exit, and the child's peak RSS.
+
+    CPU time comes from ``wait4``'s rusage of exactly this child: on a busy
+    machine it is steadier than the wall clock.
+    The peak is VmHWM read every few milliseconds while the child runs (it
+    only grows, so the last reading misses at most the final milliseconds).
+    stderr goes to a file, so a chatty child can never block on a full pipe.
+    """
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
+        deadline, peak = start + timeout, 0
+        while True:
+            peak = max(peak, _peak_rss_kb(proc.pid))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                proc.wait()
+                raise BenchError(f"{argv[0]} did not finish within {timeout}s")
+            time.sleep(0.003)
+        wall = time.perf_counter() - start
+        err.seek(0)
+        text = err.read().decode("utf-8", "replace")
+    return ChildRun([str(a) for a in argv], wall, peak, usage.ru_utime + usage.ru_stime,
+                    proc.returncode, text)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port, process, name):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{name} exited at start-up (status {process.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within 15 s")
+
+
+@dataclasses.dataclass
+class Sink:
+    """An SMTP sink process on 127.0.0.1 that every drain of the run shares."""
+
+    name: str
+    port: int
+    process: subprocess.Popen
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def postfix_tool(name):
+    path = POSTFIX_SBIN / name
+    if not path.exists():
+        raise BenchError(f"{path} is missing: run `make bench` (it unpacks Debian's "
+                         "postfix package into .deps/postfix)")
+    return path
+
+
+def start_smtp_sink():
+    """Postfix's smtp-sink, discarding (no -d dump), backlog 256."""
+    port = free_port()
+    user = ["-u", "nobody"] if os.getuid() == 0 else []
+    process = subprocess.Popen([str(postfix_tool("smtp-sink")), *user,
+                                f"127.0.0.1:{port}", "256"], env=POSTFIX_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_listening(port, process, "smtp-sink")
+    return Sink("smtp-sink", port, process)
+
+
+def start_aiosmtpd_sink():
+    """aiosmtpd in a process of its own (bench/aiosmtpd_sink.py), discarding.
+
+    Lenient about line length, or repoze.sendmail's bare-LF messages would
+    all be refused (see aiosmtpd_sink.py): this sink measures speed.
+    """
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "aiosmtpd_sink.py"),
+                                str(port), "--lenient"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    _wait_listening(port, process, "aiosmtpd sink")
+    return Sink("aiosmtpd", port, process)
+
+
+SINK_STARTERS = {"smtp-sink": start_smtp_sink, "aiosmtpd": start_aiosmtpd_sink}
+
+
+# -- the run's context -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Options:
+    quick: bool
+    sizes: list          # queue sizes of the growth section
+    drain_size: int      # messages per drain in the drain section
+    enqueue_count: int   # messages (= transactions) per enqueue run
+    repeats: int
+    sinks: list          # sink names, in table order
+    workers: list        # txmail-qp worker counts of the drain section
+
+
+class Context:
+    """Options, scratch space on the repository's disk and the run's sinks."""
+
+    def __init__(self, options, workdir):
+        self.options = options
+        self.workdir = Path(workdir)
+        self._sinks = {}
+        self._scratch = 0
+        self._template = None
+
+    def sink(self, name):
+        """The sink ``name``, started on first use and shared by the whole run."""
+        if name not in self._sinks:
+            self._sinks[name] = SINK_STARTERS[name]()
+        sink = self._sinks[name]
+        if sink.process.poll() is not None:
+            raise BenchError(f"the {name} sink died (status {sink.process.returncode})")
+        return sink
+
+    def close(self):
+        for sink in self._sinks.values():
+            sink.stop()
+
+    def scratch(self, label):
+        """A fresh empty directory under the work directory."""
+        self._scratch += 1
+        path = self.workdir / f"{self._scratch:04d}-{label}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def template(self):
+        """The bytes of one spool file written by our own durable path (~2 KB)."""
+        if self._template is None:
+            self._template = _spool_file_from_our_path(self.scratch("template"))
+        return self._template
+
+    def fill(self, spool_dir, count):
+        """``count`` copies of :meth:`template` in ``spool_dir/new``, flushed to disk.
+
+        Plain writes and one ``sync()`` at the end: filling is not measured,
+        but the drain must not find a page cache full of dirty pages.
+        """
+        from pyramid_txmail.spool import Spool
+
+        Spool(str(spool_dir))
+        data, new, base = self.template(), Path(spool_dir) / "new", int(time.time()) - 60
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for i in range(count):
+            fd = os.open(new / f"{base}.M{i % 1000000:06d}P{os.getpid()}Q{i}.bench",
+                         flags, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+        os.sync()
+
+
+def make_message(i=0):
+    """A realistic ~2 KB plain-text notification with one recipient."""
+    msg = email.message.EmailMessage()
+    msg["From"] = SENDER
+    msg["To"] = RECIPIENT
+    msg["Subject"] = f"Your order #{100000 + i} has shipped"
+    paragraph = ("Thank you for your order. The parcel left our warehouse today and "
+                 "should reach you within two to three working days. You can follow "
+                 "it with the tracking link below; the carrier updates it every few "
+                 "hours.\n\n")
+    msg.set_content("Hello,\n\n" + paragraph * 7 + "Kind regards,\nThe Shop\n")
+    return msg
+
+
+def _spool_file_from_our_path(directory):
+    import transaction
+    from pyramid.config import Configurator
+
+    from pyramid_txmail import get_mailer
+
+    spool = directory / "spool"
+    config = Configurator(settings={"mail.queue_path": str(spool)})
+    config.include("pyramid_txmail")
+    config.commit()
+    manager = transaction.TransactionManager(explicit=True)
+    with manager:
+        get_mailer(config.registry, manager).send(make_message())
+    [name] = os.listdir(spool / "new")
+    return (spool / "new" / name).read_bytes()
+
+
+def strip_envelope(data):
+    """The message of a spool file, without the X-Actually-* lines."""
+    from pyramid_txmail.spool import split_envelope
+
+    return split_envelope(data)[2]
+
+
+# -- describing the machine and the versions --------------------------------------
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory():
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def filesystem_of(path):
+    """``(fstype, device, mount point)`` holding ``path``, from /proc/mounts."""
+    path, best = os.path.realpath(path), ("unknown", "unknown", "")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) \
+                    and len(mount) >= len(best[2]):
+                best = (fstype, device, mount)
+    except OSError:
+        pass
+    return best
+
+
+def load():
+    """Load average and I/O pressure now: other work on the machine skews wall clocks."""
+    try:
+        average = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        average = "unknown"
+    try:
+        some = Path("/proc/pressure/io").read_text().splitlines()[0].split()
+        pressure = ", I/O pressure " + " ".join(some[1:3])
+    except (OSError, IndexError):
+        pressure = ""
+    return f"load average {average}{pressure}"
+
+
+def machine(workdir):
+    fstype, device, mount = filesystem_of(workdir)
+    return [("CPU", _cpu_model()), ("cores", str(os.cpu_count())),
+            ("memory", _memory()), ("kernel", f"{platform.system()} {platform.release()}"),
+            ("filesystem of the spools", f"{fstype} on {device} (mounted at {mount}); "
+                                         f"work directory {workdir}")]
+
+
+def _dist_version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_rev():
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _postfix_version():
+    debs = sorted(glob.glob(str(ROOT / ".deps" / "debs" / "postfix_*.deb")))
+    if debs:
+        return Path(debs[-1]).name.split("_")[1] + " (Debian package, unpacked)"
+    return "unknown"
+
+
+def versions():
+    return [("Python", platform.python_version()),
+            ("pyramid_txmail", f"{_dist_version('pyramid_txmail')}, git {_git_rev()}"),
+            ("repoze.sendmail", _dist_version("repoze.sendmail")),
+            ("pyramid_mailer", _dist_version("pyramid_mailer")),
+            ("transaction", _dist_version("transaction")),
+            ("aiosmtpd", _dist_version("aiosmtpd")),
+            ("Postfix (smtp-sink, smtp-source)", _postfix_version())]

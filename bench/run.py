@@ -1,0 +1,159 @@
+"""``make bench``: run every benchmark section and write bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py                 # everything (~15 min)
+    .venv/bin/python bench/run.py --quick         # small sizes: a smoke test
+    .venv/bin/python bench/run.py --only drain --sizes 1000,10000
+
+A section is a function ``run(ctx) -> SectionResult`` (see harness.py);
+adding one is one line in :data:`SECTIONS`.  Spools are written under
+``var/bench`` in the repository (its disk, not a tmpfs) unless --workdir
+says otherwise.  Exit status: 0 when every section ran (a missed target is a
+result, not an error), 1 when a benchmark could not run, 2 on a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import sec_drain  # noqa: E402
+import sec_enqueue  # noqa: E402
+import sec_growth  # noqa: E402
+
+#: name -> section; the order is the order of RESULTS.md.
+SECTIONS = {
+    "enqueue": sec_enqueue.run,
+    "drain": sec_drain.run,
+    "growth": sec_growth.run,
+}
+
+FULL = dict(sizes=[1000, 10000, 100000], drain_size=10000, enqueue_count=1000, repeats=3)
+QUICK = dict(sizes=[10, 40], drain_size=20, enqueue_count=10, repeats=1)
+
+
+def _sizes(text):
+    try:
+        sizes = [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give queue sizes like 1000,10000") from None
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two positive sizes")
+    return sizes
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive whole number is needed")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__.split("\n\n")[0].strip("` \n"),
+        epilog="sections: " + ", ".join(SECTIONS) + ".  Full-run defaults: sizes "
+               f"{','.join(map(str, FULL['sizes']))}, drain size {FULL['drain_size']}, "
+               f"{FULL['enqueue_count']} enqueues, {FULL['repeats']} runs each.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and one run each: a smoke test, not figures")
+    parser.add_argument("--sizes", type=_sizes, metavar="N,N,...",
+                        help="queue sizes of the growth section")
+    parser.add_argument("--only", action="append", choices=list(SECTIONS),
+                        metavar="SECTION", help="run only this section (repeatable): "
+                        + ", ".join(SECTIONS))
+    parser.add_argument("--drain-size", type=_positive, metavar="N",
+                        help="messages per drain in the drain section")
+    parser.add_argument("--enqueue-count", type=_positive, metavar="N",
+                        help="messages (one per transaction) per enqueue run")
+    parser.add_argument("--repeats", type=_positive, metavar="N",
+                        help="runs per configuration (the median is reported)")
+    parser.add_argument("--sinks", default="smtp-sink,aiosmtpd",
+                        help="sinks of the drain section, comma-separated "
+                             "(default: smtp-sink,aiosmtpd)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md",
+                        help="where to write the results (default: bench/RESULTS.md)")
+    parser.add_argument("--workdir", type=Path, default=harness.ROOT / "var" / "bench",
+                        help="scratch directory for the spools, on the disk to measure "
+                             "(default: var/bench in the repository); emptied first")
+    return parser
+
+
+def options_from(args):
+    base = QUICK if args.quick else FULL
+    sinks = [s.strip() for s in args.sinks.split(",") if s.strip()]
+    unknown = [s for s in sinks if s not in harness.SINK_STARTERS]
+    if unknown or not sinks:
+        raise harness.BenchError(f"--sinks {args.sinks!r}: choose from "
+                                 + ", ".join(harness.SINK_STARTERS))
+    return harness.Options(quick=args.quick, sizes=args.sizes or base["sizes"],
+                           drain_size=args.drain_size or base["drain_size"],
+                           enqueue_count=args.enqueue_count or base["enqueue_count"],
+                           repeats=args.repeats or base["repeats"], sinks=sinks,
+                           workers=[1, 2, 4])
+
+
+def render(ctx, results, started, elapsed, argv, loads):
+    targets = [t for r in results for t in r.targets]
+    out = ["# pyramid_txmail benchmarks", "",
+           f"Written by `bench/run.py {' '.join(argv)}`".rstrip() + f" (`make bench`) on "
+           f"{started:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.  "
+           + ("**Quick run: small sizes, one run each -- a smoke test, not figures.**"
+              if ctx.options.quick else "Every figure is measured in this run."),
+           "", "## Machine", "",
+           harness.table(["", ""], harness.machine(ctx.workdir)
+                         + [("load at the start", loads[0]), ("load at the end", loads[-1])]),
+           "", "## Versions", "", harness.table(["", ""], harness.versions()),
+           "", "## Targets", "",
+           harness.table(["target", "met", "measured"],
+                         [(t.text, "yes" if t.met else "**no**", t.detail) for t in targets])]
+    for result in results:
+        out += ["", f"## {result.title}", "", result.markdown]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    started, clock = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
+    loads = [harness.load()]
+    try:
+        options = options_from(args)
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        args.workdir.mkdir(parents=True)
+        ctx = harness.Context(options, args.workdir.resolve())
+        results = []
+        try:
+            for name, section in SECTIONS.items():
+                if args.only and name not in args.only:
+                    continue
+                print(f"== {name}", flush=True)
+                result = section(ctx)
+                results.append(result)
+                for line in result.lines:
+                    print("   " + line, flush=True)
+        finally:
+            ctx.close()
+    except harness.BenchError as exc:
+        print(f"bench/run.py: error: {exc}", file=sys.stderr)
+        return 1
+    loads.append(harness.load())
+    args.out.write_text(render(ctx, results, started, time.monotonic() - clock, argv, loads))
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    print("== targets")
+    for target in (t for r in results for t in r.targets):
+        print(f"   [{'met' if target.met else 'MISSED'}] {target.text}: {target.detail}")
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Drain: txmail-qp (1, 2, 4 workers) vs repoze.sendmail's qp vs smtp-source.
+
+All drains of one sink go to the same sink process, on the same queue
+size, each configuration ``repeats`` times (median reported).  Rates are
+given two ways: over the whole wall clock of the child, and net of the
+tool's start-up (a pass over an empty spool: interpreter, imports, ini),
+which is what a long-running or large pass sees.  The targets are judged
+on the net rate; the wall-clock ratios are printed next to them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import drains
+from harness import (SectionResult, Target, fmt, median, net_seconds, rate, ratio,
+                     table)
+from profiling import profile_section
+
+DEFAULT_WORKERS = 4  # mail.workers' default
+
+
+def _configs(ctx):
+    configs = [(f"txmail-qp, {w} worker{'s' * (w > 1)}"
+                + (" (default)" if w == DEFAULT_WORKERS else ""), "txmail", w)
+               for w in ctx.options.workers]
+    configs.append(("repoze.sendmail qp", "repoze", None))
+    configs += [("smtp-source, 1 session (floor)", "source", 1),
+                ("smtp-source, 4 sessions (floor)", "source", 4)]
+    return configs
+
+
+def _drain(ctx, sink, kind, arg, count):
+    if kind == "txmail":
+        return drains.drain_txmail(ctx, sink, count, arg)
+    if kind == "repoze":
+        return drains.drain_repoze(ctx, sink, count)
+    return drains.drain_smtp_source(ctx, sink, count, arg)
+
+
+def measure(ctx, sink_name, count):
+    """``{label: Figure}`` for every configuration, into one sink."""
+    sink = ctx.sink(sink_name)
+    startups = {"txmail": drains.startup_of(ctx, "txmail"),
+                "repoze": drains.startup_of(ctx, "repoze"), "source": drains.Startup(0, 0)}
+    configs = _configs(ctx)
+    runs = {label: [] for label, _, _ in configs}
+    for _ in range(ctx.options.repeats):
+        for label, kind, arg in configs:  # interleaved
+            runs[label].append(_drain(ctx, sink, kind, arg, count))
+    figures = {}
+    for label, kind, _ in configs:
+        walls = [r.wall for r in runs[label]]
+        wall = median(walls)
+        net = net_seconds(wall, startups[kind].wall)
+        cpu = median([r.cpu for r in runs[label]]) - startups[kind].cpu
+        figures[label] = Figure(wall, rate(count, wall), rate(count, net),
+                                max(cpu, 0) / count, max(r.peak_rss_kb for r in runs[label]),
+                                walls)
+    return figures, startups
+
+
+@dataclasses.dataclass
+class Figure:
+    wall: float
+    wall_rate: float
+    net_rate: float  # None when the start-up is most of the run
+    cpu_per_message: float  # seconds, start-up's CPU subtracted
+    peak_rss_kb: int
+    walls: list
+
+
+def _label(ctx, workers):
+    return next(label for label, kind, w in _configs(ctx) if kind == "txmail" and w == workers)
+
+
+def _target(text, measured, wall_measured, threshold, as_percent=False):
+    spec = ".0%" if as_percent else ".2f"
+    unit = "" if as_percent else "x"
+    detail = (f"{fmt(measured, spec, unit)} net of start-up "
+              f"({fmt(wall_measured, spec, unit)} on wall clock)")
+    return Target(text, measured is not None and measured >= threshold, detail)
+
+
+def run(ctx):
+    count = ctx.options.drain_size
+    parts, lines, targets = [], [], []
+    flag = ("`txmail-qp --workers N`" if drains.qp_has_workers_flag()
+            else "`mail.workers = N` in the ini (this txmail-qp has no --workers flag yet)")
+    parts.append(f"{count} queued messages per drain (~2 KB, one recipient); median of "
+                 f"{ctx.options.repeats} runs per configuration, interleaved.  Workers set "
+                 f"with {flag}.  txmail-qp runs with `--no-app -q`; repoze qp with "
+                 "`--no-tls`; smtp-source with `-d` (one connection per session for all "
+                 "its messages) and the same message file.  \"msg/s (net)\" divides by "
+                 "the wall clock minus the tool's start-up (a pass over an empty spool); "
+                 "\"CPU us / msg\" is the child's user+system time (its threads "
+                 "included, start-up subtracted) per message, steadier than the wall "
+                 "clock on a busy machine.")
+    results = {}
+    for sink_name in ctx.options.sinks:
+        figures, startups = measure(ctx, sink_name, count)
+        results[sink_name] = figures
+        repoze = figures["repoze.sendmail qp"]
+        rows = [(label, f"{f.wall:.2f}", fmt(f.wall_rate), fmt(f.net_rate),
+                 fmt(ratio(f.net_rate, repoze.net_rate), ".2f", "x"),
+                 f"{f.cpu_per_message * 1e6:.0f}", f"{f.peak_rss_kb / 1024:.1f}", ", ".join(f"{w:.2f}" for w in f.walls))
+                for label, f in figures.items()]
+        parts.append(f"### into {sink_name}\n\n"
+                     f"Start-up (pass over an empty spool): txmail-qp "
+                     f"{startups['txmail'].wall:.2f} s, repoze qp "
+                     f"{startups['repoze'].wall:.2f} s.\n\n"
+                     + table(["configuration", "wall s", "msg/s (wall)", "msg/s (net)",
+                              "net vs repoze qp", "CPU us / msg", "peak RSS MB", "wall s, each run"], rows))
+        lines.append(f"drain into {sink_name}, msg/s net (wall): " + "; ".join(
+            f"{label.split(' (')[0]} {fmt(f.net_rate)} ({fmt(f.wall_rate)})"
+            for label, f in figures.items()))
+    sink = "smtp-sink" if "smtp-sink" in results else ctx.options.sinks[0]
+    figures = results[sink]
+    repoze = figures["repoze.sendmail qp"]
+    if DEFAULT_WORKERS in ctx.options.workers:
+        default = figures[_label(ctx, DEFAULT_WORKERS)]
+        targets.append(_target(f"drain with default settings >= 4x repoze qp into {sink}",
+                               ratio(default.net_rate, repoze.net_rate),
+                               ratio(default.wall_rate, repoze.wall_rate), 4))
+    if 1 in ctx.options.workers:
+        one, source = figures[_label(ctx, 1)], figures["smtp-source, 1 session (floor)"]
+        targets.append(_target(f"one worker >= 50% of smtp-source's single session ({sink})",
+                               ratio(one.net_rate, source.net_rate),
+                               ratio(one.wall_rate, source.wall_rate), 0.5, as_percent=True))
+    for label, f in figures.items():
+        if label.startswith("txmail-qp"):
+            lines.append(f"{label} / repoze qp into {sink}: "
+                         f"{fmt(ratio(f.net_rate, repoze.net_rate), '.2f', 'x')} net")
+    if not all(t.met for t in targets):
+        parts.append(profile_section(ctx, ctx.sink(sink), count))
+    return SectionResult("Drain: txmail-qp vs repoze.sendmail qp vs smtp-source",
+                         "\n\n".join(parts), lines, targets)
