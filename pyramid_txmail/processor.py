@@ -164,14 +164,15 @@ class Processor:
         self.clock = clock
         self.rand = rand
         self.transport = None
+        self.relays = None
         if transport is None:
             from .smtp import SMTPTransport
             from .smtp_session import Relays
 
             hosts = [(settings.host, settings.port)] + [
                 (h, p or settings.port) for h, p in settings.fallback_hosts]
-            relays = Relays(dict.fromkeys(hosts), settings.host_rest)
-            self.transport_factory = lambda: SMTPTransport.from_settings(settings, relays)
+            self.relays = Relays(dict.fromkeys(hosts), settings.host_rest)
+            self.transport_factory = lambda: SMTPTransport.from_settings(settings, self.relays)
         elif hasattr(transport, "deliver"):
             self.transport, self.transport_factory = transport, None
         else:
