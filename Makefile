@@ -31,5 +31,12 @@ test: install $(SMTP_SINK)
 demo: install
 	$(PY) -m demo_app.run
 
+# Benchmarks (bench/run.py --help), ~15 min; writes bench/RESULTS.md.
+# BENCH_ARGS=--quick for a smoke run of every section.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: install $(SMTP_SINK)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache

@@ -107,7 +107,8 @@ def startup(ctx, sink, tool):
     One warm-up pass first (byte-compiling, a cold page cache), not counted.
     """
     runs = []
-    for _ in range(1 + (1 if ctx.options.quick else max(3, ctx.options.repeats))):
+    runs_wanted = 1 if ctx.options.quick else 1 + max(3, ctx.options.repeats)
+    for _ in range(runs_wanted):
         base = ctx.scratch(f"startup-{tool}")
         spool = base / "spool"
         ctx.fill(spool, 0)
@@ -117,7 +118,8 @@ def startup(ctx, sink, tool):
             run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port",
                              str(sink.port), "--no-tls", spool])
         runs.append(_check(run, spool, ("new",), f"{tool} over an empty spool"))
-    return Startup(median([r.wall for r in runs[1:]]), median([r.cpu for r in runs[1:]]))
+    counted = runs[1:] or runs
+    return Startup(median([r.wall for r in counted]), median([r.cpu for r in counted]))
 
 
 @dataclasses.dataclass(frozen=True)

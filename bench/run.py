@@ -6,9 +6,10 @@
 
 A section is a function ``run(ctx) -> SectionResult`` (see harness.py);
 adding one is one line in :data:`SECTIONS`.  Spools are written under
-``var/bench`` in the repository (its disk, not a tmpfs) unless --workdir
-says otherwise.  Exit status: 0 when every section ran (a missed target is a
-result, not an error), 1 when a benchmark could not run, 2 on a usage error.
+``var/bench/run-*`` in the repository (its disk, not a tmpfs) unless
+--workdir says otherwise, and removed at the end.  Exit status: 0 when
+every section ran (a missed target is a result, not an error), 1 when a
+benchmark could not run, 2 on a usage error.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import argparse
 import datetime
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,8 +84,9 @@ def build_parser():
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md",
                         help="where to write the results (default: bench/RESULTS.md)")
     parser.add_argument("--workdir", type=Path, default=harness.ROOT / "var" / "bench",
-                        help="scratch directory for the spools, on the disk to measure "
-                             "(default: var/bench in the repository); emptied first")
+                        help="where the run makes its scratch directory for the spools, "
+                             "on the disk to measure (default: var/bench in the "
+                             "repository); the scratch directory is removed afterwards")
     return parser
 
 
@@ -98,7 +101,7 @@ def options_from(args):
                            drain_size=args.drain_size or base["drain_size"],
                            enqueue_count=args.enqueue_count or base["enqueue_count"],
                            repeats=args.repeats or base["repeats"], sinks=sinks,
-                           workers=[1, 2, 4])
+                           workers=[1, 4] if args.quick else [1, 2, 4])
 
 
 def render(ctx, results, started, elapsed, argv, loads):
@@ -127,9 +130,12 @@ def main(argv=None):
     loads = [harness.load()]
     try:
         options = options_from(args)
-        shutil.rmtree(args.workdir, ignore_errors=True)
-        args.workdir.mkdir(parents=True)
-        ctx = harness.Context(options, args.workdir.resolve())
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir)).resolve()
+        except OSError as exc:
+            raise harness.BenchError(f"--workdir {args.workdir}: {exc.strerror}") from None
+        ctx = harness.Context(options, scratch)
         results = []
         try:
             for name, section in SECTIONS.items():
@@ -142,12 +148,12 @@ def main(argv=None):
                     print("   " + line, flush=True)
         finally:
             ctx.close()
+            shutil.rmtree(scratch, ignore_errors=True)
     except harness.BenchError as exc:
         print(f"bench/run.py: error: {exc}", file=sys.stderr)
         return 1
     loads.append(harness.load())
     args.out.write_text(render(ctx, results, started, time.monotonic() - clock, argv, loads))
-    shutil.rmtree(args.workdir, ignore_errors=True)
     print("== targets")
     for target in (t for r in results for t in r.targets):
         print(f"   [{'met' if target.met else 'MISSED'}] {target.text}: {target.detail}")

@@ -1,0 +1,106 @@
+"""The benchmark harness must not rot: ``bench/run.py --quick`` runs every section.
+
+No figure is judged here (speed is for ``make bench`` to measure, never for a
+test to assert); what is checked is that each section ran against the real
+sinks and tools and wrote its tables with numbers in them -- into a temporary
+file, never over bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+NUMBER = r"\d[\d,]*(?:\.\d+)?"
+
+sys.path.insert(0, str(ROOT / "bench"))
+import harness  # noqa: E402
+
+
+def _row(text, first_cell):
+    """The cells of the Markdown table row starting with ``first_cell``."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row {first_cell!r} in:\n{text}")
+
+
+def _section(text, heading):
+    """The text under ``## heading...`` up to the next ``## `` heading."""
+    start = text.index("\n## " + heading)
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bench")
+    official = ROOT / "bench" / "RESULTS.md"
+    before = official.read_bytes() if official.exists() else None
+    out = base / "RESULTS.md"
+    done = subprocess.run([sys.executable, str(RUN), "--quick", "--out", str(out),
+                           "--workdir", str(base / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    after = official.read_bytes() if official.exists() else None
+    return done, out, before, after, base
+
+
+def test_quick_run_writes_every_section_with_numbers(quick_run):
+    done, out, before, after, base = quick_run
+    assert done.returncode == 0, done.stderr + done.stdout
+    text = out.read_text()
+    for heading in ("## Machine", "## Versions", "## Targets", "## Enqueue", "## Drain",
+                    "### into smtp-sink", "### into aiosmtpd", "## Cost growth"):
+        assert heading in text
+    enqueue, drain = _section(text, "Enqueue"), _section(text, "Drain")
+    for path in ("txmail", "pyramid_mailer", "floor"):
+        cells = _row(enqueue, path)
+        assert re.fullmatch(NUMBER, cells[1]) and float(cells[1]) > 0, cells
+    for config in ("txmail-qp, 1 worker", "txmail-qp, 4 workers (default)",
+                   "repoze.sendmail qp", "smtp-source, 1 session (floor)"):
+        cells = _row(drain, config)
+        assert re.fullmatch(NUMBER, cells[1]) and float(cells[1]) > 0, cells   # wall s
+        assert re.fullmatch(NUMBER, cells[6]) and float(cells[6]) > 0, cells   # peak RSS
+    cells = _row(_section(text, "Cost growth"), "40")  # the largest quick size
+    assert cells[1] in ("1", "4") and re.fullmatch(NUMBER, cells[2]), cells
+    targets = _section(text, "Targets")
+    assert "durable enqueue" in targets and "peak RSS flat" in targets
+    assert re.search(r"\| (yes|\*\*no\*\*) \|", targets)
+    assert "results written to" in done.stdout
+    assert "[met]" in done.stdout or "[MISSED]" in done.stdout
+
+
+def test_quick_run_leaves_the_committed_results_and_its_spools_alone(quick_run):
+    done, out, before, after, base = quick_run
+    assert done.returncode == 0, done.stderr
+    assert before == after
+    assert list((base / "work").iterdir()) == []  # the run's scratch spools are removed
+
+
+def test_a_bad_option_is_a_usage_error_naming_it():
+    done = subprocess.run([sys.executable, str(RUN), "--sizes", "ten"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--sizes" in done.stderr and "'ten'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_peak_rss_is_the_childs_own_not_the_parents():
+    """ru_maxrss would report at least the parent's size for every child (see harness)."""
+    ballast = bytearray(150 * 1024 * 1024)
+    ballast[::4096] = b"\1" * len(ballast[::4096])
+    small = harness.run_timed([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    big = harness.run_timed([sys.executable, "-c",
+                             "import time; b = bytearray(120 << 20); b[::4096] = b'1' * "
+                             "len(b[::4096]); time.sleep(0.2)"])
+    del ballast
+    assert small.returncode == big.returncode == 0
+    assert 0 < small.peak_rss_kb < 60 * 1024
+    assert big.peak_rss_kb > 120 * 1024
+    assert big.cpu > 0
