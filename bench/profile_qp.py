@@ -4,7 +4,8 @@
 
 cProfile only sees the thread that enabled it, so every thread started
 during the pass gets a profiler of its own (``threading.Thread.run`` is
-wrapped) and all of them are merged into OUT.prof at the end.
+wrapped; a ``run()`` called inline by the main thread is already covered)
+and all of them are merged into OUT.prof at the end.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def main(argv=None):
     profiles, original_run = [], threading.Thread.run
 
     def profiled_run(self):
+        if threading.current_thread() is threading.main_thread():
+            return original_run(self)  # run inline (one worker): already profiled
         profile = cProfile.Profile()
         profiles.append(profile)
         profile.enable()

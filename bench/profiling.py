@@ -47,6 +47,21 @@ def grouped(stats):
     return totals
 
 
+def calls_per_message(stats, count, names=("posix.fsync", "posix.unlink", "posix.rename",
+                                              "posix.utime", "posix.open", "io.open")):
+    """How often each system call ran per message: what the disk is asked to do."""
+    found = {name: 0 for name in names}
+    for func, (_, ncalls, _, _, _) in stats.stats.items():
+        for name in names:
+            if func[0] == "~" and func[2] == f"<built-in method {name}>":
+                found[name] += ncalls
+    return {name: calls / count for name, calls in found.items()}
+
+
+def own_time(stats, fragment):
+    return sum(v[2] for f, v in stats.stats.items() if fragment in _name(f))
+
+
 def top(stats, count=15):
     rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:count]
     return [(item[1][1], item[1][2], item[1][3], _name(item[0])) for item in rows]
@@ -67,8 +82,54 @@ def profile(ctx, sink, count):
     return run.wall, pstats.Stats(str(out))
 
 
+def _limits(stats, totals, count):
+    """What limits one worker and what would lift it, from this profile's numbers."""
+    per = calls_per_message(stats, count)
+    us = {group: seconds / count * 1e6 for group, seconds in totals.items()}
+    ranked = sorted(us.items(), key=lambda kv: -kv[1])
+    unlink_calls = per["posix.unlink"] * count
+    unlink_us = own_time(stats, "posix.unlink") / unlink_calls * 1e6 if unlink_calls else 0
+    recv = sum(v[1] for f, v in stats.stats.items() if "recv_into" in _name(f)) / count
+    lifts = []
+    if per["posix.fsync"] >= 0.5:
+        lifts.append(f"{per['posix.fsync']:.1f} fsync per message cost "
+                     f"{us[GROUPS[0][0]]:.0f} us: record several messages per fsync "
+                     "(group commit), or none for a message every recipient accepted.")
+    if unlink_us >= 100:
+        lifts.append(f"unlink took {unlink_us:.0f} us per call ({per['posix.unlink']:.1f} "
+                     "calls per message: the queue file and its state file, usually "
+                     "absent): on ext4 an unlink waits for the journal, which every "
+                     "fsync on the same disk holds.  Removing delivered files off the "
+                     "sending path (a batch after every few hundred messages, or a "
+                     "helper thread) would let the session go on to the next message.")
+    lifts.append(f"{recv:.1f} socket reads per message ({us[GROUPS[1][0]]:.0f} us): "
+                 "each is one wait for the sink's reply (PIPELINING already sends "
+                 "MAIL, RCPT and DATA together); a single session cannot hide it, "
+                 "parallel sessions can -- compare smtp-source's 1- and 4-session rows.")
+    lifts.append(f"{us[OTHER]:.0f} us per message of Python code under the profiler "
+                 "(which inflates this part, not the waits): " + (
+                     "the largest share, so less Python work per message (see the top "
+                     "functions) is what lifts one worker most."
+                     if ranked[0][0] == OTHER else "smaller than the waits above."))
+    lifts.append("More workers overlap all of these waits; `mail.workers` defaults to 4 "
+                 "(see the 1/2/4-worker rows).")
+    return [
+        "System calls per message: " + ", ".join(
+            f"{name.replace('posix.', 'os.').replace('io.open', 'open()')} {n:.1f}"
+            for name, n in per.items()) + ".",
+        "",
+        "**What limits one worker**: it handles one message at a time, so the waits add "
+        "up -- per message, " + "; ".join(f"{group} {v:.0f} us" for group, v in ranked
+                                          if v >= 1) + ".",
+        "",
+        "**What would lift it**:",
+        "",
+        *[f"- {lift}" for lift in lifts],
+    ]
+
+
 def profile_section(ctx, sink, count):
-    """Markdown: grouped own time per message, and the top functions."""
+    """Markdown: grouped own time per message, what limits it, the top functions."""
     wall, stats = profile(ctx, sink, count)
     totals = grouped(stats)
     profiled = sum(totals.values())
@@ -82,11 +143,14 @@ def profile_section(ctx, sink, count):
         "",
         f"cProfile of the real console script (bench/profile_qp.py), every thread; "
         f"{wall:.2f} s wall under the profiler ({rate(count, wall):.0f} msg/s; cProfile "
-        f"slows Python code down, not system calls).  Own time (tottime) by kind:",
+        f"slows Python code down, not system calls).  Own time (tottime) by kind, "
+        "start-up included:",
         "",
         "| spent in | s | us / message | share |",
         "|---|---|---|---|",
         *rows,
+        "",
+        *_limits(stats, totals, count),
         "",
         "Top functions by own time:",
         "",
