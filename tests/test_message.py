@@ -49,6 +49,19 @@ def test_the_callers_message_is_not_modified():
     assert msg["Bcc"] == "b@example.com" and msg["Message-ID"] is None
 
 
+def test_the_callers_message_is_byte_for_byte_the_same_afterwards():
+    """Single-part messages are copied shallowly (headers only): nothing may leak back."""
+    single = make(To="a@example.com", Bcc="b@example.com", Subject="hi")
+    multi = make(To="a@example.com", Bcc="b@example.com")
+    multi.add_attachment(b"\x00\x01", maintype="application", subtype="octet-stream",
+                         filename="a.bin")
+    for msg in (single, multi):
+        before = msg.as_bytes()
+        p = prepare(msg, "site@example.com")
+        assert msg.as_bytes() == before
+        assert b"Bcc" not in p.data and b"Message-ID" in p.data and b"From" in p.data
+
+
 def test_recipients_are_deduplicated():
     p = prepare(make(To="a@example.com", Cc="a@example.com"), "s@example.com")
     assert p.toaddrs == ("a@example.com",)
