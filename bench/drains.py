@@ -136,3 +136,33 @@ def _cached_startup(ctx, sink_name, tool):
 def startup_of(ctx, tool):
     """Start-up of ``tool``, measured once per run (against smtp-sink)."""
     return _cached_startup(ctx, "smtp-sink", tool)
+
+
+def strict_sink_check(ctx, count=20):
+    """``{tool: (accepted by the sink, queue files left, dotfiles left)}``, strict aiosmtpd.
+
+    repoze.sendmail's qp sends bare LF line endings; aiosmtpd splits DATA
+    at CRLF and refuses the "line" (500), and qp then sets the message aside
+    as a ``.rejected-`` dotfile that no processor looks at again.
+    """
+    from harness import sink_count, start_aiosmtpd_sink
+
+    found = {}
+    for tool in ("txmail", "repoze"):
+        sink = start_aiosmtpd_sink(lenient=False)
+        try:
+            base = ctx.scratch(f"strict-{tool}")
+            spool = base / "spool"
+            ctx.fill(spool, count)
+            if tool == "txmail":
+                run = run_timed(txmail_argv(write_ini(base, spool, sink, 1), 1))
+            else:
+                run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port",
+                                 str(sink.port), "--no-tls", spool])
+        finally:
+            accepted = sink_count(sink)
+        names = [n for s in ("new", "cur", "deferred", "failed") if (spool / s).is_dir()
+                 for n in os.listdir(spool / s)]
+        hidden = sum(n.startswith(".") for n in names)
+        found[tool] = (accepted, len(names) - hidden, hidden)
+    return found

@@ -212,18 +212,29 @@ def start_smtp_sink():
     return Sink("smtp-sink", port, process)
 
 
-def start_aiosmtpd_sink():
+def start_aiosmtpd_sink(lenient=True):
     """aiosmtpd in a process of its own (bench/aiosmtpd_sink.py), discarding.
 
-    Lenient about line length, or repoze.sendmail's bare-LF messages would
-    all be refused (see aiosmtpd_sink.py): this sink measures speed.
+    Lenient about line length by default, or repoze.sendmail's bare-LF
+    messages would all be refused (see aiosmtpd_sink.py): this sink measures
+    speed.  Its stderr (``received N`` at exit) is kept for :func:`sink_count`.
     """
     port = free_port()
     process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "aiosmtpd_sink.py"),
-                                str(port), "--lenient"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                                str(port), *(["--lenient"] if lenient else [])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_listening(port, process, "aiosmtpd sink")
-    return Sink("aiosmtpd", port, process)
+    return Sink("aiosmtpd" if lenient else "aiosmtpd (strict)", port, process)
+
+
+def sink_count(sink):
+    """Stop an aiosmtpd sink and return how many messages it accepted."""
+    sink.stop()
+    text = sink.process.stderr.read().decode("utf-8", "replace")
+    for line in text.splitlines():
+        if line.startswith("received "):
+            return int(line.split()[1])
+    raise BenchError(f"the {sink.name} sink did not report its count: {text.strip()[-200:]}")
 
 
 SINK_STARTERS = {"smtp-sink": start_smtp_sink, "aiosmtpd": start_aiosmtpd_sink}

@@ -69,6 +69,21 @@ class Figure:
     walls: list
 
 
+def _strict(ctx, count=20):
+    found = drains.strict_sink_check(ctx, count)
+    rows = [(name, f"{accepted} of {count}", left, hidden)
+            for name, (accepted, left, hidden) in (("txmail-qp", found["txmail"]),
+                                                   ("repoze.sendmail qp", found["repoze"]))]
+    return ("### Into aiosmtpd with its default (strict) line limit\n\n"
+            "The drains above use a lenient aiosmtpd, so that repoze.sendmail's qp is "
+            "measured delivering.  With aiosmtpd's defaults, qp's messages are refused: "
+            "it sends bare LF line endings, so a ~2 KB message is one over-long line "
+            "(\"500 Line too long\"), and qp then hides it as a `.rejected-*` dotfile "
+            f"that nothing retries.  {count} messages each:\n\n"
+            + table(["tool", "accepted by the sink", "queue files left",
+                     "hidden .rejected-* files left"], rows))
+
+
 def _label(ctx, workers):
     return next(label for label, kind, w in _configs(ctx) if kind == "txmail" and w == workers)
 
@@ -130,6 +145,7 @@ def run(ctx):
         if label.startswith("txmail-qp"):
             lines.append(f"{label} / repoze qp into {sink}: "
                          f"{fmt(ratio(f.net_rate, repoze.net_rate), '.2f', 'x')} net")
+    parts.append(_strict(ctx))
     if not all(t.met for t in targets):
         parts.append(profile_section(ctx, ctx.sink(sink), count))
     return SectionResult("Drain: txmail-qp vs repoze.sendmail qp vs smtp-source",
