@@ -9,7 +9,9 @@ Unit test::
 
     config = pyramid.testing.setUp()
     outbox = pyramid_txmail.testing.setUp(config)      # includes pyramid_txmail, memory delivery
-    ...run the code under test inside `with transaction.manager:`...
+    request = pyramid_txmail.testing.dummy_request(params={...})   # has request.mailer
+    with transaction.manager:
+        my_view(request)
     outbox.assert_sent(to="bob@example.com", subject="Welcome")
 
 Functional test (any app built with ``mail.delivery = memory``, in any
@@ -31,7 +33,8 @@ import threading
 import time
 from email.parser import BytesParser
 
-__all__ = ["SentMail", "Attachment", "Outbox", "capture", "setUp", "MEMORY_SETTINGS"]
+__all__ = ["SentMail", "Attachment", "Outbox", "capture", "setUp", "dummy_request",
+           "MEMORY_SETTINGS"]
 
 #: Settings that make an app keep its committed mail in memory.
 MEMORY_SETTINGS = {"mail.delivery": "memory"}
@@ -209,6 +212,7 @@ class Outbox:
     def assert_sent(self, count=None, **criteria):
         """Assert that messages meeting ``criteria`` were sent (exactly ``count``
         of them when given, else at least one); returns them."""
+        __tracebackhide__ = True  # pytest shows the caller's line, not ours
         found = self.filter(**criteria)
         if (count is None and found) or (count is not None and len(found) == count):
             return found
@@ -218,6 +222,7 @@ class Outbox:
 
     def assert_not_sent(self, **criteria):
         """Assert that no message meeting ``criteria`` was sent."""
+        __tracebackhide__ = True
         found = self.filter(**criteria)
         if found:
             raise AssertionError(f"expected no message {_describe(criteria)}, found "
@@ -225,6 +230,7 @@ class Outbox:
 
     def assert_none_sent(self):
         """Assert that no message at all was sent."""
+        __tracebackhide__ = True
         if self.messages:
             raise AssertionError(f"expected no message to be sent\n{self.report()}")
 
@@ -292,3 +298,14 @@ def setUp(config, **settings):
     values.update(MEMORY_SETTINGS)
     config.include("pyramid_txmail")
     return config.registry.getUtility(IMailOutbox)
+
+
+def dummy_request(*args, **kwargs):
+    """A ``pyramid.testing.DummyRequest`` with the registry's request methods
+    (``request.mailer``, ``request.tm``) applied; arguments as DummyRequest's."""
+    from pyramid import testing as pyramid_testing
+    from pyramid.request import apply_request_extensions
+
+    request = pyramid_testing.DummyRequest(*args, **kwargs)
+    apply_request_extensions(request)
+    return request
