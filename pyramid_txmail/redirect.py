@@ -50,7 +50,9 @@ def parse_redirect_to(value):
     try:
         addresses = validate_address_header("mail.redirect_to", text)
     except InvalidAddress as exc:
-        raise ValueError(f"invalid address {exc.address!r}: {exc.reason}") from None
+        hint = "; separate addresses with commas or put one per line" \
+            if exc.reason == "not a list of addresses" else ""
+        raise ValueError(f"invalid address {exc.address!r}: {exc.reason}{hint}") from None
     except MessageError as exc:
         raise ValueError(str(exc)) from None
     return tuple(dict.fromkeys(addresses))
