@@ -281,21 +281,17 @@ def capture():
             _captures.remove(outbox)
 
 
-def setUp(config, **settings):
+def setUp(config, settings=None):
     """Include pyramid_txmail into ``config`` with memory delivery; return its outbox.
 
-    ``settings`` are further ``mail.*`` settings (``mail.default_sender`` ...);
-    ``mail.delivery`` is set to ``memory`` whatever the config said.  The
-    outbox is the app's ``IMailOutbox`` utility: a :class:`Outbox`.
+    ``settings`` is a dict of further ``mail.*`` settings
+    (``{"mail.default_sender": ...}``); ``mail.delivery`` is set to ``memory``
+    whatever the config said.  The outbox is the app's ``IMailOutbox``
+    utility, an :class:`Outbox`.
     """
     from .interfaces import IMailOutbox
 
-    values = config.registry.settings
-    if values is None:
-        config.add_settings({})
-        values = config.registry.settings
-    values.update(settings)
-    values.update(MEMORY_SETTINGS)
+    config.add_settings(dict(settings or {}, **MEMORY_SETTINGS))
     config.include("pyramid_txmail")
     return config.registry.getUtility(IMailOutbox)
 

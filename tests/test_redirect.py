@@ -39,6 +39,17 @@ def test_direct_delivery_goes_to_the_redirect_addresses(smtp_server):
     assert msg["Bcc"] is None and msg["Message-ID"] == msgid
 
 
+def test_a_non_ascii_original_recipient_is_kept_as_utf8(smtp_server):
+    app = webtest.TestApp(main({"mail.delivery": "direct", "mail.host": smtp_server.host,
+                                "mail.port": str(smtp_server.port), "mail.timeout": "5",
+                                "mail.redirect_to": "qa@example.com"}))
+    app.get("/send", {"to": "jörg@bücher.example"})
+    [received] = smtp_server.messages
+    assert received.rcpt_tos == ["qa@example.com"]
+    assert "SMTPUTF8" in received.mail_options  # the header block is UTF-8 (RFC 6532)
+    assert parsed(received.data)[ORIGINAL_TO_HEADER] == "jörg@bücher.example"
+
+
 def test_queue_delivery_and_txmail_qp(tmp_path, smtp_server):
     spool_dir = tmp_path / "spool"
     app = webtest.TestApp(main({"mail.queue_path": str(spool_dir),
@@ -85,7 +96,8 @@ def test_no_warning_without_it(caplog):
 @pytest.mark.parametrize("value, expected", [
     ("qa@example.com", ("qa@example.com",)),
     (REDIRECT, ("qa@example.com", "dev@example.com")),
-    ("\nqa@example.com\ndev@example.com,\nqa@example.com\n", ("qa@example.com", "dev@example.com")),
+    ("\nqa@example.com\ndev@example.com,\nqa@example.com\n",
+     ("qa@example.com", "dev@example.com")),
     ("qa@bücher.example", ("qa@xn--bcher-kva.example",)),
 ])
 def test_setting_values(value, expected):

@@ -118,7 +118,7 @@ def config():
 
 
 def test_setup_for_unit_tests_commit_and_abort(config):
-    outbox = pyramid_txmail.testing.setUp(config, **{"mail.default_sender": "site@example.com"})
+    outbox = pyramid_txmail.testing.setUp(config, {"mail.default_sender": "site@example.com"})
     with transaction.manager:
         msgid = welcome_view(dummy_request(params={"email": "bob@example.com"}))
     [mail] = outbox.assert_sent(to="bob@example.com", subject="Welcome", count=1)
@@ -134,7 +134,7 @@ def test_setup_for_unit_tests_commit_and_abort(config):
 
 def test_setup_forces_memory_delivery(config, tmp_path):
     config.registry.settings["mail.queue_path"] = str(tmp_path / "spool")
-    outbox = pyramid_txmail.testing.setUp(config, **{"mail.delivery": "queue"})
+    outbox = pyramid_txmail.testing.setUp(config, {"mail.delivery": "queue"})
     assert isinstance(outbox, Outbox)
     assert not (tmp_path / "spool").exists()  # nothing went near a spool
 
