@@ -131,6 +131,17 @@ def _wanted(value):
     return (value,) if isinstance(value, str) else tuple(value)
 
 
+def _address_key(address):
+    """An address as it stands in an envelope (IDN domains as punycode), lowercased."""
+    from .message import MessageError, check_address
+
+    try:
+        address = check_address("to", address)
+    except MessageError:
+        pass  # compared as given: it simply matches nothing
+    return address.lower()
+
+
 def _matches_text(pattern, value):
     if value is None:
         return False
@@ -143,7 +154,8 @@ class Outbox:
     """A list of :class:`SentMail`, oldest first, with filters and assertions.
 
     Criteria (all optional, all must hold): ``to`` (an address or a list; each
-    must be an envelope recipient, case-insensitive), ``fromaddr``,
+    must be an envelope recipient, case-insensitive, an IDN domain in either
+    form), ``fromaddr``,
     ``subject`` (exact text, or a compiled regular expression searched for),
     ``subject_contains``, ``text_contains``, ``html_contains``.
     """
@@ -187,7 +199,7 @@ class Outbox:
     def filter(self, to=None, fromaddr=None, subject=None, subject_contains=None,
                text_contains=None, html_contains=None):
         """The messages that meet every given criterion, oldest first."""
-        wanted_to = {a.lower() for a in _wanted(to)}
+        wanted_to = {_address_key(a) for a in _wanted(to)}
 
         def meets(mail):
             if wanted_to and not wanted_to <= {a.lower() for a in mail.toaddrs}:

@@ -239,6 +239,18 @@ def test_filters_and_criteria():
     assert len(outbox.assert_sent(count=2)) == 2
 
 
+def test_to_matches_an_idn_domain_in_either_form(config):
+    outbox = pyramid_txmail.testing.setUp(config)
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "Bob@Bücher.example", "idn"
+    with transaction.manager:
+        get_mailer(config.registry).send(msg)
+    assert outbox.last.toaddrs == ("Bob@xn--bcher-kva.example",)
+    outbox.assert_sent(to="bob@bücher.example", count=1)
+    outbox.assert_sent(to="bob@xn--bcher-kva.example", count=1)
+    outbox.assert_sent(to="not an address", count=0)
+
+
 def test_assert_sent_failure_lists_what_was_sent():
     with pytest.raises(AssertionError) as info:
         sample_outbox().assert_sent(to="carol@example.com", subject="Welcome")
