@@ -155,9 +155,9 @@ class Outbox:
 
     Criteria (all optional, all must hold): ``to`` (an address or a list; each
     must be an envelope recipient, case-insensitive, an IDN domain in either
-    form), ``fromaddr``,
-    ``subject`` (exact text, or a compiled regular expression searched for),
-    ``subject_contains``, ``text_contains``, ``html_contains``.
+    form), ``fromaddr``, ``subject`` (exact text, or a compiled regular
+    expression searched for), ``subject_contains``, ``text_contains``,
+    ``html_contains``.
     """
 
     def __init__(self, messages=()):
