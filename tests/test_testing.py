@@ -342,6 +342,13 @@ def test_wrong_expectation(testapp, mail_outbox):
 '''
 
 
+def test_the_installed_plugin_serves_this_suite_too(app, mail_outbox, mail_settings):
+    assert mail_settings == {"mail.delivery": "memory"}
+    mail_outbox.assert_none_sent()
+    app.get("/send", {"subject": "via the fixture"})
+    mail_outbox.assert_sent(subject="via the fixture", count=1)
+
+
 def test_pytest_plugin_fixtures_with_a_webtest_app(pytester):
     pytester.makepyfile(test_signup=PLUGIN_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
