@@ -62,6 +62,29 @@ def test_mail_sent_after_commit_only(mode_settings):
     assert mode_settings["mail.delivery"] in event.results[0].text
 
 
+def test_a_later_data_manager_failing_its_vote_leaves_nothing(mode_settings, tmp_path, capsys):
+    from .app import make_message
+    from .test_transactional import FailingVote
+
+    events = []
+    config = Configurator(settings=dict(mode_settings, **{"mail.default_sender": "a@example.com"}))
+    config.include("pyramid_txmail")
+    config.add_subscriber(events.append, IMailSent)
+    config.commit()
+    manager = transaction.TransactionManager(explicit=True)
+    txn = manager.begin()
+    get_mailer(config.registry, manager).send(make_message({}))
+    txn.join(FailingVote())
+    with pytest.raises(RuntimeError, match="database refused"):
+        manager.commit()
+    manager.abort()
+    assert events == [] and capsys.readouterr().out == ""
+    outbox = config.registry.queryUtility(IMailOutbox)
+    assert outbox is None or outbox.messages == []
+    if "mail.file_path" in mode_settings:
+        assert os.listdir(mode_settings["mail.file_path"]) == []  # no temporary file left
+
+
 def test_a_queue_path_is_left_alone(mode_settings, tmp_path):
     make_app(**mode_settings, **{"mail.queue_path": str(tmp_path / "spool")}).get("/send")
     assert not (tmp_path / "spool").exists()
