@@ -261,15 +261,15 @@ def find(spool, ident):
     name = tail if sep and head in ALL_STATES else ident
     if not name:
         raise NotFound("an empty id matches nothing")
-    everything = messages(spool, ALL_STATES)
-    exact = [m for m in everything if m.name == name]
-    if exact:
-        return exact[-1]
-    matches = [m for m in everything if m.name.startswith(name)] if "/" not in name else []
+    # names first: only a Message-ID search has to open the files
+    located = {n: state for state in ALL_STATES for n in spool.names(state)}
+    candidates = ([n for n in located if n == name]
+                  or [n for n in located if n.startswith(name) and "/" not in name])
+    matches = [m for m in (inspect(spool, located[n], n) for n in candidates) if m]
     kind = "file name prefix"
     if not matches:
         wanted = _bare_message_id(ident)
-        matches = [m for m in everything
+        matches = [m for m in messages(spool, ALL_STATES)
                    if any(_bare_message_id(v) == wanted for v in
                           (m.meta.get("message_id") or "", m.header("Message-ID") or "") if v)]
         kind = "Message-ID"

@@ -322,7 +322,7 @@ def cmd_retry(spool, args, now):
         for ident in args.ids:
             try:
                 targets.append(admin.find(spool, ident))
-            except LookupError as exc:
+            except (admin.NotFound, admin.Ambiguous) as exc:
                 _report_lookup_error(ident, exc)
     code = EX_OK if len(targets) == len(args.ids) or args.all_failed else EX_FAILED
     for msg in dict((m.name, m) for m in targets).values():
@@ -413,7 +413,7 @@ def main(argv=None):
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
-    except LookupError as exc:  # show: NotFound / Ambiguous
+    except (admin.NotFound, admin.Ambiguous) as exc:  # show
         _report_lookup_error(getattr(args, "id", ""), exc)
         return EX_FAILED
     except (ConfigError, ConfigurationError) as exc:
