@@ -441,6 +441,11 @@ def test_the_password_never_reaches_any_output(tmp_path, spool, filled, capsys):
     assert proc.returncode == 78 and "Traceback" not in proc.stderr
     assert "'mail.password'" in proc.stderr and "%%" in proc.stderr
     seen.append(proc.stdout + proc.stderr)
+    broken = tmp_path / "broken.ini"  # no '=': configparser would quote the whole line
+    broken.write_text(f"[app:main]\nmail.queue_path = {spool.path}\nmail.password {PASSWORD}\n")
+    code, out, err = call(capsys, str(broken), "status")
+    assert code == 78 and "ParsingError at line 3" in err
+    seen.append(out + err)
     for text in seen:
         assert PASSWORD not in text and PASSWORD[4:] not in text
 

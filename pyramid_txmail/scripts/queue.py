@@ -17,15 +17,14 @@ import configparser
 import json
 import logging
 import os
-import re
 import sys
 import time
 
 from pyramid.exceptions import ConfigurationError
 
 from .. import spool_admin as admin
-from ..processor import format_duration
 from ..settings import parse_duration
+from . import queue_text
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
                  open_spool, read_app_settings, setup_logging, split_uri)
 
@@ -170,38 +169,12 @@ def build_parser():
     return parser
 
 
-# -- printing -------------------------------------------------------------------
-
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def _clean(text, one_line=True):
-    """Text from a message, safe to print: control characters shown as escapes."""
-    if text is None:
-        return "-"
-    pattern = _UNSAFE_LINE if one_line else _UNSAFE
-    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}"
-                       if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text))
-
-
-def _when(epoch):
-    if not isinstance(epoch, (int, float)):
-        return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
-def _age(seconds):
-    return "-" if seconds is None else format_duration(max(seconds, 0))
-
-
-def _short(text, width):
-    text = _clean(text)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def _json(value):
     print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _print(lines):
+    print("\n".join(lines))
 
 
 # -- commands ----------------------------------------------------------------------
@@ -210,19 +183,8 @@ def cmd_status(spool, args, now):
     info = admin.status(spool, now)
     if args.json:
         _json(info)
-        return EX_OK
-    print(f"spool: {spool.path}")
-    for state in admin.ALL_STATES:
-        row = info["states"][state]
-        line = f"  {row['label']:<12} {state + '/':<10} {row['count']:>6}"
-        if row["count"]:
-            line += f"   oldest {_age(row['oldest_age'])}"
-        if state == "deferred" and info["next_retry"] is not None:
-            wait = info["next_retry_in"]
-            line += (f"   next retry {_when(info['next_retry'])} "
-                     + ("(due now)" if wait <= 0 else f"(in {_age(wait)})"))
-        print(line.rstrip())
-    print(f"oldest message: {_age(info['oldest_age'])} (tmp/ not counted)")
+    else:
+        _print(queue_text.status_lines(info))
     return EX_OK
 
 
@@ -231,83 +193,31 @@ def cmd_list(spool, args, now):
     found = admin.messages(spool, states)
     if args.json:
         _json([m.as_dict(now) for m in found])
-        return EX_OK
-    if not found:
-        print(f"no messages in {', '.join(s + '/' for s in states)}")
-        return EX_OK
-    width = max(len(m.name) for m in found)
-    print(f"{'ID':<{width}}  {'STATE':<11} {'AGE':>7} {'TRIES':>5}  "
-          "FROM -> TO | SUBJECT | LAST ERROR")
-    for m in found:
-        to = _clean(m.toaddrs[0]) if m.toaddrs else "-"
-        if len(m.toaddrs) > 1:
-            to += f" (+{len(m.toaddrs) - 1})"
-        print(f"{m.name:<{width}}  {admin.LABELS[m.state]:<11} "
-              f"{_age(now - m.queued_at):>7} {m.attempts:>5}  "
-              f"{_clean(m.fromaddr)} -> {to} | {_short(m.subject, 50)} | "
-              f"{_short(m.last_error, 100)}")
+    else:
+        _print(queue_text.list_lines(found, states, now))
     return EX_OK
 
 
 def cmd_show(spool, args, now):
     msg = admin.find(spool, args.id)
     body = admin.read_body(msg) if args.body else None
-    if args.json:
-        data = msg.as_dict(now)
-        data.update(path=msg.path, headers=[list(h) for h in msg.headers], meta=msg.meta)
-        if args.body:
-            data["body"] = None if body is None else body.decode("utf-8", "replace")
-        _json(data)
+    if not args.json:
+        _print(queue_text.show_lines(msg, now, body, args.body))
         return EX_OK
-    meta = msg.meta
-    rows = [("id", msg.name), ("state", f"{admin.LABELS[msg.state]} ({msg.state}/)"),
-            ("file", msg.path),
-            ("queued", f"{_when(msg.queued_at)} ({_age(now - msg.queued_at)} ago)"),
-            ("message-id", msg.message_id), ("envelope from", msg.fromaddr),
-            ("envelope to", ", ".join(msg.toaddrs) or None), ("attempts", str(msg.attempts))]
-    if meta.get("first_attempt"):
-        rows.append(("first attempt", _when(meta["first_attempt"])))
-    if meta.get("last_attempt"):
-        rows.append(("last attempt", _when(meta["last_attempt"])))
-    if msg.state == "deferred" and meta.get("next_attempt"):
-        rows.append(("next attempt", _when(meta["next_attempt"])))
-    if meta.get("delivered"):
-        rows.append(("delivered to", ", ".join(meta["delivered"])))
-    if meta.get("failed_recipients"):
-        rows.append(("dead-lettered", ", ".join(meta["failed_recipients"])))
-    if meta.get("failed_at"):
-        rows.append(("failed at", _when(meta["failed_at"])))
-    if meta.get("dead_letter_of") and meta["dead_letter_of"] != msg.name:
-        rows.append(("dead letter of", meta["dead_letter_of"]))
-    if meta.get("retried_after"):
-        rows.append(("retried after", meta["retried_after"]))
-    rows.append(("reason" if meta.get("reason") else "last error", msg.last_error))
-    for key, value in rows:
-        print(f"{key + ':':<15} {_clean(value)}")
-    print("\nheaders:")
-    for name, value in msg.headers:
-        print(f"  {_clean(name)}: {_clean(value)}")
-    history = meta.get("history") or []
-    if history:
-        print("\nattempts:")
-    for number, attempt in enumerate(history, 1):
-        if not isinstance(attempt, dict):
-            continue
-        for i, r in enumerate(attempt.get("results") or ()):
-            lead = f"  {number:>2}. {_when(attempt.get('time'))}" if i == 0 else " " * 26
-            print(f"{lead}  {_clean(r.get('recipient'))}: {r.get('status')} "
-                  f"{r.get('code') or '-'} {_clean(r.get('text'))}")
+    data = msg.as_dict(now)
+    data.update(path=msg.path, headers=[list(h) for h in msg.headers], meta=msg.meta)
     if args.body:
-        print("\nbody:")
-        text = "(the file is gone)" if body is None else body.decode("utf-8", "replace")
-        print(_clean(text.replace("\r\n", "\n"), one_line=False))
+        data["body"] = None if body is None else body.decode("utf-8", "replace")
+    _json(data)
     return EX_OK
 
 
-def _report_lookup_error(ident, exc):
+def _report_lookup_error(exc):
+    """No such message, or several (listed, so that the next try can be exact)."""
     print(f"{PROG}: {exc}", file=sys.stderr)
     for m in getattr(exc, "candidates", ())[:20]:
-        print(f"  {m.name}  {admin.LABELS[m.state]}  {_clean(m.message_id)}", file=sys.stderr)
+        print(f"  {m.name}  {admin.LABELS[m.state]}  {queue_text.clean(m.message_id)}",
+              file=sys.stderr)
 
 
 def cmd_retry(spool, args, now):
@@ -323,7 +233,7 @@ def cmd_retry(spool, args, now):
             try:
                 targets.append(admin.find(spool, ident))
             except (admin.NotFound, admin.Ambiguous) as exc:
-                _report_lookup_error(ident, exc)
+                _report_lookup_error(exc)
     code = EX_OK if len(targets) == len(args.ids) or args.all_failed else EX_FAILED
     for msg in dict((m.name, m) for m in targets).values():
         try:
@@ -354,9 +264,9 @@ def cmd_purge(spool, args, now):
                 continue
             log.info("purged %s/%s (%s)", msg.state, msg.name, msg.message_id)
         done += 1
-        print(f"{verb} {msg.state}/{msg.name}  {_age(now - msg.settled_at)} old  "
-              f"{_clean(msg.message_id)}")
-    limit = "" if args.older_than is None else f" older than {_age(args.older_than)}"
+        print(f"{verb} {msg.state}/{msg.name}  {queue_text.age(now - msg.settled_at)} old  "
+              f"{queue_text.clean(msg.message_id)}")
+    limit = "" if args.older_than is None else f" older than {queue_text.age(args.older_than)}"
     print(f"{verb} {done} message{'s' if done != 1 else ''} from {args.state}/{limit}")
     return code
 
@@ -382,9 +292,12 @@ def _settings(path, app_name):
     except configparser.Error as exc:
         where = " ".join(f"{k} {getattr(exc, k)!r}" for k in ("section", "option", "lineno")
                          if getattr(exc, k, None) is not None)
+        if not where and getattr(exc, "errors", None):  # ParsingError: line numbers only
+            where = "line " + ", ".join(str(number) for number, _ in exc.errors)
+        hint = (" (a literal % must be written %%)"
+                if isinstance(exc, configparser.InterpolationError) else "")
         raise ConfigError(f"{path}: cannot read the ini file: {type(exc).__name__}"
-                          + (f" at {where}" if where else "")
-                          + " (a literal % must be written %%)") from None
+                          + (f" at {where}" if where else "") + hint) from None
     if not str(raw.get("mail.queue_path") or "").strip():
         raise ConfigError(f"{path} [app:{app_name}]: mail.queue_path is not set; "
                           f"{PROG} needs the spool directory to look into")
@@ -414,7 +327,7 @@ def main(argv=None):
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
     except (admin.NotFound, admin.Ambiguous) as exc:  # show
-        _report_lookup_error(getattr(args, "id", ""), exc)
+        _report_lookup_error(exc)
         return EX_FAILED
     except (ConfigError, ConfigurationError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -422,6 +335,7 @@ def main(argv=None):
     except Exception as exc:
         if getattr(args, "verbose", False):
             log.exception("%s: unexpected error", PROG)
+        # an OSError names the file; other messages might quote anything
         what = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else type(exc).__name__
         print(f"{PROG}: unexpected error: {what} (run with -v for the traceback)",
               file=sys.stderr)
