@@ -471,3 +471,16 @@ def test_a_file_without_envelope_is_listed_as_poison(tmp_path, spool, capsys):
     assert "1700000000.M1P1.example" in out and "poison: no envelope" in out
     code, out, _ = call(capsys, write_ini(tmp_path), "show", "1700000000")
     assert code == 0 and "envelope from:  -" in out and "Subject: stray" in out
+
+
+@pytest.mark.parametrize("raw, one_line, shown", [
+    ("Hi\x1b]0;owned\x07", True, "Hi\\x1b]0;owned\\x07"),
+    ("a\r\nBcc: x", True, "a\\x0d\\x0aBcc: x"),
+    ("evil\u202etxt.exe", True, "evil\\u202etxt.exe"),
+    ("line one\nline two\ttab\x08", False, "line one\nline two\ttab\\x08"),
+    (None, True, "-"),
+])
+def test_message_text_is_escaped_before_it_reaches_the_terminal(raw, one_line, shown):
+    from pyramid_txmail.scripts.queue_text import clean
+
+    assert clean(raw, one_line) == shown
