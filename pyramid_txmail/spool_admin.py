@@ -22,7 +22,7 @@ import re
 import time
 from email.parser import BytesHeaderParser
 
-from .spool import Entry, PoisonMessage, _age_key, split_envelope
+from .spool import Entry, PoisonMessage, enqueued_at, split_envelope
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes).
 QUEUE_STATES = ("new", "cur", "deferred", "failed")
@@ -172,8 +172,8 @@ class QueuedMessage:
 
 def queued_at(spool, state, name):
     """The enqueue time carried in the Maildir name; the file's mtime for other names."""
-    key = _age_key(name)[0]
-    if key != float("inf"):
+    key = enqueued_at(name)
+    if key is not None:
         return key
     try:
         return os.stat(os.path.join(spool.path, state, name)).st_mtime
@@ -288,7 +288,7 @@ def retry(spool, msg):
     Returns a sentence saying what was done.  A dead letter is then sent
     afresh to its envelope (the processor resets the state of a message whose
     state file has ``failed_at``); a deferred message keeps its attempts and
-    its first attempt time, so ``mail.max_queue_time`` still counts.
+    its queue time, so ``mail.max_queue_time`` still counts from when it was queued.
     """
     if msg.state == "cur":
         raise Refused("it is being sent right now (claimed by a processor in cur/); "

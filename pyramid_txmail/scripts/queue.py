@@ -142,8 +142,8 @@ def build_parser():
              "Move messages back into new/, where the next txmail-qp pass sends them.\n"
              "A dead letter (failed/) is sent afresh to its envelope, which holds\n"
              "only the recipients that failed; a deferred message becomes due now and\n"
-             "keeps its attempts, so mail.max_queue_time still counts from its first\n"
-             "attempt.  A message in cur/ is being sent and is refused.",
+             "keeps its attempts, so mail.max_queue_time still counts from when it was\n"
+             "queued.  A message in cur/ is being sent and is refused.",
              ["retry 1732523000.M123456P42", "retry '<welcome-42@example.com>'",
               "retry --all-failed"])
     p.add_argument("ids", nargs="*", metavar="ID", help="file name, prefix or Message-ID")
