@@ -13,7 +13,6 @@ characters escaped, so that a hostile Subject cannot drive the terminal.
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import logging
 import os
@@ -282,22 +281,8 @@ class UsageError(Exception):
 
 
 def _settings(path, app_name):
-    """``mail.*`` of the ini; ini syntax errors reported without the offending text.
-
-    configparser's messages quote the value they choke on, which may be the
-    password (a ``%`` in it), so only the section and key are named.
-    """
-    try:
-        raw = read_app_settings(path, app_name)
-    except configparser.Error as exc:
-        where = " ".join(f"{k} {getattr(exc, k)!r}" for k in ("section", "option", "lineno")
-                         if getattr(exc, k, None) is not None)
-        if not where and getattr(exc, "errors", None):  # ParsingError: line numbers only
-            where = "line " + ", ".join(str(number) for number, _ in exc.errors)
-        hint = (" (a literal % must be written %%)"
-                if isinstance(exc, configparser.InterpolationError) else "")
-        raise ConfigError(f"{path}: cannot read the ini file: {type(exc).__name__}"
-                          + (f" at {where}" if where else "") + hint) from None
+    """``mail.*`` of the ini (read_app_settings never quotes ini text in errors)."""
+    raw = read_app_settings(path, app_name)
     if not str(raw.get("mail.queue_path") or "").strip():
         raise ConfigError(f"{path} [app:{app_name}]: mail.queue_path is not set; "
                           f"{PROG} needs the spool directory to look into")
