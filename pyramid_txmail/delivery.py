@@ -15,10 +15,14 @@ import transaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
+from .devdelivery import make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
+from .queue_state import dead_letter, record_attempt
+from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
+from .settings import DEV_DELIVERY_MODES
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
@@ -126,23 +130,18 @@ class DirectOutbox:
             return [MailFailed(prepared.message_id, prepared.fromaddr, recipients,
                                failures, reason=reason)]
         now = self.clock()
-        results = [r.as_dict() for r in failures]
         if state == "new":
             name = self.fallback.write_tmp(prepared.fromaddr, recipients, prepared.data)
-            self.fallback.write_meta(name, {
-                "message_id": prepared.message_id, "attempts": 1, "first_attempt": now,
-                "last_attempt": now, "delivered": [], "failed_recipients": [],
-                "history": [{"time": now, "results": results}]})
+            self.fallback.write_meta(name, record_attempt(
+                {}, prepared.message_id, failures, now, now, now))
             self.fallback.commit_tmp([name])
             log.warning("direct delivery of %s to %s failed temporarily (%s); queued in %s",
                         prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
             return [MailQueued(prepared.message_id, prepared.fromaddr, recipients, failures,
                                reason=reason)]
-        self.fallback.dead_letter_copy(prepared.fromaddr, recipients, prepared.data, {
-            "reason": "permanent failure: " + reason, "failed_at": now, "attempts": 1,
-            "first_attempt": now, "last_attempt": now, "recipients": results,
-            "history": [{"time": now, "results": results}],
-            "message_id": prepared.message_id, "dead_letter_of": None})
+        tried = record_attempt({}, prepared.message_id, failures, now, None, now)
+        self.fallback.dead_letter_copy(prepared.fromaddr, recipients, prepared.data, dead_letter(
+            tried, prepared.message_id, failures, "permanent failure: " + reason, now, None))
         log.error("direct delivery of %s to %s failed permanently (%s); dead-lettered in %s",
                   prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
         return [MailFailed(prepared.message_id, prepared.fromaddr, recipients, failures,
@@ -210,6 +209,8 @@ class Mailer:
             raise TypeError("send(message) or send(fromaddr, toaddrs, message)")
         prepared = prepare(message, self.delivery.settings.default_sender,
                            fromaddr, toaddrs)
+        if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
+            prepared = redirect(prepared, self.delivery.settings.redirect_to)
         self._data_manager().add(prepared)
         return prepared.message_id
 
@@ -256,6 +257,8 @@ class Mailer:
 
 def make_outbox(settings, transport_factory):
     """The outbox for ``settings.delivery`` (spool created/checked here)."""
+    if settings.delivery in DEV_DELIVERY_MODES:  # memory, file, console, null
+        return make_dev_outbox(settings)
     spool = Spool(settings.queue_path) if settings.queue_path else None
     if settings.delivery == "queue":
         return QueueOutbox(spool)

@@ -36,10 +36,12 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import events as mail_events
 from . import wire
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
+from .queue_state import dead_letter, record_attempt
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -50,6 +52,10 @@ JITTER = 0.2
 
 #: Queue files larger than this are streamed to the relay in blocks.
 STREAM_OVER = 1 << 20
+
+#: Threads deleting delivered files from ``done/``: a journalling file system
+#: makes each unlink wait for the journal, and concurrent ones share a commit.
+REAPERS = 4
 
 
 @dataclasses.dataclass
@@ -197,11 +203,17 @@ class Processor:
         """
         stats = PassStats()
         now = self.clock()
+        self.spool.reap()
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
         jobs = self._jobs(now, stats, stop)
+        with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
+            self._run(jobs, stats, stop)
+        return stats
+
+    def _run(self, jobs, stats, stop):
         if self.transport is not None:
             self._work(self.transport, jobs, stats, stop)
-            return stats
+            return
         lock = threading.Lock()
 
         def take():
@@ -221,7 +233,6 @@ class Processor:
                 thread.join()
         for own in per_worker:
             stats.add(own)
-        return stats
 
     def _jobs(self, now, stats, stop):
         """``(state, name)`` of every message to try in this pass, in order."""
@@ -292,7 +303,7 @@ class Processor:
             return
         pending = self._pending(job)
         if not pending:
-            self.spool.remove(entry)  # a crash hit after the last attempt was recorded
+            self._retire(entry)  # a crash hit after the last attempt was recorded
             stats.sent += 1
             return
         result = self._attempt(transport, job, pending)
@@ -324,17 +335,9 @@ class Processor:
         if not job.meta and all(r.status == SENT for r in result.results):
             return result
         now = self.clock()
-        meta = job.meta
-        meta["message_id"] = job.message_id
-        meta["attempts"] = meta.get("attempts", 0) + 1
-        meta.setdefault("queued_at", enqueued_at(job.entry.name) or now)
-        meta.setdefault("first_attempt", now)
-        meta["last_attempt"] = now
-        meta["next_attempt"] = now + self._retry_delay(meta["attempts"])
-        meta["delivered"] = meta.get("delivered", []) + [r.recipient for r in result.sent]
-        meta.setdefault("failed_recipients", [])
-        meta.setdefault("history", []).append(
-            {"time": now, "results": [r.as_dict() for r in result.results]})
+        meta = record_attempt(job.meta, job.message_id, result.results, now,
+                              now + self._retry_delay(job.meta.get("attempts", 0) + 1),
+                              enqueued_at(job.entry.name) or now)
         self.spool.write_meta(job.entry.name, meta)
         return result
 
@@ -390,10 +393,14 @@ class Processor:
             self._defer(job, retry, stats)
             found.append(self._event(mail_events.MailDeferred, job, retry, _summary(retry)))
         elif not self._is_whole(job, dead):
-            self.spool.remove(job.entry)
+            self._retire(job.entry, has_meta=bool(job.meta))
             if not dead:
                 stats.sent += 1
         return found
+
+    def _retire(self, entry, has_meta=True):
+        """Out of the queue now (a rename); the file is deleted in the background."""
+        self._reaper.submit(self.spool.reap_path, self.spool.retire(entry, has_meta))
 
     @staticmethod
     def _queued_at(job):
@@ -449,23 +456,13 @@ class Processor:
                   job.fromaddr, ", ".join(r.recipient for r in dead), reason, where.name)
 
     def _failure_meta(self, job, dead, reason, now):
-        """The state file of a dead letter: why, when, after how many attempts."""
-        meta = job.meta
-        return {"reason": reason, "failed_at": now, "attempts": meta.get("attempts", 0),
-                "first_attempt": meta.get("first_attempt"),
-                "last_attempt": meta.get("last_attempt"),
-                "recipients": [r.as_dict() for r in dead],
-                "history": meta.get("history", []), "message_id": job.message_id,
-                "dead_letter_of": job.entry.name}
+        return dead_letter(job.meta, job.message_id, dead, reason, now, job.entry.name)
 
     def _bury_poison(self, entry, meta, why, stats):
         """A file that cannot be sent as it is goes to failed/ untouched, with the reason."""
         now = self.clock()
         reason = f"poison: {why}"
-        self.spool.write_meta(entry.name, {
-            "reason": reason, "failed_at": now, "attempts": meta.get("attempts", 0),
-            "recipients": [], "history": meta.get("history", []),
-            "message_id": None, "dead_letter_of": entry.name})
+        self.spool.write_meta(entry.name, dead_letter(meta, None, [], reason, now, entry.name))
         self.spool.move(entry, "failed")
         stats.failed += 1
         log.error("dead letter failed/%s: %s", entry.name, reason)
