@@ -68,13 +68,16 @@ def _check(run, spool, states, what):
     return run
 
 
-def drain_txmail(ctx, sink, count, workers=None):
+def drain_txmail(ctx, sink, count, workers=None, before=None):
+    """``before(spool)``, if given, runs on the filled spool before the clock starts."""
     base = ctx.scratch(f"drain-txmail-w{workers}")
     spool = base / "spool"
     ctx.fill(spool, count)
+    if before is not None:
+        before(spool)
     ini = write_ini(base, spool, sink, workers)
     run = run_timed(txmail_argv(ini, workers))
-    return _check(run, spool, ("new", "cur", "deferred", "failed", "meta"),
+    return _check(run, spool, ("new", "cur", "deferred", "failed", "meta", "done"),
                   f"txmail-qp --workers {workers} into {sink.name}")
 
 

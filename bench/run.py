@@ -36,7 +36,7 @@ SECTIONS = {
 }
 
 FULL = dict(sizes=[1000, 10000, 100000], drain_size=5000, enqueue_count=1000, repeats=3)
-QUICK = dict(sizes=[10, 40], drain_size=20, enqueue_count=10, repeats=1)
+QUICK = dict(sizes=[10, 20, 40], drain_size=20, enqueue_count=10, repeats=1)
 
 
 def _sizes(text):

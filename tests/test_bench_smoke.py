@@ -71,6 +71,7 @@ def test_quick_run_writes_every_section_with_numbers(quick_run):
     assert cells[1] in ("1", "4") and re.fullmatch(NUMBER, cells[2]), cells
     targets = _section(text, "Targets")
     assert "durable enqueue" in targets and "peak RSS flat" in targets
+    assert "each additional message costs the same CPU time" in targets
     assert re.search(r"\| (yes|\*\*no\*\*) \|", targets)
     assert "results written to" in done.stdout
     assert "[met]" in done.stdout or "[MISSED]" in done.stdout
