@@ -10,6 +10,7 @@ on the net rate; the wall-clock ratios are printed next to them.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import drains
 from harness import (SectionResult, Target, fmt, median, net_seconds, rate, ratio,
@@ -69,6 +70,39 @@ class Figure:
     walls: list
 
 
+def _cores(figure):
+    """CPU seconds the child used per second of its net run."""
+    if figure.net_rate is None:
+        return None
+    return figure.cpu_per_message * figure.net_rate
+
+
+def _ceiling(default, one, repoze):
+    """Why the default configuration stops where it does, from its own figures."""
+    cores, cpu = _cores(default), default.cpu_per_message
+    if cores is None or cpu <= 0 or repoze.net_rate is None:
+        return ""
+    needed = 4 * repoze.net_rate
+    head = (f"**What limits the default configuration**: with {DEFAULT_WORKERS} workers "
+            f"txmail-qp used {cpu * 1e6:.0f} us of CPU per message and kept {cores:.2f} "
+            "cores busy.  Its workers are threads of one Python process: they overlap "
+            "the waits (socket, disk), but Python code runs one thread at a time, so "
+            f"one process tops out near 1 / CPU per message = {1 / cpu:.0f} msg/s; "
+            f"4x repoze qp is {needed:.0f} msg/s here (at most {1e6 / needed:.0f} us "
+            "of CPU per message).  ")
+    if cores >= 0.85:
+        body = "It is at that ceiling: one core's worth of Python."
+    else:
+        faster = ratio(one.net_rate, default.net_rate) if one is not None else None
+        body = (f"It stayed below that ceiling"
+                + (f", and one worker was {faster:.2f}x as fast" if faster else "")
+                + ": the threads wait for each other (a thread back from a socket wait "
+                "queues for the interpreter lock) more than for the sink or the disk.")
+    return (head + body + "  What would lift it: less Python per message (see the "
+            "profile below), or several txmail-qp processes on one spool (supported: "
+            "claims are atomic renames) where cores are free.")
+
+
 def _strict(ctx, count=20):
     found = drains.strict_sink_check(ctx, count)
     rows = [(name, f"{accepted} of {count}", left, hidden)
@@ -109,7 +143,9 @@ def run(ctx):
                  "the wall clock minus the tool's start-up (a pass over an empty spool); "
                  "\"CPU us / msg\" is the child's user+system time (its threads "
                  "included, start-up subtracted) per message, steadier than the wall "
-                 "clock on a busy machine.")
+                 "clock on a busy machine; \"cores busy\" is that CPU time per second "
+                 f"of the net rate (this machine has {os.cpu_count()} cores, shared by "
+                 "the sink, the client and this harness).")
     results = {}
     for sink_name in ctx.options.sinks:
         figures, startups = measure(ctx, sink_name, count)
@@ -117,14 +153,16 @@ def run(ctx):
         repoze = figures["repoze.sendmail qp"]
         rows = [(label, f"{f.wall:.2f}", fmt(f.wall_rate), fmt(f.net_rate),
                  fmt(ratio(f.net_rate, repoze.net_rate), ".2f", "x"),
-                 f"{f.cpu_per_message * 1e6:.0f}", f"{f.peak_rss_kb / 1024:.1f}", ", ".join(f"{w:.2f}" for w in f.walls))
+                 f"{f.cpu_per_message * 1e6:.0f}", fmt(_cores(f), ".2f"),
+                 f"{f.peak_rss_kb / 1024:.1f}", ", ".join(f"{w:.2f}" for w in f.walls))
                 for label, f in figures.items()]
         parts.append(f"### into {sink_name}\n\n"
                      f"Start-up (pass over an empty spool): txmail-qp "
                      f"{startups['txmail'].wall:.2f} s, repoze qp "
                      f"{startups['repoze'].wall:.2f} s.\n\n"
                      + table(["configuration", "wall s", "msg/s (wall)", "msg/s (net)",
-                              "net vs repoze qp", "CPU us / msg", "peak RSS MB", "wall s, each run"], rows))
+                              "net vs repoze qp", "CPU us / msg", "cores busy",
+                              "peak RSS MB", "wall s, each run"], rows))
         lines.append(f"drain into {sink_name}, msg/s net (wall): " + "; ".join(
             f"{label.split(' (')[0]} {fmt(f.net_rate)} ({fmt(f.wall_rate)})"
             for label, f in figures.items()))
@@ -145,6 +183,9 @@ def run(ctx):
         if label.startswith("txmail-qp"):
             lines.append(f"{label} / repoze qp into {sink}: "
                          f"{fmt(ratio(f.net_rate, repoze.net_rate), '.2f', 'x')} net")
+    if DEFAULT_WORKERS in ctx.options.workers and not targets[0].met:
+        one = figures[_label(ctx, 1)] if 1 in ctx.options.workers else None
+        parts.append(_ceiling(figures[_label(ctx, DEFAULT_WORKERS)], one, repoze))
     parts.append(_strict(ctx))
     if not all(t.met for t in targets):
         parts.append(profile_section(ctx, ctx.sink(sink), count))
