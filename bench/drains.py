@@ -158,10 +158,10 @@ def strict_sink_check(ctx, count=20):
             spool = base / "spool"
             ctx.fill(spool, count)
             if tool == "txmail":
-                run = run_timed(txmail_argv(write_ini(base, spool, sink, 1), 1))
+                run_timed(txmail_argv(write_ini(base, spool, sink, 1), 1))
             else:
-                run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port",
-                                 str(sink.port), "--no-tls", spool])
+                run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port",
+                           str(sink.port), "--no-tls", spool])
         finally:
             accepted = sink_count(sink)
         names = [n for s in ("new", "cur", "deferred", "failed") if (spool / s).is_dir()

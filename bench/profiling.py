@@ -62,24 +62,53 @@ def own_time(stats, fragment):
     return sum(v[2] for f, v in stats.stats.items() if fragment in _name(f))
 
 
+def _by_file(stats, count, limit=6):
+    """Python own time per message by source file, largest first (built-ins left out)."""
+    files = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():
+        if filename != "~":
+            short = "/".join(Path(filename).parts[-2:])
+            files[short] = files.get(short, 0.0) + tottime
+    ranked = sorted(files.items(), key=lambda kv: -kv[1])[:limit]
+    return ", ".join(f"{name} {seconds / count * 1e6:.0f} us" for name, seconds in ranked)
+
+
 def top(stats, count=15):
     rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:count]
     return [(item[1][1], item[1][2], item[1][3], _name(item[0])) for item in rows]
 
 
+def _busy(stats):
+    """Own time that is not waiting: how much work a thread did."""
+    return sum(seconds for group, seconds in grouped(stats).items()
+               if not group.startswith("waiting"))
+
+
 def profile(ctx, sink, count):
-    """Drain ``count`` messages with one worker under cProfile; ``(wall, Stats)``."""
+    """Drain ``count`` messages with one worker under cProfile.
+
+    ``(wall, sender, helpers)``: the Stats of the busiest thread (the one
+    sending: its time is the critical path of one worker) and of every
+    other thread merged (reapers, idle waiters), or None without any.
+    """
     base = ctx.scratch("profile")
     spool = base / "spool"
     ctx.fill(spool, count)
     ini = drains.write_ini(base, spool, sink, 1)
-    out = base / "txmail-qp.prof"
+    out = base / "profiles"
     argv = drains.txmail_argv(ini, 1)[1:]
     run = run_timed([sys.executable, Path(__file__).parent / "profile_qp.py", out, *argv])
-    if run.returncode != 0 or not out.exists():
+    files = sorted(out.glob("*.prof")) if out.is_dir() else []
+    if run.returncode != 0 or not files:
         raise BenchError(f"profiled txmail-qp failed (status {run.returncode}): "
                          f"{run.stderr.strip()[-300:]}")
-    return run.wall, pstats.Stats(str(out))
+    threads = sorted((pstats.Stats(str(f)) for f in files), key=_busy, reverse=True)
+    helpers = None
+    if len(threads) > 1:
+        helpers = threads[1]
+        for more in threads[2:]:
+            helpers.add(more)
+    return run.wall, threads[0], helpers, len(threads)
 
 
 def _limits(stats, totals, count):
@@ -107,9 +136,10 @@ def _limits(stats, totals, count):
                  "parallel sessions can -- compare smtp-source's 1- and 4-session rows.")
     lifts.append(f"{us[OTHER]:.0f} us per message of Python code under the profiler "
                  "(which inflates this part, not the waits): " + (
-                     "the largest share, so less Python work per message (see the top "
-                     "functions) is what lifts one worker most."
-                     if ranked[0][0] == OTHER else "smaller than the waits above."))
+                     "the largest share, so less Python work per message is what lifts "
+                     "one worker most.  By file, own time per message: "
+                     if ranked[0][0] == OTHER else "smaller than the waits above.  By "
+                     "file, own time per message: ") + _by_file(stats, count) + ".")
     lifts.append("More workers overlap all of these waits; `mail.workers` defaults to 4 "
                  "(see the 1/2/4-worker rows).")
     return [
@@ -128,8 +158,8 @@ def _limits(stats, totals, count):
 
 
 def profile_section(ctx, sink, count):
-    """Markdown: grouped own time per message, what limits it, the top functions."""
-    wall, stats = profile(ctx, sink, count)
+    """Markdown: the sending thread's own time per message, what limits it, top functions."""
+    wall, stats, helpers, nthreads = profile(ctx, sink, count)
     totals = grouped(stats)
     profiled = sum(totals.values())
     rows = [f"| {group} | {seconds:.2f} | {seconds / count * 1e6:.0f} | "
@@ -137,21 +167,29 @@ def profile_section(ctx, sink, count):
             for group, seconds in sorted(totals.items(), key=lambda kv: -kv[1])]
     funcs = [f"{calls:>9} {tottime:8.3f} {cumtime:8.3f}  {name}"
              for calls, tottime, cumtime, name in top(stats)]
+    helper_line = []
+    if helpers is not None:
+        work = grouped(helpers)
+        helper_line = ["", f"The other {nthreads - 1} thread(s) together (off the sending "
+                       "path): " + "; ".join(f"{group} {seconds:.2f} s"
+                                             for group, seconds in work.items()
+                                             if seconds >= 0.01) + "."]
     return "\n".join([
         f"### Profile: txmail-qp, 1 worker, {count} messages into {sink.name}",
         "",
-        f"cProfile of the real console script (bench/profile_qp.py), every thread; "
-        f"{wall:.2f} s wall under the profiler ({rate(count, wall):.0f} msg/s; cProfile "
-        f"slows Python code down, not system calls).  Own time (tottime) by kind, "
-        "start-up included:",
+        f"cProfile of the real console script (bench/profile_qp.py), one profile per "
+        f"thread; {wall:.2f} s wall under the profiler ({rate(count, wall):.0f} msg/s; "
+        "cProfile slows Python code down, not system calls).  Own time (tottime) of the "
+        "thread that sends (the busiest), by kind, start-up included:",
         "",
         "| spent in | s | us / message | share |",
         "|---|---|---|---|",
         *rows,
+        *helper_line,
         "",
         *_limits(stats, totals, count),
         "",
-        "Top functions by own time:",
+        "Top functions of the sending thread by own time:",
         "",
         "```",
         f"{'calls':>9} {'tottime':>8} {'cumtime':>8}  function",

@@ -4,8 +4,8 @@
     .venv/bin/python bench/run.py --quick         # small sizes: a smoke test
     .venv/bin/python bench/run.py --only drain --sizes 1000,10000
 
-A section is a function ``run(ctx) -> SectionResult`` (see harness.py);
-adding one is one line in :data:`SECTIONS`.  Spools are written under
+A section is a module of bench/ with a function ``run(ctx) ->
+SectionResult`` (see harness.py); adding one is one line in :data:`SECTIONS`.  Spools are written under
 ``var/bench/run-*`` in the repository (its disk, not a tmpfs) unless
 --workdir says otherwise, and removed at the end.  Exit status: 0 when
 every section ran (a missed target is a result, not an error), 1 when a
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import shutil
 import sys
 import tempfile
@@ -24,15 +25,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-import sec_drain  # noqa: E402
-import sec_enqueue  # noqa: E402
-import sec_growth  # noqa: E402
+import machine  # noqa: E402
 
-#: name -> section; the order is the order of RESULTS.md.
+#: section name -> the module in bench/ whose ``run(ctx)`` measures it; the
+#: order is the order of RESULTS.md.  A new section is one more line here.
 SECTIONS = {
-    "enqueue": sec_enqueue.run,
-    "drain": sec_drain.run,
-    "growth": sec_growth.run,
+    "enqueue": "sec_enqueue",
+    "drain": "sec_drain",
+    "growth": "sec_growth",
 }
 
 FULL = dict(sizes=[1000, 10000, 100000], drain_size=5000, enqueue_count=1000, repeats=3)
@@ -107,14 +107,15 @@ def options_from(args):
 def render(ctx, results, started, elapsed, argv, loads):
     targets = [t for r in results for t in r.targets]
     out = ["# pyramid_txmail benchmarks", "",
-           f"Written by `bench/run.py {' '.join(argv)}`".rstrip() + f" (`make bench`) on "
+           f"Written by `{' '.join(['bench/run.py', *argv])}`"
+           + ("" if argv else " (`make bench`)") + " on "
            f"{started:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} min.  "
            + ("**Quick run: small sizes, one run each -- a smoke test, not figures.**"
               if ctx.options.quick else "Every figure is measured in this run."),
            "", "## Machine", "",
-           harness.table(["", ""], harness.machine(ctx.workdir)
+           harness.table(["", ""], machine.machine(ctx.workdir)
                          + [("load at the start", loads[0]), ("load at the end", loads[-1])]),
-           "", "## Versions", "", harness.table(["", ""], harness.versions()),
+           "", "## Versions", "", harness.table(["", ""], machine.versions()),
            "", "## Targets", "",
            harness.table(["target", "met", "measured"],
                          [(t.text, "yes" if t.met else "**no**", t.detail) for t in targets])]
@@ -127,7 +128,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
-    loads = [harness.load()]
+    loads = [machine.load()]
     try:
         options = options_from(args)
         try:
@@ -138,11 +139,11 @@ def main(argv=None):
         ctx = harness.Context(options, scratch)
         results = []
         try:
-            for name, section in SECTIONS.items():
+            for name, module in SECTIONS.items():
                 if args.only and name not in args.only:
                     continue
                 print(f"== {name}", flush=True)
-                result = section(ctx)
+                result = importlib.import_module(module).run(ctx)
                 results.append(result)
                 for line in result.lines:
                     print("   " + line, flush=True)
@@ -152,7 +153,10 @@ def main(argv=None):
     except harness.BenchError as exc:
         print(f"bench/run.py: error: {exc}", file=sys.stderr)
         return 1
-    loads.append(harness.load())
+    except KeyboardInterrupt:
+        print("bench/run.py: interrupted; nothing written", file=sys.stderr)
+        return 130
+    loads.append(machine.load())
     args.out.write_text(render(ctx, results, started, time.monotonic() - clock, argv, loads))
     print("== targets")
     for target in (t for r in results for t in r.targets):

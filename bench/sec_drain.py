@@ -94,7 +94,7 @@ def _ceiling(default, one, repoze):
         body = "It is at that ceiling: one core's worth of Python."
     else:
         faster = ratio(one.net_rate, default.net_rate) if one is not None else None
-        body = (f"It stayed below that ceiling"
+        body = ("It stayed below that ceiling"
                 + (f", and one worker was {faster:.2f}x as fast" if faster else "")
                 + ": the threads wait for each other (a thread back from a socket wait "
                 "queues for the interpreter lock) more than for the sink or the disk.")

@@ -17,9 +17,11 @@ in small batches (:data:`ROUNDS` per run, the order rotating) and the figure
 is the median batch: a slow moment hits one batch of each path, not one
 path's whole run.  Each batch starts after a ``sync()``: on ext4 an fsync
 commits the journal, which also writes every dirty file before it -- the
-path running after pyramid_mailer's unsynced writes would pay for them.  Message objects are built before the clock starts: the
-figure is the send and the commit, not composing the mail.  Our path's
-``send()`` and commit are timed apart in the same batches.
+path running after pyramid_mailer's unsynced writes would pay for them.
+
+Message objects are built before the clock starts: the figure is the send
+and the commit, not composing the mail.  Our path's ``send()`` and commit
+are timed apart in the same batches.
 """
 from __future__ import annotations
 
@@ -111,7 +113,8 @@ class FloorPath:
         return [f"{i}.bench" for i in range(first, first + count)]
 
     def batch(self, names):
-        flags, data, tmp, new = os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.data, self.tmp, self.new
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        data, tmp, new = self.data, self.tmp, self.new
         start = time.perf_counter()
         for name in names:
             fd = os.open(tmp / name, flags, 0o600)

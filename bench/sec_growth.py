@@ -40,21 +40,22 @@ def listing_peak(spool):
 
 
 def _measure(ctx, sink, sizes, repeats):
-    figures, listing = {}, None
+    """Drain every size with 1 and 4 workers; also how much listing the largest takes."""
+    figures, listing = {}, []
     for size in sizes:
         for workers in WORKERS:
-            hook = None
-            if size == sizes[-1] and listing is None:
-                def hook(spool):
-                    nonlocal listing
-                    listing = listing_peak(spool)
             times = repeats if size <= ONE_RUN_ABOVE else 1
-            runs = [drains.drain_txmail(ctx, sink, size, workers, before=hook if i == 0 else None)
-                    for i in range(times)]
+            runs = []
+            for _ in range(times):
+                measure_listing = size == sizes[-1] and not listing
+                runs.append(drains.drain_txmail(
+                    ctx, sink, size, workers,
+                    before=(lambda spool: listing.append(listing_peak(spool)))
+                    if measure_listing else None))
             figures[size, workers] = dict(
                 wall=median([r.wall for r in runs]), cpu=median([r.cpu for r in runs]),
                 rss=max(r.peak_rss_kb for r in runs) / 1024, walls=[r.wall for r in runs])
-    return figures, listing
+    return figures, (listing[0] if listing else None)
 
 
 def _slopes(figures, sizes, workers, key):
