@@ -22,7 +22,6 @@ an idle daemon holds no connection open.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -107,11 +106,6 @@ class Signals:
         return signal.Signals(self.received[0]).name if self.received else "request"
 
 
-def _add(total, stats):
-    for field in dataclasses.fields(PassStats):
-        setattr(total, field.name, getattr(total, field.name) + getattr(stats, field.name))
-
-
 class Daemon:
     """Runs ``run_pass(stop) -> PassStats`` whenever there may be work.
 
@@ -187,7 +181,7 @@ class Daemon:
                           self.spool.path, wait)
             return wait
         self._errors_in_a_row = 0
-        _add(self.totals, stats)
+        self.totals.add(stats)
         busy = stats.sent or stats.deferred or stats.failed or stats.recovered or stats.errors
         log.log(logging.INFO if busy else logging.DEBUG, "txmail-qp pass over %s: %s",
                 self.spool.path, stats.summary())

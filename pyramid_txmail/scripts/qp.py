@@ -222,17 +222,6 @@ def app_registry(path, app_name, load):
         env["closer"]()
 
 
-def pass_runner(spool, settings, registry):
-    """``run_pass(stop)``: one pass with its own SMTP connection, closed afterwards."""
-    from ..smtp import SMTPTransport
-
-    def run_pass(stop):
-        with SMTPTransport.from_settings(settings) as transport:
-            return Processor(spool, transport, settings, registry=registry).run_once(stop)
-
-    return run_pass
-
-
 def run(args, signals, waker):
     """Everything after argument parsing; ConfigError for what a person must fix."""
     path, app_name = split_uri(args.config_uri, args.app_name)
@@ -251,7 +240,9 @@ def run(args, signals, waker):
             raise ConfigError(f"--watch inotify: {exc}; use --watch poll") from None
     try:
         with app_registry(path, app_name, not args.no_app) as registry:
-            run_pass = pass_runner(spool, settings, registry)
+            # transport None: one SMTP connection per worker (mail.workers),
+            # opened in each pass and closed at its end
+            run_pass = Processor(spool, None, settings, registry=registry).run_once
             if watcher is not None:
                 daemon = Daemon(spool, settings, run_pass, watcher, signals, waker)
                 watcher = None  # the daemon closes it
