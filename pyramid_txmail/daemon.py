@@ -17,8 +17,9 @@ Signals only set flags (and wake the sleeper through
 * SIGHUP: re-open the log files of the ini's ``FileHandler``\\ s (for
   logrotate) and make a pass now.
 
-Each pass opens and closes its own SMTP connections (``run_pass`` does), so
-an idle daemon holds no connection open.
+The SMTP connections live for one pass: the processor's workers each open
+one when they have a message and close it when the pass ends, so an idle
+daemon holds no connection open.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import threading
 import time
 
 from .processor import PassStats
-from .watch import PollWatcher, Waker, WatchLost
+from .watch import PollWatcher, WatchLost
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,12 @@ class Signals:
 class Daemon:
     """Runs ``run_pass(stop) -> PassStats`` whenever there may be work.
 
-    ``run_pass`` owns the transport: it opens the SMTP connection(s), runs
-    :meth:`Processor.run_once(stop) <pyramid_txmail.processor.Processor.run_once>`
-    and closes them.  ``signals`` is a :class:`Signals` (its ``stop`` and
-    ``hup`` events); ``waker`` wakes the watcher early.
+    ``run_pass`` is normally a :class:`~pyramid_txmail.processor.Processor`'s
+    ``run_once``: it finishes the messages in flight once ``stop`` is set,
+    and closes its SMTP connections before it returns.  ``watcher`` is a
+    :mod:`pyramid_txmail.watch` watcher on ``new/``; ``signals`` a
+    :class:`Signals` (its ``stop`` and ``hup`` events); ``waker`` the
+    :class:`~pyramid_txmail.watch.Waker` that signals poke.
     """
 
     def __init__(self, spool, settings, run_pass, watcher, signals, waker, *,

@@ -71,8 +71,10 @@ class GatedHandler(ExtraHandler):
         super().__init__(script)
         self.gate = threading.Event()
         self.in_data = threading.Event()
+        self.arrived = 0  # messages that reached the final dot, held or not
 
     async def handle_DATA(self, server, session, envelope):
+        self.arrived += 1  # one event loop thread: no lock needed
         self.in_data.set()
         deadline = time.monotonic() + 60
         while not self.gate.is_set() and time.monotonic() < deadline:
@@ -260,6 +262,24 @@ def test_a_stop_signal_finishes_the_message_in_flight_and_leaves_the_rest(
     assert s.stop(again) == 0
     assert received(gated) == {(m, r): 1 for m in ids for r in RECIPIENTS}
     assert s.spool.names("new") == s.spool.names("cur") == []
+
+
+def test_with_two_workers_both_messages_in_flight_are_finished(setup_for, gated):
+    s = setup_for(gated)
+    ids = s.queue(5)
+    proc = s.start("--workers", "2")
+    wait_until(lambda: gated.handler.arrived == 2, what="two messages in flight")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    gated.handler.gate.set()
+    assert proc.wait(timeout=60) == 0, log_of(proc)
+    got = received(gated)
+    assert len(got) == 4 and all(n == 1 for n in got.values())  # 2 messages x 2 rcpts
+    assert len(s.spool.names("new")) == 3 and s.spool.names("cur") == []
+    again = s.start("--workers", "2", log_name="again.log")
+    wait_until(lambda: len(gated.messages) == 5, what="the rest after a restart")
+    assert s.stop(again) == 0
+    assert received(gated) == {(m, r): 1 for m in ids for r in RECIPIENTS}
 
 
 def test_kill_9_mid_drain_then_restart_delivers_everything(setup_for, gated):

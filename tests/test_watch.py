@@ -1,0 +1,168 @@
+"""The watchers and the daemon's timers, in-process, on real directories and pipes."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from pyramid_txmail.daemon import MIN_TIMER_WAIT, Daemon, Signals
+from pyramid_txmail.processor import PassStats
+from pyramid_txmail.settings import MailSettings
+from pyramid_txmail.spool import Spool
+from pyramid_txmail.watch import (InotifyWatcher, PollWatcher, Waker, WatchLost,
+                                  make_watcher)
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(str(tmp_path / "spool"))
+
+
+@pytest.fixture
+def waker():
+    waker = Waker()
+    yield waker
+    waker.close()
+
+
+def deliver_file(spool, name):
+    """Maildir style: write in tmp/, rename into new/."""
+    path = os.path.join(spool.path, "tmp", name)
+    with open(path, "w") as f:
+        f.write("x")
+    os.rename(path, os.path.join(spool.path, "new", name))
+
+
+WATCHERS = {
+    "poll": lambda directory: PollWatcher(directory, 0.05),
+    "inotify": InotifyWatcher,
+}
+
+
+@pytest.fixture(params=sorted(WATCHERS))
+def watcher(request, spool):
+    made = WATCHERS[request.param](os.path.join(spool.path, "new"))
+    yield made
+    made.close()
+
+
+def test_a_file_arriving_after_mark_ends_the_wait(spool, watcher, waker):
+    watcher.mark()
+    threading.Timer(0.2, deliver_file, (spool, "1.M1P1.host")).start()
+    assert watcher.wait(30, waker) == "mail"
+
+
+def test_a_file_that_arrived_during_the_pass_ends_the_next_wait_at_once(
+        spool, watcher, waker):
+    watcher.mark()
+    deliver_file(spool, "1.M1P1.host")  # between mark and wait: during a pass
+    assert watcher.wait(30, waker) == "mail"
+
+
+def test_files_there_at_mark_do_not_end_the_wait(spool, watcher, waker):
+    deliver_file(spool, "1.M1P1.host")  # e.g. one the pass could not claim
+    watcher.mark()
+    assert watcher.wait(0.3, waker) == "timeout"
+
+
+def test_dotfiles_do_not_count_as_mail_for_polling(spool, waker):
+    watcher = PollWatcher(os.path.join(spool.path, "new"), 0.05)
+    watcher.mark()
+    open(os.path.join(spool.path, "new", ".sending-x"), "w").close()
+    assert watcher.wait(0.3, waker) == "timeout"
+
+
+def test_the_waker_ends_the_wait(watcher, waker):
+    watcher.mark()
+    threading.Timer(0.2, waker.wake).start()
+    assert watcher.wait(30, waker) == "woken"
+    assert not waker.wait(0)  # the poke was consumed
+
+
+def test_inotify_reports_a_removed_directory(tmp_path):
+    directory = tmp_path / "new"
+    directory.mkdir()
+    watcher = InotifyWatcher(str(directory))
+    directory.rmdir()
+    with pytest.raises(WatchLost, match="removed or moved"):
+        watcher.mark()
+    watcher.close()
+
+
+def test_make_watcher_modes(spool):
+    directory = os.path.join(spool.path, "new")
+    assert isinstance(make_watcher("poll", directory, 1.0), PollWatcher)
+    auto = make_watcher("auto", directory, 1.0)
+    assert isinstance(auto, InotifyWatcher)  # Linux
+    auto.close()
+    with pytest.raises(ValueError, match="sometimes"):
+        make_watcher("sometimes", directory, 1.0)
+
+
+def make_daemon(spool, run_pass=None, clock=time.time, **settings):
+    waker = Waker()
+    signals = Signals(waker)
+    watcher = PollWatcher(os.path.join(spool.path, "new"), 0.05)
+    daemon = Daemon(spool, MailSettings(queue_path=spool.path, **settings),
+                    run_pass or (lambda stop: PassStats()), watcher, signals, waker,
+                    rescan=60.0, clock=clock)
+    return daemon
+
+
+def park(spool, state, name, meta=None, mtime=None):
+    path = os.path.join(spool.path, state, name)
+    with open(path, "w") as f:
+        f.write("x")
+    if meta is not None:
+        spool.write_meta(name, meta)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def test_next_wake_is_the_rescan_when_nothing_waits(spool):
+    assert make_daemon(spool, clock=lambda: 1000.0).next_wake_in() == pytest.approx(60.0)
+
+
+def test_next_wake_is_the_earliest_deferred_retry(spool):
+    now = time.time()
+    park(spool, "deferred", "1.M1P1.a", {"next_attempt": now + 30})
+    park(spool, "deferred", "1.M1P1.b", {"next_attempt": now + 7})
+    wake = make_daemon(spool, clock=lambda: now).next_wake_in()
+    assert 7 <= wake < 8
+
+
+def test_next_wake_is_when_a_claim_turns_stale(spool):
+    now = time.time()
+    park(spool, "cur", "1.M1P1.a", mtime=now - 100)
+    wake = make_daemon(spool, clock=lambda: now, claim_timeout=120.0).next_wake_in()
+    assert 20 <= wake < 21
+
+
+def test_a_due_retry_never_makes_the_daemon_spin(spool):
+    now = time.time()
+    park(spool, "deferred", "1.M1P1.a", {"next_attempt": now - 5})
+    park(spool, "deferred", "1.M1P1.b", {})  # unknown time: due
+    park(spool, "cur", "1.M1P1.c", mtime=now - 10_000)
+    assert make_daemon(spool, clock=lambda: now).next_wake_in() == MIN_TIMER_WAIT
+
+
+def test_a_pass_that_raises_is_logged_and_retried_after_a_pause(spool, caplog):
+    calls = []
+
+    def run_pass(stop):
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise OSError("disk on fire")
+        stop.set()
+        return PassStats(sent=1)
+
+    daemon = make_daemon(spool, run_pass)
+    with caplog.at_level(logging.INFO, "pyramid_txmail"):
+        totals = daemon.run()
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.9  # it waited, it did not spin
+    assert totals.sent == 1 and daemon.passes == 2
+    assert "failed; next try in 1s" in caplog.text and "disk on fire" in caplog.text
+    daemon.waker.close()
