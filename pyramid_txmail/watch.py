@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import select
 import struct
 import sys
@@ -217,14 +218,46 @@ class InotifyWatcher:
         os.close(self.fd)
 
 
+#: File systems whose changes made by other machines inotify does not see.
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs",
+                       "lustre", "afs", "9p", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs")
+
+
+def filesystem_type(path, mountinfo="/proc/self/mountinfo"):
+    """The type of the file system holding ``path`` (``"ext4"``, ``"nfs4"``...), or None."""
+    target = os.path.realpath(path)
+    best, found = -1, None
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                fields, rest = fields.split(), rest.split()
+                if len(fields) < 5 or not rest:
+                    continue
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= best:
+                    best, found = len(point), rest[0]
+    except OSError:
+        return None
+    return found
+
+
 def make_watcher(mode, directory, poll_interval):
     """The watcher for ``--watch MODE``; ``auto`` falls back to polling with a warning.
 
+    ``auto`` also polls a spool on a network file system: inotify there only
+    sees what this machine writes, not the mail another web server queued.
     Raises :class:`WatchUnavailable` when ``inotify`` was asked for and cannot be had.
     """
     if mode not in WATCH_MODES:
         raise ValueError(f"watch mode {mode!r}: expected one of {', '.join(WATCH_MODES)}")
     if mode == "poll":
+        return PollWatcher(directory, poll_interval)
+    fstype = filesystem_type(directory) if mode == "auto" else None
+    if fstype in NETWORK_FILESYSTEMS:
+        log.info("%s is on %s, where inotify does not see other machines' writes; "
+                 "polling every %gs", directory, fstype, poll_interval)
         return PollWatcher(directory, poll_interval)
     try:
         return InotifyWatcher(directory)

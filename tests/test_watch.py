@@ -12,8 +12,9 @@ from pyramid_txmail.daemon import MIN_TIMER_WAIT, Daemon, Signals
 from pyramid_txmail.processor import PassStats
 from pyramid_txmail.settings import MailSettings
 from pyramid_txmail.spool import Spool
+from pyramid_txmail import watch
 from pyramid_txmail.watch import (InotifyWatcher, PollWatcher, Waker, WatchLost,
-                                  make_watcher)
+                                  filesystem_type, make_watcher)
 
 
 @pytest.fixture
@@ -166,3 +167,30 @@ def test_a_pass_that_raises_is_logged_and_retried_after_a_pause(spool, caplog):
     assert totals.sent == 1 and daemon.passes == 2
     assert "failed; next try in 1s" in caplog.text and "disk on fire" in caplog.text
     daemon.waker.close()
+
+
+MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 27 0:50 / /srv rw,relatime - ext4 /dev/sdb1 rw
+41 40 0:51 / /srv/mail\040spool rw,relatime shared:1 - nfs4 nas:/export/spool rw,vers=4.2
+"""
+
+
+def test_filesystem_type_from_mountinfo(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert filesystem_type("/srv/mail spool/new", str(info)) == "nfs4"
+    assert filesystem_type("/srv/mail spoolx", str(info)) == "ext4"
+    assert filesystem_type("/etc", str(info)) == "ext4"
+    assert filesystem_type("/etc", str(tmp_path / "missing")) is None
+
+
+def test_auto_polls_a_spool_on_nfs(spool, monkeypatch, caplog):
+    monkeypatch.setattr(watch, "filesystem_type", lambda path: "nfs4")
+    directory = os.path.join(spool.path, "new")
+    with caplog.at_level(logging.INFO, "pyramid_txmail"):
+        assert isinstance(make_watcher("auto", directory, 2.0), PollWatcher)
+    assert "is on nfs4" in caplog.text
+    inotify = make_watcher("inotify", directory, 2.0)  # asked for: honoured
+    assert isinstance(inotify, InotifyWatcher)
+    inotify.close()

@@ -131,8 +131,9 @@ def build_parser():
                              "mail.workers)")
     parser.add_argument("--watch", choices=WATCH_MODES, default=None,
                         help="with --daemon, how new mail is noticed: inotify, poll "
-                             "(every mail.poll_interval) or auto (inotify where "
-                             "available, else poll; the default)")
+                             "(every mail.poll_interval) or auto (the default: "
+                             "inotify, except on a network file system such as "
+                             "NFS or where inotify is unavailable)")
     return parser
 
 
