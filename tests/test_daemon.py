@@ -390,3 +390,12 @@ def test_help_tells_how_to_run_the_daemon():
     for text in ("--daemon", "--workers", "--watch", "SIGTERM", "SIGHUP", "systemd",
                  "ExecStart=", "mail.poll_interval", "crontab"):
         assert text in proc.stdout
+
+
+def test_readme_documents_operating_the_queue():
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.rst")).read()
+    for text in ("* * * * *  /srv/app/.venv/bin/txmail-qp", "--daemon", "--watch", "--workers",
+                 "SIGHUP", "Type=simple", "ExecStart=/srv/app/.venv/bin/txmail-qp",
+                 "Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths="):
+        assert text in readme, text
