@@ -89,6 +89,8 @@ class Signals:
         self.hup.set()
 
     def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers: the caller stops us
         for signum in STOP_SIGNALS:
             self._saved[signum] = signal.signal(signum, self._on_stop)
         self._saved[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
@@ -98,7 +100,7 @@ class Signals:
         return self
 
     def __exit__(self, *exc):
-        if self.waker is not None:
+        if self._saved_fd is not None:
             signal.set_wakeup_fd(self._saved_fd)
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)

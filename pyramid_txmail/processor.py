@@ -251,6 +251,8 @@ class Processor:
         for state, name in jobs:
             if self.limiter is not None:
                 self.limiter.wait(stop)
+                if stop is not None and stop.is_set():
+                    return  # stopped while waiting for a slot: not started, left queued
             self._process_safely(transport, state, name, stats)
             if stop is not None and stop.is_set():
                 return

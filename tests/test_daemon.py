@@ -282,6 +282,17 @@ def test_with_two_workers_both_messages_in_flight_are_finished(setup_for, gated)
     assert received(gated) == {(m, r): 1 for m in ids for r in RECIPIENTS}
 
 
+def test_a_message_waiting_for_the_rate_limit_is_not_started_after_sigterm(setup_for,
+                                                                           smtp_server):
+    s = setup_for(smtp_server, "mail.rate_limit = 0.2")  # one message per 5 s
+    ids = s.queue(3)
+    proc = s.start("--workers", "1")
+    wait_until(lambda: len(smtp_server.messages) == 1, what="the first message")
+    assert s.stop(proc) == 0  # the second is waiting for its slot, not in flight
+    assert received(smtp_server) == {(ids[0], r): 1 for r in RECIPIENTS}
+    assert len(s.spool.names("new")) == 2
+
+
 def test_kill_9_mid_drain_then_restart_delivers_everything(setup_for, gated):
     s = setup_for(gated, "mail.claim_timeout = 2s")
     ids = s.queue(3)
