@@ -148,10 +148,7 @@ class Daemon:
                 delay = self._pass()
                 if self.stop.is_set():
                     break
-                if delay is None:
-                    delay = self.next_wake_in()
-                why = self.watcher.wait(delay, self.waker)
-                log.debug("woke up after at most %.1fs: %s", delay, why)
+                self._sleep(delay)
                 if self.signals.hup.is_set():
                     self.signals.hup.clear()
                     files = reopen_log_files()
@@ -167,6 +164,22 @@ class Daemon:
             self.watcher.mark()
         except WatchLost as exc:
             self._fall_back_to_polling(exc)
+
+    def _sleep(self, delay):
+        """Until new mail, a timer, or a signal; ``delay`` None means: until a timer."""
+        if delay is None:
+            try:
+                delay = self.next_wake_in()
+            except OSError as exc:
+                delay = ERROR_BACKOFF[-1]
+                log.warning("cannot read the retry times in %s: %s; next pass in %gs",
+                            self.spool.path, exc, delay)
+        try:
+            why = self.watcher.wait(delay, self.waker)
+        except WatchLost as exc:
+            self._fall_back_to_polling(exc)
+            why = "watch lost"
+        log.debug("woke up after at most %.1fs: %s", delay, why)
 
     def _fall_back_to_polling(self, exc):
         log.warning("%s; polling every %gs instead", exc, self.settings.poll_interval)

@@ -159,7 +159,7 @@ class InotifyWatcher:
     """
 
     kind = "inotify"
-    MASK = IN_MOVED_TO | IN_CREATE | IN_ONLYDIR
+    MASK = IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 
     def __init__(self, directory):
         self.directory = directory

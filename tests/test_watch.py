@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -194,3 +195,54 @@ def test_auto_polls_a_spool_on_nfs(spool, monkeypatch, caplog):
     inotify = make_watcher("inotify", directory, 2.0)  # asked for: honoured
     assert isinstance(inotify, InotifyWatcher)
     inotify.close()
+
+
+def test_signals_only_set_flags_and_poke_the_waker(waker):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    with Signals(waker) as signals:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert waker.wait(5) and signals.hup.is_set() and not signals.stop.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert waker.wait(5) and signals.stop.is_set()
+        assert signals.first_stop_name() == "SIGTERM"
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
+
+
+def test_signals_outside_the_main_thread_install_nothing(waker):
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def use():
+        with Signals(waker) as signals:
+            seen.append(signal.getsignal(signal.SIGTERM))
+            signals.stop.set()
+
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join(10)
+    assert seen == [before]
+
+
+def test_a_lost_watch_falls_back_to_polling(tmp_path, caplog):
+    spool = Spool(str(tmp_path / "spool"))
+    passes = []
+    daemon = make_daemon(spool, poll_interval=0.05)
+    daemon.watcher.close()
+    daemon.watcher = InotifyWatcher(os.path.join(spool.path, "new"))
+
+    def run_pass(stop):
+        passes.append(type(daemon.watcher).__name__)
+        if len(passes) == 1:  # the spool's new/ is replaced under the daemon
+            os.rename(os.path.join(spool.path, "new"), os.path.join(spool.path, "old"))
+            os.mkdir(os.path.join(spool.path, "new"))
+        else:
+            stop.set()
+        return PassStats()
+
+    daemon.run_pass = run_pass
+    threading.Timer(0.5, deliver_file, (spool, "1.M1P1.host")).start()
+    with caplog.at_level(logging.INFO, "pyramid_txmail"):
+        daemon.run()
+    assert passes == ["InotifyWatcher", "PollWatcher"]
+    assert "removed or moved" in caplog.text and "polling every 0.05s instead" in caplog.text
+    daemon.waker.close()
