@@ -11,6 +11,7 @@ import email.policy
 import os
 import re
 import smtplib
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import webtest
 import demo_app
 from demo_app.devsmtp import DevSMTPServer
 
+from .demo_process import start_demo
 from .smtpserver import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -261,3 +263,24 @@ def test_run_check_end_to_end(tmp_path):
     assert msg.get_body(preferencelist=("html",)) is not None
     assert [u[1] for u in users(var / "demo.sqlite")] == [arrived.group(1)]
     assert spool_files(var / "spool", "new") == []
+
+
+def port_is_free(port):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_ctrl_c_stops_the_whole_demo_cleanly(tmp_path):
+    demo = start_demo(tmp_path / "var")
+    assert not port_is_free(demo.http_port) and not port_is_free(demo.smtp_port)
+    code, output = demo.interrupt()
+    assert code == 0, output
+    assert "demo: stopped." in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    # pserve (a child in its own session) and the SMTP server are gone with it.
+    assert port_is_free(demo.http_port) and port_is_free(demo.smtp_port)
