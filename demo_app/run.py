@@ -132,10 +132,18 @@ def read_config(ini):
         "smtp_port": int(app["mail.port"]),
         "spool": os.path.normpath(app["mail.queue_path"]),
         "inbox": os.path.normpath(app["demo.inbox_path"]),
-        "database": app["sqlalchemy.url"],
+        "database": _tidy_sqlite_url(app["sqlalchemy.url"]),
         "http_host": http_host,
         "http_port": http_port,
     }
+
+
+def _tidy_sqlite_url(url):
+    """``sqlite:////x/demo_app/../var/db`` -> ``sqlite:////x/var/db``, for the message only."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and len(url) > len(prefix):
+        return prefix + os.path.normpath(url[len(prefix):])
+    return url
 
 
 def check_port_free(host, port, what, flag):
