@@ -44,4 +44,4 @@ demo: install
 	$(PY) -m demo_app.run
 
 clean:
-	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache
+	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache test-artifacts
