@@ -18,6 +18,10 @@ from __future__ import annotations
 
 from pyramid.config import Configurator
 
+from .inbox import inbox_entries
+
+__all__ = ["main", "inbox_entries"]
+
 
 def main(global_config, **settings):
     """The WSGI application (``use = call:demo_app:main``)."""

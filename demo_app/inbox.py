@@ -46,7 +46,10 @@ def _header(msg, name):
 
 
 def inbox_entries(inbox):
-    """A dict per received message (name, date, sender, to, subject), newest first."""
+    """``(name, message, mtime)`` for each received message, newest first.
+
+    ``message`` holds the headers only (the list needs no bodies).
+    """
     try:
         names = [n for n in os.listdir(inbox) if INBOX_NAME.match(n)]
     except FileNotFoundError:
@@ -57,18 +60,21 @@ def inbox_entries(inbox):
         try:
             with open(path, "rb") as fh:
                 msg = _parser.parse(fh, headersonly=True)
-            mtime = os.path.getmtime(path)
+            entries.append((name, msg, os.path.getmtime(path)))
         except OSError:
             continue  # removed while we were reading
-        entries.append({
-            "name": name,
-            "date": _header(msg, "Date") or time.strftime("%Y-%m-%d %H:%M:%S",
-                                                          time.localtime(mtime)),
-            "sender": _header(msg, "From"),
-            "to": _header(msg, "To"),
-            "subject": _header(msg, "Subject"),
-        })
     return entries
+
+
+def _listing(name, msg, mtime):
+    return {
+        "name": name,
+        "date": _header(msg, "Date") or time.strftime("%Y-%m-%d %H:%M:%S",
+                                                      time.localtime(mtime)),
+        "sender": _header(msg, "From"),
+        "to": _header(msg, "To"),
+        "subject": _header(msg, "Subject"),
+    }
 
 
 def _load(request):
@@ -115,7 +121,8 @@ def inbox_view(request):
     inbox = _inbox_path(request)
     if not inbox:
         return {"inbox": None, "entries": []}
-    return {"inbox": os.path.normpath(inbox), "entries": inbox_entries(inbox)}
+    return {"inbox": os.path.normpath(inbox),
+            "entries": [_listing(*entry) for entry in inbox_entries(inbox)]}
 
 
 @view_config(route_name="message", renderer="demo_app:templates/message.jinja2")
