@@ -29,6 +29,7 @@ from pyramid_txmail import get_mailer
 from pyramid_txmail.spool import Spool
 
 from .smtpserver_extra import ExtraHandler
+from .test_qp import APP_FACTORY
 
 QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 SENDER = "sender@example.org"
@@ -143,11 +144,14 @@ class Setup:
                 ids.append(mailer.send(msg))
         return ids
 
-    def start(self, *args, log_name="daemon.log"):
+    def start(self, *args, log_name="daemon.log", app=False):
         log_path = self.tmp_path / log_name
         stream = open(log_path, "ab")
-        proc = subprocess.Popen([QP, str(self.ini), "--no-app", "--daemon", *args],
-                                stdout=stream, stderr=subprocess.STDOUT)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(self.tmp_path), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([QP, str(self.ini), *([] if app else ["--no-app"]),
+                                 "--daemon", *args],
+                                stdout=stream, stderr=subprocess.STDOUT, env=env)
         stream.close()
         proc.log_path = log_path
         self.procs.append(proc)
@@ -382,6 +386,23 @@ def test_the_idle_daemon_holds_no_smtp_connection(setup_for, gated):
     assert len(gated.messages) == 1
     assert proc.poll() is None  # still running, connection closed
     assert s.stop(proc) == 0
+
+
+def test_the_daemon_loads_the_app_so_its_subscribers_see_events(setup_for, smtp_server,
+                                                                tmp_path):
+    (tmp_path / "txmail_testapp.py").write_text(APP_FACTORY)
+    events = tmp_path / "events.txt"
+    s = setup_for(smtp_server, f"events_file = {events}")
+    proc = s.start(app=True)
+    wait_for_log(proc, "daemon started")
+    lines = lambda: events.read_text().splitlines() if events.exists() else []  # noqa: E731
+    first = s.queue()
+    wait_until(lambda: len(lines()) == 1, what="the first MailSent event")
+    second = s.queue()  # a second pass, with the same registry
+    wait_until(lambda: len(lines()) == 2, what="the second MailSent event")
+    assert s.stop(proc) == 0
+    assert events.read_text().splitlines() == [
+        f"MailSent {m} {','.join(RECIPIENTS)}" for m in first + second]
 
 
 def test_watch_needs_daemon_and_workers_are_checked(tmp_path, smtp_server):
