@@ -43,11 +43,11 @@ _USED = ("queue_path", "host", "port", "username", "password", "tls", "ssl", "ke
 DESCRIPTION = """\
 Deliver the mail waiting in a pyramid_txmail spool: make ONE pass over the
 spool directory (mail.queue_path) and exit, or with --daemon keep delivering
-until SIGTERM or SIGINT.  Each message in new/ and each
-deferred message whose retry is due is sent through the SMTP relay.  A
-recipient that accepts is never sent the message again; a temporary failure
-(4yz, dropped connection) moves the message to deferred/ with an exponential
-backoff; a permanent failure (5yz), or a message still undelivered after
+until SIGTERM or SIGINT.  Each message in new/ and each deferred message
+whose retry is due is sent through the SMTP relay.  A recipient that accepts
+is never sent the message again; a temporary failure (4yz, dropped
+connection) moves the message to deferred/ with an exponential backoff; a
+permanent failure (5yz), or a message still undelivered after
 mail.max_queue_time, is dead-lettered into failed/ with the reason.  Several
 txmail-qp processes may run on one spool at the same time.
 """
