@@ -70,10 +70,12 @@ class Signals:
     """SIGTERM/SIGINT set :attr:`stop`, SIGHUP sets :attr:`hup`; nothing else.
 
     Use as a context manager around the daemon; the previous handlers and
-    wakeup fd are put back on exit.
+    wakeup fd are put back on exit.  ``handle_hup=False`` (a one-pass run)
+    leaves SIGHUP alone.
     """
 
-    def __init__(self, waker=None):
+    def __init__(self, waker=None, handle_hup=True):
+        self.handle_hup = handle_hup
         self.stop = threading.Event()
         self.hup = threading.Event()
         self.received = []  # signal numbers, in order (read by the loop, for logging)
@@ -93,7 +95,8 @@ class Signals:
             return self  # only the main thread may set handlers: the caller stops us
         for signum in STOP_SIGNALS:
             self._saved[signum] = signal.signal(signum, self._on_stop)
-        self._saved[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
+        if self.handle_hup:
+            self._saved[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         if self.waker is not None:
             self._saved_fd = signal.set_wakeup_fd(self.waker.write_fd,
                                                   warn_on_full_buffer=False)

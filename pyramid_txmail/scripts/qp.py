@@ -288,7 +288,7 @@ def main(argv=None):
         parser.error("--watch only applies with --daemon")
     waker = Waker() if args.daemon else None
     try:
-        with Signals(waker) as signals:
+        with Signals(waker, handle_hup=args.daemon) as signals:
             return run(args, signals, waker)
     except (ConfigError, ConfigurationError) as exc:
         message = " ".join(str(exc).split())
