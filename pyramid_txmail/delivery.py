@@ -19,6 +19,7 @@ from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
 from .result import TEMPORARY, DeliveryResult, RecipientResult
+from .sendlog import record_send
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
@@ -210,7 +211,10 @@ class Mailer:
             raise TypeError("send(message) or send(fromaddr, toaddrs, message)")
         prepared = prepare(message, self.delivery.settings.default_sender,
                            fromaddr, toaddrs)
-        self._data_manager().add(prepared)
+        manager = self._data_manager()
+        manager.add(prepared)
+        # The debug toolbar panel's record of this request's mail (no-op otherwise).
+        record_send(self.request, self.transaction_manager.get(), manager, prepared)
         return prepared.message_id
 
     def _data_manager(self):
