@@ -64,7 +64,17 @@ iframe { width: 100%; height: 32em; border: 1px solid #ccc }
 
 
 def _e(value):
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text; undecodable header bytes (surrogates) become U+FFFD."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # the email package keeps undecodable bytes as surrogate escapes
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        text = raw.decode("utf-8", "replace")
+    return html.escape(text, quote=True)
 
 
 def development_reason(settings, mail_settings):

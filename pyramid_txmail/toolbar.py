@@ -32,7 +32,17 @@ _STATE_CLASS = {COMMITTED: "success", ABORTED: "danger", ROLLED_BACK: "warning",
 
 
 def _e(value):
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text; undecodable header bytes (surrogates) become U+FFFD."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # the email package keeps undecodable bytes as surrogate escapes
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        text = raw.decode("utf-8", "replace")
+    return html.escape(text, quote=True)
 
 
 class MailPanel(DebugPanel):

@@ -339,3 +339,39 @@ def test_mail_received_by_the_demo_inbox_is_shown(tmp_path):
     page = app.get(message_url(app, "Through SMTP"))
     assert "<th>Envelope from</th><td>site@example.com</td>" in page.text
     assert "this is the text part" in page.text and ">report.pdf</a>" in page.text
+
+
+# -- any bytes in a file: the pages still answer, and stay escaped --------------------
+
+PIECES = [b"From: ", b"To: ", b"Subject: ", b"Content-Type: ", b"multipart/mixed; boundary=b",
+          b"text/html; charset=", b"Content-Disposition: attachment; filename=", b"--b",
+          b"Content-Transfer-Encoding: base64", b"quoted-printable", b"=?utf-8?q?=3Cscript?=",
+          b"<script>", b"\"", b"'", b"\r\n", b"\n", b"\r\n\r\n", b"cid:x", b"\xff\xfe", b"=",
+          b"Content-ID: <x>", b"a@b.example", b"..", b"/"]
+
+
+def test_arbitrary_files_never_break_or_unescape_the_pages(tmp_path):
+    from hypothesis import HealthCheck, given, settings as hsettings
+    from hypothesis import strategies as st
+
+    directory = tmp_path / "fuzz"
+    directory.mkdir()
+    app = make_app({"mail.preview_dirs": str(directory), "pyramid.reload_templates": "true"})
+
+    @hsettings(max_examples=60, deadline=None,
+               suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.sampled_from(PIECES) | st.binary(max_size=20), max_size=40))
+    def check(pieces):
+        for old in directory.iterdir():
+            old.unlink()
+        (directory / "m.eml").write_bytes(b"".join(pieces))
+        listing = app.get("/_mail/")
+        page = app.get("/_mail/d0/m.eml")
+        for text in (listing.text, page.text):
+            assert "<script" not in text.lower()
+        app.get("/_mail/d0/m.eml/raw")
+        app.get("/_mail/d0/m.eml/html", status=(200, 404))
+        for link in re.findall(r'href="(http://localhost/_mail/d0/m\.eml/part/\d+)"', page.text):
+            app.get(link)
+
+    check()
