@@ -35,11 +35,6 @@ def start_recording(request):
     return request.environ.setdefault(ENVIRON_KEY, [])
 
 
-def recorded_sends(request):
-    """The records of ``request`` (empty when nothing was recording)."""
-    return list(request.environ.get(ENVIRON_KEY, ()))
-
-
 def _header_block(data):
     head = getattr(data, "head", None)  # a wire.Stream carries its header block
     if head is None:

@@ -19,7 +19,7 @@ import html
 from pyramid.exceptions import ConfigurationError
 from pyramid_debugtoolbar.panels import DebugPanel
 
-from .sendlog import ABORTED, COMMITTED, PENDING, ROLLED_BACK, recorded_sends, start_recording
+from .sendlog import ABORTED, COMMITTED, PENDING, ROLLED_BACK, start_recording
 
 _STATE_NOTE = {
     COMMITTED: "the transaction committed: the mail was handed to the delivery",
