@@ -57,6 +57,7 @@ class MailPanel(DebugPanel):
     def __init__(self, request):
         self._sends = start_recording(request)
         self.records = []
+        self.preview_url = _preview_url(request)
 
     @property
     def nav_subtitle(self):
@@ -69,8 +70,10 @@ class MailPanel(DebugPanel):
 
     def render_content(self, request):
         records = self.records or list(self._sends)
+        preview = (f'<p><a href="{_e(self.preview_url)}" target="_blank">The mail preview '
+                   "page</a> shows the messages themselves.</p>" if self.preview_url else "")
         if not records:
-            return "<p>This request sent no mail.</p>"
+            return "<p>This request sent no mail.</p>" + preview
         rows = []
         for record in records:
             rows.append(
@@ -88,7 +91,17 @@ class MailPanel(DebugPanel):
             "<p><small>committed: handed to the delivery when the transaction committed; "
             "aborted: the transaction was aborted, the mail was dropped; rolled back: a "
             "savepoint rollback dropped it; pending: the transaction had not ended.</small>"
-            "</p>")
+            "</p>" + preview)
+
+
+def _preview_url(request):
+    """The preview page's URL when the app includes pyramid_txmail.preview, else None."""
+    from .preview import LIST
+
+    try:
+        return request.route_url(LIST)
+    except KeyError:  # no such route
+        return None
 
 
 def includeme(config):

@@ -51,7 +51,7 @@ def error_view(exc, request):
                     content_type="text/html")
 
 
-def make_app(tmp_path, **extra):
+def make_app(tmp_path, includes=(), **extra):
     settings = {
         "mail.queue_path": str(tmp_path / "spool"),
         "mail.default_sender": "Sender <sender@example.com>",
@@ -63,6 +63,8 @@ def make_app(tmp_path, **extra):
     }
     config = Configurator(settings=settings)
     config.include("pyramid_txmail")
+    for include in includes:
+        config.include(include)
     for name, view in [("send", send_one), ("raise", send_then_raise),
                        ("abort", send_then_error_page), ("savepoint", send_around_savepoint)]:
         config.add_route(name, "/" + name)
@@ -159,3 +161,12 @@ def test_a_commit_that_fails_is_shown_aborted(tmp_path):
     assert "cannot write the mail spool" in response.text
     panel = mail_panel(app, response)
     assert "Lost at vote" in panel and "<strong>aborted</strong>" in panel
+
+
+def test_the_panel_links_to_the_preview_page(tmp_path):
+    app = make_app(tmp_path, **{"mail.delivery": "queue", "pyramid.reload_templates": "true"},
+                   includes=["pyramid_txmail.preview"])
+    panel = mail_panel(app, app.get("/send", params={"subject": "Look"}))
+    assert 'href="http://localhost/_mail/"' in panel
+    without = make_app(tmp_path / "other")
+    assert "/_mail/" not in mail_panel(without, without.get("/send"))
