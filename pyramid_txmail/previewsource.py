@@ -32,7 +32,7 @@ ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,250}\.eml$")
 SOURCE_KEY = re.compile(r"^(memory|d[0-9]{1,3})$")
 _INDEX = re.compile(r"^[0-9]{1,9}$")
 HEAD_LIMIT = 64 * 1024  # the list page reads at most this much of each file
-LIST_LIMIT = 500  # and lists at most this many messages per directory, newest first
+LIST_LIMIT = 500  # and lists at most this many messages per source, newest first
 
 _parser = email.parser.BytesParser(policy=email.policy.default)
 
@@ -149,7 +149,8 @@ def list_entries(source, registry):
     """Entries of ``source`` with (at least) their headers, newest first."""
     if source.key == MEMORY:
         items = _outbox_messages(registry)
-        return [_memory_entry(source, i, item) for i, item in enumerate(items)][::-1]
+        newest = list(enumerate(items))[::-1][:LIST_LIMIT]
+        return [_memory_entry(source, i, item) for i, item in newest]
     names = sorted(_listed_names(source.directory), reverse=True)[:LIST_LIMIT]
     entries = (_file_entry(source, name, HEAD_LIMIT) for name in names)
     return [e for e in entries if e is not None]
