@@ -15,11 +15,14 @@ import transaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
+from .devdelivery import make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
+from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
 from .sendlog import record_send
+from .settings import DEV_DELIVERY_MODES
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
@@ -211,6 +214,8 @@ class Mailer:
             raise TypeError("send(message) or send(fromaddr, toaddrs, message)")
         prepared = prepare(message, self.delivery.settings.default_sender,
                            fromaddr, toaddrs)
+        if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
+            prepared = redirect(prepared, self.delivery.settings.redirect_to)
         manager = self._data_manager()
         manager.add(prepared)
         # The debug toolbar panel's record of this request's mail (no-op otherwise).
@@ -260,6 +265,8 @@ class Mailer:
 
 def make_outbox(settings, transport_factory):
     """The outbox for ``settings.delivery`` (spool created/checked here)."""
+    if settings.delivery in DEV_DELIVERY_MODES:  # memory, file, console, null
+        return make_dev_outbox(settings)
     spool = Spool(settings.queue_path) if settings.queue_path else None
     if settings.delivery == "queue":
         return QueueOutbox(spool)

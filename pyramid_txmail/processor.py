@@ -36,6 +36,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import events as mail_events
 from . import wire
@@ -50,6 +51,10 @@ JITTER = 0.2
 
 #: Queue files larger than this are streamed to the relay in blocks.
 STREAM_OVER = 1 << 20
+
+#: Threads deleting delivered files from ``done/``: a journalling file system
+#: makes each unlink wait for the journal, and concurrent ones share a commit.
+REAPERS = 4
 
 
 @dataclasses.dataclass
@@ -197,11 +202,17 @@ class Processor:
         """
         stats = PassStats()
         now = self.clock()
+        self.spool.reap()
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
         jobs = self._jobs(now, stats, stop)
+        with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
+            self._run(jobs, stats, stop)
+        return stats
+
+    def _run(self, jobs, stats, stop):
         if self.transport is not None:
             self._work(self.transport, jobs, stats, stop)
-            return stats
+            return
         lock = threading.Lock()
 
         def take():
@@ -221,7 +232,6 @@ class Processor:
                 thread.join()
         for own in per_worker:
             stats.add(own)
-        return stats
 
     def _jobs(self, now, stats, stop):
         """``(state, name)`` of every message to try in this pass, in order."""
@@ -292,7 +302,7 @@ class Processor:
             return
         pending = self._pending(job)
         if not pending:
-            self.spool.remove(entry)  # a crash hit after the last attempt was recorded
+            self._retire(entry)  # a crash hit after the last attempt was recorded
             stats.sent += 1
             return
         result = self._attempt(transport, job, pending)
@@ -390,10 +400,14 @@ class Processor:
             self._defer(job, retry, stats)
             found.append(self._event(mail_events.MailDeferred, job, retry, _summary(retry)))
         elif not self._is_whole(job, dead):
-            self.spool.remove(job.entry)
+            self._retire(job.entry, has_meta=bool(job.meta))
             if not dead:
                 stats.sent += 1
         return found
+
+    def _retire(self, entry, has_meta=True):
+        """Out of the queue now (a rename); the file is deleted in the background."""
+        self._reaper.submit(self.spool.reap_path, self.spool.retire(entry, has_meta))
 
     @staticmethod
     def _queued_at(job):

@@ -304,14 +304,14 @@ def test_an_unexpected_error_on_one_message_does_not_stop_the_pass(
         spool, smtp_server, make_processor, monkeypatch, caplog):
     broken = queue(spool, ["broken@example.org"])
     queue(spool, ["fine@example.org"])
-    remove = spool.remove
+    retire = spool.retire
 
-    def failing_remove(entry):
+    def failing_retire(entry, has_meta=True):
         if entry.name == broken:
             raise OSError(5, "Input/output error")
-        remove(entry)
+        return retire(entry, has_meta)
 
-    monkeypatch.setattr(spool, "remove", failing_remove)
+    monkeypatch.setattr(spool, "retire", failing_retire)
     stats = make_processor(smtp_server).run_once()
     assert (stats.sent, stats.errors) == (1, 1)
     assert files(spool, "cur") == [broken]  # put back after claim_timeout
