@@ -33,11 +33,11 @@ from pyramid.response import Response
 from pyramid.settings import asbool
 
 from . import previewsource as src
-from .settings import parse_settings
+from .settings import DEV_DELIVERY_MODES, parse_settings
 
 log = logging.getLogger(__name__)
 
-DEVELOPMENT_DELIVERIES = ("memory", "file", "console", "null")
+DEVELOPMENT_DELIVERIES = DEV_DELIVERY_MODES  # memory, file, console, null
 DEVELOPMENT_FLAGS = ("pyramid.reload_templates", "pyramid.reload_all")
 
 LIST, MESSAGE, HTML, PART, RAW = ("txmail_preview", "txmail_preview_message",

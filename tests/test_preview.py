@@ -9,13 +9,12 @@ import smtplib
 from email.message import EmailMessage
 
 import pytest
+import transaction
 import webtest
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
-from zope.interface import implementer
 
-from pyramid_txmail.interfaces import IMailOutbox
-from pyramid_txmail.message import prepare
+from pyramid_txmail import get_mailer
 
 from .smtpserver import free_port
 
@@ -57,24 +56,21 @@ def write_eml(directory, name, message, fromaddr="site@example.com",
     return path
 
 
-@implementer(IMailOutbox)
-class ListOutbox:
-    """Stands in for memory delivery's outbox: what it holds is prepared by the real code."""
-
-    def __init__(self):
-        self.messages = []
-
-    def clear(self):
-        self.messages.clear()
-
-
-def make_app(settings, outbox=None):
+def make_app(settings, memory=()):
+    """The preview over ``settings``; the ``memory`` messages are sent and committed
+    through the real mailer with ``mail.delivery = memory``."""
+    settings = dict(settings)
+    if memory:
+        settings.setdefault("mail.delivery", "memory")
     config = Configurator(settings=settings)
     config.include("pyramid_txmail")
-    if outbox is not None:
-        config.registry.registerUtility(outbox, IMailOutbox)
     config.include("pyramid_txmail.preview")
-    return webtest.TestApp(config.make_wsgi_app())
+    app = webtest.TestApp(config.make_wsgi_app())
+    manager = transaction.TransactionManager(explicit=True)
+    for message in memory:
+        with manager:
+            get_mailer(config.registry, manager).send(message)
+    return app
 
 
 @pytest.fixture
@@ -85,16 +81,8 @@ def inbox(tmp_path):
 
 
 @pytest.fixture
-def outbox():
-    box = ListOutbox()
-    box.messages.append(prepare(rich_message("From memory"), None))
-    return box
-
-
-@pytest.fixture
-def app(inbox, outbox):
-    return make_app({"mail.preview_dirs": str(inbox), "pyramid.reload_templates": "true"},
-                    outbox)
+def app(inbox):
+    return make_app({"mail.preview_dirs": str(inbox)}, memory=[rich_message("From memory")])
 
 
 def message_url(app, subject):
@@ -213,18 +201,17 @@ def test_an_html_attachment_is_a_download_with_a_safe_name(tmp_path):
 
 # -- escaping ---------------------------------------------------------------------
 
-def test_hostile_headers_and_file_names_are_escaped(tmp_path, outbox):
+def test_hostile_headers_and_file_names_are_escaped(tmp_path):
     hostile = rich_message(subject=HOSTILE, sender='"<img src=x onerror=alert(2)>" '
                            "<evil@example.com>", attachment_name="<b>x</b>.pdf")
     write_eml(tmp_path / "in", "hostile.eml", hostile, fromaddr="<svg onload=alert(3)>")
-    outbox.messages.append(prepare(rich_message(subject=HOSTILE + " memory"), None))
     # A raw file whose headers never went through our message builder.
     write_eml(tmp_path / "in", "raw.eml", (
         b"From: <script>x</script> <a@example.com>\r\nTo: b@example.com\r\n"
         b"Subject: <iframe src=//evil.example>\r\nX-Evil: </td><script>y</script>\r\n"
         b"\r\n<script>z</script>\r\n"))
-    app = make_app({"mail.preview_dirs": str(tmp_path / "in"), "mail.delivery": "direct",
-                    "pyramid.reload_templates": "true"}, outbox)
+    app = make_app({"mail.preview_dirs": str(tmp_path / "in")},
+                   memory=[rich_message("From memory"), rich_message(HOSTILE + " memory")])
     pages = [app.get("/_mail/")]
     pages += [app.get(u.replace("&amp;", "&")) for u in
               re.findall(r'<a href="(http://localhost/_mail/[^"]+)">', pages[0].text)]
@@ -375,3 +362,49 @@ def test_arbitrary_files_never_break_or_unescape_the_pages(tmp_path):
             app.get(link)
 
     check()
+
+
+# -- with the real development deliveries -----------------------------------------------
+
+def sending_app(settings):
+    """An app whose /send view sends rich_message(subject=?subject), with the preview."""
+    from pyramid.response import Response
+
+    def send(request):
+        request.mailer.send(rich_message(subject=request.params.get("subject", "Sent")))
+        if request.params.get("fail"):
+            raise RuntimeError("failing after the send")
+        return Response("sent")
+
+    config = Configurator(settings={"mail.default_sender": "site@example.com", **settings})
+    config.include("pyramid_txmail")
+    config.include("pyramid_txmail.preview")  # no reload flag: the delivery makes it development
+    config.add_route("send", "/send")
+    config.add_view(send, route_name="send")
+    return webtest.TestApp(config.make_wsgi_app())
+
+
+def test_memory_delivery_is_previewed():
+    app = sending_app({"mail.delivery": "memory"})
+    app.get("/send", params={"subject": "Committed"})
+    with pytest.raises(RuntimeError):
+        app.get("/send", params={"subject": "Aborted", "fail": "1"})
+    listing = app.get("/_mail/").text
+    assert "memory outbox" in listing
+    assert "Committed" in listing and "Aborted" not in listing
+    page = app.get(message_url(app, "Committed"))
+    assert "/_mail/memory/0" in page.request.url
+    assert "<th>Envelope to</th><td>alice@example.com</td>" in page.text
+    assert app.get(page.request.path + "/raw").body.startswith(b"From: Site <site@example.com>")
+
+
+def test_file_delivery_is_previewed(tmp_path):
+    app = sending_app({"mail.delivery": "file", "mail.file_path": str(tmp_path / "mail")})
+    app.get("/send", params={"subject": "Filed"})
+    [written] = [p for p in (tmp_path / "mail").iterdir() if not p.name.startswith(".")]
+    page = app.get(message_url(app, "Filed"))
+    assert page.request.path == "/_mail/d0/" + written.name
+    assert str(tmp_path / "mail") in page.text
+    assert app.get(page.request.path + "/raw").body == written.read_bytes()
+    html = app.get(page.request.path + "/html")
+    assert html.headers["Content-Security-Policy"].startswith("sandbox;")
