@@ -117,16 +117,11 @@ def _size(octets):
     return str(octets)
 
 
-def _date(entry, message):
-    value = message.get("Date")
-    if value is not None:
-        try:
-            return str(value)
-        except Exception:
-            pass
-    if entry.mtime:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.mtime))
-    return ""
+def _date(timestamp):
+    """The Date header's moment (else the file's mtime) in local time, one format for all."""
+    if not timestamp:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
 def _header(message, name, default=""):
@@ -166,8 +161,8 @@ class PreviewViews:
             raise HTTPNotFound()
         return entry
 
-    def _page(self, request, title, body, status=200):
-        back = f'<p><a href="{_e(request.route_url(LIST))}">All messages</a></p>'
+    def _page(self, request, title, body, status=200, back=True):
+        back = f'<p><a href="{_e(request.route_url(LIST))}">All messages</a></p>' if back else ""
         text = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
                 f"<meta name=\"referrer\" content=\"no-referrer\"><title>{_e(title)} · mail "
                 f"preview</title><style>{STYLE}</style></head><body>{back}<h1>{_e(title)}</h1>"
@@ -185,7 +180,7 @@ class PreviewViews:
             return self._page(request, "Mail preview", (
                 "<p>No source of messages is configured: use <code>mail.delivery = memory"
                 "</code> or <code>file</code> (with <code>mail.file_path</code>), or list "
-                "directories of .eml files in <code>mail.preview_dirs</code>.</p>"))
+                "directories of .eml files in <code>mail.preview_dirs</code>.</p>"), back=False)
         rows, notes = [], []
         for source in sources:
             entries = src.list_entries(source, request.registry)
@@ -193,7 +188,8 @@ class PreviewViews:
                 notes.append(f"<li><code>{_e(source.label)}</code>: no messages (yet)</li>")
             for entry in entries:
                 message = entry.message
-                rows.append((entry.timestamp(message), self._row(request, entry, message)))
+                stamp = entry.timestamp(message)
+                rows.append((stamp, self._row(request, entry, message, stamp)))
         rows.sort(key=lambda row: row[0], reverse=True)
         listed = "".join(
             f"<li><code>{_e(s.label)}</code></li>" for s in sources)
@@ -204,14 +200,14 @@ class PreviewViews:
                  "<th class=\"num\">Size</th><th>Source</th></tr>"
                  + "".join(row for _, row in rows) + "</table>") if rows else \
             "<p>No mail yet.</p>"
-        return self._page(request, "Mail preview", intro + table)
+        return self._page(request, "Mail preview", intro + table, back=False)
 
-    def _row(self, request, entry, message):
+    def _row(self, request, entry, message, stamp):
         url = request.route_url(MESSAGE, source=entry.source.key, name=entry.name)
         sender = _header(message, "From") or entry.fromaddr or ""
         to = _header(message, "To") or ", ".join(entry.toaddrs)
         subject = _header(message, "Subject") or "(no subject)"
-        return (f"<tr><td>{_e(_date(entry, message))}</td><td>{_e(sender)}</td>"
+        return (f"<tr><td>{_e(_date(stamp))}</td><td>{_e(sender)}</td>"
                 f"<td>{_e(to)}</td><td><a href=\"{_e(url)}\">{_e(subject)}</a></td>"
                 f"<td class=\"num\">{_e(_size(entry.size))}</td>"
                 f"<td>{_e(entry.source.label)}</td></tr>")

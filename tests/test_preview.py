@@ -102,6 +102,8 @@ def test_list_shows_directory_and_memory_messages(app, inbox):
     assert "Alice &lt;alice@example.com&gt;" in page.text
     assert str(inbox) in page.text and "memory outbox" in page.text
     assert re.search(r"\d+\.\d KiB", page.text)  # the size column
+    # One date format whether it comes from the Date header (memory) or the file (no Date).
+    assert len(re.findall(r"<tr><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>", page.text)) == 2
     assert app.get("/_mail").status_int == 302  # the bare prefix redirects
 
 
