@@ -410,3 +410,22 @@ def test_file_delivery_is_previewed(tmp_path):
     assert app.get(page.request.path + "/raw").body == written.read_bytes()
     html = app.get(page.request.path + "/html")
     assert html.headers["Content-Security-Policy"].startswith("sandbox;")
+
+
+def test_the_demo_app_previews_its_inbox(tmp_path):
+    """development.ini includes the preview; the demo points it at its inbox."""
+    import plaster
+
+    import demo_app
+
+    ini = os.path.join(os.path.dirname(os.path.dirname(__file__)), "demo_app",
+                       "development.ini")
+    settings = plaster.get_loader(ini, protocols=["wsgi"]).get_settings("app:main")
+    assert "pyramid_txmail.preview" in settings["pyramid.includes"].split()
+    inbox = tmp_path / "inbox"
+    write_eml(inbox, "20261125T080000.000001Z-1-0.eml", rich_message(subject="In the inbox"))
+    settings = {**settings, "sqlalchemy.url": f"sqlite:///{tmp_path / 'demo.sqlite'}",
+                "mail.queue_path": str(tmp_path / "spool"), "demo.inbox_path": str(inbox)}
+    app = webtest.TestApp(demo_app.main({}, **settings))
+    page = app.get(message_url(app, "In the inbox"))
+    assert str(inbox) in page.text and "this is the text part" in page.text
