@@ -63,7 +63,7 @@ iframe { width: 100%; height: 32em; border: 1px solid #ccc }
 """
 
 
-def _e(value):
+def escape(value):
     """HTML-escaped text; undecodable header bytes (surrogates) become U+FFFD."""
     text = str(value)
     try:
@@ -75,6 +75,9 @@ def _e(value):
             raw = text.encode("utf-8", "surrogatepass")
         text = raw.decode("utf-8", "replace")
     return html.escape(text, quote=True)
+
+
+_e = escape
 
 
 def development_reason(settings, mail_settings):

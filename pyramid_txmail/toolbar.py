@@ -14,11 +14,11 @@ panel looks, the transaction has ended.
 """
 from __future__ import annotations
 
-import html
-
 from pyramid.exceptions import ConfigurationError
 from pyramid_debugtoolbar.panels import DebugPanel
 
+from .preview import LIST as PREVIEW_ROUTE
+from .preview import escape as _e
 from .sendlog import ABORTED, COMMITTED, PENDING, ROLLED_BACK, start_recording
 
 _STATE_NOTE = {
@@ -29,20 +29,6 @@ _STATE_NOTE = {
 }
 _STATE_CLASS = {COMMITTED: "success", ABORTED: "danger", ROLLED_BACK: "warning",
                 PENDING: "info"}
-
-
-def _e(value):
-    """HTML-escaped text; undecodable header bytes (surrogates) become U+FFFD."""
-    text = str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:  # the email package keeps undecodable bytes as surrogate escapes
-            raw = text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raw = text.encode("utf-8", "surrogatepass")
-        text = raw.decode("utf-8", "replace")
-    return html.escape(text, quote=True)
 
 
 class MailPanel(DebugPanel):
@@ -96,10 +82,8 @@ class MailPanel(DebugPanel):
 
 def _preview_url(request):
     """The preview page's URL when the app includes pyramid_txmail.preview, else None."""
-    from .preview import LIST
-
     try:
-        return request.route_url(LIST)
+        return request.route_url(PREVIEW_ROUTE)
     except KeyError:  # no such route
         return None
 
