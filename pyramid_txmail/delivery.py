@@ -15,7 +15,7 @@ import transaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
-from .devdelivery import make_dev_outbox
+from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
@@ -61,7 +61,7 @@ class QueueOutbox:
         return [MailQueued(p.message_id, p.fromaddr, p.toaddrs) for p in messages]
 
 
-class DirectOutbox:
+class DirectOutbox(AfterCommitOutbox):
     """Direct delivery: nothing happens in the commit; SMTP runs after it.
 
     A failure never raises into the committed request.  With a fallback
@@ -74,15 +74,6 @@ class DirectOutbox:
         self.transport_factory = transport_factory
         self.fallback = fallback
         self.clock = clock
-
-    def vote(self, messages):
-        return None
-
-    def finish(self, voted):
-        pass
-
-    def discard(self, voted):
-        pass
 
     def committed(self, messages):
         events = []
