@@ -92,6 +92,33 @@ def wait_until(predicate, timeout=WAIT, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _pending_signals(pid):
+    """Signals sent to ``pid`` that no thread of it has taken yet (Linux /proc)."""
+    pending = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("SigPnd:", "ShdPnd:")):
+                        pending |= int(line.split()[1], 16)
+        except FileNotFoundError:  # a thread that just ended
+            continue
+    return pending
+
+
+def signal_taken(proc, signum):
+    """Send ``signum`` and return once the process has taken it.
+
+    The kernel has delivered it when it is no longer pending; the Python
+    handler runs in the main thread right after.  The short sleep covers that
+    step (and keeps two equal signals from coalescing into one).
+    """
+    proc.send_signal(signum)
+    wait_until(lambda: not _pending_signals(proc.pid) & (1 << (signum - 1)),
+               what=f"{signal.Signals(signum).name} to be taken")
+    time.sleep(0.2)
+
+
 def received(server):
     """``{(message_id, recipient): times received}``."""
     counts = collections.Counter()
@@ -243,10 +270,8 @@ def test_a_stop_signal_finishes_the_message_in_flight_and_leaves_the_rest(
     waiting = _spool_files(s.spool, "new")
     proc = s.start("--workers", "1")
     assert gated.handler.in_data.wait(WAIT), log_of(proc)
-    proc.send_signal(signum)
-    time.sleep(0.3)  # let the process take each signal (the same signal twice coalesces)
-    proc.send_signal(signum)  # a second one changes nothing
-    time.sleep(0.3)  # ... before the reply comes
+    signal_taken(proc, signum)
+    signal_taken(proc, signum)  # a second one changes nothing
     gated.handler.gate.set()
     assert proc.wait(timeout=60) == 0, log_of(proc)
     log = log_of(proc)
@@ -273,8 +298,7 @@ def test_with_two_workers_both_messages_in_flight_are_finished(setup_for, gated)
     ids = s.queue(5)
     proc = s.start("--workers", "2")
     wait_until(lambda: gated.handler.arrived == 2, what="two messages in flight")
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    signal_taken(proc, signal.SIGTERM)
     gated.handler.gate.set()
     assert proc.wait(timeout=60) == 0, log_of(proc)
     got = received(gated)
@@ -366,8 +390,7 @@ def test_one_pass_mode_stops_after_the_message_in_flight(setup_for, gated):
                                 stdout=out, stderr=subprocess.STDOUT)
     s.procs.append(proc)
     assert gated.handler.in_data.wait(WAIT)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    signal_taken(proc, signal.SIGINT)
     gated.handler.gate.set()
     assert proc.wait(timeout=60) == 0
     log = log_path.read_text()
