@@ -246,3 +246,16 @@ def test_a_lost_watch_falls_back_to_polling(tmp_path, caplog):
     assert passes == ["InotifyWatcher", "PollWatcher"]
     assert "removed or moved" in caplog.text and "polling every 0.05s instead" in caplog.text
     daemon.waker.close()
+
+
+def test_without_inotify_auto_polls_and_inotify_is_an_error(spool, monkeypatch, caplog):
+    def unavailable():
+        raise watch.WatchUnavailable("inotify is Linux-only (this is plan9)")
+
+    monkeypatch.setattr(watch, "_libc", unavailable)
+    directory = os.path.join(spool.path, "new")
+    with caplog.at_level(logging.WARNING, "pyramid_txmail"):
+        assert isinstance(make_watcher("auto", directory, 1.0), PollWatcher)
+    assert "inotify unavailable (inotify is Linux-only (this is plan9)); polling" in caplog.text
+    with pytest.raises(watch.WatchUnavailable, match="plan9"):
+        make_watcher("inotify", directory, 1.0)
