@@ -454,3 +454,20 @@ def test_readme_documents_operating_the_queue():
                  "Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=",
                  "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths="):
         assert text in readme, text
+
+
+def test_watch_inotify_where_it_is_unavailable_is_a_config_error(tmp_path, smtp_server,
+                                                                  monkeypatch, capsys):
+    from pyramid_txmail import watch
+    from pyramid_txmail.scripts import qp
+
+    def unavailable():
+        raise watch.WatchUnavailable("inotify_init1: Too many open files")
+
+    monkeypatch.setattr(watch, "_libc", unavailable)
+    s = Setup(tmp_path, smtp_server)
+    assert qp.main([str(s.ini), "--no-app", "--daemon", "--watch", "inotify"]) == 78
+    err = capsys.readouterr().err
+    assert err.strip() == ("txmail-qp: error: --watch inotify: inotify_init1: Too many open "
+                           "files; use --watch poll")
+    assert smtp_server.messages == []
