@@ -28,15 +28,15 @@ checked, header injection refused).
 """
 from __future__ import annotations
 
-import email.errors
+import email.header
 import email.policy
 import email.utils
 import mimetypes
 import re
-from email.headerregistry import Address
+from email.headerregistry import Address, UnstructuredHeader
 from email.message import EmailMessage
 
-from .message import HeaderInjection, InvalidAddress
+from .message import HeaderInjection, InvalidAddress, check_address
 from .mimeparts import Built, Source, binary_part, multipart, text_part
 
 __all__ = ["Mail"]
@@ -51,26 +51,56 @@ _BUILT_HEADERS = {"content-type", "content-transfer-encoding", "content-disposit
                   "content-id", "mime-version"}
 
 
-def _address_list(header, value):
-    """``value`` (a string, an Address, a ``(name, addr)`` pair, or a list of
-    these) as one header string; display names are encoded when written."""
-    if value is None:
-        return None
+def _encoded_words(text, header_name=None):
+    """``text`` as RFC 2047 encoded words, folded at 76 columns.
+
+    The ``email`` package's own folder loses or adds a space where encoded and
+    plain words meet (e.g. "Ąí ¹¬z" comes back as "Ąí¹¬z"); encoding the whole
+    value keeps every space inside the words, so it decodes exactly.
+    """
+    return email.header.Header(text, "utf-8", maxlinelen=76,
+                               header_name=header_name).encode(linesep="\n")
+
+
+def _pairs(header, value):
+    """``(display name, address)`` pairs of a recipient argument."""
     if isinstance(value, (str, Address, tuple)):
         value = [value]
-    items = []
+    pairs = []
     for item in value:
-        if isinstance(item, tuple):
-            name, addr = item
-            try:
-                item = Address(display_name=name or "", addr_spec=addr)
-            except (ValueError, email.errors.HeaderParseError) as exc:
-                raise InvalidAddress(header, addr, str(exc)) from None
-        text = str(item)
-        if _CONTROL.search(text.replace("\t", " ")):
-            raise HeaderInjection(header)
-        items.append(text)
-    return ", ".join(items) or None
+        if isinstance(item, Address):
+            found = [(item.display_name, item.addr_spec)]
+        elif isinstance(item, tuple):
+            found = [item]
+        else:
+            if _CONTROL.search(str(item).replace("\t", " ")):
+                raise HeaderInjection(header)
+            found = email.utils.getaddresses([str(item)])
+            if not found or any(not addr for _, addr in found):
+                raise InvalidAddress(header, str(item), "not a list of addresses")
+        for name, addr in found:
+            if _CONTROL.search(f"{name or ''}{addr}"):
+                raise HeaderInjection(header)
+            check_address(header, addr)
+            pairs.append((name or "", addr))
+    return pairs
+
+
+def _address_header(header, value):
+    """``(text, raw)``: the header value, and whether it is already encoded (set raw)."""
+    pairs = _pairs(header, value)
+    if not pairs:
+        return None, False
+    if not all(addr.isascii() for _, addr in pairs):  # SMTPUTF8 mailbox: UTF-8 headers
+        return ", ".join(f'"{email.utils.quote(name)}" <{addr}>' if name else addr
+                         for name, addr in pairs), False
+    items = [f"{_encoded_words(name)} <{addr}>" if not name.isascii()
+             else email.utils.formataddr((name, addr)) for name, addr in pairs]
+    return ",\n ".join(items), True
+
+
+def _unstructured(name):
+    return issubclass(email.policy.default.header_factory[name], UnstructuredHeader)
 
 
 def _check_header(name, value):
@@ -78,7 +108,7 @@ def _check_header(name, value):
         raise HeaderInjection(repr(name))
     if name.lower() in _BUILT_HEADERS:
         raise ValueError(f"headers[{name!r}]: the builder writes {name} itself")
-    if "\r" in str(value) or "\n" in str(value):
+    if _CONTROL.search(str(value).replace("\t", " ")):
         raise HeaderInjection(name)
 
 
@@ -108,27 +138,31 @@ class Mail:
 
     def __init__(self, subject=None, to=None, cc=None, bcc=None, sender=None,
                  reply_to=None, text=None, html=None, headers=None):
-        self._headers = []
+        self._headers = []  # (name, value, raw): raw values are already encoded
         for name, value in (("From", sender), ("To", to), ("Cc", cc), ("Bcc", bcc),
                             ("Reply-To", reply_to)):
-            value = _address_list(name, value)
             if value is not None:
-                self._headers.append((name, value))
+                encoded, raw = _address_header(name, value)
+                if encoded is not None:
+                    self._headers.append((name, encoded, raw))
+        extra = list(headers.items() if hasattr(headers, "items") else headers or ())
         if subject is not None:
-            if _CONTROL.search(str(subject).replace("\t", " ")):
-                raise HeaderInjection("Subject")
-            self._headers.append(("Subject", str(subject)))
-        for name, value in (headers.items() if hasattr(headers, "items") else headers or ()):
+            extra.insert(0, ("Subject", subject))
+        for name, value in extra:
             _check_header(name, value)
-            self._headers.append((name, value))
+            value = str(value)
+            if not value.isascii() and _unstructured(name):
+                self._headers.append((name, _encoded_words(value, name), True))
+            else:
+                self._headers.append((name, value, False))
+        self.subject = subject
         self.text = text
         self.html = html
         self.attachments = []
         self.inlines = []
 
     def __repr__(self):
-        subject = dict(self._headers).get("Subject")
-        return (f"<Mail {subject!r} with {len(self.attachments)} attachment(s), "
+        return (f"<Mail {self.subject!r} with {len(self.attachments)} attachment(s), "
                 f"{len(self.inlines)} inline>")
 
     def attach(self, source, filename=None, content_type=None):
@@ -194,9 +228,13 @@ class Mail:
 
     def header_message(self, built):
         """An ``EmailMessage`` holding only the header block (for ``prepare``)."""
-        message = EmailMessage(policy=email.policy.default)
-        for name, value in self._headers:
-            message[name] = value
+        # Raw (already encoded) values are written as they are, never refolded.
+        message = EmailMessage(policy=email.policy.default.clone(refold_source="none"))
+        for name, value, raw in self._headers:
+            if raw:
+                message.set_raw(name, value)
+            else:
+                message[name] = value
         message["MIME-Version"] = "1.0"
         for name, value in built.content_headers():
             message[name] = value
