@@ -13,10 +13,11 @@ from pyramid.interfaces import IRequest
 
 from .delivery import Delivery, Mailer, NoTransaction, make_outbox
 from .events import MailDeferred, MailFailed, MailQueued, MailSent
-from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailQueued,
-                         IMailSent, IMailSettings)
+from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
+                         IMailQueued, IMailSent, IMailSettings)
 from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
                       NoSender)
+from .redirect import announce as announce_redirect
 from .settings import MailSettings, parse_settings
 from .spool import SpoolError
 
@@ -75,4 +76,7 @@ def includeme(config):
     delivery = make_delivery(settings, config.registry)
     config.registry.registerUtility(settings, IMailSettings)
     config.registry.registerUtility(delivery, IMailDelivery)
+    if IMailOutbox.providedBy(delivery.outbox):  # mail.delivery = memory
+        config.registry.registerUtility(delivery.outbox, IMailOutbox)
+    announce_redirect(settings.redirect_to)
     config.add_request_method(_request_mailer, "mailer", reify=True)

@@ -15,10 +15,13 @@ import transaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
+from .devdelivery import make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
+from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
+from .settings import DEV_DELIVERY_MODES
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
@@ -210,6 +213,8 @@ class Mailer:
             raise TypeError("send(message) or send(fromaddr, toaddrs, message)")
         prepared = prepare(message, self.delivery.settings.default_sender,
                            fromaddr, toaddrs)
+        if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
+            prepared = redirect(prepared, self.delivery.settings.redirect_to)
         self._data_manager().add(prepared)
         return prepared.message_id
 
@@ -256,6 +261,8 @@ class Mailer:
 
 def make_outbox(settings, transport_factory):
     """The outbox for ``settings.delivery`` (spool created/checked here)."""
+    if settings.delivery in DEV_DELIVERY_MODES:  # memory, file, console, null
+        return make_dev_outbox(settings)
     spool = Spool(settings.queue_path) if settings.queue_path else None
     if settings.delivery == "queue":
         return QueueOutbox(spool)

@@ -34,18 +34,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from . import events as mail_events
 from . import wire
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
-from .spool import PoisonMessage
+from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
 
 #: Retry delays are spread by this fraction either way, so that messages
 #: deferred together by one relay outage do not all come back at once.
 JITTER = 0.2
+
+#: Queue files larger than this are streamed to the relay in blocks.
+STREAM_OVER = 1 << 20
+
+#: Threads deleting delivered files from ``done/``: a journalling file system
+#: makes each unlink wait for the journal, and concurrent ones share a commit.
+REAPERS = 4
 
 
 @dataclasses.dataclass
@@ -68,6 +77,10 @@ class PassStats:
     recovered: int = 0
     errors: int = 0
 
+    def add(self, other):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
     def summary(self):
         return (f"sent={self.sent} deferred={self.deferred} failed={self.failed} "
                 f"skipped={self.skipped} recovered={self.recovered} errors={self.errors}")
@@ -80,7 +93,7 @@ class _Job:
     entry: object
     fromaddr: str
     toaddrs: tuple
-    data: bytes
+    data: object  # bytes or a wire.Stream
     message_id: str | None
     meta: dict
 
@@ -99,64 +112,167 @@ def _summary(results):
     return DeliveryResult(None, tuple(results)).summary()
 
 
-class Processor:
-    """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through a transport.
+class RateLimiter:
+    """At most ``rate`` messages per second, shared by every worker.
 
-    ``transport`` is anything with ``deliver(fromaddr, toaddrs, data,
-    message_id=None) -> DeliveryResult`` (the caller opens and closes it).
-    ``clock`` and ``rand`` are injectable so that retry timing can be tested
-    without sleeping.  With a ``registry``, MailSent/MailDeferred/MailFailed
-    are notified after the files are durable, each in a new transaction of
+    Each caller is given the next free slot, ``1/rate`` seconds after the
+    previous one, and sleeps until it comes (or until ``stop`` is set).
+    """
+
+    def __init__(self, rate, clock=time.monotonic, sleep=None):
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self.sleep = sleep
+        self._next = None
+        self._lock = threading.Lock()
+
+    def wait(self, stop=None):
+        with self._lock:
+            now = self.clock()
+            slot = now if self._next is None else max(now, self._next)
+            self._next = slot + self.interval
+        delay = slot - now
+        if delay > 0:
+            if self.sleep is not None:
+                self.sleep(delay)
+            elif stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+
+
+class Processor:
+    """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through transports.
+
+    ``transport`` is ``None`` (an SMTP transport per worker, from
+    ``settings``, sharing which relays are resting), a factory returning a
+    new transport per worker, or one transport object (then one worker; the
+    caller opens and closes it).  A transport is anything with
+    ``deliver(fromaddr, toaddrs, data, message_id=None) -> DeliveryResult``.
+    ``workers`` defaults to ``settings.workers``.  ``clock`` and ``rand``
+    are injectable so that retry timing can be tested without sleeping.
+    With a ``registry``, MailSent/MailDeferred/MailFailed are notified after
+    the files are durable, each in a new transaction of
     ``transaction_manager`` (default: the thread-local ``transaction.manager``).
     """
 
     def __init__(self, spool, transport, settings, *, registry=None,
-                 transaction_manager=None, clock=time.time, rand=random.random):
+                 transaction_manager=None, clock=time.time, rand=random.random,
+                 workers=None, limiter=None):
         if registry is not None and transaction_manager is None:
             import transaction
             transaction_manager = transaction.manager
         self.spool = spool
-        self.transport = transport
         self.settings = settings
         self.registry = registry
         self.transaction_manager = transaction_manager
         self.clock = clock
         self.rand = rand
+        self.transport = None
+        self.relays = None
+        if transport is None:
+            from .smtp import SMTPTransport
+            from .smtp_session import Relays
+
+            hosts = [(settings.host, settings.port)] + [
+                (h, p or settings.port) for h, p in settings.fallback_hosts]
+            self.relays = Relays(dict.fromkeys(hosts), settings.host_rest)
+            self.transport_factory = lambda: SMTPTransport.from_settings(settings, self.relays)
+        elif hasattr(transport, "deliver"):
+            self.transport, self.transport_factory = transport, None
+        else:
+            self.transport_factory = transport
+        self.workers = 1 if self.transport is not None else (workers or settings.workers)
+        if limiter is None and settings.rate_limit:
+            limiter = RateLimiter(settings.rate_limit)
+        self.limiter = limiter
+        self._dispatch_lock = threading.Lock()
 
     # -- the pass ---------------------------------------------------------------
 
     def run_once(self, stop=None):
         """One pass over the spool; returns :class:`PassStats`.
 
-        ``stop`` is an optional :class:`threading.Event`: once it is set,
-        the message being sent is finished and the pass ends there.
+        Stale claims go back to ``new/``; then every message in ``new/``
+        (oldest first) and every due message in ``deferred/`` is handed to
+        the workers, each with its own transport (one connection reused for
+        many messages).  ``stop`` is an optional :class:`threading.Event`:
+        once it is set, the messages being sent are finished and the pass
+        ends there.  Each directory is listed once per pass: O(N) per pass.
         """
         stats = PassStats()
         now = self.clock()
+        self.spool.reap()
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
-        fresh = self.spool.names("new")
-        waiting = self.spool.names("deferred")
-        for name in fresh:
-            if stop is not None and stop.is_set():
-                return stats
-            self._process_safely("new", name, stats)
-        for name in waiting:
-            if stop is not None and stop.is_set():
-                return stats
-            if self._due(name, now):
-                self._process_safely("deferred", name, stats)
-            else:
-                stats.skipped += 1
+        jobs = self._jobs(now, stats, stop)
+        with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
+            self._run(jobs, stats, stop)
         return stats
 
-    def _process_safely(self, state, name, stats):
+    def _run(self, jobs, stats, stop):
+        if self.transport is not None:
+            self._work(self.transport, jobs, stats, stop)
+            return
+        lock = threading.Lock()
+
+        def take():
+            with lock:
+                return next(jobs, None)
+
+        per_worker = [PassStats() for _ in range(self.workers)]
+        threads = [threading.Thread(target=self._worker, args=(take, own, stop),
+                                    name=f"txmail-worker-{i}", daemon=True)
+                   for i, own in enumerate(per_worker)]
+        if len(threads) == 1:
+            threads[0].run()
+        else:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        for own in per_worker:
+            stats.add(own)
+
+    def _jobs(self, now, stats, stop):
+        """``(state, name)`` of every message to try in this pass, in order."""
+        for name in self.spool.names("new"):
+            if stop is not None and stop.is_set():
+                return
+            yield "new", name
+        for name in self.spool.names("deferred"):
+            if stop is not None and stop.is_set():
+                return
+            if self._due(name, now):
+                yield "deferred", name
+            else:
+                stats.skipped += 1
+
+    def _worker(self, take, stats, stop):
+        """One worker: its own transport, closed when the pass ends."""
+        transport = self.transport_factory()
+        try:
+            self._work(transport, iter(take, None), stats, stop)
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+
+    def _work(self, transport, jobs, stats, stop):
+        for state, name in jobs:
+            if self.limiter is not None:
+                self.limiter.wait(stop)
+            self._process_safely(transport, state, name, stats)
+            if stop is not None and stop.is_set():
+                return
+
+    def _process_safely(self, transport, state, name, stats):
         """One message's bug or I/O error must not stop the queue behind it.
 
         Whatever was recorded in its state file stands; the claim is put
         back by a later pass after ``claim_timeout``.
         """
         try:
-            self._process(state, name, stats)
+            self._process(transport, state, name, stats)
         except Exception:
             stats.errors += 1
             log.exception("%s: unexpected error; the message stays claimed in cur/ "
@@ -167,7 +283,7 @@ class Processor:
         next_attempt = self.spool.read_meta(name).get("next_attempt")
         return not isinstance(next_attempt, (int, float)) or next_attempt <= now
 
-    def _process(self, state, name, stats):
+    def _process(self, transport, state, name, stats):
         """Claim, read, attempt and settle one message; a bad file never stops the pass."""
         entry = self.spool.claim(state, name)
         if entry is None:
@@ -175,20 +291,21 @@ class Processor:
             return
         meta = self._load_meta(entry)
         try:
-            fromaddr, toaddrs, data = self.spool.read(entry)
+            fromaddr, toaddrs, data = self.spool.read(entry, stream_over=STREAM_OVER)
         except PoisonMessage as exc:
             self._bury_poison(entry, meta, str(exc), stats)
             return
-        job = _Job(entry, fromaddr, toaddrs, data, wire.message_id_of(data), meta)
+        head = data.head if isinstance(data, wire.Stream) else data
+        job = _Job(entry, fromaddr, toaddrs, data, wire.message_id_of(head), meta)
         if meta.get("corrupt_meta"):
             self._bury_unknown_state(job, stats)
             return
         pending = self._pending(job)
         if not pending:
-            self.spool.remove(entry)  # a crash hit after the last attempt was recorded
+            self._retire(entry)  # a crash hit after the last attempt was recorded
             stats.sent += 1
             return
-        result = self._attempt(job, pending)
+        result = self._attempt(transport, job, pending)
         self._dispatch(self._settle(job, result, stats))
 
     def _load_meta(self, entry):
@@ -196,7 +313,7 @@ class Processor:
         meta = self.spool.read_meta(entry.name)
         if "failed_at" in meta:
             log.info("%s: retrying a dead letter (was: %s)", entry.name, meta.get("reason"))
-            return {"retried_after": meta.get("reason")}
+            return {"retried_after": meta.get("reason"), "queued_at": self.clock()}
         return meta
 
     def _pending(self, job):
@@ -206,13 +323,21 @@ class Processor:
 
     # -- one attempt ------------------------------------------------------------
 
-    def _attempt(self, job, pending):
-        """Send to ``pending`` and record the outcome durably before anything moves."""
-        result = self._deliver(job, pending)
+    def _attempt(self, transport, job, pending):
+        """Send to ``pending`` and record the outcome durably before anything moves.
+
+        A first attempt that every recipient accepted writes no state file:
+        the message file is simply removed next.  A crash in between sends
+        that one message again (at-least-once), as after any crash mid-send.
+        """
+        result = self._deliver(transport, job, pending)
+        if not job.meta and all(r.status == SENT for r in result.results):
+            return result
         now = self.clock()
         meta = job.meta
         meta["message_id"] = job.message_id
         meta["attempts"] = meta.get("attempts", 0) + 1
+        meta.setdefault("queued_at", enqueued_at(job.entry.name) or now)
         meta.setdefault("first_attempt", now)
         meta["last_attempt"] = now
         meta["next_attempt"] = now + self._retry_delay(meta["attempts"])
@@ -223,7 +348,7 @@ class Processor:
         self.spool.write_meta(job.entry.name, meta)
         return result
 
-    def _deliver(self, job, pending):
+    def _deliver(self, transport, job, pending):
         """The transport's result, with one entry per pending recipient.
 
         Transports raise only for arguments they cannot send (ValueError,
@@ -232,7 +357,7 @@ class Processor:
         recipient, a temporary failure: retried later, never lost.
         """
         try:
-            result = self.transport.deliver(job.fromaddr, list(pending), job.data,
+            result = transport.deliver(job.fromaddr, list(pending), job.data,
                                             message_id=job.message_id)
         except Exception as exc:
             status = PERMANENT if isinstance(exc, (ValueError, TypeError)) else TEMPORARY
@@ -259,7 +384,7 @@ class Processor:
         sent = [r for r in result.results if r.status == SENT]
         temporary = [r for r in result.results if r.status == TEMPORARY]
         permanent = [r for r in result.results if r.status not in (SENT, TEMPORARY)]
-        expired = bool(temporary) and now - job.meta["first_attempt"] > self.settings.max_queue_time
+        expired = bool(temporary) and now - self._queued_at(job) > self.settings.max_queue_time
         dead = permanent + (temporary if expired else [])
         retry = [] if expired else temporary
         found = []
@@ -275,10 +400,21 @@ class Processor:
             self._defer(job, retry, stats)
             found.append(self._event(mail_events.MailDeferred, job, retry, _summary(retry)))
         elif not self._is_whole(job, dead):
-            self.spool.remove(job.entry)
+            self._retire(job.entry, has_meta=bool(job.meta))
             if not dead:
                 stats.sent += 1
         return found
+
+    def _retire(self, entry, has_meta=True):
+        """Out of the queue now (a rename); the file is deleted in the background."""
+        self._reaper.submit(self.spool.reap_path, self.spool.retire(entry, has_meta))
+
+    @staticmethod
+    def _queued_at(job):
+        """When the message entered the queue: its age counts from there, as in Postfix."""
+        meta = job.meta
+        return meta.get("queued_at") or meta.get("first_attempt") or \
+            enqueued_at(job.entry.name) or 0
 
     def _reason(self, job, permanent, expired, now):
         """One line saying why these recipients were given up."""
@@ -286,7 +422,7 @@ class Processor:
         if permanent:
             parts.append("permanent failure: " + _summary(permanent))
         if expired:
-            age = format_duration(now - job.meta["first_attempt"])
+            age = format_duration(now - self._queued_at(job))
             parts.append(f"expired after {job.meta['attempts']} attempts over {age}: "
                          f"last error {_summary(expired)}")
         return "; ".join(parts)

@@ -16,7 +16,9 @@ from pyramid.settings import asbool
 
 PREFIX = "mail."
 
-DELIVERY_MODES = ("queue", "direct")
+DELIVERY_MODES = ("queue", "direct", "memory", "file", "console", "null")
+#: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
+DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
 
 _TRUE = ("true", "yes", "on", "y", "t", "1")
@@ -83,6 +85,12 @@ def _address(value):
     return text
 
 
+def _addresses(value):
+    from .redirect import parse_redirect_to
+
+    return parse_redirect_to(value) or None
+
+
 def _choice(choices):
     def parse(value):
         text = str(value).strip().lower()
@@ -147,7 +155,8 @@ SETTINGS = (
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
     Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
-            "queue (default when queue_path is set) or direct."),
+            "queue (default when queue_path is set), direct, or for development and "
+            "tests memory, file, console or null."),
     Setting("direct_fallback", _choice(FALLBACK_MODES), None,
             "With direct delivery: 'queue' (default when queue_path is set) spools a "
             "message the relay did not take; 'none' only reports it."),
@@ -175,6 +184,10 @@ SETTINGS = (
             "Most messages per second txmail-qp sends, across all workers (unset: no limit)."),
     Setting("poll_interval", parse_duration, 1.0,
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
+    Setting("file_path", _str, None,
+            "mail.delivery = file: the directory each committed message is written to as .eml."),
+    Setting("redirect_to", _addresses, (),
+            "Staging: send every message to these addresses instead of its recipients."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -212,6 +225,8 @@ class MailSettings:
     host_rest: float = 300.0
     rate_limit: float | None = None
     poll_interval: float = 1.0
+    file_path: str | None = None
+    redirect_to: tuple = ()
 
 
 def _fail(key, value, why):
@@ -255,6 +270,9 @@ def parse_settings(settings, prefix=PREFIX):
                  else prefix + "direct_fallback = queue")
         raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
                                  "set it to a directory for the mail spool")
+    if values["delivery"] == "file" and not values.get("file_path"):
+        raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
+                                 "set it to a directory for the .eml files")
     if values.get("retry_max", 4000.0) < values.get("retry_initial", 300.0):
         _fail(prefix + "retry_max", values["retry_max"],
               f"must not be shorter than {prefix}retry_initial")

@@ -1,11 +1,15 @@
-"""SMTP transport: connect, TLS, AUTH, send CRLF bytes, classify every reply.
+"""SMTP transport: send CRLF bytes over a reused session, classify every reply.
 
-:class:`SMTPTransport` talks to one relay over one connection that it opens
-on first use and keeps for the next messages (RSET in between; an idle
-connection the server dropped is reopened once, before anything of the new
-message was sent).  It uses smtplib's one-command calls (ehlo, starttls,
-login, mail, rcpt, data) rather than ``sendmail()`` so that every recipient
-gets its own reply code.
+:class:`SMTPTransport` talks to one relay (or the first reachable of
+``mail.host`` and ``mail.fallback_hosts``) over one connection that it opens
+on first use and keeps for the next messages: RSET in between, and a
+connection the server dropped while idle is reopened once, before anything
+of the new message was accepted.  After ``max_messages`` messages the
+connection is closed and a new one opened.  When the server offers
+PIPELINING (RFC 2920), RSET, MAIL, RCPT and DATA go out in one write, so a
+message costs two round trips instead of four or more.  Every recipient
+still gets its own reply code.  Opening the session (TLS, AUTH) is
+:mod:`pyramid_txmail.smtp_session`'s job.
 
 :meth:`SMTPTransport.deliver` never raises for a network, TLS, AUTH or SMTP
 problem: it returns a :class:`~pyramid_txmail.result.DeliveryResult` with
@@ -20,7 +24,8 @@ one result per recipient, classified as RFC 5321 and Postfix do:
 * SMTPUTF8 needed but not offered: permanent (retrying will not help).
 
 ``mail.tls = true`` means STARTTLS is required: a server that does not offer
-it gets nothing, not a plaintext copy.
+it gets nothing, not a plaintext copy.  The message may be ``bytes`` or a
+:class:`~pyramid_txmail.wire.Stream`, which is sent block by block.
 """
 from __future__ import annotations
 
@@ -28,12 +33,8 @@ import copy
 import email.message
 import email.policy
 import email.utils
-import functools
-import ipaddress
 import logging
 import smtplib
-import socket
-import ssl as _ssl
 import threading
 
 from zope.interface import implementer
@@ -41,10 +42,16 @@ from zope.interface import implementer
 from . import wire
 from .interfaces import IMailer
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
+from .smtp_session import (Relays, SessionFailure, SessionOpener, _is_loopback,  # noqa: F401
+                           _text, format_address)
 
 __all__ = ["SMTPTransport", "SMTPDeliveryError"]
 
 log = logging.getLogger("pyramid_txmail.smtp")
+
+
+class _Stale(Exception):
+    """A reused connection turned out to be dead before anything was accepted."""
 
 
 class SMTPDeliveryError(Exception):
@@ -58,68 +65,6 @@ class SMTPDeliveryError(Exception):
         failed = [r for r in self.result.results if r.status != SENT]
         return "not accepted by every recipient: " + "; ".join(
             f"{r.recipient}: {r.status} {r.code or '-'} {r.text}" for r in failed)
-
-
-class _SessionFailure(Exception):
-    """Nothing can be sent now; the same outcome for every recipient."""
-
-    def __init__(self, text, code=None, status=TEMPORARY, drop=True):
-        super().__init__(text)
-        self.text, self.code, self.status, self.drop = text, code, status, drop
-
-
-class _RedactingMixin:
-    """smtplib with AUTH lines hidden from its debug output, and a record of
-    whether the message and its final dot were handed to the socket."""
-
-    secret = False
-    final_dot_sent = False
-
-    def _print_debug(self, *args):
-        if self.secret and args and args[0] == "send:":
-            args = ("send:", "<AUTH data not shown>")
-        super()._print_debug(*args)
-
-    def send(self, s):
-        super().send(s)
-        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):  # only data() sends bytes
-            self.final_dot_sent = True
-
-
-class _SMTP(_RedactingMixin, smtplib.SMTP):
-    pass
-
-
-class _SMTP_SSL(_RedactingMixin, smtplib.SMTP_SSL):
-    pass
-
-
-@functools.lru_cache(maxsize=1)
-def _default_local_hostname():
-    """What smtplib would send in EHLO, looked up once (getfqdn can be slow)."""
-    fqdn = socket.getfqdn()
-    if "." in fqdn:
-        return fqdn
-    try:
-        return "[%s]" % socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "[127.0.0.1]"
-
-
-def _is_loopback(sock):
-    try:
-        host = sock.getpeername()[0]
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except (OSError, ValueError, AttributeError, IndexError):
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
-
-
-def _text(reply):
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return " ".join(str(reply).split())
 
 
 def _reply_status(code):
@@ -145,53 +90,66 @@ def _check_args(fromaddr, toaddrs, data):
             raise ValueError(f"address contains a line break: {address!r}")
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
-    if not isinstance(data, bytes):
-        raise TypeError(f"data must be the message as bytes, not {type(data).__name__}")
+    if not isinstance(data, (bytes, wire.Stream)):
+        raise TypeError("data must be the message as bytes or a wire.Stream, "
+                        f"not {type(data).__name__}")
     return fromaddr, toaddrs, data
 
 
 @implementer(IMailer)
 class SMTPTransport:
-    """One SMTP relay, one reusable connection.  Not for concurrent use from
-    several threads at once (calls are serialised by a lock); give each worker
-    its own transport."""
+    """One SMTP relay (plus fallbacks), one reusable connection.
+
+    Not for concurrent use from several threads at once (calls are
+    serialised by a lock); give each worker its own transport, and the same
+    :class:`~pyramid_txmail.smtp_session.Relays` so they share which relays
+    are resting.
+    """
 
     def __init__(self, host="localhost", port=25, *, username=None, password=None,
                  tls=False, ssl=False, keyfile=None, certfile=None, cafile=None,
-                 timeout=30.0, debug=0, local_hostname=None):
-        if tls and ssl:
-            raise ValueError("tls (STARTTLS) and ssl (implicit TLS) cannot both be set")
+                 timeout=30.0, debug=0, local_hostname=None, fallback_hosts=(),
+                 host_rest=300.0, max_messages=None, relays=None):
+        self.opener = SessionOpener(username=username, password=password, tls=tls, ssl=ssl,
+                                    keyfile=keyfile, certfile=certfile, cafile=cafile,
+                                    timeout=timeout, debug=debug,
+                                    local_hostname=local_hostname)
         self.host = host
         self.port = int(port)
-        self.username = username
-        self._password = password
-        self.tls = bool(tls)
-        self.ssl = bool(ssl)
-        self.keyfile = keyfile
-        self.certfile = certfile
-        self.cafile = cafile
-        self.timeout = float(timeout)
-        self.debug = int(debug)
-        self.local_hostname = local_hostname
+        if relays is None:
+            hosts = [(host, self.port)] + [(h, int(p or self.port)) for h, p in fallback_hosts]
+            relays = Relays(dict.fromkeys(hosts), host_rest)
+        self.relays = relays
+        self.max_messages = max_messages
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
         self._smtp = None
-        self._context = None
+        self._peer = None
+        self._sent_here = 0
         self._lock = threading.RLock()
 
     @classmethod
-    def from_settings(cls, settings):
+    def from_settings(cls, settings, relays=None):
         """A transport for a :class:`pyramid_txmail.settings.MailSettings`."""
         return cls(settings.host, settings.port, username=settings.username,
                    password=settings.password, tls=settings.tls, ssl=settings.ssl,
                    keyfile=settings.keyfile, certfile=settings.certfile,
                    cafile=settings.tls_cafile, timeout=settings.timeout,
-                   debug=settings.debug)
+                   debug=settings.debug, fallback_hosts=settings.fallback_hosts,
+                   host_rest=settings.host_rest,
+                   max_messages=settings.connection_max_messages, relays=relays)
+
+    username = property(lambda self: self.opener.username)
+    tls = property(lambda self: self.opener.tls)
+    ssl = property(lambda self: self.opener.ssl)
+    cafile = property(lambda self: self.opener.cafile)
+    timeout = property(lambda self: self.opener.timeout)
+    debug = property(lambda self: self.opener.debug)
 
     @property
     def address(self):
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        """The relay connected to (or the first one, when not connected)."""
+        return format_address(*(self._peer or (self.host, self.port)))
 
     def __repr__(self):
         mode = "ssl" if self.ssl else "starttls" if self.tls else "plain"
@@ -200,26 +158,29 @@ class SMTPTransport:
 
     # -- public API -----------------------------------------------------------
 
-    def deliver(self, fromaddr, toaddrs, data: bytes, message_id=None) -> DeliveryResult:
-        """Send ``data`` to each of ``toaddrs``; one result per recipient.
+    def deliver(self, fromaddr, toaddrs, data, message_id=None) -> DeliveryResult:
+        """Send ``data`` (bytes or a wire.Stream) to each of ``toaddrs``.
 
-        Raises only for bad arguments, never for a delivery problem.
+        One result per recipient.  Raises only for bad arguments, never for
+        a delivery problem.
         """
         fromaddr, toaddrs, data = _check_args(fromaddr, toaddrs, data)
         if message_id is None:
-            message_id = wire.message_id_of(data)
+            message_id = wire.message_id_of(data.head if isinstance(data, wire.Stream)
+                                            else data)
         with self._lock:
             try:
                 results = self._attempt(fromaddr, toaddrs, data)
-            except _SessionFailure as failure:
+            except SessionFailure as failure:
                 if failure.drop:
                     self._drop()
                 results = [RecipientResult(r, failure.status, failure.code, failure.text)
                            for r in toaddrs]
         result = DeliveryResult(message_id, tuple(results))
         if result.ok:
-            log.info("sent %s from <%s> to %s via %s", message_id, fromaddr,
-                     ", ".join(toaddrs), self.address)
+            # DEBUG: the caller (processor, direct delivery) logs the INFO line
+            log.debug("sent %s from <%s> to %s via %s", message_id, fromaddr,
+                      ", ".join(toaddrs), self.address)
         else:
             log.warning("%s from <%s> not accepted by every recipient via %s: %s",
                         message_id, fromaddr, self.address, result.summary())
@@ -265,174 +226,117 @@ class SMTPTransport:
         if smtp is not None:
             smtp.close()
 
-    def _session(self):
-        """The open connection (checked with RSET) or a new one."""
-        if self._smtp is not None:
+    def _open(self):
+        """A new session with the first relay that takes it."""
+        failures = []
+        for host in self.relays.candidates():
             try:
-                code, _ = self._smtp.rset()
-            except OSError:
-                code = None
-            if code == 250:
-                return self._smtp
-            log.info("connection to %s is gone (RSET: %s); reconnecting", self.address,
-                     code or "no reply")
-            self._drop()
-        return self._connect()
-
-    def _tls_context(self):
-        if self._context is None:
-            try:
-                context = _ssl.create_default_context(cafile=self.cafile)
-                if self.certfile:
-                    context.load_cert_chain(self.certfile, self.keyfile)
-            except (OSError, ValueError) as exc:
-                raise _SessionFailure(f"cannot set up TLS for {self.address}: {exc}") from None
-            self._context = context
-        return self._context
-
-    def _connect(self):
-        addr = self.address
-        kwargs = {"local_hostname": self.local_hostname or _default_local_hostname(),
-                  "timeout": self.timeout}
-        if self.ssl:
-            cls, kwargs["context"] = _SMTP_SSL, self._tls_context()
-        else:
-            cls = _SMTP
-        try:
-            # Given the host, smtplib connects and reads the greeting here (and
-            # remembers the host name that TLS verifies the certificate for).
-            smtp = cls(self.host, self.port, **kwargs)
-        except smtplib.SMTPConnectError as exc:
+                smtp = self.opener.open(*host)
+            except SessionFailure as failure:
+                self.connections_opened += failure.connected
+                self.relays.failed(host)
+                failures.append(failure)
+                continue
             self.connections_opened += 1
-            raise _SessionFailure(f"{addr} refused the session: {exc.smtp_code} "
-                                  f"{_text(exc.smtp_error)}", exc.smtp_code) from None
-        except OSError as exc:  # includes smtplib and ssl errors
-            raise _SessionFailure(self._setup_error(exc, "connect")) from None
-        self.connections_opened += 1
-        smtp.set_debuglevel(self.debug)
-        step = ["EHLO"]
-        try:
-            self._setup(smtp, step)
-        except _SessionFailure:
-            smtp.close()
-            raise
-        except OSError as exc:
-            smtp.close()
-            raise _SessionFailure(self._setup_error(exc, step[0])) from None
-        except BaseException:
-            smtp.close()
-            raise
-        log.debug("connected to %s", addr)
-        self._smtp = smtp
-        return smtp
-
-    def _setup(self, smtp, step):
-        """EHLO, STARTTLS and EHLO again, AUTH: ``step`` names the one running."""
-        addr = self.address
-        self._ehlo(smtp)
-        if self.tls:
-            if not smtp.has_extn("starttls"):
-                raise _SessionFailure(f"STARTTLS required (mail.tls = true) but {addr} does "
-                                      "not offer it; not sent in plaintext")
-            step[0] = "STARTTLS"
-            code, reply = smtp.starttls(context=self._tls_context())
-            if code != 220:
-                raise _SessionFailure(f"STARTTLS refused by {addr}: {code} {_text(reply)}; "
-                                      "not sent in plaintext", code)
-            step[0] = "EHLO after STARTTLS"
-            self._ehlo(smtp)
-        if self.username:
-            step[0] = "AUTH"
-            self._login(smtp)
-
-    def _ehlo(self, smtp):
-        code, reply = smtp.ehlo()
-        if not 200 <= code < 300:
-            code, reply = smtp.helo()
-            if not 200 <= code < 300:
-                raise _SessionFailure(f"{self.address} refused EHLO and HELO: {code} "
-                                      f"{_text(reply)}", code)
-
-    def _login(self, smtp):
-        user = self.username
-        if not smtp.has_extn("auth"):
-            raise _SessionFailure(f"mail.username = {user!r} is set but {self.address} "
-                                  "does not offer AUTH")
-        if not (self.tls or self.ssl) and not _is_loopback(smtp.sock):
-            raise _SessionFailure(f"refusing to send the password of {user!r} to "
-                                  f"{self.address} over an unencrypted connection; set "
-                                  "mail.tls = true or mail.ssl = true")
-        smtp.secret = True
-        try:
-            smtp.login(user, self._password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            text = _text(exc.smtp_error)
-            if self._password:
-                text = text.replace(self._password, "***")
-            raise _SessionFailure(f"authentication as {user!r} failed at {self.address}: "
-                                  f"{exc.smtp_code} {text}", exc.smtp_code) from None
-        except smtplib.SMTPServerDisconnected:
-            raise
-        except smtplib.SMTPException as exc:
-            raise _SessionFailure(f"cannot authenticate as {user!r} at {self.address}: "
-                                  f"{exc}") from None
-        finally:
-            smtp.secret = False
-
-    def _setup_error(self, exc, step):
-        addr = self.address
-        if isinstance(exc, _ssl.SSLCertVerificationError):
-            return (f"TLS certificate of {addr} could not be verified: "
-                    f"{exc.verify_message or exc}; nothing sent")
-        if isinstance(exc, _ssl.SSLError):
-            return f"TLS with {addr} failed: {exc.reason or exc}; nothing sent"
-        if isinstance(exc, TimeoutError) and step == "connect":
-            return f"cannot connect to {addr}: no answer within {self.timeout:g}s"
-        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-            return f"no reply from {addr} within {self.timeout:g}s (at {step})"
-        if isinstance(exc, smtplib.SMTPServerDisconnected):
-            return f"connection to {addr} lost at {step}: {exc}"
-        if isinstance(exc, ConnectionRefusedError):
-            return f"cannot connect to {addr}: connection refused"
-        return f"cannot connect to {addr}: {exc.strerror or exc}" if step == "connect" \
-            else f"connection to {addr} failed at {step}: {exc}"
+            self.relays.succeeded(host)
+            if failures:
+                log.warning("relay %s used instead: %s", format_address(*host),
+                            "; ".join(f.text for f in failures))
+            self._smtp, self._peer, self._sent_here = smtp, host, 0
+            return smtp
+        if len(failures) == 1:
+            raise failures[0]
+        raise SessionFailure("no relay took the session: " + "; ".join(f.text for f in failures),
+                             failures[-1].code)
 
     # -- one message ---------------------------------------------------------------
 
     def _attempt(self, fromaddr, toaddrs, data):
-        smtp = self._session()
+        reused = self._smtp is not None
+        smtp = self._smtp or self._open()
+        try:
+            results = self._transaction(smtp, reused, fromaddr, toaddrs, data)
+        except _Stale as stale:
+            log.info("connection to %s is gone (%s); reconnecting", self.address, stale)
+            self._drop()
+            results = self._transaction(self._open(), False, fromaddr, toaddrs, data)
+        if self._smtp is not None:
+            self._sent_here += 1
+            if self.max_messages and self._sent_here >= self.max_messages:
+                log.debug("%d messages sent over the connection to %s; closing it",
+                          self._sent_here, self.address)
+                self.close()
+        return results
+
+    def _payload(self, smtp, fromaddr, toaddrs, data):
+        """``(chunks, MAIL FROM options)`` for this server, or SessionFailure."""
         addr = self.address
         eightbit = smtp.has_extn("8bitmime")
-        try:
-            payload = wire.to_wire(data, eightbit=eightbit)
-        except Exception as exc:  # a message the email package cannot re-encode
-            log.exception("cannot encode the message for %s", addr)
-            raise _SessionFailure(f"the message cannot be encoded for SMTP: {exc!r}",
-                                  status=PERMANENT, drop=False) from None
+        if isinstance(data, wire.Stream) and data.eightbit and not eightbit:
+            data = b"".join(data)  # a 7-bit server: re-encoded below, in memory
+        if isinstance(data, wire.Stream):
+            chunks, head, size, has_8bit = data, data.head, data.size, data.eightbit
+        else:
+            try:
+                payload = wire.to_wire(data, eightbit=eightbit)
+            except Exception as exc:  # a message the email package cannot re-encode
+                log.exception("cannot encode the message for %s", addr)
+                raise SessionFailure(f"the message cannot be encoded for SMTP: {exc!r}",
+                                     status=PERMANENT, drop=False) from None
+            chunks, head, size, has_8bit = (payload,), payload, len(payload), \
+                wire.has_8bit(payload)
         options = []
-        if wire.needs_smtputf8(fromaddr, toaddrs, payload):
+        if wire.needs_smtputf8(fromaddr, toaddrs, head):
             if not smtp.has_extn("smtputf8"):
-                raise _SessionFailure(
+                raise SessionFailure(
                     "SMTPUTF8 needed (non-ASCII address or header) but not offered by "
                     f"{addr}", status=PERMANENT, drop=False)
             options.append("SMTPUTF8")
-        if eightbit and wire.has_8bit(payload):
+        if eightbit and has_8bit:
             options.append("BODY=8BITMIME")
-        if smtp.has_extn("size"):
-            options.append(f"SIZE={len(payload)}")
+        if smtp.has_extn("size") and size is not None:
+            options.append(f"SIZE={size}")
+        return chunks, options
 
+    def _transaction(self, smtp, reused, fromaddr, toaddrs, data):
+        """One SMTP mail transaction; the results, one per recipient."""
+        addr = self.address
+        pipelined = smtp.has_extn("pipelining")
+        if reused and not pipelined:
+            self._rset_or_stale(smtp)
+        chunks, options = self._payload(smtp, fromaddr, toaddrs, data)
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        commands = [f"MAIL FROM:{smtplib.quoteaddr(fromaddr)}"
+                    + "".join(" " + o for o in options)]
+        commands += [f"RCPT TO:{smtplib.quoteaddr(r)}" for r in toaddrs]
         results = [None] * len(toaddrs)
-        accepted = []
         stage = "MAIL FROM"
+        smtp.final_dot_sent = False
         try:
-            code, reply = smtp.mail(fromaddr, options)
+            if pipelined:
+                group = (["RSET"] if reused else []) + commands + ["DATA"]
+                smtp.send("".join(c + "\r\n" for c in group).encode(encoding))
+                if reused:
+                    self._rset_or_stale(smtp, sent=True)
+                replies = iter(smtp.getreply, None)
+            else:
+                replies = (smtp.docmd(c) if i < len(commands) else smtp.docmd("DATA")
+                           for i, c in enumerate(commands + ["DATA"]))
+                replies = self._encoded(smtp, encoding, replies)
+            code, reply = next(replies)
             if not 200 <= code < 300:
-                self._end(smtp, code)
+                if code == 421:
+                    self._drop()
+                elif pipelined:
+                    self._drain(smtp, replies, len(toaddrs) + 1)
+                else:
+                    self._end(smtp, code)
                 text = f"{_text(reply)} (in reply to MAIL FROM at {addr})"
                 return [RecipientResult(r, _reply_status(code), code, text) for r in toaddrs]
             stage = "RCPT TO"
+            accepted = []
             for i, rcpt in enumerate(toaddrs):
-                code, reply = smtp.rcpt(rcpt)
+                code, reply = next(replies)
                 text = f"{_text(reply)} (in reply to RCPT TO at {addr})"
                 if 200 <= code < 300:
                     accepted.append(i)
@@ -442,20 +346,28 @@ class SMTPTransport:
                 if code == 421:  # the server is closing the session
                     self._drop()
                     return self._fill(results, toaddrs, TEMPORARY, code, text)
-            if not accepted:
+            if not accepted and not pipelined:
                 self._end(smtp, None)
                 return results
             stage = "DATA"
-            smtp.final_dot_sent = False
-            try:
-                code, reply = smtp.data(payload)
-            except smtplib.SMTPDataError as exc:  # no 354 to DATA
-                code, reply = exc.smtp_code, exc.smtp_error
-                self._end(smtp, code)
-            else:
+            code, reply = next(replies)
+            if code == 354 and not accepted:  # RFC 2920: end the empty message
+                smtp.send(b".\r\n")
+                smtp.getreply()
+                return results
+            if code == 354:
+                stage = "the message data"
+                for block in wire.data_section(chunks):
+                    smtp.send(block)
+                smtp.final_dot_sent = True
                 stage = "end of data"
-                if code == 421:
-                    self._drop()
+                code, reply = smtp.getreply()
+            if code == 421:
+                self._drop()
+            elif not 200 <= code < 300 and stage == "DATA" and not pipelined:
+                self._end(smtp, code)
+            if not accepted:
+                return results
             status = _reply_status(code)
             text = _text(reply) if status == SENT else \
                 f"{_text(reply)} (in reply to {stage} at {addr})"
@@ -466,6 +378,35 @@ class SMTPTransport:
             self._drop()
             return self._fill(results, toaddrs, TEMPORARY, None,
                               self._lost(exc, stage, smtp.final_dot_sent))
+
+    @staticmethod
+    def _encoded(smtp, encoding, replies):
+        """Send the commands in ``encoding`` (SMTPUTF8 allows UTF-8 addresses)."""
+        before = smtp.command_encoding
+        smtp.command_encoding = encoding
+        try:
+            yield from replies
+        finally:
+            smtp.command_encoding = before
+
+    def _rset_or_stale(self, smtp, sent=False):
+        """RSET on a reused connection; a dead one raises :class:`_Stale`."""
+        try:
+            code, reply = smtp.getreply() if sent else smtp.rset()
+        except OSError as exc:
+            raise _Stale(f"RSET: {exc or 'no reply'}") from None
+        if code != 250:
+            raise _Stale(f"RSET: {code} {_text(reply)}")
+
+    @staticmethod
+    def _drain(smtp, replies, count):
+        """Read the replies still owed for a pipelined group, then RSET's turn."""
+        for _ in range(count):
+            code, _ = next(replies)
+            if code == 354:
+                smtp.send(b".\r\n")
+                smtp.getreply()
+                return
 
     def _end(self, smtp, code):
         """After a refused transaction: RSET, or give up the connection."""
@@ -486,14 +427,15 @@ class SMTPTransport:
 
     def _lost(self, exc, stage, final_dot_sent):
         addr = self.address
+        timeout = self.timeout
         timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
         if final_dot_sent:
-            what = (f"no reply from {addr} within {self.timeout:g}s" if timed_out
+            what = (f"no reply from {addr} within {timeout:g}s" if timed_out
                     else f"connection to {addr} lost ({exc})")
             return (f"{what} after the end of the message data; the server may have "
                     "accepted it, so a retry may deliver it twice")
         if timed_out:
-            return f"no reply from {addr} within {self.timeout:g}s to {stage}"
+            return f"no reply from {addr} within {timeout:g}s to {stage}"
         return f"connection to {addr} lost at {stage} ({exc})"
 
 

@@ -30,7 +30,9 @@ import socket
 import time
 from email.header import Header, decode_header
 
-STATES = ("tmp", "new", "cur", "deferred", "failed", "meta")
+from . import wire
+
+STATES = ("tmp", "new", "cur", "deferred", "failed", "meta", "done")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -251,13 +253,40 @@ class Spool:
             return None
         return Entry(self, "cur", name)
 
-    def read(self, entry):
-        """``(fromaddr, toaddrs, message_bytes)`` of an entry (PoisonMessage if bad)."""
+    def read(self, entry, stream_over=None):
+        """``(fromaddr, toaddrs, message)`` of an entry (PoisonMessage if bad).
+
+        The message is ``bytes``; a file larger than ``stream_over`` octets
+        whose lines fit SMTP's limits comes as a :class:`wire.Stream` that
+        reads the file in blocks, so memory does not grow with its size.
+        """
         try:
             with open(entry.path, "rb") as f:
-                data = f.read()
+                size = os.fstat(f.fileno()).st_size
+                if stream_over is None or size <= stream_over:
+                    data = f.read()
+                else:
+                    streamed = _stream_file(f, entry.path)
+                    data = f.read() if streamed is None else None
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
+        if data is None:
+            head, offset, eightbit, rest = streamed
+            fromaddr, toaddrs, message_head = self._envelope(head)
+            path = entry.path
+
+            def chunks():
+                yield message_head
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    yield from iter(lambda: f.read(_BLOCK), b"")
+
+            return fromaddr, toaddrs, wire.Stream(
+                chunks, head=message_head, size=len(message_head) + rest, eightbit=eightbit)
+        return self._envelope(data)
+
+    @staticmethod
+    def _envelope(data):
         try:
             fromaddr, toaddrs, message = split_envelope(data)
         except (LookupError, UnicodeError) as exc:  # e.g. =?bogus-charset?q?...?=
@@ -301,6 +330,35 @@ class Spool:
             pass
         self.drop_meta(entry.name)
 
+    def retire(self, entry, has_meta=True):
+        """A delivered message leaves the queue now: renamed into ``done/``.
+
+        Deleting a file is slow on a journalling file system (the journal
+        must free its blocks; milliseconds each on ext4), renaming is not.
+        So the processor retires a message with a rename -- from then on
+        no crash can send it again -- and deletes ``done/`` files in the
+        background (:meth:`reap_path`, :meth:`reap`).
+        """
+        done = os.path.join(self._dir("done"), entry.name)
+        os.rename(entry.path, done)
+        if has_meta:
+            self.drop_meta(entry.name)
+        return done
+
+    @staticmethod
+    def reap_path(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def reap(self):
+        """Delete what is left in ``done/`` (delivered; e.g. after a crash)."""
+        names = self.names("done")
+        for name in names:
+            self.reap_path(os.path.join(self._dir("done"), name))
+        return len(names)
+
     def recover_stale(self, timeout, now=None):
         """Claims older than ``timeout`` seconds go back to ``new/``.
 
@@ -319,6 +377,49 @@ class Spool:
                 continue
             recovered.append(name)
         return recovered
+
+
+_BLOCK = 1 << 16
+
+
+def _stream_file(f, path):
+    """Scan an open queue file once: ``(header block, body offset, 8-bit?, body size)``.
+
+    ``None`` when it cannot be sent as it is (a line over SMTP's 998
+    octets, or no end of the header block in the first block): the caller
+    then reads it whole, so that :func:`wire.to_wire` can re-encode it.
+    """
+    first = f.read(_BLOCK)
+    match = re.search(rb"\r?\n\r?\n", first)
+    if match is None:
+        f.seek(0)
+        return None
+    head, offset = first[:match.start()], match.start()
+    eightbit = not head.isascii()
+    line = 0  # length of the line running into the next block
+    f.seek(offset)
+    for block in iter(lambda: f.read(_BLOCK), b""):
+        eightbit = eightbit or not block.isascii()
+        lines = block.replace(b"\r", b"\n").split(b"\n")
+        if len(lines) == 1:
+            line += len(block)
+        else:
+            line = max(line + len(lines[0]), max(map(len, lines[1:-1]), default=0))
+            if line > wire.MAX_LINE:
+                break
+            line = len(lines[-1])
+        if line > wire.MAX_LINE:
+            break
+    else:
+        return head, offset, eightbit, f.tell() - offset
+    f.seek(0)
+    return None
+
+
+def enqueued_at(name):
+    """The enqueue time (epoch seconds) encoded in a queue file name, or ``None``."""
+    key = _age_key(name)[0]
+    return None if key == float("inf") else key
 
 
 def _age_key(name):

@@ -19,7 +19,7 @@ import email.policy
 import re
 from email.parser import BytesParser
 
-__all__ = ["MAX_LINE", "Stream", "to_wire", "needs_smtputf8", "has_8bit", "message_id_of"]
+__all__ = ["MAX_LINE", "Stream", "data_section", "to_wire", "needs_smtputf8", "has_8bit", "message_id_of"]
 
 #: The longest line SMTP allows, in octets, not counting the CRLF.
 MAX_LINE = 998
@@ -229,3 +229,39 @@ def message_id_of(data):
         return None
     value = re.sub(rb"\s+", b" ", found.group(1)).strip()
     return value.decode("ascii", errors="replace") or None
+
+
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+
+
+def data_section(chunks, blocksize=1 << 16):
+    """The SMTP DATA section for a message given as chunks of bytes.
+
+    Yields blocks of about ``blocksize`` octets: every line ending made CRLF
+    (as :func:`to_wire` does), every line that starts with "." doubled
+    (RFC 5321 4.5.2), and the terminating ``CRLF . CRLF``.  A line split
+    across chunks, or a CR and LF split across them, is handled, so the
+    message never has to be in memory whole.
+    """
+    carry = b""
+    out = []
+    size = 0
+    for chunk in chunks:
+        buf = carry + bytes(chunk)
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1))
+        if cut < 0:
+            carry = buf
+            continue
+        carry = buf[cut + 1:]
+        block = _LINE_START_DOT.sub(b"..", _crlf(buf[:cut + 1]))
+        out.append(block)
+        size += len(block)
+        if size >= blocksize:
+            yield b"".join(out)
+            out, size = [], 0
+    if carry:
+        out.append(_LINE_START_DOT.sub(b"..", _crlf(carry)))
+        if not carry.endswith((b"\r", b"\n")):
+            out.append(_CRLF)
+    out.append(b".\r\n")
+    yield b"".join(out)

@@ -6,7 +6,8 @@
   "RSET", "QUIT", "DATA" -- the DATA *command*, before any message data),
 * changes its EHLO reply: ``script["ehlo"] = "502 ..."`` refuses EHLO (the
   client falls back to HELO), ``script["ehlo-without"] = ["8BITMIME", "SIZE"]``
-  leaves extensions out,
+  leaves extensions out, ``script["ehlo-with"] = ["PIPELINING"]`` adds some
+  (aiosmtpd reads pipelined commands in order, it only does not announce it),
 * waits before a reply: ``script["delay"] = {"mail": 2.0}`` (also "ehlo",
   "rcpt", "data" = after the final dot),
 * answers the DATA command itself: ``script["data-command"] = "451 ..."``
@@ -48,7 +49,10 @@ class ExtraHandler(ScriptedHandler):
         if self.script.get("ehlo"):
             return [self.script["ehlo"]]
         without = {word.upper() for word in self.script.get("ehlo-without", ())}
-        return [line for line in responses if line[4:].split()[0].upper() not in without]
+        responses = [line for line in responses
+                     if line[4:].split()[0].upper() not in without]
+        extra = ["250-" + word for word in self.script.get("ehlo-with", ())]
+        return responses[:-1] + extra + responses[-1:]
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         self.commands.append("MAIL")

@@ -304,18 +304,18 @@ def test_an_unexpected_error_on_one_message_does_not_stop_the_pass(
         spool, smtp_server, make_processor, monkeypatch, caplog):
     broken = queue(spool, ["broken@example.org"])
     queue(spool, ["fine@example.org"])
-    write_meta = spool.write_meta
+    retire = spool.retire
 
-    def failing_write_meta(name, meta):
-        if name == broken:
-            raise OSError(28, "No space left on device")
-        write_meta(name, meta)
+    def failing_retire(entry, has_meta=True):
+        if entry.name == broken:
+            raise OSError(5, "Input/output error")
+        return retire(entry, has_meta)
 
-    monkeypatch.setattr(spool, "write_meta", failing_write_meta)
+    monkeypatch.setattr(spool, "retire", failing_retire)
     stats = make_processor(smtp_server).run_once()
     assert (stats.sent, stats.errors) == (1, 1)
     assert files(spool, "cur") == [broken]  # put back after claim_timeout
-    assert "No space left on device" in caplog.text
+    assert "Input/output error" in caplog.text
     assert [m.rcpt_tos for m in smtp_server.messages][-1] == ["fine@example.org"]
 
 

@@ -470,10 +470,11 @@ def test_send_bytes(server, transports):
     assert server.messages[0].data == CRLF_MSG
 
 
-def test_logs_one_info_line_per_sent_message(server, transports, caplog):
-    with caplog.at_level(logging.INFO, logger="pyramid_txmail.smtp"):
+def test_logs_one_debug_line_per_sent_message(server, transports, caplog):
+    """DEBUG: the processor and direct delivery log the INFO line themselves."""
+    with caplog.at_level(logging.DEBUG, logger="pyramid_txmail.smtp"):
         transports(server).deliver("a@example.com", ["b@example.com"], MSG)
-    (record,) = [r for r in caplog.records if r.levelno == logging.INFO
+    (record,) = [r for r in caplog.records if r.levelno == logging.DEBUG
                  and "<1@example.com>" in r.getMessage()]
     assert "b@example.com" in record.getMessage()
     assert f"127.0.0.1:{server.port}" in record.getMessage()

@@ -180,11 +180,9 @@ def run(args):
     setup_logging(path, args.verbose, args.quiet)
     settings = mail_settings(raw, path, app_name)
     spool = open_spool(settings)
-    from ..smtp import SMTPTransport
-
     with app_registry(path, app_name, not args.no_app) as registry:
-        with SMTPTransport.from_settings(settings) as transport:
-            stats = Processor(spool, transport, settings, registry=registry).run_once()
+        # transport None: one SMTP connection per worker (mail.workers)
+        stats = Processor(spool, None, settings, registry=registry).run_once()
     log.info("txmail-qp pass over %s: %s", spool.path, stats.summary())
     return EX_SOFTWARE if stats.errors else EX_OK
 
