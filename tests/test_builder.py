@@ -359,6 +359,24 @@ def test_sent_through_queue_and_processor_arrives_equal(spool_path, big_file, sm
     assert stored is not None
 
 
+def test_direct_delivery_streams_the_built_message_to_the_relay(big_file, smtp_server):
+    config = Configurator(settings={"mail.delivery": "direct", "mail.host": smtp_server.host,
+                                    "mail.port": str(smtp_server.port), "mail.timeout": "10",
+                                    "mail.default_sender": SENDER})
+    config.include("pyramid_txmail")
+    config.commit()
+    manager = transaction.TransactionManager(explicit=True)
+    mail, logo = full_mail(big_file)
+    with manager:
+        message_id = get_mailer(config.registry, manager).send(mail)
+    [got] = smtp_server.messages
+    assert got.rcpt_tos[-1] == "hidden@example.com"
+    msg = parse(got.data)
+    assert msg["Message-ID"] == message_id
+    assert [a[2] for a in attachments(msg)] == [
+        big_file.read_bytes(), b"csv,data\n1,2\n", b"piped bytes " * 5000]
+
+
 def test_unreadable_attachment_at_commit_aborts_and_leaves_no_file(spool_path, tmp_path):
     path = tmp_path / "gone.pdf"
     path.write_bytes(b"%PDF")
