@@ -225,3 +225,12 @@ def test_config_uri_may_name_the_app(tmp_path, smtp_server, uri_suffix):
     proc = run_qp(ini + uri_suffix, "--no-app")
     assert proc.returncode == 0, proc.stderr
     assert len(smtp_server.messages) == 1
+
+
+def test_an_ini_syntax_error_never_shows_the_password(tmp_path):
+    ini = write_ini(tmp_path, extra="mail.password = ab%cdSecret\n")
+    result = run_qp(ini)
+    assert result.returncode == 78
+    assert "Secret" not in result.stderr + result.stdout
+    assert "mail.password" in result.stderr and "%%" in result.stderr
+    assert "Traceback" not in result.stderr

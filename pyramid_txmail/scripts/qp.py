@@ -9,6 +9,7 @@ what to fix instead of showing a traceback.
 from __future__ import annotations
 
 import argparse
+import configparser
 import contextlib
 import logging
 import os
@@ -112,8 +113,26 @@ def read_app_settings(path, app_name):
         if f"app:{app_name}" not in sections:
             raise ConfigError(f"{path}: no [app:{app_name}] section")
         return dict(plaster.get_settings(path, f"app:{app_name}"))
+    except configparser.Error as exc:
+        raise ConfigError(_ini_error(path, exc)) from None
     except (plaster.PlasterError, OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the ini file: {exc}") from None
+
+
+def _ini_error(path, exc):
+    """An ini syntax error, named by section, key or line -- never by its text.
+
+    configparser's messages quote the value they choke on, which may be the
+    password (a ``%`` in it), so only the section and key are named.
+    """
+    where = " ".join(f"{k} {getattr(exc, k)!r}" for k in ("section", "option", "lineno")
+                     if getattr(exc, k, None) is not None)
+    if not where and getattr(exc, "errors", None):  # ParsingError: line numbers only
+        where = "line " + ", ".join(str(number) for number, _ in exc.errors)
+    hint = (" (a literal % must be written %%)"
+            if isinstance(exc, configparser.InterpolationError) else "")
+    return (f"{path}: cannot read the ini file: {type(exc).__name__}"
+            + (f" at {where}" if where else "") + hint)
 
 
 def setup_logging(path, verbose=False, quiet=False):

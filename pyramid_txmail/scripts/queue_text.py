@@ -1,0 +1,134 @@
+"""How ``txmail-queue`` prints spool facts for a person (``--json`` is the other way).
+
+Everything taken from a message (addresses, headers, server replies, the
+body) passes through :func:`clean`: control characters and bidirectional
+overrides are shown as escapes, so a hostile Subject cannot move the cursor,
+recolour or rewrite the operator's terminal.  Times are UTC ISO 8601, ages
+like ``2h 5m``.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from .. import spool_admin as admin
+from ..processor import format_duration
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text, one_line=True):
+    """Text from a message, safe to print; ``None`` is ``-``."""
+    if text is None:
+        return "-"
+    pattern = _UNSAFE_LINE if one_line else _UNSAFE
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}"
+                       if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text))
+
+
+def when(epoch):
+    if not isinstance(epoch, (int, float)):
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def age(seconds):
+    return "-" if seconds is None else format_duration(max(seconds, 0))
+
+
+def short(text, width):
+    text = clean(text)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _addresses(values):
+    return ", ".join(map(str, values)) if isinstance(values, (list, tuple)) else str(values)
+
+
+def status_lines(info):
+    """``status``: one line per state, then the oldest message overall."""
+    lines = [f"spool: {info['spool']}"]
+    for state in admin.ALL_STATES:
+        row = info["states"][state]
+        line = f"  {row['label']:<12} {state + '/':<10} {row['count']:>6}"
+        if row["count"]:
+            line += f"   oldest {age(row['oldest_age'])}"
+        if state == "deferred" and info["next_retry"] is not None:
+            wait = info["next_retry_in"]
+            line += (f"   next retry {when(info['next_retry'])} "
+                     + ("(due now)" if wait <= 0 else f"(in {age(wait)})"))
+        lines.append(line)
+    lines.append(f"oldest message: {age(info['oldest_age'])} (tmp/ not counted)")
+    return lines
+
+
+def list_lines(found, states, now):
+    """``list``: a header line and one line per message."""
+    if not found:
+        return [f"no messages in {', '.join(s + '/' for s in states)}"]
+    width = max(len(m.name) for m in found)
+    lines = [f"{'ID':<{width}}  {'STATE':<11} {'AGE':>7} {'TRIES':>5}  "
+             "FROM -> TO | SUBJECT | LAST ERROR"]
+    for m in found:
+        to = clean(m.toaddrs[0]) if m.toaddrs else "-"
+        if len(m.toaddrs) > 1:
+            to += f" (+{len(m.toaddrs) - 1})"
+        lines.append(f"{m.name:<{width}}  {admin.LABELS[m.state]:<11} "
+                     f"{age(now - m.queued_at):>7} {m.attempts:>5}  "
+                     f"{clean(m.fromaddr)} -> {to} | {short(m.subject, 50)} | "
+                     f"{short(m.last_error, 100)}")
+    return lines
+
+
+def _facts(msg, now):
+    """The ``key: value`` rows at the top of ``show``."""
+    meta = msg.meta
+    rows = [("id", msg.name), ("state", f"{admin.LABELS[msg.state]} ({msg.state}/)"),
+            ("file", msg.path),
+            ("queued", f"{when(msg.queued_at)} ({age(now - msg.queued_at)} ago)"),
+            ("message-id", msg.message_id), ("envelope from", msg.fromaddr),
+            ("envelope to", ", ".join(msg.toaddrs) or None), ("attempts", str(msg.attempts))]
+    for key, label in (("first_attempt", "first attempt"), ("last_attempt", "last attempt")):
+        if meta.get(key):
+            rows.append((label, when(meta[key])))
+    if msg.state == "deferred" and meta.get("next_attempt"):
+        rows.append(("next attempt", when(meta["next_attempt"])))
+    if meta.get("delivered"):
+        rows.append(("delivered to", _addresses(meta["delivered"])))
+    if meta.get("failed_recipients"):
+        rows.append(("dead-lettered", _addresses(meta["failed_recipients"])))
+    if meta.get("failed_at"):
+        rows.append(("failed at", when(meta["failed_at"])))
+    if meta.get("dead_letter_of") and meta["dead_letter_of"] != msg.name:
+        rows.append(("dead letter of", meta["dead_letter_of"]))
+    if meta.get("retried_after"):
+        rows.append(("retried after", meta["retried_after"]))
+    rows.append(("reason" if meta.get("reason") else "last error", msg.last_error))
+    return [f"{key + ':':<15} {clean(value)}" for key, value in rows]
+
+
+def _attempt_lines(history):
+    """Each attempt's time, then each recipient's status, reply code and text."""
+    lines = []
+    for number, attempt in enumerate(history if isinstance(history, list) else [], 1):
+        results = attempt.get("results") if isinstance(attempt, dict) else None
+        for i, r in enumerate(r for r in results or () if isinstance(r, dict)):
+            lead = f"  {number:>2}. {when(attempt.get('time'))}" if i == 0 else " " * 26
+            lines.append(f"{lead}  {clean(r.get('recipient'))}: {clean(r.get('status'))} "
+                         f"{clean(r.get('code'))} {clean(r.get('text'))}")
+    return lines
+
+
+def show_lines(msg, now, body=None, with_body=False):
+    """``show``: facts, headers, attempts, and the body when asked for."""
+    lines = _facts(msg, now)
+    lines += ["", "headers:"] + [f"  {clean(name)}: {clean(value)}"
+                                 for name, value in msg.headers]
+    attempts = _attempt_lines(msg.meta.get("history"))
+    if attempts:
+        lines += ["", "attempts:"] + attempts
+    if with_body:
+        text = "(the file is gone)" if body is None else body.decode("utf-8", "replace")
+        lines += ["", "body:", clean(text.replace("\r\n", "\n"), one_line=False)]
+    return lines
