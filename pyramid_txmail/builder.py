@@ -196,6 +196,8 @@ class Mail:
             if not isinstance(filename, str) or not filename or _CONTROL.search(filename):
                 raise ValueError(f"attachment filename {filename!r}: it must be a non-empty "
                                  "string without control characters")
+        if filename and source.default_filename is None:
+            source.label = repr(filename)  # errors name the file the reader will see
         if content_type is None:
             content_type = (mimetypes.guess_type(filename)[0] if filename else None) \
                 or "application/octet-stream"

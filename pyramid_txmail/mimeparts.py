@@ -23,6 +23,7 @@ import os
 import secrets
 import stat
 import tempfile
+import weakref
 from email.message import EmailMessage
 
 __all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart"]
@@ -52,14 +53,17 @@ class Source:
     """The re-readable octets of an attachment: a path, a binary file object or bytes.
 
     A path is opened again each time the message is written and must stay in
-    place until the mail has been queued (or sent, with direct delivery).  A
-    seekable file object is read from the position it had when attached
-    (``tell()``) and must stay open as long; a non-seekable one is copied
-    once into a :class:`tempfile.SpooledTemporaryFile`.
+    place until the mail has been queued (or sent, with direct delivery).  An
+    open OS file is read from the position it had when attached (``tell()``)
+    through a duplicate of its descriptor, so the caller may close it at once
+    (``with open(...) as f: mail.attach(f)``).  Another seekable object
+    (``BytesIO``...) is read from that position too and must stay open until
+    the commit; a non-seekable one (a pipe, an upload stream) is copied once
+    into a :class:`tempfile.SpooledTemporaryFile`.
     """
 
     def __init__(self, obj):
-        self.path = self.file = self.data = None
+        self.path = self.file = self.data = self.fd = None
         self.start = 0
         if isinstance(obj, (bytes, bytearray, memoryview)):
             self.data = bytes(obj)
@@ -67,31 +71,41 @@ class Source:
         elif isinstance(obj, (str, os.PathLike)):
             self.path = os.fspath(obj)
             self.label = repr(self.path)
-            self._check_path()
+            self._wrap_errors(self._check_path)
         elif hasattr(obj, "read"):
-            self.label = repr(getattr(obj, "name", None) or obj)
+            name = getattr(obj, "name", None)
+            self.name = name if isinstance(name, str) else None
+            self.label = repr(self.name or obj)
             self._adopt_file(obj)
         else:
             raise TypeError(f"an attachment is a path, a binary file object or bytes, "
                             f"not {type(obj).__name__}")
 
-    def _check_path(self):
+    def _wrap_errors(self, function, *args):
         try:
-            mode = os.stat(self.path).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.path)
-            with open(self.path, "rb"):
-                pass
+            return function(*args)
+        except AttachmentError:
+            raise
         except OSError as exc:
-            raise AttachmentError(exc.errno, f"attachment {self.path!r} cannot be read: "
-                                  f"{exc.strerror}", self.path) from None
+            raise AttachmentError(exc.errno, f"attachment {self.label} cannot be read: "
+                                  f"{exc.strerror or exc}", self.path) from None
+
+    def _check_path(self):
+        if stat.S_ISDIR(os.stat(self.path).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        os.close(os.open(self.path, os.O_RDONLY))
 
     def _adopt_file(self, obj):
         if isinstance(obj, io.TextIOBase) or isinstance(obj.read(0), str):
             raise TypeError(f"attachment {self.label}: open the file in binary mode ('rb')")
         seekable = getattr(obj, "seekable", None)
         if callable(seekable) and seekable():
-            self.file, self.start = obj, obj.tell()
+            fd = _regular_fileno(obj)
+            if fd is not None:
+                self.fd, self.start = os.dup(fd), obj.tell()
+                weakref.finalize(self, os.close, self.fd)
+            else:
+                self.file, self.start = obj, obj.tell()
             return
         copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         while True:
@@ -99,7 +113,6 @@ class Source:
             if not block:
                 break
             copy.write(block)
-        copy.seek(0)
         self.file = copy
 
     @property
@@ -108,50 +121,64 @@ class Source:
 
     @property
     def default_filename(self):
-        if self.path is not None:
-            return os.path.basename(self.path)
-        name = getattr(self.file, "name", None)
-        return os.path.basename(name) if isinstance(name, str) and name else None
+        name = self.path if self.path is not None else getattr(self, "name", None)
+        return os.path.basename(name) if name else None
 
     def length(self):
         """The number of octets, measured now (when the message is built)."""
         if self.data is not None:
             return len(self.data)
         if self.path is not None:
-            try:
-                return os.stat(self.path).st_size
-            except OSError as exc:
-                raise AttachmentError(exc.errno, f"attachment {self.path!r} cannot be read: "
-                                      f"{exc.strerror}", self.path) from None
+            return self._wrap_errors(lambda: os.stat(self.path).st_size)
+        if self.fd is not None:
+            return self._wrap_errors(lambda: max(os.fstat(self.fd).st_size - self.start, 0))
+        self._check_open()
         end = self.file.seek(0, io.SEEK_END)
         self.file.seek(self.start)
         return end - self.start
 
+    def _check_open(self):
+        if getattr(self.file, "closed", False):
+            raise AttachmentError(errno.EBADF, f"attachment {self.label}: the file object was "
+                                  "closed before the message was written (keep it open "
+                                  "until the transaction commits, or attach its path)")
+
     def blocks(self, length):
-        """Yield exactly ``length`` octets, in pieces of :data:`BLOCK` octets."""
+        """Yield exactly ``length`` octets, in pieces of at most :data:`BLOCK` octets."""
         if self.data is not None:
             view = memoryview(self.data)
             for offset in range(0, length, BLOCK):
                 yield view[offset:offset + BLOCK]
             return
         if self.path is not None:
+            fd = self._wrap_errors(os.open, self.path, os.O_RDONLY)
             try:
-                stream = open(self.path, "rb")
-            except OSError as exc:
-                raise AttachmentError(exc.errno, f"attachment {self.path!r} cannot be read: "
-                                      f"{exc.strerror}", self.path) from None
-            with stream:
-                yield from self._read(stream, length)
+                yield from self._checked(self._pread(fd, 0), length)
+            finally:
+                os.close(fd)
+        elif self.fd is not None:
+            yield from self._checked(self._pread(self.fd, self.start), length)
         else:
+            self._check_open()
             self.file.seek(self.start)
-            yield from self._read(self.file, length)
+            yield from self._checked(self.file.read, length)
 
-    def _read(self, stream, length):
+    def _pread(self, fd, offset):
+        def read(size):
+            nonlocal offset
+            block = os.pread(fd, size, offset)
+            offset += len(block)
+            return block
+        return read
+
+    def _checked(self, read, length):
+        """``length`` octets from ``read(size)``, in full blocks (short reads are retried)."""
         left = length
         while left:
-            block = stream.read(min(BLOCK, left))
-            while block and len(block) < min(BLOCK, left):  # short reads (pipes, raw files)
-                more = stream.read(min(BLOCK, left) - len(block))
+            want = min(BLOCK, left)
+            block = self._wrap_errors(read, want)
+            while block and len(block) < want:
+                more = self._wrap_errors(read, want - len(block))
                 if not more:
                     break
                 block += more
@@ -161,6 +188,15 @@ class Source:
                                       f"{length} octets): it changed after send()")
             left -= len(block)
             yield block
+
+
+def _regular_fileno(obj):
+    """The descriptor of ``obj`` when it is an open regular file, else None."""
+    try:
+        fd = obj.fileno()
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class Encoded:

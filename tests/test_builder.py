@@ -391,6 +391,33 @@ def test_unreadable_attachment_at_commit_aborts_and_leaves_no_file(spool_path, t
     assert spool.names("new") == [] and os.listdir(os.path.join(spool_path, "tmp")) == []
 
 
+def test_open_file_may_be_closed_right_after_attach(spool_path, big_file, smtp_server):
+    mailer, manager = queue_mailer(spool_path)
+    with manager:
+        mail = Mail(subject="s", to="a@example.com", text="t")
+        with open(big_file, "rb") as f:
+            f.read(100)  # attached from where the caller left it
+            mail.attach(f)
+        assert f.closed
+        mailer.send(mail)
+    assert drain(spool_path, smtp_server).sent == 1
+    assert attachments(parse(smtp_server.messages[0].data)) == [
+        ("report.bin", "application/octet-stream", big_file.read_bytes()[100:])]
+
+
+def test_closed_in_memory_file_object_aborts_naming_it(spool_path):
+    mailer, manager = queue_mailer(spool_path)
+    upload = io.BytesIO(b"data")
+    mail = Mail(subject="s", to="a@example.com", text="t")
+    mail.attach(upload, filename="upload.bin")
+    with pytest.raises(OSError, match="attachment 'upload.bin': the file object was "
+                                      "closed before the message was written"):
+        with manager:
+            mailer.send(mail)
+            upload.close()
+    assert Spool(spool_path).names("new") == []
+
+
 # -- non-ASCII names, filenames and subjects, generated ------------------------------------
 
 _text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1,
