@@ -42,7 +42,8 @@ from .mimeparts import Built, Source, binary_part, multipart, text_part
 __all__ = ["Mail"]
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")
-_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # RFC 6838 type and subtype names
+_CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _CID = re.compile(rf"^{_ATOM}(\.{_ATOM})*@{_ATOM}(\.{_ATOM})*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
