@@ -426,6 +426,10 @@ _word = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs"
                 min_size=1, max_size=20)
 _phrase = st.lists(_word, min_size=1, max_size=4).map(" ".join)
 _local = st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=10)
+# Left out: "<name>" (email.utils.unquote, used by get_filename, strips the angle
+# brackets) and text that is itself an encoded word ("=?...?=", decoded on the way in).
+_filename = _phrase.filter(lambda f: not (f.startswith("<") and f.endswith(">"))
+                           and "=?" not in f)
 
 
 def rfc2047_display_name(data):
@@ -438,7 +442,7 @@ def rfc2047_display_name(data):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(subject=_phrase, name=_phrase, local=_local, filename=_phrase, body=_text)
+@given(subject=_phrase, name=_phrase, local=_local, filename=_filename, body=_text)
 def test_non_ascii_round_trip(subject, name, local, filename, body):
     mail = Mail(subject=subject, to=[(name, f"{local}@example.com")], text=body,
                 html=f"<p>{body}</p>")
@@ -452,7 +456,8 @@ def test_non_ascii_round_trip(subject, name, local, filename, body):
     assert address.addr_spec == f"{local}@example.com"
     if name.isascii() or "\n" not in _encoded_words(name):
         assert address.display_name == name
-    assert rfc2047_display_name(prepared.data) == name
+    else:
+        assert rfc2047_display_name(prepared.data) == name
     assert msg.get_body(("plain",)).get_content() == body + "\n"
     assert msg.get_body(("html",)).get_content() == f"<p>{body}</p>\n"
     assert attachments(msg) == [(filename, "application/x-test", body.encode("utf-8"))]
