@@ -15,10 +15,11 @@ import transaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
-from .devdelivery import make_dev_outbox
+from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
+from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
 from .settings import DEV_DELIVERY_MODES
@@ -59,7 +60,7 @@ class QueueOutbox:
         return [MailQueued(p.message_id, p.fromaddr, p.toaddrs) for p in messages]
 
 
-class DirectOutbox:
+class DirectOutbox(AfterCommitOutbox):
     """Direct delivery: nothing happens in the commit; SMTP runs after it.
 
     A failure never raises into the committed request.  With a fallback
@@ -72,15 +73,6 @@ class DirectOutbox:
         self.transport_factory = transport_factory
         self.fallback = fallback
         self.clock = clock
-
-    def vote(self, messages):
-        return None
-
-    def finish(self, voted):
-        pass
-
-    def discard(self, voted):
-        pass
 
     def committed(self, messages):
         events = []
@@ -129,23 +121,18 @@ class DirectOutbox:
             return [MailFailed(prepared.message_id, prepared.fromaddr, recipients,
                                failures, reason=reason)]
         now = self.clock()
-        results = [r.as_dict() for r in failures]
         if state == "new":
             name = self.fallback.write_tmp(prepared.fromaddr, recipients, prepared.data)
-            self.fallback.write_meta(name, {
-                "message_id": prepared.message_id, "attempts": 1, "first_attempt": now,
-                "last_attempt": now, "delivered": [], "failed_recipients": [],
-                "history": [{"time": now, "results": results}]})
+            self.fallback.write_meta(name, record_attempt(
+                {}, prepared.message_id, failures, now, now, now))
             self.fallback.commit_tmp([name])
             log.warning("direct delivery of %s to %s failed temporarily (%s); queued in %s",
                         prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
             return [MailQueued(prepared.message_id, prepared.fromaddr, recipients, failures,
                                reason=reason)]
-        self.fallback.dead_letter_copy(prepared.fromaddr, recipients, prepared.data, {
-            "reason": "permanent failure: " + reason, "failed_at": now, "attempts": 1,
-            "first_attempt": now, "last_attempt": now, "recipients": results,
-            "history": [{"time": now, "results": results}],
-            "message_id": prepared.message_id, "dead_letter_of": None})
+        tried = record_attempt({}, prepared.message_id, failures, now, None, now)
+        self.fallback.dead_letter_copy(prepared.fromaddr, recipients, prepared.data, dead_letter(
+            tried, prepared.message_id, failures, "permanent failure: " + reason, now, None))
         log.error("direct delivery of %s to %s failed permanently (%s); dead-lettered in %s",
                   prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
         return [MailFailed(prepared.message_id, prepared.fromaddr, recipients, failures,

@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import events as mail_events
 from . import wire
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
+from .queue_state import dead_letter, record_attempt
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -334,17 +335,9 @@ class Processor:
         if not job.meta and all(r.status == SENT for r in result.results):
             return result
         now = self.clock()
-        meta = job.meta
-        meta["message_id"] = job.message_id
-        meta["attempts"] = meta.get("attempts", 0) + 1
-        meta.setdefault("queued_at", enqueued_at(job.entry.name) or now)
-        meta.setdefault("first_attempt", now)
-        meta["last_attempt"] = now
-        meta["next_attempt"] = now + self._retry_delay(meta["attempts"])
-        meta["delivered"] = meta.get("delivered", []) + [r.recipient for r in result.sent]
-        meta.setdefault("failed_recipients", [])
-        meta.setdefault("history", []).append(
-            {"time": now, "results": [r.as_dict() for r in result.results]})
+        meta = record_attempt(job.meta, job.message_id, result.results, now,
+                              now + self._retry_delay(job.meta.get("attempts", 0) + 1),
+                              enqueued_at(job.entry.name) or now)
         self.spool.write_meta(job.entry.name, meta)
         return result
 
@@ -463,23 +456,13 @@ class Processor:
                   job.fromaddr, ", ".join(r.recipient for r in dead), reason, where.name)
 
     def _failure_meta(self, job, dead, reason, now):
-        """The state file of a dead letter: why, when, after how many attempts."""
-        meta = job.meta
-        return {"reason": reason, "failed_at": now, "attempts": meta.get("attempts", 0),
-                "first_attempt": meta.get("first_attempt"),
-                "last_attempt": meta.get("last_attempt"),
-                "recipients": [r.as_dict() for r in dead],
-                "history": meta.get("history", []), "message_id": job.message_id,
-                "dead_letter_of": job.entry.name}
+        return dead_letter(job.meta, job.message_id, dead, reason, now, job.entry.name)
 
     def _bury_poison(self, entry, meta, why, stats):
         """A file that cannot be sent as it is goes to failed/ untouched, with the reason."""
         now = self.clock()
         reason = f"poison: {why}"
-        self.spool.write_meta(entry.name, {
-            "reason": reason, "failed_at": now, "attempts": meta.get("attempts", 0),
-            "recipients": [], "history": meta.get("history", []),
-            "message_id": None, "dead_letter_of": entry.name})
+        self.spool.write_meta(entry.name, dead_letter(meta, None, [], reason, now, entry.name))
         self.spool.move(entry, "failed")
         stats.failed += 1
         log.error("dead letter failed/%s: %s", entry.name, reason)

@@ -239,3 +239,34 @@ def test_multipart_property(text, blob, eightbit, raw_attachment):
     (attachment_before,) = before.iter_attachments()
     (attachment_after,) = after.iter_attachments()
     assert attachment_after.get_content() == attachment_before.get_content() == blob
+
+
+# -- the DATA section, streamed --------------------------------------------------------
+
+from pyramid_txmail import wire  # noqa: E402
+from pyramid_txmail.wire import data_section  # noqa: E402
+
+
+def _smtplib_data(message):
+    """What smtplib's ``data()`` sends for CRLF-normalised ``message``."""
+    import smtplib
+
+    quoted = smtplib._quote_periods(wire._crlf(message))
+    if not quoted.endswith(b"\r\n"):
+        quoted += b"\r\n"
+    return quoted + b".\r\n"
+
+
+@given(message=st.binary(max_size=400).filter(bool)
+       | st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"..", b"x" * 9]),
+                  min_size=1, max_size=40).map(b"".join),
+       cuts=st.lists(st.integers(0, 400), max_size=6), blocksize=st.integers(1, 64))
+def test_data_section_in_any_chunks_equals_smtplib_and_cannot_end_early(message, cuts,
+                                                                        blocksize):
+    points = sorted({c for c in cuts if c <= len(message)})
+    chunks = [message[a:b] for a, b in zip([0] + points, points + [len(message)])]
+    sent = b"".join(data_section(chunks, blocksize=blocksize))
+    assert sent == _smtplib_data(message)
+    # the only CRLF.CRLF is the terminator: a body cannot end DATA early
+    assert sent.find(b"\r\n.\r\n") in (len(sent) - 5, -1) or sent == b".\r\n"
+    assert (b"\r\n" + sent).count(b"\r\n.\r\n") == 1
