@@ -9,7 +9,8 @@ block by block each time the message is written: to the spool at vote, and
 again to the SMTP socket.  Only text and HTML bodies are held in memory.
 
 The serialized form is what :class:`pyramid_txmail.wire.Stream` promises:
-LF line endings, lines of at most 78 octets, 7-bit.
+LF line endings, 7-bit, lines far below SMTP's 998 octets (bodies at 76-78
+columns, headers folded by the ``email`` package).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import stat
 import tempfile
 import weakref
 from email.message import EmailMessage
+
+from .wire import Stream
 
 __all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart"]
 
@@ -319,8 +322,6 @@ class Built:
         """The whole message under the header block ``head`` (LF-ended bytes,
         ending with the blank line): bytes, or a :class:`~pyramid_txmail.wire.Stream`
         when an attachment is read from a file."""
-        from .wire import Stream
-
         if not self.streamed:
             return head + b"".join(self.chunks())
 
