@@ -12,7 +12,9 @@ work added.  Legs:
 - ``pyramid_mailer_queue``: pyramid_mailer's ``Message`` + ``Attachment`` and
   ``Mailer.send_to_queue`` (the anchor: it builds the whole message in memory);
 - ``processor_smtp``: the spool file from the first leg sent by our
-  ``Processor`` to Postfix's smtp-sink (or an aiosmtpd sink in another process).
+  ``Processor`` to Postfix's smtp-sink (or an aiosmtpd sink in another process);
+- ``builder_direct``: the same ``Mail`` with direct delivery, streamed from the
+  attachment file to the sink after the commit.
 
 ``run()`` returns the same dict, for ``make bench``.
 """
@@ -63,6 +65,33 @@ def leg_builder_queue(path, spool):
     return baseline
 
 
+def leg_builder_direct(path, port):
+    import transaction
+    from pyramid.config import Configurator
+
+    from pyramid_txmail import get_mailer
+    from pyramid_txmail.builder import Mail
+    from pyramid_txmail.interfaces import IMailSent
+
+    sent = []
+    config = Configurator(settings={"mail.delivery": "direct", "mail.host": "127.0.0.1",
+                                    "mail.port": port, "mail.timeout": "60",
+                                    "mail.default_sender": "bench@example.org"})
+    config.include("pyramid_txmail")
+    config.add_subscriber(sent.append, IMailSent)
+    config.commit()
+    manager = transaction.TransactionManager(explicit=True)
+    mailer = get_mailer(config.registry, manager)
+    baseline = _maxrss_kib()
+    mail = Mail(subject="Report", to="alice@example.com", text="The report is attached.")
+    mail.attach(path, filename="report.bin")
+    with manager:
+        mailer.send(mail)
+    if len(sent) != 1:
+        raise SystemExit("direct leg: the message was not sent")
+    return baseline
+
+
 def leg_pyramid_mailer_queue(path, spool):
     import transaction
     from pyramid_mailer.mailer import Mailer
@@ -100,7 +129,7 @@ def leg_processor_smtp(spool, port):
 
 def child(argv):
     leg, *args = argv
-    function = {"builder_queue": leg_builder_queue,
+    function = {"builder_queue": leg_builder_queue, "builder_direct": leg_builder_direct,
                 "pyramid_mailer_queue": leg_pyramid_mailer_queue,
                 "processor_smtp": leg_processor_smtp}[leg]
     baseline = function(*args)
@@ -175,15 +204,18 @@ def run(size_mb=50) -> dict:
             results[leg] = figures
         sink, port, process = _start_sink()
         try:
-            figures = _measure("processor_smtp", os.path.join(work, "spool"), str(port))
+            smtp_legs = {"processor_smtp": _measure("processor_smtp",
+                                                    os.path.join(work, "spool"), str(port)),
+                         "builder_direct": _measure("builder_direct", path, str(port))}
         finally:
             process.terminate()
             process.wait(10)
-        figures["sink"] = sink
-        figures["message_mib"] = results["builder_queue"]["message_mib"]
-        figures["ratio_to_message"] = round(figures["above_baseline_mib"]
-                                            / figures["message_mib"], 2)
-        results["processor_smtp"] = figures
+        for leg, figures in smtp_legs.items():
+            figures["sink"] = sink
+            figures["message_mib"] = results["builder_queue"]["message_mib"]
+            figures["ratio_to_message"] = round(figures["above_baseline_mib"]
+                                                / figures["message_mib"], 2)
+            results[leg] = figures
         results["builder_vs_pyramid_mailer"] = round(
             results["builder_queue"]["above_baseline_mib"]
             / max(results["pyramid_mailer_queue"]["above_baseline_mib"], 0.1), 3)

@@ -12,8 +12,9 @@ def test_attachment_memory_bench_runs_every_leg():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     results = module.run(size_mb=2)
-    for leg in ("builder_queue", "pyramid_mailer_queue", "processor_smtp"):
+    for leg in ("builder_queue", "pyramid_mailer_queue", "processor_smtp", "builder_direct"):
         figures = results[leg]
         assert figures["peak_kib"] >= figures["baseline_kib"] > 0
         assert figures["message_mib"] >= 2.6  # base64 of 2 MiB, plus headers
     assert results["processor_smtp"]["sink"] in ("smtp-sink", "aiosmtpd")
+    assert results["builder_direct"]["sink"] == results["processor_smtp"]["sink"]
