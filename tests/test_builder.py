@@ -192,6 +192,20 @@ def test_body_shapes(kwargs, expected):
     assert structure(msg) == expected
 
 
+def test_text_line_breaks_are_normalised_and_end_with_one():
+    mail = Mail(subject="s", to="a@example.com", text="a\r\nb\rc", html="<p>\r\n</p>")
+    msg = parse(prepare(mail, SENDER).data)
+    assert msg.get_body(("plain",)).get_content() == "a\nb\nc\n"
+    assert msg.get_body(("html",)).get_content() == "<p>\n</p>\n"
+
+
+def test_headers_may_be_pairs_and_repeat():
+    mail = Mail(subject="s", to="a@example.com", text="t",
+                headers=[("Comments", "one"), ("Comments", "two"), ("X-Id", 42)])
+    msg = parse(prepare(mail, SENDER).data)
+    assert msg.get_all("Comments") == ["one", "two"] and msg["X-Id"] == "42"
+
+
 def test_attachments_only_have_no_empty_text_part():
     mail = Mail(subject="s", to="a@example.com")
     mail.attach(b"%PDF-1.4", filename="x.pdf")
@@ -375,6 +389,29 @@ def test_direct_delivery_streams_the_built_message_to_the_relay(big_file, smtp_s
     assert msg["Message-ID"] == message_id
     assert [a[2] for a in attachments(msg)] == [
         big_file.read_bytes(), b"csv,data\n1,2\n", b"piped bytes " * 5000]
+
+
+def test_direct_delivery_of_a_vanished_attachment_fails_naming_it(tmp_path, smtp_server):
+    from pyramid_txmail.interfaces import IMailFailed
+
+    failed = []
+    config = Configurator(settings={"mail.delivery": "direct", "mail.host": smtp_server.host,
+                                    "mail.port": str(smtp_server.port), "mail.timeout": "10",
+                                    "mail.default_sender": SENDER})
+    config.include("pyramid_txmail")
+    config.add_subscriber(failed.append, IMailFailed)
+    config.commit()
+    manager = transaction.TransactionManager(explicit=True)
+    path = tmp_path / "gone.bin"
+    path.write_bytes(b"x" * 300_000)
+    mail = Mail(subject="s", to="a@example.com", text="t")
+    mail.attach(str(path))
+    with manager:  # the commit itself succeeds: direct delivery runs after it
+        get_mailer(config.registry, manager).send(mail)
+        path.unlink()
+    assert smtp_server.messages == []  # no truncated message was accepted
+    [event] = failed
+    assert "gone.bin" in event.reason and "cannot be read" in event.reason
 
 
 def test_unreadable_attachment_at_commit_aborts_and_leaves_no_file(spool_path, tmp_path):
