@@ -10,6 +10,8 @@ welcome mail (text + HTML + inline logo) sent with ``request.mailer.send``:
 * ``/thanks`` after a committed sign-up
 * ``/inbox``  what the local development SMTP server received
               (:mod:`demo_app.inbox`, :mod:`demo_app.devsmtp`)
+* ``/_mail/`` the same inbox through pyramid_txmail's preview page, when
+              development.ini includes ``pyramid_txmail.preview``
 
 ``python -m demo_app.run`` (``make demo``) starts it all; see
 :mod:`demo_app.run`.
@@ -25,6 +27,9 @@ __all__ = ["main", "inbox_entries"]
 
 def main(global_config, **settings):
     """The WSGI application (``use = call:demo_app:main``)."""
+    # The mail preview page (pyramid_txmail.preview, in development.ini) lists the inbox.
+    if settings.get("demo.inbox_path"):
+        settings.setdefault("mail.preview_dirs", settings["demo.inbox_path"])
     with Configurator(settings=settings) as config:
         config.include("demo_app.models")  # request.dbsession, on request.tm
         config.include("pyramid_txmail")   # request.mailer, on request.tm

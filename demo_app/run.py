@@ -308,7 +308,7 @@ def run(args):
         base = f"http://{config['http_host']}:{config['http_port']}/"
         wait_for_web(base, web, timeout=30)
         say("")
-        say(f"Form: {base}   Inbox: {base}inbox")
+        say(f"Form: {base}   Inbox: {base}inbox   Mail preview: {base}_mail/")
         say("")
         sample = sample_signup()
         say(f"demo: signing up {sample['name']} <{sample['email']}> through the form ...")

@@ -22,6 +22,7 @@ from .message import prepare
 from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
+from .sendlog import record_send
 from .settings import DEV_DELIVERY_MODES
 from .spool import Spool
 
@@ -202,7 +203,10 @@ class Mailer:
                            fromaddr, toaddrs)
         if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
             prepared = redirect(prepared, self.delivery.settings.redirect_to)
-        self._data_manager().add(prepared)
+        manager = self._data_manager()
+        manager.add(prepared)
+        # The debug toolbar panel's record of this request's mail (no-op otherwise).
+        record_send(self.request, self.transaction_manager.get(), manager, prepared)
         return prepared.message_id
 
     def _data_manager(self):
