@@ -59,7 +59,7 @@ class Prepared:
     fromaddr: str
     toaddrs: tuple
     message_id: str
-    data: bytes  # the message, LF line endings, no line over 998 octets
+    data: bytes  # the message, LF line endings, no line over 998 octets (or a wire.Stream)
 
 
 def check_address(header, address, within=None):
@@ -135,6 +135,12 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     ``fromaddr`` / ``toaddrs`` override the envelope taken from the headers
     (repoze.sendmail's ``send(fromaddr, toaddrs, message)``).
     """
+    from .builder import Mail  # (builder imports this module)
+
+    built = None
+    if isinstance(message, Mail):  # its header block is validated here, its body follows
+        built = message.build()
+        message = message.header_message(built)
     message, env_from, env_to = _coerce(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
@@ -169,5 +175,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     # names and subjects are RFC 2047 encoded words otherwise.
     utf8 = wire.needs_smtputf8(fromaddr, [*toaddrs, *header_senders, *reply_to,
                                           *header_recipients])
-    return Prepared(fromaddr, toaddrs, str(message["Message-ID"]).strip(),
-                    _serialize(message, utf8))
+    data = _serialize(message, utf8)
+    if built is not None:  # bytes, or a wire.Stream when attachments are read from files
+        data = built.data(data)
+    return Prepared(fromaddr, toaddrs, str(message["Message-ID"]).strip(), data)
