@@ -495,6 +495,24 @@ class Processor:
                     results, reason=reason)
 
     def _dispatch(self, found):
-        """Notify subscribers, only now that the spool state is durable."""
-        if self.registry is not None and found:
-            mail_events.dispatch(self.registry, found, self.transaction_manager)
+        """Notify subscribers, only now that the spool state is durable.
+
+        Workers are threads: the app's registry is made current for them
+        (``get_current_registry()`` in a subscriber), and a transaction
+        manager that is not thread-local is used by one worker at a time.
+        """
+        if self.registry is None or not found:
+            return
+        import transaction
+        from pyramid.threadlocal import manager as threadlocals
+
+        shared = not isinstance(self.transaction_manager, transaction.ThreadTransactionManager)
+        threadlocals.push({"registry": self.registry, "request": None})
+        try:
+            if shared:
+                with self._dispatch_lock:
+                    mail_events.dispatch(self.registry, found, self.transaction_manager)
+            else:
+                mail_events.dispatch(self.registry, found, self.transaction_manager)
+        finally:
+            threadlocals.pop()
