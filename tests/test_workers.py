@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pyramid_txmail.processor import Processor, RateLimiter
+from pyramid_txmail.processor import Processor
+from pyramid_txmail.ratelimit import RateLimiter
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.smtp_session import FAILURES_BEFORE_REST, Relays
 from pyramid_txmail.spool import Spool
