@@ -1,14 +1,18 @@
 """Drain the spool: claim, send, then record the outcome before moving the file.
 
-One :meth:`Processor.run_once` pass puts stale claims back, then takes every
+One :meth:`Processor.run_once` pass puts stale claims back, then hands every
 message in ``new/`` (oldest first) and every message in ``deferred/`` whose
-retry is due, one at a time, over one transport connection.
+retry is due to ``mail.workers`` threads, each sending over its own reused
+transport connection.
 
 The order of the disk writes is the whole point of this module.  After each
-attempt the message's state file (``meta/NAME.json``) is rewritten and
-fsynced *before* the message file moves, so a crash at any moment can cause
-at most one more attempt for the recipients not yet recorded -- never a
-second copy to a recipient that accepted, and never a silent drop::
+attempt that was not a complete first-time success, the message's state
+file (``meta/NAME.json``) is rewritten and fsynced *before* the message file
+moves, so a crash at any moment can cause at most one more attempt for the
+recipients not yet recorded -- never a second copy to a recipient that
+accepted, and never a silent drop.  A message every recipient accepted at
+its first attempt is simply retired (renamed into ``done/``); a crash just
+before that sends it once more, as after any crash mid-send::
 
     deliver → meta (attempts, delivered) → dead-letter copy → meta (failed)
             → remove | move to deferred/
