@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 POSTFIX_ROOT := .deps/postfix
 SMTP_SINK := $(POSTFIX_ROOT)/usr/sbin/smtp-sink
 
-.PHONY: test demo install clean
+.PHONY: test demo install browser clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,19 @@ $(SMTP_SINK):
 	dpkg -x .deps/debs/postfix_*.deb $(POSTFIX_ROOT)
 	touch $@
 
-test: install $(SMTP_SINK)
+# Debian's chromium and chromedriver for tests/test_browser.py, installed with apt
+# only when one of them is missing (apt-get update first when the lists are stale).
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  echo "Installing $(BROWSER_PACKAGES) for the browser test"; \
+	  $(APT_GET) install -y -qq --no-install-recommends $(BROWSER_PACKAGES) || \
+	  { $(APT_GET) update -qq && \
+	    $(APT_GET) install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }; \
+	fi
+
+test: install $(SMTP_SINK) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -39,4 +51,4 @@ bench: install $(SMTP_SINK)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache
+	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache test-artifacts

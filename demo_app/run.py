@@ -8,12 +8,15 @@ starts
 
 * the development SMTP server (:mod:`demo_app.devsmtp`, in this process),
 * the web application under waitress (``pserve INI`` in a child process),
-* the queue processor: ``txmail-qp INI`` once every second (a child process
-  per pass, like a cron job would run it),
+* the queue processor: ``txmail-qp INI --daemon`` when this txmail-qp has
+  ``--daemon``, else ``txmail-qp INI`` once every second (a child process per
+  pass, like a cron job would run it) -- see :mod:`demo_app.queue_runner`,
 
-then signs up a sample user over HTTP and waits until the welcome mail is in
-the inbox.  Without ``--check`` it keeps everything running until Ctrl-C;
-with ``--check`` it exits 0 as soon as the mail arrived (1 if it did not).
+then signs up a sample user over HTTP (a new address each run, since the
+database keeps its users) and waits until the welcome mail is in the inbox.
+Without ``--check`` it keeps everything running until Ctrl-C (or SIGTERM),
+which stops all of them and exits 0; with ``--check`` it exits 0 as soon as
+the mail arrived (1 if it did not).
 
 ``--http-port``, ``--smtp-port`` and ``--var`` override the INI file: the
 demo then writes a copy of it with those values into a temporary directory
@@ -27,14 +30,12 @@ import configparser
 import email.policy
 import http.client
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -44,13 +45,18 @@ from email.parser import BytesParser
 import plaster
 
 from demo_app.devsmtp import DevSMTPServer
+from demo_app.queue_runner import (QueueRunnerError, find_qp, start_queue_processor,
+                                   terminate)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_INI = os.path.join(HERE, "development.ini")
-# txmail-qp's summary of a pass that found nothing to do: once a second is noise.
-IDLE_PASS = re.compile(rb"txmail-qp pass over .*: sent=0 deferred=0 failed=0 skipped=0 "
-                       rb"recovered=0 errors=0\s*$")
-SAMPLE = {"name": "Newcomer", "email": "newcomer@example.org"}
+SAMPLE_NAME = "Newcomer"
+
+
+def sample_signup():
+    """The form fields of the sample sign-up: a fresh address per run (emails are UNIQUE)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return {"name": SAMPLE_NAME, "email": f"newcomer-{stamp}-{os.getpid()}@example.org"}
 
 
 class Stop(Exception):
@@ -90,6 +96,8 @@ def write_overridden_ini(ini, directory, http_port=None, smtp_port=None, var=Non
         var = os.path.abspath(var)
         parser.set("app:main", "mail.queue_path", os.path.join(var, "spool"))
         parser.set("app:main", "demo.inbox_path", os.path.join(var, "inbox"))
+        parser.set("app:main", "sqlalchemy.url",
+                   "sqlite:///" + os.path.join(var, "demo.sqlite"))
     if http_port is not None:
         host = server_address(dict(parser.items("server:main", raw=True)))[0]
         for key in ("host", "port", "listen"):
@@ -114,7 +122,8 @@ def server_address(server_settings):
 def read_config(ini):
     loader = plaster.get_loader(ini, protocols=["wsgi"])
     app = loader.get_settings("app:main")
-    missing = [k for k in ("mail.queue_path", "mail.port", "demo.inbox_path") if not app.get(k)]
+    missing = [k for k in ("mail.queue_path", "mail.port", "demo.inbox_path", "sqlalchemy.url")
+               if not app.get(k)]
     if missing:
         raise DemoError(f"{ini}: [app:main] needs {', '.join(missing)}")
     http_host, http_port = server_address(loader.get_settings("server:main"))
@@ -123,9 +132,18 @@ def read_config(ini):
         "smtp_port": int(app["mail.port"]),
         "spool": os.path.normpath(app["mail.queue_path"]),
         "inbox": os.path.normpath(app["demo.inbox_path"]),
+        "database": _tidy_sqlite_url(app["sqlalchemy.url"]),
         "http_host": http_host,
         "http_port": http_port,
     }
+
+
+def _tidy_sqlite_url(url):
+    """``sqlite:////x/demo_app/../var/db`` -> ``sqlite:////x/var/db``, for the message only."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and len(url) > len(prefix):
+        return prefix + os.path.normpath(url[len(prefix):])
+    return url
 
 
 def check_port_free(host, port, what, flag):
@@ -139,18 +157,6 @@ def check_port_free(host, port, what, flag):
                             f"Is the demo already running? Choose another port with {flag}.")
 
 
-def find_qp():
-    """``txmail-qp`` from the same environment as this Python."""
-    candidate = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
-    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-        return candidate
-    found = shutil.which("txmail-qp")
-    if found:
-        return found
-    raise DemoError("txmail-qp not found next to " + sys.executable +
-                    ": install the package in this environment (pip install -e '.[demo]').")
-
-
 def child_env():
     """The environment for the children: ``demo_app`` importable from anywhere."""
     env = dict(os.environ)
@@ -161,67 +167,6 @@ def child_env():
 
 
 # -- the parts -------------------------------------------------------------
-
-class QueueLoop(threading.Thread):
-    """Run ``txmail-qp INI`` once a second until stopped."""
-
-    def __init__(self, qp, ini, env, interval=1.0):
-        super().__init__(name="txmail-qp loop", daemon=True)
-        self.command = [qp, ini]
-        self.env = env
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.process = None
-        self.passes = 0
-        self.last_error = None
-
-    def run(self):
-        while not self.stopping.is_set():
-            try:
-                self.process = subprocess.Popen(self.command, env=self.env,
-                                                stdin=subprocess.DEVNULL,
-                                                stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT,
-                                                start_new_session=True)
-                for line in self.process.stdout:
-                    if not IDLE_PASS.search(line):
-                        sys.stderr.buffer.write(line)
-                        sys.stderr.flush()
-                self.process.stdout.close()
-                code = self.process.wait()
-            except OSError as exc:
-                code, self.last_error = None, str(exc)
-            else:
-                self.passes += 1
-                if code != 0 and self.last_error is None:
-                    self.last_error = f"txmail-qp exited with status {code}"
-                    say(f"demo: {self.last_error} (see its output above); retrying every second")
-                elif code == 0:
-                    self.last_error = None
-            self.stopping.wait(self.interval)
-
-    def stop(self, grace=10.0):
-        self.stopping.set()
-        process = self.process
-        if process is not None and process.poll() is None:
-            # Let a pass that is delivering finish; stop it only if it hangs.
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                terminate(process)
-        self.join(grace)
-
-
-def terminate(process, grace=5.0):
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
 
 def start_web(ini, env):
     command = [sys.executable, "-m", "pyramid.scripts.pserve", ini]
@@ -290,9 +235,11 @@ def wait_for_mail(inbox, message_id, timeout, queue):
         if msg is not None:
             return msg
         time.sleep(0.2)
-    hint = f" Last problem: {queue.last_error}." if queue.last_error else ""
+    problem = queue.problem()
+    hint = f" Last problem: {problem}." if problem else ""
+    passes = f" ({queue.passes} txmail-qp passes ran)" if queue.passes is not None else ""
     raise DemoError(f"the sample mail {message_id} did not arrive in {inbox} within "
-                    f"{timeout:.0f} s ({queue.passes} txmail-qp passes ran).{hint}")
+                    f"{timeout:.0f} s{passes}.{hint}")
 
 
 # -- main ------------------------------------------------------------------
@@ -301,7 +248,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m demo_app.run",
         description="Run the pyramid_txmail demo: a local SMTP inbox, the web app and "
-                    "the queue processor; then send one sample mail through them.")
+                    "the queue processor; then send one sample mail through them. Ctrl-C "
+                    "stops everything.")
     parser.add_argument("--ini", default=DEFAULT_INI,
                         help="the app's INI file (default: demo_app/development.ini)")
     parser.add_argument("--http-port", type=int,
@@ -340,25 +288,31 @@ def run(args):
         check_port_free(config["smtp_host"], config["smtp_port"],
                         "development SMTP server", "--smtp-port")
         check_port_free(config["http_host"], config["http_port"], "web app", "--http-port")
-        qp = find_qp()
+        try:
+            qp = find_qp()
+        except QueueRunnerError as exc:
+            raise DemoError(str(exc)) from None
         env = child_env()
 
         smtp = DevSMTPServer(config["inbox"], config["smtp_host"], config["smtp_port"]).start()
         say(f"demo: development SMTP server on {config['smtp_host']}:{config['smtp_port']}, "
             f"inbox {config['inbox']}")
         web = start_web(ini, env)
-        queue = QueueLoop(qp, ini, env)
-        queue.start()
-        say(f"demo: queue processor: {os.path.basename(qp)} {ini} every second "
-            f"(spool {config['spool']})")
+        try:
+            queue = start_queue_processor(qp, ini, env)
+        except QueueRunnerError as exc:
+            raise DemoError(str(exc)) from None
+        say(f"demo: queue processor: {queue.describe()} (spool {config['spool']})")
+        say(f"demo: database {config['database']}")
 
         base = f"http://{config['http_host']}:{config['http_port']}/"
         wait_for_web(base, web, timeout=30)
         say("")
-        say(f"Form: {base}   Inbox: {base}inbox")
+        say(f"Form: {base}   Inbox: {base}inbox   Mail preview: {base}_mail/")
         say("")
-        say(f"demo: signing up {SAMPLE['name']} <{SAMPLE['email']}> through the form ...")
-        message_id = post_signup(base, SAMPLE)
+        sample = sample_signup()
+        say(f"demo: signing up {sample['name']} <{sample['email']}> through the form ...")
+        message_id = post_signup(base, sample)
         say(f"demo: queued {message_id}; waiting for it to arrive ...")
         msg = wait_for_mail(config["inbox"], message_id, args.timeout, queue)
         recipient = str(msg.get("X-Envelope-To") or msg.get("To"))
@@ -371,6 +325,8 @@ def run(args):
         while True:
             if web.poll() is not None:
                 raise DemoError(f"the web server (pserve) exited with status {web.returncode}.")
+            if queue.failed() is not None:
+                raise DemoError(f"{queue.problem()}; see its output above.")
             time.sleep(0.5)
     finally:
         # A second Ctrl-C must not interrupt the clean-up.

@@ -15,13 +15,14 @@ import transaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
-from .devdelivery import make_dev_outbox
+from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
 from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
+from .sendlog import record_send
 from .settings import DEV_DELIVERY_MODES
 from .spool import Spool
 
@@ -60,7 +61,7 @@ class QueueOutbox:
         return [MailQueued(p.message_id, p.fromaddr, p.toaddrs) for p in messages]
 
 
-class DirectOutbox:
+class DirectOutbox(AfterCommitOutbox):
     """Direct delivery: nothing happens in the commit; SMTP runs after it.
 
     A failure never raises into the committed request.  With a fallback
@@ -73,15 +74,6 @@ class DirectOutbox:
         self.transport_factory = transport_factory
         self.fallback = fallback
         self.clock = clock
-
-    def vote(self, messages):
-        return None
-
-    def finish(self, voted):
-        pass
-
-    def discard(self, voted):
-        pass
 
     def committed(self, messages):
         events = []
@@ -211,7 +203,10 @@ class Mailer:
                            fromaddr, toaddrs)
         if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
             prepared = redirect(prepared, self.delivery.settings.redirect_to)
-        self._data_manager().add(prepared)
+        manager = self._data_manager()
+        manager.add(prepared)
+        # The debug toolbar panel's record of this request's mail (no-op otherwise).
+        record_send(self.request, self.transaction_manager.get(), manager, prepared)
         return prepared.message_id
 
     def _data_manager(self):

@@ -37,6 +37,7 @@ from . import wire
 from .events import MailSent
 from .interfaces import IMailOutbox
 from .result import SENT, RecipientResult
+from .spool import fsync_dir
 from .testing import Outbox, SentMail, _memory_outbox_created, _record
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def _sent_events(messages, where):
             for p in messages]
 
 
-class _AfterCommitOutbox:
-    """An outbox with nothing to do inside the commit (console, null)."""
+class AfterCommitOutbox:
+    """An outbox with nothing to do inside the commit (direct, console, null)."""
 
     def vote(self, messages):
         return None
@@ -135,14 +136,6 @@ def crlf_chunks(chunks):
         yield b"\r\n"
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileOutbox:
     """``mail.delivery = file``: one ``.eml`` file per committed message in ``path``."""
 
@@ -188,7 +181,7 @@ class FileOutbox:
         for tmp, final in written:
             os.replace(tmp, final)
         if written:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
     def discard(self, written):
         for tmp, _ in written:
@@ -233,7 +226,7 @@ def console_text(sent):
     return "\n".join(_printable(line) for line in lines) + "\n"
 
 
-class ConsoleOutbox(_AfterCommitOutbox):
+class ConsoleOutbox(AfterCommitOutbox):
     """``mail.delivery = console``: print each committed message to ``stream``
     (default: ``sys.stdout`` at the time of printing)."""
 
@@ -248,7 +241,7 @@ class ConsoleOutbox(_AfterCommitOutbox):
         return _sent_events(messages, "printed (mail.delivery = console)")
 
 
-class NullOutbox(_AfterCommitOutbox):
+class NullOutbox(AfterCommitOutbox):
     """``mail.delivery = null``: accept every committed message and drop it."""
 
     def committed(self, messages):

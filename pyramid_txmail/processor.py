@@ -1,14 +1,18 @@
 """Drain the spool: claim, send, then record the outcome before moving the file.
 
-One :meth:`Processor.run_once` pass puts stale claims back, then takes every
+One :meth:`Processor.run_once` pass puts stale claims back, then hands every
 message in ``new/`` (oldest first) and every message in ``deferred/`` whose
-retry is due, one at a time, over one transport connection.
+retry is due to ``mail.workers`` threads, each sending over its own reused
+transport connection.
 
 The order of the disk writes is the whole point of this module.  After each
-attempt the message's state file (``meta/NAME.json``) is rewritten and
-fsynced *before* the message file moves, so a crash at any moment can cause
-at most one more attempt for the recipients not yet recorded -- never a
-second copy to a recipient that accepted, and never a silent drop::
+attempt that was not a complete first-time success, the message's state
+file (``meta/NAME.json``) is rewritten and fsynced *before* the message file
+moves, so a crash at any moment can cause at most one more attempt for the
+recipients not yet recorded -- never a second copy to a recipient that
+accepted, and never a silent drop.  A message every recipient accepted at
+its first attempt is simply retired (renamed into ``done/``); a crash just
+before that sends it once more, as after any crash mid-send::
 
     deliver → meta (attempts, delivered) → dead-letter copy → meta (failed)
             → remove | move to deferred/
@@ -42,6 +46,7 @@ from . import events as mail_events
 from . import wire
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .queue_state import dead_letter, record_attempt
+from .ratelimit import RateLimiter
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -111,35 +116,6 @@ def format_duration(seconds):
 
 def _summary(results):
     return DeliveryResult(None, tuple(results)).summary()
-
-
-class RateLimiter:
-    """At most ``rate`` messages per second, shared by every worker.
-
-    Each caller is given the next free slot, ``1/rate`` seconds after the
-    previous one, and sleeps until it comes (or until ``stop`` is set).
-    """
-
-    def __init__(self, rate, clock=time.monotonic, sleep=None):
-        self.interval = 1.0 / rate
-        self.clock = clock
-        self.sleep = sleep
-        self._next = None
-        self._lock = threading.Lock()
-
-    def wait(self, stop=None):
-        with self._lock:
-            now = self.clock()
-            slot = now if self._next is None else max(now, self._next)
-            self._next = slot + self.interval
-        delay = slot - now
-        if delay > 0:
-            if self.sleep is not None:
-                self.sleep(delay)
-            elif stop is not None:
-                stop.wait(delay)
-            else:
-                time.sleep(delay)
 
 
 class Processor:
@@ -262,6 +238,8 @@ class Processor:
         for state, name in jobs:
             if self.limiter is not None:
                 self.limiter.wait(stop)
+                if stop is not None and stop.is_set():
+                    return  # stopped while waiting for a slot: not started, left queued
             self._process_safely(transport, state, name, stats)
             if stop is not None and stop.is_set():
                 return
@@ -493,6 +471,24 @@ class Processor:
                     results, reason=reason)
 
     def _dispatch(self, found):
-        """Notify subscribers, only now that the spool state is durable."""
-        if self.registry is not None and found:
-            mail_events.dispatch(self.registry, found, self.transaction_manager)
+        """Notify subscribers, only now that the spool state is durable.
+
+        Workers are threads: the app's registry is made current for them
+        (``get_current_registry()`` in a subscriber), and a transaction
+        manager that is not thread-local is used by one worker at a time.
+        """
+        if self.registry is None or not found:
+            return
+        import transaction
+        from pyramid.threadlocal import manager as threadlocals
+
+        shared = not isinstance(self.transaction_manager, transaction.ThreadTransactionManager)
+        threadlocals.push({"registry": self.registry, "request": None})
+        try:
+            if shared:
+                with self._dispatch_lock:
+                    mail_events.dispatch(self.registry, found, self.transaction_manager)
+            else:
+                mail_events.dispatch(self.registry, found, self.transaction_manager)
+        finally:
+            threadlocals.pop()

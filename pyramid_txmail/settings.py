@@ -127,6 +127,24 @@ def _hosts(value):
     return tuple(hosts) or None
 
 
+def _paths(value):
+    """Directories separated by whitespace or newlines (pyramid's ``aslist``)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value if str(v).strip())
+    return tuple(str(value).split()) or None
+
+
+_URL_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+
+
+def _url_prefix(value):
+    text = str(value).strip().rstrip("/")
+    if not _URL_PREFIX.match(text):
+        raise ValueError("expected a URL path such as /_mail (letters, digits and . _ ~ - "
+                         "between slashes)")
+    return text
+
+
 def _template(value):
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -188,6 +206,12 @@ SETTINGS = (
             "mail.delivery = file: the directory each committed message is written to as .eml."),
     Setting("redirect_to", _addresses, (),
             "Staging: send every message to these addresses instead of its recipients."),
+    # The preview page (pyramid_txmail.preview).
+    Setting("preview_allow", _bool, False,
+            "Allow the preview page outside development (see README, Preview page)."),
+    Setting("preview_dirs", _paths, (),
+            "Extra directories of .eml files the preview page lists (whitespace-separated)."),
+    Setting("preview_prefix", _url_prefix, "/_mail", "URL path of the preview page."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -227,6 +251,9 @@ class MailSettings:
     poll_interval: float = 1.0
     file_path: str | None = None
     redirect_to: tuple = ()
+    preview_allow: bool = False
+    preview_dirs: tuple = ()
+    preview_prefix: str = "/_mail"
 
 
 def _fail(key, value, why):

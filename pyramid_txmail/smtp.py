@@ -75,6 +75,13 @@ def _reply_status(code):
     return TEMPORARY
 
 
+def _angle(address):
+    """``<address>``; smtplib's full parse only for the unusual (``Name <a@b>``)."""
+    if "<" in address or " " in address or '"' in address:
+        return smtplib.quoteaddr(address)
+    return f"<{address}>"
+
+
 def _check_args(fromaddr, toaddrs, data):
     if not isinstance(fromaddr, str):
         raise TypeError(f"fromaddr must be a str, not {type(fromaddr).__name__}")
@@ -306,9 +313,8 @@ class SMTPTransport:
             self._rset_or_stale(smtp)
         chunks, options = self._payload(smtp, fromaddr, toaddrs, data)
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-        commands = [f"MAIL FROM:{smtplib.quoteaddr(fromaddr)}"
-                    + "".join(" " + o for o in options)]
-        commands += [f"RCPT TO:{smtplib.quoteaddr(r)}" for r in toaddrs]
+        commands = [f"MAIL FROM:{_angle(fromaddr)}" + "".join(" " + o for o in options)]
+        commands += [f"RCPT TO:{_angle(r)}" for r in toaddrs]
         results = [None] * len(toaddrs)
         stage = "MAIL FROM"
         smtp.final_dot_sent = False

@@ -44,7 +44,8 @@ class SpoolError(OSError):
     """The spool directory cannot be used (names the path and the reason)."""
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory, so that a rename or new entry in it survives a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -193,7 +194,7 @@ class Spool:
             os.rename(os.path.join(self._dir("tmp"), name),
                       os.path.join(self._dir("new"), name))
         if names:
-            _fsync_dir(self._dir("new"))
+            fsync_dir(self._dir("new"))
 
     def discard_tmp(self, name):
         try:
@@ -235,7 +236,7 @@ class Spool:
         finally:
             os.close(fd)
         os.rename(tmp, final)
-        _fsync_dir(self._dir("meta"))
+        fsync_dir(self._dir("meta"))
 
     def drop_meta(self, name):
         try:
@@ -299,7 +300,7 @@ class Spool:
     def move(self, entry, state):
         """Move an entry to another state and fsync the target directory."""
         os.rename(entry.path, os.path.join(self._dir(state), entry.name))
-        _fsync_dir(self._dir(state))
+        fsync_dir(self._dir(state))
         return Entry(self, state, entry.name)
 
     def dead_letter_copy(self, fromaddr, toaddrs, message_bytes, meta):
@@ -319,7 +320,7 @@ class Spool:
             self.discard_tmp(name)
             self.drop_meta(name)
             raise
-        _fsync_dir(self._dir("failed"))
+        fsync_dir(self._dir("failed"))
         return Entry(self, "failed", name)
 
     def remove(self, entry):

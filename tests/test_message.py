@@ -203,3 +203,22 @@ def test_long_lines_of_a_legacy_message_are_re_encoded_and_bare_cr_normalised():
     assert b"\r" not in p.data
     body = email.message_from_bytes(p.data).get_payload(decode=True)
     assert body.replace(b"\r\n", b"\n") == b"y" * 3000 + b"\n" + b"z" * 10 + b"\n"
+
+
+def test_prepare_leaves_the_callers_message_untouched_multipart_too():
+    from email.message import EmailMessage
+
+    from pyramid_txmail.message import prepare
+
+    msg = EmailMessage()
+    msg["To"] = "a@example.org"
+    msg["Bcc"] = "hidden@example.org"
+    msg["Subject"] = "x"
+    msg.set_content("text")
+    msg.add_alternative("<p>html</p>", subtype="html")
+    before = msg.as_bytes()
+    prepared = prepare(msg, default_sender="s@example.org")
+    assert msg.as_bytes() == before and msg["Message-ID"] is None and msg["From"] is None
+    assert b"Bcc" not in prepared.data and b"hidden" not in prepared.data
+    assert b"<p>html</p>" in prepared.data
+    assert prepared.toaddrs == ("a@example.org", "hidden@example.org")

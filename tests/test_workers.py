@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pyramid_txmail.processor import Processor, RateLimiter
+from pyramid_txmail.processor import Processor
+from pyramid_txmail.ratelimit import RateLimiter
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.smtp_session import FAILURES_BEFORE_REST, Relays
 from pyramid_txmail.spool import Spool
@@ -181,3 +182,27 @@ def test_a_retried_dead_letter_gets_a_fresh_queue_age(spool, make_smtp_server):
     os.rename(os.path.join(spool.path, "failed", name), os.path.join(spool.path, "new", name))
     assert processor.run_once().deferred == 1  # not expired again at once
     assert spool.read_meta(name)["queued_at"] == clock.now
+
+
+def test_subscribers_in_worker_threads_see_the_app_registry(spool, make_smtp_server):
+    import transaction
+    from pyramid.config import Configurator
+    from pyramid.threadlocal import get_current_registry
+
+    from pyramid_txmail.interfaces import IMailSent
+
+    server = extra_server(make_smtp_server, {"delay": {"data": 0.01}})
+    seen = []
+    config = Configurator()
+    config.add_subscriber(
+        lambda event: seen.append((get_current_registry() is config.registry,
+                                   event.transaction_manager.get().status)), IMailSent)
+    config.commit()
+    fill(spool, 12)
+    for manager in (None, transaction.TransactionManager(explicit=True)):
+        seen.clear()
+        fill(spool, 12, prefix=f"again{id(manager)}-")
+        stats = Processor(spool, None, settings_for(server, spool, workers=3),
+                          registry=config.registry, transaction_manager=manager).run_once()
+        assert stats.sent == len(seen) and stats.errors == 0
+        assert seen == [(True, "Active")] * len(seen)

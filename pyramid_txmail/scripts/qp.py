@@ -1,16 +1,19 @@
-"""``txmail-qp``: one delivery pass over the mail spool, for cron or a timer.
+"""``txmail-qp``: deliver the mail spool, one pass (cron) or as a daemon.
 
 A thin shell around :class:`pyramid_txmail.processor.Processor`: read the
-ini, set up logging, load the app (so that event subscribers run), make one
-pass, report it, exit.  Configuration problems are one line on stderr and
-exit status 78 (``EX_CONFIG``), so that a cron mail or a systemd journal says
-what to fix instead of showing a traceback.
+ini, set up logging, load the app (so that event subscribers run), then make
+one pass and exit, or with ``--daemon`` hand over to
+:class:`pyramid_txmail.daemon.Daemon` until SIGTERM/SIGINT.  Configuration
+problems are one line on stderr and exit status 78 (``EX_CONFIG``), so that a
+cron mail or a systemd journal says what to fix instead of showing a
+traceback.
 """
 from __future__ import annotations
 
 import argparse
 import configparser
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -19,9 +22,11 @@ import textwrap
 import plaster
 from pyramid.exceptions import ConfigurationError
 
+from ..daemon import Daemon, Signals
 from ..processor import Processor
 from ..settings import SETTINGS, parse_settings
 from ..spool import Spool, SpoolError
+from ..watch import WATCH_MODES, Waker, WatchUnavailable, make_watcher
 
 PROG = "txmail-qp"
 EX_OK = 0
@@ -33,15 +38,16 @@ log = logging.getLogger("pyramid_txmail.scripts.qp")
 
 _USED = ("queue_path", "host", "port", "username", "password", "tls", "ssl", "keyfile",
          "certfile", "tls_cafile", "timeout", "debug", "claim_timeout", "retry_initial",
-         "retry_max", "max_queue_time")
+         "retry_max", "max_queue_time", "workers", "poll_interval")
 
 DESCRIPTION = """\
 Deliver the mail waiting in a pyramid_txmail spool: make ONE pass over the
-spool directory (mail.queue_path) and exit.  Each message in new/ and each
-deferred message whose retry is due is sent through the SMTP relay.  A
-recipient that accepts is never sent the message again; a temporary failure
-(4yz, dropped connection) moves the message to deferred/ with an exponential
-backoff; a permanent failure (5yz), or a message still undelivered after
+spool directory (mail.queue_path) and exit, or with --daemon keep delivering
+until SIGTERM or SIGINT.  Each message in new/ and each deferred message
+whose retry is due is sent through the SMTP relay.  A recipient that accepts
+is never sent the message again; a temporary failure (4yz, dropped
+connection) moves the message to deferred/ with an exponential backoff; a
+permanent failure (5yz), or a message still undelivered after
 mail.max_queue_time, is dead-lettered into failed/ with the reason.  Several
 txmail-qp processes may run on one spool at the same time.
 """
@@ -60,17 +66,41 @@ def _epilog():
             "  when it has them, else INFO and above go to stderr.  -v adds DEBUG\n"
             "  output of pyramid_txmail, -q keeps only warnings and errors.\n"
             "\n"
+            "daemon (--daemon):\n"
+            "  Passes over the spool whenever mail arrives in new/ (noticed with\n"
+            "  inotify, or by looking every mail.poll_interval with --watch poll),\n"
+            "  when a deferred retry or a dead processor's stale claim comes due,\n"
+            "  and at least every minute.  SIGTERM or SIGINT (Ctrl-C): the\n"
+            "  message(s) in flight are finished, the rest stay queued, exit 0; a\n"
+            "  second signal changes nothing (SIGKILL abandons the message in\n"
+            "  flight: it is sent again after mail.claim_timeout).  SIGHUP:\n"
+            "  re-open the ini's log files (for logrotate) and make a pass now.\n"
+            "  SMTP connections are closed after every pass, so an idle daemon\n"
+            "  holds none.  In one-pass mode SIGTERM/SIGINT also let the message in\n"
+            "  flight finish and end the pass there.\n"
+            "\n"
             "exit status:\n"
-            "  0   the pass ran (messages deferred for a retry are normal)\n"
+            "  0   the pass ran (messages deferred for a retry are normal); with\n"
+            "      --daemon: stopped by SIGTERM or SIGINT\n"
             "  1   unexpected error (logged with its traceback), also when the\n"
             "      pass went on past a message that could not be handled\n"
             "  2   usage error (bad command line)\n"
             "  78  configuration error: missing ini file or section, bad or unknown\n"
             "      mail.* setting, no mail.queue_path, unusable spool directory,\n"
-            "      an application that cannot be loaded (see --no-app)\n"
+            "      an application that cannot be loaded (see --no-app), --watch\n"
+            "      inotify where inotify is unavailable\n"
             "\n"
             "example crontab line (a pass every minute, quiet unless something fails):\n"
-            "  * * * * *  /srv/app/env/bin/txmail-qp /srv/app/production.ini -q\n")
+            "  * * * * *  /srv/app/env/bin/txmail-qp /srv/app/production.ini -q\n"
+            "\n"
+            "example systemd unit (/etc/systemd/system/txmail-qp.service), see README:\n"
+            "  [Service]\n"
+            "  Type=simple\n"
+            "  User=app\n"
+            "  ExecStart=/srv/app/env/bin/txmail-qp /srv/app/production.ini --daemon\n"
+            "  Restart=on-failure\n"
+            "  KillSignal=SIGTERM\n"
+            "  TimeoutStopSec=90\n")
 
 
 class ConfigError(Exception):
@@ -94,8 +124,28 @@ def build_parser():
                        help="also log DEBUG messages of pyramid_txmail")
     noise.add_argument("-q", "--quiet", action="store_true",
                        help="log only warnings and errors (no pass summary)")
-    # A future --daemon (keep draining, signals, workers) belongs here.
+    parser.add_argument("--daemon", action="store_true",
+                        help="keep delivering until SIGTERM or SIGINT instead of "
+                             "making one pass (see 'daemon' below)")
+    parser.add_argument("--workers", type=_workers, default=None, metavar="N",
+                        help="parallel SMTP connections, 1 to 64 (overrides "
+                             "mail.workers)")
+    parser.add_argument("--watch", choices=WATCH_MODES, default=None,
+                        help="with --daemon, how new mail is noticed: inotify, poll "
+                             "(every mail.poll_interval) or auto (the default: "
+                             "inotify, except on a network file system such as "
+                             "NFS or where inotify is unavailable)")
     return parser
+
+
+def _workers(text):
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 64")
+    return number
 
 
 def split_uri(config_uri, app_name):
@@ -192,24 +242,54 @@ def app_registry(path, app_name, load):
         env["closer"]()
 
 
-def run(args):
+def run(args, signals, waker):
     """Everything after argument parsing; ConfigError for what a person must fix."""
     path, app_name = split_uri(args.config_uri, args.app_name)
     raw = read_app_settings(path, app_name)
     setup_logging(path, args.verbose, args.quiet)
     settings = mail_settings(raw, path, app_name)
+    if args.workers is not None:
+        settings = dataclasses.replace(settings, workers=args.workers)
     spool = open_spool(settings)
-    with app_registry(path, app_name, not args.no_app) as registry:
-        # transport None: one SMTP connection per worker (mail.workers)
-        stats = Processor(spool, None, settings, registry=registry).run_once()
-    log.info("txmail-qp pass over %s: %s", spool.path, stats.summary())
+    watcher = None
+    if args.daemon:
+        try:
+            watcher = make_watcher(args.watch or "auto", os.path.join(spool.path, "new"),
+                                   settings.poll_interval)
+        except WatchUnavailable as exc:
+            raise ConfigError(f"--watch inotify: {exc}; use --watch poll") from None
+    try:
+        with app_registry(path, app_name, not args.no_app) as registry:
+            # transport None: one SMTP connection per worker (mail.workers),
+            # opened in each pass and closed at its end
+            run_pass = Processor(spool, None, settings, registry=registry).run_once
+            if watcher is not None:
+                daemon = Daemon(spool, settings, run_pass, watcher, signals, waker)
+                watcher = None  # the daemon closes it
+                daemon.run()
+                return EX_OK
+            stats = run_pass(signals.stop)
+    finally:
+        if watcher is not None:
+            watcher.close()
+    if signals.stop.is_set():
+        log.info("txmail-qp pass over %s ended early on %s (the message in flight was "
+                 "finished; the rest waits for the next pass): %s", spool.path,
+                 signals.first_stop_name(), stats.summary())
+    else:
+        log.info("txmail-qp pass over %s: %s", spool.path, stats.summary())
     return EX_SOFTWARE if stats.errors else EX_OK
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on a usage error
+    if args.watch and not args.daemon:
+        parser.error("--watch only applies with --daemon")
+    waker = Waker() if args.daemon else None
     try:
-        return run(args)
+        with Signals(waker, handle_hup=args.daemon) as signals:
+            return run(args, signals, waker)
     except (ConfigError, ConfigurationError) as exc:
         message = " ".join(str(exc).split())
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -217,6 +297,9 @@ def main(argv=None):
     except Exception:
         log.exception("%s: unexpected error", PROG)
         return EX_SOFTWARE
+    finally:
+        if waker is not None:
+            waker.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

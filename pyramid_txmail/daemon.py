@@ -1,0 +1,234 @@
+"""``txmail-qp --daemon``: pass after pass over the spool until SIGTERM or SIGINT.
+
+The loop is: mark the watcher, run a pass, then sleep until new mail
+arrives in ``new/`` (see :mod:`pyramid_txmail.watch`), or a timer comes
+due -- the earliest deferred message's ``next_attempt``, the moment the
+oldest foreign claim in ``cur/`` turns stale (``mail.claim_timeout``), and
+at the latest :data:`RESCAN_INTERVAL` -- or a signal arrives.
+
+Signals only set flags (and wake the sleeper through
+:func:`signal.set_wakeup_fd`); the loop does the work:
+
+* SIGTERM, SIGINT: stop.  ``run_pass(stop)`` finishes the message(s) in
+  flight, which are recorded as usual; the messages not started stay in
+  ``new/`` untouched for the next run.  A second signal changes nothing (the
+  in-flight SMTP transaction is bounded by ``mail.timeout``; SIGKILL abandons
+  it, and its claim comes back after ``mail.claim_timeout``).
+* SIGHUP: re-open the log files of the ini's ``FileHandler``\\ s (for
+  logrotate) and make a pass now.
+
+The SMTP connections live for one pass: the processor's workers each open
+one when they have a message and close it when the pass ends, so an idle
+daemon holds no connection open.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from .processor import PassStats
+from .watch import PollWatcher, WatchLost
+
+log = logging.getLogger(__name__)
+
+#: The deferred queue and the claims in ``cur/`` are looked at at least this often.
+RESCAN_INTERVAL = 60.0
+#: A timer never makes the daemon pass more often than this (no spinning on a
+#: deferred message that is due but cannot be claimed).
+MIN_TIMER_WAIT = 1.0
+#: Retry due times are rounded up by this, so the pass does not run a hair early.
+TIMER_SLACK = 0.05
+#: Waits after a pass that raised, growing with each failure in a row.
+ERROR_BACKOFF = (1.0, 5.0, 15.0, 60.0)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def reopen_log_files():
+    """Re-open every logging ``FileHandler``'s file (after logrotate moved it)."""
+    handlers = set(logging.getLogger().handlers)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        handlers.update(getattr(logger, "handlers", ()))
+    reopened = []
+    for handler in handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                old = handler.setStream(handler._open())
+                if old is not None:
+                    old.close()
+            finally:
+                handler.release()
+            reopened.append(handler.baseFilename)
+    return sorted(reopened)
+
+
+class Signals:
+    """SIGTERM/SIGINT set :attr:`stop`, SIGHUP sets :attr:`hup`; nothing else.
+
+    Use as a context manager around the daemon; the previous handlers and
+    wakeup fd are put back on exit.  ``handle_hup=False`` (a one-pass run)
+    leaves SIGHUP alone.
+    """
+
+    def __init__(self, waker=None, handle_hup=True):
+        self.handle_hup = handle_hup
+        self.stop = threading.Event()
+        self.hup = threading.Event()
+        self.received = []  # signal numbers, in order (read by the loop, for logging)
+        self.waker = waker
+        self._saved = {}
+        self._saved_fd = None
+
+    def _on_stop(self, signum, frame):
+        self.received.append(signum)
+        self.stop.set()
+
+    def _on_hup(self, signum, frame):
+        self.hup.set()
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers: the caller stops us
+        for signum in STOP_SIGNALS:
+            self._saved[signum] = signal.signal(signum, self._on_stop)
+        if self.handle_hup:
+            self._saved[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
+        if self.waker is not None:
+            self._saved_fd = signal.set_wakeup_fd(self.waker.write_fd,
+                                                  warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved_fd is not None:
+            signal.set_wakeup_fd(self._saved_fd)
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+    def first_stop_name(self):
+        return signal.Signals(self.received[0]).name if self.received else "request"
+
+
+class Daemon:
+    """Runs ``run_pass(stop) -> PassStats`` whenever there may be work.
+
+    ``run_pass`` is normally a :class:`~pyramid_txmail.processor.Processor`'s
+    ``run_once``: it finishes the messages in flight once ``stop`` is set,
+    and closes its SMTP connections before it returns.  ``watcher`` is a
+    :mod:`pyramid_txmail.watch` watcher on ``new/``; ``signals`` a
+    :class:`Signals` (its ``stop`` and ``hup`` events); ``waker`` the
+    :class:`~pyramid_txmail.watch.Waker` that signals poke.
+    """
+
+    def __init__(self, spool, settings, run_pass, watcher, signals, waker, *,
+                 rescan=RESCAN_INTERVAL, clock=time.time):
+        self.spool = spool
+        self.settings = settings
+        self.run_pass = run_pass
+        self.watcher = watcher
+        self.signals = signals
+        self.waker = waker
+        self.rescan = rescan
+        self.clock = clock
+        self.passes = 0
+        self.totals = PassStats()
+        self._errors_in_a_row = 0
+
+    @property
+    def stop(self):
+        return self.signals.stop
+
+    def run(self):
+        """Pass, sleep, repeat; returns the summed :class:`PassStats` once stopped."""
+        log.info("txmail-qp daemon started on %s: %s, %d worker(s); stop with SIGTERM "
+                 "or SIGINT", self.spool.path, self.watcher.describe(), self.settings.workers)
+        try:
+            while not self.stop.is_set():
+                self._mark()
+                delay = self._pass()
+                if self.stop.is_set():
+                    break
+                self._sleep(delay)
+                if self.signals.hup.is_set():
+                    self.signals.hup.clear()
+                    files = reopen_log_files()
+                    log.info("SIGHUP: re-opened %s; making a pass",
+                             ", ".join(files) if files else "no log files")
+        finally:
+            self.watcher.close()
+        self._log_stop()
+        return self.totals
+
+    def _mark(self):
+        try:
+            self.watcher.mark()
+        except WatchLost as exc:
+            self._fall_back_to_polling(exc)
+
+    def _sleep(self, delay):
+        """Until new mail, a timer, or a signal; ``delay`` None means: until a timer."""
+        if delay is None:
+            try:
+                delay = self.next_wake_in()
+            except OSError as exc:
+                delay = ERROR_BACKOFF[-1]
+                log.warning("cannot read the retry times in %s: %s; next pass in %gs",
+                            self.spool.path, exc, delay)
+        try:
+            why = self.watcher.wait(delay, self.waker)
+        except WatchLost as exc:
+            self._fall_back_to_polling(exc)
+            why = "watch lost"
+        log.debug("woke up after at most %.1fs: %s", delay, why)
+
+    def _fall_back_to_polling(self, exc):
+        log.warning("%s; polling every %gs instead", exc, self.settings.poll_interval)
+        self.watcher.close()
+        self.watcher = PollWatcher(self.watcher.directory, self.settings.poll_interval)
+        self.watcher.mark()
+
+    def _pass(self):
+        """One pass; returns a back-off delay if it raised, else None."""
+        self.passes += 1
+        try:
+            stats = self.run_pass(self.stop)
+        except Exception:
+            wait = ERROR_BACKOFF[min(self._errors_in_a_row, len(ERROR_BACKOFF) - 1)]
+            self._errors_in_a_row += 1
+            log.exception("txmail-qp pass over %s failed; next try in %gs",
+                          self.spool.path, wait)
+            return wait
+        self._errors_in_a_row = 0
+        self.totals.add(stats)
+        busy = stats.sent or stats.deferred or stats.failed or stats.recovered or stats.errors
+        log.log(logging.INFO if busy else logging.DEBUG, "txmail-qp pass over %s: %s",
+                self.spool.path, stats.summary())
+        return None
+
+    def next_wake_in(self):
+        """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``)."""
+        now = self.clock()
+        due = now + self.rescan
+        for name in self.spool.names("deferred"):
+            next_attempt = self.spool.read_meta(name).get("next_attempt")
+            if not isinstance(next_attempt, (int, float)):
+                next_attempt = now  # the processor treats an unknown time as due
+            due = min(due, next_attempt + TIMER_SLACK)
+        for name in self.spool.names("cur"):
+            try:
+                claimed = os.stat(os.path.join(self.spool.path, "cur", name)).st_mtime
+            except FileNotFoundError:
+                continue
+            due = min(due, claimed + self.settings.claim_timeout + TIMER_SLACK)
+        return max(MIN_TIMER_WAIT, due - now)
+
+    def _log_stop(self):
+        received = self.signals.received
+        again = (f" (asked {len(received)} times; a repeated signal still lets the "
+                 "message in flight finish -- SIGKILL abandons it)" if len(received) > 1
+                 else "")
+        log.info("txmail-qp daemon stopped on %s after %d passes%s: %s",
+                 self.signals.first_stop_name(), self.passes, again, self.totals.summary())
