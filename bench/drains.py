@@ -47,6 +47,14 @@ def txmail_argv(ini, workers=None):
     return argv
 
 
+def timed(argv, sink, env=None):
+    """:func:`run_timed`, plus the CPU time the sink spent meanwhile."""
+    before = sink.cpu()
+    run = run_timed(argv, env=env)
+    run.sink_cpu = sink.cpu() - before
+    return run
+
+
 def _left_in(spool, states):
     left = {}
     for state in states:
@@ -76,7 +84,7 @@ def drain_txmail(ctx, sink, count, workers=None, before=None):
     if before is not None:
         before(spool)
     ini = write_ini(base, spool, sink, workers)
-    run = run_timed(txmail_argv(ini, workers))
+    run = timed(txmail_argv(ini, workers), sink)
     return _check(run, spool, ("new", "cur", "deferred", "failed", "meta", "done"),
                   f"txmail-qp --workers {workers} into {sink.name}")
 
@@ -85,8 +93,8 @@ def drain_repoze(ctx, sink, count):
     base = ctx.scratch("drain-repoze")
     spool = base / "spool"
     ctx.fill(spool, count)
-    run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port", str(sink.port),
-                     "--no-tls", spool])
+    run = timed([BIN / "qp", "--hostname", "127.0.0.1", "--port", str(sink.port),
+                 "--no-tls", spool], sink)
     return _check(run, spool, ("new", "cur"), f"repoze.sendmail qp into {sink.name}")
 
 
@@ -95,9 +103,9 @@ def drain_smtp_source(ctx, sink, count, sessions):
     message = ctx.workdir / "smtp-source-message.txt"
     if not message.exists():
         message.write_bytes(strip_envelope(ctx.template()).replace(b"\r\n", b"\n"))
-    run = run_timed([postfix_tool("smtp-source"), "-d", "-s", str(sessions), "-m", str(count),
-                     "-f", SENDER_ADDRESS, "-t", RECIPIENT, "-F", message,
-                     f"127.0.0.1:{sink.port}"], env=POSTFIX_ENV)
+    run = timed([postfix_tool("smtp-source"), "-d", "-s", str(sessions), "-m", str(count),
+                 "-f", SENDER_ADDRESS, "-t", RECIPIENT, "-F", message,
+                 f"127.0.0.1:{sink.port}"], sink, env=POSTFIX_ENV)
     if run.returncode != 0:
         raise BenchError(f"smtp-source -s {sessions} into {sink.name}: exit status "
                          f"{run.returncode}: {run.stderr.strip()[-300:]}")
@@ -122,13 +130,15 @@ def startup(ctx, sink, tool):
                              str(sink.port), "--no-tls", spool])
         runs.append(_check(run, spool, ("new",), f"{tool} over an empty spool"))
     counted = runs[1:] or runs
-    return Startup(median([r.wall for r in counted]), median([r.cpu for r in counted]))
+    return Startup(median([r.wall for r in counted]), median([r.cpu for r in counted]),
+                   median([r.user for r in counted]))
 
 
 @dataclasses.dataclass(frozen=True)
 class Startup:
     wall: float
     cpu: float
+    user: float = 0.0
 
 
 @functools.lru_cache(maxsize=None)

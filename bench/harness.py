@@ -100,8 +100,10 @@ class ChildRun:
     wall: float
     peak_rss_kb: int
     cpu: float  # user + system seconds of the child (its threads included)
+    user: float  # of which user time: for Python, time holding the interpreter lock
     returncode: int
     stderr: str
+    sink_cpu: float = 0.0  # CPU seconds the sink used meanwhile (see drains.timed)
 
 
 def _peak_rss_kb(pid):
@@ -150,7 +152,7 @@ def run_timed(argv, *, env=None, timeout=1800, cwd=None):
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
     return ChildRun([str(a) for a in argv], wall, peak, usage.ru_utime + usage.ru_stime,
-                    proc.returncode, text)
+                    usage.ru_utime, proc.returncode, text)
 
 
 def free_port():
@@ -179,6 +181,15 @@ class Sink:
     name: str
     port: int
     process: subprocess.Popen
+
+    def cpu(self):
+        """User + system seconds the sink process has used so far (/proc/PID/stat)."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         if self.process.poll() is None:

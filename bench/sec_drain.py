@@ -50,13 +50,15 @@ def measure(ctx, sink_name, count):
             runs[label].append(_drain(ctx, sink, kind, arg, count))
     figures = {}
     for label, kind, _ in configs:
-        walls = [r.wall for r in runs[label]]
-        wall = median(walls)
+        got = runs[label]
+        wall = median([r.wall for r in got])
         net = net_seconds(wall, startups[kind].wall)
-        cpu = median([r.cpu for r in runs[label]]) - startups[kind].cpu
-        figures[label] = Figure(wall, rate(count, wall), rate(count, net),
-                                max(cpu, 0) / count, max(r.peak_rss_kb for r in runs[label]),
-                                walls)
+        cpu = max(median([r.cpu for r in got]) - startups[kind].cpu, 0) / count
+        user = max(median([r.user for r in got]) - startups[kind].user, 0) / count
+        sink_cpu = median([r.sink_cpu for r in got]) / count
+        figures[label] = Figure(wall, rate(count, wall), rate(count, net), cpu, user,
+                                sink_cpu, max(r.peak_rss_kb for r in got),
+                                [r.wall for r in got])
     return figures, startups
 
 
@@ -65,39 +67,51 @@ class Figure:
     wall: float
     wall_rate: float
     net_rate: float  # None when the start-up is most of the run
-    cpu_per_message: float  # seconds, start-up's CPU subtracted
+    cpu_per_message: float  # seconds, user + system, start-up's subtracted
+    user_per_message: float  # of which user time
+    sink_cpu_per_message: float  # what the sink spent on each message meanwhile
     peak_rss_kb: int
     walls: list
 
 
-def _cores(figure):
-    """CPU seconds the child used per second of its net run."""
-    if figure.net_rate is None:
-        return None
-    return figure.cpu_per_message * figure.net_rate
+def _cores(figure, per_message):
+    """CPU seconds per second of the net run, at ``per_message`` CPU seconds."""
+    return None if figure.net_rate is None else per_message * figure.net_rate
 
 
 def _ceiling(default, one, repoze):
     """Why the default configuration stops where it does, from its own figures."""
-    cores, cpu = _cores(default), default.cpu_per_message
-    if cores is None or cpu <= 0 or repoze.net_rate is None:
+    if default.net_rate is None or repoze.net_rate is None or default.user_per_message <= 0:
         return ""
-    needed = 4 * repoze.net_rate
+    client = _cores(default, default.cpu_per_message)
+    python = _cores(default, default.user_per_message)
+    both = _cores(default, default.cpu_per_message + default.sink_cpu_per_message)
+    cores, needed = os.cpu_count() or 1, 4 * repoze.net_rate
     head = (f"**What limits the default configuration**: with {DEFAULT_WORKERS} workers "
-            f"txmail-qp used {cpu * 1e6:.0f} us of CPU per message and kept {cores:.2f} "
-            "cores busy.  Its workers are threads of one Python process: they overlap "
-            "the waits (socket, disk), but Python code runs one thread at a time, so "
-            f"one process tops out near 1 / CPU per message = {1 / cpu:.0f} msg/s; "
-            f"4x repoze qp is {needed:.0f} msg/s here (at most {1e6 / needed:.0f} us "
-            "of CPU per message).  ")
-    if cores >= 0.85:
-        body = "It is at that ceiling: one core's worth of Python."
+            f"txmail-qp reached {default.net_rate:.0f} msg/s; 4x repoze qp would be "
+            f"{needed:.0f}.  It kept {client:.2f} cores busy ({python:.2f} of them in "
+            f"user time: {default.user_per_message * 1e6:.0f} us per message), the sink "
+            f"{both - client:.2f} more: {both:.2f} of this machine's {cores}.  ")
+    if both >= 0.8 * cores:
+        body = ("The machine's CPUs are nearly full, shared by the client, the sink and "
+                "this harness: more throughput needs less CPU per message (or more cores).")
+    elif python >= 0.8:
+        body = ("The workers are threads of one Python process and only one runs Python "
+                "at a time: its user time alone caps it near 1 / "
+                f"{default.user_per_message * 1e6:.0f} us = "
+                f"{1 / default.user_per_message:.0f} msg/s.")
     else:
-        faster = ratio(one.net_rate, default.net_rate) if one is not None else None
-        body = ("It stayed below that ceiling"
-                + (f", and one worker was {faster:.2f}x as fast" if faster else "")
-                + ": the threads wait for each other (a thread back from a socket wait "
-                "queues for the interpreter lock) more than for the sink or the disk.")
+        gain = ratio(default.net_rate, one.net_rate) if one is not None else None
+        system = default.cpu_per_message - default.user_per_message
+        body = ("Neither the CPUs nor the interpreter lock are full: of its "
+                f"{default.cpu_per_message * 1e6:.0f} us of CPU per message, "
+                f"{system * 1e6:.0f} us are system time (claim and retire renames, reads, "
+                "socket I/O)"
+                + (f", and {DEFAULT_WORKERS} workers reached {gain:.2f}x the rate of one"
+                   if gain else "")
+                + ".  The workers wait more than they compute; this harness does not "
+                "tell on what (the interpreter lock's hand-offs, or kernel locks: every "
+                "claim and every retire renames within the same directories).")
     return (head + body + "  What would lift it: less Python per message (see the "
             "profile below), or several txmail-qp processes on one spool (supported: "
             "claims are atomic renames) where cores are free.")
@@ -141,11 +155,11 @@ def run(ctx):
                  "`--no-tls`; smtp-source with `-d` (one connection per session for all "
                  "its messages) and the same message file.  \"msg/s (net)\" divides by "
                  "the wall clock minus the tool's start-up (a pass over an empty spool); "
-                 "\"CPU us / msg\" is the child's user+system time (its threads "
-                 "included, start-up subtracted) per message, steadier than the wall "
-                 "clock on a busy machine; \"cores busy\" is that CPU time per second "
-                 f"of the net rate (this machine has {os.cpu_count()} cores, shared by "
-                 "the sink, the client and this harness).")
+                 "\"CPU us / msg\" is the client's user+system time (its threads "
+                 "included, start-up subtracted) and the sink's, per message, steadier "
+                 "than the wall clock on a busy machine; \"cores busy\" is both per "
+                 f"second of the net rate (this machine has {os.cpu_count()} cores, "
+                 "shared by the sink, the client and this harness).")
     results = {}
     for sink_name in ctx.options.sinks:
         figures, startups = measure(ctx, sink_name, count)
@@ -153,7 +167,8 @@ def run(ctx):
         repoze = figures["repoze.sendmail qp"]
         rows = [(label, f"{f.wall:.2f}", fmt(f.wall_rate), fmt(f.net_rate),
                  fmt(ratio(f.net_rate, repoze.net_rate), ".2f", "x"),
-                 f"{f.cpu_per_message * 1e6:.0f}", fmt(_cores(f), ".2f"),
+                 f"{f.cpu_per_message * 1e6:.0f} / {f.sink_cpu_per_message * 1e6:.0f}",
+                 fmt(_cores(f, f.cpu_per_message + f.sink_cpu_per_message), ".2f"),
                  f"{f.peak_rss_kb / 1024:.1f}", ", ".join(f"{w:.2f}" for w in f.walls))
                 for label, f in figures.items()]
         parts.append(f"### into {sink_name}\n\n"
@@ -161,7 +176,8 @@ def run(ctx):
                      f"{startups['txmail'].wall:.2f} s, repoze qp "
                      f"{startups['repoze'].wall:.2f} s.\n\n"
                      + table(["configuration", "wall s", "msg/s (wall)", "msg/s (net)",
-                              "net vs repoze qp", "CPU us / msg", "cores busy",
+                              "net vs repoze qp", "CPU us / msg (client / sink)",
+                              "cores busy (both)",
                               "peak RSS MB", "wall s, each run"], rows))
         lines.append(f"drain into {sink_name}, msg/s net (wall): " + "; ".join(
             f"{label.split(' (')[0]} {fmt(f.net_rate)} ({fmt(f.wall_rate)})"

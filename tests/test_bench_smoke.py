@@ -74,7 +74,8 @@ def test_quick_run_writes_every_section_with_numbers(quick_run):
             cell = _cell(drain, config, header)
             assert re.fullmatch(NUMBER, cell) and float(cell) > 0, (config, header, cell)
         # start-up's CPU is subtracted: with --quick's 20 messages it may round to 0
-        assert re.fullmatch(NUMBER, _cell(drain, config, "CPU us / msg")), config
+        cpu = _cell(drain, config, "CPU us / msg (client / sink)")
+        assert re.fullmatch(f"{NUMBER} / {NUMBER}", cpu), (config, cpu)
     cells = _row(_section(text, "Cost growth"), "40")  # the largest quick size
     assert cells[1] in ("1", "4") and re.fullmatch(NUMBER, cells[2]), cells
     targets = _section(text, "Targets")
