@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from harness import (BIN, POSTFIX_ENV, RECIPIENT, BenchError, median, postfix_tool,
-                     run_timed, strip_envelope)
+                     run_timed, run_timed_together, strip_envelope)
 
 SENDER_ADDRESS = "sender@example.com"
 
@@ -47,10 +47,13 @@ def txmail_argv(ini, workers=None):
     return argv
 
 
-def timed(argv, sink, env=None):
-    """:func:`run_timed`, plus the CPU time the sink spent meanwhile."""
+def timed(argv, sink, env=None, processes=1):
+    """:func:`run_timed`, plus the CPU time the sink spent meanwhile.
+
+    ``processes`` > 1 starts that many copies of ``argv`` at once.
+    """
     before = sink.cpu()
-    run = run_timed(argv, env=env)
+    run = run_timed_together([argv] * processes, env=env)
     run.sink_cpu = sink.cpu() - before
     return run
 
@@ -76,17 +79,21 @@ def _check(run, spool, states, what):
     return run
 
 
-def drain_txmail(ctx, sink, count, workers=None, before=None):
-    """``before(spool)``, if given, runs on the filled spool before the clock starts."""
-    base = ctx.scratch(f"drain-txmail-w{workers}")
+def drain_txmail(ctx, sink, count, workers=None, before=None, processes=1):
+    """``before(spool)``, if given, runs on the filled spool before the clock starts.
+
+    ``processes`` txmail-qp processes drain the one spool together (claims
+    are atomic renames), each with ``workers`` workers.
+    """
+    base = ctx.scratch(f"drain-txmail-p{processes}w{workers}")
     spool = base / "spool"
     ctx.fill(spool, count)
     if before is not None:
         before(spool)
     ini = write_ini(base, spool, sink, workers)
-    run = timed(txmail_argv(ini, workers), sink)
+    run = timed(txmail_argv(ini, workers), sink, processes=processes)
     return _check(run, spool, ("new", "cur", "deferred", "failed", "meta", "done"),
-                  f"txmail-qp --workers {workers} into {sink.name}")
+                  f"{processes} x txmail-qp --workers {workers} into {sink.name}")
 
 
 def drain_repoze(ctx, sink, count):

@@ -132,27 +132,42 @@ def run_timed(argv, *, env=None, timeout=1800, cwd=None):
     only grows, so the last reading misses at most the final milliseconds).
     stderr goes to a file, so a chatty child can never block on a full pipe.
     """
+    return run_timed_together([argv], env=env, timeout=timeout, cwd=cwd)
+
+
+def run_timed_together(argvs, *, env=None, timeout=1800, cwd=None):
+    """Start every command at once; one :class:`ChildRun` for all of them.
+
+    Wall clock until the last one exits, CPU times summed, the largest peak
+    RSS of any one, the first non-zero exit status, stderr concatenated.
+    """
+    argvs = [[str(a) for a in argv] for argv in argvs]
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=cwd)
-        deadline, peak = start + timeout, 0
-        while True:
-            peak = max(peak, _peak_rss_kb(proc.pid))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                proc.wait()
-                raise BenchError(f"{argv[0]} did not finish within {timeout}s")
-            time.sleep(0.003)
+        running = {subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, env=env, cwd=cwd): argv for argv in argvs}
+        deadline, peak, cpu, user, status = start + timeout, 0, 0.0, 0.0, 0
+        while running:
+            for proc in list(running):
+                peak = max(peak, _peak_rss_kb(proc.pid))
+                pid, code, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    proc.returncode = os.waitstatus_to_exitcode(code)
+                    status = status or proc.returncode
+                    cpu += usage.ru_utime + usage.ru_stime
+                    user += usage.ru_utime
+                    del running[proc]
+            if running and time.perf_counter() > deadline:
+                for proc in running:
+                    proc.kill()
+                    proc.wait()
+                raise BenchError(f"{argvs[0][0]} did not finish within {timeout}s")
+            if running:
+                time.sleep(0.003)
         wall = time.perf_counter() - start
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
-    return ChildRun([str(a) for a in argv], wall, peak, usage.ru_utime + usage.ru_stime,
-                    usage.ru_utime, proc.returncode, text)
+    return ChildRun(argvs[0], wall, peak, cpu, user, status, text)
 
 
 def free_port():
