@@ -69,6 +69,7 @@ def test_quick_run_writes_every_section_with_numbers(quick_run):
         cells = _row(enqueue, path)
         assert re.fullmatch(NUMBER, cells[1]) and float(cells[1]) > 0, cells
     for config in ("txmail-qp, 1 worker", "txmail-qp, 4 workers (default)",
+                   "2 txmail-qp processes x 2 workers",
                    "repoze.sendmail qp", "smtp-source, 1 session (floor)"):
         for header in ("wall s", "peak RSS MB"):
             cell = _cell(drain, config, header)
