@@ -93,10 +93,17 @@ def _split_note(default, split):
     if split is None or split.net_rate is None:
         return ""
     gain = split.net_rate / default.net_rate
-    verdict = ("so the limit is inside one process -- the interpreter lock's hand-offs: "
-               "run several txmail-qp processes (each with fewer workers)" if gain >= 1.1
-               else "so the limit is not the interpreter lock but what the processes "
-               "share: the kernel (directories, sockets), the disk or the sink")
+    if gain >= 1.25:
+        verdict = ("so the limit is mostly inside one process -- the interpreter lock's "
+                   "hand-offs: run several txmail-qp processes, each with fewer workers")
+    elif gain > 1.05:
+        verdict = ("so a little of the limit is inside one process (the interpreter "
+                   "lock) and most of it is what the processes share: the CPUs, the "
+                   "kernel (directories, sockets), the disk or the sink")
+    else:
+        verdict = ("so the limit is not the interpreter lock but what the processes "
+                   "share: the CPUs, the kernel (directories, sockets), the disk or the "
+                   "sink")
     return (f"  {SPLIT} (the same {DEFAULT_WORKERS} workers in {PROCESSES} interpreters, "
             "on one spool: claims are atomic renames) reached "
             f"{split.net_rate:.0f} msg/s, {gain:.2f}x the default, {verdict}.")
