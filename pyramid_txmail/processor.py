@@ -212,11 +212,11 @@ class Processor:
 
     def _jobs(self, now, stats, stop):
         """``(state, name)`` of every message to try in this pass, in order."""
-        for name in self.spool.names("new"):
+        for name in self.spool.iter_names("new"):
             if stop is not None and stop.is_set():
                 return
             yield "new", name
-        for name in self.spool.names("deferred"):
+        for name in self.spool.iter_names("deferred"):
             if stop is not None and stop.is_set():
                 return
             if self._due(name, now):

@@ -32,6 +32,9 @@ from email.header import Header, decode_header
 
 from . import wire
 
+#: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
+BATCH = 10000
+
 STATES = ("tmp", "new", "cur", "deferred", "failed", "meta", "done")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -212,6 +215,33 @@ class Spool:
         except FileNotFoundError:
             return []
         return sorted(names, key=_age_key)
+
+    def iter_names(self, state, batch=None):
+        """The message names in a state, in sorted batches of at most ``batch``.
+
+        Memory stays bounded however long the queue: the directory is read
+        as a stream and each batch is sorted oldest first.  A queue shorter
+        than ``batch`` (the usual case) comes out strictly oldest first; a
+        longer backlog is taken batch by batch, in directory order.
+        """
+        batch = batch or BATCH
+        try:
+            entries = os.scandir(self._dir(state))
+        except FileNotFoundError:
+            return
+        with entries:
+            names = []
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name.endswith(".json"):
+                    continue
+                names.append(name)
+                if len(names) >= batch:
+                    names.sort(key=_age_key)
+                    yield from names
+                    names = []
+            names.sort(key=_age_key)
+            yield from names
 
     def count(self, state):
         return len(self.names(state))

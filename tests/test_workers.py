@@ -206,3 +206,22 @@ def test_subscribers_in_worker_threads_see_the_app_registry(spool, make_smtp_ser
                           registry=config.registry, transaction_manager=manager).run_once()
         assert stats.sent == len(seen) and stats.errors == 0
         assert seen == [(True, "Active")] * len(seen)
+
+
+def test_names_come_in_sorted_batches_and_a_long_queue_drains_once(spool, make_smtp_server,
+                                                                   monkeypatch):
+    import pyramid_txmail.spool
+
+    ids = fill(spool, 23)
+    names = spool.names("new")
+    got = list(spool.iter_names("new", batch=5))
+    assert sorted(got) == sorted(names) and len(got) == len(set(got))
+    for start in range(0, 23, 5):  # each batch oldest first
+        chunk = got[start:start + 5]
+        assert chunk == sorted(chunk, key=names.index)
+    assert list(spool.iter_names("new")) == names  # shorter than a batch: strictly in order
+    monkeypatch.setattr(pyramid_txmail.spool, "BATCH", 5)
+    server = extra_server(make_smtp_server)
+    stats = Processor(spool, None, settings_for(server, spool, workers=3)).run_once()
+    assert stats.sent == 23
+    assert received_ids(server) == collections.Counter(ids)
