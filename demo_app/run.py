@@ -8,9 +8,8 @@ starts
 
 * the development SMTP server (:mod:`demo_app.devsmtp`, in this process),
 * the web application under waitress (``pserve INI`` in a child process),
-* the queue processor: ``txmail-qp INI --daemon`` when this txmail-qp has
-  ``--daemon``, else ``txmail-qp INI`` once every second (a child process per
-  pass, like a cron job would run it) -- see :mod:`demo_app.queue_runner`,
+* the queue processor, ``txmail-qp INI --daemon`` (a child process) -- see
+  :mod:`demo_app.queue_runner`,
 
 then signs up a sample user over HTTP (a new address each run, since the
 database keeps its users) and waits until the welcome mail is in the inbox.
@@ -237,9 +236,8 @@ def wait_for_mail(inbox, message_id, timeout, queue):
         time.sleep(0.2)
     problem = queue.problem()
     hint = f" Last problem: {problem}." if problem else ""
-    passes = f" ({queue.passes} txmail-qp passes ran)" if queue.passes is not None else ""
     raise DemoError(f"the sample mail {message_id} did not arrive in {inbox} within "
-                    f"{timeout:.0f} s{passes}.{hint}")
+                    f"{timeout:.0f} s.{hint}")
 
 
 # -- main ------------------------------------------------------------------

@@ -15,7 +15,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from email.parser import BytesParser
 
 import pytest
@@ -23,7 +22,6 @@ import webtest
 
 import demo_app
 from demo_app.devsmtp import DevSMTPServer
-from demo_app.queue_runner import QueueLoop
 
 from .demo_process import start_demo
 from .smtpserver import free_port
@@ -243,31 +241,6 @@ def test_delivered_welcome_mail_shows_its_html_and_inline_logo(app, dirs, tmp_pa
     app.get(f"/inbox/{name}/cid/nothing@here", status=404)
 
 
-def test_queue_loop_keeps_draining_the_spool(app, dirs, tmp_path):
-    """The fallback for a txmail-qp without --daemon: one pass a second, until stopped."""
-    port = free_port()
-    ini = tmp_path / "qp.ini"
-    ini.write_text(f"[app:main]\nuse = egg:pyramid_txmail\n"
-                   f"mail.queue_path = {dirs['spool']}\nmail.host = 127.0.0.1\n"
-                   f"mail.port = {port}\n")
-    loop = QueueLoop(QP, str(ini), dict(os.environ), interval=0.2)
-    with DevSMTPServer(dirs["inbox"], port=port):
-        loop.start()
-        try:
-            for name in ("Ada", "Bob"):  # the second one is queued after passes have run
-                sign_up(app, name, f"{name.lower()}@example.org", status=303)
-                deadline = time.monotonic() + 30
-                while not any(f"{name.lower()}@example.org".encode() in p.read_bytes()
-                              for p in dirs["inbox"].glob("*.eml")):
-                    assert time.monotonic() < deadline, f"{name}'s mail did not arrive"
-                    time.sleep(0.1)
-        finally:
-            loop.stop()
-    assert not loop.is_alive()
-    assert loop.passes >= 2 and loop.problem() is None
-    assert spool_files(dirs["spool"], "new") == [] and spool_files(dirs["spool"], "cur") == []
-
-
 def test_run_check_end_to_end(tmp_path):
     var = tmp_path / "var"
     command = [sys.executable, "-m", "demo_app.run", "--check",
@@ -278,13 +251,8 @@ def test_run_check_end_to_end(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Traceback" not in output
-    # txmail-qp --daemon when this txmail-qp has it, else the once-a-second loop
-    help_text = subprocess.run([QP, "--help"], capture_output=True, text=True).stdout
     started = re.search(r"demo: queue processor: (.*) \(spool ", result.stdout).group(1)
-    if "--daemon" in help_text:
-        assert started.endswith(" --daemon"), started
-    else:
-        assert started.endswith(" --no-app every second"), started
+    assert started.endswith(" --daemon"), started
     assert re.search(r"Form: http://127\.0\.0\.1:\d+/ +Inbox: http://127\.0\.0\.1:\d+/inbox",
                      result.stdout)
     arrived = re.search(r"Mail arrived: Welcome, Newcomer! to (newcomer-\S+@example\.org)",
