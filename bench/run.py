@@ -33,6 +33,7 @@ SECTIONS = {
     "enqueue": "sec_enqueue",
     "drain": "sec_drain",
     "growth": "sec_growth",
+    "attachment": "sec_attachment",
 }
 
 FULL = dict(sizes=[1000, 10000, 100000], drain_size=5000, enqueue_count=1000, repeats=3)
