@@ -14,29 +14,17 @@ chromium-driver with apt when they are missing; without them this test fails
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
+from .chromium import start_chromium
 from .demo_process import ROOT, start_demo
 
 ARTIFACTS = os.path.join(ROOT, "test-artifacts", "browser")
 WAIT = 30  # seconds for a page or a mail to show up
-
-
-def system_binary(*names):
-    for name in names:
-        found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}")
-                                       else None)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +37,11 @@ def demo(tmp_path_factory):
 
 @pytest.fixture
 def browser():
-    chromium = system_binary("chromium", "chromium-browser")
-    chromedriver = system_binary("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.fail("Debian's chromium and chromedriver are needed for the browser test: "
-                    "`make test` installs them (apt-get install chromium chromium-driver).")
     os.makedirs(ARTIFACTS, exist_ok=True)
     for name in os.listdir(ARTIFACTS):
         if name.endswith(".png"):
             os.remove(os.path.join(ARTIFACTS, name))
-    options = Options()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1100,900", "--no-first-run", "--disable-extensions"):
-        options.add_argument(argument)
-    if os.geteuid() == 0:
-        options.add_argument("--no-sandbox")  # chromium refuses to run as root otherwise
-    # An explicit driver path: selenium uses it and never downloads anything.
-    service = Service(executable_path=chromedriver,
-                      log_output=os.path.join(ARTIFACTS, "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(WAIT)
+    driver = start_chromium(ARTIFACTS, "1100,900", WAIT)
     yield driver
     driver.quit()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import struct
 import threading
 import time
@@ -22,13 +21,11 @@ from email.message import EmailMessage
 
 import pytest
 from pyramid.config import Configurator
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from webtest.http import StopableWSGIServer
 
+from .chromium import start_chromium
 from .test_preview import write_eml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,29 +99,9 @@ def hostile_message(tracker):
     return msg
 
 
-def system_binary(name):
-    return shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}")
-                                  else None)
-
-
 @pytest.fixture
 def browser():
-    chromium, chromedriver = system_binary("chromium"), system_binary("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.fail("Debian's chromium and chromedriver are needed: `make test` installs "
-                    "them (apt-get install chromium chromium-driver).")
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    options = Options()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1100,1200", "--no-first-run", "--disable-extensions"):
-        options.add_argument(argument)
-    if os.geteuid() == 0:
-        options.add_argument("--no-sandbox")  # chromium refuses to run as root otherwise
-    service = Service(executable_path=chromedriver,
-                      log_output=os.path.join(ARTIFACTS, "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(WAIT)
+    driver = start_chromium(ARTIFACTS, "1100,1200", WAIT)
     yield driver
     driver.quit()
 
