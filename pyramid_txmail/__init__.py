@@ -11,6 +11,7 @@ from __future__ import annotations
 from pyramid.exceptions import ConfigurationError
 from pyramid.interfaces import IRequest
 
+from .builder import Mail
 from .delivery import Delivery, Mailer, NoTransaction, make_outbox
 from .events import MailDeferred, MailFailed, MailQueued, MailSent
 from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
@@ -20,12 +21,14 @@ from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipient
 from .redirect import announce as announce_redirect
 from .settings import MailSettings, parse_settings
 from .spool import SpoolError
+from .templates import render_mail
 
 __all__ = [
     "Delivery", "Mailer", "NoTransaction", "MailSettings", "get_mailer", "includeme",
     "MailQueued", "MailSent", "MailDeferred", "MailFailed",
     "IMailQueued", "IMailSent", "IMailDeferred", "IMailFailed", "IMailDelivery",
     "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
+    "Mail", "render_mail",
 ]
 
 
