@@ -42,10 +42,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import transaction
+from pyramid.threadlocal import manager as threadlocals
+
 from . import events as mail_events
 from . import wire
-from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .queue_state import dead_letter, record_attempt
+from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
 from .spool import PoisonMessage, enqueued_at
 
@@ -137,7 +140,6 @@ class Processor:
                  transaction_manager=None, clock=time.time, rand=random.random,
                  workers=None, limiter=None):
         if registry is not None and transaction_manager is None:
-            import transaction
             transaction_manager = transaction.manager
         self.spool = spool
         self.settings = settings
@@ -164,6 +166,9 @@ class Processor:
             limiter = RateLimiter(settings.rate_limit)
         self.limiter = limiter
         self._dispatch_lock = threading.Lock()
+        # A manager that is not thread-local must not be used by two workers at once.
+        self._shared_manager = not isinstance(transaction_manager,
+                                              (type(None), transaction.ThreadTransactionManager))
 
     # -- the pass ---------------------------------------------------------------
 
@@ -479,13 +484,9 @@ class Processor:
         """
         if self.registry is None or not found:
             return
-        import transaction
-        from pyramid.threadlocal import manager as threadlocals
-
-        shared = not isinstance(self.transaction_manager, transaction.ThreadTransactionManager)
         threadlocals.push({"registry": self.registry, "request": None})
         try:
-            if shared:
+            if self._shared_manager:
                 with self._dispatch_lock:
                     mail_events.dispatch(self.registry, found, self.transaction_manager)
             else:
