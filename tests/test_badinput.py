@@ -1,0 +1,186 @@
+"""Bad input, property-based: whatever a view hands to ``send``, a clear error or the same mail.
+
+For random headers (CR, LF, NUL and other controls, non-ASCII, very long,
+encoded words), display names, subjects, bodies (bare CR and LF, long lines),
+attachments and internationalised addresses, given to ``send`` as a
+:class:`pyramid_txmail.Mail`, an :class:`email.message.EmailMessage` (or a
+legacy ``Message``) or a pyramid_mailer ``Message``, exactly one of these holds:
+
+* ``send`` raises, naming the header, address or file at fault, and nothing is
+  queued or sent;
+* the real server (aiosmtpd on 127.0.0.1, default line limits, with or without
+  SMTPUTF8) receives bytes that parse back to the same message -- same headers
+  (decoded) and no others, same text, HTML and attachments -- through the queue
+  and the processor, and through direct delivery;
+* (only for a UTF-8 mailbox and a server without SMTPUTF8) it is dead-lettered
+  with the reason.
+
+Every connection is recorded byte for byte: no bare CR or LF, no lenient end of
+DATA, one MAIL transaction per message (no SMTP smuggling).
+"""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyramid_txmail import Mail
+
+from .badinput_support import (Harness, Tally, check_transcripts, decoded, idna_address,
+                               mailboxes, raw_headers, read_back)
+from .reliability import runs
+
+pytestmark = pytest.mark.reliability
+
+
+def examples(quick, long):
+    return settings(max_examples=runs(quick, long), deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    harness = Harness(str(tmp_path_factory.mktemp("badinput")))
+    yield harness
+    harness.close()
+
+
+# -- strategies ---------------------------------------------------------------------------
+
+CONTROLS = ["\r", "\n", "\r\n", "\x00", "\x0b", "\x0c", "\x1b", "\x7f"]
+SPECIALS = ["=?utf-8?q?caf=C3=A9?=", "=?iso-8859-1?b?4A==?=", "=?bogus?q?x?=",
+            "\nBcc: victim@example.com", "\r\n\r\nbody", " ", "  ", "\t", '"', "(", ")",
+            ",", "<", ">", "@", ";", ":", "\\", "ü", "€", "😀", "\u200b", "\x85", "\u2028",
+            "é" * 40, "x" * 1200, "word " * 250]
+_plain = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+def text_with(pieces, max_size=8):
+    return st.lists(st.one_of(_plain, st.sampled_from(pieces)), max_size=max_size).map("".join)
+
+
+header_value = text_with(SPECIALS + CONTROLS)
+clean_header_value = text_with(SPECIALS)
+header_name = st.one_of(
+    st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
+    st.sampled_from(["Subject", "Comments", "Keywords", "In-Reply-To", "References",
+                     "List-Unsubscribe", "Organization", "X-Mailer"]),
+    st.sampled_from(["X Bad", "X:Colon", "Ünï", "", "X-\x00", "X-\n"]))  # invalid names
+line_break = st.sampled_from(["\n", "\r\n", "\r"])
+body_line = st.one_of(text_with(SPECIALS[3:], 6), st.sampled_from(
+    [".", "..", ". ", "From me", "x" * 1500, "é" * 700, "\x00", "a\tb "]))
+body_text = st.lists(st.tuples(body_line, line_break), max_size=10).map(
+    lambda pairs: "".join(line + br for line, br in pairs)) | text_with(
+    ["\r\n.\r\n", "\n.\n", "\n.\r\n", "\r.\r", "\r\n.\n", "\n.\r", "x" * 2000] + CONTROLS)
+
+ascii_local = st.from_regex(r"[a-z0-9][a-z0-9._+-]{0,10}[a-z0-9]", fullmatch=True).filter(
+    lambda s: ".." not in s)
+utf8_local = st.sampled_from(["jörg", "用户", "δοκιμή", "müller.k"])
+domain = st.sampled_from(["example.com", "example.org", "bücher.example.com",
+                          "münchen.example.org", "例え.example.jp"])
+good_address = st.builds(lambda local, dom: f"{local}@{dom}",
+                         st.one_of(ascii_local, ascii_local, utf8_local), domain)
+bad_address = st.sampled_from(["no-at-sign", "a@@example.com", "a b@example.com",
+                               "@example.com", "a@-bad-.com", "a@localhost", "a@",
+                               "a\n@example.com", "a@exa\rmple.com"])
+display_name = text_with(SPECIALS + CONTROLS, 5)
+attachment = st.tuples(st.binary(max_size=3000) | st.sampled_from(
+    [b"\r\n.\r\n", b"a\n.\nMAIL FROM:<x@example.com>\n", b"\r.\r\n.\n" * 50]),
+    text_with(SPECIALS + CONTROLS, 4), st.sampled_from(["application/octet-stream",
+                                                        "text/plain", "image/png"]))
+
+
+def suspicious(text):
+    """Control characters (not TAB): a clear error for them is fine."""
+    return any(ord(c) < 32 and c != "\t" or c == "\x7f" for c in text)
+
+
+def eol(text):
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def names_culprit(exc, culprits):
+    text = str(exc)
+    return any(c and (c in text or repr(c) in text or repr(c)[1:-1] in text)
+               for c in culprits)
+
+
+# -- the Mail builder ---------------------------------------------------------------------
+
+@st.composite
+def mail_inputs(draw):
+    to = draw(st.lists(st.tuples(display_name, good_address | bad_address), min_size=1,
+                       max_size=3))
+    return {"subject": draw(st.none() | header_value), "to": to,
+            "headers": draw(st.lists(st.tuples(header_name, header_value), max_size=3)),
+            "text": draw(st.none() | body_text), "html": draw(st.none() | body_text),
+            "attachments": draw(st.lists(attachment, max_size=2))}
+
+
+def check_mail_arrived(spec, outcome):
+    [got] = outcome.received
+    msg = read_back(got.data)
+    raw = raw_headers(got.data)
+    given_headers = ([("Subject", spec["subject"])] if spec["subject"] is not None else []) \
+        + spec["headers"]
+    # a header value can never add a header: exactly the ones set, and ours
+    names = sorted(n.lower() for n, _ in raw if n.lower() not in GENERATED_NAMES)
+    assert names == sorted(["to"] + [n.lower() for n, _ in given_headers])
+    for name, value in given_headers:
+        got_values = [decoded(v) for n, v in raw if n.lower() == name.lower()]
+        assert value.strip() in [v.strip() for v in got_values], (name, value, got_values)
+    [to] = [v for n, v in raw if n.lower() == "to"]
+    assert [(n, idna_address(a)) for n, a in mailboxes(to)] == \
+        [(n, idna_address(a)) for n, a in spec["to"]]
+    assert sorted(map(idna_address, got.rcpt_tos)) == \
+        sorted({idna_address(a) for _, a in spec["to"]})
+    if spec["text"] is not None:
+        assert eol(msg.get_body(("plain",)).get_content()).rstrip("\n") == \
+            eol(spec["text"]).rstrip("\n")
+    if spec["html"] is not None:
+        assert eol(msg.get_body(("html",)).get_content()).rstrip("\n") == \
+            eol(spec["html"]).rstrip("\n")
+    found = [(a.get_filename(), a.get_payload(decode=True)) for a in msg.iter_attachments()
+             if a.get_content_disposition() == "attachment"]
+    assert found == [(name or None, data) for data, name, _ in spec["attachments"]]
+
+
+GENERATED_NAMES = {"from", "message-id", "date", "mime-version", "content-type",
+                   "content-transfer-encoding"}
+
+
+def test_mail_builder_round_trips_or_is_refused(harness):
+    tally = Tally()
+
+    @examples(30, 1500)
+    @given(spec=mail_inputs(), mode=st.sampled_from(["queue", "direct"]), utf8=st.booleans())
+    def example(spec, mode, utf8):
+        culprits = [n for n, _ in spec["headers"]] + ["Subject", "To"] + \
+            [a for _, a in spec["to"]] + [repr(f) for _, f, _ in spec["attachments"]]
+        try:
+            mail = Mail(subject=spec["subject"], to=spec["to"], headers=spec["headers"],
+                        text=spec["text"], html=spec["html"])
+            for data, filename, content_type in spec["attachments"]:
+                mail.attach(data, filename=filename or None, content_type=content_type)
+        except ValueError as exc:  # the builder refuses at once: same rules as send()
+            tally.counts["bad_inputs"] += 1
+            tally.counts["held"] += 1
+            assert names_culprit(exc, culprits), exc
+            return
+        outcome = harness.send(mail, mode, utf8)
+        tally.add(outcome)
+        assert outcome.lost == 0
+        if outcome.refused is not None:
+            assert isinstance(outcome.refused, ValueError), repr(outcome.refused)
+            assert names_culprit(outcome.refused, culprits), outcome.refused
+            return
+        check_transcripts(outcome)
+        if outcome.held:
+            [(state, reason)] = outcome.held
+            assert not utf8 and state == "failed" and "SMTPUTF8" in reason, outcome.held
+            return
+        check_mail_arrived(spec, outcome)
+
+    example()
+    tally.record("Mail builder: random headers, names, bodies, attachments, addresses")
+    assert tally["lost"] == 0
