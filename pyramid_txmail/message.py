@@ -19,6 +19,7 @@ from email_validator import EmailNotValidError, validate_email
 from . import wire
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+_ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")
 _FOLD = re.compile(r"\r?\n[ \t]")
 
@@ -134,6 +135,25 @@ def _addresses(message, names):
     return found
 
 
+def _ascii_domains(message):
+    """Write non-ASCII domains in address headers as A-labels (``xn--...``).
+
+    Without SMTPUTF8 the headers must be ASCII, and the ``email`` package
+    would otherwise encode ``jorg@bücher.example`` as an encoded word inside
+    the address (or the whole legacy header as one) -- which RFC 2047
+    forbids and no reader decodes.  IDNA is the ASCII form of such a domain.
+    """
+    for i, (name, value) in enumerate(message._headers):
+        if name.lower() not in _ADDRESS_HEADERS or str(value).isascii():
+            continue
+        pairs = email.utils.getaddresses([str(value)])
+        if all(addr.rpartition("@")[2].isascii() for _, addr in pairs):
+            continue  # a non-ASCII display name: encoded words are right there
+        items = [email.utils.formataddr((display, _validated(addr)[0] or addr), "utf-8")
+                 for display, addr in pairs]
+        message._headers[i] = message.policy.header_store_parse(name, ", ".join(items))
+
+
 def _serialize(message, utf8):
     policy = message.policy
     if isinstance(policy, email.policy.EmailPolicy):
@@ -194,6 +214,8 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     # names and subjects are RFC 2047 encoded words otherwise.
     utf8 = wire.needs_smtputf8(fromaddr, [*toaddrs, *header_senders, *reply_to,
                                           *header_recipients])
+    if not utf8:
+        _ascii_domains(message)
     data = _serialize(message, utf8)
     if built is not None:  # bytes, or a wire.Stream when attachments are read from files
         data = built.data(data)

@@ -184,3 +184,26 @@ def test_mail_builder_round_trips_or_is_refused(harness):
     example()
     tally.record("Mail builder: random headers, names, bodies, attachments, addresses")
     assert tally["lost"] == 0
+
+
+# -- defects the properties found, pinned ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["Mail", "EmailMessage", "Message"])
+def test_idn_domain_in_a_header_goes_as_its_a_label_without_smtputf8(harness, kind):
+    """Was: ``To: jorg@=?utf-8?q?b=C3=BCcher?=.example.com`` -- an encoded word
+    inside an address, which no standard reader decodes (RFC 2047 section 5)."""
+    import email.message
+
+    to = "Jörg <jorg@bücher.example.com>"
+    if kind == "Mail":
+        message = Mail(subject="s", to=to, text="t")
+    else:
+        message = getattr(email.message, kind)()
+        message["To"] = to if kind == "EmailMessage" else \
+            "=?utf-8?q?J=C3=B6rg?= <jorg@bücher.example.com>"
+        message.set_payload("t")
+    outcome = harness.send(message, "queue", utf8=False)
+    [got] = outcome.received
+    [to_value] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(to_value) == [("Jörg", "jorg@xn--bcher-kva.example.com")]
+    assert got.data.isascii() and got.rcpt_tos == ["jorg@xn--bcher-kva.example.com"]
