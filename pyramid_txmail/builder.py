@@ -63,6 +63,15 @@ def _encoded_words(text, header_name=None):
                                header_name=header_name).encode(linesep="\n")
 
 
+def _needs_encoding(text):
+    """Non-ASCII, or text a reader would take for an encoded word ("=?...?=").
+
+    Written as it is, ``=?utf-8?q?caf=C3=A9?=`` would arrive as "café";
+    encoded, it arrives as typed.
+    """
+    return not text.isascii() or "=?" in text
+
+
 def _pairs(header, value):
     """``(display name, address)`` pairs of a recipient argument."""
     if isinstance(value, (str, Address, tuple)):
@@ -93,9 +102,10 @@ def _address_header(header, value):
     if not pairs:
         return None, False
     if not all(addr.isascii() for _, addr in pairs):  # SMTPUTF8 mailbox: UTF-8 headers
-        return ", ".join(f'"{email.utils.quote(name)}" <{addr}>' if name else addr
-                         for name, addr in pairs), False
-    items = [f"{_encoded_words(name)} <{addr}>" if not name.isascii()
+        return ",\n ".join(f"{_encoded_words(name)} <{addr}>" if "=?" in name
+                           else f'"{email.utils.quote(name)}" <{addr}>' if name else addr
+                           for name, addr in pairs), True
+    items = [f"{_encoded_words(name)} <{addr}>" if _needs_encoding(name)
              else email.utils.formataddr((name, addr)) for name, addr in pairs]
     return ",\n ".join(items), True
 
@@ -152,7 +162,7 @@ class Mail:
         for name, value in extra:
             _check_header(name, value)
             value = str(value)
-            if not value.isascii() and _unstructured(name):
+            if _needs_encoding(value) and _unstructured(name):
                 self._headers.append((name, _encoded_words(value, name), True))
             else:
                 self._headers.append((name, value, False))

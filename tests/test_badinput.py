@@ -207,3 +207,22 @@ def test_idn_domain_in_a_header_goes_as_its_a_label_without_smtputf8(harness, ki
     [to_value] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert mailboxes(to_value) == [("Jörg", "jorg@xn--bcher-kva.example.com")]
     assert got.data.isascii() and got.rcpt_tos == ["jorg@xn--bcher-kva.example.com"]
+
+
+LITERAL = "=?utf-8?q?caf=C3=A9?= and =?x?"
+
+
+@pytest.mark.parametrize("utf8_mailbox", [False, True])
+def test_text_that_looks_like_an_encoded_word_arrives_as_written(harness, utf8_mailbox):
+    """Was: Mail(subject="=?utf-8?q?caf=C3=A9?=") arrived as "café" (also display
+    names and attachment filenames): the reader decoded what the user wrote."""
+    address = "jörg@example.com" if utf8_mailbox else "jorg@example.com"
+    mail = Mail(subject=LITERAL, to=[(LITERAL, address)], text="t",
+                headers={"X-Note": LITERAL})
+    mail.attach(b"data", filename=LITERAL)
+    [got] = harness.send(mail, "direct", utf8=True).received
+    raw = dict(raw_headers(got.data))
+    assert decoded(raw["Subject"]) == decoded(raw["X-Note"]) == LITERAL
+    assert mailboxes(raw["To"]) == [(LITERAL, address)]
+    [part] = read_back(got.data).iter_attachments()
+    assert part.get_filename() == LITERAL
