@@ -28,7 +28,6 @@ checked, header injection refused).
 """
 from __future__ import annotations
 
-import email.header
 import email.policy
 import email.utils
 import mimetypes
@@ -37,7 +36,7 @@ from email.headerregistry import Address, UnstructuredHeader
 from email.message import EmailMessage
 
 from .message import HeaderInjection, InvalidAddress, check_address
-from .mimeparts import Built, Source, binary_part, multipart, text_part
+from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
 
 __all__ = ["Mail"]
 
@@ -53,14 +52,13 @@ _BUILT_HEADERS = {"content-type", "content-transfer-encoding", "content-disposit
 
 
 def _encoded_words(text, header_name=None):
-    """``text`` as RFC 2047 encoded words, folded at 76 columns.
+    """``text`` as RFC 2047 encoded words, one per folded line.
 
     The ``email`` package's own folder loses or adds a space where encoded and
     plain words meet (e.g. "Ąí ¹¬z" comes back as "Ąí¹¬z"); encoding the whole
     value keeps every space inside the words, so it decodes exactly.
     """
-    return email.header.Header(text, "utf-8", maxlinelen=76,
-                               header_name=header_name).encode(linesep="\n")
+    return encoded_words(text)
 
 
 def _needs_encoding(text):

@@ -15,7 +15,7 @@ columns, headers folded by the ``email`` package).
 from __future__ import annotations
 
 import base64
-import email.header
+import email.charset
 import email.policy
 import email.utils
 import errno
@@ -29,7 +29,8 @@ from email.message import EmailMessage
 
 from .wire import Stream
 
-__all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart"]
+__all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart",
+           "encoded_words"]
 
 #: Octets read and encoded per step: 1,152 base64 lines of 57 octets (76 characters).
 BLOCK = 57 * 1152
@@ -299,7 +300,33 @@ def _quoted_name(filename):
     (each at most 75 characters, one per folded line)."""
     if filename.isascii() and len(filename) <= 200 and "=?" not in filename:
         return '"' + email.utils.quote(filename) + '"'
-    return '"' + email.header.Header(filename, "utf-8", maxlinelen=76).encode(linesep="\n") + '"'
+    return '"' + encoded_words(filename) + '"'
+
+
+_UTF8 = email.charset.Charset("utf-8")
+
+
+def encoded_words(text):
+    """``text`` as RFC 2047 encoded words of at most 75 characters, one per line.
+
+    Not ``email.header.Header``: it splits its text at ``str.splitlines``
+    boundaries and drops U+0085, U+2028, U+2029 and FS/GS/RS on the way.
+    Whitespace between encoded words is not part of the text, so the words
+    decode to exactly ``text``.
+    """
+    words = []
+    start = 0
+    while start < len(text):
+        end = start + 1
+        word = _UTF8.header_encode(text[start:end])
+        while end < len(text):
+            longer = _UTF8.header_encode(text[start:end + 1])
+            if len(longer) > 75:
+                break
+            word, end = longer, end + 1
+        words.append(word)
+        start = end
+    return "\n ".join(words)
 
 
 def multipart(subtype, parts, **params):
