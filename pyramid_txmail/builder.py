@@ -40,7 +40,7 @@ from .mimeparts import Built, Source, binary_part, encoded_words, multipart, tex
 
 __all__ = ["Mail"]
 
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # RFC 6838 type and subtype names
 _CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -113,7 +113,7 @@ def _unstructured(name):
 
 
 def _check_header(name, value):
-    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         raise HeaderInjection(repr(name))
     if name.lower() in _BUILT_HEADERS:
         raise ValueError(f"headers[{name!r}]: the builder writes {name} itself")

@@ -20,7 +20,7 @@ from . import wire
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _FOLD = re.compile(r"\r?\n[ \t]")
 
 
@@ -101,7 +101,7 @@ def check_headers(message):
     """Refuse header names or values that would start a new header line."""
     for part in message.walk():
         for name, value in part.items():
-            if not _HEADER_NAME.match(name):
+            if not _HEADER_NAME.fullmatch(name):
                 raise HeaderInjection(repr(name))
             unfolded = _FOLD.sub(" ", str(value))
             if "\r" in unfolded or "\n" in unfolded:

@@ -253,3 +253,23 @@ def test_unicode_line_separators_in_encoded_words_arrive(harness):
     [part] = read_back(got.data).iter_attachments()
     assert part.get_filename() == text
     assert decoded(part.get_param("name", header="content-type")) == text
+
+
+@pytest.mark.parametrize("name", ["X-Note\n", "Bcc\n", "X-Note\r\n"])
+def test_a_header_name_ending_in_a_line_break_is_refused(harness, name):
+    """Was: the name check used ``^...$``, and ``$`` also matches before a final
+    newline: "X-Note\\n" passed, and went out as a broken header line."""
+    import email.message
+
+    mail_error = legacy_error = None
+    try:
+        Mail(subject="s", to="a@example.com", text="t", headers={name: "v"})
+    except ValueError as exc:
+        mail_error = exc
+    legacy = email.message.Message()
+    legacy["To"] = "a@example.com"
+    legacy[name] = "victim@example.com"
+    legacy.set_payload("t")
+    legacy_error = harness.send(legacy, "queue").refused
+    assert isinstance(mail_error, ValueError) and isinstance(legacy_error, ValueError)
+    assert repr(name) in str(mail_error) and repr(name) in str(legacy_error)
