@@ -82,13 +82,13 @@ def _pairs(header, value):
             found = [item]
         else:
             if _CONTROL.search(str(item).replace("\t", " ")):
-                raise HeaderInjection(header)
+                raise HeaderInjection.control(header, str(item))
             found = email.utils.getaddresses([str(item)])
             if not found or any(not addr for _, addr in found):
                 raise InvalidAddress(header, str(item), "not a list of addresses")
         for name, addr in found:
             if _CONTROL.search(f"{name or ''}{addr}"):
-                raise HeaderInjection(header)
+                raise HeaderInjection.control(header, f"{name or ''}{addr}")
             check_address(header, addr)
             pairs.append((name or "", addr))
     return pairs
@@ -114,11 +114,11 @@ def _unstructured(name):
 
 def _check_header(name, value):
     if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-        raise HeaderInjection(repr(name))
+        raise HeaderInjection.bad_name(name)
     if name.lower() in _BUILT_HEADERS:
         raise ValueError(f"headers[{name!r}]: the builder writes {name} itself")
     if _CONTROL.search(str(value).replace("\t", " ")):
-        raise HeaderInjection(name)
+        raise HeaderInjection.control(name, str(value))
 
 
 class _Attachment:

@@ -46,12 +46,25 @@ class InvalidAddress(MessageError):
 
 
 class HeaderInjection(MessageError):
-    """A header name or value carries a line break: it would add headers."""
+    """A header name or value carries a line break (it would add headers), another
+    control character, or the name is not a header name."""
 
-    def __init__(self, header):
+    def __init__(self, header, why="header value contains a CR or LF line break"):
         self.header = header
-        super().__init__(f"{header}: header value contains a CR or LF line break "
-                         "(header injection refused)")
+        super().__init__(f"{header}: {why} (header injection refused)")
+
+    @classmethod
+    def bad_name(cls, name):
+        return cls(repr(name), "not a valid header name (printable ASCII without "
+                               "space or ':')")
+
+    @classmethod
+    def control(cls, header, text):
+        """The error for a value ``text`` holding a control character."""
+        if "\r" in text or "\n" in text:
+            return cls(header)
+        found = next((c for c in text if ord(c) < 32 and c != "\t" or c == "\x7f"), "")
+        return cls(header, f"header value contains the control character {found!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +115,7 @@ def check_headers(message):
     for part in message.walk():
         for name, value in part.items():
             if not _HEADER_NAME.fullmatch(name):
-                raise HeaderInjection(repr(name))
+                raise HeaderInjection.bad_name(name)
             unfolded = _FOLD.sub(" ", str(value))
             if "\r" in unfolded or "\n" in unfolded:
                 raise HeaderInjection(name)

@@ -273,3 +273,22 @@ def test_a_header_name_ending_in_a_line_break_is_refused(harness, name):
     legacy_error = harness.send(legacy, "queue").refused
     assert isinstance(mail_error, ValueError) and isinstance(legacy_error, ValueError)
     assert repr(name) in str(mail_error) and repr(name) in str(legacy_error)
+
+
+def test_errors_for_bad_header_names_and_controls_say_what_is_wrong():
+    """Was: every refusal said "header value contains a CR or LF line break",
+    also for an empty or spaced header name and for a NUL in a value."""
+    from pyramid_txmail import HeaderInjection
+
+    cases = [({"headers": {"": "v"}}, "'': not a valid header name"),
+             ({"headers": {"X Note": "v"}}, "'X Note': not a valid header name"),
+             ({"subject": "a\x00b"}, "Subject: header value contains the control "
+                                     "character '\\x00'"),
+             ({"to": "A\x1b <a@example.com>"}, "To: header value contains the control "
+                                                "character '\\x1b'"),
+             ({"subject": "a\nBcc: x@example.com"}, "Subject: header value contains a "
+                                                    "CR or LF line break")]
+    for kwargs, message in cases:
+        with pytest.raises(HeaderInjection) as info:
+            Mail(**{"to": "a@example.com", "text": "t", **kwargs})
+        assert str(info.value).startswith(message), info.value
