@@ -35,7 +35,7 @@ import re
 from email.headerregistry import Address, UnstructuredHeader
 from email.message import EmailMessage
 
-from .message import HeaderInjection, InvalidAddress, check_address
+from .message import HeaderInjection, InvalidAddress, check_address, long_word
 from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
 
 __all__ = ["Mail"]
@@ -65,9 +65,10 @@ def _needs_encoding(text):
     """Non-ASCII, or text a reader would take for an encoded word ("=?...?=").
 
     Written as it is, ``=?utf-8?q?caf=C3=A9?=`` would arrive as "café";
-    encoded, it arrives as typed.
+    encoded, it arrives as typed.  A run too long to fold is encoded too, as
+    words of at most 75 characters, so no header line passes SMTP's 998.
     """
-    return not text.isascii() or "=?" in text
+    return not text.isascii() or "=?" in text or long_word(text)
 
 
 def _pairs(header, value):

@@ -16,7 +16,7 @@ from email.message import Message
 
 from email_validator import EmailNotValidError, validate_email
 
-from . import wire
+from . import mimeparts, wire
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
@@ -148,23 +148,43 @@ def _addresses(message, names):
     return found
 
 
-def _ascii_domains(message):
-    """Write non-ASCII domains in address headers as A-labels (``xn--...``).
+def long_word(text):
+    """True when ``text`` has a run without whitespace that no fold can shorten
+    to a header line (encoded words can)."""
+    return any(len(word) > 76 for word in text.split())
 
-    Without SMTPUTF8 the headers must be ASCII, and the ``email`` package
-    would otherwise encode ``jorg@bücher.example`` as an encoded word inside
-    the address (or the whole legacy header as one) -- which RFC 2047
-    forbids and no reader decodes.  IDNA is the ASCII form of such a domain.
+
+def _rewrite_addresses(message, utf8):
+    """Address headers the ``email`` package would write wrongly, written here.
+
+    * Without SMTPUTF8 the headers must be ASCII, and the ``email`` package
+      would encode ``jorg@bücher.example`` as an encoded word inside the
+      address (or a legacy header whole as one), which RFC 2047 forbids and
+      no reader decodes: such a domain goes as its A-label (``xn--...``).
+    * A display name with a run too long to fold would stay one line over
+      SMTP's 998 octets: it goes as encoded words (which split anywhere).
+
+    Rewritten values are stored folded (no line over 78), as raw text the
+    policy writes as it is.
     """
     for i, (name, value) in enumerate(message._headers):
-        if name.lower() not in _ADDRESS_HEADERS or str(value).isascii():
+        text = str(value)
+        if name.lower() not in _ADDRESS_HEADERS or (text.isascii() and not long_word(text)):
             continue
-        pairs = email.utils.getaddresses([str(value)])
-        if all(addr.rpartition("@")[2].isascii() for _, addr in pairs):
-            continue  # a non-ASCII display name: encoded words are right there
-        items = [email.utils.formataddr((display, _validated(addr)[0] or addr), "utf-8")
-                 for display, addr in pairs]
-        message._headers[i] = message.policy.header_store_parse(name, ", ".join(items))
+        pairs = email.utils.getaddresses([text])
+        idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
+        if not idn and not any(long_word(display) for display, _ in pairs):
+            continue
+        items = []
+        for display, addr in pairs:
+            addr = (_validated(addr)[0] or addr) if idn else addr
+            if display and (long_word(display) or not (utf8 or display.isascii())):
+                items.append(f"{mimeparts.encoded_words(display)} <{addr}>")
+            else:
+                items.append(email.utils.formataddr((display, addr), "utf-8"))
+        # From a fresh line: "Reply-To: " and a 75-character encoded word would
+        # pass 78, and the policy would then refold (and change) the name.
+        message._headers[i] = (name, "\n " + ",\n ".join(items))
 
 
 def _serialize(message, utf8):
@@ -227,8 +247,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     # names and subjects are RFC 2047 encoded words otherwise.
     utf8 = wire.needs_smtputf8(fromaddr, [*toaddrs, *header_senders, *reply_to,
                                           *header_recipients])
-    if not utf8:
-        _ascii_domains(message)
+    _rewrite_addresses(message, utf8)
     data = _serialize(message, utf8)
     if built is not None:  # bytes, or a wire.Stream when attachments are read from files
         data = built.data(data)

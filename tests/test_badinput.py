@@ -292,3 +292,25 @@ def test_errors_for_bad_header_names_and_controls_say_what_is_wrong():
         with pytest.raises(HeaderInjection) as info:
             Mail(**{"to": "a@example.com", "text": "t", **kwargs})
         assert str(info.value).startswith(message), info.value
+
+
+@pytest.mark.parametrize("kind", ["Mail", "EmailMessage", "Message"])
+def test_a_display_name_longer_than_a_line_is_encoded_not_sent_over_998(harness, kind):
+    """Was: a 1,200-character display name without a space went out as one
+    header line of 1,201 octets; the server refused it ("500 Line too long")
+    and the message was dead-lettered."""
+    import email.message
+
+    name = "x" * 1200
+    if kind == "Mail":
+        message = Mail(subject="s", to=[(name, "a@example.com")], text="t")
+    else:
+        message = getattr(email.message, kind)()
+        message["To"] = f"{name} <a@example.com>"
+        message.set_payload("t")
+    outcome = harness.send(message, "queue", utf8=False)
+    assert not outcome.held
+    [got] = outcome.received
+    assert max(map(len, got.data.split(b"\r\n"))) <= 998
+    [to] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(to) == [(name, "a@example.com")]
