@@ -88,7 +88,7 @@ def _pairs(header, value):
             if not found or any(not addr for _, addr in found):
                 raise InvalidAddress(header, str(item), "not a list of addresses")
         for name, addr in found:
-            if _CONTROL.search(f"{name or ''}{addr}"):
+            if _CONTROL.search(f"{name or ''}{addr}".replace("\t", " ")):
                 raise HeaderInjection.control(header, f"{name or ''}{addr}")
             check_address(header, addr)
             pairs.append((name or "", addr))
