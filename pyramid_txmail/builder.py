@@ -35,7 +35,8 @@ import re
 from email.headerregistry import Address, UnstructuredHeader
 from email.message import EmailMessage
 
-from .message import HeaderInjection, InvalidAddress, check_address, long_word
+from .message import (LINE_BREAKS, HeaderInjection, InvalidAddress, check_address,
+                      long_word)
 from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
 
 __all__ = ["Mail"]
@@ -71,6 +72,12 @@ def _needs_encoding(text):
     return not text.isascii() or "=?" in text or long_word(text)
 
 
+def _needs_encoding_raw(text):
+    """What must be encoded even in a UTF-8 header: see :func:`_needs_encoding`,
+    and U+0085, U+2028, U+2029, where the ``email`` package would break the line."""
+    return "=?" in text or long_word(text) or any(c in LINE_BREAKS for c in text)
+
+
 def _pairs(header, value):
     """``(display name, address)`` pairs of a recipient argument."""
     if isinstance(value, (str, Address, tuple)):
@@ -101,7 +108,7 @@ def _address_header(header, value):
     if not pairs:
         return None, False
     if not all(addr.isascii() for _, addr in pairs):  # SMTPUTF8 mailbox: UTF-8 headers
-        return ",\n ".join(f"{_encoded_words(name)} <{addr}>" if "=?" in name
+        return ",\n ".join(f"{_encoded_words(name)} <{addr}>" if _needs_encoding_raw(name)
                            else f'"{email.utils.quote(name)}" <{addr}>' if name else addr
                            for name, addr in pairs), True
     items = [f"{_encoded_words(name)} <{addr}>" if _needs_encoding(name)

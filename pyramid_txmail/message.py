@@ -22,6 +22,9 @@ RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _FOLD = re.compile(r"\r?\n[ \t]")
+#: Where ``str.splitlines`` -- and so the ``email`` package's folder -- breaks a
+#: line: any of them written raw in a header value starts a new header line.
+LINE_BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 class MessageError(ValueError):
@@ -60,11 +63,14 @@ class HeaderInjection(MessageError):
 
     @classmethod
     def control(cls, header, text):
-        """The error for a value ``text`` holding a control character."""
+        """The error for a value ``text`` holding a control character or line break."""
         if "\r" in text or "\n" in text:
             return cls(header)
-        found = next((c for c in text if ord(c) < 32 and c != "\t" or c == "\x7f"), "")
-        return cls(header, f"header value contains the control character {found!r}")
+        found = next((c for c in text if ord(c) < 32 and c != "\t" or c == "\x7f"
+                      or c in LINE_BREAKS), "")
+        what = "control character" if ord(found or " ") < 32 or found == "\x7f" \
+            else "line separator"
+        return cls(header, f"header value contains the {what} {found!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +117,32 @@ def validate_address_header(header, value):
 
 
 def check_headers(message):
-    """Refuse header names or values that would start a new header line."""
+    """Refuse header names or values that would start a new header line.
+
+    A value kept as the caller's raw text (a legacy ``Message``, ``set_raw``)
+    is written as it is, and the ``email`` package breaks it wherever
+    ``str.splitlines`` would (U+0085, U+2028... too): none of those may be in
+    it.  A parsed header's text is checked for CR and LF; how it is folded
+    is checked by :func:`_check_folding`.
+    """
     for part in message.walk():
-        for name, value in part.items():
+        for name, value in part._headers:
             if not _HEADER_NAME.fullmatch(name):
                 raise HeaderInjection.bad_name(name)
+            raw = not hasattr(value, "fold")
             unfolded = _FOLD.sub(" ", str(value))
-            if "\r" in unfolded or "\n" in unfolded:
-                raise HeaderInjection(name)
+            if any(c in (LINE_BREAKS if raw else "\r\n") for c in unfolded):
+                raise HeaderInjection.control(name, unfolded)
+
+
+def _check_folding(message, policy):
+    """Every header, as ``policy`` writes it, is one header line and its
+    continuations: a value can never add a header."""
+    for part in message.walk():
+        for name, value in part._headers:
+            lines = policy.fold(name, value).split(policy.linesep)
+            if any(line[:1] not in (" ", "\t") for line in lines[1:] if line):
+                raise HeaderInjection.control(name, str(value))
 
 
 def _coerce(message):
@@ -194,6 +218,7 @@ def _serialize(message, utf8):
     else:
         policy = policy.clone(linesep="\n")
     try:
+        _check_folding(message, policy)
         data = message.as_bytes(policy=policy)
     except (UnicodeError, LookupError) as exc:
         raise MessageError(f"the message cannot be serialized ({exc}); build it as an "
