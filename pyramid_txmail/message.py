@@ -215,6 +215,8 @@ def _serialize(message, utf8):
     policy = message.policy
     if isinstance(policy, email.policy.EmailPolicy):
         policy = policy.clone(linesep="\n", utf8=utf8)
+    elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
+        policy = email.policy.default.clone(linesep="\n", utf8=True, refold_source="none")
     else:
         policy = policy.clone(linesep="\n")
     try:

@@ -19,6 +19,7 @@ import email.header
 import email.policy
 import email.utils
 import os
+import re
 import shutil
 
 import transaction
@@ -164,7 +165,7 @@ def raw_headers(data):
     """``[(name, unfolded raw value)]`` of the top-level header block, as sent."""
     text = data.decode("utf-8", "surrogateescape")
     message = email.message_from_string(text, policy=email.policy.compat32)
-    return [(name, " ".join(value.replace("\r\n", "\n").split("\n")))
+    return [(name, re.sub(r"\r?\n(?=[ \t])", "", value))  # unfolding removes CRLF only
             for name, value in message.items()]
 
 

@@ -393,3 +393,17 @@ def test_a_unicode_line_break_cannot_add_a_header(harness, brk):
     refused = harness.send(legacy, "queue").refused
     assert isinstance(refused, HeaderInjection) and str(refused).startswith("To:"), refused
 
+
+def test_a_legacy_message_to_a_utf8_mailbox_keeps_its_address_readable(harness):
+    """Was: a legacy (compat32) Message to jörg@example.com went out with its
+    whole To header as one encoded word: no reader finds the address in it."""
+    import email.message
+
+    legacy = email.message.Message()
+    legacy["To"] = "Jörg <jörg@example.com>"
+    legacy["Subject"] = "Grüße"
+    legacy.set_payload("t")
+    [got] = harness.send(legacy, "queue").received
+    raw = dict(raw_headers(got.data))
+    assert mailboxes(raw["To"]) == [("Jörg", "jörg@example.com")]
+    assert decoded(raw["Subject"]) == "Grüße"
