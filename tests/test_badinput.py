@@ -56,14 +56,15 @@ SPECIALS = ["=?utf-8?q?caf=C3=A9?=", "=?iso-8859-1?b?4A==?=", "=?bogus?q?x?=",
             "\nBcc: victim@example.com", "\r\n\r\nbody", " ", "  ", "\t", '"', "(", ")",
             ",", "<", ">", "@", ";", ":", "\\", "ü", "€", "😀", "\u200b", "\x85", "\u2028",
             "é" * 40, "x" * 1200, "word " * 250]
-_plain = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_any = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_printable = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
 
 
-def text_with(pieces, max_size=8):
-    return st.lists(st.one_of(_plain, st.sampled_from(pieces)), max_size=max_size).map("".join)
+def text_with(pieces, max_size=8, plain=_printable):
+    return st.lists(st.one_of(plain, st.sampled_from(pieces)), max_size=max_size).map("".join)
 
 
-header_value = text_with(SPECIALS + CONTROLS)
+header_value = text_with(SPECIALS + CONTROLS, plain=_any)
 clean_header_value = text_with(SPECIALS)
 valid_header_name = st.one_of(
     st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True),
@@ -88,12 +89,12 @@ good_address = st.builds(lambda local, dom: f"{local}@{dom}",
 BAD_ADDRESSES = ["no-at-sign", "a@@example.com", "a b@example.com", "@example.com",
                  "a@-bad-.com", "a@localhost", "a@", "a\n@example.com", "a@exa\rmple.com"]
 bad_address = st.sampled_from(BAD_ADDRESSES)
-display_name = text_with(SPECIALS + CONTROLS, 5)
+display_name = text_with(SPECIALS + CONTROLS, 5, plain=_any)
 clean_display_name = text_with(SPECIALS, 5)
 attachment_data = st.binary(max_size=3000) | st.sampled_from(
     [b"\r\n.\r\n", b"a\n.\nMAIL FROM:<x@example.com>\n", b"\r.\r\n.\n" * 50])
 content_type = st.sampled_from(["application/octet-stream", "text/plain", "image/png"])
-attachment = st.tuples(attachment_data, text_with(SPECIALS + CONTROLS, 4), content_type)
+attachment = st.tuples(attachment_data, text_with(SPECIALS + CONTROLS, 4, _any), content_type)
 clean_attachment = st.tuples(attachment_data, text_with(SPECIALS, 4), content_type)
 
 
@@ -147,8 +148,9 @@ def check_held(outcome, utf8):
 # -- the Mail builder ---------------------------------------------------------------------
 
 def dirty(draw):
-    """One example in four carries bad input somewhere; the rest must arrive."""
-    return draw(st.integers(0, 3)) == 0
+    """About one example in four carries bad input somewhere; the rest must arrive.
+    (Clean is 0: what hypothesis shrinks towards.)"""
+    return draw(st.integers(0, 3)) == 3
 
 
 @st.composite
