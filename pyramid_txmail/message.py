@@ -187,6 +187,9 @@ def _rewrite_addresses(message, utf8):
       no reader decodes: such a domain goes as its A-label (``xn--...``).
     * A display name with a run too long to fold would stay one line over
       SMTP's 998 octets: it goes as encoded words (which split anywhere).
+    * With SMTPUTF8 the ``email`` package writes a non-ASCII display name
+      unquoted, so "Jö, x" <a@example.com> would read as two mailboxes: such
+      names are quoted here (or encoded, when the line would be long).
 
     Rewritten values are stored folded (no line over 78), as raw text the
     policy writes as it is.
@@ -197,15 +200,22 @@ def _rewrite_addresses(message, utf8):
             continue
         pairs = email.utils.getaddresses([text])
         idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
-        if not idn and not any(long_word(display) for display, _ in pairs):
+        if not idn and not any(long_word(n) or (utf8 and not n.isascii()) for n, _ in pairs):
             continue
         items = []
         for display, addr in pairs:
             addr = (_validated(addr)[0] or addr) if idn else addr
-            if display and (long_word(display) or not (utf8 or display.isascii())):
+            quoted = f'"{email.utils.quote(display)}" <{addr}>'
+            raw_ok = utf8 and len(quoted) <= 76 and not any(
+                c in LINE_BREAKS or ord(c) < 32 for c in display)
+            if display and (long_word(display) or not display.isascii()) and not raw_ok:
                 items.append(f"{mimeparts.encoded_words(display)} <{addr}>")
-            else:
-                items.append(email.utils.formataddr((display, addr), "utf-8"))
+            elif display and not display.isascii():
+                items.append(quoted)
+            elif addr.isascii():
+                items.append(email.utils.formataddr((display, addr)))
+            else:  # a UTF-8 mailbox (formataddr takes ASCII ones only)
+                items.append(quoted if display else addr)
         # From a fresh line: "Reply-To: " and a 75-character encoded word would
         # pass 78, and the policy would then refold (and change) the name.
         message._headers[i] = (name, "\n " + ",\n ".join(items))

@@ -170,8 +170,21 @@ def raw_headers(data):
 
 
 def decoded(raw):
-    """An unstructured header value decoded as RFC 2047 says."""
-    return str(email.header.make_header(email.header.decode_header(raw)))
+    """An unstructured header value decoded as RFC 2047 says (an encoded word in
+    an unknown charset, or raw 8-bit text, read as the email package reads it)."""
+    try:
+        return str(email.header.make_header(email.header.decode_header(raw)))
+    except (LookupError, UnicodeError):
+        return str(email.policy.default.header_factory("x-any", raw))
+
+
+def reference_bytes(message):
+    """``message`` as the email package itself writes it (UTF-8 allowed): what
+    the caller meant, to compare what arrived with."""
+    policy = message.policy
+    if not isinstance(policy, email.policy.EmailPolicy):
+        policy = email.policy.default.clone(refold_source="none")
+    return message.as_bytes(policy=policy.clone(utf8=True, linesep="\r\n"))
 
 
 def mailboxes(raw):

@@ -21,7 +21,10 @@ DATA, one MAIL transaction per message (no SMTP smuggling).
 from __future__ import annotations
 
 import collections
+import email.errors
 import email.policy
+import email.utils
+from email.message import EmailMessage
 import re
 
 import pytest
@@ -29,8 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyramid_txmail import Mail
+from pyramid_txmail.message import LINE_BREAKS
 
-from .badinput_support import (Harness, Tally, check_transcripts, decoded, idna_address,
+from .badinput_support import (GENERATED, Harness, Tally, check_transcripts, decoded,
+                               idna_address, reference_bytes,
                                mailboxes, raw_headers, read_back)
 from .reliability import runs
 
@@ -240,6 +245,134 @@ def test_mail_builder_round_trips_or_is_refused(harness):
     assert tally["lost"] == 0
 
 
+# -- EmailMessage and legacy Message --------------------------------------------------------
+
+@st.composite
+def email_message_inputs(draw):
+    bad = dirty(draw)
+    text = header_value if bad else clean_header_value
+    to = draw(st.lists(st.tuples(display_name if bad else clean_display_name,
+                                 good_address | bad_address if bad else good_address),
+                       min_size=1, max_size=3))
+    envelope = draw(st.none() | st.lists(good_address | bad_address if bad else good_address,
+                                         min_size=1, max_size=2))
+    return {"kind": draw(st.sampled_from(["EmailMessage", "Message"])), "to": to,
+            "headers": draw(st.lists(st.tuples(valid_header_name if not bad else header_name,
+                                               text), max_size=3)),
+            "text": draw(body_text), "html": draw(st.none() | body_text),
+            "attachments": draw(st.lists(clean_attachment, max_size=2)),
+            "envelope": envelope}
+
+
+def build_email_message(spec):
+    """The message as a caller would build it; ``None`` when the email package
+    itself refuses a value (in the caller's code, before any send)."""
+    import email.message
+
+    to = ", ".join(email.utils.formataddr((n, a)) if a.isascii()
+                   else f'"{email.utils.quote(n)}" <{a}>' if n else a for n, a in spec["to"])
+    try:
+        if spec["kind"] == "EmailMessage":
+            msg = email.message.EmailMessage()
+            msg["To"] = to
+            for name, value in spec["headers"]:
+                msg[name] = value
+            msg.set_content(spec["text"])
+            if spec["html"] is not None:
+                msg.add_alternative(spec["html"], subtype="html")
+            for data, filename, content_type in spec["attachments"]:
+                maintype, subtype = content_type.split("/")
+                msg.add_attachment(data, maintype=maintype, subtype=subtype,
+                                   filename=filename or None)
+        else:
+            msg = email.message.Message()
+            msg["To"] = to
+            for name, value in spec["headers"]:
+                msg[name] = value
+            body = spec["text"]
+            msg.set_payload(body, None if body.isascii() else "utf-8")
+        return msg
+    except (ValueError, TypeError, IndexError, email.errors.MessageError):
+        return None
+
+
+def _pairs_or_none(raw):
+    try:
+        return [(phrase(n), idna_address(a)) for n, a in mailboxes(raw)]
+    except (AssertionError, UnicodeError):
+        return None
+
+
+def check_email_message_arrived(spec, msg, outcome):
+    """What arrived reads like the caller's message as the email package writes it:
+    same headers (decoded) and no others, same text, HTML, attachments; the To
+    mailboxes as given (or as the email package itself renders them)."""
+    [got] = outcome.received
+    want_bytes = reference_bytes(msg)
+    back, want = read_back(got.data), read_back(want_bytes)
+    raw, want_raw = raw_headers(got.data), raw_headers(want_bytes)
+    ours = GENERATED | {"to", "bcc"}
+    assert collections.Counter(n.lower() for n, _ in raw if n.lower() not in ours) == \
+        collections.Counter(n.lower() for n, _ in want_raw if n.lower() not in ours)
+    for name in {n.lower() for n, _ in want_raw} - ours:
+        assert [decoded(v).strip() for n, v in raw if n.lower() == name] == \
+            [decoded(v).strip() for n, v in want_raw if n.lower() == name], name
+    [to] = [v for n, v in raw if n == "To"]
+    [want_to] = [v for n, v in want_raw if n == "To"]
+    arrived = [(phrase(n), idna_address(a)) for n, a in mailboxes(to)]
+    assert arrived in ([(phrase(n), idna_address(a)) for n, a in spec["to"]],
+                       _pairs_or_none(want_to)), (arrived, spec["to"], want_to)
+    for kind in ("plain", "html"):
+        part = want.get_body((kind,))
+        if part is not None:
+            assert eol(back.get_body((kind,)).get_content()) == eol(part.get_content())
+    assert [(a.get_filename(), a.get_content()) for a in back.iter_attachments()] == \
+        [(a.get_filename(), a.get_content()) for a in want.iter_attachments()]
+
+
+def test_email_message_round_trips_or_is_refused(harness):
+    tally = Tally()
+
+    @examples(30, 1500)
+    @given(spec=email_message_inputs(), mode=st.sampled_from(["queue", "direct"]),
+           utf8=st.booleans())
+    def example(spec, mode, utf8):
+        msg = build_email_message(spec)
+        if msg is None:  # the email package refused it in the caller's code
+            tally.counts["bad_inputs"] += 1
+            tally.counts["held"] += 1
+            return
+        envelope = spec["envelope"]
+        args = ("sender@example.org", envelope) if envelope else None
+        outcome = harness.send(msg, mode, utf8, args=args)
+        tally.add(outcome)
+        assert outcome.lost == 0
+        addresses = [a for _, a in spec["to"]] + (envelope or [])
+        if outcome.refused is not None:
+            filenames = [f for _, f, _ in spec["attachments"]]
+            culprits = [n for n, _ in spec["headers"]] + ["To", "Content-Disposition"] + \
+                addresses
+            assert isinstance(outcome.refused, ValueError), repr(outcome.refused)
+            names = [n for n, _ in spec["to"]]
+            raw_breaks = spec["kind"] == "Message" and any(  # a legacy value is raw text
+                c in LINE_BREAKS for c in "".join(names + [v for _, v in spec["headers"]]))
+            assert raw_breaks or questionable(spec["headers"] + [("To", "")], addresses, names,
+                                              filenames), outcome.refused
+            assert names_culprit(outcome.refused, culprits), outcome.refused
+            return
+        check_transcripts(outcome)
+        if not check_held(outcome, utf8):
+            if envelope:
+                assert sorted(map(idna_address, outcome.received[0].rcpt_tos)) == \
+                    sorted(set(map(idna_address, envelope)))
+            check_email_message_arrived(spec, msg, outcome)
+
+    example()
+    tally.record("EmailMessage / legacy Message: random headers, bodies, attachments, "
+                 "envelopes")
+    assert tally["lost"] == 0
+
+
 # -- defects the properties found, pinned ---------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["Mail", "EmailMessage", "Message"])
@@ -409,3 +542,18 @@ def test_a_legacy_message_to_a_utf8_mailbox_keeps_its_address_readable(harness):
     raw = dict(raw_headers(got.data))
     assert mailboxes(raw["To"]) == [("Jörg", "jörg@example.com")]
     assert decoded(raw["Subject"]) == "Grüße"
+
+
+def test_a_non_ascii_display_name_with_a_comma_stays_one_mailbox_in_utf8_headers(harness):
+    """Was: an EmailMessage to formataddr(("Jö, x", "a@example.com")) -- an
+    encoded word -- and jörg@example.com (so SMTPUTF8) went out as
+    ``To: Jö, x <a@example.com>, jörg@example.com``: the email package writes
+    the decoded phrase unquoted, which reads as three mailboxes."""
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["To"] = email.utils.formataddr(("Jö, x", "a@example.com")) + ", jörg@example.com"
+    msg.set_content("t")
+    [got] = harness.send(msg, "queue", utf8=True).received
+    [to] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(to) == [("Jö, x", "a@example.com"), ("", "jörg@example.com")]
