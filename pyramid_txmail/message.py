@@ -187,9 +187,10 @@ def _rewrite_addresses(message, utf8):
       no reader decodes: such a domain goes as its A-label (``xn--...``).
     * A display name with a run too long to fold would stay one line over
       SMTP's 998 octets: it goes as encoded words (which split anywhere).
-    * With SMTPUTF8 the ``email`` package writes a non-ASCII display name
-      unquoted, so "Jö, x" <a@example.com> would read as two mailboxes: such
-      names are quoted here (or encoded, when the line would be long).
+    * A non-ASCII display name: with SMTPUTF8 the ``email`` package writes it
+      unquoted, so "Jö, x" <a@example.com> would read as two mailboxes;
+      without, its folder can encode the comma *between* two mailboxes as
+      ``=?utf-8?q?=2C?=``.  Such names are quoted (SMTPUTF8) or encoded here.
 
     Rewritten values are stored folded (no line over 78), as raw text the
     policy writes as it is.
@@ -200,7 +201,7 @@ def _rewrite_addresses(message, utf8):
             continue
         pairs = email.utils.getaddresses([text])
         idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
-        if not idn and not any(long_word(n) or (utf8 and not n.isascii()) for n, _ in pairs):
+        if not idn and not any(long_word(n) or not n.isascii() for n, _ in pairs):
             continue
         items = []
         for display, addr in pairs:
@@ -224,7 +225,9 @@ def _rewrite_addresses(message, utf8):
 def _serialize(message, utf8):
     policy = message.policy
     if isinstance(policy, email.policy.EmailPolicy):
-        policy = policy.clone(linesep="\n", utf8=utf8)
+        # raw values (ours, set_raw, parsed) are written as they are: its refolding
+        # can encode the comma between two mailboxes; wire.to_wire keeps 998
+        policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
     elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
         policy = email.policy.default.clone(linesep="\n", utf8=True, refold_source="none")
     else:

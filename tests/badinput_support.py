@@ -155,10 +155,9 @@ class Harness:
 # -- reading back what arrived ----------------------------------------------------------
 
 def read_back(data):
-    """The received bytes as a message (RFC 6532 UTF-8 headers read as UTF-8)."""
-    if data.isascii():
-        return email.message_from_bytes(data, policy=email.policy.default)
-    return email.message_from_string(data.decode("utf-8"), policy=email.policy.default)
+    """The received bytes as a message, for its bodies and attachments (headers
+    are read with :func:`raw_headers`: RFC 6532 UTF-8 text decoded as UTF-8)."""
+    return email.message_from_bytes(data, policy=email.policy.default)
 
 
 def raw_headers(data):
@@ -176,15 +175,6 @@ def decoded(raw):
         return str(email.header.make_header(email.header.decode_header(raw)))
     except (LookupError, UnicodeError):
         return str(email.policy.default.header_factory("x-any", raw))
-
-
-def reference_bytes(message):
-    """``message`` as the email package itself writes it (UTF-8 allowed): what
-    the caller meant, to compare what arrived with."""
-    policy = message.policy
-    if not isinstance(policy, email.policy.EmailPolicy):
-        policy = email.policy.default.clone(refold_source="none")
-    return message.as_bytes(policy=policy.clone(utf8=True, linesep="\r\n"))
 
 
 def mailboxes(raw):

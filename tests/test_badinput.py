@@ -35,7 +35,7 @@ from pyramid_txmail import Mail
 from pyramid_txmail.message import LINE_BREAKS
 
 from .badinput_support import (GENERATED, Harness, Tally, check_transcripts, decoded,
-                               idna_address, reference_bytes,
+                               idna_address,
                                mailboxes, raw_headers, read_back)
 from .reliability import runs
 
@@ -251,11 +251,15 @@ def test_mail_builder_round_trips_or_is_refused(harness):
 def email_message_inputs(draw):
     bad = dirty(draw)
     text = header_value if bad else clean_header_value
-    to = draw(st.lists(st.tuples(display_name if bad else clean_display_name,
-                                 good_address | bad_address if bad else good_address),
-                       min_size=1, max_size=3))
+    to = draw(st.lists(st.tuples((display_name if bad else clean_display_name).filter(
+        lambda t: "=?" not in t), good_address | bad_address if bad else good_address),
+        min_size=1, max_size=3))
     envelope = draw(st.none() | st.lists(good_address | bad_address if bad else good_address,
                                          min_size=1, max_size=2))
+    # (no "=?" text here: in the caller's own message it is the email package's
+    # business -- it decodes such text when it is set, and its decoders add or
+    # drop a space next to an encoded word; the Mail property covers "=?" text)
+    text = text.filter(lambda t: "=?" not in t)
     return {"kind": draw(st.sampled_from(["EmailMessage", "Message"])), "to": to,
             "headers": draw(st.lists(st.tuples(valid_header_name if not bad else header_name,
                                                text), max_size=3)),
@@ -296,38 +300,41 @@ def build_email_message(spec):
         return None
 
 
-def _pairs_or_none(raw):
-    try:
-        return [(phrase(n), idna_address(a)) for n, a in mailboxes(raw)]
-    except (AssertionError, UnicodeError):
-        return None
+def caller_mailboxes(msg):
+    """The To mailboxes as the email package reads the caller's own message."""
+    value = msg["To"]
+    if hasattr(value, "addresses"):
+        return [(phrase(a.display_name), idna_address(a.addr_spec)) for a in value.addresses]
+    return [(phrase(decoded(n) if "=?" in n else n), idna_address(a))
+            for n, a in email.utils.getaddresses([value])]
 
 
 def check_email_message_arrived(spec, msg, outcome):
-    """What arrived reads like the caller's message as the email package writes it:
-    same headers (decoded) and no others, same text, HTML, attachments; the To
-    mailboxes as given (or as the email package itself renders them)."""
+    """What arrived reads like the caller's message object: the same headers
+    (decoded, none added), the To mailboxes as given (or as the email package
+    itself reads them), the same text, HTML and attachments."""
     [got] = outcome.received
-    want_bytes = reference_bytes(msg)
-    back, want = read_back(got.data), read_back(want_bytes)
-    raw, want_raw = raw_headers(got.data), raw_headers(want_bytes)
+    back, raw = read_back(got.data), raw_headers(got.data)
     ours = GENERATED | {"to", "bcc"}
-    assert collections.Counter(n.lower() for n, _ in raw if n.lower() not in ours) == \
-        collections.Counter(n.lower() for n, _ in want_raw if n.lower() not in ours)
-    for name in {n.lower() for n, _ in want_raw} - ours:
-        assert [decoded(v).strip() for n, v in raw if n.lower() == name] == \
-            [decoded(v).strip() for n, v in want_raw if n.lower() == name], name
+    given = [(n.lower(), decoded(v) if isinstance(msg, EmailMessage) is False else str(v))
+             for n, v in msg.items() if n.lower() not in ours]
+    arrived_headers = [(n.lower(), decoded(v)) for n, v in raw if n.lower() not in ours]
+    assert sorted((n, v.strip()) for n, v in arrived_headers) == \
+        sorted((n, v.strip()) for n, v in given)
     [to] = [v for n, v in raw if n == "To"]
-    [want_to] = [v for n, v in want_raw if n == "To"]
     arrived = [(phrase(n), idna_address(a)) for n, a in mailboxes(to)]
     assert arrived in ([(phrase(n), idna_address(a)) for n, a in spec["to"]],
-                       _pairs_or_none(want_to)), (arrived, spec["to"], want_to)
-    for kind in ("plain", "html"):
-        part = want.get_body((kind,))
-        if part is not None:
-            assert eol(back.get_body((kind,)).get_content()) == eol(part.get_content())
-    assert [(a.get_filename(), a.get_content()) for a in back.iter_attachments()] == \
-        [(a.get_filename(), a.get_content()) for a in want.iter_attachments()]
+                       caller_mailboxes(msg)), (arrived, spec["to"])
+    if isinstance(msg, EmailMessage):
+        for kind in ("plain", "html"):
+            part = msg.get_body((kind,))
+            if part is not None:
+                assert eol(back.get_body((kind,)).get_content()) == eol(part.get_content())
+        assert [(a.get_filename(), a.get_content()) for a in back.iter_attachments()] == \
+            [(a.get_filename(), a.get_content()) for a in msg.iter_attachments()]
+    else:
+        assert eol(back.get_payload(decode=True).decode("utf-8")) == \
+            eol(msg.get_payload(decode=True).decode("utf-8"))
 
 
 def test_email_message_round_trips_or_is_refused(harness):
@@ -557,3 +564,18 @@ def test_a_non_ascii_display_name_with_a_comma_stays_one_mailbox_in_utf8_headers
     [got] = harness.send(msg, "queue", utf8=True).received
     [to] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert mailboxes(to) == [("Jö, x", "a@example.com"), ("", "jörg@example.com")]
+
+
+def test_the_comma_between_mailboxes_is_never_encoded(harness):
+    """Was: To: formataddr((non-ASCII name with a comma, a)), b went out with the
+    separator itself as an encoded word (``=?utf-8?q?=2C?= b``): the email
+    package's folder did it, and the second mailbox was unreadable."""
+    from email.message import EmailMessage
+
+    name = "\U000d42adĞ\U001068be\U001074f1³ć,L\U0003f633ĩ\U000525eaÒu\u200b"
+    msg = EmailMessage()
+    msg["To"] = email.utils.formataddr((name, "00@example.com")) + ", b@example.com"
+    msg.set_content("t")
+    [got] = harness.send(msg, "queue", utf8=False).received
+    [to] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(to) == [(name, "00@example.com"), ("", "b@example.com")]
