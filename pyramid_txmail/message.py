@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import email.header
 import email.policy
 import email.utils
 import functools
@@ -178,6 +179,17 @@ def long_word(text):
     return any(len(word) > 76 for word in text.split())
 
 
+def _decoded_words(text):
+    """``text`` with its RFC 2047 encoded words decoded (as it is when it has none,
+    or one in an unknown charset)."""
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (LookupError, UnicodeError, ValueError):
+        return text
+
+
 def _rewrite_addresses(message, utf8):
     """Address headers the ``email`` package would write wrongly, written here.
 
@@ -200,6 +212,8 @@ def _rewrite_addresses(message, utf8):
         if name.lower() not in _ADDRESS_HEADERS or (text.isascii() and not long_word(text)):
             continue
         pairs = email.utils.getaddresses([text])
+        if not hasattr(value, "fold"):  # a legacy raw value: its names may be encoded words
+            pairs = [(_decoded_words(display), addr) for display, addr in pairs]
         idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
         if not idn and not any(long_word(n) or not n.isascii() for n, _ in pairs):
             continue

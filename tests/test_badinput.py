@@ -264,7 +264,8 @@ def email_message_inputs(draw):
             "headers": draw(st.lists(st.tuples(valid_header_name if not bad else header_name,
                                                text), max_size=3)),
             "text": draw(body_text), "html": draw(st.none() | body_text),
-            "attachments": draw(st.lists(clean_attachment, max_size=2)),
+            "attachments": draw(st.lists(clean_attachment.filter(lambda a: "=?" not in a[1]),
+                                         max_size=2)),
             "envelope": envelope}
 
 
@@ -333,8 +334,9 @@ def check_email_message_arrived(spec, msg, outcome):
         assert [(a.get_filename(), a.get_content()) for a in back.iter_attachments()] == \
             [(a.get_filename(), a.get_content()) for a in msg.iter_attachments()]
     else:
-        assert eol(back.get_payload(decode=True).decode("utf-8")) == \
-            eol(msg.get_payload(decode=True).decode("utf-8"))
+        # (SMTP data ends with a line break: one may be added at the end)
+        assert eol(back.get_payload(decode=True).decode("utf-8")).rstrip("\n") == \
+            eol(msg.get_payload(decode=True).decode("utf-8")).rstrip("\n")
 
 
 def test_email_message_round_trips_or_is_refused(harness):
@@ -579,3 +581,18 @@ def test_the_comma_between_mailboxes_is_never_encoded(harness):
     [got] = harness.send(msg, "queue", utf8=False).received
     [to] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert mailboxes(to) == [(name, "00@example.com"), ("", "b@example.com")]
+
+
+def test_a_legacy_encoded_display_name_is_not_encoded_twice(harness):
+    """Was: a legacy Message's To of formataddr((long non-ASCII name, a)) -- already
+    an encoded word over 76 characters -- was taken for a long name and encoded
+    again: it arrived as the text "=?utf-8?b?...?=" instead of the name."""
+    import email.message
+
+    name = "0000" + "\xa0" * 7 + "𐀀0" + "\xa0" * 9 + "𐀀𐀀"
+    legacy = email.message.Message()
+    legacy["To"] = email.utils.formataddr((name, "a@example.com"))
+    legacy.set_payload("t")
+    [got] = harness.send(legacy, "queue", utf8=False).received
+    [to] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(to) == [(name, "a@example.com")]
