@@ -146,7 +146,20 @@ def _check_folding(message, policy):
                 raise HeaderInjection.control(name, str(value))
 
 
-def _coerce(message):
+def _check_pyramid_mailer_fields(message):
+    """What pyramid_mailer's ``is_bad_headers`` checks, naming the field (it
+    raises TypeError when ``sender`` is None, and names nothing)."""
+    fields = [("Subject", message.subject), ("From", message.sender)]
+    fields += [(name, address) for name, addresses in (
+        ("To", message.recipients), ("Cc", message.cc), ("Bcc", message.bcc))
+        for address in addresses or ()]
+    fields += list(dict(message.extra_headers or {}).items())
+    for name, value in fields:
+        if value and any(c in LINE_BREAKS for c in str(value)):
+            raise HeaderInjection.control(name, str(value))
+
+
+def _coerce(message, default_sender=None):
     """``(email Message copy, envelope sender or None, envelope recipients or None)``."""
     if isinstance(message, Message):
         # prepare() changes top-level headers only (From, Bcc, Message-ID,
@@ -155,12 +168,16 @@ def _coerce(message):
         clone = copy.copy(message)
         clone._headers = list(message._headers)
         return clone, None, None
-    to_message = getattr(message, "to_message", None)
-    if callable(to_message) and hasattr(message, "send_to"):  # pyramid_mailer.Message
-        if getattr(message, "is_bad_headers", lambda: False)():
-            raise HeaderInjection("pyramid_mailer Message")
+    if callable(getattr(message, "to_message", None)) and hasattr(message, "send_to"):
+        # a pyramid_mailer Message; without a sender it takes the default, as
+        # pyramid_mailer's Mailer does (its to_message() refuses one without)
+        _check_pyramid_mailer_fields(message)
+        sender = message.sender or None
+        if sender is None and default_sender:
+            message = copy.copy(message)
+            message.sender = default_sender
         recipients = [r for r in [*message.recipients, *message.cc, *message.bcc] if r]
-        return to_message(), message.sender or None, recipients
+        return message.to_message(), sender, recipients
     raise TypeError(f"send() takes an email.message.EmailMessage (or Message, or a "
                     f"pyramid_mailer Message), not {type(message).__name__}")
 
@@ -267,7 +284,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     if isinstance(message, Mail):  # its header block is validated here, its body follows
         built = message.build()
         message = message.header_message(built)
-    message, env_from, env_to = _coerce(message)
+    message, env_from, env_to = _coerce(message, default_sender)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)

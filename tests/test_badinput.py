@@ -382,6 +382,77 @@ def test_email_message_round_trips_or_is_refused(harness):
     assert tally["lost"] == 0
 
 
+# -- pyramid_mailer's Message ------------------------------------------------------------
+
+@st.composite
+def pyramid_mailer_inputs(draw):
+    bad = dirty(draw)
+    text = (header_value if bad else clean_header_value).filter(lambda t: "=?" not in t)
+    address = good_address | bad_address if bad else good_address
+    return {"subject": draw(text), "sender": draw(st.none() | good_address),
+            "recipients": draw(st.lists(address, min_size=1, max_size=2)),
+            "cc": draw(st.lists(address, max_size=1)), "bcc": draw(st.lists(address, max_size=1)),
+            "extra_headers": draw(st.dictionaries(valid_header_name, text, max_size=2)),
+            "body": draw(body_text), "html": draw(st.none() | body_text),
+            "attachments": draw(st.lists(st.tuples(
+                st.binary(min_size=1, max_size=2000),
+                st.from_regex(r"[A-Za-z0-9_-]{1,20}\.(bin|dat)", fullmatch=True)), max_size=2))}
+
+
+def test_pyramid_mailer_message_round_trips_or_is_refused(harness):
+    from pyramid_mailer.exceptions import InvalidMessage
+    from pyramid_mailer.message import Attachment, Message
+
+    tally = Tally()
+
+    @examples(20, 800)
+    @given(spec=pyramid_mailer_inputs(), mode=st.sampled_from(["queue", "direct"]),
+           utf8=st.booleans())
+    def example(spec, mode, utf8):
+        message = Message(subject=spec["subject"], sender=spec["sender"],
+                          recipients=spec["recipients"], cc=spec["cc"], bcc=spec["bcc"],
+                          extra_headers=spec["extra_headers"], body=spec["body"],
+                          html=spec["html"], attachments=[
+                              Attachment(name, "application/octet-stream", data)
+                              for data, name in spec["attachments"]])
+        outcome = harness.send(message, mode, utf8)
+        tally.add(outcome)
+        assert outcome.lost == 0
+        addresses = spec["recipients"] + spec["cc"] + spec["bcc"]
+        if outcome.refused is not None:
+            headers = [("Subject", spec["subject"]), *spec["extra_headers"].items()]
+            if isinstance(outcome.refused, InvalidMessage):  # pyramid_mailer's own check
+                assert not spec["body"] and not spec["html"], outcome.refused
+                return
+            assert isinstance(outcome.refused, ValueError), repr(outcome.refused)
+            assert questionable(headers, addresses), outcome.refused
+            assert names_culprit(outcome.refused, [n for n, _ in headers] +
+                                 ["To", "Cc", "Bcc", "pyramid_mailer Message"] + addresses)
+            return
+        check_transcripts(outcome)
+        if check_held(outcome, utf8):
+            return
+        [got] = outcome.received
+        raw, back = raw_headers(got.data), read_back(got.data)
+        ours = GENERATED | {"to", "cc", "subject"}
+        assert sorted(n.lower() for n, _ in raw if n.lower() not in ours) == \
+            sorted(n.lower() for n in spec["extra_headers"])
+        assert decoded(dict(raw)["Subject"]).strip() == spec["subject"].strip()
+        assert sorted(map(idna_address, got.rcpt_tos)) == \
+            sorted(set(map(idna_address, addresses)))
+        assert eol(back.get_body(("plain",)).get_content()).rstrip("\n") == \
+            eol(spec["body"]).rstrip("\n")
+        if spec["html"] is not None:
+            assert eol(back.get_body(("html",)).get_content()).rstrip("\n") == \
+                eol(spec["html"]).rstrip("\n")
+        assert [(a.get_filename(), a.get_content()) for a in back.iter_attachments()] == \
+            [(name, data) for data, name in spec["attachments"]]
+
+    example()
+    tally.record("pyramid_mailer Message: random subjects, headers, bodies, recipients")
+    assert tally["lost"] == 0
+
+
 # -- defects the properties found, pinned ---------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["Mail", "EmailMessage", "Message"])
@@ -596,3 +667,28 @@ def test_a_legacy_encoded_display_name_is_not_encoded_twice(harness):
     [got] = harness.send(legacy, "queue", utf8=False).received
     [to] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert mailboxes(to) == [(name, "a@example.com")]
+
+
+def test_a_pyramid_mailer_message_without_sender_takes_the_default_sender(harness):
+    """Was: TypeError("argument of type 'NoneType' is not iterable") out of send():
+    the adapter called pyramid_mailer's is_bad_headers(), which fails when sender
+    is None -- the usual case with mail.default_sender set."""
+    from pyramid_mailer.message import Message
+
+    [got] = harness.send(Message(subject="s", recipients=["a@example.com"], body="t"),
+                         "queue").received
+    assert got.mail_from == "sender@example.org"
+
+
+def test_a_pyramid_mailer_header_injection_names_the_field(harness):
+    from pyramid_mailer.message import Message
+
+    from pyramid_txmail import HeaderInjection
+
+    for kwargs, field in [({"subject": "a\nBcc: x@example.com"}, "Subject"),
+                          ({"extra_headers": {"X-Note": "a\rb"}}, "X-Note"),
+                          ({"sender": "s@example.com\nBcc: x@example.com"}, "From")]:
+        message = Message(**{"subject": "s", "recipients": ["a@example.com"], "body": "t",
+                             **kwargs})
+        refused = harness.send(message, "queue").refused
+        assert isinstance(refused, HeaderInjection) and str(refused).startswith(field), refused
