@@ -260,7 +260,8 @@ def _serialize(message, utf8):
         # can encode the comma between two mailboxes; wire.to_wire keeps 998
         policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
     elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
-        policy = email.policy.default.clone(linesep="\n", utf8=True, refold_source="none")
+        # (lines over 78 are refolded: a long one becomes encoded words)
+        policy = email.policy.default.clone(linesep="\n", utf8=True)
     else:
         policy = policy.clone(linesep="\n")
     try:

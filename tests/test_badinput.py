@@ -393,7 +393,8 @@ def pyramid_mailer_inputs(draw):
             "recipients": draw(st.lists(address, min_size=1, max_size=2)),
             "cc": draw(st.lists(address, max_size=1)), "bcc": draw(st.lists(address, max_size=1)),
             "extra_headers": draw(st.dictionaries(valid_header_name, text, max_size=2)),
-            "body": draw(body_text), "html": draw(st.none() | body_text),
+            # (pyramid_mailer refuses an empty body: "No data provided to attachment")
+            "body": draw(body_text.filter(bool)), "html": draw(st.none() | body_text.filter(bool)),
             "attachments": draw(st.lists(st.tuples(
                 st.binary(min_size=1, max_size=2000),
                 st.from_regex(r"[A-Za-z0-9_-]{1,20}\.(bin|dat)", fullmatch=True)), max_size=2))}
@@ -425,7 +426,8 @@ def test_pyramid_mailer_message_round_trips_or_is_refused(harness):
                 assert not spec["body"] and not spec["html"], outcome.refused
                 return
             assert isinstance(outcome.refused, ValueError), repr(outcome.refused)
-            assert questionable(headers, addresses), outcome.refused
+            breaks = any(c in LINE_BREAKS for _, v in headers for c in v)  # raw values
+            assert breaks or questionable(headers, addresses), outcome.refused
             assert names_culprit(outcome.refused, [n for n, _ in headers] +
                                  ["To", "Cc", "Bcc", "pyramid_mailer Message"] + addresses)
             return
@@ -434,10 +436,11 @@ def test_pyramid_mailer_message_round_trips_or_is_refused(harness):
             return
         [got] = outcome.received
         raw, back = raw_headers(got.data), read_back(got.data)
-        ours = GENERATED | {"to", "cc", "subject"}
+        ours = GENERATED | {"to", "cc", "subject", "content-disposition"}  # (inline body)
         assert sorted(n.lower() for n, _ in raw if n.lower() not in ours) == \
-            sorted(n.lower() for n in spec["extra_headers"])
-        assert decoded(dict(raw)["Subject"]).strip() == spec["subject"].strip()
+            sorted(n.lower() for n, v in spec["extra_headers"].items() if v)  # (empty: left out)
+        # (pyramid_mailer leaves out an empty Subject)
+        assert decoded(dict(raw).get("Subject", "")).strip() == spec["subject"].strip()
         assert sorted(map(idna_address, got.rcpt_tos)) == \
             sorted(set(map(idna_address, addresses)))
         assert eol(back.get_body(("plain",)).get_content()).rstrip("\n") == \
@@ -692,3 +695,19 @@ def test_a_pyramid_mailer_header_injection_names_the_field(harness):
                              **kwargs})
         refused = harness.send(message, "queue").refused
         assert isinstance(refused, HeaderInjection) and str(refused).startswith(field), refused
+
+
+def test_a_long_non_ascii_legacy_subject_to_a_utf8_mailbox_arrives_intact(harness):
+    """Was (since legacy messages are written with an SMTPUTF8 policy on this
+    branch): a 1,200-character raw subject without spaces stayed one line over
+    998 octets, and wire.to_wire's re-encoding turned its UTF-8 into U+FFFD."""
+    import email.message
+
+    subject = "\xa0" + "x" * 1200
+    legacy = email.message.Message()
+    legacy["To"] = "jörg@example.com"
+    legacy["Subject"] = subject
+    legacy.set_payload("t")
+    [got] = harness.send(legacy, "queue", utf8=True).received
+    assert max(map(len, got.data.split(b"\r\n"))) <= 998
+    assert decoded(dict(raw_headers(got.data))["Subject"]) == subject
