@@ -141,7 +141,11 @@ def _check_folding(message, policy):
     continuations: a value can never add a header."""
     for part in message.walk():
         for name, value in part._headers:
-            lines = policy.fold(name, value).split(policy.linesep)
+            try:
+                lines = policy.fold(name, value).split(policy.linesep)
+            except ValueError as exc:  # e.g. an encoded word that decodes to CR LF
+                raise HeaderInjection(name, f"header value cannot be written ({exc})") \
+                    from None
             if any(line[:1] not in (" ", "\t") for line in lines[1:] if line):
                 raise HeaderInjection.control(name, str(value))
 
@@ -238,7 +242,7 @@ def _rewrite_addresses(message, utf8):
         for display, addr in pairs:
             addr = (_validated(addr)[0] or addr) if idn else addr
             quoted = f'"{email.utils.quote(display)}" <{addr}>'
-            raw_ok = utf8 and len(quoted) <= 76 and not any(
+            raw_ok = utf8 and len(quoted) <= 76 and "=?" not in display and not any(
                 c in LINE_BREAKS or ord(c) < 32 for c in display)
             if display and (long_word(display) or not display.isascii()) and not raw_ok:
                 items.append(f"{mimeparts.encoded_words(display)} <{addr}>")
