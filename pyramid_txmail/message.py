@@ -244,8 +244,12 @@ def _rewrite_addresses(message, utf8):
             quoted = f'"{email.utils.quote(display)}" <{addr}>'
             raw_ok = utf8 and len(quoted) <= 76 and "=?" not in display and not any(
                 c in LINE_BREAKS or ord(c) < 32 for c in display)
-            if display and (long_word(display) or not display.isascii()) and not raw_ok:
-                items.append(f"{mimeparts.encoded_words(display)} <{addr}>")
+            if display and (long_word(display) or not display.isascii() or "=?" in display) \
+                    and not raw_ok:
+                words = mimeparts.encoded_words(display)
+                last = words.rpartition("\n")[2]  # the address on its own line if need be
+                gap = " " if len(last) + len(addr) + 4 <= 78 else "\n "
+                items.append(f"{words}{gap}<{addr}>")
             elif display and not display.isascii():
                 items.append(quoted)
             elif addr.isascii():

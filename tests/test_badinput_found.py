@@ -286,17 +286,55 @@ def test_a_non_ascii_name_that_holds_encoded_word_text_to_a_utf8_mailbox(harness
     assert mailboxes(to) == [(name, "jörg@example.com")]
 
 
-def test_an_encoded_line_break_in_a_legacy_address_header_names_the_header(harness):
+def test_an_encoded_line_break_in_a_legacy_address_header_never_escapes(harness):
     """Was: ValueError('invalid arguments; address parts cannot contain CR or LF')
     out of send(), naming no header: a legacy To whose encoded-word display name
-    decodes to a line break, written for a UTF-8 mailbox."""
+    decodes to a line break, written for a UTF-8 mailbox.  Now the name goes out
+    encoded again (the line break inside an encoded word, no header added) -- or,
+    should the policy still parse it, HeaderInjection naming To."""
     import email.message
 
     from pyramid_txmail import HeaderInjection
 
+    name = "000\xa0\xa0\xa0\xa0\xa0\nBcc: victim@example.com"
     legacy = email.message.Message()
     legacy["To"] = "jörg@example.com, jörg@example.com, " + email.utils.formataddr(
-        ("000\xa0\xa0\xa0\xa0\xa0\nBcc: victim@example.com", "a@example.com"))
+        (name, "a@example.com"))
     legacy.set_payload("t")
-    refused = harness.send(legacy, "queue").refused
-    assert isinstance(refused, HeaderInjection) and str(refused).startswith("To:"), refused
+    outcome = harness.send(legacy, "queue")
+    if outcome.refused is not None:
+        assert isinstance(outcome.refused, HeaderInjection), repr(outcome.refused)
+        assert str(outcome.refused).startswith("To:")
+        return
+    [got] = outcome.received
+    assert [n for n, _ in raw_headers(got.data) if n.lower() == "bcc"] == []
+    [value] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert (name, "a@example.com") in mailboxes(value)
+
+
+def test_encoded_word_text_beside_a_utf8_mailbox_is_still_encoded(harness):
+    """Was (regression on this branch): Mail(to=[("\\xa0", "jörg@..."),
+    ("=?utf-8?q?caf=C3=A9?=", "jörg@...")]): prepare() rewrote the header and
+    quoted the ASCII "=?...?=" name as it is, and it was read back as "café"."""
+    to = [("\xa0", "jörg@example.com"), (LITERAL, "jörg@example.com")]
+    [got] = harness.send(Mail(subject="s", to=to, text="t"), "queue", utf8=True).received
+    [value] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert [(phrase(n), a) for n, a in mailboxes(value)] == [("\xa0", "jörg@example.com"),
+                                                             (LITERAL, "jörg@example.com")]
+
+
+@pytest.mark.parametrize("kind", ["EmailMessage", "Message"])
+def test_a_long_encoded_display_name_beside_a_utf8_mailbox_is_not_refolded(harness, kind):
+    """Was (regression on this branch): the rewritten To put the address after the
+    last encoded word, past 78 columns, so the SMTPUTF8 policy refolded it with
+    the email package's parser -- minutes for a long name (a pytest timeout), or
+    a ValueError for a name holding a line break."""
+    import email.message
+
+    name = "0\xa0\xa0\U00010000" + "x" * 1200 + "000\xa0\xa0\xa0"
+    message = getattr(email.message, kind)()
+    message["To"] = email.utils.formataddr((name, "a@example.com")) + ", jörg@example.com"
+    message.set_payload("t")
+    [got] = harness.send(message, "queue", utf8=True).received
+    [value] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(value) == [(name, "a@example.com"), ("", "jörg@example.com")]
