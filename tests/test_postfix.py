@@ -401,3 +401,54 @@ def test_postfix_keeps_what_it_accepted_while_the_next_hop_is_down(tmp_path, pos
            held=held, detail=f"all {held_by_postfix} held in Postfix's queue meanwhile")
     assert total - delivered - held == 0
     assert set(got) == expected and duplicated == 0 and delivered == total
+
+
+def test_starttls_to_postfix_is_verified_and_an_unverifiable_relay_gets_nothing(
+        tmp_path, postfix_relay, tls_files):
+    """``mail.tls = true`` against Postfix offering STARTTLS: with the CA configured the
+    mail goes over TLS (Postfix's Received: line says so); without it the certificate is
+    refused, nothing is sent in plaintext and the mail waits for a retry."""
+    total = runs(3, 30)
+    sink = SMTPServer()
+    try:
+        relay = postfix_relay(sink.port, {
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_chain_files": tls_files["server"],
+            "smtpd_tls_received_header": "yes",
+        })
+        trusted, untrusted = str(tmp_path / "trusted"), str(tmp_path / "untrusted")
+        for spool_path in (trusted, untrusted):
+            app = make_app(spool_path)
+            for n in range(total):
+                app.get("/to", {"to": "tls@example.org", "subject": f"over TLS {n}"})
+        (tmp_path / "t").mkdir()
+        (tmp_path / "u").mkdir()
+        run_qp(write_ini(tmp_path / "t", trusted, relay.port,
+                         f"mail.tls = true\nmail.tls_cafile = {tls_files['cafile']}\n"))
+        refused = run_qp(write_ini(tmp_path / "u", untrusted, relay.port, "mail.tls = true\n"))
+        assert wait_until(lambda: len(sink.messages) >= total and relay.queued() == 0, 30)
+        time.sleep(0.3)
+        received = list(sink.messages)
+    finally:
+        sink.stop()
+    untrusted_state = held_in_spool(untrusted)
+    delivered = len({m for m in by_message(received)})
+    held = untrusted_state["deferred"]
+    record("postfix", "STARTTLS to Postfix: verified, or nothing sent", runs=1,
+           messages=2 * total, delivered=delivered, duplicated=len(received) - delivered,
+           lost=2 * total - delivered - held, held=held,
+           detail=f"{total} sent over verified TLS; {held} deferred when the relay's "
+                  "certificate could not be verified (system CA store)")
+    assert held_in_spool(trusted) == {"new": 0, "cur": 0, "deferred": 0, "failed": 0}
+    assert untrusted_state == {"new": 0, "cur": 0, "deferred": total, "failed": 0}
+    assert len(received) == total == delivered
+    for got in received:
+        trace = email.message_from_bytes(got.data, policy=email.policy.default)["Received"]
+        assert "using TLS" in trace, trace
+    assert "could not be verified" in refused.stderr and "nothing sent" in refused.stderr
+    # Postfix's own count per session: STARTTLS failed on some, and no session sent a
+    # MAIL FROM without a successful STARTTLS first.
+    sessions = [line for line in relay.log().splitlines() if "disconnect from" in line]
+    assert any("starttls=0/1" in line for line in sessions)
+    with_mail = [line for line in sessions if " mail=" in line]
+    assert len(with_mail) >= 1 and all(" starttls=1 " in line for line in with_mail)
