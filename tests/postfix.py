@@ -126,11 +126,11 @@ class PostfixRelay:
         self.base = pathlib.Path(tempfile.mkdtemp(prefix="txmail-postfix-"))
         self.base.chmod(0o755)
         self.config = self.base / "etc"
-        self.queue = self.base / "queue"  # root's; `postfix start` makes its subdirectories
+        self.queue = self.base / "queue"
         self.maillog = self.base / "maillog"
         self.config.mkdir()
-        self.queue.mkdir(mode=0o755)
         owner, group, privs = choose_accounts()
+        self.queue.mkdir(mode=0o755)  # root's; `postfix start` makes the rest
         settings = {
             "compatibility_level": "3.6",
             "config_directory": self.config,
@@ -170,12 +170,12 @@ class PostfixRelay:
         settings.update(main_cf or {})
         self.settings = settings
         self._write_main_cf()
-        (self.config / "master.cf").write_text(MASTER_CF.format(port=self.port))
+        _write_old(self.config / "master.cf", MASTER_CF.format(port=self.port))
         self.running = False
 
     def _write_main_cf(self):
-        (self.config / "main.cf").write_text(
-            "".join(f"{key} = {value}\n" for key, value in self.settings.items()))
+        _write_old(self.config / "main.cf",
+                   "".join(f"{key} = {value}\n" for key, value in self.settings.items()))
 
     def reconfigure(self, main_cf):
         """Change main.cf settings (a value of ``None`` removes one) and ``postfix reload``."""
@@ -269,6 +269,15 @@ class PostfixRelay:
     def close(self):
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _write_old(path, text):
+    """Write a configuration file dated a minute back: Postfix re-reads a main.cf changed
+    within the last second until it is a second old (300 ms at a time), as a guard against
+    half-written files -- several seconds for every start of a fresh instance."""
+    path.write_text(text)
+    then = time.time() - 60
+    os.utime(path, (then, then))
 
 
 def _alive(pid):
