@@ -7,7 +7,8 @@ relay shows, all driven by ``handler.script``:
 * replies at every stage: ``"mail"``, ``"rcpt"`` (one reply, or a dict
   recipient → reply), ``"data-command"`` (instead of 354) and ``"data"``
   (after the final dot).  Any 421 reply is followed by closing the
-  connection, as RFC 5321 3.8 says a server that sends 421 does;
+  connection, as RFC 5321 3.8 says a server that sends 421 does, and
+  ``script["close"] = stage`` closes it after that stage's reply;
 * drops (``script["drop"]``): ``"mail"``, ``"rcpt"`` (``script["drop-rcpt"]``
   lists the recipients whose RCPT is dropped, else the first one),
   ``"data-command"`` (before the 354), ``"data-mid"`` (after the 354 and the
@@ -55,20 +56,22 @@ def _code(reply):
     return int(reply[:3])
 
 
-def _close_after_421(server, reply):
-    """RFC 5321 3.8: a 421 reply means the server closes the channel now.
+def _closes(reply, stage, script):
+    """Whether the connection closes after this reply: after 421, or when scripted.
 
-    Scheduled, so that aiosmtpd writes the reply first (a transport flushes
-    what was written before it closes).
+    RFC 5321 3.8: a 421 reply means the server closes the channel now.
+    ``script["close"] = stage`` closes it after that stage's reply whatever
+    it was, as some servers do after refusing a sender.
     """
-    if reply.startswith("421") and server.transport is not None:
-        asyncio.get_running_loop().call_soon(server.transport.close)
+    return reply.startswith("421") or script.get("close") == stage
 
 
 class FaultHandler(ExtraHandler):
     def __init__(self, script=None):
         super().__init__(script)
         self.rcpts = []
+        #: Set by a hook whose reply ends the session; FaultSMTP closes after sending it.
+        self.closing = False
 
     def heal(self):
         """From now on accept everything: no reply, drop, delay or AUTH fault."""
@@ -93,7 +96,7 @@ class FaultHandler(ExtraHandler):
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         reply = await super().handle_MAIL(server, session, envelope, address, mail_options)
-        _close_after_421(server, reply)
+        self.closing = _closes(reply, "mail", self.script)
         return reply
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -111,7 +114,7 @@ class FaultHandler(ExtraHandler):
                                               rcpt_options)
         with self.lock:  # a dropped RCPT got no reply at all: code None
             self.rcpts.append((address, None if dropping else _code(reply)))
-        _close_after_421(server, reply)
+        self.closing = _closes(reply, "rcpt", self.script)
         return reply
 
     async def handle_DATA(self, server, session, envelope):
@@ -119,12 +122,27 @@ class FaultHandler(ExtraHandler):
         # late reply -- the message is already received when the delay runs.
         reply = await ScriptedHandler.handle_DATA(self, server, session, envelope)
         await self._delay("data")
-        _close_after_421(server, reply)
+        self.closing = _closes(reply, "data", self.script)
         return reply
 
 
 class FaultSMTP(ExtraSMTP):
-    """The DATA command's own faults: slow 354, 421 before it, a drop mid-data."""
+    """Closes after a reply that ends the session (before reading another
+    command, so no later reply of a pipelined group goes out); the DATA
+    command's own faults: slow 354, 421 before it, a drop mid-data."""
+
+    async def _then_maybe_close(self, command):
+        self.event_handler.closing = False
+        await command
+        if self.event_handler.closing and self.transport is not None:
+            self.event_handler.closing = False
+            self.transport.close()
+
+    async def smtp_MAIL(self, arg):
+        await self._then_maybe_close(super().smtp_MAIL(arg))
+
+    async def smtp_RCPT(self, arg):
+        await self._then_maybe_close(super().smtp_RCPT(arg))
 
     async def smtp_DATA(self, arg):
         handler = self.event_handler
@@ -143,7 +161,7 @@ class FaultSMTP(ExtraSMTP):
                 await self._reader.readuntil(b"\r\n")  # the first line, then gone
                 self.transport.close()
                 return
-        await super().smtp_DATA(arg)
+        await self._then_maybe_close(super().smtp_DATA(arg))
 
 
 def fault_server(make_smtp_server, script=None, **kwargs):

@@ -79,6 +79,11 @@ CASES = (
     # DATA command or after the dot is permanent (storage exceeded).
     [Case(f"MAIL {c}", {"mail": f"{c} {TEXT[c]}"}, all_(_later_or_failed(c)), c)
      for c in CODES]
+    # Some servers hang up right after refusing the sender: the refusal
+    # stands (with PIPELINING the replies still owed never come).
+    + [Case(f"MAIL {c}, then the connection closed", {"mail": f"{c} {TEXT[c]}",
+                                                       "close": "mail"},
+            all_(_later_or_failed(c)), c) for c in (451, 550, 554)]
     # A refused recipient does not stop the others (RFC 5321 3.3).  421 to one
     # RCPT closes the session: the recipients accepted before it get no DATA
     # and are deferred with the rest.  552 to RCPT is "too many recipients":
@@ -94,6 +99,10 @@ CASES = (
             {"a": SENT, "b": FAILED, "c": LATER}, 550)]
     + [Case(f"DATA command {c}", {"data-command": f"{c} {TEXT[c]}"},
             all_(_later_or_failed(c)), c) for c in CODES]
+    # RFC 5321 4.3.2: DATA is answered 354 before any data; a 2yz there is a
+    # protocol error (or replies out of step), not a delivery.
+    + [Case("DATA command answered 250 instead of 354", {"data-command": "250 2.0.0 OK"},
+            all_(LATER))]
     + [Case(f"after the final dot {c}", {"data": f"{c} {TEXT[c]}"},
             all_(_later_or_failed(c)), c) for c in CODES]
     # A lost connection is a temporary failure (RFC 5321 4.5.4.1) -- after
@@ -169,7 +178,8 @@ def check_deferred(case, spool, batch):
         for name in spool.names(state):
             meta = spool.read_meta(name)
             for result in meta["history"][-1]["results"]:
-                waiting[result["recipient"]] = result
+                if result["status"] != "sent":
+                    waiting[result["recipient"]] = result
     for rcpts in batch:
         for addr in rcpts:
             if case.outcome[addr[0]] != LATER:
