@@ -404,15 +404,22 @@ class SMTPTransport:
         if code != 250:
             raise _Stale(f"RSET: {code} {_text(reply)}")
 
-    @staticmethod
-    def _drain(smtp, replies, count):
-        """Read the replies still owed for a pipelined group, then RSET's turn."""
-        for _ in range(count):
-            code, _ = next(replies)
-            if code == 354:
-                smtp.send(b".\r\n")
-                smtp.getreply()
-                return
+    def _drain(self, smtp, replies, count):
+        """Read the replies still owed for a pipelined group, then RSET's turn.
+
+        A server that hangs up instead (some do right after refusing the
+        sender) owes nothing more: the connection is dropped, and the reply
+        already had stands -- a refusal must not turn into "connection lost".
+        """
+        try:
+            for _ in range(count):
+                code, _ = next(replies)
+                if code == 354:
+                    smtp.send(b".\r\n")
+                    smtp.getreply()
+                    return
+        except OSError:
+            self._drop()
 
     def _end(self, smtp, code):
         """After a refused transaction: RSET, or give up the connection."""
