@@ -361,6 +361,15 @@ class SMTPTransport:
                 smtp.send(b".\r\n")
                 smtp.getreply()
                 return results
+            if code != 354 and 200 <= code < 400:
+                # RFC 5321 4.3.2: DATA is answered 354, then the data goes.
+                # Any other positive reply means the replies are out of step
+                # (or the server is broken): nothing was delivered, and the
+                # session cannot be trusted with the next message either.
+                self._drop()
+                return self._fill(results, toaddrs, TEMPORARY, code,
+                                  f"{_text(reply)} (unexpected reply to DATA at {addr}, "
+                                  "expected 354; the message was not sent)")
             if code == 354:
                 stage = "the message data"
                 for block in wire.data_section(chunks):
