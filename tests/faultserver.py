@@ -8,7 +8,8 @@ relay shows, all driven by ``handler.script``:
   recipient → reply), ``"data-command"`` (instead of 354) and ``"data"``
   (after the final dot).  Any 421 reply is followed by closing the
   connection, as RFC 5321 3.8 says a server that sends 421 does, and
-  ``script["close"] = stage`` closes it after that stage's reply;
+  ``script["close"] = stage`` closes it after a refusal at that stage;
+  ``script["ehlo"] = "421 ..."`` refuses the session at EHLO (and closes);
 * drops (``script["drop"]``): ``"mail"``, ``"rcpt"`` (``script["drop-rcpt"]``
   lists the recipients whose RCPT is dropped, else the first one),
   ``"data-command"`` (before the 354), ``"data-mid"`` (after the 354 and the
@@ -60,10 +61,11 @@ def _closes(reply, stage, script):
     """Whether the connection closes after this reply: after 421, or when scripted.
 
     RFC 5321 3.8: a 421 reply means the server closes the channel now.
-    ``script["close"] = stage`` closes it after that stage's reply whatever
-    it was, as some servers do after refusing a sender.
+    ``script["close"] = stage`` closes it after a refusal (any reply but
+    2yz) at that stage, as some servers do.
     """
-    return reply.startswith("421") or script.get("close") == stage
+    return reply.startswith("421") or (script.get("close") == stage
+                                       and not reply.startswith("2"))
 
 
 class FaultHandler(ExtraHandler):
@@ -136,6 +138,11 @@ class FaultSMTP(ExtraSMTP):
         await command
         if self.event_handler.closing and self.transport is not None:
             self.event_handler.closing = False
+            self.transport.close()
+
+    async def smtp_EHLO(self, hostname):
+        await super().smtp_EHLO(hostname)
+        if (self.event_handler.script.get("ehlo") or "").startswith("421"):
             self.transport.close()
 
     async def smtp_MAIL(self, arg):

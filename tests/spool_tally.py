@@ -43,24 +43,31 @@ def copies_by_pair(handler):
     return counts
 
 
-def message_bytes(message_id, rcpts, subject):
-    return (f"From: Sender <sender@example.org>\r\nTo: {', '.join(rcpts)}\r\n"
+def message_bytes(message_id, rcpts, subject, size=0):
+    """A plain-text message; ``size`` octets of 76-character lines as its body."""
+    head = (f"From: Sender <sender@example.org>\r\nTo: {', '.join(rcpts)}\r\n"
             f"Subject: {subject}\r\nMessage-ID: {message_id}\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-            "Hello,\r\n.\r\n..a line that starts with dots\r\nbye\r\n").encode("ascii")
+            "Hello,\r\n.\r\n..a line that starts with dots\r\n").encode("ascii")
+    line = b"0123456789" * 7 + b"abcd\r\n"
+    return head + line * (size // len(line)) + b"bye\r\n"
 
 
-def queue_messages(spool, batch, tag):
-    """Commit one message per recipient list in ``batch``; their Message-IDs."""
+def queue_messages(spool, batch, tag, size=0):
+    """Commit one message per recipient list in ``batch``.
+
+    Returns their Message-IDs, and ``{Message-ID: the message's bytes}``.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")
-    ids = []
+    ids, sent = [], {}
     for i, rcpts in enumerate(batch):
         message_id = f"<{slug}-{i}@faults.example.org>"
-        name = spool.write_tmp("sender@example.org", rcpts,
-                               message_bytes(message_id, rcpts, tag))
+        data = message_bytes(message_id, rcpts, tag, size)
+        name = spool.write_tmp("sender@example.org", rcpts, data)
         spool.commit_tmp([name])
         ids.append(message_id)
-    return ids
+        sent[message_id] = data
+    return ids, sent
 
 
 class Tally:

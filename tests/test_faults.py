@@ -10,6 +10,7 @@ the case says how it must end:
 
 * ``SENT``: accepted at the first attempt, exactly one copy;
 * ``LATER``: deferred while the fault lasts, then delivered, exactly once;
+* ``NEXT``: deferred by the first attempt only, delivered exactly once;
 * ``FAILED``: dead-lettered in ``failed/`` with the SMTP code and text,
   never delivered and never tried again.
 
@@ -28,7 +29,7 @@ from pyramid_txmail.processor import Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.spool import Spool
 
-from .faultserver import fault_server
+from .faultserver import fault_server, message_id
 from .reliability import record, runs
 from .spool_tally import Tally, copies_by_pair, queue_messages, recipients
 from .test_processor import Clock
@@ -39,7 +40,7 @@ GROUP = "faults"
 #: Messages per case, and attempts made while the fault lasts.
 MESSAGES = runs(2, 8)
 FAULTY = runs(2, 4)
-SENT, LATER, FAILED = "sent", "later", "failed"
+SENT, LATER, NEXT, FAILED = "sent", "later", "next", "failed"
 PASSWORD = "s3cret-fault-pw"
 
 
@@ -52,6 +53,7 @@ class Case:
     duplicates: bool = False  # the RFC 1047 window: copies before the heal are expected
     server: str = ""  # "tls" or "auth"
     settings: dict = dataclasses.field(default_factory=dict)
+    size: int = 0  # body size in octets (0: a few lines)
 
 
 def all_(outcome):
@@ -70,8 +72,8 @@ CODES = (421, 451, 452, 550, 552, 554)
 TEXT = {421: "4.3.2 service shutting down", 451: "4.3.0 local error, try later",
         452: "4.5.3 too many recipients", 550: "5.1.1 mailbox unavailable",
         552: "5.3.4 message too big", 554: "5.7.1 transaction failed"}
-SLOW = {"timeout": "0.5"}
-DELAY = 1.5
+SLOW = {"timeout": "0.3"}
+DELAY = 1.0
 
 CASES = (
     # RFC 5321 3.8 / 4.2.5: 421 at any stage means the server is closing the
@@ -93,6 +95,11 @@ CASES = (
             only_b(LATER if c == 552 else _later_or_failed(c)), c)
        for c in CODES]
     + [Case("RCPT 550 to all three", {"rcpt": f"550 {TEXT[550]}"}, all_(FAILED), 550),
+       # a and c are deferred by the hang-up, and sent at the next attempt
+       # (b, dead-lettered, is no longer in it)
+       Case("RCPT 550 to one, then the connection closed",
+            {"rcpt": {"b": f"550 {TEXT[550]}"}, "close": "rcpt"},
+            {"a": NEXT, "b": FAILED, "c": NEXT}, 550),
        Case("RCPT 451 to all three", {"rcpt": f"451 {TEXT[451]}"}, all_(LATER), 451),
        Case("RCPT 550 to one, 451 to another",
             {"rcpt": {"b": f"550 {TEXT[550]}", "c": f"451 {TEXT[451]}"}},
@@ -105,12 +112,17 @@ CASES = (
             all_(LATER))]
     + [Case(f"after the final dot {c}", {"data": f"{c} {TEXT[c]}"},
             all_(_later_or_failed(c)), c) for c in CODES]
+    + [Case("after the final dot 554, then the connection closed",
+            {"data": f"554 {TEXT[554]}", "close": "data"}, all_(FAILED), 554),
+       Case("EHLO 421 (session refused)", {"ehlo": f"421 {TEXT[421]}"}, all_(LATER))]
     # A lost connection is a temporary failure (RFC 5321 4.5.4.1) -- after
     # the final dot too, where the server may have the message: RFC 1047.
     + [Case("drop at MAIL", {"drop": "mail"}, all_(LATER)),
        Case("drop at RCPT of one of three", {"drop": "rcpt", "drop-rcpt": "b"}, all_(LATER)),
        Case("drop at the DATA command", {"drop": "data-command"}, all_(LATER)),
        Case("drop mid-DATA (before the final dot)", {"drop": "data-mid"}, all_(LATER)),
+       Case("drop mid-DATA of a 3 MB message (streamed from the spool)",
+            {"drop": "data-mid"}, all_(LATER), size=3 << 20),
        Case("drop after the final dot, nothing stored", {"drop": "data-before"},
             all_(LATER)),
        Case("drop after the final dot, message stored (RFC 1047)", {"drop": "data-after"},
@@ -125,7 +137,11 @@ CASES = (
     + [Case("STARTTLS required and offered", {}, all_(SENT), server="tls"),
        Case("STARTTLS required, not offered", {"ehlo-without": ["STARTTLS"]},
             all_(LATER), server="tls"),
-       Case("AUTH refused (535)", {"auth": "refuse"}, all_(LATER), server="auth")]
+       # 535 defers, as Postfix's smtp_sasl_auth_soft_bounce = yes (its
+       # default) does: a wrong password is fixed by an operator, not the mail.
+       Case("AUTH refused (535)", {"auth": "refuse"}, all_(LATER), server="auth"),
+       Case("AUTH required but not offered", {"ehlo-without": ["AUTH"]}, all_(LATER),
+            server="auth")]
 )
 
 
@@ -182,6 +198,8 @@ def check_deferred(case, spool, batch):
                     waiting[result["recipient"]] = result
     for rcpts in batch:
         for addr in rcpts:
+            if case.outcome[addr[0]] == NEXT:
+                continue
             if case.outcome[addr[0]] != LATER:
                 assert addr not in waiting
                 continue
@@ -201,6 +219,8 @@ def check_outcome(case, tally, before_heal, handler):
             copies, early = tally.copies[pair], before_heal.get(pair, 0)
             if want == SENT:
                 assert (early, copies) == (1, 1), (addr, early, copies)
+            elif want == NEXT:
+                assert copies == 1, (addr, copies)
             elif want == LATER:
                 if case.duplicates:  # one copy per faulty attempt, then the real one
                     assert copies == early + 1 and early >= 1, (addr, early, copies)
@@ -232,7 +252,7 @@ def test_fault_then_recovery(case, pipelining, tmp_path, make_smtp_server,
     batch = [recipients(i) for i in range(MESSAGES)]
     handler = server.handler
     handler.script = expand({**handler.script, **case.script}, batch)
-    ids = queue_messages(spool, batch, case.name)
+    ids, sent = queue_messages(spool, batch, case.name, case.size)
     settings = processor_settings(server, spool, case, tls_files)
     clock = Clock()
     processor = Processor(spool, None, settings, clock=clock, rand=lambda: 0.5, workers=1)
@@ -252,6 +272,8 @@ def test_fault_then_recovery(case, pipelining, tmp_path, make_smtp_server,
     for addr in failed:  # after the heal, no RCPT for a refused recipient
         assert handler.rcpt_count(addr) == sum(1 for a, _ in rcpts_before_heal if a == addr)
     assert tally.lost == [] and tally.duplicated == dups
+    for received in handler.messages:  # every copy is the message, byte for byte
+        assert received.data == sent[message_id(received.data)]
     assert tally.waiting == []  # nothing left behind in new/, cur/ or deferred/
     assert tally.dead_count == len(failed)
     if case.server == "tls":
@@ -280,7 +302,7 @@ def test_fault_until_the_dead_letter_age(case, tmp_path, make_smtp_server,
     batch = [recipients(i) for i in range(MESSAGES)]
     handler = server.handler
     handler.script = expand(case.script, batch)
-    ids = queue_messages(spool, batch, case.name)
+    ids, _ = queue_messages(spool, batch, case.name)
     settings = processor_settings(server, spool, case, tls_files, retry_initial="5m",
                                   retry_max="20m", max_queue_time="1h")
     clock = Clock()

@@ -92,7 +92,7 @@ def test_txmail_qp_one_pass_at_a_time(case, tmp_path, make_smtp_server):
     server = fault_server(make_smtp_server, expand(case.script, batch))
     ini = write_ini(tmp_path, server, extra="mail.retry_initial = 0.2\n")
     spool = Spool(str(tmp_path / "spool"))
-    ids = queue_messages(spool, batch, "qp " + case.name)
+    ids, _ = queue_messages(spool, batch, "qp " + case.name)
 
     first = run_qp(ini, "--no-app")
     assert first.returncode == 0, first.stderr
