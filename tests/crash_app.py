@@ -5,7 +5,8 @@ builds a Pyramid app like a real one (pyramid_tm, a SQLite database through
 SQLAlchemy and zope.sqlalchemy, queue delivery) and sends requests to it in a
 loop: each inserts a row holding the Message-ID that ``request.mailer.send``
 returned, and a quarter of them fail after sending (the transaction aborts).
-It prints ``ready`` once set up.  Without ``--kill-at`` it runs until the
+It prints ``ready`` once set up, then each Message-ID as it is handed to
+``send()``.  Without ``--kill-at`` it runs until the
 test kills it at a random moment; with it, request ``N`` kills its own
 process at ``POINT`` of the two-phase commit (see :data:`KILL_POINTS`).
 
@@ -95,6 +96,7 @@ def make_app(spool, db, **settings):
         msg["Subject"] = f"message {n}"
         msg.set_content(f"Message number {n}.\n")
         message_id = request.mailer.send(msg)
+        print(message_id, flush=True)  # the test counts the sends that never committed
         request.dbsession.execute(sa.text("INSERT INTO sent VALUES (:m, :n)"),
                                   {"m": message_id, "n": n})
         zope.sqlalchemy.mark_changed(request.dbsession)

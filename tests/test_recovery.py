@@ -5,7 +5,6 @@ each leftover is made directly, to check every branch of the resolution.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
