@@ -19,16 +19,14 @@ from pyramid_txmail.spool import Spool
 
 from .app import main
 from .faultserver import fault_server
-from .reliability import record, runs
+from .reliability import record
 from .spool_tally import Tally, copies_by_pair, queue_messages, recipients
-from .test_faults import (CASES, FAULTY, GROUP, LATER, check_deferred, check_outcome,
-                          expand, processor_settings, walk)
+from .test_faults import (CASES, FAULTY, GROUP, LATER, MESSAGES, check_deferred,
+                          check_outcome, describe, expand, processor_settings, walk)
 from .test_processor import Clock
 from .test_qp import run_qp, write_ini
 
 pytestmark = pytest.mark.reliability
-
-MESSAGES = runs(2, 6)
 
 
 def cases(*names):
@@ -36,13 +34,13 @@ def cases(*names):
     return [pytest.param(found[name], id=name) for name in names]
 
 
-def tally_and_record(scenario, case, spool, handler, batch, ids, before_heal):
+def tally_and_record(scenario, case, spool, handler, batch, ids, before_heal, attempts):
     tally = Tally(spool, handler, batch, ids)
     dups = check_outcome(case, tally, before_heal, handler)
     assert tally.lost == [] and tally.duplicated == dups and tally.waiting == []
     record(GROUP, scenario, runs=1, messages=tally.total, delivered=tally.delivered_count,
            duplicated=tally.duplicated, lost=len(tally.lost), held=tally.dead_count,
-           detail="3 recipients per message, per message and recipient")
+           detail=describe(case, attempts))
     return tally
 
 
@@ -72,7 +70,8 @@ def test_direct_delivery_falls_back_to_the_queue(case, tmp_path, make_smtp_serve
     server.handler.heal()
     walk(processor, clock, settings, 2)
     tally_and_record(f"direct delivery: {case.name}", case, spool, server.handler, batch,
-                     ids, before_heal)
+                     ids, before_heal, f"the direct send and {FAULTY - 1} retries under "
+                     "the fault, then healed")
 
 
 def wait_until_due(spool, limit=10.0):
@@ -107,4 +106,4 @@ def test_txmail_qp_one_pass_at_a_time(case, tmp_path, make_smtp_server):
     assert f"sent={MESSAGES if later else 0} deferred=0 failed=0" in second.stderr
     assert "Traceback" not in first.stderr + second.stderr
     tally_and_record(f"txmail-qp: {case.name}", case, spool, server.handler, batch, ids,
-                     before_heal)
+                     before_heal, "one txmail-qp pass under the fault, one after the heal")
