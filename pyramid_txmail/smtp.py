@@ -116,7 +116,7 @@ class SMTPTransport:
     def __init__(self, host="localhost", port=25, *, username=None, password=None,
                  tls=False, ssl=False, keyfile=None, certfile=None, cafile=None,
                  timeout=30.0, debug=0, local_hostname=None, fallback_hosts=(),
-                 host_rest=300.0, max_messages=None, relays=None):
+                 host_rest=300.0, max_messages=None, relays=None, data_timeout=600.0):
         self.opener = SessionOpener(username=username, password=password, tls=tls, ssl=ssl,
                                     keyfile=keyfile, certfile=certfile, cafile=cafile,
                                     timeout=timeout, debug=debug,
@@ -128,6 +128,8 @@ class SMTPTransport:
             relays = Relays(dict.fromkeys(hosts), host_rest)
         self.relays = relays
         self.max_messages = max_messages
+        #: The wait for the reply to the final dot (never shorter than ``timeout``).
+        self.data_timeout = max(float(data_timeout), self.opener.timeout)
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
         self._smtp = None
@@ -144,7 +146,8 @@ class SMTPTransport:
                    cafile=settings.tls_cafile, timeout=settings.timeout,
                    debug=settings.debug, fallback_hosts=settings.fallback_hosts,
                    host_rest=settings.host_rest,
-                   max_messages=settings.connection_max_messages, relays=relays)
+                   max_messages=settings.connection_max_messages, relays=relays,
+                   data_timeout=settings.data_timeout)
 
     username = property(lambda self: self.opener.username)
     tls = property(lambda self: self.opener.tls)
@@ -376,7 +379,7 @@ class SMTPTransport:
                     smtp.send(block)
                 smtp.final_dot_sent = True
                 stage = "end of data"
-                code, reply = smtp.getreply()
+                code, reply = self._final_reply(smtp)
             if code == 421:
                 self._drop()
             elif not 200 <= code < 300 and stage == "DATA" and not pipelined:
@@ -403,6 +406,21 @@ class SMTPTransport:
             yield from replies
         finally:
             smtp.command_encoding = before
+
+    def _final_reply(self, smtp):
+        """The reply to the final dot, waited for ``data_timeout``.
+
+        RFC 5321 4.5.3.2.6: "DATA Termination: 10 minutes" -- the server
+        may be delivering or scanning the message, and a client that gives
+        up here has most likely delivered it already: a retry would send
+        it twice (RFC 1047).
+        """
+        smtp.sock.settimeout(self.data_timeout)
+        try:
+            return smtp.getreply()
+        finally:
+            if smtp.sock is not None:  # smtplib closes it on an error
+                smtp.sock.settimeout(self.timeout)
 
     def _rset_or_stale(self, smtp, sent=False):
         """RSET on a reused connection; a dead one raises :class:`_Stale`."""
@@ -452,7 +470,7 @@ class SMTPTransport:
         timeout = self.timeout
         timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
         if final_dot_sent:
-            what = (f"no reply from {addr} within {timeout:g}s" if timed_out
+            what = (f"no reply from {addr} within {self.data_timeout:g}s" if timed_out
                     else f"connection to {addr} lost ({exc})")
             return (f"{what} after the end of the message data; the server may have "
                     "accepted it, so a retry may deliver it twice")
