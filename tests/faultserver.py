@@ -6,7 +6,9 @@ relay shows, all driven by ``handler.script``:
 
 * replies at every stage: ``"mail"``, ``"rcpt"`` (one reply, or a dict
   recipient → reply), ``"data-command"`` (instead of 354) and ``"data"``
-  (after the final dot).  Any 421 reply is followed by closing the
+  (after the final dot); a list of replies is used one per command, the
+  last one sticking (``{"mail": ["451 ...", "250 OK"]}`` refuses only the
+  first message).  Any 421 reply is followed by closing the
   connection, as RFC 5321 3.8 says a server that sends 421 does, and
   ``script["close"] = stage`` closes it after a refusal at that stage;
   ``script["ehlo"] = "421 ..."`` refuses the session at EHLO (and closes);
@@ -39,10 +41,10 @@ import asyncio
 import collections
 import re
 
-from aiosmtpd.smtp import AuthResult
+from aiosmtpd.smtp import SMTP, AuthResult
 
 from .smtpserver import ScriptedHandler
-from .smtpserver_extra import ExtraHandler, ExtraSMTP
+from .smtpserver_extra import ExtraHandler
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
 
@@ -128,7 +130,7 @@ class FaultHandler(ExtraHandler):
         return reply
 
 
-class FaultSMTP(ExtraSMTP):
+class FaultSMTP(SMTP):
     """Closes after a reply that ends the session (before reading another
     command, so no later reply of a pipelined group goes out); the DATA
     command's own faults: slow 354, 421 before it, a drop mid-data."""
@@ -154,21 +156,25 @@ class FaultSMTP(ExtraSMTP):
     async def smtp_DATA(self, arg):
         handler = self.event_handler
         script = handler.script
-        if self.envelope.rcpt_tos:
-            await handler._delay("data-command")
-            reply = script.get("data-command")
-            if reply and reply.startswith("421"):
-                handler.commands.append("DATA")
-                await self.push(reply)
+        handler.commands.append("DATA")
+        if not self.envelope.rcpt_tos:
+            await super().smtp_DATA(arg)  # aiosmtpd's 503
+            return
+        await handler._delay("data-command")
+        reply = handler._reply("data-command", None)
+        drop = script.get("drop")
+        if drop == "data-command":
+            self.transport.close()
+        elif reply:
+            await self.push(reply)
+            if reply.startswith("421"):
                 self.transport.close()
-                return
-            if script.get("drop") == "data-mid" and not reply:
-                handler.commands.append("DATA")
-                await self.push("354 End data with <CR><LF>.<CR><LF>")
-                await self._reader.readuntil(b"\r\n")  # the first line, then gone
-                self.transport.close()
-                return
-        await self._then_maybe_close(super().smtp_DATA(arg))
+        elif drop == "data-mid":
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            await self._reader.readuntil(b"\r\n")  # the first line, then gone
+            self.transport.close()
+        else:
+            await self._then_maybe_close(super().smtp_DATA(arg))
 
 
 def fault_server(make_smtp_server, script=None, **kwargs):
