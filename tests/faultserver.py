@@ -25,6 +25,7 @@ relay shows, all driven by ``handler.script``:
   has in fact delivered it);
 * STARTTLS offered or not: start the server with a ``tls_context`` and hide
   it with ``script["ehlo-without"] = ["STARTTLS"]``;
+* STARTTLS offered but refused: ``script["starttls"] = "454 ..."``;
 * AUTH refused with 535: start the server with ``auth=(user, password)`` and
   set ``script["auth"] = "refuse"``.
 
@@ -146,6 +147,13 @@ class FaultSMTP(SMTP):
         await super().smtp_EHLO(hostname)
         if (self.event_handler.script.get("ehlo") or "").startswith("421"):
             self.transport.close()
+
+    async def smtp_STARTTLS(self, arg):
+        reply = self.event_handler.script.get("starttls")
+        if reply:  # offered, then refused (e.g. 454 TLS not available)
+            await self.push(reply)
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_MAIL(self, arg):
         await self._then_maybe_close(super().smtp_MAIL(arg))

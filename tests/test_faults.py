@@ -144,6 +144,9 @@ CASES = (
     + [Case("STARTTLS required and offered", {}, all_(SENT), server="tls"),
        Case("STARTTLS required, not offered", {"ehlo-without": ["STARTTLS"]},
             all_(LATER), server="tls"),
+       Case("STARTTLS required, offered but refused (454)",
+            {"starttls": "454 4.7.0 TLS not available due to local problem"}, all_(LATER),
+            server="tls"),
        # 535 defers, as Postfix's smtp_sasl_auth_soft_bounce = yes (its
        # default) does: a wrong password is fixed by an operator, not the mail.
        Case("AUTH refused (535)", {"auth": "refuse"}, all_(LATER), server="auth"),
@@ -308,6 +311,7 @@ def test_fault_then_recovery(case, pipelining, tmp_path, make_smtp_server,
 EXPIRING = [c for c in CASES if c.name in (
     "MAIL 451", "RCPT 452 to one of three", "RCPT 552 to one of three",
     "drop mid-DATA (before the final dot)", "STARTTLS required, not offered",
+    "STARTTLS required, offered but refused (454)",
     "AUTH refused (535)")]
 
 
