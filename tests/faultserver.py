@@ -38,7 +38,6 @@ of each Message-ID each recipient got.
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import re
 

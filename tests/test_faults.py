@@ -39,6 +39,8 @@ pytestmark = pytest.mark.reliability
 GROUP = "faults"
 #: Messages per case, and attempts made while the fault lasts.
 MESSAGES = runs(2, 8)
+#: Timeouts cost real time: fewer messages for the slow-reply cases.
+SLOW_MESSAGES = runs(1, 4)
 FAULTY = runs(2, 4)
 SENT, LATER, NEXT, FAILED = "sent", "later", "next", "failed"
 PASSWORD = "s3cret-fault-pw"
@@ -72,8 +74,8 @@ CODES = (421, 451, 452, 550, 552, 554)
 TEXT = {421: "4.3.2 service shutting down", 451: "4.3.0 local error, try later",
         452: "4.5.3 too many recipients", 550: "5.1.1 mailbox unavailable",
         552: "5.3.4 message too big", 554: "5.7.1 transaction failed"}
-SLOW = {"timeout": "0.3"}
-DELAY = 1.0
+SLOW = {"timeout": "0.4"}
+DELAY = 1.2
 
 CASES = (
     # RFC 5321 3.8 / 4.2.5: 421 at any stage means the server is closing the
@@ -155,13 +157,17 @@ CASES = (
 )
 
 
+def messages_for(case):
+    return SLOW_MESSAGES if "delay" in case.script else MESSAGES
+
+
 def describe(case, attempts):
     """The detail line of the report: the size of the case and each recipient's fate."""
     words = {SENT: "sent", LATER: "deferred, then sent", NEXT: "deferred, sent at the retry",
              FAILED: f"dead-lettered ({case.code})"}
     fates = "; ".join(f"{role}: {words[case.outcome[role]]}" for role in "abc")
     dups = ", one duplicate per attempt (RFC 1047 window)" if case.duplicates else ""
-    return (f"{MESSAGES} messages x 3 recipients (a, b, c), counted per recipient; "
+    return (f"{messages_for(case)} messages x 3 recipients (a, b, c), counted per recipient; "
             f"{attempts}; {fates}{dups}")
 
 
@@ -271,7 +277,7 @@ def test_fault_then_recovery(case, pipelining, tmp_path, make_smtp_server,
                              server_tls_context, tls_files):
     spool = Spool(str(tmp_path / "spool"))
     server = start_server(make_smtp_server, case, pipelining, server_tls_context)
-    batch = [recipients(i) for i in range(MESSAGES)]
+    batch = [recipients(i) for i in range(messages_for(case))]
     handler = server.handler
     handler.script = expand({**handler.script, **case.script}, batch)
     ids, sent = queue_messages(spool, batch, case.name, case.size)
