@@ -71,11 +71,15 @@ def _closes(reply, stage, script):
 
 
 class FaultHandler(ExtraHandler):
+    """The scripted faults (see the module docstring) and what was received.
+
+    A hook whose reply ends the session sets ``session.fault_closes``;
+    :class:`FaultSMTP` closes the connection once that reply is sent.
+    """
+
     def __init__(self, script=None):
         super().__init__(script)
         self.rcpts = []
-        #: Set by a hook whose reply ends the session; FaultSMTP closes after sending it.
-        self.closing = False
 
     def heal(self):
         """From now on accept everything: no reply, drop, delay or AUTH fault."""
@@ -100,7 +104,7 @@ class FaultHandler(ExtraHandler):
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         reply = await super().handle_MAIL(server, session, envelope, address, mail_options)
-        self.closing = _closes(reply, "mail", self.script)
+        session.fault_closes = _closes(reply, "mail", self.script)
         return reply
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -118,7 +122,7 @@ class FaultHandler(ExtraHandler):
                                               rcpt_options)
         with self.lock:  # a dropped RCPT got no reply at all: code None
             self.rcpts.append((address, None if dropping else _code(reply)))
-        self.closing = _closes(reply, "rcpt", self.script)
+        session.fault_closes = _closes(reply, "rcpt", self.script)
         return reply
 
     async def handle_DATA(self, server, session, envelope):
@@ -126,7 +130,7 @@ class FaultHandler(ExtraHandler):
         # late reply -- the message is already received when the delay runs.
         reply = await ScriptedHandler.handle_DATA(self, server, session, envelope)
         await self._delay("data")
-        self.closing = _closes(reply, "data", self.script)
+        session.fault_closes = _closes(reply, "data", self.script)
         return reply
 
 
@@ -136,10 +140,9 @@ class FaultSMTP(SMTP):
     command's own faults: slow 354, 421 before it, a drop mid-data."""
 
     async def _then_maybe_close(self, command):
-        self.event_handler.closing = False
+        self.session.fault_closes = False
         await command
-        if self.event_handler.closing and self.transport is not None:
-            self.event_handler.closing = False
+        if self.session.fault_closes and self.transport is not None:
             self.transport.close()
 
     async def smtp_EHLO(self, hostname):
