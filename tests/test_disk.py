@@ -193,7 +193,7 @@ def test_processor_on_a_full_disk_loses_nothing(disk, make_smtp_server):
                     "gone": "failed"}[kind]
         assert found.where[message_id] == expected, (kind, found.where[message_id])
         if kind == "later":
-            assert any("451 4.3.0 mailbox busy" in r for r in found.reasons[message_id]), \
+            assert any("4.3.0 mailbox busy" in r for r in found.reasons[message_id]), \
                 found.reasons[message_id]
     failed = {spool.read_meta(n).get("message_id"): spool.read_meta(n)
               for n in spool.names("failed")}
