@@ -256,15 +256,27 @@ class Spool:
             return {"corrupt_meta": True}
 
     def write_meta(self, name, meta):
+        """Replace a message's state file atomically (write, fsync, rename).
+
+        A write the disk cuts short (full, or a file-size limit) raises and
+        leaves the old state file as it was: ``os.write`` may write only part
+        of the data without an error, so it is repeated until all of it is
+        written, and the temporary file is removed when anything fails.
+        """
         final = os.path.join(self._dir("meta"), name + ".json")
         tmp = os.path.join(self._dir("meta"), f".{name}.{os.getpid()}.tmp")
+        data = memoryview(json.dumps(meta, indent=1, sort_keys=True).encode())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
-            os.write(fd, json.dumps(meta, indent=1, sort_keys=True).encode())
+            while data:
+                data = data[os.write(fd, data):]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)
         os.rename(tmp, final)
         fsync_dir(self._dir("meta"))
 
@@ -411,6 +423,13 @@ class Spool:
 
 
 _BLOCK = 1 << 16
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _stream_file(f, path):
