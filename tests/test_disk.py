@@ -13,7 +13,7 @@
   error naming the path, at ``config.include`` and at ``txmail-qp`` start
   (exit 78, one line, no traceback).
 - With umask 000 every file pyramid_txmail creates is 0600 and every
-  directory 0700 (see test_disk_modes.py).
+  directory 0700 (those are in test_disk_perms.py).
 """
 from __future__ import annotations
 
