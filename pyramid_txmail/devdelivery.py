@@ -37,7 +37,7 @@ from . import wire
 from .events import MailSent
 from .interfaces import IMailOutbox
 from .result import SENT, RecipientResult
-from .spool import fsync_dir
+from .spool import fsync_dir, make_private_dirs
 from .testing import Outbox, SentMail, _memory_outbox_created, _record
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ class FileOutbox:
     def __init__(self, path):
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
-            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
-            os.chmod(self.path, DIR_MODE)  # whatever the umask
+            make_private_dirs(self.path)  # parents too, 0700 whatever the umask
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise PermissionError(13, "the directory is not writable")
 

@@ -21,6 +21,7 @@ the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -45,6 +46,29 @@ _HOST = re.sub(r"[/:\s]", "_", socket.gethostname()) or "localhost"
 
 class SpoolError(OSError):
     """The spool directory cannot be used (names the path and the reason)."""
+
+
+def make_private_dirs(path):
+    """Create ``path`` and any missing parent, each 0700 whatever the umask.
+
+    (``os.makedirs`` gives the parents it creates the umask's mode -- 0777
+    under umask 000 -- and a world-writable parent lets anyone replace the
+    spool.)
+    """
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):  # the path, or the nearest existing parent, is a file
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+            continue
+        os.chmod(directory, DIR_MODE)
 
 
 def fsync_dir(path):
@@ -142,13 +166,12 @@ class Spool:
     def __init__(self, path, create=True):
         self.path = os.path.abspath(path)
         for state in ("",) + STATES:
-            directory = os.path.join(self.path, state)
+            directory = os.path.join(self.path, state) if state else self.path
             if not os.path.isdir(directory):
                 if not create:
                     raise SpoolError(f"{directory}: not a spool directory")
                 try:
-                    os.makedirs(directory, DIR_MODE, exist_ok=True)
-                    os.chmod(directory, DIR_MODE)
+                    make_private_dirs(directory)
                 except OSError as exc:
                     raise SpoolError(f"{directory}: cannot create the spool "
                                      f"directory: {exc.strerror}") from None
