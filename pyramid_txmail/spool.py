@@ -25,6 +25,7 @@ import errno
 import itertools
 import json
 import os
+import pwd
 import random
 import re
 import socket
@@ -69,6 +70,32 @@ def make_private_dirs(path):
                 raise
             continue
         os.chmod(directory, DIR_MODE)
+
+
+def _user(uid):
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_usable_dir(directory, what):
+    """SpoolError unless this user owns ``directory`` and can write into it."""
+    try:
+        info = os.stat(directory)
+        read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+    except OSError as exc:
+        raise SpoolError(f"{directory}: cannot use the {what}: {exc.strerror}") from None
+    euid = os.geteuid()
+    if info.st_uid != euid:
+        raise SpoolError(f"{directory}: the {what} is owned by {_user(info.st_uid)}, not by "
+                         f"this user ({_user(euid)}); run as its owner (files are 0600, so "
+                         "the owner could not read what this user writes)")
+    if read_only:
+        raise SpoolError(f"{directory}: the {what} is on a read-only file system")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SpoolError(f"{directory}: the {what} is not writable by this user "
+                         f"({_user(euid)})")
 
 
 def fsync_dir(path):
@@ -161,7 +188,15 @@ class Entry:
 
 
 class Spool:
-    """A spool directory.  Creates the Maildir layout when missing."""
+    """A spool directory.  Creates the Maildir layout when missing.
+
+    Refuses, with a :class:`SpoolError` naming the directory: a spool on a
+    read-only file system, one this user cannot write, and one owned by
+    another user.  The last matters for root, whom permission bits do not
+    stop: files written as root into the application user's spool would be
+    unreadable to that user's processor (they are 0600), so every process
+    on one spool must run as its owner.
+    """
 
     def __init__(self, path, create=True):
         self.path = os.path.abspath(path)
@@ -175,9 +210,7 @@ class Spool:
                 except OSError as exc:
                     raise SpoolError(f"{directory}: cannot create the spool "
                                      f"directory: {exc.strerror}") from None
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise SpoolError(f"{directory}: the spool directory is not writable "
-                                 f"by this user (uid {os.getuid()})")
+            check_usable_dir(directory, "spool directory")
 
     def _dir(self, state):
         return os.path.join(self.path, state)
