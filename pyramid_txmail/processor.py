@@ -50,6 +50,7 @@ from . import wire
 from .queue_state import dead_letter, record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
+from .recovery import recover
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -74,7 +75,9 @@ class PassStats:
     ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
     dead letters written to ``failed/`` (refused, expired or poison);
     ``skipped``: deferred messages not yet due, or claimed by another
-    process first; ``recovered``: stale claims put back into ``new/``;
+    process first; ``recovered``: stale claims put back into ``new/``, and
+    what crashed senders left in ``tmp/`` and ``prepared/``, cleaned up or
+    resolved (:mod:`pyramid_txmail.recovery`);
     ``errors``: messages whose handling raised unexpectedly (logged; the
     file stays claimed in ``cur/`` until ``claim_timeout`` puts it back).
     """
@@ -186,6 +189,8 @@ class Processor:
         now = self.clock()
         self.spool.reap()
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
+        stats.recovered += recover(self.spool, self.settings.commit_grace,
+                                   self.settings.commit_check, self.registry, now)
         jobs = self._jobs(now, stats, stop)
         with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
             self._run(jobs, stats, stop)

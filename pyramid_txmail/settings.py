@@ -145,6 +145,24 @@ def _url_prefix(value):
     return text
 
 
+def _callable(value):
+    """A dotted name (``pkg.module:function`` or ``pkg.module.function``), imported."""
+    if callable(value):
+        return value
+    from pyramid.path import DottedNameResolver
+
+    text = _str(value)
+    if text is None:
+        return None
+    try:
+        found = DottedNameResolver().resolve(text)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"cannot import it: {exc}") from None
+    if not callable(found):
+        raise ValueError("it is not callable")
+    return found
+
+
 def _template(value):
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -185,6 +203,12 @@ SETTINGS = (
             "Accepted for pyramid_mailer compatibility."),
     Setting("claim_timeout", parse_duration, 3600.0,
             "A message claimed by a processor that died goes back to the queue after this."),
+    Setting("commit_grace", parse_duration, 3600.0,
+            "A message a crashed process left half-committed in the spool is cleaned up "
+            "(tmp/) or resolved (prepared/) once it is this old."),
+    Setting("commit_check", _callable, None,
+            "Dotted name of check(message_id, registry) -> True/False/None: did the "
+            "transaction of a message left in prepared/ commit? (see README, Crashes)"),
     Setting("retry_initial", parse_duration, 300.0, "First retry delay after a temporary failure."),
     Setting("retry_max", parse_duration, 4000.0, "Longest delay between two retries."),
     Setting("max_queue_time", parse_duration, 5 * 86400.0,
@@ -240,6 +264,8 @@ class MailSettings:
     sendmail_template: list = dataclasses.field(
         default_factory=lambda: ["{sendmail_app}", "-t", "-i", "-f", "{sender}"])
     claim_timeout: float = 3600.0
+    commit_grace: float = 3600.0
+    commit_check: object = None
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_time: float = 5 * 86400.0

@@ -2,7 +2,10 @@
 
 ::
 
-    tmp/        being written by a committing transaction (never read)
+    tmp/        being written (by a committing transaction or the processor)
+    prepared/   written and fsynced at the transaction's vote, waiting for its
+                finish (a file left here by a crash is "in doubt": see
+                :mod:`pyramid_txmail.recovery`)
     new/        queued, ready to send
     cur/        claimed by a processor (the claim is the atomic rename)
     deferred/   waiting for a retry after a temporary failure
@@ -15,7 +18,8 @@ holding the message bytes with the envelope prepended as repoze.sendmail's
 ``qp`` delivers what we queued and we deliver what it queued.
 
 Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
-``new/``, ``fsync`` the directory.  Files are 0600 and directories 0700 whatever
+``prepared/`` (the vote), rename into ``new/`` and ``fsync`` the directory (the
+finish).  Files are 0600 and directories 0700 whatever
 the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
 """
 from __future__ import annotations
@@ -37,7 +41,7 @@ from . import wire
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
 
-STATES = ("tmp", "new", "cur", "deferred", "failed", "meta", "done")
+STATES = ("tmp", "prepared", "new", "cur", "deferred", "failed", "meta", "done")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -249,17 +253,52 @@ class Spool:
 
     def commit_tmp(self, names):
         """Move written messages from ``tmp/`` to ``new/`` and fsync ``new/``."""
-        for name in names:
-            os.rename(os.path.join(self._dir("tmp"), name),
-                      os.path.join(self._dir("new"), name))
-        if names:
-            fsync_dir(self._dir("new"))
+        self._publish("tmp", names)
 
     def discard_tmp(self, name):
         try:
             os.unlink(os.path.join(self._dir("tmp"), name))
         except FileNotFoundError:
             pass
+
+    # -- the transaction's two phases (the data manager) ----------------------
+
+    def prepare(self, fromaddr, toaddrs, message_bytes):
+        """The vote: write and fsync into ``tmp/``, then rename into ``prepared/``.
+
+        ``tmp/`` then only ever holds writes that never finished, which no
+        transaction can have committed (we vote before any database
+        commits), while ``prepared/`` holds messages whose transaction was
+        deciding.  The rename needs no directory fsync of its own: the
+        database's commit, after it, flushes the file system's journal on
+        ext4 and XFS, and the finish fsyncs ``new/``.
+        """
+        name = self.write_tmp(fromaddr, toaddrs, message_bytes)
+        try:
+            os.rename(os.path.join(self._dir("tmp"), name),
+                      os.path.join(self._dir("prepared"), name))
+        except BaseException:
+            self.discard_tmp(name)
+            raise
+        return name
+
+    def commit_prepared(self, names):
+        """The finish: move prepared messages into ``new/`` and fsync ``new/``."""
+        self._publish("prepared", names)
+
+    def discard_prepared(self, name):
+        """The abort: a prepared message goes (it was never committed)."""
+        try:
+            os.unlink(os.path.join(self._dir("prepared"), name))
+        except FileNotFoundError:
+            pass
+
+    def _publish(self, state, names):
+        for name in names:
+            os.rename(os.path.join(self._dir(state), name),
+                      os.path.join(self._dir("new"), name))
+        if names:
+            fsync_dir(self._dir("new"))
 
     # -- reading (the processor) ------------------------------------------------
 
