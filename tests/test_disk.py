@@ -97,11 +97,11 @@ def drain(spool, server, clock=time.time, **extra):
 
 
 def leftovers(spool):
-    """Files that no state accounts for: tmp/ files and hidden temporaries anywhere."""
+    """Files no state accounts for: tmp/ and prepared/ files, hidden temporaries anywhere."""
     found = []
-    for state in ("tmp", "new", "cur", "deferred", "failed", "meta", "done"):
+    for state in ("tmp", "prepared", "new", "cur", "deferred", "failed", "meta", "done"):
         for name in os.listdir(os.path.join(spool.path, state)):
-            if state == "tmp" or name.startswith("."):
+            if state in ("tmp", "prepared") or name.startswith("."):
                 found.append(f"{state}/{name}")
     return found
 
