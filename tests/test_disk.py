@@ -32,12 +32,14 @@ from pyramid.response import Response
 from sqlalchemy.orm import Session
 
 from pyramid_txmail.processor import Processor
+from pyramid_txmail.queue_state import record_attempt
+from pyramid_txmail.result import TEMPORARY, RecipientResult
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.spool import Entry, Spool
 
 from .diskfull import Disk
 from .reliability import record, runs
-from .spool_tally import tally
+from .spool_tally import received, tally
 
 pytestmark = pytest.mark.reliability
 
@@ -168,7 +170,8 @@ def test_processor_on_a_full_disk_loses_nothing(disk, make_smtp_server):
     server = make_smtp_server(REPLIES)
     spool = Spool(os.path.join(disk.path, "spool"))
     kinds = {"ok": ["ok@example.org"], "later": ["later@example.org"],
-             "partial": ["ok@example.org", "gone@example.org"], "gone": ["gone@example.org"]}
+             "partial": ["ok@example.org", "gone@example.org"], "gone": ["gone@example.org"],
+             "retried": ["ok@example.org"]}
     ids = {}
     for _ in range(rounds):
         for kind, rcpts in kinds.items():
@@ -176,7 +179,14 @@ def test_processor_on_a_full_disk_loses_nothing(disk, make_smtp_server):
             ids[message_id] = kind
             data = (f"From: {SENDER}\nTo: {', '.join(rcpts)}\nSubject: {kind}\n"
                     f"Message-ID: {message_id}\n\nbody\n").encode()
-            spool.commit_tmp([spool.write_tmp(SENDER, rcpts, data)])
+            name = spool.write_tmp(SENDER, rcpts, data)
+            spool.commit_tmp([name])
+            if kind == "retried":  # deferred once before, due now: a state file exists
+                now = time.time()
+                spool.write_meta(name, record_attempt(
+                    {}, message_id, [RecipientResult(rcpts[0], TEMPORARY, 451, "busy")],
+                    now - 600, now - 1, now - 600))
+                spool.move(Entry(spool, "new", name), "deferred")
     with disk.full(limit=100):  # fsize: a state file is larger, its write is cut short
         stats = drain(spool, server)
     assert leftovers(spool) == []  # no half-written state file left behind
@@ -190,7 +200,7 @@ def test_processor_on_a_full_disk_loses_nothing(disk, make_smtp_server):
     assert found.lost == 0, found.where
     for message_id, kind in ids.items():
         expected = {"ok": "delivered", "partial": "delivered", "later": "deferred",
-                    "gone": "failed"}[kind]
+                    "gone": "failed", "retried": "delivered"}[kind]
         assert found.where[message_id] == expected, (kind, found.where[message_id])
         if kind == "later":
             assert any("4.3.0 mailbox busy" in r for r in found.reasons[message_id]), \
@@ -200,10 +210,18 @@ def test_processor_on_a_full_disk_loses_nothing(disk, make_smtp_server):
     for message_id, kind in ids.items():
         if kind in ("partial", "gone"):  # dead-lettered for gone@ with the 550, not guessed
             assert "550 5.1.1 no such user" in failed[message_id]["reason"], failed[message_id]
-    # a recipient that accepted while its state could not be written gets it again:
-    # at-least-once, as after a crash (the partial messages' ok@ copy)
+    # a retry that every recipient accepted needs no state file: it is not sent twice
+    copies = received([server])
+    for message_id, kind in ids.items():
+        if kind in ("ok", "retried"):
+            assert copies[message_id, "ok@example.org"] == 1, (kind, message_id)
+    # a recipient that accepted while the others' outcome could not be written gets it
+    # again: at-least-once, as after a crash (the partial messages' ok@ copy)
     assert found.duplicated <= rounds
     record("disk", f"processor on a full disk, state files unwritable ({disk.how})",
-           runs=rounds, detail="per run: delivered, 451-deferred, partly 550, all 550; "
-           "afterwards each is delivered, deferred or dead-lettered with its reason",
+           runs=rounds, detail="per run: delivered, 451-deferred, partly 550, all 550, a "
+           "retry delivered; afterwards each is delivered, deferred or dead-lettered with "
+           "its reason.  Duplicated: the partly refused message's accepted recipient, "
+           "whose acceptance could not be recorded, gets it again once there is room "
+           "(at-least-once, as after a crash)",
            **found.counts())
