@@ -36,8 +36,9 @@ from zope.interface import implementer
 from . import wire
 from .events import MailSent
 from .interfaces import IMailOutbox
+from .private_dirs import make_private_dirs
 from .result import SENT, RecipientResult
-from .spool import fsync_dir, make_private_dirs
+from .spool import fsync_dir
 from .testing import Outbox, SentMail, _memory_outbox_created, _record
 
 log = logging.getLogger(__name__)

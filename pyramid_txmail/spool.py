@@ -25,11 +25,9 @@ the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
 import json
 import os
-import pwd
 import random
 import re
 import socket
@@ -37,6 +35,7 @@ import time
 from email.header import Header, decode_header
 
 from . import wire
+from .private_dirs import make_private_dirs, why_unusable
 
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
@@ -51,55 +50,6 @@ _HOST = re.sub(r"[/:\s]", "_", socket.gethostname()) or "localhost"
 
 class SpoolError(OSError):
     """The spool directory cannot be used (names the path and the reason)."""
-
-
-def make_private_dirs(path):
-    """Create ``path`` and any missing parent, each 0700 whatever the umask.
-
-    (``os.makedirs`` gives the parents it creates the umask's mode -- 0777
-    under umask 000 -- and a world-writable parent lets anyone replace the
-    spool.)
-    """
-    missing = []
-    while not os.path.lexists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):  # the path, or the nearest existing parent, is a file
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, DIR_MODE)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise
-            continue
-        os.chmod(directory, DIR_MODE)
-
-
-def _user(uid):
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def check_usable_dir(directory, what):
-    """SpoolError unless this user owns ``directory`` and can write into it."""
-    try:
-        info = os.stat(directory)
-        read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
-    except OSError as exc:
-        raise SpoolError(f"{directory}: cannot use the {what}: {exc.strerror}") from None
-    euid = os.geteuid()
-    if info.st_uid != euid:
-        raise SpoolError(f"{directory}: the {what} is owned by {_user(info.st_uid)}, not by "
-                         f"this user ({_user(euid)}); run as its owner (files are 0600, so "
-                         "the owner could not read what this user writes)")
-    if read_only:
-        raise SpoolError(f"{directory}: the {what} is on a read-only file system")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise SpoolError(f"{directory}: the {what} is not writable by this user "
-                         f"({_user(euid)})")
 
 
 def fsync_dir(path):
@@ -214,7 +164,9 @@ class Spool:
                 except OSError as exc:
                     raise SpoolError(f"{directory}: cannot create the spool "
                                      f"directory: {exc.strerror}") from None
-            check_usable_dir(directory, "spool directory")
+            why = why_unusable(directory)
+            if why:
+                raise SpoolError(f"{directory}: the spool directory {why}")
 
     def _dir(self, state):
         return os.path.join(self.path, state)
