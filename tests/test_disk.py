@@ -24,7 +24,6 @@ from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
-import transaction
 import webtest
 import zope.sqlalchemy
 from pyramid.config import Configurator
