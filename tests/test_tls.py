@@ -243,3 +243,34 @@ def test_a_server_that_stops_offering_starttls_never_gets_plaintext(path, certs,
     record("tls", f"server stops offering STARTTLS, mail.tls = true ({path} delivery)",
            runs=1, detail="first connection offers STARTTLS, later ones do not; "
            "plaintext copies received: 0", **found.counts())
+
+
+def test_reconnecting_to_a_server_that_stopped_offering_starttls_sends_nothing(
+        certs, make_smtp_server):
+    """The reused connection dies while idle; the reconnect finds no STARTTLS."""
+    from pyramid_txmail.smtp import SMTPTransport
+
+    count = runs(3, 30)
+    server = fickle_starttls_server(make_smtp_server, server_context(certs["trusted"]))
+    transport = SMTPTransport(server.host, server.port, tls=True, timeout=5,
+                              cafile=certs["trusted"]["cafile"])
+    results = []
+    try:
+        for number in range(count):
+            data = (f"From: {SENDER}\r\nTo: {RECIPIENT}\r\nSubject: reuse\r\n"
+                    f"Message-ID: <reuse-{number}@example.org>\r\n\r\nbody\r\n").encode()
+            results.append(transport.deliver(SENDER, [RECIPIENT], data))
+            server.handler.close_connections()  # as an idle timeout would
+    finally:
+        transport.close()
+    assert results[0].ok
+    assert [m.tls for m in server.messages] == [True], "a message went out in plaintext"
+    reason = (f"STARTTLS required (mail.tls = true) but 127.0.0.1:{server.port} does not "
+              "offer it; not sent in plaintext")
+    for result in results[1:]:
+        (r,) = result.results
+        assert r.status == "temporary" and r.text == reason, r
+    record("tls", "server stops offering STARTTLS, reconnect of a reused connection",
+           runs=1, messages=count, delivered=1, held=count - 1,
+           detail="the transport reconnects after the server closed the idle connection; "
+           "plaintext copies received: 0")
