@@ -327,15 +327,26 @@ class Processor:
         A first attempt that every recipient accepted writes no state file:
         the message file is simply removed next.  A crash in between sends
         that one message again (at-least-once), as after any crash mid-send.
+        Nor does a retry that every recipient accepted need its state file
+        when it cannot be written (a full disk): it is retired all the same,
+        rather than left claimed and sent again.
         """
         result = self._deliver(transport, job, pending)
-        if not job.meta and all(r.status == SENT for r in result.results):
+        all_sent = all(r.status == SENT for r in result.results)
+        if not job.meta and all_sent:
             return result
         now = self.clock()
         meta = record_attempt(job.meta, job.message_id, result.results, now,
                               now + self._retry_delay(job.meta.get("attempts", 0) + 1),
                               enqueued_at(job.entry.name) or now)
-        self.spool.write_meta(job.entry.name, meta)
+        try:
+            self.spool.write_meta(job.entry.name, meta)
+        except OSError as exc:
+            if not all_sent:
+                raise
+            log.warning("%s: cannot record the attempt in %s (%s); every recipient "
+                        "accepted %s, so it leaves the queue anyway", job.entry.name,
+                        self.spool.path, exc.strerror or exc, job.message_id)
         return result
 
     def _deliver(self, transport, job, pending):

@@ -35,6 +35,7 @@ import time
 from email.header import Header, decode_header
 
 from . import wire
+from .private_dirs import make_private_dirs, why_unusable
 
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
@@ -141,24 +142,31 @@ class Entry:
 
 
 class Spool:
-    """A spool directory.  Creates the Maildir layout when missing."""
+    """A spool directory.  Creates the Maildir layout when missing.
+
+    Refuses, with a :class:`SpoolError` naming the directory: a spool on a
+    read-only file system, one this user cannot write, and one owned by
+    another user.  The last matters for root, whom permission bits do not
+    stop: files written as root into the application user's spool would be
+    unreadable to that user's processor (they are 0600), so every process
+    on one spool must run as its owner.
+    """
 
     def __init__(self, path, create=True):
         self.path = os.path.abspath(path)
         for state in ("",) + STATES:
-            directory = os.path.join(self.path, state)
+            directory = os.path.join(self.path, state) if state else self.path
             if not os.path.isdir(directory):
                 if not create:
                     raise SpoolError(f"{directory}: not a spool directory")
                 try:
-                    os.makedirs(directory, DIR_MODE, exist_ok=True)
-                    os.chmod(directory, DIR_MODE)
+                    make_private_dirs(directory)
                 except OSError as exc:
                     raise SpoolError(f"{directory}: cannot create the spool "
                                      f"directory: {exc.strerror}") from None
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise SpoolError(f"{directory}: the spool directory is not writable "
-                                 f"by this user (uid {os.getuid()})")
+            why = why_unusable(directory)
+            if why:
+                raise SpoolError(f"{directory}: the spool directory {why}")
 
     def _dir(self, state):
         return os.path.join(self.path, state)
@@ -295,15 +303,27 @@ class Spool:
             return {"corrupt_meta": True}
 
     def write_meta(self, name, meta):
+        """Replace a message's state file atomically (write, fsync, rename).
+
+        A write the disk cuts short (full, or a file-size limit) raises and
+        leaves the old state file as it was: ``os.write`` may write only part
+        of the data without an error, so it is repeated until all of it is
+        written, and the temporary file is removed when anything fails.
+        """
         final = os.path.join(self._dir("meta"), name + ".json")
         tmp = os.path.join(self._dir("meta"), f".{name}.{os.getpid()}.tmp")
+        data = memoryview(json.dumps(meta, indent=1, sort_keys=True).encode())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
-            os.write(fd, json.dumps(meta, indent=1, sort_keys=True).encode())
+            while data:
+                data = data[os.write(fd, data):]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)
         os.rename(tmp, final)
         fsync_dir(self._dir("meta"))
 
@@ -450,6 +470,13 @@ class Spool:
 
 
 _BLOCK = 1 << 16
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _stream_file(f, path):

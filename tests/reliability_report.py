@@ -34,9 +34,11 @@ Columns, summed over the scenario's runs:
 
 - **messages**: messages that had to arrive (committed, or accepted for delivery);
 - **delivered**: of those, how many arrived;
-- **duplicated**: messages that arrived more than once (expected only where a connection
-  or process died between the server storing a message and the client reading its reply:
-  the RFC 1047 window, at-least-once delivery);
+- **duplicated**: messages that arrived more than once.  Expected only where the outcome
+  of a delivery could not be recorded: a connection or process died between the server
+  storing the message and the client reading its reply (the RFC 1047 window), or a full
+  disk kept the processor from writing which recipients already had it.  Delivery is at
+  least once, like Postfix's after a crash;
 - **lost**: messages neither delivered, nor waiting for a retry, nor dead-lettered with a
   reason -- must be 0;
 - **held**: messages kept on purpose instead of delivered (deferred for a retry,

@@ -1,139 +1,107 @@
-"""Counting for the fault scenarios: what arrived, what the spool holds, what is lost.
+"""Count, for real, where each message of a reliability scenario ended up.
 
-Every message goes to its own three recipients (``a{i}@example.org``,
-``b{i}@example.net``, ``c{i}@example.com``), so each RCPT and each copy the
-server stored can be attributed to one message and one recipient.  A
-*pair* is ``(recipient, Message-ID)``; counts are in pairs.
-
-A pair is
-
-* delivered: the server stored at least one copy for it (extra copies are
-  ``duplicated``);
-* dead: in a ``failed/`` file's envelope, its state file giving the code
-  and text for that recipient and a reason;
-* waiting: in ``new/``, ``cur/`` or ``deferred/``, not recorded there as
-  delivered or dead-lettered;
-* lost: none of these.
+A scenario knows the Message-IDs it committed.  :func:`tally` looks for each
+one at the SMTP servers (what they received, per recipient) and in the spool
+(which state directory holds a file with that Message-ID, and whether a dead
+letter has its reason), and returns the counts that
+:func:`tests.reliability.record` reports.  Nothing is taken from the code
+under test's own bookkeeping: the files and the servers are the truth.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
+import email.parser
+import email.policy
 import os
-import re
 
-from pyramid_txmail import spool_admin
+from pyramid_txmail.spool import Entry, PoisonMessage
 
-DOMAINS = {"a": "example.org", "b": "example.net", "c": "example.com"}
+#: States in which a message is still waiting to be sent (not lost).
+WAITING = ("new", "cur", "deferred")
 
-
-def recipients(i):
-    """The three recipients of message ``i``."""
-    return [f"{role}{i}@{domain}" for role, domain in DOMAINS.items()]
+_parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 
 
-def bare(message_id):
-    return (message_id or "").strip().strip("<>").strip()
+def message_id_of(data):
+    """The Message-ID of raw message bytes (``None`` when it has none)."""
+    value = _parser.parsebytes(data).get("Message-ID")
+    return " ".join(str(value).split()) if value else None
 
 
-def copies_by_pair(handler):
-    """``{(recipient, bare Message-ID): copies}`` of what the server stored so far."""
-    counts = {}
-    for (addr, message_id), count in handler.copies().items():
-        pair = (addr, bare(message_id))
-        counts[pair] = counts.get(pair, 0) + count
-    return counts
-
-
-def message_bytes(message_id, rcpts, subject, size=0):
-    """A plain-text message; ``size`` octets of 76-character lines as its body."""
-    head = (f"From: Sender <sender@example.org>\r\nTo: {', '.join(rcpts)}\r\n"
-            f"Subject: {subject}\r\nMessage-ID: {message_id}\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-            "Hello,\r\n.\r\n..a line that starts with dots\r\n").encode("ascii")
-    line = b"0123456789" * 7 + b"abcd\r\n"
-    return head + line * (size // len(line)) + b"bye\r\n"
-
-
-def queue_messages(spool, batch, tag, size=0):
-    """Commit one message per recipient list in ``batch``.
-
-    Returns their Message-IDs, and ``{Message-ID: the message's bytes}``.
-    """
-    slug = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")
-    ids, sent = [], {}
-    for i, rcpts in enumerate(batch):
-        message_id = f"<{slug}-{i}@faults.example.org>"
-        data = message_bytes(message_id, rcpts, tag, size)
-        name = spool.write_tmp("sender@example.org", rcpts, data)
-        spool.commit_tmp([name])
-        ids.append(message_id)
-        sent[message_id] = data
-    return ids, sent
-
-
+@dataclasses.dataclass
 class Tally:
-    """The fate of every (recipient, message) pair of ``batch`` (see the module doc)."""
+    messages: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    held: int = 0
+    #: Message-ID -> "delivered", a spool state ("deferred", "failed", ...) or "lost"
+    where: dict = dataclasses.field(default_factory=dict)
+    #: Message-ID -> the reasons found in its state file (history texts, dead-letter reason)
+    reasons: dict = dataclasses.field(default_factory=dict)
 
-    def __init__(self, spool, handler, batch, ids):
-        self.spool = spool
-        self.batch = batch
-        self.ids = [bare(i) for i in ids]
-        self.pairs = [(addr, self.ids[i]) for i, rcpts in enumerate(batch) for addr in rcpts]
-        self.copies = {pair: 0 for pair in self.pairs}
-        for pair, count in copies_by_pair(handler).items():
-            assert pair in self.copies, f"the server got a message nobody sent: {pair}"
-            self.copies[pair] = count
-        self.dead, self.reasons, self.waiting = {}, {}, []
-        for msg in spool_admin.messages(spool):
-            message_id = bare(msg.message_id)
-            if msg.state == "failed":
-                given = {r.get("recipient"): r for r in msg.meta.get("recipients", ())}
-                for addr in msg.toaddrs:
-                    if addr in given and msg.meta.get("reason"):
-                        self.dead[addr, message_id] = given[addr]
-                        self.reasons[addr, message_id] = msg.meta["reason"]
-            else:
-                settled = set(msg.meta.get("delivered", ())) | set(
-                    msg.meta.get("failed_recipients", ()))
-                self.waiting += [(a, message_id) for a in msg.toaddrs if a not in settled]
+    def counts(self):
+        return {"messages": self.messages, "delivered": self.delivered,
+                "duplicated": self.duplicated, "lost": self.lost, "held": self.held}
 
-    def pair(self, i, addr):
-        return addr, self.ids[i]
+    def add(self, other):
+        for key, value in other.counts().items():
+            setattr(self, key, getattr(self, key) + value)
+        self.where.update(other.where)
+        self.reasons.update(other.reasons)
 
-    @property
-    def total(self):
-        return len(self.pairs)
 
-    @property
-    def delivered(self):
-        return [p for p in self.pairs if self.copies[p]]
+def received(servers):
+    """``Counter((Message-ID, recipient))`` of every copy the servers accepted."""
+    copies = collections.Counter()
+    for server in servers:
+        for message in server.messages:
+            for recipient in message.rcpt_tos:
+                copies[message_id_of(message.data), recipient] += 1
+    return copies
 
-    @property
-    def delivered_count(self):
-        return len(self.delivered)
 
-    @property
-    def duplicated(self):
-        return sum(max(0, n - 1) for n in self.copies.values())
+def reasons_of(meta):
+    """Every reason text in a state file: per-attempt results and the dead-letter reason."""
+    texts = [meta.get("reason") or ""]
+    for attempt in meta.get("history", ()):
+        texts += [r.get("text") or "" for r in attempt.get("results", ())]
+    return [t for t in texts if t]
 
-    @property
-    def dead_count(self):
-        return len([p for p in self.pairs if p in self.dead])
 
-    @property
-    def held(self):
-        return len({p for p in self.pairs if not self.copies[p]}
-                   & (set(self.dead) | set(self.waiting)))
+def spool_index(spool):
+    """``{Message-ID: (state, state file)}`` for every message file in the spool."""
+    found = {}
+    for state in WAITING + ("failed",):
+        for name in spool.names(state):
+            try:
+                _, _, data = spool.read(Entry(spool, state, name))
+            except (PoisonMessage, FileNotFoundError):
+                continue
+            head = data if isinstance(data, bytes) else data.head
+            found[message_id_of(head)] = (state, spool.read_meta(name))
+    return found
 
-    @property
-    def lost(self):
-        kept = set(self.dead) | set(self.waiting)
-        return [p for p in self.pairs if not self.copies[p] and p not in kept]
 
-    def spool_text(self):
-        """Every file of the spool, as text (to look for what must not be there)."""
-        parts = []
-        for root, _, files in os.walk(self.spool.path):
-            for name in files:
-                with open(os.path.join(root, name), "rb") as f:
-                    parts.append(f.read().decode("utf-8", "replace"))
-        return "\n".join(parts)
+def tally(spool, servers, message_ids):
+    """Where each of ``message_ids`` is: delivered, waiting, dead-lettered or lost."""
+    copies = received(servers)
+    index = spool_index(spool) if spool is not None and os.path.isdir(spool.path) else {}
+    result = Tally(messages=len(message_ids))
+    for message_id in message_ids:
+        got = {rcpt: n for (mid, rcpt), n in copies.items() if mid == message_id}
+        state, meta = index.get(message_id, (None, {}))
+        if meta:
+            result.reasons[message_id] = reasons_of(meta)
+        if got:
+            result.delivered += 1
+            result.duplicated += sum(n - 1 for n in got.values())
+            result.where[message_id] = "delivered"
+        elif state in WAITING or (state == "failed" and meta.get("reason")):
+            result.held += 1
+            result.where[message_id] = state
+        else:
+            result.lost += 1
+            result.where[message_id] = "lost"
+    return result

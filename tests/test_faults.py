@@ -31,7 +31,7 @@ from pyramid_txmail.spool import Spool
 
 from .faultserver import fault_server, message_id
 from .reliability import record, runs
-from .spool_tally import Tally, copies_by_pair, queue_messages, recipients
+from .fault_tally import Tally, copies_by_pair, queue_messages, recipients
 from .test_processor import Clock
 
 pytestmark = pytest.mark.reliability

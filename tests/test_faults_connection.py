@@ -17,7 +17,7 @@ from pyramid_txmail.spool import Spool
 
 from .faultserver import fault_server
 from .reliability import record, runs
-from .spool_tally import Tally, queue_messages, recipients
+from .fault_tally import Tally, queue_messages, recipients
 from .test_faults import CASES, FAILED, GROUP, processor_settings, walk
 from .test_processor import Clock
 

@@ -20,7 +20,7 @@ from pyramid_txmail.spool import Spool
 from .app import main
 from .faultserver import fault_server
 from .reliability import record
-from .spool_tally import Tally, copies_by_pair, queue_messages, recipients
+from .fault_tally import Tally, copies_by_pair, queue_messages, recipients
 from .test_faults import (CASES, FAILED, FAULTY, GROUP, LATER, MESSAGES, check_deferred,
                           check_outcome, describe, expand, processor_settings, walk)
 from .test_processor import Clock
