@@ -356,7 +356,7 @@ def test_fault_until_the_dead_letter_age(case, tmp_path, make_smtp_server,
                 continue
             assert tally.copies[pair] == 0, addr  # nothing after the heal either
             assert "expired after 6 attempts over 1h 15m" in tally.reasons[pair]
-            assert tally.dead[pair]["status"] == "temporary"
+            assert tally.dead[pair]["status"] == "temporary" and tally.dead[pair]["text"]
     assert tally.lost == [] and tally.duplicated == 0 and tally.waiting == []
     if case.server == "auth":
         assert PASSWORD not in tally.spool_text()
