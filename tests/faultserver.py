@@ -62,7 +62,8 @@ def _code(reply):
 def _closes(reply, stage, script):
     """Whether the connection closes after this reply: after 421, or when scripted.
 
-    RFC 5321 3.8: a 421 reply means the server closes the channel now.
+    RFC 5321 3.8 and 4.2.3: a 421 reply (possible to any command) means the
+    server closes the channel now.
     ``script["close"] = stage`` closes it after a refusal (any reply but
     2yz) at that stage, as some servers do.
     """

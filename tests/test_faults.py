@@ -50,7 +50,7 @@ PASSWORD = "s3cret-fault-pw"
 class Case:
     name: str
     script: dict
-    outcome: dict  # role ("a", "b", "c") -> SENT | LATER | FAILED
+    outcome: dict  # role ("a", "b", "c") -> SENT | LATER | NEXT | FAILED
     code: int | None = None  # the code a FAILED recipient's dead letter records
     duplicates: bool = False  # the RFC 1047 window: copies before the heal are expected
     server: str = ""  # "tls" or "auth"
@@ -78,8 +78,9 @@ SLOW = {"timeout": "0.4"}
 DELAY = 1.2
 
 CASES = (
-    # RFC 5321 3.8 / 4.2.5: 421 at any stage means the server is closing the
-    # channel: everything not yet accepted is deferred.  552 to MAIL, to the
+    # RFC 5321 4.2.3: 421 "may be a reply to any command if the service knows
+    # it must shut down" -- it is closing the channel (3.8): everything not
+    # yet accepted is deferred.  552 to MAIL, to the
     # DATA command or after the dot is permanent (storage exceeded).
     [Case(f"MAIL {c}", {"mail": f"{c} {TEXT[c]}"}, all_(_later_or_failed(c)), c)
      for c in CODES]
@@ -117,8 +118,9 @@ CASES = (
     + [Case("after the final dot 554, then the connection closed",
             {"data": f"554 {TEXT[554]}", "close": "data"}, all_(FAILED), 554),
        Case("EHLO 421 (session refused)", {"ehlo": f"421 {TEXT[421]}"}, all_(LATER))]
-    # A lost connection is a temporary failure (RFC 5321 4.5.4.1) -- after
-    # the final dot too, where the server may have the message: RFC 1047.
+    # RFC 5321 3.8: a client whose connection is closed or reset treats the
+    # transaction as if 451 had been received -- after the final dot too,
+    # where the server may have the message (RFC 1047: a duplicate).
     + [Case("drop at MAIL", {"drop": "mail"}, all_(LATER)),
        Case("drop at RCPT of one of three", {"drop": "rcpt", "drop-rcpt": "b"}, all_(LATER)),
        Case("drop at the DATA command", {"drop": "data-command"}, all_(LATER)),
