@@ -229,9 +229,10 @@ class Processor:
         for name in self.spool.iter_names("deferred"):
             if stop is not None and stop.is_set():
                 return
-            if self._due(name, now):
+            meta = self.spool.read_meta(name)
+            if self._due(meta, now):
                 yield "deferred", name
-            else:
+            elif not self._tried_in_this_pass(meta, now):
                 stats.skipped += 1
 
     def _worker(self, take, stats, stop):
@@ -267,10 +268,18 @@ class Processor:
             log.exception("%s: unexpected error; the message stays claimed in cur/ "
                           "until claim_timeout puts it back", name)
 
-    def _due(self, name, now):
+    @staticmethod
+    def _due(meta, now):
         """A deferred message is due when its retry time has come (or is unknown)."""
-        next_attempt = self.spool.read_meta(name).get("next_attempt")
+        next_attempt = meta.get("next_attempt")
         return not isinstance(next_attempt, (int, float)) or next_attempt <= now
+
+    @staticmethod
+    def _tried_in_this_pass(meta, now):
+        """Deferred by this very pass (deferred/ is listed after new/ is done):
+        it was handled and counted as deferred, it is not also "skipped"."""
+        last_attempt = meta.get("last_attempt")
+        return isinstance(last_attempt, (int, float)) and last_attempt >= now
 
     def _process(self, transport, state, name, stats):
         """Claim, read, attempt and settle one message; a bad file never stops the pass."""

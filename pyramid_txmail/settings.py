@@ -189,6 +189,9 @@ SETTINGS = (
     Setting("certfile", _str, None, "Client certificate file for TLS."),
     Setting("tls_cafile", _str, None, "CA bundle used to verify the server instead of the system store."),
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
+    Setting("data_timeout", parse_duration, 600.0,
+            "How long to wait for the reply to the end of the message data (RFC 5321 "
+            "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
     Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
             "queue (default when queue_path is set), direct, or for development and "
@@ -255,6 +258,7 @@ class MailSettings:
     certfile: str | None = None
     tls_cafile: str | None = None
     timeout: float = 30.0
+    data_timeout: float = 600.0
     queue_path: str | None = None
     delivery: str = "direct"
     direct_fallback: str = "none"
