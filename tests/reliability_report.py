@@ -29,6 +29,12 @@ GROUPS = {
     "postfix": "A real Postfix in the path",
 }
 
+#: Said under a group's heading when its unit is not the message.
+GROUP_NOTES = {
+    "faults": "Counted in (message, recipient) pairs: one message can be delivered to one "
+              "recipient, deferred for another and dead-lettered for a third.",
+}
+
 EXPLAIN = """\
 Columns, summed over the scenario's runs:
 
@@ -117,7 +123,10 @@ def render(rows, result):
     for group in list(GROUPS) + sorted(set(by_group) - set(GROUPS)):
         if group not in by_group:
             continue
-        out += [f"## {GROUPS.get(group, group)}", ""] + table(by_group[group]) + [""]
+        out += [f"## {GROUPS.get(group, group)}", ""]
+        if group in GROUP_NOTES:
+            out += [GROUP_NOTES[group], ""]
+        out += table(by_group[group]) + [""]
         details = [(r["scenario"], r["detail"]) for r in by_group[group] if r["detail"]]
         for scenario, detail in details:
             out.append(f"- *{_cell(scenario)}*: {_cell(detail)}")
