@@ -47,10 +47,12 @@ from pyramid.threadlocal import manager as threadlocals
 
 from . import events as mail_events
 from . import wire
-from .queue_state import dead_letter, record_attempt
+from .queue_state import record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
 from .recovery import recover
+from .deadletters import DeadLetters
+from .pass_stats import PassStats, format_duration  # noqa: F401 (public here too)
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -68,37 +70,6 @@ REAPERS = 4
 
 
 @dataclasses.dataclass
-class PassStats:
-    """What one pass did, counted in queue files (what ``ls`` would show).
-
-    ``sent``: messages delivered to every remaining recipient and removed;
-    ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
-    dead letters written to ``failed/`` (refused, expired or poison);
-    ``skipped``: deferred messages not yet due, or claimed by another
-    process first; ``recovered``: stale claims put back into ``new/``, and
-    what crashed senders left in ``tmp/`` and ``prepared/``, cleaned up or
-    resolved (:mod:`pyramid_txmail.recovery`);
-    ``errors``: messages whose handling raised unexpectedly (logged; the
-    file stays claimed in ``cur/`` until ``claim_timeout`` puts it back).
-    """
-
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    skipped: int = 0
-    recovered: int = 0
-    errors: int = 0
-
-    def add(self, other):
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
-
-    def summary(self):
-        return (f"sent={self.sent} deferred={self.deferred} failed={self.failed} "
-                f"skipped={self.skipped} recovered={self.recovered} errors={self.errors}")
-
-
-@dataclasses.dataclass
 class _Job:
     """One claimed message and its state file, while it is being handled."""
 
@@ -110,21 +81,11 @@ class _Job:
     meta: dict
 
 
-def format_duration(seconds):
-    """``"5d 2h"``, ``"3h 20m"``, ``"45m"``, ``"30s"``: for people reading reasons."""
-    seconds = int(seconds)
-    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
-        if seconds >= size:
-            rest = (seconds % size) // subsize
-            return f"{seconds // size}{unit}" + (f" {rest}{sub}" if rest else "")
-    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
-
-
 def _summary(results):
     return DeliveryResult(None, tuple(results)).summary()
 
 
-class Processor:
+class Processor(DeadLetters):
     """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through transports.
 
     ``transport`` is ``None`` (an SMTP transport per worker, from
@@ -436,63 +397,6 @@ class Processor:
         log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,
                     ", ".join(r.recipient for r in retry), _summary(retry),
                     job.meta["attempts"], wait)
-
-    def _is_whole(self, job, dead):
-        """True when the dead recipients are the message's entire envelope."""
-        return set(r.recipient for r in dead) == set(job.toaddrs)
-
-    def _bury(self, job, dead, reason, now, stats):
-        """Dead-letter ``dead``: move the file when it is all of them, else copy.
-
-        The copy's envelope is exactly the failed recipients, so retrying a
-        dead letter can never reach a recipient that already accepted.  The
-        original's state then records them as failed -- after the copy is on
-        disk, so a crash in between means a second try, not a lost recipient.
-        """
-        meta = self._failure_meta(job, dead, reason, now)
-        if self._is_whole(job, dead):
-            self.spool.write_meta(job.entry.name, meta)
-            where = self.spool.move(job.entry, "failed")
-        else:
-            where = self.spool.dead_letter_copy(
-                job.fromaddr, [r.recipient for r in dead], job.data, meta)
-            job.meta["failed_recipients"] = (job.meta["failed_recipients"]
-                                             + [r.recipient for r in dead])
-            self.spool.write_meta(job.entry.name, job.meta)
-        stats.failed += 1
-        log.error("dead letter %s from %s to %s: %s (failed/%s)", job.message_id,
-                  job.fromaddr, ", ".join(r.recipient for r in dead), reason, where.name)
-
-    def _failure_meta(self, job, dead, reason, now):
-        return dead_letter(job.meta, job.message_id, dead, reason, now, job.entry.name)
-
-    def _bury_poison(self, entry, meta, why, stats):
-        """A file that cannot be sent as it is goes to failed/ untouched, with the reason."""
-        now = self.clock()
-        reason = f"poison: {why}"
-        self.spool.write_meta(entry.name, dead_letter(meta, None, [], reason, now, entry.name))
-        self.spool.move(entry, "failed")
-        stats.failed += 1
-        log.error("dead letter failed/%s: %s", entry.name, reason)
-        self._dispatch([mail_events.MailFailed(None, "", (), reason=reason)])
-
-    def _bury_unknown_state(self, job, stats):
-        """A corrupt state file hides who already got the message: stop, do not guess.
-
-        Sending again could reach recipients twice, so the message is
-        dead-lettered whole for a person to look at.
-        """
-        now = self.clock()
-        reason = (f"the state file meta/{job.entry.name}.json is corrupt, so the "
-                  "recipients already delivered are unknown; not sent again")
-        dead = [RecipientResult(r, PERMANENT, None, "delivery state unknown")
-                for r in job.toaddrs]
-        job.meta = {}
-        self.spool.write_meta(job.entry.name, self._failure_meta(job, dead, reason, now))
-        self.spool.move(job.entry, "failed")
-        stats.failed += 1
-        log.error("dead letter %s to %s: %s", job.message_id, ", ".join(job.toaddrs), reason)
-        self._dispatch([self._event(mail_events.MailFailed, job, dead, reason)])
 
     # -- events -----------------------------------------------------------------
 
