@@ -63,5 +63,16 @@ BENCH_ARGS ?=
 bench: install $(SMTP_SINK)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# The long versions of the reliability suite (tests marked `reliability`; `make test`
+# runs the quick ones); writes docs/RELIABILITY.md.  About 10-15 minutes.
+RELIABILITY_DIR := test-artifacts/reliability
+.PHONY: reliability
+reliability: install $(SMTP_SINK)
+	rm -rf $(RELIABILITY_DIR) && mkdir -p $(RELIABILITY_DIR)
+	TXMAIL_RELIABILITY=long TXMAIL_RELIABILITY_OUT=$(CURDIR)/$(RELIABILITY_DIR)/counts.jsonl \
+	  $(PY) -m pytest -m reliability -o timeout=1800 -p no:cacheprovider \
+	    --junitxml=$(RELIABILITY_DIR)/junit.xml $(PYTEST_ARGS); status=$$?; \
+	  $(PY) tests/reliability_report.py $(RELIABILITY_DIR) docs/RELIABILITY.md && exit $$status
+
 clean:
 	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache test-artifacts
