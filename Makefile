@@ -67,7 +67,7 @@ bench: install $(SMTP_SINK)
 # runs the quick ones); writes docs/RELIABILITY.md.  About 10-15 minutes.
 RELIABILITY_DIR := test-artifacts/reliability
 .PHONY: reliability
-reliability: install $(SMTP_SINK)
+reliability: install $(SMTP_SINK) postfix
 	rm -rf $(RELIABILITY_DIR) && mkdir -p $(RELIABILITY_DIR)
 	TXMAIL_RELIABILITY=long TXMAIL_RELIABILITY_OUT=$(CURDIR)/$(RELIABILITY_DIR)/counts.jsonl \
 	  $(PY) -m pytest -m reliability -o timeout=1800 -p no:cacheprovider \
