@@ -230,7 +230,8 @@ class PostfixRelay:
         self.command("start")
         self.running = True
         if not wait_until(lambda: port_open(self.port), 15):
-            pytest.fail(f"Postfix's smtpd did not answer on 127.0.0.1:{self.port}:\n{self.log()}")
+            pytest.fail(f"Postfix's smtpd did not answer on 127.0.0.1:{self.port}:\n"
+                        f"{self.log()}")
 
     def stop(self):
         """Stop master (SIGTERM, as ``postfix stop`` does, without its one-second poll)."""
