@@ -18,6 +18,8 @@ from __future__ import annotations
 import email
 import email.policy
 import signal
+import smtplib
+import socket
 import subprocess
 import time
 
@@ -224,3 +226,62 @@ def test_starttls_to_postfix_is_verified_and_an_unverifiable_relay_gets_nothing(
     assert any("starttls=0/1" in line for line in sessions)
     with_mail = [line for line in sessions if " mail=" in line]
     assert len(with_mail) >= 1 and all(" starttls=1 " in line for line in with_mail)
+
+
+HARDENED = {  # Postfix's defences against SMTP smuggling and pipelining abuse, all on
+    "smtpd_forbid_bare_newline": "reject",  # "yes" only normalizes
+    "smtpd_forbid_bare_newline_exclusions": "",  # also for mynetworks (the default spares it)
+    "smtpd_forbid_unauth_pipelining": "yes",
+    "smtpd_data_restrictions": "reject_unauth_pipelining",
+}
+
+
+def test_a_postfix_hardened_against_smuggling_takes_everything_txmail_sends(
+        tmp_path, postfix_relay):
+    """Postfix with ``smtpd_forbid_bare_newline = reject`` (also for trusted networks) and
+    ``smtpd_forbid_unauth_pipelining``: txmail-qp's bytes (CRLF only, the big message
+    streamed) and its pipelined RSET/MAIL/RCPT/DATA pass, nothing is refused."""
+    total = runs(8, 100)
+    sink = SMTPServer()
+    try:
+        relay = postfix_relay(sink.port, HARDENED)
+        # The defence is on: a client that sends a bare LF is refused.
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as raw:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                raw.sendmail("raw@example.com", ["x@example.org"],
+                             b"Subject: bare\n\nline one\nline two\n")
+        assert refused.value.smtp_code == 550
+        # ... and so is one that talks before the greeting (pipelining not allowed).
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=20) as eager:
+            eager.sendall(b"EHLO raw\r\nMAIL FROM:<raw@example.com>\r\n")
+            replies = b"".join(iter(lambda: eager.recv(4096), b""))
+        assert b"554" in replies, replies
+        spool_path = str(tmp_path / "spool")
+        queued = queue_messages(spool_path, total)
+        run_qp(write_ini(tmp_path, spool_path, relay.port))
+        expected = {(mid, r) for mid, (_, toaddrs, _) in queued.items() for r in toaddrs}
+        wait_until(lambda: set(arrivals(sink.messages)) >= expected and relay.queued() == 0,
+                   60)
+        time.sleep(0.3)
+        got = arrivals(sink.messages)
+    finally:
+        sink.stop()
+    state = held_in_spool(spool_path)
+    delivered = sum(all(got[(mid, r)] >= 1 for r in toaddrs)
+                    for mid, (_, toaddrs, _) in queued.items())
+    duplicated = sum(n - 1 for n in got.values())
+    held = state["deferred"] + state["failed"]
+    log = relay.log()
+    record("postfix", "Postfix hardened against smuggling (bare LF, pipelining)", runs=1,
+           messages=total, delivered=delivered, duplicated=duplicated,
+           lost=total - delivered - held, held=held,
+           detail="smtpd_forbid_bare_newline = reject (no exclusions), "
+                  "smtpd_forbid_unauth_pipelining, reject_unauth_pipelining")
+    assert total - delivered - held == 0
+    assert state == {"new": 0, "cur": 0, "deferred": 0, "failed": 0}
+    assert set(got) == expected and duplicated == 0
+    complaints = [line for line in log.splitlines()
+                  if "bare <LF>" in line or "pipelining" in line.lower()]
+    # Only the two raw clients above; nothing txmail-qp sent.
+    assert len(complaints) == 2 and all("raw@example.com" in c for c in complaints), \
+        complaints
