@@ -240,3 +240,39 @@ def test_postfix_dropping_a_client_after_too_many_errors_defers_and_loses_nothin
                         for mid, n in zip(good, range(1, total, 2))}
     assert held_in_spool(spool_path) == {"new": 0, "cur": 0, "deferred": 0,
                                          "failed": total}
+
+
+def test_a_postfix_without_smtputf8_gets_no_utf8_mailbox_and_the_rest_goes_through(
+        tmp_path, postfix_relay):
+    """``smtputf8_enable = no``: Postfix does not offer SMTPUTF8, so a message to a UTF-8
+    mailbox cannot be sent as it is -- dead-lettered with the reason, never sent with
+    raw UTF-8 to a server that did not agree to it -- while ASCII mail flows on."""
+    rounds = runs(2, 20)
+    sink = SMTPServer()
+    try:
+        relay = postfix_relay(sink.port, {"smtputf8_enable": "no"})
+        spool_path = str(tmp_path / "spool")
+        app = make_app(spool_path)
+        utf8 = [app.get("/to", {"to": f"jörg{n}@example.org"}).text for n in range(rounds)]
+        ascii_ = [app.get("/to", {"to": f"joerg{n}@example.org"}).text for n in range(rounds)]
+        run_qp(write_ini(tmp_path, spool_path, relay.port))
+        assert wait_until(lambda: relay.queued() == 0 and len(sink.messages) >= rounds, 30)
+        time.sleep(0.3)
+        got = arrivals(sink.messages)
+    finally:
+        sink.stop()
+    spool = Spool(spool_path)
+    dead = {meta["message_id"]: meta for meta in map(spool.read_meta, spool.names("failed"))}
+    delivered = sum(got[(mid, f"joerg{n}@example.org")] >= 1 for n, mid in enumerate(ascii_))
+    held = sum(mid in dead for mid in utf8)
+    record("postfix", "Postfix without SMTPUTF8", runs=1, messages=2 * rounds,
+           delivered=delivered, duplicated=sum(n - 1 for n in got.values()),
+           lost=2 * rounds - delivered - held, held=held,
+           detail="UTF-8 mailboxes dead-lettered with the reason, ASCII ones delivered")
+    assert 2 * rounds - delivered - held == 0
+    assert set(got) == {(mid, f"joerg{n}@example.org") for n, mid in enumerate(ascii_)}
+    assert set(dead) == set(utf8)
+    for meta in dead.values():
+        assert "SMTPUTF8" in meta["reason"], meta["reason"]
+    assert held_in_spool(spool_path) == {"new": 0, "cur": 0, "deferred": 0,
+                                         "failed": rounds}
