@@ -1,9 +1,10 @@
 """Postfix refusing what txmail-qp hands it: each refusal ends in its own state.
 
 A recipient restriction (550 → dead letter with Postfix's text, 450 → retried), its
-limits (``smtpd_recipient_limit``, ``message_size_limit``, ``header_checks``) and its
-hang-up on a client that made too many errors -- and through all of it, a recipient
-Postfix accepted is never sent the message again.  Same set-up as tests/test_postfix.py.
+limits (``smtpd_recipient_limit``, ``message_size_limit``, ``header_checks``), its
+hang-up on a client that made too many errors and a Postfix without SMTPUTF8 -- and
+through all of it, a recipient Postfix accepted is never sent the message again.  Same
+set-up as tests/test_postfix.py.
 """
 from __future__ import annotations
 
