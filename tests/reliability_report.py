@@ -33,6 +33,9 @@ GROUPS = {
 GROUP_NOTES = {
     "faults": "Counted in (message, recipient) pairs: one message can be delivered to one "
               "recipient, deferred for another and dead-lettered for a third.",
+    "postfix": "Counted in messages: where Postfix refused some recipients of a message, "
+               "it counts as delivered (to the others) and as held (dead-lettered for "
+               "those), as each row's detail says.",
 }
 
 EXPLAIN = """\
