@@ -33,9 +33,9 @@ GROUPS = {
 GROUP_NOTES = {
     "faults": "Counted in (message, recipient) pairs: one message can be delivered to one "
               "recipient, deferred for another and dead-lettered for a third.",
-    "postfix": "Counted in messages: where Postfix refused some recipients of a message, "
-               "it counts as delivered (to the others) and as held (dead-lettered for "
-               "those), as each row's detail says.",
+    "postfix": "Counted in messages: a message Postfix took for some recipients counts "
+               "as delivered (its refused recipients are dead-lettered with Postfix's "
+               "reply), one it refused for every recipient as held.",
 }
 
 EXPLAIN = """\
