@@ -25,6 +25,8 @@ from pyramid.response import Response
 from pyramid_txmail import Mail
 from pyramid_txmail.spool import Spool, split_envelope
 
+from .postfix import wait_until
+
 QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 SENDER = "Shop <shop@example.com>"
 BIG = 1536 * 1024  # every 50th message has an attachment this big (txmail-qp streams it)
@@ -137,6 +139,21 @@ def arrivals(received):
         for _, rcpts, _ in copies:
             count.update((mid, r) for r in rcpts)
     return count
+
+
+def pairs(queued):
+    """{(Message-ID, recipient)} of what :func:`queue_messages` queued."""
+    return {(mid, r) for mid, (_, toaddrs, _) in queued.items() for r in toaddrs}
+
+
+def wait_for_all(sink, relay, queued, also=lambda: True, settle=0.0):
+    """Wait until every (message, recipient) queued has arrived and Postfix holds
+    nothing more, then ``settle`` seconds for a stray late copy; what arrived."""
+    expected = pairs(queued)
+    wait_until(lambda: set(arrivals(sink.messages)) >= expected and relay.queued() == 0
+               and also(), 60)
+    time.sleep(settle)
+    return arrivals(sink.messages)
 
 
 RECEIVED = re.compile(rb"\AReceived: [^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n")

@@ -179,12 +179,18 @@ def test_app_killed_at_random_moments(run_dir):
                   "prepared/ by the kills, all resolved")
 
 
+def killed_in_doubt(path, kill_on, seed):
+    """The app killed between its database's commit and the spool's finish: its spool."""
+    proc = start_app(path, "--kill-at", "after-db-commit", "--kill-on", str(kill_on),
+                     "--seed", str(seed))
+    assert proc.wait(timeout=60) == -signal.SIGKILL, proc.stderr.read()
+    return Spool(str(path / "spool"))
+
+
 def test_in_doubt_without_a_commit_check_is_held_not_lost_nor_sent(run_dir):
     """No mail.commit_check: the committed in-doubt message waits in failed/ for a person."""
     path = run_dir()
-    proc = start_app(path, "--kill-at", "after-db-commit", "--kill-on", "3", "--seed", "1")
-    proc.wait(timeout=60)
-    spool = Spool(str(path / "spool"))
+    spool = killed_in_doubt(path, kill_on=3, seed=1)
     tally = AppTally()
     with SMTPServer() as server:
         _, held = tally.check_run(path, server, spool, with_check=False)
@@ -306,9 +312,7 @@ def test_processor_killed_mid_drain(run_dir):
 def test_txmail_qp_asks_the_apps_commit_check(run_dir):
     """The real command: it loads the app, whose registry the check reads its database from."""
     path = run_dir()
-    proc = start_app(path, "--kill-at", "after-db-commit", "--kill-on", "2", "--seed", "3")
-    proc.wait(timeout=60)
-    spool = Spool(str(path / "spool"))
+    spool = killed_in_doubt(path, kill_on=2, seed=3)
     [name] = spool.names("prepared")
     then = time.time() - 120
     os.utime(os.path.join(spool.path, "prepared", name), (then, then))

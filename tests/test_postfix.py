@@ -30,6 +30,7 @@ from pyramid_txmail.spool import Spool
 from . import smtpserver
 from .postfix import postfix_relay, wait_until  # noqa: F401 (the fixture)
 from .postfix_mail import (BIG, QP, arrivals, by_message, held_in_spool, make_app, parsed,
+                           pairs, wait_for_all,
                            queue_messages, run_qp, without_relay_trace, write_ini)
 from .reliability import record, runs
 from .smtpserver import SMTPServer
@@ -50,11 +51,8 @@ def test_messages_relayed_through_postfix_arrive_once_and_parse_back_the_same(
         started = time.monotonic()
         run_qp(write_ini(tmp_path, spool_path, relay.port))
         drained = time.monotonic() - started
-        expected = {(mid, r) for mid, (_, toaddrs, _) in queued.items() for r in toaddrs}
-        wait_until(lambda: set(arrivals(sink.messages)) >= expected and relay.queued() == 0,
-                   60)
+        got = wait_for_all(sink, relay, queued)
         arrived = time.monotonic() - started  # reported, never asserted
-        got = arrivals(sink.messages)
         copies = by_message(sink.messages)
     finally:
         sink.stop()
@@ -72,7 +70,7 @@ def test_messages_relayed_through_postfix_arrive_once_and_parse_back_the_same(
                   f"{relay.version()} → aiosmtpd: txmail-qp done in {drained:.1f} s, "
                   f"all at the sink after {arrived:.1f} s")
     assert lost == 0
-    assert set(got) == expected, "every recipient, nobody else"
+    assert set(got) == pairs(queued), "every recipient, nobody else"
     assert duplicated == 0 and delivered == total and held == 0
     assert spool_state == {"new": 0, "cur": 0, "deferred": 0, "failed": 0}
 
@@ -109,9 +107,7 @@ def test_postfix_down_defers_and_the_daemon_delivers_once_it_is_back(tmp_path, p
             held_in_spool(spool_path)
         assert sink.messages == []
         relay.start()
-        expected = {(mid, r) for mid, (_, toaddrs, _) in queued.items() for r in toaddrs}
-        wait_until(lambda: set(arrivals(sink.messages)) >= expected and relay.queued() == 0
-                   and spool.count("deferred") == 0, 60)
+        wait_for_all(sink, relay, queued, also=lambda: spool.count("deferred") == 0)
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
         log = log_path.read_text()
@@ -134,7 +130,7 @@ def test_postfix_down_defers_and_the_daemon_delivers_once_it_is_back(tmp_path, p
            lost=total - delivered - held, held=held,
            detail="deferred while the relay's port is closed, delivered by the retries")
     assert total - delivered - held == 0, log[-5000:]
-    assert set(got) == expected and duplicated == 0 and delivered == total, log[-5000:]
+    assert set(got) == pairs(queued) and duplicated == 0 and delivered == total, log[-5000:]
     assert state == {"new": 0, "cur": 0, "deferred": 0, "failed": 0}
     assert "deferred" in log and "connection refused" in log
 
@@ -159,11 +155,7 @@ def test_postfix_keeps_what_it_accepted_while_the_next_hop_is_down(tmp_path, pos
     sink = SMTPServer()  # the next hop is back, on the same port
     try:
         relay.flush()
-        expected = {(mid, r) for mid, (_, toaddrs, _) in queued.items() for r in toaddrs}
-        wait_until(lambda: set(arrivals(sink.messages)) >= expected and relay.queued() == 0,
-                   60)
-        time.sleep(0.5)
-        got = arrivals(sink.messages)
+        got = wait_for_all(sink, relay, queued, settle=0.5)
     finally:
         sink.stop()
     delivered = sum(all(got[(mid, r)] >= 1 for r in toaddrs)
@@ -174,7 +166,7 @@ def test_postfix_keeps_what_it_accepted_while_the_next_hop_is_down(tmp_path, pos
            delivered=delivered, duplicated=duplicated, lost=total - delivered - held,
            held=held, detail=f"all {held_by_postfix} held in Postfix's queue meanwhile")
     assert total - delivered - held == 0
-    assert set(got) == expected and duplicated == 0 and delivered == total
+    assert set(got) == pairs(queued) and duplicated == 0 and delivered == total
 
 
 def test_starttls_to_postfix_is_verified_and_an_unverifiable_relay_gets_nothing(
@@ -259,11 +251,7 @@ def test_a_postfix_hardened_against_smuggling_takes_everything_txmail_sends(
         spool_path = str(tmp_path / "spool")
         queued = queue_messages(spool_path, total)
         run_qp(write_ini(tmp_path, spool_path, relay.port))
-        expected = {(mid, r) for mid, (_, toaddrs, _) in queued.items() for r in toaddrs}
-        wait_until(lambda: set(arrivals(sink.messages)) >= expected and relay.queued() == 0,
-                   60)
-        time.sleep(0.3)
-        got = arrivals(sink.messages)
+        got = wait_for_all(sink, relay, queued, settle=0.3)
     finally:
         sink.stop()
     state = held_in_spool(spool_path)
@@ -279,7 +267,7 @@ def test_a_postfix_hardened_against_smuggling_takes_everything_txmail_sends(
                   "smtpd_forbid_unauth_pipelining, reject_unauth_pipelining")
     assert total - delivered - held == 0
     assert state == {"new": 0, "cur": 0, "deferred": 0, "failed": 0}
-    assert set(got) == expected and duplicated == 0
+    assert set(got) == pairs(queued) and duplicated == 0
     complaints = [line for line in log.splitlines()
                   if "bare <LF>" in line or "pipelining" in line.lower()]
     # Only the two raw clients above; nothing txmail-qp sent.
