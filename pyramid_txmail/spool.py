@@ -148,10 +148,7 @@ class Spool:
         self._publish("tmp", names)
 
     def discard_tmp(self, name):
-        try:
-            os.unlink(os.path.join(self._dir("tmp"), name))
-        except FileNotFoundError:
-            pass
+        self._discard("tmp", name)
 
     # -- the transaction's two phases (the data manager) ----------------------
 
@@ -180,8 +177,11 @@ class Spool:
 
     def discard_prepared(self, name):
         """The abort: a prepared message goes (it was never committed)."""
+        self._discard("prepared", name)
+
+    def _discard(self, state, name):
         try:
-            os.unlink(os.path.join(self._dir("prepared"), name))
+            os.unlink(os.path.join(self._dir(state), name))
         except FileNotFoundError:
             pass
 
