@@ -25,6 +25,19 @@ $(SMTP_SINK):
 	dpkg -x .deps/debs/postfix_*.deb $(POSTFIX_ROOT)
 	touch $@
 
+# A private Postfix relay for tests/test_postfix.py, from the same unpacked package: the
+# test starts it itself (as root) on a free loopback port with its own configuration and
+# queue; no system MTA is installed or started.  It runs as existing unprivileged accounts
+# (mail/nogroup/nobody on Debian); only where there is none is a system user created.
+POSTFIX_MASTER := $(POSTFIX_ROOT)/usr/lib/postfix/sbin/master
+.PHONY: postfix
+postfix: $(SMTP_SINK)
+	@test -x $(POSTFIX_MASTER) || { echo "$(POSTFIX_MASTER) is missing: rm -rf $(POSTFIX_ROOT) and run make again"; exit 1; }
+	@getent passwd postfix >/dev/null || getent passwd mail >/dev/null || \
+	  { echo "Creating the system user postfix for the Postfix relay test"; \
+	    $(if $(filter 0,$(shell id -u)),,sudo) useradd --system --user-group --no-create-home \
+	      --home-dir /nonexistent --shell /usr/sbin/nologin postfix; }
+
 # Debian's chromium and chromedriver for tests/test_browser.py, installed with apt
 # only when one of them is missing (apt-get update first when the lists are stale).
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -37,7 +50,7 @@ browser:
 	    $(APT_GET) install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }; \
 	fi
 
-test: install $(SMTP_SINK) browser
+test: install $(SMTP_SINK) postfix browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -49,6 +62,17 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: install $(SMTP_SINK)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The long versions of the reliability suite (tests marked `reliability`; `make test`
+# runs the quick ones); writes docs/RELIABILITY.md.  About 10-15 minutes.
+RELIABILITY_DIR := test-artifacts/reliability
+.PHONY: reliability
+reliability: install $(SMTP_SINK) postfix
+	rm -rf $(RELIABILITY_DIR) && mkdir -p $(RELIABILITY_DIR)
+	TXMAIL_RELIABILITY=long TXMAIL_RELIABILITY_OUT=$(CURDIR)/$(RELIABILITY_DIR)/counts.jsonl \
+	  $(PY) -m pytest -m reliability -o timeout=1800 -p no:cacheprovider \
+	    --junitxml=$(RELIABILITY_DIR)/junit.xml $(PYTEST_ARGS); status=$$?; \
+	  $(PY) tests/reliability_report.py $(RELIABILITY_DIR) docs/RELIABILITY.md && exit $$status
 
 clean:
 	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache test-artifacts

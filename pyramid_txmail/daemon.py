@@ -12,7 +12,8 @@ Signals only set flags (and wake the sleeper through
 * SIGTERM, SIGINT: stop.  ``run_pass(stop)`` finishes the message(s) in
   flight, which are recorded as usual; the messages not started stay in
   ``new/`` untouched for the next run.  A second signal changes nothing (the
-  in-flight SMTP transaction is bounded by ``mail.timeout``; SIGKILL abandons
+  in-flight SMTP transaction is bounded by ``mail.timeout`` per step and
+  ``mail.data_timeout`` for the reply to the final dot; SIGKILL abandons
   it, and its claim comes back after ``mail.claim_timeout``).
 * SIGHUP: re-open the log files of the ini's ``FileHandler``\\ s (for
   logrotate) and make a pass now.

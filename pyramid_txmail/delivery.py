@@ -39,8 +39,8 @@ class QueueOutbox:
         names = []
         try:
             for prepared in messages:
-                names.append(self.spool.write_tmp(prepared.fromaddr, prepared.toaddrs,
-                                                  prepared.data))
+                names.append(self.spool.prepare(prepared.fromaddr, prepared.toaddrs,
+                                                prepared.data))
         except OSError as exc:
             self.discard(names)
             raise OSError(exc.errno, f"cannot write the mail spool {self.spool.path}: "
@@ -48,11 +48,11 @@ class QueueOutbox:
         return names
 
     def finish(self, names):
-        self.spool.commit_tmp(names)
+        self.spool.commit_prepared(names)
 
     def discard(self, names):
         for name in names:
-            self.spool.discard_tmp(name)
+            self.spool.discard_prepared(name)
 
     def committed(self, messages):
         for prepared in messages:

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from . import wire
 from .events import MailSent
 from .interfaces import IMailOutbox
+from .private_dirs import make_private_dirs
 from .result import SENT, RecipientResult
 from .spool import fsync_dir
 from .testing import Outbox, SentMail, _memory_outbox_created, _record
@@ -142,8 +143,7 @@ class FileOutbox:
     def __init__(self, path):
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
-            os.makedirs(self.path, mode=DIR_MODE, exist_ok=True)
-            os.chmod(self.path, DIR_MODE)  # whatever the umask
+            make_private_dirs(self.path)  # parents too, 0700 whatever the umask
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise PermissionError(13, "the directory is not writable")
 

@@ -47,9 +47,12 @@ from pyramid.threadlocal import manager as threadlocals
 
 from . import events as mail_events
 from . import wire
-from .queue_state import dead_letter, record_attempt
+from .queue_state import record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
+from .recovery import recover
+from .deadletters import DeadLetters
+from .pass_stats import PassStats, format_duration  # noqa: F401 (public here too)
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -67,35 +70,6 @@ REAPERS = 4
 
 
 @dataclasses.dataclass
-class PassStats:
-    """What one pass did, counted in queue files (what ``ls`` would show).
-
-    ``sent``: messages delivered to every remaining recipient and removed;
-    ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
-    dead letters written to ``failed/`` (refused, expired or poison);
-    ``skipped``: deferred messages not yet due, or claimed by another
-    process first; ``recovered``: stale claims put back into ``new/``;
-    ``errors``: messages whose handling raised unexpectedly (logged; the
-    file stays claimed in ``cur/`` until ``claim_timeout`` puts it back).
-    """
-
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    skipped: int = 0
-    recovered: int = 0
-    errors: int = 0
-
-    def add(self, other):
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
-
-    def summary(self):
-        return (f"sent={self.sent} deferred={self.deferred} failed={self.failed} "
-                f"skipped={self.skipped} recovered={self.recovered} errors={self.errors}")
-
-
-@dataclasses.dataclass
 class _Job:
     """One claimed message and its state file, while it is being handled."""
 
@@ -107,21 +81,11 @@ class _Job:
     meta: dict
 
 
-def format_duration(seconds):
-    """``"5d 2h"``, ``"3h 20m"``, ``"45m"``, ``"30s"``: for people reading reasons."""
-    seconds = int(seconds)
-    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60)):
-        if seconds >= size:
-            rest = (seconds % size) // subsize
-            return f"{seconds // size}{unit}" + (f" {rest}{sub}" if rest else "")
-    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
-
-
 def _summary(results):
     return DeliveryResult(None, tuple(results)).summary()
 
 
-class Processor:
+class Processor(DeadLetters):
     """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through transports.
 
     ``transport`` is ``None`` (an SMTP transport per worker, from
@@ -186,6 +150,8 @@ class Processor:
         now = self.clock()
         self.spool.reap()
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
+        stats.recovered += recover(self.spool, self.settings.commit_grace,
+                                   self.settings.commit_check, self.registry, now)
         jobs = self._jobs(now, stats, stop)
         with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
             self._run(jobs, stats, stop)
@@ -224,9 +190,10 @@ class Processor:
         for name in self.spool.iter_names("deferred"):
             if stop is not None and stop.is_set():
                 return
-            if self._due(name, now):
+            meta = self.spool.read_meta(name)
+            if self._due(meta, now):
                 yield "deferred", name
-            else:
+            elif not self._tried_in_this_pass(meta, now):
                 stats.skipped += 1
 
     def _worker(self, take, stats, stop):
@@ -262,10 +229,18 @@ class Processor:
             log.exception("%s: unexpected error; the message stays claimed in cur/ "
                           "until claim_timeout puts it back", name)
 
-    def _due(self, name, now):
+    @staticmethod
+    def _due(meta, now):
         """A deferred message is due when its retry time has come (or is unknown)."""
-        next_attempt = self.spool.read_meta(name).get("next_attempt")
+        next_attempt = meta.get("next_attempt")
         return not isinstance(next_attempt, (int, float)) or next_attempt <= now
+
+    @staticmethod
+    def _tried_in_this_pass(meta, now):
+        """Deferred by this very pass (deferred/ is listed after new/ is done):
+        it was handled and counted as deferred, it is not also "skipped"."""
+        last_attempt = meta.get("last_attempt")
+        return isinstance(last_attempt, (int, float)) and last_attempt >= now
 
     def _process(self, transport, state, name, stats):
         """Claim, read, attempt and settle one message; a bad file never stops the pass."""
@@ -313,15 +288,26 @@ class Processor:
         A first attempt that every recipient accepted writes no state file:
         the message file is simply removed next.  A crash in between sends
         that one message again (at-least-once), as after any crash mid-send.
+        Nor does a retry that every recipient accepted need its state file
+        when it cannot be written (a full disk): it is retired all the same,
+        rather than left claimed and sent again.
         """
         result = self._deliver(transport, job, pending)
-        if not job.meta and all(r.status == SENT for r in result.results):
+        all_sent = all(r.status == SENT for r in result.results)
+        if not job.meta and all_sent:
             return result
         now = self.clock()
         meta = record_attempt(job.meta, job.message_id, result.results, now,
                               now + self._retry_delay(job.meta.get("attempts", 0) + 1),
                               enqueued_at(job.entry.name) or now)
-        self.spool.write_meta(job.entry.name, meta)
+        try:
+            self.spool.write_meta(job.entry.name, meta)
+        except OSError as exc:
+            if not all_sent:
+                raise
+            log.warning("%s: cannot record the attempt in %s (%s); every recipient "
+                        "accepted %s, so it leaves the queue anyway", job.entry.name,
+                        self.spool.path, exc.strerror or exc, job.message_id)
         return result
 
     def _deliver(self, transport, job, pending):
@@ -411,63 +397,6 @@ class Processor:
         log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,
                     ", ".join(r.recipient for r in retry), _summary(retry),
                     job.meta["attempts"], wait)
-
-    def _is_whole(self, job, dead):
-        """True when the dead recipients are the message's entire envelope."""
-        return set(r.recipient for r in dead) == set(job.toaddrs)
-
-    def _bury(self, job, dead, reason, now, stats):
-        """Dead-letter ``dead``: move the file when it is all of them, else copy.
-
-        The copy's envelope is exactly the failed recipients, so retrying a
-        dead letter can never reach a recipient that already accepted.  The
-        original's state then records them as failed -- after the copy is on
-        disk, so a crash in between means a second try, not a lost recipient.
-        """
-        meta = self._failure_meta(job, dead, reason, now)
-        if self._is_whole(job, dead):
-            self.spool.write_meta(job.entry.name, meta)
-            where = self.spool.move(job.entry, "failed")
-        else:
-            where = self.spool.dead_letter_copy(
-                job.fromaddr, [r.recipient for r in dead], job.data, meta)
-            job.meta["failed_recipients"] = (job.meta["failed_recipients"]
-                                             + [r.recipient for r in dead])
-            self.spool.write_meta(job.entry.name, job.meta)
-        stats.failed += 1
-        log.error("dead letter %s from %s to %s: %s (failed/%s)", job.message_id,
-                  job.fromaddr, ", ".join(r.recipient for r in dead), reason, where.name)
-
-    def _failure_meta(self, job, dead, reason, now):
-        return dead_letter(job.meta, job.message_id, dead, reason, now, job.entry.name)
-
-    def _bury_poison(self, entry, meta, why, stats):
-        """A file that cannot be sent as it is goes to failed/ untouched, with the reason."""
-        now = self.clock()
-        reason = f"poison: {why}"
-        self.spool.write_meta(entry.name, dead_letter(meta, None, [], reason, now, entry.name))
-        self.spool.move(entry, "failed")
-        stats.failed += 1
-        log.error("dead letter failed/%s: %s", entry.name, reason)
-        self._dispatch([mail_events.MailFailed(None, "", (), reason=reason)])
-
-    def _bury_unknown_state(self, job, stats):
-        """A corrupt state file hides who already got the message: stop, do not guess.
-
-        Sending again could reach recipients twice, so the message is
-        dead-lettered whole for a person to look at.
-        """
-        now = self.clock()
-        reason = (f"the state file meta/{job.entry.name}.json is corrupt, so the "
-                  "recipients already delivered are unknown; not sent again")
-        dead = [RecipientResult(r, PERMANENT, None, "delivery state unknown")
-                for r in job.toaddrs]
-        job.meta = {}
-        self.spool.write_meta(job.entry.name, self._failure_meta(job, dead, reason, now))
-        self.spool.move(job.entry, "failed")
-        stats.failed += 1
-        log.error("dead letter %s to %s: %s", job.message_id, ", ".join(job.toaddrs), reason)
-        self._dispatch([self._event(mail_events.MailFailed, job, dead, reason)])
 
     # -- events -----------------------------------------------------------------
 

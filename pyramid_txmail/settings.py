@@ -145,6 +145,24 @@ def _url_prefix(value):
     return text
 
 
+def _callable(value):
+    """A dotted name (``pkg.module:function`` or ``pkg.module.function``), imported."""
+    if callable(value):
+        return value
+    from pyramid.path import DottedNameResolver
+
+    text = _str(value)
+    if text is None:
+        return None
+    try:
+        found = DottedNameResolver().resolve(text)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"cannot import it: {exc}") from None
+    if not callable(found):
+        raise ValueError("it is not callable")
+    return found
+
+
 def _template(value):
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -171,6 +189,9 @@ SETTINGS = (
     Setting("certfile", _str, None, "Client certificate file for TLS."),
     Setting("tls_cafile", _str, None, "CA bundle used to verify the server instead of the system store."),
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
+    Setting("data_timeout", parse_duration, 600.0,
+            "How long to wait for the reply to the end of the message data (RFC 5321 "
+            "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
     Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
             "queue (default when queue_path is set), direct, or for development and "
@@ -185,6 +206,12 @@ SETTINGS = (
             "Accepted for pyramid_mailer compatibility."),
     Setting("claim_timeout", parse_duration, 3600.0,
             "A message claimed by a processor that died goes back to the queue after this."),
+    Setting("commit_grace", parse_duration, 3600.0,
+            "A message a crashed process left half-committed in the spool is cleaned up "
+            "(tmp/) or resolved (prepared/) once it is this old."),
+    Setting("commit_check", _callable, None,
+            "Dotted name of check(message_id, registry) -> True/False/None: did the "
+            "transaction of a message left in prepared/ commit? (see README, Crashes)"),
     Setting("retry_initial", parse_duration, 300.0, "First retry delay after a temporary failure."),
     Setting("retry_max", parse_duration, 4000.0, "Longest delay between two retries."),
     Setting("max_queue_time", parse_duration, 5 * 86400.0,
@@ -231,6 +258,7 @@ class MailSettings:
     certfile: str | None = None
     tls_cafile: str | None = None
     timeout: float = 30.0
+    data_timeout: float = 600.0
     queue_path: str | None = None
     delivery: str = "direct"
     direct_fallback: str = "none"
@@ -240,6 +268,8 @@ class MailSettings:
     sendmail_template: list = dataclasses.field(
         default_factory=lambda: ["{sendmail_app}", "-t", "-i", "-f", "{sender}"])
     claim_timeout: float = 3600.0
+    commit_grace: float = 3600.0
+    commit_check: object = None
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_time: float = 5 * 86400.0

@@ -116,7 +116,7 @@ class SMTPTransport:
     def __init__(self, host="localhost", port=25, *, username=None, password=None,
                  tls=False, ssl=False, keyfile=None, certfile=None, cafile=None,
                  timeout=30.0, debug=0, local_hostname=None, fallback_hosts=(),
-                 host_rest=300.0, max_messages=None, relays=None):
+                 host_rest=300.0, max_messages=None, relays=None, data_timeout=600.0):
         self.opener = SessionOpener(username=username, password=password, tls=tls, ssl=ssl,
                                     keyfile=keyfile, certfile=certfile, cafile=cafile,
                                     timeout=timeout, debug=debug,
@@ -128,6 +128,8 @@ class SMTPTransport:
             relays = Relays(dict.fromkeys(hosts), host_rest)
         self.relays = relays
         self.max_messages = max_messages
+        #: The wait for the reply to the final dot (never shorter than ``timeout``).
+        self.data_timeout = max(float(data_timeout), self.opener.timeout)
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
         self._smtp = None
@@ -144,7 +146,8 @@ class SMTPTransport:
                    cafile=settings.tls_cafile, timeout=settings.timeout,
                    debug=settings.debug, fallback_hosts=settings.fallback_hosts,
                    host_rest=settings.host_rest,
-                   max_messages=settings.connection_max_messages, relays=relays)
+                   max_messages=settings.connection_max_messages, relays=relays,
+                   data_timeout=settings.data_timeout)
 
     username = property(lambda self: self.opener.username)
     tls = property(lambda self: self.opener.tls)
@@ -361,13 +364,22 @@ class SMTPTransport:
                 smtp.send(b".\r\n")
                 smtp.getreply()
                 return results
+            if code != 354 and 200 <= code < 400:
+                # RFC 5321 4.3.2: DATA is answered 354, then the data goes.
+                # Any other positive reply means the replies are out of step
+                # (or the server is broken): nothing was delivered, and the
+                # session cannot be trusted with the next message either.
+                self._drop()
+                return self._fill(results, toaddrs, TEMPORARY, code,
+                                  f"{_text(reply)} (unexpected reply to DATA at {addr}, "
+                                  "expected 354; the message was not sent)")
             if code == 354:
                 stage = "the message data"
                 for block in wire.data_section(chunks):
                     smtp.send(block)
                 smtp.final_dot_sent = True
                 stage = "end of data"
-                code, reply = smtp.getreply()
+                code, reply = self._final_reply(smtp)
             if code == 421:
                 self._drop()
             elif not 200 <= code < 300 and stage == "DATA" and not pipelined:
@@ -395,6 +407,21 @@ class SMTPTransport:
         finally:
             smtp.command_encoding = before
 
+    def _final_reply(self, smtp):
+        """The reply to the final dot, waited for ``data_timeout``.
+
+        RFC 5321 4.5.3.2.6: "DATA Termination: 10 minutes" -- the server
+        may be delivering or scanning the message, and a client that gives
+        up here has most likely delivered it already: a retry would send
+        it twice (RFC 1047).
+        """
+        smtp.sock.settimeout(self.data_timeout)
+        try:
+            return smtp.getreply()
+        finally:
+            if smtp.sock is not None:  # smtplib closes it on an error
+                smtp.sock.settimeout(self.timeout)
+
     def _rset_or_stale(self, smtp, sent=False):
         """RSET on a reused connection; a dead one raises :class:`_Stale`."""
         try:
@@ -404,15 +431,22 @@ class SMTPTransport:
         if code != 250:
             raise _Stale(f"RSET: {code} {_text(reply)}")
 
-    @staticmethod
-    def _drain(smtp, replies, count):
-        """Read the replies still owed for a pipelined group, then RSET's turn."""
-        for _ in range(count):
-            code, _ = next(replies)
-            if code == 354:
-                smtp.send(b".\r\n")
-                smtp.getreply()
-                return
+    def _drain(self, smtp, replies, count):
+        """Read the replies still owed for a pipelined group, then RSET's turn.
+
+        A server that hangs up instead (some do right after refusing the
+        sender) owes nothing more: the connection is dropped, and the reply
+        already had stands -- a refusal must not turn into "connection lost".
+        """
+        try:
+            for _ in range(count):
+                code, _ = next(replies)
+                if code == 354:
+                    smtp.send(b".\r\n")
+                    smtp.getreply()
+                    return
+        except OSError:
+            self._drop()
 
     def _end(self, smtp, code):
         """After a refused transaction: RSET, or give up the connection."""
@@ -436,7 +470,7 @@ class SMTPTransport:
         timeout = self.timeout
         timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
         if final_dot_sent:
-            what = (f"no reply from {addr} within {timeout:g}s" if timed_out
+            what = (f"no reply from {addr} within {self.data_timeout:g}s" if timed_out
                     else f"connection to {addr} lost ({exc})")
             return (f"{what} after the end of the message data; the server may have "
                     "accepted it, so a retry may deliver it twice")

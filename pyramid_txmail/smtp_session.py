@@ -8,6 +8,7 @@ message; several workers share one.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import logging
@@ -35,17 +36,33 @@ class SessionFailure(Exception):
         self.connected = connected
 
 
+def secret_forms(username, password):
+    """The password as it can appear on the wire: as is, and in the base64 of
+    AUTH LOGIN and AUTH PLAIN (``\\0user\\0password``, with or without the
+    authorisation id) -- what :meth:`SessionOpener.redact` hides, longest first."""
+    if not password:
+        return ()
+    user = username or ""
+    forms = {password, repr(password)[1:-1]}
+    for raw in (password, f"\0{user}\0{password}", f"{user}\0{user}\0{password}"):
+        forms.add(base64.b64encode(raw.encode("utf-8")).decode("ascii"))
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 class _RedactingMixin:
-    """smtplib with AUTH lines hidden from its debug output, and a record of
-    whether the message and its final dot were handed to the socket."""
+    """smtplib with AUTH lines hidden from its debug output (and the password
+    in any form removed from every other line, e.g. a 535 reply that echoes
+    it), and a record of whether the message and its final dot were handed
+    to the socket."""
 
     secret = False
     final_dot_sent = False
+    redact = staticmethod(lambda text: text)
 
     def _print_debug(self, *args):
         if self.secret and args and args[0] == "send:":
             args = ("send:", "<AUTH data not shown>")
-        super()._print_debug(*args)
+        super()._print_debug(*(self.redact(str(arg)) for arg in args))
 
 
 class _SMTP(_RedactingMixin, smtplib.SMTP):
@@ -153,7 +170,10 @@ class SessionOpener:
         self._context = None
 
     def redact(self, text):
-        return text.replace(self._password, "***") if self._password else text
+        """``text`` with the password, plain or base64-encoded, replaced by ``***``."""
+        for secret in secret_forms(self.username, self._password):
+            text = text.replace(secret, "***")
+        return text
 
     def _tls_context(self, addr):
         if self._context is None:
@@ -185,6 +205,7 @@ class SessionOpener:
                                  connected=True) from None
         except OSError as exc:  # includes smtplib and ssl errors
             raise SessionFailure(self._setup_error(exc, "connect", addr)) from None
+        smtp.redact = self.redact
         smtp.set_debuglevel(self.debug)
         step = ["EHLO"]
         try:

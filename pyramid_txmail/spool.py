@@ -2,7 +2,10 @@
 
 ::
 
-    tmp/        being written by a committing transaction (never read)
+    tmp/        being written (by a committing transaction or the processor)
+    prepared/   written and fsynced at the transaction's vote, waiting for its
+                finish (a file left here by a crash is "in doubt": see
+                :mod:`pyramid_txmail.recovery`)
     new/        queued, ready to send
     cur/        claimed by a processor (the claim is the atomic rename)
     deferred/   waiting for a retry after a temporary failure
@@ -15,7 +18,8 @@ holding the message bytes with the envelope prepended as repoze.sendmail's
 ``qp`` delivers what we queued and we deliver what it queued.
 
 Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
-``new/``, ``fsync`` the directory.  Files are 0600 and directories 0700 whatever
+``prepared/`` (the vote), rename into ``new/`` and ``fsync`` the directory (the
+finish).  Files are 0600 and directories 0700 whatever
 the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
 """
 from __future__ import annotations
@@ -28,14 +32,16 @@ import random
 import re
 import socket
 import time
-from email.header import Header, decode_header
 
 from . import wire
+from .private_dirs import make_private_dirs, why_unusable
+from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
+    BLOCK, PoisonMessage, envelope_lines, split_envelope, stream_file)
 
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
 
-STATES = ("tmp", "new", "cur", "deferred", "failed", "meta", "done")
+STATES = ("tmp", "prepared", "new", "cur", "deferred", "failed", "meta", "done")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -62,67 +68,6 @@ def _unique_name():
             f"Q{next(_counter)}R{random.getrandbits(32):08x}.{_HOST}")
 
 
-def _encode_envelope_value(value):
-    if value.isascii():
-        return value
-    return Header(value, "utf-8").encode()
-
-
-def _decode_envelope_value(raw):
-    parts = []
-    for chunk, charset in decode_header(raw):
-        if isinstance(chunk, bytes):
-            chunk = chunk.decode(charset or "ascii", errors="replace")
-        parts.append(chunk)
-    return "".join(parts).strip()
-
-
-def envelope_lines(fromaddr, toaddrs):
-    """The header lines that carry the envelope in a spool file."""
-    return (f"X-Actually-From: {_encode_envelope_value(fromaddr)}\n"
-            f"X-Actually-To: {_encode_envelope_value(','.join(toaddrs))}\n"
-            ).encode("ascii")
-
-
-class PoisonMessage(ValueError):
-    """A queue file that cannot be sent as it is: no envelope, unreadable."""
-
-
-def split_envelope(data):
-    """Split a spool file's bytes into ``(fromaddr, toaddrs, message_bytes)``.
-
-    The ``X-Actually-*`` lines may stand anywhere in the header block
-    (repoze.sendmail appends them, we prepend them); they are removed and
-    every other byte of the message is kept as it was.
-    """
-    match = re.search(rb"\r?\n\r?\n", data)
-    head_end = match.start() if match else len(data)
-    lines = data[:head_end].splitlines(keepends=True)
-    kept, fromaddr, toaddrs = [], None, None
-    i = 0
-    while i < len(lines):
-        field = [lines[i]]
-        i += 1
-        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
-            field.append(lines[i])
-            i += 1
-        name, _, value = b"".join(field).partition(b":")
-        lname = name.strip().lower()
-        if lname in (b"x-actually-from", b"x-actually-to"):
-            text = _decode_envelope_value(re.sub(rb"\r?\n[ \t]", b" ", value)
-                                          .decode("utf-8", errors="replace").strip())
-            if lname == b"x-actually-from":
-                fromaddr = text
-            else:
-                toaddrs = tuple(a.strip() for a in text.split(",") if a.strip())
-        else:
-            kept.extend(field)
-    if fromaddr is None or not toaddrs:
-        raise PoisonMessage("no envelope: the file has no X-Actually-From/X-Actually-To "
-                            "header lines (or no recipient in them)")
-    return fromaddr, toaddrs, b"".join(kept).rstrip(b"\r\n") + data[head_end:]
-
-
 @dataclasses.dataclass
 class Entry:
     """One message file in the spool, in one state."""
@@ -137,24 +82,31 @@ class Entry:
 
 
 class Spool:
-    """A spool directory.  Creates the Maildir layout when missing."""
+    """A spool directory.  Creates the Maildir layout when missing.
+
+    Refuses, with a :class:`SpoolError` naming the directory: a spool on a
+    read-only file system, one this user cannot write, and one owned by
+    another user.  The last matters for root, whom permission bits do not
+    stop: files written as root into the application user's spool would be
+    unreadable to that user's processor (they are 0600), so every process
+    on one spool must run as its owner.
+    """
 
     def __init__(self, path, create=True):
         self.path = os.path.abspath(path)
         for state in ("",) + STATES:
-            directory = os.path.join(self.path, state)
+            directory = os.path.join(self.path, state) if state else self.path
             if not os.path.isdir(directory):
                 if not create:
                     raise SpoolError(f"{directory}: not a spool directory")
                 try:
-                    os.makedirs(directory, DIR_MODE, exist_ok=True)
-                    os.chmod(directory, DIR_MODE)
+                    make_private_dirs(directory)
                 except OSError as exc:
                     raise SpoolError(f"{directory}: cannot create the spool "
                                      f"directory: {exc.strerror}") from None
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise SpoolError(f"{directory}: the spool directory is not writable "
-                                 f"by this user (uid {os.getuid()})")
+            why = why_unusable(directory)
+            if why:
+                raise SpoolError(f"{directory}: the spool directory {why}")
 
     def _dir(self, state):
         return os.path.join(self.path, state)
@@ -193,17 +145,52 @@ class Spool:
 
     def commit_tmp(self, names):
         """Move written messages from ``tmp/`` to ``new/`` and fsync ``new/``."""
-        for name in names:
+        self._publish("tmp", names)
+
+    def discard_tmp(self, name):
+        self._discard("tmp", name)
+
+    # -- the transaction's two phases (the data manager) ----------------------
+
+    def prepare(self, fromaddr, toaddrs, message_bytes):
+        """The vote: write and fsync into ``tmp/``, then rename into ``prepared/``.
+
+        ``tmp/`` then only ever holds writes that never finished, which no
+        transaction can have committed (we vote before any database
+        commits), while ``prepared/`` holds messages whose transaction was
+        deciding.  The rename needs no directory fsync of its own: the
+        database's commit, after it, flushes the file system's journal on
+        ext4 and XFS, and the finish fsyncs ``new/``.
+        """
+        name = self.write_tmp(fromaddr, toaddrs, message_bytes)
+        try:
             os.rename(os.path.join(self._dir("tmp"), name),
+                      os.path.join(self._dir("prepared"), name))
+        except BaseException:
+            self.discard_tmp(name)
+            raise
+        return name
+
+    def commit_prepared(self, names):
+        """The finish: move prepared messages into ``new/`` and fsync ``new/``."""
+        self._publish("prepared", names)
+
+    def discard_prepared(self, name):
+        """The abort: a prepared message goes (it was never committed)."""
+        self._discard("prepared", name)
+
+    def _discard(self, state, name):
+        try:
+            os.unlink(os.path.join(self._dir(state), name))
+        except FileNotFoundError:
+            pass
+
+    def _publish(self, state, names):
+        for name in names:
+            os.rename(os.path.join(self._dir(state), name),
                       os.path.join(self._dir("new"), name))
         if names:
             fsync_dir(self._dir("new"))
-
-    def discard_tmp(self, name):
-        try:
-            os.unlink(os.path.join(self._dir("tmp"), name))
-        except FileNotFoundError:
-            pass
 
     # -- reading (the processor) ------------------------------------------------
 
@@ -256,15 +243,27 @@ class Spool:
             return {"corrupt_meta": True}
 
     def write_meta(self, name, meta):
+        """Replace a message's state file atomically (write, fsync, rename).
+
+        A write the disk cuts short (full, or a file-size limit) raises and
+        leaves the old state file as it was: ``os.write`` may write only part
+        of the data without an error, so it is repeated until all of it is
+        written, and the temporary file is removed when anything fails.
+        """
         final = os.path.join(self._dir("meta"), name + ".json")
         tmp = os.path.join(self._dir("meta"), f".{name}.{os.getpid()}.tmp")
+        data = memoryview(json.dumps(meta, indent=1, sort_keys=True).encode())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
-            os.write(fd, json.dumps(meta, indent=1, sort_keys=True).encode())
+            while data:
+                data = data[os.write(fd, data):]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        os.close(fd)
         os.rename(tmp, final)
         fsync_dir(self._dir("meta"))
 
@@ -297,7 +296,7 @@ class Spool:
                 if stream_over is None or size <= stream_over:
                     data = f.read()
                 else:
-                    streamed = _stream_file(f, entry.path)
+                    streamed = stream_file(f)
                     data = f.read() if streamed is None else None
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
@@ -310,7 +309,7 @@ class Spool:
                 yield message_head
                 with open(path, "rb") as f:
                     f.seek(offset)
-                    yield from iter(lambda: f.read(_BLOCK), b"")
+                    yield from iter(lambda: f.read(BLOCK), b"")
 
             return fromaddr, toaddrs, wire.Stream(
                 chunks, head=message_head, size=len(message_head) + rest, eightbit=eightbit)
@@ -410,41 +409,11 @@ class Spool:
         return recovered
 
 
-_BLOCK = 1 << 16
-
-
-def _stream_file(f, path):
-    """Scan an open queue file once: ``(header block, body offset, 8-bit?, body size)``.
-
-    ``None`` when it cannot be sent as it is (a line over SMTP's 998
-    octets, or no end of the header block in the first block): the caller
-    then reads it whole, so that :func:`wire.to_wire` can re-encode it.
-    """
-    first = f.read(_BLOCK)
-    match = re.search(rb"\r?\n\r?\n", first)
-    if match is None:
-        f.seek(0)
-        return None
-    head, offset = first[:match.start()], match.start()
-    eightbit = not head.isascii()
-    line = 0  # length of the line running into the next block
-    f.seek(offset)
-    for block in iter(lambda: f.read(_BLOCK), b""):
-        eightbit = eightbit or not block.isascii()
-        lines = block.replace(b"\r", b"\n").split(b"\n")
-        if len(lines) == 1:
-            line += len(block)
-        else:
-            line = max(line + len(lines[0]), max(map(len, lines[1:-1]), default=0))
-            if line > wire.MAX_LINE:
-                break
-            line = len(lines[-1])
-        if line > wire.MAX_LINE:
-            break
-    else:
-        return head, offset, eightbit, f.tell() - offset
-    f.seek(0)
-    return None
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def enqueued_at(name):

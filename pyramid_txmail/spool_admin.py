@@ -24,11 +24,12 @@ from email.parser import BytesHeaderParser
 
 from .spool import Entry, PoisonMessage, enqueued_at, split_envelope
 
-#: Message states in pipeline order (``tmp/`` holds uncommitted writes).
+#: Message states in pipeline order (``tmp/`` holds uncommitted writes,
+#: ``prepared/`` messages whose transaction is committing, or in doubt).
 QUEUE_STATES = ("new", "cur", "deferred", "failed")
-ALL_STATES = QUEUE_STATES + ("tmp",)
+ALL_STATES = QUEUE_STATES + ("tmp", "prepared")
 #: What the states are called in ``status --json`` (and accepted as --state).
-LABELS = {"tmp": "tmp", "new": "queued", "cur": "in_progress",
+LABELS = {"tmp": "tmp", "prepared": "prepared", "new": "queued", "cur": "in_progress",
           "deferred": "deferred", "failed": "failed"}
 ALIASES = {label: state for state, label in LABELS.items()}
 #: States ``purge`` may remove from; new/ and cur/ are mail still being sent.
@@ -195,7 +196,7 @@ def inspect(spool, state, name):
         headers = _parse_headers(head)
     except Exception as exc:
         headers, problem = [], problem or f"unparsable header block: {exc}"
-    meta = spool.read_meta(name) if state != "tmp" else {}
+    meta = spool.read_meta(name) if state not in ("tmp", "prepared") else {}
     return QueuedMessage(spool, state, name, queued_at(spool, state, name), fromaddr,
                          tuple(toaddrs), headers, meta if isinstance(meta, dict) else {},
                          problem)
@@ -235,7 +236,7 @@ def status(spool, now=None):
         result["states"][state] = {"label": LABELS[state], "count": len(names),
                                    "oldest_age": None if first is None
                                    else round(now - first, 3)}
-        if first is not None and state != "tmp":
+        if first is not None and state not in ("tmp", "prepared"):
             oldest = first if oldest is None else min(oldest, first)
     result["oldest_age"] = None if oldest is None else round(now - oldest, 3)
     retries = [spool.read_meta(n).get("next_attempt") for n in spool.names("deferred")]
@@ -294,9 +295,9 @@ def retry(spool, msg):
         raise Refused("it is being sent right now (claimed by a processor in cur/); "
                       "it will be removed, deferred or dead-lettered when that attempt "
                       "ends -- retry it then")
-    if msg.state == "tmp":
-        raise Refused("it is still being written by a committing transaction (tmp/), "
-                      "it is not queued yet")
+    if msg.state in ("tmp", "prepared"):
+        raise Refused(f"it is still being committed ({msg.state}/), it is not queued yet; "
+                      "txmail-qp resolves what a crash left there after mail.commit_grace")
     if msg.state == "new":
         return "already queued in new/; nothing to do"
     try:

@@ -291,7 +291,7 @@ def test_retry_refuses_mail_being_sent_or_written_and_unknown_ids(tmp_path, spoo
                           "<nobody@example.org>", filled["gone"])
     assert code == 1
     assert f"cannot retry cur/{filled['sending']}: it is being sent right now" in err
-    assert f"cannot retry tmp/{filled['writing']}: it is still being written" in err
+    assert f"cannot retry tmp/{filled['writing']}: it is still being committed" in err
     assert "no message in" in err and "<nobody@example.org>" in err
     assert filled["sending"] in spool.names("cur") and filled["writing"] in spool.names("tmp")
     assert filled["gone"] in spool.names("new")  # the good id was still retried

@@ -289,7 +289,9 @@ def test_connection_refused_is_temporary(transports):
 def test_server_slower_than_the_timeout_is_temporary(make_smtp_server, transports,
                                                       stage, duplicate):
     server = extra_server(make_smtp_server, {"delay": {stage: 2.0}})
-    result = transports(server, timeout=0.5).deliver("a@example.com", ["b@example.com"], MSG)
+    # data_timeout: the final reply is waited for longer (RFC 5321 4.5.3.2.6)
+    result = transports(server, timeout=0.5, data_timeout=0.5).deliver(
+        "a@example.com", ["b@example.com"], MSG)
     (r,) = result.results
     assert (r.status, r.code) == (TEMPORARY, None)
     assert "within 0.5s" in r.text

@@ -48,7 +48,7 @@ def queued(spool_dir):
 
 
 def leftovers(spool_dir):
-    return os.listdir(spool_dir / "tmp")
+    return os.listdir(spool_dir / "tmp") + os.listdir(spool_dir / "prepared")
 
 
 def test_commit_queues_the_message_and_returns_its_message_id(app, spool_dir):

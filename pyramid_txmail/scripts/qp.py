@@ -37,7 +37,8 @@ EX_CONFIG = 78
 log = logging.getLogger("pyramid_txmail.scripts.qp")
 
 _USED = ("queue_path", "host", "port", "username", "password", "tls", "ssl", "keyfile",
-         "certfile", "tls_cafile", "timeout", "debug", "claim_timeout", "retry_initial",
+         "certfile", "tls_cafile", "timeout", "data_timeout", "debug", "claim_timeout",
+         "retry_initial",
          "retry_max", "max_queue_time", "workers", "poll_interval")
 
 DESCRIPTION = """\

@@ -111,9 +111,10 @@ def build_parser():
 
     p = _sub(commands, "status", "counts and oldest age per state, next retry time",
              "Count the messages in each state, give the age of the oldest one\n"
-             "(per state and overall, tmp/ not counted) and when the next deferred\n"
-             "message is due.  --json prints one object with an integer count per\n"
-             "state: queued, in_progress, deferred, failed, tmp.",
+             "(per state and overall, tmp/ and prepared/ not counted) and when the\n"
+             "next deferred message is due.  --json prints one object with an\n"
+             "integer count per state: queued, in_progress, deferred, failed, tmp,\n"
+             "prepared.",
              ["status", "status --json | jq .failed"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

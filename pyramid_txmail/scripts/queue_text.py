@@ -59,7 +59,7 @@ def status_lines(info):
             line += (f"   next retry {when(info['next_retry'])} "
                      + ("(due now)" if wait <= 0 else f"(in {age(wait)})"))
         lines.append(line)
-    lines.append(f"oldest message: {age(info['oldest_age'])} (tmp/ not counted)")
+    lines.append(f"oldest message: {age(info['oldest_age'])} (tmp/ and prepared/ not counted)")
     return lines
 
 

@@ -1,0 +1,136 @@
+"""What a crashed process leaves in the spool, and what becomes of it.
+
+A committing transaction writes each message into ``tmp/`` and fsyncs it,
+renames it into ``prepared/`` when the data manager votes, and into ``new/``
+when the transaction finishes.  We vote before any database commits (see
+:mod:`pyramid_txmail.datamanager`), so a process killed at any point leaves:
+
+- a file in ``tmp/``: its transaction never got past our vote, so it never
+  committed.  Once older than ``mail.commit_grace`` it is deleted.
+- a file in ``prepared/``: the process died between our vote and our
+  finish, and that window holds the database's commit -- the transaction
+  may or may not have committed.  The file is *in doubt*.  Once older than
+  ``mail.commit_grace``:
+
+  - with ``mail.commit_check`` set, the application is asked
+    (``check(message_id, registry)``): ``True`` (committed) queues the
+    message, ``False`` (not committed) deletes it, ``None`` (cannot tell)
+    dead-letters it;
+  - without one, it is dead-lettered into ``failed/`` with the reason, for a
+    person to ``txmail-queue retry`` or purge: never sent for a transaction
+    that did not commit, never silently dropped.
+
+The grace period only has to outlast the longest commit of a live process;
+the processor runs :func:`recover` at the start of each pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from email.parser import BytesHeaderParser
+
+from .queue_state import dead_letter
+from .result import PERMANENT, RecipientResult
+from .spool import Entry, PoisonMessage, fsync_dir
+
+log = logging.getLogger(__name__)
+
+_HEAD = 1 << 16
+
+
+def recover(spool, grace, check=None, registry=None, now=None):
+    """Resolve the leftovers older than ``grace`` seconds; returns how many."""
+    now = time.time() if now is None else now
+    return _clean_tmp(spool, grace, now) + _resolve_prepared(spool, grace, check, registry, now)
+
+
+def _old(path, grace, now):
+    try:
+        return now - os.stat(path).st_mtime >= grace
+    except FileNotFoundError:
+        return False
+
+
+def _clean_tmp(spool, grace, now):
+    removed = 0
+    for directory, hidden in (("tmp", False), ("meta", True)):
+        path = os.path.join(spool.path, directory)
+        for name in os.listdir(path):
+            # meta/ keeps its half-written state files as dotfiles
+            if hidden != name.startswith(".") or not _old(os.path.join(path, name), grace, now):
+                continue
+            try:
+                os.unlink(os.path.join(path, name))
+            except FileNotFoundError:
+                continue
+            removed += 1
+            log.warning("removed %s/%s: an unfinished write left by a process that died "
+                        "(its transaction never committed)", directory, name)
+    return removed
+
+
+def _resolve_prepared(spool, grace, check, registry, now):
+    resolved = 0
+    for name in spool.names("prepared"):
+        entry = Entry(spool, "prepared", name)
+        if not _old(entry.path, grace, now):
+            continue
+        message_id = _message_id(entry.path)
+        verdict = _ask(check, message_id, registry, name)
+        try:
+            if verdict is True:
+                spool.commit_prepared([name])
+                log.warning("in doubt %s (%s): mail.commit_check says its transaction "
+                            "committed; queued", name, message_id)
+            elif verdict is False:
+                spool.discard_prepared(name)
+                log.warning("in doubt %s (%s): mail.commit_check says its transaction did "
+                            "not commit; deleted", name, message_id)
+            else:
+                _dead_letter(spool, entry, message_id, now, check is not None)
+        except FileNotFoundError:  # another processor resolved it first
+            continue
+        resolved += 1
+    return resolved
+
+
+def _ask(check, message_id, registry, name):
+    if check is None or message_id is None:
+        return None
+    try:
+        verdict = check(message_id, registry)
+    except Exception:
+        log.exception("mail.commit_check raised for %s (%s); dead-lettering it", name,
+                      message_id)
+        return None
+    return verdict if verdict in (True, False) else None
+
+
+def _message_id(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD)
+    except OSError:
+        return None
+    value = BytesHeaderParser().parsebytes(head).get("Message-ID")
+    return str(value).strip() if value else None
+
+
+def _dead_letter(spool, entry, message_id, now, asked):
+    try:
+        fromaddr, toaddrs, _ = spool.read(entry, stream_over=0)
+    except PoisonMessage:
+        toaddrs = ()
+    why = ("mail.commit_check could not tell" if asked else "no mail.commit_check is set")
+    reason = ("in doubt: the process that sent it died during the commit, between the "
+              "mail spool's vote and its finish, so whether its transaction committed is "
+              f"unknown ({why}). If it did, `txmail-queue retry` sends it; if not, purge it.")
+    dead = [RecipientResult(r, PERMANENT, None, "in doubt") for r in toaddrs]
+    meta = dead_letter({"queued_at": os.stat(entry.path).st_mtime}, message_id, dead,
+                       reason, now, None)
+    meta["in_doubt"] = True
+    spool.write_meta(entry.name, meta)
+    os.rename(entry.path, os.path.join(spool.path, "failed", entry.name))
+    fsync_dir(os.path.join(spool.path, "failed"))
+    log.error("in doubt %s (%s) dead-lettered: %s", entry.name, message_id, reason)
