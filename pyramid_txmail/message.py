@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import email.header
+import email.headerregistry
 import email.policy
 import email.utils
 import functools
@@ -211,6 +212,20 @@ def _decoded_words(text):
         return text
 
 
+def _mailbox(display, addr, utf8):
+    """One mailbox of a rewritten address header, in lines of at most 78 columns."""
+    if not display:
+        return addr
+    plain = email.utils.formataddr((display, addr)) if display.isascii() and addr.isascii() \
+        else f'"{email.utils.quote(display)}" <{addr}>'
+    if len(plain) <= 76 and "=?" not in display and (utf8 or display.isascii()) \
+            and not any(c in LINE_BREAKS or ord(c) < 32 for c in display):
+        return plain
+    words = mimeparts.encoded_words(display)
+    last = words.rpartition("\n")[2]  # the address on its own line if need be
+    return f"{words}{' ' if len(last) + len(addr) + 4 <= 78 else chr(10) + ' '}<{addr}>"
+
+
 def _rewrite_addresses(message, utf8):
     """Address headers the ``email`` package would write wrongly, written here.
 
@@ -230,35 +245,36 @@ def _rewrite_addresses(message, utf8):
     """
     for i, (name, value) in enumerate(message._headers):
         text = str(value)
-        if name.lower() not in _ADDRESS_HEADERS or (text.isascii() and not long_word(text)):
+        if name.lower() not in _ADDRESS_HEADERS or (
+                text.isascii() and not long_word(text) and "=?" not in text):
             continue
         pairs = email.utils.getaddresses([text])
         if not hasattr(value, "fold"):  # a legacy raw value: its names may be encoded words
             pairs = [(_decoded_words(display), addr) for display, addr in pairs]
         idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
-        if not idn and not any(long_word(n) or not n.isascii() for n, _ in pairs):
+        if not idn and not any(long_word(n) or not n.isascii() for n, _ in pairs) \
+                and not (utf8 and not hasattr(value, "fold") and not text.isascii()):
             continue
-        items = []
-        for display, addr in pairs:
-            addr = (_validated(addr)[0] or addr) if idn else addr
-            quoted = f'"{email.utils.quote(display)}" <{addr}>'
-            raw_ok = utf8 and len(quoted) <= 76 and "=?" not in display and not any(
-                c in LINE_BREAKS or ord(c) < 32 for c in display)
-            if display and (long_word(display) or not display.isascii() or "=?" in display) \
-                    and not raw_ok:
-                words = mimeparts.encoded_words(display)
-                last = words.rpartition("\n")[2]  # the address on its own line if need be
-                gap = " " if len(last) + len(addr) + 4 <= 78 else "\n "
-                items.append(f"{words}{gap}<{addr}>")
-            elif display and not display.isascii():
-                items.append(quoted)
-            elif addr.isascii():
-                items.append(email.utils.formataddr((display, addr)))
-            else:  # a UTF-8 mailbox (formataddr takes ASCII ones only)
-                items.append(quoted if display else addr)
+        items = [_mailbox(display, (_validated(addr)[0] or addr) if idn else addr, utf8)
+                 for display, addr in pairs]
         # From a fresh line: "Reply-To: " and a 75-character encoded word would
         # pass 78, and the policy would then refold (and change) the name.
         message._headers[i] = (name, "\n " + ",\n ".join(items))
+
+
+def _encode_long_raw(message):
+    """A legacy message's unstructured raw value with a line over 78 columns and
+    non-ASCII text, as encoded words (UTF-8 text over 998 octets without a
+    space could not be folded otherwise)."""
+    for i, (name, value) in enumerate(message._headers):
+        text = str(value)
+        if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
+                max(map(len, text.splitlines() or [""])) + len(name) + 2 <= 78 or \
+                not issubclass(email.policy.default.header_factory[name],
+                               email.headerregistry.UnstructuredHeader):
+            continue
+        unfolded = _FOLD.sub(" ", text)
+        message._headers[i] = (name, "\n " + mimeparts.encoded_words(_decoded_words(unfolded)))
 
 
 def _serialize(message, utf8):
@@ -268,8 +284,10 @@ def _serialize(message, utf8):
         # can encode the comma between two mailboxes; wire.to_wire keeps 998
         policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
     elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
-        # (lines over 78 are refolded: a long one becomes encoded words)
-        policy = email.policy.default.clone(linesep="\n", utf8=True)
+        # (never refolded: the email package's folder writes a decoded display name
+        # unquoted; long raw values are encoded words already, see _encode_long_raw)
+        _encode_long_raw(message)
+        policy = email.policy.default.clone(linesep="\n", utf8=True, refold_source="none")
     else:
         policy = policy.clone(linesep="\n")
     try:

@@ -338,3 +338,20 @@ def test_a_long_encoded_display_name_beside_a_utf8_mailbox_is_not_refolded(harne
     [got] = harness.send(message, "queue", utf8=True).received
     [value] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert mailboxes(value) == [(name, "a@example.com"), ("", "jörg@example.com")]
+
+
+def test_a_legacy_encoded_name_with_a_colon_stays_a_name_in_utf8_headers(harness):
+    """Was: a legacy To "a, b, =?utf-8?b?...?= <c>" (formataddr of "0:\\xa0\\xa0"),
+    sent SMTPUTF8, was refolded by the email package, which wrote the decoded
+    name unquoted -- "0:" then reads as a group and the name is lost."""
+    import email.message
+
+    name = "0:\xa0\xa0\xa0\xa0"
+    legacy = email.message.Message()
+    legacy["To"] = "00@example.com, 00@example.com, " + email.utils.formataddr(
+        (name, "00@example.com"))
+    legacy.set_payload("t")
+    [got] = harness.send(legacy, "queue", args=("sender@example.org", ["jörg@example.com"])
+                         ).received
+    [value] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert mailboxes(value)[-1] == (name, "00@example.com")
