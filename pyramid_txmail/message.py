@@ -235,6 +235,8 @@ def _rewrite_addresses(message, utf8):
       no reader decodes: such a domain goes as its A-label (``xn--...``).
     * A display name with a run too long to fold would stay one line over
       SMTP's 998 octets: it goes as encoded words (which split anywhere).
+    * A line the ``email`` package would fold: its folder can drop the quotes
+      of a long quoted name (':word word...' loses its ':').
     * A non-ASCII display name: with SMTPUTF8 the ``email`` package writes it
       unquoted, so "Jö, x" <a@example.com> would read as two mailboxes;
       without, its folder can encode the comma *between* two mailboxes as
@@ -245,14 +247,17 @@ def _rewrite_addresses(message, utf8):
     """
     for i, (name, value) in enumerate(message._headers):
         text = str(value)
+        long_line = len(name) + 2 + len(text) > 78  # the email package would fold it
         if name.lower() not in _ADDRESS_HEADERS or (
-                text.isascii() and not long_word(text) and "=?" not in text):
+                text.isascii() and not long_word(text) and "=?" not in text
+                and not long_line):
             continue
         pairs = email.utils.getaddresses([text])
         if not hasattr(value, "fold"):  # a legacy raw value: its names may be encoded words
             pairs = [(_decoded_words(display), addr) for display, addr in pairs]
         idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
-        if not idn and not any(long_word(n) or not n.isascii() for n, _ in pairs) \
+        if not idn and not long_line and not any(long_word(n) or not n.isascii()
+                                                 for n, _ in pairs) \
                 and not (utf8 and not hasattr(value, "fold") and not text.isascii()):
             continue
         items = [_mailbox(display, (_validated(addr)[0] or addr) if idn else addr, utf8)

@@ -355,3 +355,19 @@ def test_a_legacy_encoded_name_with_a_colon_stays_a_name_in_utf8_headers(harness
                          ).received
     [value] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert mailboxes(value)[-1] == (name, "00@example.com")
+
+
+@pytest.mark.parametrize("start", [":", "<"])
+def test_a_long_quoted_ascii_display_name_keeps_its_specials(harness, start):
+    """Was: an EmailMessage To of formataddr((":word word ...", addr)) -- quoted,
+    over 78 columns -- was folded by the email package, which dropped the quotes:
+    the ':' (or '<') and the name were lost or read as a group."""
+    from email.message import EmailMessage
+
+    name = start + "word " * 60
+    msg = EmailMessage()
+    msg["To"] = email.utils.formataddr((name, "00@example.com"))
+    msg.set_content("t")
+    [got] = harness.send(msg, "queue", utf8=False).received
+    [value] = [v for n, v in raw_headers(got.data) if n == "To"]
+    assert [(phrase(n), a) for n, a in mailboxes(value)] == [(phrase(name), "00@example.com")]
