@@ -268,9 +268,10 @@ def _rewrite_addresses(message, utf8):
 
 
 def _encode_long_raw(message):
-    """A legacy message's unstructured raw value with a line over 78 columns and
-    non-ASCII text, as encoded words (UTF-8 text over 998 octets without a
-    space could not be folded otherwise)."""
+    """An unstructured value with a line over 78 columns and non-ASCII text, as
+    our encoded words: a legacy raw value (UTF-8 over 998 octets without a space
+    could not be folded otherwise), or a parsed one (the email package's folder
+    adds a space where encoded and plain words meet)."""
     for i, (name, value) in enumerate(message._headers):
         text = str(value)
         if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
@@ -287,6 +288,7 @@ def _serialize(message, utf8):
     if isinstance(policy, email.policy.EmailPolicy):
         # raw values (ours, set_raw, parsed) are written as they are: its refolding
         # can encode the comma between two mailboxes; wire.to_wire keeps 998
+        _encode_long_raw(message)
         policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
     elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
         # (never refolded: the email package's folder writes a decoded display name

@@ -371,3 +371,18 @@ def test_a_long_quoted_ascii_display_name_keeps_its_specials(harness, start):
     [got] = harness.send(msg, "queue", utf8=False).received
     [value] = [v for n, v in raw_headers(got.data) if n == "To"]
     assert [(phrase(n), a) for n, a in mailboxes(value)] == [(phrase(name), "00@example.com")]
+
+
+def test_a_long_non_ascii_comment_keeps_its_spaces(harness):
+    """Was: an EmailMessage header "\\xa0word word ... word ¡" over 78 columns was
+    folded by the email package, which added a space where its encoded and plain
+    words meet ("word  ¡")."""
+    from email.message import EmailMessage
+
+    value = "\xa0" + "word " * 40 + "¡"
+    msg = EmailMessage()
+    msg["To"] = "00@example.com"
+    msg["Comments"] = value
+    msg.set_content("t")
+    [got] = harness.send(msg, "queue", utf8=False).received
+    assert decoded(dict(raw_headers(got.data))["Comments"]) == value
