@@ -74,7 +74,7 @@ def test_no_body_ends_data_early(harness, tmp_path_factory):
     tally = Tally()
     root = tmp_path_factory.mktemp("smuggling")
 
-    @examples(120, 2000)
+    @examples(120, 1200)
     @given(body=smuggling_body, path=st.sampled_from(["transport", "queue-file", "Mail",
                                                       "attachment", "stream"]))
     def example(body, path):
