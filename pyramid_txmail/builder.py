@@ -28,7 +28,6 @@ checked, header injection refused).
 """
 from __future__ import annotations
 
-import email.header
 import email.policy
 import email.utils
 import mimetypes
@@ -36,12 +35,13 @@ import re
 from email.headerregistry import Address, UnstructuredHeader
 from email.message import EmailMessage
 
-from .message import HeaderInjection, InvalidAddress, check_address
-from .mimeparts import Built, Source, binary_part, multipart, text_part
+from .message import (LINE_BREAKS, HeaderInjection, InvalidAddress, check_address,
+                      long_word)
+from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
 
 __all__ = ["Mail"]
 
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"  # RFC 6838 type and subtype names
 _CONTENT_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -53,14 +53,29 @@ _BUILT_HEADERS = {"content-type", "content-transfer-encoding", "content-disposit
 
 
 def _encoded_words(text, header_name=None):
-    """``text`` as RFC 2047 encoded words, folded at 76 columns.
+    """``text`` as RFC 2047 encoded words, one per folded line.
 
     The ``email`` package's own folder loses or adds a space where encoded and
     plain words meet (e.g. "Ąí ¹¬z" comes back as "Ąí¹¬z"); encoding the whole
     value keeps every space inside the words, so it decodes exactly.
     """
-    return email.header.Header(text, "utf-8", maxlinelen=76,
-                               header_name=header_name).encode(linesep="\n")
+    return encoded_words(text)
+
+
+def _needs_encoding(text):
+    """Non-ASCII, or text a reader would take for an encoded word ("=?...?=").
+
+    Written as it is, ``=?utf-8?q?caf=C3=A9?=`` would arrive as "café";
+    encoded, it arrives as typed.  A run too long to fold is encoded too, as
+    words of at most 75 characters, so no header line passes SMTP's 998.
+    """
+    return not text.isascii() or "=?" in text or long_word(text)
+
+
+def _needs_encoding_raw(text):
+    """What must be encoded even in a UTF-8 header: see :func:`_needs_encoding`,
+    and U+0085, U+2028, U+2029, where the ``email`` package would break the line."""
+    return "=?" in text or long_word(text) or any(c in LINE_BREAKS for c in text)
 
 
 def _pairs(header, value):
@@ -75,13 +90,13 @@ def _pairs(header, value):
             found = [item]
         else:
             if _CONTROL.search(str(item).replace("\t", " ")):
-                raise HeaderInjection(header)
+                raise HeaderInjection.control(header, str(item))
             found = email.utils.getaddresses([str(item)])
             if not found or any(not addr for _, addr in found):
                 raise InvalidAddress(header, str(item), "not a list of addresses")
         for name, addr in found:
-            if _CONTROL.search(f"{name or ''}{addr}"):
-                raise HeaderInjection(header)
+            if _CONTROL.search(f"{name or ''}{addr}".replace("\t", " ")):
+                raise HeaderInjection.control(header, f"{name or ''}{addr}")
             check_address(header, addr)
             pairs.append((name or "", addr))
     return pairs
@@ -93,9 +108,10 @@ def _address_header(header, value):
     if not pairs:
         return None, False
     if not all(addr.isascii() for _, addr in pairs):  # SMTPUTF8 mailbox: UTF-8 headers
-        return ", ".join(f'"{email.utils.quote(name)}" <{addr}>' if name else addr
-                         for name, addr in pairs), False
-    items = [f"{_encoded_words(name)} <{addr}>" if not name.isascii()
+        return ",\n ".join(f"{_encoded_words(name)} <{addr}>" if _needs_encoding_raw(name)
+                           else f'"{email.utils.quote(name)}" <{addr}>' if name else addr
+                           for name, addr in pairs), True
+    items = [f"{_encoded_words(name)} <{addr}>" if _needs_encoding(name)
              else email.utils.formataddr((name, addr)) for name, addr in pairs]
     return ",\n ".join(items), True
 
@@ -105,12 +121,12 @@ def _unstructured(name):
 
 
 def _check_header(name, value):
-    if not isinstance(name, str) or not _HEADER_NAME.match(name):
-        raise HeaderInjection(repr(name))
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        raise HeaderInjection.bad_name(name)
     if name.lower() in _BUILT_HEADERS:
         raise ValueError(f"headers[{name!r}]: the builder writes {name} itself")
     if _CONTROL.search(str(value).replace("\t", " ")):
-        raise HeaderInjection(name)
+        raise HeaderInjection.control(name, str(value))
 
 
 class _Attachment:
@@ -152,7 +168,7 @@ class Mail:
         for name, value in extra:
             _check_header(name, value)
             value = str(value)
-            if not value.isascii() and _unstructured(name):
+            if _needs_encoding(value) and _unstructured(name):
                 self._headers.append((name, _encoded_words(value, name), True))
             else:
                 self._headers.append((name, value, False))

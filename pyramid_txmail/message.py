@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import email.header
+import email.headerregistry
 import email.policy
 import email.utils
 import functools
@@ -16,11 +18,15 @@ from email.message import Message
 
 from email_validator import EmailNotValidError, validate_email
 
-from . import wire
+from . import mimeparts, wire
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")
+_ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _FOLD = re.compile(r"\r?\n[ \t]")
+#: Where ``str.splitlines`` -- and so the ``email`` package's folder -- breaks a
+#: line: any of them written raw in a header value starts a new header line.
+LINE_BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 
 
 class MessageError(ValueError):
@@ -45,12 +51,28 @@ class InvalidAddress(MessageError):
 
 
 class HeaderInjection(MessageError):
-    """A header name or value carries a line break: it would add headers."""
+    """A header name or value carries a line break (it would add headers), another
+    control character, or the name is not a header name."""
 
-    def __init__(self, header):
+    def __init__(self, header, why="header value contains a CR or LF line break"):
         self.header = header
-        super().__init__(f"{header}: header value contains a CR or LF line break "
-                         "(header injection refused)")
+        super().__init__(f"{header}: {why} (header injection refused)")
+
+    @classmethod
+    def bad_name(cls, name):
+        return cls(repr(name), "not a valid header name (printable ASCII without "
+                               "space or ':')")
+
+    @classmethod
+    def control(cls, header, text):
+        """The error for a value ``text`` holding a control character or line break."""
+        if "\r" in text or "\n" in text:
+            return cls(header)
+        found = next((c for c in text if ord(c) < 32 and c != "\t" or c == "\x7f"
+                      or c in LINE_BREAKS), "")
+        what = "control character" if ord(found or " ") < 32 or found == "\x7f" \
+            else "line separator"
+        return cls(header, f"header value contains the {what} {found!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,17 +119,52 @@ def validate_address_header(header, value):
 
 
 def check_headers(message):
-    """Refuse header names or values that would start a new header line."""
+    """Refuse header names or values that would start a new header line.
+
+    A value kept as the caller's raw text (a legacy ``Message``, ``set_raw``)
+    is written as it is, and the ``email`` package breaks it wherever
+    ``str.splitlines`` would (U+0085, U+2028... too): none of those may be in
+    it.  A parsed header's text is checked for CR and LF; how it is folded
+    is checked by :func:`_check_folding`.
+    """
     for part in message.walk():
-        for name, value in part.items():
-            if not _HEADER_NAME.match(name):
-                raise HeaderInjection(repr(name))
+        for name, value in part._headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise HeaderInjection.bad_name(name)
+            raw = not hasattr(value, "fold")
             unfolded = _FOLD.sub(" ", str(value))
-            if "\r" in unfolded or "\n" in unfolded:
-                raise HeaderInjection(name)
+            if any(c in (LINE_BREAKS if raw else "\r\n") for c in unfolded):
+                raise HeaderInjection.control(name, unfolded)
 
 
-def _coerce(message):
+def _check_folding(message, policy):
+    """Every header, as ``policy`` writes it, is one header line and its
+    continuations: a value can never add a header."""
+    for part in message.walk():
+        for name, value in part._headers:
+            try:
+                lines = policy.fold(name, value).split(policy.linesep)
+            except ValueError as exc:  # e.g. an encoded word that decodes to CR LF
+                raise HeaderInjection(name, f"header value cannot be written ({exc})") \
+                    from None
+            if any(line[:1] not in (" ", "\t") for line in lines[1:] if line):
+                raise HeaderInjection.control(name, str(value))
+
+
+def _check_pyramid_mailer_fields(message):
+    """What pyramid_mailer's ``is_bad_headers`` checks, naming the field (it
+    raises TypeError when ``sender`` is None, and names nothing)."""
+    fields = [("Subject", message.subject), ("From", message.sender)]
+    fields += [(name, address) for name, addresses in (
+        ("To", message.recipients), ("Cc", message.cc), ("Bcc", message.bcc))
+        for address in addresses or ()]
+    fields += list(dict(message.extra_headers or {}).items())
+    for name, value in fields:
+        if value and any(c in LINE_BREAKS for c in str(value)):
+            raise HeaderInjection.control(name, str(value))
+
+
+def _coerce(message, default_sender=None):
     """``(email Message copy, envelope sender or None, envelope recipients or None)``."""
     if isinstance(message, Message):
         # prepare() changes top-level headers only (From, Bcc, Message-ID,
@@ -116,12 +173,16 @@ def _coerce(message):
         clone = copy.copy(message)
         clone._headers = list(message._headers)
         return clone, None, None
-    to_message = getattr(message, "to_message", None)
-    if callable(to_message) and hasattr(message, "send_to"):  # pyramid_mailer.Message
-        if getattr(message, "is_bad_headers", lambda: False)():
-            raise HeaderInjection("pyramid_mailer Message")
+    if callable(getattr(message, "to_message", None)) and hasattr(message, "send_to"):
+        # a pyramid_mailer Message; without a sender it takes the default, as
+        # pyramid_mailer's Mailer does (its to_message() refuses one without)
+        _check_pyramid_mailer_fields(message)
+        sender = message.sender or None
+        if sender is None and default_sender:
+            message = copy.copy(message)
+            message.sender = default_sender
         recipients = [r for r in [*message.recipients, *message.cc, *message.bcc] if r]
-        return to_message(), message.sender or None, recipients
+        return message.to_message(), sender, recipients
     raise TypeError(f"send() takes an email.message.EmailMessage (or Message, or a "
                     f"pyramid_mailer Message), not {type(message).__name__}")
 
@@ -134,13 +195,110 @@ def _addresses(message, names):
     return found
 
 
+def long_word(text):
+    """True when ``text`` has a run without whitespace that no fold can shorten
+    to a header line (encoded words can)."""
+    return any(len(word) > 76 for word in text.split())
+
+
+def _decoded_words(text):
+    """``text`` with its RFC 2047 encoded words decoded (as it is when it has none,
+    or one in an unknown charset)."""
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (LookupError, UnicodeError, ValueError):
+        return text
+
+
+def _mailbox(display, addr, utf8):
+    """One mailbox of a rewritten address header, in lines of at most 78 columns."""
+    if not display:
+        return addr
+    plain = email.utils.formataddr((display, addr)) if display.isascii() and addr.isascii() \
+        else f'"{email.utils.quote(display)}" <{addr}>'
+    if len(plain) <= 76 and "=?" not in display and (utf8 or display.isascii()) \
+            and not any(c in LINE_BREAKS or ord(c) < 32 for c in display):
+        return plain
+    words = mimeparts.encoded_words(display)
+    last = words.rpartition("\n")[2]  # the address on its own line if need be
+    return f"{words}{' ' if len(last) + len(addr) + 4 <= 78 else chr(10) + ' '}<{addr}>"
+
+
+def _rewrite_addresses(message, utf8):
+    """Address headers the ``email`` package would write wrongly, written here.
+
+    * Without SMTPUTF8 the headers must be ASCII, and the ``email`` package
+      would encode ``jorg@bücher.example`` as an encoded word inside the
+      address (or a legacy header whole as one), which RFC 2047 forbids and
+      no reader decodes: such a domain goes as its A-label (``xn--...``).
+    * A display name with a run too long to fold would stay one line over
+      SMTP's 998 octets: it goes as encoded words (which split anywhere).
+    * A line the ``email`` package would fold: its folder can drop the quotes
+      of a long quoted name (':word word...' loses its ':').
+    * A non-ASCII display name: with SMTPUTF8 the ``email`` package writes it
+      unquoted, so "Jö, x" <a@example.com> would read as two mailboxes;
+      without, its folder can encode the comma *between* two mailboxes as
+      ``=?utf-8?q?=2C?=``.  Such names are quoted (SMTPUTF8) or encoded here.
+
+    Rewritten values are stored folded (no line over 78), as raw text the
+    policy writes as it is.
+    """
+    for i, (name, value) in enumerate(message._headers):
+        text = str(value)
+        long_line = len(name) + 2 + len(text) > 78  # the email package would fold it
+        if name.lower() not in _ADDRESS_HEADERS or (
+                text.isascii() and not long_word(text) and "=?" not in text
+                and not long_line):
+            continue
+        pairs = email.utils.getaddresses([text])
+        if not hasattr(value, "fold"):  # a legacy raw value: its names may be encoded words
+            pairs = [(_decoded_words(display), addr) for display, addr in pairs]
+        idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
+        if not idn and not long_line and not any(long_word(n) or not n.isascii()
+                                                 for n, _ in pairs) \
+                and not (utf8 and not hasattr(value, "fold") and not text.isascii()):
+            continue
+        items = [_mailbox(display, (_validated(addr)[0] or addr) if idn else addr, utf8)
+                 for display, addr in pairs]
+        # From a fresh line: "Reply-To: " and a 75-character encoded word would
+        # pass 78, and the policy would then refold (and change) the name.
+        message._headers[i] = (name, "\n " + ",\n ".join(items))
+
+
+def _encode_long_raw(message):
+    """An unstructured value with a line over 78 columns and non-ASCII text, as
+    our encoded words: a legacy raw value (UTF-8 over 998 octets without a space
+    could not be folded otherwise), or a parsed one (the email package's folder
+    adds a space where encoded and plain words meet)."""
+    for i, (name, value) in enumerate(message._headers):
+        text = str(value)
+        if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
+                max(map(len, text.splitlines() or [""])) + len(name) + 2 <= 78 or \
+                not issubclass(email.policy.default.header_factory[name],
+                               email.headerregistry.UnstructuredHeader):
+            continue
+        unfolded = _FOLD.sub(" ", text)
+        message._headers[i] = (name, "\n " + mimeparts.encoded_words(_decoded_words(unfolded)))
+
+
 def _serialize(message, utf8):
     policy = message.policy
     if isinstance(policy, email.policy.EmailPolicy):
-        policy = policy.clone(linesep="\n", utf8=utf8)
+        # raw values (ours, set_raw, parsed) are written as they are: its refolding
+        # can encode the comma between two mailboxes; wire.to_wire keeps 998
+        _encode_long_raw(message)
+        policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
+    elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
+        # (never refolded: the email package's folder writes a decoded display name
+        # unquoted; long raw values are encoded words already, see _encode_long_raw)
+        _encode_long_raw(message)
+        policy = email.policy.default.clone(linesep="\n", utf8=True, refold_source="none")
     else:
         policy = policy.clone(linesep="\n")
     try:
+        _check_folding(message, policy)
         data = message.as_bytes(policy=policy)
     except (UnicodeError, LookupError) as exc:
         raise MessageError(f"the message cannot be serialized ({exc}); build it as an "
@@ -160,7 +318,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     if isinstance(message, Mail):  # its header block is validated here, its body follows
         built = message.build()
         message = message.header_message(built)
-    message, env_from, env_to = _coerce(message)
+    message, env_from, env_to = _coerce(message, default_sender)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)
@@ -194,6 +352,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     # names and subjects are RFC 2047 encoded words otherwise.
     utf8 = wire.needs_smtputf8(fromaddr, [*toaddrs, *header_senders, *reply_to,
                                           *header_recipients])
+    _rewrite_addresses(message, utf8)
     data = _serialize(message, utf8)
     if built is not None:  # bytes, or a wire.Stream when attachments are read from files
         data = built.data(data)

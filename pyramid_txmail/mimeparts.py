@@ -15,7 +15,7 @@ columns, headers folded by the ``email`` package).
 from __future__ import annotations
 
 import base64
-import email.header
+import email.charset
 import email.policy
 import email.utils
 import errno
@@ -29,7 +29,8 @@ from email.message import EmailMessage
 
 from .wire import Stream
 
-__all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart"]
+__all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart",
+           "encoded_words"]
 
 #: Octets read and encoded per step: 1,152 base64 lines of 57 octets (76 characters).
 BLOCK = 57 * 1152
@@ -265,21 +266,67 @@ def binary_part(source, content_type, disposition, filename=None, cid=None):
     """
     maintype, _, subtype = content_type.partition("/")
     headers = _header_part()
+    # Text that looks like an encoded word ("=?...?=") would be decoded by the
+    # reader as one: such a filename goes in RFC 2231 form, written here.
+    literal = bool(filename) and "=?" in filename
     headers.set_content(b"", maintype, subtype, cte="base64", disposition=disposition,
-                        filename=filename, cid=f"<{cid}>" if cid else None)
+                        filename=None if literal else filename, cid=f"<{cid}>" if cid else None)
     del headers["MIME-Version"]
     line = None
     if filename:
-        line = f"Content-Type: {content_type};\n name={_quoted_name(filename)}\n".encode()
+        line = f"Content-Type: {content_type};\n name={_quoted_name(filename)}\n"
+        if literal:
+            del headers["Content-Disposition"]
+            line += f"Content-Disposition: {disposition};{_rfc2231('filename', filename)}\n"
+        line = line.encode()
     return Part(headers, [Encoded(source)], line)
+
+
+def _rfc2231(param, value):
+    """``value`` as RFC 2231 ``param*N*=`` continuations, one per folded line."""
+    encoded = email.utils.encode_rfc2231(value, "utf-8")
+    pieces = []
+    while encoded:
+        cut = min(60, len(encoded))
+        while "%" in encoded[max(cut - 2, 0):cut]:  # never split a %XX triplet
+            cut -= 1
+        pieces.append(encoded[:cut])
+        encoded = encoded[cut:]
+    return ";".join(f"\n {param}*{i}*={piece}" for i, piece in enumerate(pieces))
 
 
 def _quoted_name(filename):
     """``filename`` as a quoted-string: plain when short ASCII, else encoded words
     (each at most 75 characters, one per folded line)."""
-    if filename.isascii() and len(filename) <= 200:
+    if filename.isascii() and len(filename) <= 200 and "=?" not in filename:
         return '"' + email.utils.quote(filename) + '"'
-    return '"' + email.header.Header(filename, "utf-8", maxlinelen=76).encode(linesep="\n") + '"'
+    return '"' + encoded_words(filename) + '"'
+
+
+_UTF8 = email.charset.Charset("utf-8")
+
+
+def encoded_words(text):
+    """``text`` as RFC 2047 encoded words of at most 75 characters, one per line.
+
+    Not ``email.header.Header``: it splits its text at ``str.splitlines``
+    boundaries and drops U+0085, U+2028, U+2029 and FS/GS/RS on the way.
+    Whitespace between encoded words is not part of the text, so the words
+    decode to exactly ``text``.
+    """
+    words = []
+    start = 0
+    while start < len(text):
+        end = start + 1
+        word = _UTF8.header_encode(text[start:end])
+        while end < len(text):
+            longer = _UTF8.header_encode(text[start:end + 1])
+            if len(longer) > 75:
+                break
+            word, end = longer, end + 1
+        words.append(word)
+        start = end
+    return "\n ".join(words)
 
 
 def multipart(subtype, parts, **params):

@@ -33,6 +33,11 @@ GROUPS = {
 GROUP_NOTES = {
     "faults": "Counted in (message, recipient) pairs: one message can be delivered to one "
               "recipient, deferred for another and dead-lettered for a third.",
+    "badinput": "Counted in examples, one message each.  Held: refused in send() with an "
+                "error naming the header, address or file (nothing queued), or "
+                "dead-lettered with the reason (a UTF-8 mailbox for a server without "
+                "SMTPUTF8, a broken queue file); every other example arrived and parsed "
+                "back to the same message.",
     "postfix": "Counted in messages: a message Postfix took for some recipients counts "
                "as delivered (its refused recipients are dead-lettered with Postfix's "
                "reply), one it refused for every recipient as held.",
