@@ -386,3 +386,23 @@ def test_a_long_non_ascii_comment_keeps_its_spaces(harness):
     msg.set_content("t")
     [got] = harness.send(msg, "queue", utf8=False).received
     assert decoded(dict(raw_headers(got.data))["Comments"]) == value
+
+
+@pytest.mark.parametrize("value", [
+    "0\xa0\xa0\xa0\xa0\xa0\xa0𐀀𐀀0\xa0\xa0\xa0\xa0\xa0ࠀ𐀀𐀀  ¡",  # what the property found
+    "Grüße  aus  Köln", "ü" * 30 + "   " + "ö" * 30])
+def test_whitespace_between_non_ascii_words_arrives(harness, value):
+    """Was: the spaces before "¡" vanished: the email package's folder wrote them
+    between two encoded words, where RFC 2047 readers drop whitespace.  A
+    short value also arrives without a leading space (it starts beside the
+    header's name, not on a folded line of its own)."""
+    import email.message
+
+    message = email.message.EmailMessage()
+    message["To"], message["Subject"], message["X-0"] = "a@example.com", value, value
+    message.set_content("t")
+    [got] = harness.send(message, "queue", utf8=False).received
+    raw = dict(raw_headers(got.data))
+    assert got.data.isascii()
+    assert decoded(raw["Subject"]) == decoded(raw["X-0"]) == value
+    assert read_back(got.data)["Subject"] == value
