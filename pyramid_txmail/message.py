@@ -267,20 +267,28 @@ def _rewrite_addresses(message, utf8):
         message._headers[i] = (name, "\n " + ",\n ".join(items))
 
 
-def _encode_long_raw(message):
+def _encode_long_raw(message, every=False):
     """An unstructured value with a line over 78 columns and non-ASCII text, as
     our encoded words: a legacy raw value (UTF-8 over 998 octets without a space
     could not be folded otherwise), or a parsed one (the email package's folder
-    adds a space where encoded and plain words meet)."""
+    adds a space where encoded and plain words meet).  ``every``: each one with
+    non-ASCII text, however short -- when the message is not SMTPUTF8 the
+    email package would encode it, and its folder drops the whitespace between
+    two encoded words ("a\xa0  b" arrived as "a\xa0b")."""
     for i, (name, value) in enumerate(message._headers):
         text = str(value)
         if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
-                max(map(len, text.splitlines() or [""])) + len(name) + 2 <= 78 or \
+                (not every and max(map(len, text.splitlines() or [""])) + len(name) + 2
+                 <= 78) or \
                 not issubclass(email.policy.default.header_factory[name],
                                email.headerregistry.UnstructuredHeader):
             continue
-        unfolded = _FOLD.sub(" ", text)
-        message._headers[i] = (name, "\n " + mimeparts.encoded_words(_decoded_words(unfolded)))
+        # the first word beside the name ("Subject: =?..."), not on a line of its
+        # own: a value starting with a fold reads back with a leading space
+        words = mimeparts.encoded_words(_decoded_words(_FOLD.sub(" ", text)),
+                                        first=78 - len(name) - 2)
+        fits = len(name) + 2 + len(words.split("\n", 1)[0]) <= 78
+        message._headers[i] = (name, words if fits else "\n " + words)
 
 
 def _serialize(message, utf8):
@@ -288,7 +296,7 @@ def _serialize(message, utf8):
     if isinstance(policy, email.policy.EmailPolicy):
         # raw values (ours, set_raw, parsed) are written as they are: its refolding
         # can encode the comma between two mailboxes; wire.to_wire keeps 998
-        _encode_long_raw(message)
+        _encode_long_raw(message, every=not utf8)
         policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
     elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
         # (never refolded: the email package's folder writes a decoded display name

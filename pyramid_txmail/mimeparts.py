@@ -306,8 +306,9 @@ def _quoted_name(filename):
 _UTF8 = email.charset.Charset("utf-8")
 
 
-def encoded_words(text):
-    """``text`` as RFC 2047 encoded words of at most 75 characters, one per line.
+def encoded_words(text, first=75):
+    """``text`` as RFC 2047 encoded words of at most 75 characters, one per line
+    (the first at most ``first``, to fit beside its header's name).
 
     Not ``email.header.Header``: it splits its text at ``str.splitlines``
     boundaries and drops U+0085, U+2028, U+2029 and FS/GS/RS on the way.
@@ -319,9 +320,10 @@ def encoded_words(text):
     while start < len(text):
         end = start + 1
         word = _UTF8.header_encode(text[start:end])
+        limit = 75 if words else max(first, len(word))
         while end < len(text):
             longer = _UTF8.header_encode(text[start:end + 1])
-            if len(longer) > 75:
+            if len(longer) > limit:
                 break
             word, end = longer, end + 1
         words.append(word)
