@@ -64,7 +64,7 @@ bench: install $(SMTP_SINK)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The long versions of the reliability suite (tests marked `reliability`; `make test`
-# runs the quick ones); writes docs/RELIABILITY.md.  About 9 minutes on 2 cores.
+# runs the quick ones); writes docs/RELIABILITY.md.  About 7 minutes on 2 cores.
 RELIABILITY_DIR := test-artifacts/reliability
 .PHONY: reliability
 reliability: install $(SMTP_SINK) postfix
