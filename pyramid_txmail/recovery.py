@@ -32,7 +32,7 @@ from email.parser import BytesHeaderParser
 
 from .queue_state import dead_letter
 from .result import PERMANENT, RecipientResult
-from .spool import Entry, PoisonMessage, fsync_dir
+from .spool import Entry, PoisonMessage, unlink_if_present
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ def _clean_tmp(spool, grace, now):
             # meta/ keeps its half-written state files as dotfiles
             if hidden != name.startswith(".") or not _old(os.path.join(path, name), grace, now):
                 continue
-            try:
-                os.unlink(os.path.join(path, name))
-            except FileNotFoundError:
+            if not unlink_if_present(os.path.join(path, name)):
                 continue
             removed += 1
             log.warning("removed %s/%s: an unfinished write left by a process that died "
@@ -131,6 +129,5 @@ def _dead_letter(spool, entry, message_id, now, asked):
                        reason, now, None)
     meta["in_doubt"] = True
     spool.write_meta(entry.name, meta)
-    os.rename(entry.path, os.path.join(spool.path, "failed", entry.name))
-    fsync_dir(os.path.join(spool.path, "failed"))
+    spool.move(entry, "failed")
     log.error("in doubt %s (%s) dead-lettered: %s", entry.name, message_id, reason)

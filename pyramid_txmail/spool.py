@@ -62,6 +62,18 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def unlink_if_present(path):
+    """Delete a file; one already gone (another process took it) is fine.
+
+    Returns whether this call deleted it.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _unique_name():
     now = time.time()
     return (f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}"
@@ -180,10 +192,7 @@ class Spool:
         self._discard("prepared", name)
 
     def _discard(self, state, name):
-        try:
-            os.unlink(os.path.join(self._dir(state), name))
-        except FileNotFoundError:
-            pass
+        unlink_if_present(os.path.join(self._dir(state), name))
 
     def _publish(self, state, names):
         for name in names:
@@ -268,10 +277,7 @@ class Spool:
         fsync_dir(self._dir("meta"))
 
     def drop_meta(self, name):
-        try:
-            os.unlink(os.path.join(self._dir("meta"), name + ".json"))
-        except FileNotFoundError:
-            pass
+        unlink_if_present(os.path.join(self._dir("meta"), name + ".json"))
 
     def claim(self, state, name):
         """Atomically take a message for sending; ``None`` if another took it."""
@@ -354,10 +360,7 @@ class Spool:
 
     def remove(self, entry):
         """A delivered message leaves the spool, with its state file."""
-        try:
-            os.unlink(entry.path)
-        except FileNotFoundError:
-            pass
+        unlink_if_present(entry.path)
         self.drop_meta(entry.name)
 
     def retire(self, entry, has_meta=True):
@@ -375,12 +378,7 @@ class Spool:
             self.drop_meta(entry.name)
         return done
 
-    @staticmethod
-    def reap_path(path):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    reap_path = staticmethod(unlink_if_present)
 
     def reap(self):
         """Delete what is left in ``done/`` (delivered; e.g. after a crash)."""
