@@ -24,6 +24,24 @@ from zope.interface import implementer
 log = logging.getLogger(__name__)
 
 
+def write_all(messages, write, discard, where):
+    """An outbox's vote: ``write`` each message, all or none.
+
+    A failure discards what was already written and raises an ``OSError``
+    naming ``where`` (the directory) and saying that the transaction is
+    aborted -- the vote fails, so nothing commits.
+    """
+    written = []
+    try:
+        for prepared in messages:
+            written.append(write(prepared))
+    except OSError as exc:
+        discard(written)
+        raise OSError(exc.errno, f"cannot write {where}: {exc.strerror}; the transaction "
+                      "is aborted") from exc
+    return written
+
+
 @implementer(ISavepointDataManager)
 class MailDataManager:
     def __init__(self, outbox, transaction_manager, on_committed):

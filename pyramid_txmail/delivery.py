@@ -14,7 +14,7 @@ import time
 import transaction
 from zope.interface import implementer
 
-from .datamanager import MailDataManager
+from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
@@ -36,16 +36,8 @@ class QueueOutbox:
         self.spool = spool
 
     def vote(self, messages):
-        names = []
-        try:
-            for prepared in messages:
-                names.append(self.spool.prepare(prepared.fromaddr, prepared.toaddrs,
-                                                prepared.data))
-        except OSError as exc:
-            self.discard(names)
-            raise OSError(exc.errno, f"cannot write the mail spool {self.spool.path}: "
-                          f"{exc.strerror}; the transaction is aborted") from exc
-        return names
+        return write_all(messages, lambda p: self.spool.prepare(p.fromaddr, p.toaddrs, p.data),
+                         self.discard, f"the mail spool {self.spool.path}")
 
     def finish(self, names):
         self.spool.commit_prepared(names)

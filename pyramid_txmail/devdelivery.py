@@ -34,6 +34,7 @@ from pyramid.exceptions import ConfigurationError
 from zope.interface import implementer
 
 from . import wire
+from .datamanager import write_all
 from .events import MailSent
 from .interfaces import IMailOutbox
 from .private_dirs import make_private_dirs
@@ -148,15 +149,8 @@ class FileOutbox:
             raise PermissionError(13, "the directory is not writable")
 
     def vote(self, messages):
-        written = []
-        try:
-            for prepared in messages:
-                written.append(self._write_tmp(prepared))
-        except OSError as exc:
-            self.discard(written)
-            raise OSError(exc.errno, f"cannot write to mail.file_path {self.path}: "
-                          f"{exc.strerror}; the transaction is aborted") from exc
-        return written
+        return write_all(messages, self._write_tmp, self.discard,
+                         f"to mail.file_path {self.path}")
 
     def _write_tmp(self, prepared):
         name = eml_name()
