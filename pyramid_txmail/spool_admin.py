@@ -22,6 +22,7 @@ import re
 import time
 from email.parser import BytesHeaderParser
 
+from .previewsource import header_items
 from .spool import Entry, PoisonMessage, enqueued_at, split_envelope
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes,
@@ -90,14 +91,7 @@ def _read_head(path):
 def _parse_headers(head):
     """``[(name, value)]`` decoded for reading (RFC 2047 words, folding undone)."""
     parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
-    headers = []
-    for name, raw in parsed.raw_items():
-        try:
-            value = str(parsed.policy.header_fetch_parse(name, raw))
-        except Exception:  # a malformed header is shown as it is stored
-            value = str(raw)
-        headers.append((name, " ".join(value.split())))
-    return headers
+    return [(name, " ".join(value.split())) for name, value in header_items(parsed)]
 
 
 @dataclasses.dataclass
