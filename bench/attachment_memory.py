@@ -44,16 +44,20 @@ def _maxrss_kib():
 
 # -- the legs (run in a child process) ----------------------------------------------------
 
-def leg_builder_queue(path, spool):
+def _send_report(path, settings, subscriber=None):
+    """Build a Mail with ``path`` attached and send it in one transaction through a
+    fresh app with ``settings``; returns the peak RSS measured before building."""
     import transaction
     from pyramid.config import Configurator
 
     from pyramid_txmail import get_mailer
     from pyramid_txmail.builder import Mail
+    from pyramid_txmail.interfaces import IMailSent
 
-    config = Configurator(settings={"mail.queue_path": spool,
-                                    "mail.default_sender": "bench@example.org"})
+    config = Configurator(settings={**settings, "mail.default_sender": "bench@example.org"})
     config.include("pyramid_txmail")
+    if subscriber is not None:
+        config.add_subscriber(subscriber, IMailSent)
     config.commit()
     manager = transaction.TransactionManager(explicit=True)
     mailer = get_mailer(config.registry, manager)
@@ -65,28 +69,14 @@ def leg_builder_queue(path, spool):
     return baseline
 
 
+def leg_builder_queue(path, spool):
+    return _send_report(path, {"mail.queue_path": spool})
+
+
 def leg_builder_direct(path, port):
-    import transaction
-    from pyramid.config import Configurator
-
-    from pyramid_txmail import get_mailer
-    from pyramid_txmail.builder import Mail
-    from pyramid_txmail.interfaces import IMailSent
-
     sent = []
-    config = Configurator(settings={"mail.delivery": "direct", "mail.host": "127.0.0.1",
-                                    "mail.port": port, "mail.timeout": "60",
-                                    "mail.default_sender": "bench@example.org"})
-    config.include("pyramid_txmail")
-    config.add_subscriber(sent.append, IMailSent)
-    config.commit()
-    manager = transaction.TransactionManager(explicit=True)
-    mailer = get_mailer(config.registry, manager)
-    baseline = _maxrss_kib()
-    mail = Mail(subject="Report", to="alice@example.com", text="The report is attached.")
-    mail.attach(path, filename="report.bin")
-    with manager:
-        mailer.send(mail)
+    baseline = _send_report(path, {"mail.delivery": "direct", "mail.host": "127.0.0.1",
+                                   "mail.port": port, "mail.timeout": "60"}, sent.append)
     if len(sent) != 1:
         raise SystemExit("direct leg: the message was not sent")
     return baseline
