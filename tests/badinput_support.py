@@ -22,7 +22,9 @@ import os
 import re
 import shutil
 
+import pytest
 import transaction
+from hypothesis import HealthCheck, settings
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
@@ -32,6 +34,7 @@ from pyramid_txmail.smtp import SMTPTransport
 from pyramid_txmail.spool import STATES, Spool
 
 from .recording_server import read_transcripts, recording_server
+from .reliability import runs
 
 SENDER = "Sender <sender@example.org>"
 #: Headers ``send`` (or the MIME structure) writes itself.
@@ -208,3 +211,20 @@ def check_transcripts(outcome, sends=1):
         assert transcript.commands.count("DATA") <= transcript.commands.count("MAIL")
     assert len(outcome.received) <= sends and mails <= sends and sections <= sends
     assert sections >= len(outcome.received)
+
+
+def examples(quick, long):
+    """hypothesis settings: ``runs(quick, long)`` examples, no deadline, no database."""
+    return settings(max_examples=runs(quick, long), deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+def module_harness(name):
+    """A module-scoped ``harness`` fixture: one :class:`Harness` per test module."""
+    @pytest.fixture(scope="module")
+    def harness(tmp_path_factory):
+        harness = Harness(str(tmp_path_factory.mktemp(name)))
+        yield harness
+        harness.close()
+
+    return harness

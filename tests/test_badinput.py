@@ -28,7 +28,7 @@ import email.utils
 from email.message import EmailMessage
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pyramid_txmail import Mail
@@ -39,23 +39,14 @@ from .badinput_strategies import (attachment, bad_address, body_text, check_held
                                   dirty, display_name, eol, good_address, header_name,
                                   header_value, names_culprit, phrase, questionable,
                                   valid_header_name)
-from .badinput_support import (GENERATED, Harness, Tally, check_transcripts, decoded,
-                               idna_address, mailboxes, raw_headers, read_back)
-from .reliability import runs
+from .badinput_support import (GENERATED, Tally, check_transcripts, decoded, examples,
+                               idna_address, mailboxes, module_harness, raw_headers,
+                               read_back)
 
 pytestmark = pytest.mark.reliability
 
 
-def examples(quick, long):
-    return settings(max_examples=runs(quick, long), deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    harness = Harness(str(tmp_path_factory.mktemp("badinput")))
-    yield harness
-    harness.close()
+harness = module_harness("badinput")
 
 
 # -- the Mail builder ---------------------------------------------------------------------

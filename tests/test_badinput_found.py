@@ -9,16 +9,12 @@ import pytest
 from pyramid_txmail import Mail
 
 from .badinput_strategies import phrase
-from .badinput_support import Harness, decoded, mailboxes, raw_headers, read_back
+from .badinput_support import decoded, mailboxes, module_harness, raw_headers, read_back
 
 pytestmark = pytest.mark.reliability
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    harness = Harness(str(tmp_path_factory.mktemp("badinput-found")))
-    yield harness
-    harness.close()
+harness = module_harness("badinput-found")
 
 
 @pytest.mark.parametrize("kind", ["Mail", "EmailMessage", "Message"])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pyramid_txmail import Mail, wire
@@ -23,9 +23,9 @@ from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.smtp import SMTPTransport
 from pyramid_txmail.spool import Spool, envelope_lines
 
-from .badinput_support import Harness, Outcome, Tally, check_transcripts, read_back
+from .badinput_support import (Outcome, Tally, check_transcripts, examples, module_harness,
+                               read_back)
 from .recording_server import read_transcripts
-from .reliability import runs
 
 pytestmark = pytest.mark.reliability
 
@@ -38,16 +38,7 @@ smuggling_body = st.lists(st.sampled_from(SMUGGLE) | st.binary(max_size=20),
 HEAD = b"From: sender@example.org\nTo: a@example.com\nSubject: smuggling\n"
 
 
-def examples(quick, long):
-    return settings(max_examples=runs(quick, long), deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    harness = Harness(str(tmp_path_factory.mktemp("badinput-wire")))
-    yield harness
-    harness.close()
+harness = module_harness("badinput-wire")
 
 
 def drain(harness, spool_path, utf8=True):
