@@ -18,6 +18,7 @@ from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
+from .mailer_compat import PyramidMailerAPI
 from .message import prepare
 from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
@@ -168,7 +169,7 @@ def _has_transaction(manager):
 
 
 @implementer(IMailDelivery)
-class Mailer:
+class Mailer(PyramidMailerAPI):
     """A delivery bound to a transaction manager (and maybe a request).
 
     ``send(message)`` validates the message now, returns its Message-ID and
