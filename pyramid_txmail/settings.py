@@ -239,6 +239,9 @@ SETTINGS = (
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
     Setting("file_path", _str, None,
             "mail.delivery = file: the directory each committed message is written to as .eml."),
+    Setting("top_level_directory", _str, None,
+            "pyramid_mailer's DebugMailer directory: config.include('pyramid_txmail.debug') "
+            "writes there when mail.file_path is not set (default ./mail)."),
     Setting("redirect_to", _addresses, (),
             "Staging: send every message to these addresses instead of its recipients."),
     # The preview page (pyramid_txmail.preview).
@@ -288,6 +291,7 @@ class MailSettings:
     rate_limit: float | None = None
     poll_interval: float = 1.0
     file_path: str | None = None
+    top_level_directory: str | None = None
     redirect_to: tuple = ()
     preview_allow: bool = False
     preview_dirs: tuple = ()
