@@ -130,6 +130,37 @@ def helpers(project, readme):
         request.tm.begin()
         return request, outbox
 
-    return {"project": project, "write_file": write_file, "spool_messages": spool_messages,
+    def run_pytest(path, passed):
+        """Run the test file ``path`` of the project with pytest, in a subprocess."""
+        import sys
+
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 path], cwd=project, capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, PYTHONPATH=str(project)))
+        assert result.returncode == 0 and f"{passed} passed" in result.stdout, \
+            result.stdout + result.stderr
+
+    return {"project": project, "write_file": write_file, "run_pytest": run_pytest, "spool_messages": spool_messages,
             "memory_request": memory_request,
+            "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
+                                                                      message_id),
             "readme_block": lambda name: readme_block(readme, name)}
+
+
+def dead_letter(project, path, name, message_id):
+    """A dead letter named ``name`` in the spool at ``path``, as ``txmail-qp`` leaves one."""
+    from pyramid_txmail.queue_state import dead_letter as dead_meta
+    from pyramid_txmail.result import PERMANENT, RecipientResult
+    from pyramid_txmail.spool import Spool
+
+    spool = Spool(str(project / path))
+    data = (f"From: site@example.com\nTo: bob@example.org\nSubject: Welcome\n"
+            f"Message-ID: {message_id}\n\nHello\n").encode()
+    refused = [RecipientResult("bob@example.org", PERMANENT, 550, "5.1.1 no such user")]
+    now = time.time()
+    entry = spool.dead_letter_copy("site@example.com", ["bob@example.org"], data, dead_meta(
+        {"queued_at": now}, message_id, refused, "permanent failure: bob@example.org: 550 "
+        "5.1.1 no such user", now, None))
+    failed, meta = pathlib.Path(spool.path, "failed"), pathlib.Path(spool.path, "meta")
+    os.rename(failed / entry.name, failed / name)
+    os.rename(meta / (entry.name + ".json"), meta / (name + ".json"))
