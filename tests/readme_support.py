@@ -55,6 +55,17 @@ def check_mail_settings(section, where):
     assert handler.records == [], f"{where}: {handler.records}"
 
 
+def check_includes(section, where):
+    """An app configured with these settings (``pyramid.includes`` and all) starts."""
+    from pyramid.config import Configurator
+
+    settings = {k: v for k, v in section.items() if k != "here"}
+    try:
+        Configurator(settings=settings).make_wsgi_app()
+    except Exception as exc:
+        raise AssertionError(f"{where}: the app does not start: {exc!r}") from exc
+
+
 def check_postfix_main_cf(text, postconf):
     """Postfix's own ``postconf`` reads the README's main.cf without a warning."""
     with tempfile.TemporaryDirectory() as config:

@@ -102,8 +102,10 @@ def evaluate_ini(example):
         run_command(example, parser["Service"]["ExecStart"])
         return None
     for section in parser.sections():
-        readme_support.check_mail_settings(dict(parser[section]), f"{name or 'ini'} "
-                                           f"[{section}]")
+        where = f"README line {example.line} [{section}]"
+        readme_support.check_mail_settings(dict(parser[section]), where)
+        if "pyramid.includes" in parser[section]:  # the app these settings make starts
+            readme_support.check_includes(dict(parser[section]), where)
     return None
 
 
