@@ -6,6 +6,7 @@ up a ``request`` or a ``registry`` and to check what an example did.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -33,8 +34,8 @@ def local_path(arg, project, bin_dir):
 
 
 class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
+    def __init__(self, level=logging.WARNING):
+        super().__init__(level)
         self.records = []
 
     def emit(self, record):
@@ -151,7 +152,19 @@ def helpers(project, readme):
         assert result.returncode == 0 and f"{passed} passed" in result.stdout, \
             result.stdout + result.stderr
 
-    return {"project": project, "write_file": write_file, "run_pytest": run_pytest, "spool_messages": spool_messages,
+    @contextlib.contextmanager
+    def log_lines(name, level=logging.INFO):
+        """Collect the messages logged under ``name`` (at ``level`` or above)."""
+        handler = _Collect(level)
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            yield handler.records
+        finally:
+            logger.removeHandler(handler)
+
+    return {"project": project, "write_file": write_file, "run_pytest": run_pytest,
+            "log_lines": log_lines, "spool_messages": spool_messages,
             "memory_request": memory_request,
             "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
                                                                       message_id),

@@ -114,7 +114,8 @@ def evaluate_jinja(example):
 
 
 def evaluate_text(example):
-    return None
+    """Output and listings: kept for the invisible block after it to compare with."""
+    example.namespace["_text"] = textwrap.dedent(str(example.parsed)).strip("\n")
 
 
 def commands(text):
@@ -178,6 +179,7 @@ def project(tmp_path_factory):
     sys.path.insert(0, str(path))
     DOCUMENT.namespace.clear()
     DOCUMENT.namespace.update(readme_support.helpers(path, README))
+    DOCUMENT.namespace["previous_text_block"] = lambda: DOCUMENT.namespace["_text"]
     yield path
     os.chdir(old_cwd)
     sys.path.remove(str(path))
