@@ -100,9 +100,9 @@ def run_daemon(argv, project, env, started="daemon started"):
 
 
 def readme_block(readme, name):
-    """The text of the README block whose ``:caption:`` is ``name``."""
+    """The text of the README block whose ``:name:`` is ``name``."""
     text = readme.read_text()
-    match = re.search(r"^\.\. code-block:: \w+\n +:caption: " + re.escape(name) +
+    match = re.search(r"^\.\. code-block:: \w+\n +:name: " + re.escape(name) +
                       r"\n\n((?: {4}.*\n|\n)+)", text, re.M)
     assert match, f"no block with caption {name}"
     return re.sub(r"^ {4}", "", match.group(1), flags=re.M).strip("\n") + "\n"

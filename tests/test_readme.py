@@ -4,15 +4,15 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 
 ``python``
     run in one namespace shared by the whole README.  A block with a
-    ``:caption:`` that names a file (``myapp/__init__.py``) is that file: it is
+    ``:name:`` that names a file (``myapp/__init__.py``) is that file: it is
     written into the project directory instead, and later blocks import it.
 ``ini``
-    written to its caption's file name when it has one; every section's ``mail.*``
+    written to the file its ``:name:`` names, if any; every section's ``mail.*``
     keys go through ``parse_settings`` with no warning (a typo is a failure); a
     systemd unit's ``ExecStart=`` runs as a console command (below); Postfix's
     ``main.cf`` is checked by Postfix's own ``postconf`` (no unused parameter).
 ``jinja``
-    written to its caption's file name (the templates the python blocks render).
+    written to the file its ``:name:`` names (the templates the python blocks render).
 ``console``
     each command (after ``$ `` when the block shows output) runs in the project
     directory with this venv's scripts and must exit 0.  ``make TARGET`` runs as
@@ -20,10 +20,10 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
     ``txmail-qp ... --daemon`` runs until it logs that it started, then gets SIGTERM
     and must exit 0.  ``/srv/app/`` -- where the examples install the app -- is
     the project directory, ``/srv/app/.venv/bin/`` this venv's scripts.
-``crontab``
-    the five time fields are checked and the command runs as above.
 ``text``
-    output and listings: nothing to run.
+    output and listings: nothing to run (an invisible block after one may compare
+    it with what the code says).  One with ``:class: crontab`` is a crontab line:
+    the five time fields are checked and the command runs as above.
 
 ``.. invisible-code-block: python`` blocks (not rendered) set up what an example
 takes as given (a ``request``, a ``registry``) and check what it did.  The project
@@ -55,20 +55,26 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"
 BIN = pathlib.Path(sys.executable).parent
 POSTCONF = ROOT / ".deps/postfix/usr/sbin/postconf"
-LANGUAGES = ("python", "ini", "jinja", "console", "crontab", "text")
+LANGUAGES = ("python", "ini", "jinja", "console", "text")
 
 
-def caption(example):
-    return (example.region.lexemes.get("options") or {}).get("caption", "").strip()
+def option(example, name):
+    return (example.region.lexemes.get("options") or {}).get(name, "").strip()
+
+
+def file_name(example):
+    """The file a block is: its ``:name:`` (docutils' code directive, which PyPI
+    renders, has no ``:caption:``)."""
+    return option(example, "name")
 
 
 def project_file(example, name=None):
-    """The file a captioned block is, inside the project directory."""
-    name = name or caption(example)
+    """The file a named block is, inside the project directory."""
+    name = name or file_name(example)
     return example.namespace["project"] / name.lstrip("/")
 
 
-def write_captioned(example):
+def write_named(example):
     path = project_file(example)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(str(example.parsed)))
@@ -79,19 +85,19 @@ _python = PythonEvaluator()
 
 
 def evaluate_python(example):
-    if caption(example):  # a file of the example project
-        write_captioned(example)
+    if file_name(example):  # a file of the example project
+        write_named(example)
         return None
     return _python(example)
 
 
 def evaluate_ini(example):
-    name = caption(example)
+    name = file_name(example)
     text = textwrap.dedent(str(example.parsed))
     if name == "main.cf":
         return readme_support.check_postfix_main_cf(text, POSTCONF)
     if name:
-        write_captioned(example)
+        write_named(example)
     parser = configparser.ConfigParser(strict=False, interpolation=None if
                                        name.endswith(".service") else
                                        configparser.BasicInterpolation(),
@@ -110,11 +116,14 @@ def evaluate_ini(example):
 
 
 def evaluate_jinja(example):
-    write_captioned(example)
+    write_named(example)
 
 
 def evaluate_text(example):
-    """Output and listings: kept for the invisible block after it to compare with."""
+    """Output and listings: kept for the invisible block after it to compare with.
+    A ``:class: crontab`` block is a crontab line (Pygments has no crontab lexer)."""
+    if option(example, "class") == "crontab":
+        return evaluate_crontab(example)
     example.namespace["_text"] = textwrap.dedent(str(example.parsed)).strip("\n")
 
 
@@ -157,7 +166,7 @@ def run_command(example, line):
 
 
 EVALUATORS = {"python": evaluate_python, "ini": evaluate_ini, "jinja": evaluate_jinja,
-              "console": evaluate_console, "crontab": evaluate_crontab, "text": evaluate_text}
+              "console": evaluate_console, "text": evaluate_text}
 
 
 def parse_readme():
@@ -196,6 +205,18 @@ def project(tmp_path_factory):
 def test_readme_example(example, project, caplog):
     caplog.set_level(logging.INFO)
     example.evaluate()
+
+
+def test_readme_is_valid_restructuredtext():
+    """As PyPI renders it (docutils, no Sphinx): no warning, no error."""
+    import io
+
+    import docutils.core
+
+    warnings = io.StringIO()
+    docutils.core.publish_doctree(README.read_text(), settings_overrides={
+        "report_level": 2, "halt_level": 5, "warning_stream": warnings})
+    assert warnings.getvalue() == ""
 
 
 def test_every_example_has_a_runner():
