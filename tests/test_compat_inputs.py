@@ -184,3 +184,31 @@ def test_the_pyramid_mailer_prefix_setting_is_honoured(smtp_server, caplog):
 def test_a_prefix_names_its_keys_in_errors():
     with pytest.raises(ConfigurationError, match="smtp.port = 'x'"):
         parse_settings({"pyramid_mailer.prefix": "smtp.", "smtp.port": "x"})
+
+
+def test_the_console_scripts_read_the_same_prefixed_keys(tmp_path, smtp_server):
+    """``pyramid_mailer.prefix`` moves the keys for ``txmail-qp`` and ``txmail-queue``
+    too: they must find the spool the app writes, not a ``mail.queue_path`` of their own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spool = tmp_path / "spool"
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[app:main]\nuse = call:tests.app:main\npyramid_mailer.prefix = smtp.\n"
+                   f"smtp.queue_path = {spool}\nsmtp.host = {smtp_server.host}\n"
+                   f"smtp.port = {smtp_server.port}\n")
+    config = Configurator(settings={"pyramid_mailer.prefix": "smtp.",
+                                    "smtp.queue_path": str(spool)})
+    config.include("pyramid_txmail")
+    send_now(config.registry, Message(subject="prefixed", body="t", sender="s@example.com",
+                                      recipients=["a@example.com"]))
+    scripts = Path(sys.executable).parent
+    status = subprocess.run([str(scripts / "txmail-queue"), str(ini), "status", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert __import__("json").loads(status.stdout)["queued"] == 1
+    drained = subprocess.run([str(scripts / "txmail-qp"), str(ini), "--no-app"],
+                             capture_output=True, text=True, timeout=120)
+    assert drained.returncode == 0, drained.stderr
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["a@example.com"]]
