@@ -256,3 +256,26 @@ def test_debug_mailer_counterpart(tmp_path):
         mailer.send(pm_message())
     [path] = (tmp_path / "dbg").glob("*.eml")
     assert read_eml(path)["X-Campaign"] == "welcome"
+
+
+def test_without_pyramid_mailer_nothing_is_registered_under_its_interface(monkeypatch):
+    """pyramid_mailer is optional: without it, get_mailer still finds our mailer and a
+    DummyMailer registered under pyramid_txmail.interfaces.IMailer."""
+    from pyramid_mailer.interfaces import IMailer as PMIMailer
+
+    from pyramid_txmail import mailer_compat
+    from pyramid_txmail.interfaces import IMailer
+    from pyramid_txmail.testing import DummyMailer
+
+    monkeypatch.setattr(mailer_compat, "PyramidMailerIMailer", None)
+    config = Configurator(settings={"mail.default_sender": "site@example.com"})
+    config.include("pyramid_txmail.testing")
+    assert config.registry.queryUtility(PMIMailer) is None
+    request = pyramid_testing.DummyRequest()
+    request.registry = config.registry
+    with transaction.manager:
+        get_mailer(request).send(pm_message())
+    assert len(get_mailer(request).outbox) == 1
+    mine = DummyMailer()
+    config.registry.registerUtility(mine, IMailer)
+    assert get_mailer(request) is mine
