@@ -193,17 +193,10 @@ class Mailer:
     join they raise :class:`NoTransaction`.
     """
 
-    def __init__(self, delivery, transaction_manager, request=None, default_sender=None):
+    def __init__(self, delivery, transaction_manager, request=None):
         self.delivery = delivery
         self.transaction_manager = transaction_manager
         self.request = request
-        self.default_sender = default_sender or delivery.settings.default_sender
-
-    def bind(self, transaction_manager=None, default_sender=None):
-        """pyramid_mailer's ``bind``: this mailer with another transaction manager
-        and/or default sender (used when a message has no From)."""
-        return Mailer(self.delivery, transaction_manager or self.transaction_manager,
-                      self.request, default_sender or self.default_sender)
 
     def send(self, *args):
         if len(args) == 1:
@@ -242,7 +235,7 @@ class Mailer:
         return send_now(self, self._prepare(message), "sendmail", fail_silently)
 
     def _prepare(self, message, fromaddr=None, toaddrs=None):
-        prepared = prepare(message, self.default_sender, fromaddr, toaddrs)
+        prepared = prepare(message, self.delivery.settings.default_sender, fromaddr, toaddrs)
         if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
             prepared = redirect(prepared, self.delivery.settings.redirect_to)
         return prepared

@@ -203,13 +203,3 @@ def test_every_method_of_pyramid_mailers_mailer_exists():
                  "send_immediately_sendmail"):
         assert callable(getattr(Mailer, name)), name
         assert hasattr(PyramidMailer, name)
-
-
-def test_bind_gives_another_transaction_manager_and_default_sender(smtp_server):
-    _, mailer = make_mailer(smtp_server)
-    other = transaction.TransactionManager(explicit=True)
-    bound = mailer.bind(transaction_manager=other, default_sender="other@example.com")
-    with other:
-        bound.send(message())
-    [received] = smtp_server.messages
-    assert received.mail_from == "other@example.com"
