@@ -157,7 +157,9 @@ class Delivery:
         self.outbox = outbox
         self.registry = registry
         self.transaction_manager = transaction.manager
-        self.outboxes = {"send": outbox, "queue": None, "sendmail": None, **(outboxes or {})}
+        if outboxes is None:
+            outboxes = default_outboxes(settings, outbox)
+        self.outboxes = outboxes
         self.transports = transports
 
     def send(self, fromaddr, toaddrs, message):
@@ -290,6 +292,20 @@ class Mailer:
             dispatch(registry, events, transaction.TransactionManager(explicit=True))
 
 
+def default_outboxes(settings, outbox):
+    """The outboxes of a :class:`Delivery` built from one outbox only.
+
+    A development delivery serves every method (memory delivery may keep
+    ``send_to_queue``'s messages apart, as its ``queue_outbox``); otherwise
+    ``send_to_queue`` needs a queue outbox and ``send_sendmail`` has none.
+    """
+    if settings.delivery in DEV_DELIVERY_MODES:
+        return {"send": outbox, "queue": getattr(outbox, "queue_outbox", outbox),
+                "sendmail": outbox}
+    return {"send": outbox, "queue": outbox if isinstance(outbox, QueueOutbox) else None,
+            "sendmail": None}
+
+
 def make_outboxes(settings, transport_factory):
     """``(outboxes, transports)`` for :class:`Delivery` (spool created/checked here).
 
@@ -300,7 +316,7 @@ def make_outboxes(settings, transport_factory):
     """
     if settings.delivery in DEV_DELIVERY_MODES:
         dev = make_dev_outbox(settings)
-        return {"send": dev, "queue": dev, "sendmail": dev}, None
+        return default_outboxes(settings, dev), None
 
     def sendmail_factory():
         return SendmailTransport.from_settings(settings)

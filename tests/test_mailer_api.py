@@ -203,3 +203,23 @@ def test_every_method_of_pyramid_mailers_mailer_exists():
                  "send_immediately_sendmail"):
         assert callable(getattr(Mailer, name)), name
         assert hasattr(PyramidMailer, name)
+
+
+def test_a_delivery_built_from_one_memory_outbox_serves_every_method():
+    # As a DummyMailer counterpart builds it: Delivery(settings, outbox), no make_delivery.
+    from pyramid_txmail import Delivery
+    from pyramid_txmail.devdelivery import MemoryOutbox
+    from pyramid_txmail.settings import MailSettings
+
+    outbox = MemoryOutbox()
+    mailer = Delivery(MailSettings(delivery="memory", default_sender="app@example.com"),
+                      outbox).bind(transaction.TransactionManager(explicit=True))
+    with mailer.transaction_manager:
+        mailer.send(message(subject="send"))
+        mailer.send_to_queue(message(subject="queue"))
+        mailer.send_sendmail(message(subject="sendmail"))
+    mailer.send_immediately(message(subject="now"))
+    mailer.send_immediately_sendmail(message(subject="now by sendmail"))
+    kept = [m.subject for m in outbox.messages] + [m.subject for m in
+                                                   getattr(outbox, "queue", [])]
+    assert sorted(kept) == ["now", "now by sendmail", "queue", "send", "sendmail"]
