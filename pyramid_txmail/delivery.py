@@ -12,9 +12,8 @@ import logging
 import time
 
 import transaction
-from zope.interface import implementer
-
 from pyramid.exceptions import ConfigurationError
+from zope.interface import implementer
 
 from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
