@@ -279,3 +279,23 @@ def test_without_pyramid_mailer_nothing_is_registered_under_its_interface(monkey
     mine = DummyMailer()
     config.registry.registerUtility(mine, IMailer)
     assert get_mailer(request) is mine
+
+
+def test_send_to_queue_and_send_immediately_with_the_testing_include(config):
+    """DummyMailer's lists: send_to_queue → ``.queue`` at the commit; send and
+    send_immediately → ``.outbox`` (send_immediately at once: it ignores the
+    transaction, as it does in production)."""
+    config.include("pyramid_txmail.testing")
+    mailer = get_mailer(pyramid_testing.DummyRequest())
+    with pytest.raises(RuntimeError):
+        with transaction.manager:
+            mailer.send_to_queue(pm_message(subject="aborted"))
+            raise RuntimeError
+    with transaction.manager:
+        mailer.send_to_queue(pm_message(subject="queued"))
+        mailer.send(pm_message(subject="sent"))
+        assert mailer.queue == [] and mailer.outbox == []
+    mailer.send_immediately(pm_message(subject="now"))
+    assert [m.subject for m in mailer.queue] == ["queued"]
+    assert [m.subject for m in mailer.outbox] == ["sent", "now"]
+    assert mailer.queue[0].recipients == ["Bob <bob@example.com>"]
