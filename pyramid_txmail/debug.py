@@ -38,13 +38,15 @@ def includeme(config):
     config.include("pyramid_txmail")
 
 
-def DebugMailer(top_level_directory):  # noqa: N802 (pyramid_mailer's class name)
+def DebugMailer(top_level_directory, default_sender=None):  # noqa: N802 (its class name)
     """pyramid_mailer's ``DebugMailer(top_level_directory)``: a mailer of its own that
     writes each committed message as an ``.eml`` file there, bound to
-    ``transaction.manager``."""
+    ``transaction.manager``.  A message without a sender gets ``default_sender``,
+    else ``nobody@example.com`` (pyramid_mailer's writes ``nobody``)."""
     from . import make_delivery
+    from .dummy import PLACEHOLDER_SENDER
     from .settings import parse_settings
 
-    return make_delivery(parse_settings({"mail.delivery": "file",
-                                         "mail.file_path": str(top_level_directory)},
-                                        "mail.")).bind()
+    return make_delivery(parse_settings({
+        "mail.delivery": "file", "mail.file_path": str(top_level_directory),
+        "mail.default_sender": default_sender or PLACEHOLDER_SENDER}, "mail.")).bind()

@@ -126,14 +126,3 @@ def _reset(outbox, value, what):
         raise TypeError(f"mailer.{what} can only be emptied (mailer.{what} = [] or "
                         f"mailer.{what}.clear()); it is filled by committed transactions")
     outbox.clear()
-
-
-def dummy_mailer():
-    """A mailer with a private memory delivery, bound to ``transaction.manager``:
-    pyramid_mailer's ``DummyMailer()``, but a message lands in ``.outbox`` only when
-    its transaction commits."""
-    from .delivery import Delivery
-    from .devdelivery import MemoryOutbox
-    from .settings import MailSettings
-
-    return Delivery(MailSettings(delivery="memory"), MemoryOutbox()).bind()

@@ -334,17 +334,20 @@ def setUp(config, settings=None):
     return config.registry.getUtility(IMailOutbox)
 
 
-def DummyMailer():  # noqa: N802 (pyramid_mailer's class name, so that imports switch)
+def DummyMailer(default_sender=None):  # noqa: N802 (pyramid_mailer's class name)
     """pyramid_mailer's ``DummyMailer()``: a mailer of its own with ``.outbox`` and
     ``.queue``, for ``registry.registerUtility(DummyMailer(), IMailer)`` (which
     :func:`pyramid_txmail.get_mailer` then returns, as pyramid_mailer's does).
 
-    Unlike pyramid_mailer's, a message reaches ``.outbox`` only when its
-    transaction commits: ``with transaction.manager: view(request)``.
+    In a transaction a message reaches ``.outbox`` only when it commits (an
+    abort drops it); with no transaction to join it is recorded at once, as
+    pyramid_mailer's is, with a WARNING (see :mod:`pyramid_txmail.dummy`).  A
+    message without a sender gets ``default_sender``, else ``nobody@example.com``:
+    the test's mailer cannot know the app's ``mail.default_sender``.
     """
-    from .mailer_compat import dummy_mailer
+    from .dummy import dummy_mailer
 
-    return dummy_mailer()
+    return dummy_mailer(default_sender)
 
 
 def includeme(config):

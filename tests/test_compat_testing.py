@@ -299,3 +299,64 @@ def test_send_to_queue_and_send_immediately_with_the_testing_include(config):
     assert [m.subject for m in mailer.queue] == ["queued"]
     assert [m.subject for m in mailer.outbox] == ["sent", "now"]
     assert mailer.queue[0].recipients == ["Bob <bob@example.com>"]
+
+
+def test_a_dummy_mailer_takes_a_message_without_sender(config, tmp_path):
+    """Found with pluserable's suite: its views send Messages without a sender (the app's
+    mail.default_sender supplies one in production) to a DummyMailer the test registered,
+    which knows no settings.  pyramid_mailer's DummyMailer accepts them (its DebugMailer
+    writes them From 'nobody'); ours raised pyramid_mailer's InvalidMessage "No sender
+    address has been set".  Like DebugMailer, a placeholder sender fills in."""
+    from pyramid_txmail.debug import DebugMailer
+    from pyramid_txmail.testing import DummyMailer
+
+    dummy, debug = DummyMailer(), DebugMailer(str(tmp_path / "eml"))
+    for mailer in (dummy, debug):
+        with transaction.manager:
+            mailer.send(pm_message(sender=None))
+    assert dummy.outbox[0].fromaddr == "nobody@example.com"
+    assert dummy.outbox[0].sender == "nobody@example.com"
+    [eml] = (tmp_path / "eml").glob("*.eml")
+    assert read_eml(eml)["From"] == "nobody@example.com"
+    mine = DummyMailer(default_sender="Site <site@example.com>")
+    with transaction.manager:
+        mine.send(pm_message(sender=None))
+    assert mine.outbox[0].fromaddr == "site@example.com"
+
+
+def test_a_dummy_mailer_records_a_send_with_no_transaction_at_once(config, caplog):
+    """Found with pluserable's suite: unit tests call a view with no transaction at all
+    (pyramid_tm runs around it in production) and a DummyMailer registered; ours
+    raised NoTransaction there.  pyramid_mailer's DummyMailer records every send: a
+    DummyMailer with no transaction to join records at once too, with a WARNING that a
+    real mailer would raise.  In a transaction it still waits for the commit."""
+    import logging
+
+    from pyramid_mailer.interfaces import IMailer
+
+    from pyramid_txmail.testing import DummyMailer
+
+    caplog.set_level(logging.WARNING)
+    mailer = DummyMailer()
+    config.registry.registerUtility(mailer, IMailer)
+    transaction.abort()
+    get_mailer(pyramid_testing.DummyRequest()).send(pm_message(subject="no transaction"))
+    mailer.send_to_queue(pm_message(subject="queued, no transaction"))
+    assert [m.subject for m in mailer.outbox] == ["no transaction"]
+    assert [m.subject for m in mailer.queue] == ["queued, no transaction"]
+    assert "no transaction to join" in caplog.text and "NoTransaction" in caplog.text
+    with pytest.raises(RuntimeError):
+        with transaction.manager:
+            mailer.send(pm_message(subject="aborted"))
+            raise RuntimeError
+    assert len(mailer.outbox) == 1
+
+
+def test_the_testing_include_still_refuses_a_send_with_no_transaction(config):
+    """The include is pyramid_txmail's own test mode: it behaves as production does."""
+    from pyramid_txmail import NoTransaction
+
+    config.include("pyramid_txmail.testing")
+    transaction.abort()
+    with pytest.raises(NoTransaction):
+        get_mailer(pyramid_testing.DummyRequest()).send(pm_message())
