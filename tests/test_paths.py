@@ -18,6 +18,9 @@ from pyramid.exceptions import ConfigurationError
 from pyramid_txmail.settings import parse_settings
 
 from .claims_support import QP, QUEUE, make_spool, queue, run, write_ini
+from .reliability import record
+
+pytestmark = pytest.mark.reliability
 
 
 @pytest.mark.parametrize("key", ["queue_path", "file_path", "tls_cafile", "keyfile",
@@ -43,6 +46,8 @@ def test_txmail_qp_refuses_a_relative_queue_path_wherever_it_starts(tmp_path, sm
     assert proc.returncode == 78, proc.stderr
     assert "mail.queue_path" in proc.stderr and "%(here)s" in proc.stderr
     assert os.listdir(elsewhere) == []  # no second spool
+    record("disk", "relative mail.queue_path, txmail-qp started in another directory",
+           detail="refused (exit 78, naming the key and %(here)s); no second spool created")
 
 
 def test_here_in_the_ini_names_the_spool_for_every_process(tmp_path, smtp_server):

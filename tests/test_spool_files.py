@@ -22,6 +22,7 @@ from pyramid_txmail.smtp import SMTPTransport
 from .claims_support import FROM, QP, QUEUE, make_spool, message, queue, run, write_ini
 from .reliability import record
 
+pytestmark = pytest.mark.reliability
 OLD = 1_000_000_000  # 2001: a target's mtime that a claim must not change
 
 
@@ -62,7 +63,7 @@ def test_a_fifo_in_new_is_dead_lettered_and_the_pass_ends(tmp_path, smtp_server)
     assert "sent=1" in proc.stderr and "failed=1" in proc.stderr
     assert spool.names("failed") == [fifo]
     assert "not a regular file" in _reason(spool, fifo) and "FIFO" in _reason(spool, fifo)
-    record("spool files", "FIFO in new/ (one-shot txmail-qp)", messages=1, delivered=1,
+    record("disk", "FIFO in new/ (one-shot txmail-qp)", messages=1, delivered=1,
            held=1, detail="the FIFO dead-lettered with its reason, the next message sent")
 
 
@@ -77,7 +78,7 @@ def test_a_symlink_in_new_is_not_followed(tmp_path, smtp_server):
     failed = os.path.join(spool.path, "failed", link)
     assert os.path.islink(failed) and os.readlink(failed) == str(target)
     assert "symbolic link" in _reason(spool, link)
-    record("spool files", "symlink in new/ pointing outside the spool", held=1,
+    record("disk", "symlink in new/ pointing outside the spool", held=1,
            detail="not followed: target untouched and not sent; dead-lettered")
 
 
@@ -167,6 +168,6 @@ def test_a_json_file_in_new_is_sent_and_counted(tmp_path, smtp_server):
     assert [m.rcpt_tos for m in smtp_server.messages] == [["a@example.org"]]
     assert spool.names("failed") == ["notes.json"]
     assert "no envelope" in _reason(spool, "notes.json")
-    record("spool files", "*.json files in new/", messages=1, delivered=1, held=1,
+    record("disk", "*.json files in new/", messages=1, delivered=1, held=1,
            detail="a queue file named *.json is sent; a JSON file without an envelope "
                   "is dead-lettered")
