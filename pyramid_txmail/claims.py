@@ -47,6 +47,11 @@ HEARTBEAT_MAX = 60.0
 CLOCK_SKEW = 60.0
 
 
+#: A live claim that looks stale is reported at most this often (seconds) per name.
+WARN_EVERY = 600.0
+_warned = {}
+
+
 def heartbeat_interval(timeout):
     """How often a live claim's mtime is refreshed: well inside ``timeout``."""
     return min(timeout / 4.0, HEARTBEAT_MAX)
@@ -299,9 +304,11 @@ def sweep(cur_dir, new_dir, names, timeout, now):
         except FileNotFoundError:
             continue
         except ClaimBusy as exc:
-            log.warning("cur/%s looks stale but stays claimed: %s. If that process hangs, "
-                        "stop it, or run `txmail-queue INI release %s --force`",
-                        name, exc, name)
+            if now - _warned.get(name, float("-inf")) >= WARN_EVERY:  # not at every pass
+                _warned[name] = now
+                log.warning("cur/%s looks stale but stays claimed: %s. If that process "
+                            "hangs, stop it, or run `txmail-queue INI release %s --force`",
+                            name, exc, name)
             continue
         moved.append(name)
     return moved
