@@ -153,8 +153,9 @@ def build_parser():
 
     p = _sub(commands, "release", "put a claimed message (in_progress) back in the queue",
              "Move claimed messages (cur/, in_progress) back into new/, where the next\n"
-             "txmail-qp pass sends them: for a claim whose processor died, without\n"
-             "waiting for txmail-qp to find it stale.  A claim is refused while its\n"
+             "txmail-qp pass sends them: for a claim whose processor died (each\n"
+             "txmail-qp pass puts stale ones back; this does it now, or where no\n"
+             "txmail-qp runs, e.g. after a clock was set back).  A claim is refused while its\n"
              "processor may still be sending it: a live process holds its lock, or its\n"
              "heartbeat is younger than mail.claim_timeout.  --force releases it all\n"
              "the same (the message may then be sent twice).  --stale releases every\n"
