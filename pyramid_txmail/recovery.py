@@ -47,10 +47,13 @@ def recover(spool, grace, check=None, registry=None, now=None):
 
 
 def _old(path, grace, now):
+    """Older than ``grace``, or dated more than ``grace`` ahead (a clock set back
+    since it was written: it would otherwise never come of age)."""
     try:
-        return now - os.lstat(path).st_mtime >= grace
+        age = now - os.lstat(path).st_mtime
     except FileNotFoundError:
         return False
+    return age >= grace or -age > grace
 
 
 def _clean_tmp(spool, grace, now):

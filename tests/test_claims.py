@@ -243,3 +243,18 @@ def test_the_heartbeat_alone_keeps_a_long_send_claimed(tmp_path, make_smtp_serve
         sender.join(timeout=60)
     assert results and results[0].sent == 1
     assert copies(server, "<beat@example.org>") == 1
+
+
+def test_leftovers_dated_in_the_future_are_resolved_too(tmp_path, smtp_server):
+    """The sibling in recovery: a tmp/ or prepared/ file dated a day ahead (the
+    clock was set back after a crash) is cleaned up or dead-lettered, not kept forever."""
+    spool = make_spool(tmp_path)
+    future = time.time() + DAY
+    tmp_name = spool.write_tmp("a@example.org", ["b@example.org"], b"Subject: x\n\nx\n")
+    prepared = spool.prepare("a@example.org", ["b@example.org"], b"Subject: y\n\ny\n")
+    os.utime(os.path.join(spool.path, "tmp", tmp_name), (future, future))
+    os.utime(os.path.join(spool.path, "prepared", prepared), (future, future))
+    stats = _pass(spool, smtp_server, commit_grace="1h")
+    assert stats.recovered == 2
+    assert os.listdir(os.path.join(spool.path, "tmp")) == []
+    assert spool.names("failed") == [prepared]
