@@ -5,7 +5,8 @@ A claim is the rename of ``new/NAME`` (or ``deferred/NAME``) into
 being taken -- a second ``txmail-qp`` taking it sends the message twice:
 
 - **the lock**: the claimer opens the file (``O_NOFOLLOW|O_NONBLOCK``, see
-  :mod:`pyramid_txmail.regular_files`) and takes ``flock(LOCK_EX)`` on it
+  :mod:`pyramid_txmail.regular_files`; read-write where it may, as an exclusive
+  lock over NFS is a POSIX write lock) and takes ``flock(LOCK_EX)`` on it
   *before* the rename, and keeps that fd open until the message has left
   ``cur/``.  The kernel drops the lock when the process dies, however it
   dies, so a lock that is held means a live owner -- with no pid to be
@@ -29,6 +30,7 @@ processor's stale-claim sweep and by ``txmail-queue release``.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import logging
@@ -39,6 +41,9 @@ import threading
 from .regular_files import READ_FLAGS, kind_of
 
 log = logging.getLogger("pyramid_txmail.claims")
+
+#: Flags of a claim's fd (see :func:`open_for_lock`).
+CLAIM_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 #: The heartbeat runs every claim_timeout / 4, and at least this often (seconds).
 HEARTBEAT_MAX = 60.0
@@ -216,17 +221,16 @@ def take(source, target):
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(info.st_mode):
-        problem = f"not a regular file but {kind_of(source, info)}"
-        try:
-            os.utime(source, follow_symlinks=False)
-            os.rename(source, target)
-        except FileNotFoundError:
-            return None
-        return None, problem
+        return _take_unopened(source, target, f"not a regular file but "
+                                              f"{kind_of(source, info)}")
     try:
-        fd = os.open(source, READ_FLAGS)
-    except OSError:  # gone, or replaced by something else: the next pass sees it
+        fd = open_for_lock(source)
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # replaced meanwhile: next pass
+            return None
+        return _take_unopened(source, target, f"unreadable queue file: {exc.strerror}")
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or not _try_lock(fd):
@@ -241,6 +245,25 @@ def take(source, target):
         os.close(fd)
         raise
     return Claim(fd, info), None
+
+
+def _take_unopened(source, target, problem):
+    """Claim a file that cannot be opened, so that one processor dead-letters it."""
+    try:
+        os.utime(source, follow_symlinks=False)
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    return None, problem
+
+
+def open_for_lock(path):
+    """An fd for the claim lock: read-write where allowed (an exclusive lock on NFS
+    is a POSIX write lock, which needs it), else read-only."""
+    try:
+        return os.open(path, CLAIM_FLAGS)
+    except PermissionError:
+        return os.open(path, READ_FLAGS)
 
 
 class ClaimBusy(Exception):
@@ -267,7 +290,7 @@ def release(path, target, timeout, now, force=False):
     ``force``; ``FileNotFoundError`` when it left ``cur/`` meanwhile.
     """
     info = os.lstat(path)
-    fd = os.open(path, READ_FLAGS) if stat.S_ISREG(info.st_mode) else None
+    fd = open_for_lock(path) if stat.S_ISREG(info.st_mode) else None
     try:
         held = fd is not None and not _try_lock(fd)
         heartbeat = _age(now - info.st_mtime)
@@ -302,6 +325,9 @@ def sweep(cur_dir, new_dir, names, timeout, now):
                 continue
             release(path, os.path.join(new_dir, name), timeout, now)
         except FileNotFoundError:
+            continue
+        except OSError as exc:  # e.g. unreadable: it stays; the others are still swept
+            log.warning("cannot look at the stale claim cur/%s: %s", name, exc)
             continue
         except ClaimBusy as exc:
             if now - _warned.get(name, float("-inf")) >= WARN_EVERY:  # not at every pass
