@@ -66,7 +66,7 @@ def test_a_second_processor_never_takes_a_live_claim_past_claim_timeout(
            runs=rounds, messages=rounds, delivered=sum(1 for n in got if n),
            duplicated=sum(1 for n in got if n > 1),
            detail="claim_timeout 3 s, the relay answers the final dot after 5 s, a second "
-                  "txmail-qp starts 3.5 s in; its heartbeat keeps the claim")
+                  "txmail-qp starts 3.5 s in; the claim's heartbeat and lock keep it")
     assert got == [1] * rounds
 
 
