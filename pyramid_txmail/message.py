@@ -13,6 +13,7 @@ import email.headerregistry
 import email.policy
 import email.utils
 import functools
+import logging
 import re
 from email.message import Message
 
@@ -20,7 +21,11 @@ from email_validator import EmailNotValidError, validate_email
 
 from . import mimeparts, wire
 
+log = logging.getLogger(__name__)
+
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+#: The queue file's envelope lines (repoze.sendmail's format): never part of a message.
+ENVELOPE_HEADERS = ("X-Actually-From", "X-Actually-To")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _FOLD = re.compile(r"\r?\n[ \t]")
@@ -91,9 +96,12 @@ def _validated(address):
 
     The verdict depends only on the string (no DNS lookups), and an app
     sends from the same few senders to recipients it has seen before.
+    Quoted local parts (``"a,b"@example.com``) are valid (RFC 5321): the
+    envelope is stored and sent so that nothing in one can split it.
     """
     try:
-        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True,
+                               allow_quoted_local=True)
     except EmailNotValidError as exc:
         return None, str(exc)
     return valid.ascii_email or valid.normalized, None
@@ -107,8 +115,27 @@ def check_address(header, address, within=None):
     return envelope
 
 
+def _encoded_word_in_address(value):
+    """True when the ``email`` package decoded an RFC 2047 encoded word inside an
+    address (not its display name): ``=?utf-8?q?ceo?=@example.com`` reads as
+    ceo@example.com there, so the envelope would not be what was written."""
+    def walk(token, in_address):
+        kind = getattr(token, "token_type", None)
+        if in_address and kind == "encoded-word":
+            return True
+        in_address = in_address or kind == "addr-spec"
+        return isinstance(token, list) and any(walk(t, in_address) for t in token)
+
+    tree = getattr(value, "_parse_tree", None)
+    return tree is not None and walk(tree, False)
+
+
 def validate_address_header(header, value):
     """Parse and validate an address header value; returns envelope addresses."""
+    if _encoded_word_in_address(value):
+        raise InvalidAddress(header, str(value), "an RFC 2047 encoded word inside the "
+                             "address itself (only a display name may be encoded); the "
+                             "email package would decode it into another address")
     text = str(value)
     if "\r" in _FOLD.sub(" ", text) or "\n" in _FOLD.sub(" ", text):
         raise HeaderInjection(header)
@@ -314,6 +341,22 @@ def _serialize(message, utf8):
     return wire.to_wire(data).replace(b"\r\n", b"\n")
 
 
+def _drop_envelope_headers(message):
+    """Remove the message's own ``X-Actually-From:`` / ``X-Actually-To:`` lines.
+
+    They are the queue file's envelope in repoze.sendmail's format, so a
+    message (e.g. a forwarded inbound one) must not carry them into the
+    spool, where a reader might take them for the envelope, nor to the relay.
+    Removed rather than refused: the message is still worth sending, and
+    its envelope is what ``send`` was given.
+    """
+    for name in ENVELOPE_HEADERS:
+        if message[name] is not None:
+            log.warning("removed the message's own %s header: the envelope is what "
+                        "send() was given", name)
+            del message[name]
+
+
 def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     """Validate ``message`` and build its envelope and bytes.
 
@@ -327,6 +370,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
         built = message.build()
         message = message.header_message(built)
     message, env_from, env_to = _coerce(message, default_sender)
+    _drop_envelope_headers(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)
