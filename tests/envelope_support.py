@@ -19,7 +19,7 @@ from pyramid_txmail.spool import Spool
 
 from .recording_server import read_transcripts
 
-_OPTION = re.compile(rb"(?: [A-Z0-9-]+(?:=[!-~]+)?)*")
+_OPTION = re.compile(rb"(?: [A-Za-z0-9-]+(?:=[!-~]+)?)*")
 
 
 class Sender:
