@@ -23,7 +23,7 @@ import time
 from email.parser import BytesHeaderParser
 
 from .previewsource import header_items
-from .spool import Entry, PoisonMessage, enqueued_at, split_envelope
+from .spool import Entry, PoisonMessage, enqueued_at, read_envelope
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes,
 #: ``prepared/`` messages whose transaction is committing, or in doubt).
@@ -176,16 +176,29 @@ def queued_at(spool, state, name):
         return time.time()
 
 
+def _read_envelope(path):
+    """``(fromaddr, toaddrs, header block, problem)`` as the processor reads them;
+    ``None`` when the file is gone.  The envelope and header block are read
+    whole, however long (an envelope of thousands of recipients)."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                fromaddr, toaddrs, head, _ = read_envelope(f)
+                return fromaddr, toaddrs, head + b"\n", None
+            except PoisonMessage as exc:
+                problem = f"poison: {exc}"
+    except FileNotFoundError:
+        return None
+    head = _read_head(path)
+    return None if head is None else (None, (), head, problem)
+
+
 def inspect(spool, state, name):
     """The :class:`QueuedMessage` of ``state/name``; ``None`` when the file is gone."""
-    head = _read_head(os.path.join(spool.path, state, name))
-    if head is None:
+    found = _read_envelope(os.path.join(spool.path, state, name))
+    if found is None:
         return None
-    problem = None
-    try:
-        fromaddr, toaddrs, head = split_envelope(head)
-    except (PoisonMessage, LookupError, UnicodeError) as exc:
-        fromaddr, toaddrs, problem = None, (), f"poison: {exc}"
+    fromaddr, toaddrs, head, problem = found
     try:
         headers = _parse_headers(head)
     except Exception as exc:

@@ -122,11 +122,18 @@ def _header_fields(lines):
     return fields, b""
 
 
-def _field_name(field):
+def header_fields(f):
+    """The header fields (each a list of its lines) of the message in binary file ``f``."""
+    return _header_fields(_lines(f))[0]
+
+
+def field_name(field):
+    """A header field's name, lower case (bytes)."""
     return field[0].partition(b":")[0].strip().lower()
 
 
-def _unfolded_value(field):
+def unfolded_value(field):
+    """A header field's raw value, unfolded and stripped (bytes, never decoded)."""
     value = b"".join(field).partition(b":")[2]
     return re.sub(rb"\r\n|\r|\n", b"", value).strip()
 
@@ -180,18 +187,17 @@ def split_addresses(text):
 
 
 def _read_legacy(fields):
-    found = {name: [f for f in fields if _field_name(f) == name] for name in _ENVELOPE_FIELDS}
+    found = {name: [f for f in fields if field_name(f) == name] for name in _ENVELOPE_FIELDS}
     if not found[b"x-actually-from"] or not found[b"x-actually-to"]:
         raise PoisonMessage("no envelope: the file has no X-Actually-From/X-Actually-To "
                             "header lines")
-    for name, matches in found.items():
-        if len(matches) > 1:
-            raise PoisonMessage(
-                f"ambiguous envelope: {len(matches)} {name.decode().title()} lines (a "
-                "message that carried its own); which one its writer meant is unknown, "
-                "so it is sent to none")
-    fromaddr = _legacy_text(_unfolded_value(found[b"x-actually-from"][0]), "X-Actually-From")
-    toaddrs = split_addresses(_legacy_text(_unfolded_value(found[b"x-actually-to"][0]),
+    repeated = [f"{len(m)} {n.decode().title()} lines" for n, m in found.items() if len(m) > 1]
+    if repeated:
+        raise PoisonMessage(
+            f"ambiguous envelope: {' and '.join(repeated)} (the message carried its "
+            "own); which ones its writer meant is unknown, so it is sent to none")
+    fromaddr = _legacy_text(unfolded_value(found[b"x-actually-from"][0]), "X-Actually-From")
+    toaddrs = split_addresses(_legacy_text(unfolded_value(found[b"x-actually-to"][0]),
                                            "X-Actually-To"))
     return fromaddr.strip(), toaddrs
 
@@ -223,7 +229,7 @@ def read_envelope(f):
     fields, blank = _header_fields(lines)
     if not ours:
         fromaddr, toaddrs = _read_legacy(fields)
-    kept = b"".join(b"".join(f) for f in fields if _field_name(f) not in _ENVELOPE_FIELDS)
+    kept = b"".join(b"".join(f) for f in fields if field_name(f) not in _ENVELOPE_FIELDS)
     if not toaddrs:
         raise PoisonMessage("no envelope: no recipient in it")
     for address in (fromaddr, *toaddrs):
