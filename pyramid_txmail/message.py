@@ -294,6 +294,17 @@ def _rewrite_addresses(message, utf8):
         message._headers[i] = (name, "\n " + ",\n ".join(items))
 
 
+def _without_surrogates(text):
+    """A raw value parsed from bytes keeps its 8-bit octets as surrogates: read
+    them as UTF-8 (U+FFFD where they are not), as the email package does when
+    it reads such a header, so that it can be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
 def _encode_long_raw(message, every=False):
     """An unstructured value with a line over 78 columns and non-ASCII text, as
     our encoded words: a legacy raw value (UTF-8 over 998 octets without a space
@@ -303,7 +314,7 @@ def _encode_long_raw(message, every=False):
     email package would encode it, and its folder drops the whitespace between
     two encoded words ("a\xa0  b" arrived as "a\xa0b")."""
     for i, (name, value) in enumerate(message._headers):
-        text = str(value)
+        text = _without_surrogates(str(value))
         if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
                 (not every and max(map(len, text.splitlines() or [""])) + len(name) + 2
                  <= 78) or \

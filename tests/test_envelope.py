@@ -124,3 +124,16 @@ def test_an_encoded_word_inside_an_address_header_is_refused(sender):
     message["From"] = "=?utf-8?q?J=C3=B6rg?= <jorg@example.com>"  # a display name: fine
     message["To"] = "bob@example.com"
     sender.send(message)
+
+
+def test_a_parsed_inbound_message_with_raw_utf8_headers_can_be_forwarded(sender, server):
+    """Found by the envelope property: ``X-Forwarded-For: ü`` as raw UTF-8 in a parsed
+    message raised UnicodeEncodeError (a surrogate) from send()."""
+    inbound = email.message_from_bytes(INBOUND.replace(b"Subject: please help",
+                                                       "Subject: bitte ü\nX-Forwarded-For: ü"
+                                                       .encode()), policy=email.policy.default)
+    sender.send("app@example.com", ["support@example.com"], inbound)
+    assert session_envelopes(server.handler) == [("app@example.com", ["support@example.com"])]
+    got, msg = _received(server)
+    assert str(email.message_from_bytes(got.data, policy=email.policy.default)
+               ["X-Forwarded-For"]) == "ü"
