@@ -273,7 +273,7 @@ def _rewrite_addresses(message, utf8):
     policy writes as it is.
     """
     for i, (name, value) in enumerate(message._headers):
-        text = str(value)
+        text = _without_surrogates(str(value))
         long_line = len(name) + 2 + len(text) > 78  # the email package would fold it
         if name.lower() not in _ADDRESS_HEADERS or (
                 text.isascii() and not long_word(text) and "=?" not in text

@@ -137,3 +137,16 @@ def test_a_parsed_inbound_message_with_raw_utf8_headers_can_be_forwarded(sender,
     got, msg = _received(server)
     assert str(email.message_from_bytes(got.data, policy=email.policy.default)
                ["X-Forwarded-For"]) == "ü"
+
+
+def test_a_parsed_inbound_message_with_raw_utf8_addresses_can_be_sent(sender, server):
+    """Found by the envelope property: a raw UTF-8 From in a parsed message was refolded
+    by the email package and refused as a header injection."""
+    sender_address = "må.=?utf-8?b?YUBiLmM=?=@例え.example"
+    inbound = email.message_from_bytes(f"From: {sender_address}\nTo: b@example.com\n\nhi\n"
+                                       .encode(), policy=email.policy.default)
+    sender.send(inbound)
+    assert session_envelopes(server.handler) == [(sender_address, ["b@example.com"])]
+    got, _ = _received(server)
+    assert str(email.message_from_bytes(got.data, policy=email.policy.default)["From"]) \
+        == sender_address
