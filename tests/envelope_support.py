@@ -17,7 +17,8 @@ from pyramid_txmail.processor import Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.spool import Spool
 
-from .recording_server import read_transcripts
+from .recording_server import RecordingHandler, RecordingSMTP, read_transcripts
+from .smtpserver import SMTPServer
 
 _OPTION = re.compile(rb"(?: [A-Za-z0-9-]+(?:=[!-~]+)?)*")
 
@@ -79,3 +80,31 @@ def _address(rest):
         end = rest.rindex(b">", 0, end)
         if _OPTION.fullmatch(rest[end + 1:]):
             return rest[1:end].decode("utf-8")
+
+
+class LiteralSMTP(RecordingSMTP):
+    """aiosmtpd taking each address as written between ``<`` and ``>``.
+
+    aiosmtpd parses addresses with the ``email`` package's header parser,
+    which decodes RFC 2047 encoded words in them (``=?utf-8?q?a=40b?=.x@c``
+    becomes another address or a 501): the same class of defect, in the
+    test server.  This one accepts any address and keeps it literally.
+    """
+
+    def _getaddr(self, arg):
+        rest = arg.strip()
+        if not rest.startswith("<"):
+            return None, None
+        try:
+            found = _address(rest.encode("utf-8"))
+        except ValueError:
+            return None, None
+        return found, rest[len(found) + 2:].strip()
+
+
+def literal_server():
+    """A started recording server whose addresses are taken literally."""
+    server = SMTPServer(handler=RecordingHandler(), enable_smtputf8=True)
+    controller = server.controller
+    controller.factory = lambda: LiteralSMTP(controller.handler, **controller.SMTP_kwargs)
+    return server
