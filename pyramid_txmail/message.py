@@ -215,10 +215,22 @@ def _coerce(message, default_sender=None):
 
 
 def _addresses(message, names):
+    """The addresses of the ``names`` headers, from each header's text as stored.
+
+    A value parsed from bytes is stored raw: its addresses are taken from
+    that text, as written and as it will be sent.  ``message.get_all`` would
+    parse it with the email package, which RFC 2047-decodes an encoded word
+    inside an address (``=?x?q?a?=.e@example.com`` reads as a.e@example.com,
+    with no trace in its parse) -- the envelope would not be what the
+    message says.  A value assigned as a header object was parsed when it
+    was assigned; it is what the message holds (see
+    :func:`_encoded_word_in_address`).
+    """
     found = []
     for name in names:
-        for value in message.get_all(name, []):
-            found.extend(validate_address_header(name, value))
+        for key, value in message._headers:
+            if key.lower() == name.lower():
+                found.extend(validate_address_header(name, value))
     return found
 
 
@@ -273,7 +285,7 @@ def _rewrite_addresses(message, utf8):
     policy writes as it is.
     """
     for i, (name, value) in enumerate(message._headers):
-        text = _without_surrogates(str(value))
+        text = str(value)
         long_line = len(name) + 2 + len(text) > 78  # the email package would fold it
         if name.lower() not in _ADDRESS_HEADERS or (
                 text.isascii() and not long_word(text) and "=?" not in text
@@ -294,15 +306,21 @@ def _rewrite_addresses(message, utf8):
         message._headers[i] = (name, "\n " + ",\n ".join(items))
 
 
-def _without_surrogates(text):
-    """A raw value parsed from bytes keeps its 8-bit octets as surrogates: read
-    them as UTF-8 (U+FFFD where they are not), as the email package does when
-    it reads such a header, so that it can be encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return text
+def _decode_raw_octets(message):
+    """Raw header values of a message parsed from bytes keep their 8-bit octets
+    as surrogates, which nothing can encode and which make the email package
+    refold the header its own way: they are read as UTF-8 here (U+FFFD where
+    they are not), as the email package reads such a header.  (A legacy
+    ``compat32`` message writes them back as the octets they were.)"""
+    if not isinstance(message.policy, email.policy.EmailPolicy):
+        return
+    for i, (name, value) in enumerate(message._headers):
+        if isinstance(value, str) and not hasattr(value, "fold"):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                message._headers[i] = (name, value.encode("utf-8", "surrogateescape")
+                                       .decode("utf-8", "replace"))
 
 
 def _encode_long_raw(message, every=False):
@@ -314,7 +332,7 @@ def _encode_long_raw(message, every=False):
     email package would encode it, and its folder drops the whitespace between
     two encoded words ("a\xa0  b" arrived as "a\xa0b")."""
     for i, (name, value) in enumerate(message._headers):
-        text = _without_surrogates(str(value))
+        text = str(value)
         if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
                 (not every and max(map(len, text.splitlines() or [""])) + len(name) + 2
                  <= 78) or \
@@ -382,6 +400,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
         message = message.header_message(built)
     message, env_from, env_to = _coerce(message, default_sender)
     _drop_envelope_headers(message)
+    _decode_raw_octets(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)

@@ -150,3 +150,14 @@ def test_a_parsed_inbound_message_with_raw_utf8_addresses_can_be_sent(sender, se
     got, _ = _received(server)
     assert str(email.message_from_bytes(got.data, policy=email.policy.default)["From"]) \
         == sender_address
+
+
+def test_a_parsed_messages_address_headers_are_read_as_written(sender, server):
+    """Found by the envelope property: the email package decoded ``=?x?q?a?=.e@...``
+    in a parsed Cc header to a.e@..., leaving no trace in its parse tree."""
+    inbound = email.message_from_bytes(b"From: app@example.com\nTo: b@example.com\n"
+                                       b"Cc: =?x?q?a?=.e@example.com\n\nhi\n",
+                                       policy=email.policy.default)
+    sender.send(inbound)
+    assert session_envelopes(server.handler) == [
+        ("app@example.com", ["b@example.com", "=?x?q?a?=.e@example.com"])]

@@ -176,8 +176,8 @@ def test_the_relay_sees_exactly_the_envelope_the_app_passed(senders):
            "look-alikes, quoted local parts) and any headers, queue and direct",
            runs=counts["examples"], messages=counts["messages"],
            delivered=counts["delivered"], held=counts["held"], bad_inputs=counts["examples"],
-           detail=f"{counts['held']} refused at send(): an encoded word in an address "
-                  "header of an EmailMessage")
+           detail=f"{counts['held']} refused at send() (an encoded word the email package "
+                  "decodes in an address header)" if counts["held"] else "")
     assert counts["messages"] == counts["delivered"]
 
 
