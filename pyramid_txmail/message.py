@@ -13,19 +13,15 @@ import email.headerregistry
 import email.policy
 import email.utils
 import functools
-import logging
 import re
 from email.message import Message
 
 from email_validator import EmailNotValidError, validate_email
 
 from . import mimeparts, wire
-
-log = logging.getLogger(__name__)
+from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
-#: The queue file's envelope lines (repoze.sendmail's format): never part of a message.
-ENVELOPE_HEADERS = ("X-Actually-From", "X-Actually-To")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _FOLD = re.compile(r"\r?\n[ \t]")
@@ -115,24 +111,9 @@ def check_address(header, address, within=None):
     return envelope
 
 
-def _encoded_word_in_address(value):
-    """True when the ``email`` package decoded an RFC 2047 encoded word inside an
-    address (not its display name): ``=?utf-8?q?ceo?=@example.com`` reads as
-    ceo@example.com there, so the envelope would not be what was written."""
-    def walk(token, in_address):
-        kind = getattr(token, "token_type", None)
-        if in_address and kind == "encoded-word":
-            return True
-        in_address = in_address or kind == "addr-spec"
-        return isinstance(token, list) and any(walk(t, in_address) for t in token)
-
-    tree = getattr(value, "_parse_tree", None)
-    return tree is not None and walk(tree, False)
-
-
 def validate_address_header(header, value):
     """Parse and validate an address header value; returns envelope addresses."""
-    if _encoded_word_in_address(value):
+    if encoded_word_in_address(value):
         raise InvalidAddress(header, str(value), "an RFC 2047 encoded word inside the "
                              "address itself (only a display name may be encoded); the "
                              "email package would decode it into another address")
@@ -224,7 +205,7 @@ def _addresses(message, names):
     with no trace in its parse) -- the envelope would not be what the
     message says.  A value assigned as a header object was parsed when it
     was assigned; it is what the message holds (see
-    :func:`_encoded_word_in_address`).
+    :func:`~pyramid_txmail.envelope.encoded_word_in_address`).
     """
     found = []
     for name in names:
@@ -306,23 +287,6 @@ def _rewrite_addresses(message, utf8):
         message._headers[i] = (name, "\n " + ",\n ".join(items))
 
 
-def _decode_raw_octets(message):
-    """Raw header values of a message parsed from bytes keep their 8-bit octets
-    as surrogates, which nothing can encode and which make the email package
-    refold the header its own way: they are read as UTF-8 here (U+FFFD where
-    they are not), as the email package reads such a header.  (A legacy
-    ``compat32`` message writes them back as the octets they were.)"""
-    if not isinstance(message.policy, email.policy.EmailPolicy):
-        return
-    for i, (name, value) in enumerate(message._headers):
-        if isinstance(value, str) and not hasattr(value, "fold"):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                message._headers[i] = (name, value.encode("utf-8", "surrogateescape")
-                                       .decode("utf-8", "replace"))
-
-
 def _encode_long_raw(message, every=False):
     """An unstructured value with a line over 78 columns and non-ASCII text, as
     our encoded words: a legacy raw value (UTF-8 over 998 octets without a space
@@ -370,22 +334,6 @@ def _serialize(message, utf8):
     return wire.to_wire(data).replace(b"\r\n", b"\n")
 
 
-def _drop_envelope_headers(message):
-    """Remove the message's own ``X-Actually-From:`` / ``X-Actually-To:`` lines.
-
-    They are the queue file's envelope in repoze.sendmail's format, so a
-    message (e.g. a forwarded inbound one) must not carry them into the
-    spool, where a reader might take them for the envelope, nor to the relay.
-    Removed rather than refused: the message is still worth sending, and
-    its envelope is what ``send`` was given.
-    """
-    for name in ENVELOPE_HEADERS:
-        if message[name] is not None:
-            log.warning("removed the message's own %s header: the envelope is what "
-                        "send() was given", name)
-            del message[name]
-
-
 def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     """Validate ``message`` and build its envelope and bytes.
 
@@ -399,8 +347,8 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
         built = message.build()
         message = message.header_message(built)
     message, env_from, env_to = _coerce(message, default_sender)
-    _drop_envelope_headers(message)
-    _decode_raw_octets(message)
+    drop_envelope_headers(message)
+    decode_raw_octets(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)
