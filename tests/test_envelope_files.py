@@ -197,3 +197,24 @@ def test_the_preview_of_file_delivery_shows_the_envelope_as_sent(tmp_path):
     [source] = sources(parse(settings), sender_app.app.registry)
     [entry] = list_entries(source, sender_app.app.registry)
     assert (entry.fromaddr, entry.toaddrs) == (LOOKALIKE_FROM, tuple(toaddrs))
+
+
+def test_an_in_doubt_message_with_a_long_envelope_is_found_by_its_message_id(tmp_path,
+                                                                             server):
+    """Recovery asks mail.commit_check by Message-ID; it read only the first 64 KiB,
+    which a record of thousands of recipients fills."""
+    import time as clock
+
+    from pyramid_txmail.recovery import recover
+
+    spool = Spool(str(tmp_path / "spool"))
+    toaddrs = [f"user{i:05d}@example.com" for i in range(5000)]
+    spool.prepare("app@example.com", toaddrs, b"Message-ID: <doubt@example.com>\n\nhi\n")
+    asked = []
+
+    def check(message_id, registry):
+        asked.append(message_id)
+        return True
+
+    assert recover(spool, 0, check, None, clock.time() + 60) == 1
+    assert asked == ["<doubt@example.com>"] and len(spool.names("new")) == 1
