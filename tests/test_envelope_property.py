@@ -133,7 +133,7 @@ def test_the_relay_sees_exactly_the_envelope_the_app_passed(senders):
 
     # No shrinking: an example is a send and one or two SMTP sessions, and shrinking a
     # failure took longer than the test timeout; the failing example is printed as found.
-    @settings(examples(40, 1500), phases=[Phase.explicit, Phase.generate])
+    @settings(examples(100, 1500), phases=[Phase.explicit, Phase.generate])
     @given(fromaddr=address(), toaddrs=st.lists(address(), min_size=1, max_size=4,
                                                 unique=True),
            headers=_headers, path=st.sampled_from(PATHS), mode=st.sampled_from(["queue",
