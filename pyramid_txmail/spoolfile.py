@@ -232,8 +232,9 @@ def read_envelope(f):
     kept = b"".join(b"".join(f) for f in fields if field_name(f) not in _ENVELOPE_FIELDS)
     if not toaddrs:
         raise PoisonMessage("no envelope: no recipient in it")
+    # (an empty sender is the null reverse-path <>, which repoze.sendmail can queue)
     for address in (fromaddr, *toaddrs):
-        if not address or _CONTROL.search(address):
+        if _CONTROL.search(address) or not address and address in toaddrs:
             raise PoisonMessage(f"bad envelope address {address!r} (empty, or a control "
                                 "character or line break in it)")
     return fromaddr, toaddrs, kept, consumed[0] - len(blank)

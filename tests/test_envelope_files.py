@@ -218,3 +218,10 @@ def test_an_in_doubt_message_with_a_long_envelope_is_found_by_its_message_id(tmp
 
     assert recover(spool, 0, check, None, clock.time() + 60) == 1
     assert asked == ["<doubt@example.com>"] and len(spool.names("new")) == 1
+
+
+def test_a_repoze_file_with_the_null_sender_is_sent_from_it(tmp_path, server):
+    spool = tmp_path / "spool"
+    repoze_queue(spool, "", ["b@example.com"], MIMEText("hi"))
+    assert drain_with_txmail(server, spool).sent == 1
+    assert session_envelopes(server.handler) == [("", ["b@example.com"])]
