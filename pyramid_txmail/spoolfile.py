@@ -100,6 +100,9 @@ def envelope_lines(fromaddr, toaddrs):
 def _lines(f):
     """Physical lines of a binary file, each with its ending (CR LF, CR or LF)."""
     for raw in iter(f.readline, b""):
+        if raw.count(b"\r") == raw.endswith((b"\r\n", b"\r")):  # no CR but its end
+            yield raw
+            continue
         start = 0
         for match in re.finditer(rb"\r(?!\n)", raw):  # a bare CR ends a line too
             yield raw[start:match.end()]
