@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import email.utils
 
-from .message import LINE_BREAKS, HeaderInjection, InvalidAddress, check_address
+from .message import LINE_BREAKS, HeaderInjection, InvalidAddress, _validated, check_address
 
 #: pyramid_mailer's fields and the header each one becomes.
 ADDRESS_FIELDS = (("To", "recipients"), ("Cc", "cc"), ("Bcc", "bcc"))
@@ -31,10 +31,14 @@ def check_fields(message):
 
 def one_mailbox(header, item):
     """The envelope address of one field item: ``"Kinto <k@example.com>"`` gives
-    ``k@example.com``.  An item naming more or less than one mailbox
+    ``k@example.com``; a bare address is used as given (the envelope is what the app
+    passed, byte for byte: no parser may unquote or decode it).  An item naming more
+    or less than one mailbox
     (``"a@example.com, b@example.com"``, an unquoted comma in a name) is an
     :class:`InvalidAddress` naming the header."""
     text = str(item)
+    if _validated(text)[1] is None:  # a bare address: taken as it is, never re-parsed
+        return check_address(header, text)
     pairs = email.utils.getaddresses([text])
     if len(pairs) != 1 or not pairs[0][1]:
         raise InvalidAddress(header, text, "expected one address per item, such as "

@@ -168,6 +168,7 @@ def helpers(project, readme):
             "memory_request": memory_request,
             "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
                                                                       message_id),
+            "claimed": lambda path, name, message_id: claimed(project, path, name, message_id),
             "readme_block": lambda name: readme_block(readme, name)}
 
 
@@ -188,3 +189,16 @@ def dead_letter(project, path, name, message_id):
     failed, meta = pathlib.Path(spool.path, "failed"), pathlib.Path(spool.path, "meta")
     os.rename(failed / entry.name, failed / name)
     os.rename(meta / (entry.name + ".json"), meta / (name + ".json"))
+
+
+def claimed(project, path, name, message_id):
+    """A message named ``name`` claimed by this (live) process, as a ``txmail-qp``
+    sending it holds it; returns the function that lets it go."""
+    from pyramid_txmail.spool import Spool
+
+    spool = Spool(str(project / path))
+    data = f"To: carol@example.org\nSubject: Stuck\nMessage-ID: {message_id}\n\nHi\n".encode()
+    tmp = spool.write_tmp("site@example.com", ["carol@example.org"], data)
+    os.rename(pathlib.Path(spool.path, "tmp", tmp), pathlib.Path(spool.path, "new", name))
+    entry = spool.claim("new", name)
+    return entry.claim.close
