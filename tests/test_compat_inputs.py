@@ -212,3 +212,24 @@ def test_the_console_scripts_read_the_same_prefixed_keys(tmp_path, smtp_server):
                              capture_output=True, text=True, timeout=120)
     assert drained.returncode == 0, drained.stderr
     assert [m.rcpt_tos for m in smtp_server.messages] == [["a@example.com"]]
+
+
+@pytest.mark.parametrize("item, envelope", [
+    ('"a,b"@example.com', '"a,b"@example.com'),
+    ('Name <"a,b"@example.com>', '"a,b"@example.com'),
+    ('=?utf-8?q?a?=@example.com', '=?utf-8?q?a?=@example.com'),
+    ('"a b"@example.com', '"a b"@example.com'),
+])
+def test_a_named_or_bare_item_keeps_its_address_byte_for_byte(item, envelope):
+    """Parsing a display name must never unquote or decode the address (issue 11's
+    envelope integrity): a bare address is taken as given; from 'Name <addr>' the
+    addr as written.  Checked in the raw SMTP transcript (aiosmtpd's own parser
+    decodes an encoded-word look-alike in RCPT TO)."""
+    from .recording_server import recording_server
+
+    message = Message(subject="s", body="t", sender="s@example.com", recipients=[item])
+    with recording_server() as server:
+        send_now(direct_registry(server), message)
+        [transcript] = [bytes(t) for t in server.handler.transcripts]
+    rcpts = [line for line in transcript.split(b"\r\n") if line.startswith(b"RCPT TO:")]
+    assert rcpts == [b"RCPT TO:<" + envelope.encode() + b">"], transcript
