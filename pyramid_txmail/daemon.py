@@ -210,14 +210,20 @@ class Daemon:
         return None
 
     def next_wake_in(self):
-        """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``)."""
+        """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``).
+
+        The earliest retry is the first indexed name in ``deferred/``; only
+        unindexed files (an older version's) have their state file read.
+        """
         now = self.clock()
         due = now + self.rescan
-        for name in self.spool.names("deferred"):
-            next_attempt = self.spool.read_meta(name).get("next_attempt")
-            if not isinstance(next_attempt, (int, float)):
+        for item in self.spool.scheduled():  # unindexed first, then earliest due
+            next_attempt = self.spool.next_attempt_of(item)
+            if next_attempt is None:
                 next_attempt = now  # the processor treats an unknown time as due
             due = min(due, next_attempt + TIMER_SLACK)
+            if item.stamp is not None:
+                break  # the rest are due later: their names say so
         for name in self.spool.names("cur"):
             try:
                 claimed = os.stat(os.path.join(self.spool.path, "cur", name)).st_mtime

@@ -53,6 +53,7 @@ from .ratelimit import RateLimiter
 from .recovery import recover
 from .deadletters import DeadLetters
 from .pass_stats import PassStats, format_duration  # noqa: F401 (public here too)
+from .schedule import stamp
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -130,6 +131,7 @@ class Processor(DeadLetters):
             limiter = RateLimiter(settings.rate_limit)
         self.limiter = limiter
         self._dispatch_lock = threading.Lock()
+        self._deferred_now = set()
         # A manager that is not thread-local must not be used by two workers at once.
         self._shared_manager = not isinstance(transaction_manager,
                                               (type(None), transaction.ThreadTransactionManager))
@@ -144,7 +146,9 @@ class Processor(DeadLetters):
         the workers, each with its own transport (one connection reused for
         many messages).  ``stop`` is an optional :class:`threading.Event`:
         once it is set, the messages being sent are finished and the pass
-        ends there.  Each directory is listed once per pass: O(N) per pass.
+        ends there.  Each directory is listed once per pass, and a state
+        file is read only for a message that is sent: names are O(N), reads
+        O(due).
         """
         stats = PassStats()
         now = self.clock()
@@ -152,6 +156,7 @@ class Processor(DeadLetters):
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
         stats.recovered += recover(self.spool, self.settings.commit_grace,
                                    self.settings.commit_check, self.registry, now)
+        self._deferred_now = set()  # names this pass deferred (not "skipped" as well)
         jobs = self._jobs(now, stats, stop)
         with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
             self._run(jobs, stats, stop)
@@ -182,19 +187,43 @@ class Processor(DeadLetters):
             stats.add(own)
 
     def _jobs(self, now, stats, stop):
-        """``(state, name)`` of every message to try in this pass, in order."""
+        """``(state, name)`` of every message to try in this pass, in order.
+
+        ``deferred/`` is read from its names (:mod:`pyramid_txmail.schedule`):
+        one listing, and a state file is opened only for a message that is
+        due -- a pass costs O(due), not O(deferred).
+        """
         for name in self.spool.iter_names("new"):
             if stop is not None and stop.is_set():
                 return
             yield "new", name
-        for name in self.spool.iter_names("deferred"):
+        yield from self._due_jobs(now, stats, stop)
+
+    def _due_jobs(self, now, stats, stop):
+        """The due messages in deferred/, earliest first; unindexed files get indexed."""
+        now_stamp = stamp(now, up=False)
+        for item in self.spool.scheduled():
             if stop is not None and stop.is_set():
                 return
-            meta = self.spool.read_meta(name)
-            if self._due(meta, now):
-                yield "deferred", name
-            elif not self._tried_in_this_pass(meta, now):
-                stats.skipped += 1
+            if item.stamp is None:
+                if self._index_unindexed(item, now):
+                    yield "deferred", item.filename
+                elif item.name not in self._deferred_now:
+                    stats.skipped += 1
+            elif item.stamp <= now_stamp:
+                yield "deferred", item.filename
+            elif item.name not in self._deferred_now:
+                stats.skipped += 1  # deferred by this very pass: counted as deferred
+
+    def _index_unindexed(self, item, now):
+        """A deferred file without its due time in the name (an older version's, or
+        one put there by hand): True when it is due, else renamed to its indexed name."""
+        meta = self.spool.read_meta(item.name)
+        if self._due(meta, now):
+            return True
+        if self.spool.index(item.filename, meta["next_attempt"]):
+            log.info("%s: indexed deferred/%s by its next attempt", item.name, item.filename)
+        return False
 
     def _worker(self, take, stats, stop):
         """One worker: its own transport, closed when the pass ends."""
@@ -234,13 +263,6 @@ class Processor(DeadLetters):
         """A deferred message is due when its retry time has come (or is unknown)."""
         next_attempt = meta.get("next_attempt")
         return not isinstance(next_attempt, (int, float)) or next_attempt <= now
-
-    @staticmethod
-    def _tried_in_this_pass(meta, now):
-        """Deferred by this very pass (deferred/ is listed after new/ is done):
-        it was handled and counted as deferred, it is not also "skipped"."""
-        last_attempt = meta.get("last_attempt")
-        return isinstance(last_attempt, (int, float)) and last_attempt >= now
 
     def _process(self, transport, state, name, stats):
         """Claim, read, attempt and settle one message; a bad file never stops the pass."""
@@ -391,7 +413,8 @@ class Processor(DeadLetters):
 
     def _defer(self, job, retry, stats):
         """Park the message in deferred/ (its next_attempt is already on disk)."""
-        self.spool.move(job.entry, "deferred")
+        self.spool.defer(job.entry, job.meta["next_attempt"])
+        self._deferred_now.add(job.entry.name)
         stats.deferred += 1
         wait = format_duration(job.meta["next_attempt"] - job.meta["last_attempt"])
         log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,

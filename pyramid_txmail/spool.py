@@ -35,6 +35,7 @@ import time
 
 from . import wire
 from .private_dirs import make_private_dirs, why_unusable
+from .schedule import DeferredIndex, message_name
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
     BLOCK, PoisonMessage, envelope_lines, split_envelope, stream_file)
 
@@ -93,8 +94,12 @@ class Entry:
         return os.path.join(self.spool.path, self.state, self.name)
 
 
-class Spool:
+class Spool(DeferredIndex):
     """A spool directory.  Creates the Maildir layout when missing.
+
+    In ``deferred/`` a file's name carries its due time (see
+    :mod:`pyramid_txmail.schedule`); :meth:`names` gives message names in
+    every state, and :meth:`claim` and :meth:`move` take either name.
 
     Refuses, with a :class:`SpoolError` naming the directory: a spool on a
     read-only file system, one this user cannot write, and one owned by
@@ -205,6 +210,8 @@ class Spool:
 
     def names(self, state):
         """The message names in a state, oldest first (dotfiles skipped)."""
+        if state == "deferred":
+            return sorted((s.name for s in self.scheduled()), key=_age_key)
         try:
             names = [n for n in os.listdir(self._dir(state))
                      if not n.startswith(".") and not n.endswith(".json")]
@@ -280,8 +287,15 @@ class Spool:
         unlink_if_present(os.path.join(self._dir("meta"), name + ".json"))
 
     def claim(self, state, name):
-        """Atomically take a message for sending; ``None`` if another took it."""
+        """Atomically take a message for sending; ``None`` if another took it.
+
+        In ``deferred/`` ``name`` is the file name (``DUE~NAME``) or the
+        message name; the claim in ``cur/`` has the message name.
+        """
+        if state == "deferred":
+            name = self.deferred_file(name)
         source = os.path.join(self._dir(state), name)
+        name = message_name(name)
         try:
             os.utime(source)
             os.rename(source, os.path.join(self._dir("cur"), name))
@@ -333,10 +347,18 @@ class Spool:
         return fromaddr, toaddrs, message
 
     def move(self, entry, state):
-        """Move an entry to another state and fsync the target directory."""
-        os.rename(entry.path, os.path.join(self._dir(state), entry.name))
+        """Move an entry to another state and fsync the target directory.
+
+        Leaving ``deferred/``, the file takes back its message name (use
+        :meth:`defer` to go into ``deferred/``, which needs the due time).
+        """
+        source = entry.path
+        if entry.state == "deferred":
+            source = os.path.join(self._dir("deferred"), self.deferred_file(entry.name))
+        name = message_name(entry.name)
+        os.rename(source, os.path.join(self._dir(state), name))
         fsync_dir(self._dir(state))
-        return Entry(self, state, entry.name)
+        return Entry(self, state, name)
 
     def dead_letter_copy(self, fromaddr, toaddrs, message_bytes, meta):
         """Write a new message straight into ``failed/``, its state file first.
