@@ -212,18 +212,14 @@ class Daemon:
     def next_wake_in(self):
         """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``).
 
-        The earliest retry is the first indexed name in ``deferred/``; only
+        The earliest retry comes from the names in ``deferred/``; only
         unindexed files (an older version's) have their state file read.
         """
         now = self.clock()
         due = now + self.rescan
-        for item in self.spool.scheduled():  # unindexed first, then earliest due
-            next_attempt = self.spool.next_attempt_of(item)
-            if next_attempt is None:
-                next_attempt = now  # the processor treats an unknown time as due
-            due = min(due, next_attempt + TIMER_SLACK)
-            if item.stamp is not None:
-                break  # the rest are due later: their names say so
+        retry = self.spool.earliest_retry(now)  # an unknown time counts as now (due)
+        if retry is not None:
+            due = min(due, retry + TIMER_SLACK)
         for name in self.spool.names("cur"):
             try:
                 claimed = os.stat(os.path.join(self.spool.path, "cur", name)).st_mtime

@@ -53,7 +53,6 @@ from .ratelimit import RateLimiter
 from .recovery import recover
 from .deadletters import DeadLetters
 from .pass_stats import PassStats, format_duration  # noqa: F401 (public here too)
-from .schedule import stamp
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -156,7 +155,7 @@ class Processor(DeadLetters):
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
         stats.recovered += recover(self.spool, self.settings.commit_grace,
                                    self.settings.commit_check, self.registry, now)
-        self._deferred_now = set()  # names this pass deferred (not "skipped" as well)
+        self._deferred_now = set()  # files this pass deferred (not "skipped" as well)
         jobs = self._jobs(now, stats, stop)
         with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
             self._run(jobs, stats, stop)
@@ -197,33 +196,13 @@ class Processor(DeadLetters):
             if stop is not None and stop.is_set():
                 return
             yield "new", name
-        yield from self._due_jobs(now, stats, stop)
-
-    def _due_jobs(self, now, stats, stop):
-        """The due messages in deferred/, earliest first; unindexed files get indexed."""
-        now_stamp = stamp(now, up=False)
-        for item in self.spool.scheduled():
+        due, later = self.spool.due_files(now)
+        # those this very pass deferred were counted as deferred, not skipped
+        stats.skipped += len(later) - len(self._deferred_now.intersection(later))
+        for filename in due:
             if stop is not None and stop.is_set():
                 return
-            if item.stamp is None:
-                if self._index_unindexed(item, now):
-                    yield "deferred", item.filename
-                elif item.name not in self._deferred_now:
-                    stats.skipped += 1
-            elif item.stamp <= now_stamp:
-                yield "deferred", item.filename
-            elif item.name not in self._deferred_now:
-                stats.skipped += 1  # deferred by this very pass: counted as deferred
-
-    def _index_unindexed(self, item, now):
-        """A deferred file without its due time in the name (an older version's, or
-        one put there by hand): True when it is due, else renamed to its indexed name."""
-        meta = self.spool.read_meta(item.name)
-        if self._due(meta, now):
-            return True
-        if self.spool.index(item.filename, meta["next_attempt"]):
-            log.info("%s: indexed deferred/%s by its next attempt", item.name, item.filename)
-        return False
+            yield "deferred", filename
 
     def _worker(self, take, stats, stop):
         """One worker: its own transport, closed when the pass ends."""
@@ -257,12 +236,6 @@ class Processor(DeadLetters):
             stats.errors += 1
             log.exception("%s: unexpected error; the message stays claimed in cur/ "
                           "until claim_timeout puts it back", name)
-
-    @staticmethod
-    def _due(meta, now):
-        """A deferred message is due when its retry time has come (or is unknown)."""
-        next_attempt = meta.get("next_attempt")
-        return not isinstance(next_attempt, (int, float)) or next_attempt <= now
 
     def _process(self, transport, state, name, stats):
         """Claim, read, attempt and settle one message; a bad file never stops the pass."""
@@ -413,8 +386,7 @@ class Processor(DeadLetters):
 
     def _defer(self, job, retry, stats):
         """Park the message in deferred/ (its next_attempt is already on disk)."""
-        self.spool.defer(job.entry, job.meta["next_attempt"])
-        self._deferred_now.add(job.entry.name)
+        self._deferred_now.add(self.spool.defer(job.entry, job.meta["next_attempt"]).name)
         stats.deferred += 1
         wait = format_duration(job.meta["next_attempt"] - job.meta["last_attempt"])
         log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,

@@ -24,11 +24,14 @@ and the processor renames it to its indexed name once (:meth:`index`).
 from __future__ import annotations
 
 import calendar
+import logging
 import math
 import os
 import re
 import time
 from typing import NamedTuple
+
+log = logging.getLogger("pyramid_txmail.processor")
 
 SEPARATOR = "~"
 _STAMP = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)~(.+)\Z", re.S)
@@ -79,23 +82,91 @@ class Scheduled(NamedTuple):
 class DeferredIndex:
     """The ``deferred/`` half of :class:`~pyramid_txmail.spool.Spool` (a mixin).
 
-    Uses the spool's ``path``, ``_dir``, ``read_meta`` and ``Entry``-making
-    ``move``; kept apart because it is one job: the schedule in the names.
+    Uses the spool's ``_dir`` and ``read_meta``; kept apart because it is one
+    job: the schedule in the names.  A pass or the daemon's timer costs one
+    directory listing and string comparisons, done in C; a state file is
+    read only for an unindexed file.
     """
 
-    def scheduled(self):
-        """Every file in ``deferred/``: unindexed ones first, then by due time.
-
-        One directory listing; no file is opened.
-        """
+    def _listing(self):
+        """``(indexed, unindexed)`` file names in ``deferred/`` (dotfiles skipped)."""
         try:
-            with os.scandir(self._dir("deferred")) as entries:
-                found = [Scheduled(*split(e.name), e.name) for e in entries
-                         if not e.name.startswith(".") and not e.name.endswith(".json")]
+            names = os.listdir(self._dir("deferred"))
         except FileNotFoundError:
-            return []
+            return [], []
+        indexed = [n for n in names if n[20:21] == SEPARATOR and n[8:9] == "T"
+                   and n[19:20] == "Z" and n[:8].isdigit()]
+        if len(indexed) == len(names):
+            return indexed, []
+        known = set(indexed)
+        return indexed, [n for n in names if n not in known and n[:1] != "."
+                         and not n.endswith(".json")]
+
+    def scheduled(self):
+        """Every file in ``deferred/`` as :class:`Scheduled`: unindexed first, then by due."""
+        indexed, unindexed = self._listing()
+        found = [Scheduled(*split(n), n) for n in unindexed + indexed]
         found.sort(key=lambda s: (s.stamp or "", s.filename))
         return found
+
+    def due_files(self, now):
+        """``(due, later)``: file names in ``deferred/`` due at ``now`` (earliest
+        first) and the others.
+
+        An unindexed file's state file is read: it is due when it says so
+        (or says nothing), else renamed to its indexed name (:meth:`index`).
+        """
+        indexed, unindexed = self._listing()
+        limit = stamp(now, up=False) + "\x7f"  # DUE~NAME < limit  <=>  DUE <= now
+        due = sorted(n for n in indexed if n < limit)
+        later = [n for n in indexed if n >= limit] if len(due) < len(indexed) else []
+        first = []
+        for filename in sorted(unindexed):
+            next_attempt = self._meta_next_attempt(filename)
+            if next_attempt is None or next_attempt <= now:
+                first.append(filename)
+            elif self.index(filename, next_attempt):
+                log.info("indexed deferred/%s by its next attempt", filename)
+                later.append(indexed_name(next_attempt, filename))
+        return first + due, later
+
+    def earliest_retry(self, now):
+        """The earliest next attempt in ``deferred/`` (``now`` for an unknown
+        one), None when it is empty.  Reads no state file but unindexed ones'."""
+        indexed, unindexed = self._listing()
+        times = [parse_stamp(min(indexed))] if indexed else []
+        for filename in unindexed:
+            next_attempt = self._meta_next_attempt(filename)
+            times.append(now if next_attempt is None else next_attempt)
+        return min(times) if times else None
+
+    def retry_summary(self, now):
+        """``(due, earliest)``: how many deferred files are due at ``now``, and the
+        earliest next attempt exactly (from its state file).  Renames nothing."""
+        indexed, unindexed = self._listing()
+        limit = stamp(now, up=False) + "\x7f"
+        due = sum(1 for n in indexed if n < limit)
+        times = []
+        for filename in unindexed:
+            next_attempt = self._meta_next_attempt(filename)
+            due += next_attempt is None or next_attempt <= now
+            if next_attempt is not None:
+                times.append(next_attempt)
+        if indexed:
+            first = min(indexed)
+            exact = self._meta_next_attempt(message_name(first))
+            times.append(parse_stamp(first) if exact is None else exact)
+        return due, (min(times) if times else None)
+
+    def _meta_next_attempt(self, name):
+        next_attempt = self.read_meta(name).get("next_attempt")
+        return next_attempt if isinstance(next_attempt, (int, float)) else None
+
+    def locate(self, state, name):
+        """``(path, message name)`` of ``name`` (a file or message name) in ``state``."""
+        if state == "deferred":
+            name = self.deferred_file(name)
+        return os.path.join(self._dir(state), name), message_name(name)
 
     def defer(self, entry, due):
         """Move a claimed entry to ``deferred/DUE~NAME`` and fsync the directory.
@@ -121,19 +192,6 @@ class DeferredIndex:
         except FileNotFoundError:
             return False
         return True
-
-    def next_attempt_of(self, item, exact=False):
-        """When a :class:`Scheduled` file is due; None when nothing says.
-
-        From its name (to the millisecond, rounded up), or, when ``exact``
-        or unindexed, from its state file.
-        """
-        if item.stamp is not None and not exact:
-            return item.due_at()
-        next_attempt = self.read_meta(item.name).get("next_attempt")
-        if isinstance(next_attempt, (int, float)):
-            return next_attempt
-        return None if item.stamp is None else item.due_at()
 
     def deferred_file(self, name):
         """The file name in ``deferred/`` of message ``name`` (itself if not found)."""

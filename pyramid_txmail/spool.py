@@ -35,7 +35,7 @@ import time
 
 from . import wire
 from .private_dirs import make_private_dirs, why_unusable
-from .schedule import DeferredIndex, message_name
+from .schedule import DeferredIndex
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
     BLOCK, PoisonMessage, envelope_lines, split_envelope, stream_file)
 
@@ -97,9 +97,8 @@ class Entry:
 class Spool(DeferredIndex):
     """A spool directory.  Creates the Maildir layout when missing.
 
-    In ``deferred/`` a file's name carries its due time (see
-    :mod:`pyramid_txmail.schedule`); :meth:`names` gives message names in
-    every state, and :meth:`claim` and :meth:`move` take either name.
+    In ``deferred/`` a file's name carries its due time
+    (:mod:`pyramid_txmail.schedule`); :meth:`names` gives message names.
 
     Refuses, with a :class:`SpoolError` naming the directory: a spool on a
     read-only file system, one this user cannot write, and one owned by
@@ -287,15 +286,8 @@ class Spool(DeferredIndex):
         unlink_if_present(os.path.join(self._dir("meta"), name + ".json"))
 
     def claim(self, state, name):
-        """Atomically take a message for sending; ``None`` if another took it.
-
-        In ``deferred/`` ``name`` is the file name (``DUE~NAME``) or the
-        message name; the claim in ``cur/`` has the message name.
-        """
-        if state == "deferred":
-            name = self.deferred_file(name)
-        source = os.path.join(self._dir(state), name)
-        name = message_name(name)
+        """Atomically take a message for sending; ``None`` if another took it."""
+        source, name = self.locate(state, name)  # deferred/DUE~NAME → cur/NAME
         try:
             os.utime(source)
             os.rename(source, os.path.join(self._dir("cur"), name))
@@ -349,13 +341,9 @@ class Spool(DeferredIndex):
     def move(self, entry, state):
         """Move an entry to another state and fsync the target directory.
 
-        Leaving ``deferred/``, the file takes back its message name (use
-        :meth:`defer` to go into ``deferred/``, which needs the due time).
+        Out of ``deferred/`` the file gets its message name back (into it: :meth:`defer`).
         """
-        source = entry.path
-        if entry.state == "deferred":
-            source = os.path.join(self._dir("deferred"), self.deferred_file(entry.name))
-        name = message_name(entry.name)
+        source, name = self.locate(entry.state, entry.name)
         os.rename(source, os.path.join(self._dir(state), name))
         fsync_dir(self._dir(state))
         return Entry(self, state, name)

@@ -248,15 +248,11 @@ def status(spool, now=None):
         if first is not None and state not in ("tmp", "prepared"):
             oldest = first if oldest is None else min(oldest, first)
     result["oldest_age"] = None if oldest is None else round(now - oldest, 3)
-    # due times from the names: only the earliest one's state file is read
-    # (and an unindexed file's: see pyramid_txmail.schedule)
-    scheduled = spool.scheduled()
-    retries = [spool.next_attempt_of(s) for s in scheduled]
-    exact = [spool.next_attempt_of(s, exact=True) for s in scheduled[:1]]
-    retries = [t for t in retries[1:] + exact if t is not None]
-    result["next_retry"] = min(retries) if retries else None
-    result["next_retry_in"] = None if not retries else round(min(retries) - now, 3)
-    result["deferred_due"] = sum(1 for t in retries if t <= now)
+    # from the names in deferred/: only the earliest one's state file is read
+    due, earliest = spool.retry_summary(now)
+    result["next_retry"] = earliest
+    result["next_retry_in"] = None if earliest is None else round(earliest - now, 3)
+    result["deferred_due"] = due
     return result
 
 
