@@ -15,20 +15,23 @@ its first attempt is simply retired (renamed into ``done/``); a crash just
 before that sends it once more, as after any crash mid-send::
 
     deliver → meta (attempts, delivered) → dead-letter copy → meta (failed)
-            → remove | move to deferred/
+            → remove | move to deferred/DUE~NAME (see :mod:`pyramid_txmail.schedule`)
 
 State file of a message waiting in ``new/``, ``cur/`` or ``deferred/``::
 
     attempts, first_attempt, last_attempt, next_attempt   (epoch seconds)
     delivered          recipients that accepted (never sent again)
     failed_recipients  recipients already dead-lettered (never sent again)
-    history            [{"time", "results": [{recipient, status, code, text}]}]
+    history            the last 3 attempts (queue_state.HISTORY_KEEP):
+                       [{"attempt", "time", "results": [{recipient, status, code, text}]}]
+    earlier            the attempts before those, counted: {"attempts", "first_time",
+                       "last_time", "statuses": {status: n}, "codes": {code: n}}
     message_id
 
 State file of a dead letter in ``failed/``: ``reason`` (one line),
 ``failed_at``, ``attempts``, ``first_attempt``, ``last_attempt``,
-``recipients`` (code and text per recipient), ``history``, ``message_id`` and
-``dead_letter_of`` (the queue file it came from).  It holds no
+``recipients`` (code and text per recipient), ``history`` (and ``earlier``),
+``message_id`` and ``dead_letter_of`` (the queue file it came from).  It holds no
 ``delivered``/``failed_recipients`` keys: moving a dead letter back to
 ``new/`` resends it to its whole envelope, which is exactly the recipients
 that failed, and the processor starts it with fresh retry state.
@@ -53,6 +56,7 @@ from .ratelimit import RateLimiter
 from .recovery import recover
 from .deadletters import DeadLetters
 from .pass_stats import PassStats, format_duration  # noqa: F401 (public here too)
+from .schedule import count_in
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -198,7 +202,7 @@ class Processor(DeadLetters):
             yield "new", name
         due, later = self.spool.due_files(now)
         # those this very pass deferred were counted as deferred, not skipped
-        stats.skipped += len(later) - len(self._deferred_now.intersection(later))
+        stats.skipped += len(later) - count_in(later, self._deferred_now)
         for filename in due:
             if stop is not None and stop.is_set():
                 return

@@ -23,6 +23,7 @@ and the processor renames it to its indexed name once (:meth:`index`).
 """
 from __future__ import annotations
 
+import bisect
 import calendar
 import logging
 import math
@@ -30,6 +31,8 @@ import os
 import re
 import time
 from typing import NamedTuple
+
+from .dirlisting import Listing
 
 log = logging.getLogger("pyramid_txmail.processor")
 
@@ -88,19 +91,17 @@ class DeferredIndex:
     read only for an unindexed file.
     """
 
+    def listing(self, state, parse=tuple):
+        """A state directory's :class:`~pyramid_txmail.dirlisting.Listing`, one per
+        spool object, so it is listed again only when it changed."""
+        listings = self.__dict__.setdefault("_listings", {})
+        if (state, parse) not in listings:
+            listings[state, parse] = Listing(self._dir(state), parse)
+        return listings[state, parse]
+
     def _listing(self):
-        """``(indexed, unindexed)`` file names in ``deferred/`` (dotfiles skipped)."""
-        try:
-            names = os.listdir(self._dir("deferred"))
-        except FileNotFoundError:
-            return [], []
-        indexed = [n for n in names if n[20:21] == SEPARATOR and n[8:9] == "T"
-                   and n[19:20] == "Z" and n[:8].isdigit()]
-        if len(indexed) == len(names):
-            return indexed, []
-        known = set(indexed)
-        return indexed, [n for n in names if n not in known and n[:1] != "."
-                         and not n.endswith(".json")]
+        """``(indexed, unindexed)`` file names in ``deferred/``, indexed ones sorted."""
+        return self.listing("deferred", _split_listing).get()
 
     def scheduled(self):
         """Every file in ``deferred/`` as :class:`Scheduled`: unindexed first, then by due."""
@@ -117,9 +118,8 @@ class DeferredIndex:
         (or says nothing), else renamed to its indexed name (:meth:`index`).
         """
         indexed, unindexed = self._listing()
-        limit = stamp(now, up=False) + "\x7f"  # DUE~NAME < limit  <=>  DUE <= now
-        due = sorted(n for n in indexed if n < limit)
-        later = [n for n in indexed if n >= limit] if len(due) < len(indexed) else []
+        split_at = bisect.bisect_left(indexed, stamp(now, up=False) + "\x7f")
+        due, later, indexed_now = list(indexed[:split_at]), indexed[split_at:], []
         first = []
         for filename in sorted(unindexed):
             next_attempt = self._meta_next_attempt(filename)
@@ -127,14 +127,15 @@ class DeferredIndex:
                 first.append(filename)
             elif self.index(filename, next_attempt):
                 log.info("indexed deferred/%s by its next attempt", filename)
-                later.append(indexed_name(next_attempt, filename))
-        return first + due, later
+                indexed_now.append(indexed_name(next_attempt, filename))
+        return first + due, (tuple(sorted(later + tuple(indexed_now))) if indexed_now
+                             else later)
 
     def earliest_retry(self, now):
         """The earliest next attempt in ``deferred/`` (``now`` for an unknown
         one), None when it is empty.  Reads no state file but unindexed ones'."""
         indexed, unindexed = self._listing()
-        times = [parse_stamp(min(indexed))] if indexed else []
+        times = [parse_stamp(indexed[0])] if indexed else []
         for filename in unindexed:
             next_attempt = self._meta_next_attempt(filename)
             times.append(now if next_attempt is None else next_attempt)
@@ -144,8 +145,7 @@ class DeferredIndex:
         """``(due, earliest)``: how many deferred files are due at ``now``, and the
         earliest next attempt exactly (from its state file).  Renames nothing."""
         indexed, unindexed = self._listing()
-        limit = stamp(now, up=False) + "\x7f"
-        due = sum(1 for n in indexed if n < limit)
+        due = bisect.bisect_left(indexed, stamp(now, up=False) + "\x7f")
         times = []
         for filename in unindexed:
             next_attempt = self._meta_next_attempt(filename)
@@ -153,7 +153,7 @@ class DeferredIndex:
             if next_attempt is not None:
                 times.append(next_attempt)
         if indexed:
-            first = min(indexed)
+            first = indexed[0]
             exact = self._meta_next_attempt(message_name(first))
             times.append(parse_stamp(first) if exact is None else exact)
         return due, (min(times) if times else None)
@@ -201,6 +201,26 @@ class DeferredIndex:
             if item.name == name:
                 return item.filename
         return name
+
+
+def _split_listing(names):
+    """``(indexed, unindexed)``: DUE~NAME files sorted (by due), the others (no dotfiles)."""
+    indexed = sorted(n for n in names if n[20:21] == SEPARATOR and n[8:9] == "T"
+                     and n[19:20] == "Z" and n[:8].isdigit())
+    if len(indexed) == len(names):
+        return tuple(indexed), ()
+    known = set(indexed)
+    return tuple(indexed), tuple(n for n in names if n not in known and n[:1] != "."
+                                 and not n.endswith(".json"))
+
+
+def count_in(sorted_names, names):
+    """How many of ``names`` are in the sorted sequence ``sorted_names`` (bisect each)."""
+    found = 0
+    for name in names:
+        i = bisect.bisect_left(sorted_names, name)
+        found += i < len(sorted_names) and sorted_names[i] == name
+    return found
 
 
 def _fsync_dir(path):

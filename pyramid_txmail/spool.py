@@ -8,7 +8,8 @@
                 :mod:`pyramid_txmail.recovery`)
     new/        queued, ready to send
     cur/        claimed by a processor (the claim is the atomic rename)
-    deferred/   waiting for a retry after a temporary failure
+    deferred/   waiting for a retry after a temporary failure, as ``DUE~NAME``
+                (the due time in the name: :mod:`pyramid_txmail.schedule`)
     failed/     dead letters: permanent failure, poison file or too old
     meta/       NAME.json: attempts, next attempt, delivered recipients, reason
 
