@@ -228,6 +228,9 @@ class Spool(DeferredIndex):
         longer backlog is taken batch by batch, in directory order.
         """
         batch = batch or BATCH
+        if state == "deferred":  # message names, as names() gives them
+            yield from self.names(state)
+            return
         try:
             entries = os.scandir(self._dir(state))
         except FileNotFoundError:
