@@ -92,7 +92,9 @@ class Entry:
 
     @property
     def path(self):
-        return os.path.join(self.spool.path, self.state, self.name)
+        """In ``deferred/``, ``name`` may be the message name: its file is found."""
+        name = self.spool.deferred_file(self.name) if self.state == "deferred" else self.name
+        return os.path.join(self.spool.path, self.state, name)
 
 
 class Spool(DeferredIndex):
