@@ -14,8 +14,8 @@ state file ``meta/NAME.json`` and every other state keep.  Why in the name:
   disagreeing with the file (there is no second record to disagree), and
   several processors on one spool race on the rename as they always did;
 * the state file stays the record: ``next_attempt`` is written and fsynced
-  there before the rename, and ``DUE`` is that time rounded *up* to the
-  millisecond, so a message is never tried before its time.
+  there before the rename, and ``DUE`` is that time rounded up to the
+  millisecond (a retry is never more than a millisecond early).
 
 A file in ``deferred/`` without the prefix (left by an older version, or
 put there by hand) is "unindexed": its time is read from its state file,
@@ -41,12 +41,14 @@ _STAMP = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)~(.+)\Z", re.S)
 _FORMAT = "%Y%m%dT%H%M%S"
 
 
-def stamp(when, up=True):
-    """``when`` (epoch seconds) as a sortable UTC stamp, to the millisecond.
+def stamp(when):
+    """``when`` (epoch seconds) as a sortable UTC stamp, to the millisecond, rounded up.
 
-    Rounded up for a due time (never early), down for "now".
+    A due time and "now" are rounded alike, so a message whose
+    ``next_attempt`` is exactly ``now`` is due (and none is taken more
+    than a millisecond early).
     """
-    millis = math.ceil(when * 1000) if up else math.floor(when * 1000)
+    millis = math.ceil(when * 1000)
     seconds, millis = divmod(max(millis, 0), 1000)
     return time.strftime(_FORMAT, time.gmtime(seconds)) + f".{millis:03d}Z"
 
@@ -118,7 +120,7 @@ class DeferredIndex:
         (or says nothing), else renamed to its indexed name (:meth:`index`).
         """
         indexed, unindexed = self._listing()
-        split_at = bisect.bisect_left(indexed, stamp(now, up=False) + "\x7f")
+        split_at = bisect.bisect_left(indexed, stamp(now) + "\x7f")
         due, later, indexed_now = list(indexed[:split_at]), indexed[split_at:], []
         first = []
         for filename in sorted(unindexed):
@@ -145,7 +147,7 @@ class DeferredIndex:
         """``(due, earliest)``: how many deferred files are due at ``now``, and the
         earliest next attempt exactly (from its state file).  Renames nothing."""
         indexed, unindexed = self._listing()
-        due = bisect.bisect_left(indexed, stamp(now, up=False) + "\x7f")
+        due = bisect.bisect_left(indexed, stamp(now) + "\x7f")
         times = []
         for filename in unindexed:
             next_attempt = self._meta_next_attempt(filename)
