@@ -177,6 +177,8 @@ class DeferredIndex:
         first: the name is an index of it, never the only record.
         """
         target = indexed_name(due, message_name(entry.name))
+        if getattr(entry, "claim", None) is not None:
+            entry.claim.settle()  # no heartbeat on a file that left cur/
         os.rename(entry.path, os.path.join(self._dir("deferred"), target))
         _fsync_dir(self._dir("deferred"))
         return type(entry)(self, "deferred", target)
@@ -212,8 +214,7 @@ def _split_listing(names):
     if len(indexed) == len(names):
         return tuple(indexed), ()
     known = set(indexed)
-    return tuple(indexed), tuple(n for n in names if n not in known and n[:1] != "."
-                                 and not n.endswith(".json"))
+    return tuple(indexed), tuple(n for n in names if n not in known and n[:1] != ".")
 
 
 def count_in(sorted_names, names):
