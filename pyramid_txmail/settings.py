@@ -8,6 +8,7 @@ and what would have been accepted -- never a traceback at the first send.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import shlex
 
@@ -56,18 +57,26 @@ def _debug(value):
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+#: The longest duration accepted.  Durations end up as socket, select and lock
+#: timeouts, which overflow somewhere past 10**11 s (and NaN compares false with
+#: everything); a year is beyond any sensible mail timeout or queue lifetime.
+MAX_DURATION = 365 * 86400.0
 
 
 def parse_duration(value):
-    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float)."""
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError("expected a positive duration")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError("expected a positive duration such as 30, 30s, 5m, 2h or 5d")
-    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float), at most a year."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError("expected a positive, finite duration")
+    else:
+        match = _DURATION.match(str(value))
+        if not match or float(match.group(1)) <= 0:
+            raise ValueError("expected a positive duration such as 30, 30s, 5m, 2h or 5d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not seconds <= MAX_DURATION:  # also inf, from 400 digits
+        raise ValueError("expected a duration of at most 365d")
+    return seconds
 
 
 def _str(value):
@@ -101,13 +110,24 @@ def _choice(choices):
     return parse
 
 
-def _positive_float(value):
+#: The smallest ``mail.rate_limit`` (one message a day): below it, the wait
+#: between two messages (1/rate) would overflow the lock timeout it sleeps in.
+MIN_RATE = 1 / 86400
+
+
+def _rate(value):
+    """Messages per second: a finite number >= 0; 0 means no limit (None)."""
     try:
         number = float(str(value).strip())
     except ValueError:
         raise ValueError("expected a number") from None
+    if not math.isfinite(number):  # nan compares false with everything: no limit at all
+        raise ValueError("expected a finite number (0 for no limit)")
     if number < 0:
-        raise ValueError("expected a number >= 0")
+        raise ValueError("expected a number >= 0 (0 for no limit)")
+    if 0 < number < MIN_RATE:
+        raise ValueError(f"expected 0 (no limit) or at least {MIN_RATE:.3g} "
+                         "(one message a day)")
     return number or None
 
 
@@ -191,7 +211,8 @@ SETTINGS = (
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
     Setting("data_timeout", parse_duration, 600.0,
             "How long to wait for the reply to the end of the message data (RFC 5321 "
-            "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
+            "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice); "
+            "at least mail.timeout."),
     Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
             "queue (default when queue_path is set), direct, or for development and "
@@ -225,8 +246,9 @@ SETTINGS = (
             "comma-separated; the port defaults to mail.port)."),
     Setting("host_rest", parse_duration, 300.0,
             "A relay that keeps failing to connect is not tried again for this long."),
-    Setting("rate_limit", _positive_float, None,
-            "Most messages per second txmail-qp sends, across all workers (unset: no limit)."),
+    Setting("rate_limit", _rate, None,
+            "Most messages per second txmail-qp sends, across all workers (unset or 0: no "
+            "limit)."),
     Setting("poll_interval", parse_duration, 1.0,
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
     Setting("file_path", _str, None,
@@ -330,6 +352,13 @@ def parse_settings(settings, prefix=PREFIX):
     if values["delivery"] == "file" and not values.get("file_path"):
         raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
                                  "set it to a directory for the .eml files")
+    timeout = values.get("timeout", MailSettings.timeout)
+    if values.get("data_timeout", MailSettings.data_timeout) < timeout:
+        _fail(prefix + "data_timeout", values.get("data_timeout"),
+              f"shorter than {prefix}timeout ({timeout:g}s): the reply to the final dot is "
+              "the one wait that must not be cut short (the relay may have the message, "
+              "and a retry would deliver it twice); set it to at least "
+              f"{prefix}timeout, 10m as RFC 5321 says")
     if values.get("retry_max", 4000.0) < values.get("retry_initial", 300.0):
         _fail(prefix + "retry_max", values["retry_max"],
               f"must not be shorter than {prefix}retry_initial")
