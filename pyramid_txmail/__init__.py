@@ -45,7 +45,7 @@ def transport_factory(settings):
 def make_delivery(settings, registry=None):
     """Build the :class:`Delivery` for parsed :class:`MailSettings`."""
     try:
-        outbox = make_outbox(settings, transport_factory(settings))
+        outbox = make_outbox(settings, transport_factory(settings), registry)
     except SpoolError as exc:
         raise ConfigurationError(f"mail.queue_path = {settings.queue_path!r}: {exc}") from None
     return Delivery(settings, outbox, registry)

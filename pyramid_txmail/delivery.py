@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
+from .direct import DirectSenders, notifier
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .message import prepare
@@ -23,10 +24,12 @@ from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
 from .sendlog import record_send
-from .settings import DEV_DELIVERY_MODES
+from .settings import DEV_DELIVERY_MODES, MailSettings
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
+
+DIRECT_TIMEOUT = MailSettings.direct_timeout
 
 
 class QueueOutbox:
@@ -60,27 +63,44 @@ class DirectOutbox(AfterCommitOutbox):
     spool, recipients that failed temporarily are queued for the processor
     and permanently refused ones are dead-lettered; without one they are
     reported (log + :class:`MailFailed`) -- there is nowhere to keep them.
+    The committing thread waits at most ``timeout`` (``mail.direct_timeout``)
+    for the relay; see :mod:`pyramid_txmail.direct` for what happens after.
     """
 
-    def __init__(self, transport_factory, fallback=None, clock=time.time):
+    def __init__(self, transport_factory, fallback=None, clock=time.time, *,
+                 timeout=DIRECT_TIMEOUT, registry=None):
         self.transport_factory = transport_factory
         self.fallback = fallback
         self.clock = clock
+        self.senders = DirectSenders(transport_factory, self._attempt, self._unsent,
+                                     notifier(registry), timeout, fallback is not None)
 
     def committed(self, messages):
-        events = []
         if not messages:
-            return events
-        with self.transport_factory() as transport:
-            for prepared in messages:
-                try:
-                    events.extend(self._deliver(transport, prepared))
-                except Exception as exc:  # e.g. the fallback spool cannot be written
-                    # One message's trouble must not cost the others their turn.
-                    log.exception("direct delivery of %s to %s failed and it could not "
-                                  "be kept", prepared.message_id, ", ".join(prepared.toaddrs))
-                    events.append(MailFailed(prepared.message_id, prepared.fromaddr,
-                                             prepared.toaddrs, reason=repr(exc)))
+            return []
+        return self.senders.send(messages)
+
+    def _attempt(self, transport, prepared):
+        try:
+            return self._deliver(transport, prepared)
+        except Exception as exc:  # e.g. the fallback spool cannot be written
+            # One message's trouble must not cost the others their turn.
+            log.exception("direct delivery of %s to %s failed and it could not "
+                          "be kept", prepared.message_id, ", ".join(prepared.toaddrs))
+            return [MailFailed(prepared.message_id, prepared.fromaddr,
+                               prepared.toaddrs, reason=repr(exc))]
+
+    def _unsent(self, messages, why):
+        """Messages never offered to the relay: to the fallback queue, or reported."""
+        events = []
+        for prepared in messages:
+            failures = [RecipientResult(r, TEMPORARY, None, why) for r in prepared.toaddrs]
+            try:
+                events.extend(self._fall_back(prepared, failures, "new"))
+            except Exception as exc:
+                log.exception("%s: %s, and it could not be queued", prepared.message_id, why)
+                events.append(MailFailed(prepared.message_id, prepared.fromaddr,
+                                         prepared.toaddrs, failures, reason=repr(exc)))
         return events
 
     def _deliver(self, transport, prepared):
@@ -242,12 +262,14 @@ class Mailer:
             dispatch(registry, events, transaction.TransactionManager(explicit=True))
 
 
-def make_outbox(settings, transport_factory):
-    """The outbox for ``settings.delivery`` (spool created/checked here)."""
+def make_outbox(settings, transport_factory, registry=None):
+    """The outbox for ``settings.delivery`` (spool created/checked here); ``registry``
+    receives the events of direct deliveries settled after the request's wait."""
     if settings.delivery in DEV_DELIVERY_MODES:  # memory, file, console, null
         return make_dev_outbox(settings)
     spool = Spool(settings.queue_path) if settings.queue_path else None
     if settings.delivery == "queue":
         return QueueOutbox(spool)
     fallback = spool if settings.direct_fallback == "queue" else None
-    return DirectOutbox(transport_factory, fallback)
+    return DirectOutbox(transport_factory, fallback, timeout=settings.direct_timeout,
+                        registry=registry)

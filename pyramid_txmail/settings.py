@@ -220,6 +220,10 @@ SETTINGS = (
     Setting("direct_fallback", _choice(FALLBACK_MODES), None,
             "With direct delivery: 'queue' (default when queue_path is set) spools a "
             "message the relay did not take; 'none' only reports it."),
+    Setting("direct_timeout", parse_duration, 10.0,
+            "With direct delivery: the longest a request waits for the relay; a message "
+            "still being sent then is finished in the background, those not started go "
+            "to the fallback queue."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
     Setting("sendmail_app", _str, "/usr/sbin/sendmail", "Accepted for pyramid_mailer compatibility."),
@@ -284,6 +288,7 @@ class MailSettings:
     queue_path: str | None = None
     delivery: str = "direct"
     direct_fallback: str = "none"
+    direct_timeout: float = 10.0
     default_sender: str | None = None
     debug: int = 0
     sendmail_app: str = "/usr/sbin/sendmail"
