@@ -85,6 +85,7 @@ def get(url):
         return response.status, response.read().decode()
 
 
+@pytest.mark.reliability
 def test_a_hanging_relay_never_takes_the_site_down(tmp_path, gated, serve):
     events = []
     spool_path = tmp_path / "spool"

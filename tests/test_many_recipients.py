@@ -79,6 +79,7 @@ def test_the_addresses_read_back_are_the_same_as_before():
                                 "xy@example.org", "hidden@example.org")
 
 
+@pytest.mark.reliability
 def test_many_cc_through_the_mailer():
     n = runs(10_000, 50_000)
     config = Configurator(settings={"mail.delivery": "memory",

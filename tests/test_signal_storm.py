@@ -161,3 +161,33 @@ def test_a_storm_of_sighup_leaves_the_daemon_delivering(setup_for, gated):
     record("signals", f"{STORM} x SIGHUP while {WORKERS} messages are in flight",
            messages=len(ids), delivered=len({m for m, _ in counts}),
            detail="the daemon lives on and delivers everything once; then SIGTERM: exit 0")
+
+
+def test_a_storm_of_sigterm_ends_a_one_pass_run_with_0(setup_for, gated):
+    import subprocess
+
+    from .test_daemon import QP
+
+    s = setup_for(gated)
+    ids = s.queue(QUEUED)
+    log_path = s.tmp_path / "once.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([QP, str(s.ini), "--no-app", "--workers", str(WORKERS)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    s.procs.append(proc)
+    wait_until(lambda: gated.handler.arrived == WORKERS, what="four messages in flight")
+    thread, halfway = _storm_in_background(proc.pid, [signal.SIGTERM, signal.SIGINT], STORM)
+    halfway.wait(60)
+    gated.handler.gate.set()
+    thread.join(120)
+    log = log_path.read_text()
+    assert proc.wait(timeout=90) == 0, log
+    assert "ended early on SIG" in log
+    assert not any(word in log for word in BAD_WORDS), log
+    counts = received(gated)
+    assert all(n == 1 for n in counts.values()) and len({m for m, _ in counts}) == WORKERS
+    left = _spool_left(s.spool)
+    assert len(left["new"]) == QUEUED - WORKERS and not left["cur"]
+    record("signals", f"{STORM} x SIGTERM/SIGINT against a one-pass run, {WORKERS} in flight",
+           messages=len(ids), delivered=WORKERS, held=len(left["new"]),
+           detail="exit 0; the messages in flight delivered once, the rest left in new/")
