@@ -108,6 +108,7 @@ class Signals:
         self.signums = STOP_SIGNALS + ((signal.SIGHUP,) if handle_hup else ())
         self._thread = None
         self._closing = False
+        self._lock = threading.Lock()  # taken by the signal thread only, never in a handler
         self._saved_mask = None
         self._saved_handlers = {}
         self._saved_fd = None
@@ -141,26 +142,32 @@ class Signals:
     def _take_signals(self):
         while True:
             signum = signal.sigwait(self.signums)
-            if self._closing:
-                return
-            if signum == signal.SIGHUP:
-                self.hup.set()
-            else:
-                if self.first_stop is None:
-                    self.first_stop = signum
-                self.stops_received += 1
-                self.stop.set()
-            if self.waker is not None:
-                self.waker.wake()
+            with self._lock:  # __exit__ may be closing the waker's pipe meanwhile
+                if self._closing:
+                    if self.restore:
+                        return
+                    continue  # txmail-qp: taken, and nothing more, until the process ends
+                if signum == signal.SIGHUP:
+                    self.hup.set()
+                else:
+                    if self.first_stop is None:
+                        self.first_stop = signum
+                    self.stops_received += 1
+                    self.stop.set()
+                if self.waker is not None:
+                    self.waker.wake()
 
     def __exit__(self, *exc):
-        if self._thread is None or not self.restore:
-            return  # txmail-qp: the signal thread keeps taking them until the process ends
+        if self._thread is None:
+            return
+        with self._lock:  # after this the thread never touches the waker (closed next)
+            self._closing = True
         if self._saved_fd is not None:
             signal.set_wakeup_fd(self._saved_fd)
+        if not self.restore:
+            return  # txmail-qp: the signal thread keeps taking them until the process ends
         for signum, handler in self._saved_handlers.items():
             signal.signal(signum, handler)
-        self._closing = True
         signal.pthread_kill(self._thread.ident, self.signums[0])  # ends its sigwait
         self._thread.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, self._saved_mask)
