@@ -32,10 +32,12 @@ fallback the committing thread waits for a free sender up to
 ``mail.direct_timeout`` and then reports them (ERROR log + MailFailed).
 
 Durability: a message is only in memory between the commit and the relay's
-reply -- as it always was with direct delivery.  A process killed while a
-sender thread still waits for the relay loses that message's outcome (the
-hand-over is logged with its Message-ID); use ``mail.delivery = queue``
-where that matters.
+reply -- as it always was with direct delivery.  Sender threads are not
+daemon threads, so a process that exits normally (a script after its commit,
+a web server shutting down) first finishes the transactions under way.  A
+process *killed* while a sender thread still waits for the relay loses that
+message's outcome (the hand-over is logged with its Message-ID); use
+``mail.delivery = queue`` where that matters.
 """
 from __future__ import annotations
 
@@ -96,8 +98,9 @@ class DirectSenders:
             if self.has_fallback or not self._slots.acquire(timeout=self.timeout):
                 return self.unsent(messages, busy)
         batch = _Batch(messages)
-        threading.Thread(target=self._work, args=(batch,), name="txmail-direct",
-                         daemon=True).start()
+        # Not a daemon thread: a process that exits normally finishes the SMTP
+        # transactions under way first (bounded by mail.timeout / data_timeout).
+        threading.Thread(target=self._work, args=(batch,), name="txmail-direct").start()
         with batch.cond:
             while not batch.finished:
                 remaining = deadline - time.monotonic()
