@@ -135,8 +135,9 @@ class Signals:
         """Disposition for a thread that does not block the signals (one started
         before :meth:`__enter__`): re-send it to the signal thread, where it is
         blocked and taken by sigwait.  No lock, no logging.  Python runs this in
-        the main thread, which the wakeup fd wakes; txmail-qp starts no thread
-        before :meth:`__enter__`, so there it never runs."""
+        the main thread when it next runs Python code: the wakeup fd wakes it
+        from a wait on the waker, not from a wait on a lock.  txmail-qp starts
+        no thread before :meth:`__enter__`, so there it never runs."""
         signal.pthread_kill(self._thread.ident, signum)
 
     def _take_signals(self):

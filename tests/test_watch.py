@@ -199,13 +199,13 @@ def test_auto_polls_a_spool_on_nfs(spool, monkeypatch, caplog):
 
 def _woken_until(waker, event):
     """Wait on the waker until ``event`` is set: a signal the kernel gave another
-    thread of this process wakes it twice (to hand the signal on, then when the
-    signal thread has taken it)."""
-    for _ in range(3):
-        if not waker.wait(5):
-            return False
+    thread of this process (a test's timer) is handed on by a Python handler
+    in this thread, which the waker wakes to run it; then the signal thread
+    sets the event and wakes it again."""
+    for _ in range(30):
         if event.is_set():
             return True
+        waker.wait(1)
     return event.is_set()
 
 
