@@ -26,6 +26,7 @@ import pytest
 from pyramid_txmail import schedule
 from pyramid_txmail import spool_admin as admin
 from pyramid_txmail.daemon import Daemon
+from pyramid_txmail.scripts import queue as cli
 from pyramid_txmail.spool import Spool
 
 from .test_daemon import received, setup_for, wait_for_log, wait_until  # noqa: F401
@@ -70,12 +71,52 @@ def recipients(server):
     return sorted(r for m in server.messages for r in m.rcpt_tos)
 
 
-def queue_cli(spool, *args):
+def ini_for(spool):
     ini = os.path.join(os.path.dirname(spool.path), "q.ini")
     with open(ini, "w") as f:
         f.write(f"[app:main]\nmail.queue_path = {spool.path}\n")
-    return subprocess.run([os.path.join(BIN, "txmail-queue"), ini, *args],
+    return ini
+
+
+def queue_cli(spool, *args):
+    """The real ``txmail-queue`` console script."""
+    return subprocess.run([os.path.join(BIN, "txmail-queue"), ini_for(spool), *args],
                           capture_output=True, text=True, timeout=60)
+
+
+def queue_main(spool, capsys, *args):
+    """``txmail-queue``'s main() in this process (many cases: no interpreter start-up each)."""
+    try:
+        code = cli.main([ini_for(spool), *args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() in-process configures logging; put the process's logging back."""
+    root, ours = logging.getLogger(), logging.getLogger("pyramid_txmail")
+    saved = (list(root.handlers), root.level, ours.level)
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    ours.setLevel(saved[2])
+
+
+CLI_CALLS = (["status"], ["status", "--json"], ["list"], ["list", "--json"], ["show", "ID"],
+             ["show", "ID", "--json"])
+
+
+def check_cli(run, name):
+    """status, list and show (also --json) exit 0 with no traceback; JSON is strict."""
+    for args in CLI_CALLS:
+        args = [name if a == "ID" else a for a in args]
+        done = run(*args)
+        assert done.returncode == 0, (args, done.stderr)
+        assert "Traceback" not in done.stderr and "unexpected error" not in done.stderr
+        if "--json" in args:
+            json.loads(done.stdout, parse_constant=pytest.fail)  # no NaN, no Infinity
 
 
 # -- item 3: a name whose due part does not parse ---------------------------------
@@ -130,6 +171,18 @@ def log_text(proc):
 
 # -- item 4: a bad number in a state file -----------------------------------------
 
+def test_txmail_queue_reports_a_spool_whose_state_file_says_infinity(spool, clock):
+    """The probe's case, through the real console script: ``status`` crashed.
+    (Every other bad value: in-process below.)"""
+    bad = "Infinity"
+    odd = park(spool, "NAME", "odd@example.org", meta_text(bad, first=clock.now - 60))
+    park(spool, "20200101T000000.000Z~NAME", "old@example.org", meta_text(1577836800))
+    check_cli(lambda *args: queue_cli(spool, *args), odd)
+    done = queue_cli(spool, "show", odd)
+    assert "next attempt:   inf (not a time)" in done.stdout
+    assert "deferred/" in queue_cli(spool, "status").stdout
+
+
 @pytest.mark.parametrize("bad", BAD_NUMBERS)
 def test_a_bad_next_attempt_in_an_unindexed_file_does_not_block_the_deferred_queue(
         spool, clock, smtp_server, bad, caplog):
@@ -153,7 +206,7 @@ def test_a_bad_next_attempt_in_an_unindexed_file_does_not_block_the_deferred_que
 @pytest.mark.parametrize("key", ["next_attempt", "attempts", "first_attempt",
                                  "last_attempt", "queued_at"])
 def test_a_bad_number_anywhere_in_a_state_file_stays_with_its_message(
-        spool, clock, make_smtp_server, key, bad, caplog):
+        spool, clock, make_smtp_server, key, bad, caplog, capsys):
     """status, list and show (the real txmail-queue) and a pass all get through;
     the message is tried, deferred again with sane numbers, and the other one
     is sent."""
@@ -165,13 +218,7 @@ def test_a_bad_number_anywhere_in_a_state_file_stays_with_its_message(
     odd = park(spool, "NAME", "odd@example.org", text)
     old = park(spool, "20200101T000000.000Z~NAME", "old@example.org",
                meta_text(1577836800))
-    for args in (["status"], ["status", "--json"], ["list"], ["list", "--json"],
-                 ["show", odd], ["show", odd, "--json"]):
-        done = queue_cli(spool, *args)
-        assert done.returncode == 0, (args, done.stderr)
-        assert "Traceback" not in done.stderr and "unexpected error" not in done.stderr
-        if "--json" in args:
-            json.loads(done.stdout, parse_constant=pytest.fail)  # strict JSON, no NaN
+    check_cli(lambda *args: queue_main(spool, capsys, *args), odd)
     qp = processor(server, spool, clock)
     with caplog.at_level(logging.WARNING, "pyramid_txmail"):
         stats = qp.run_once()
@@ -190,13 +237,11 @@ def test_a_bad_number_anywhere_in_a_state_file_stays_with_its_message(
 
 @pytest.mark.parametrize("content", ["[]", "42", '"text"', "null"])
 def test_a_state_file_that_is_not_an_object_dead_letters_its_message_only(
-        spool, clock, smtp_server, content):
+        spool, clock, smtp_server, content, capsys):
     """Whom it reached is unknown: dead-lettered with the reason, never guessed."""
     odd = park(spool, "NAME", "odd@example.org", content)
     park(spool, "20200101T000000.000Z~NAME", "old@example.org", meta_text(1577836800))
-    for args in (["status"], ["list"], ["show", odd]):
-        done = queue_cli(spool, *args)
-        assert done.returncode == 0, (args, done.stderr)
+    check_cli(lambda *args: queue_main(spool, capsys, *args), odd)
     stats = processor(smtp_server, spool, clock).run_once()
     assert (stats.sent, stats.failed, stats.errors) == (1, 1, 0)
     assert recipients(smtp_server) == ["old@example.org"]
@@ -225,3 +270,23 @@ def test_an_error_while_listing_the_deferred_jobs_is_counted_and_logged(
     assert stats.errors == 1 and stats.sent == 1
     assert any(odd in r.getMessage() and r.exc_info for r in caplog.records), caplog.text
     assert spool.names("deferred") == [odd]
+
+
+# -- a sibling: the enqueue time in a Maildir name -----------------------------------
+
+@pytest.mark.parametrize("head", ["-5", "-99999999999", "99999999999999"])
+def test_a_queue_file_name_whose_time_is_no_time_is_sent_and_listed(
+        spool, clock, make_smtp_server, head, capsys):
+    """``-5.M1P1.host`` in new/: its age is unknown (the file's mtime), so a
+    temporary failure defers it rather than dead-lettering it as expired (or
+    never expiring), and txmail-queue prints strict JSON."""
+    server = make_smtp_server({"rcpt": "451 4.3.0 try later"})
+    name = spool.write_tmp(FROM, ["odd@example.org"], message())
+    spool.commit_tmp([name])
+    odd = f"{head}.M1P1.host"
+    os.rename(os.path.join(spool.path, "new", name), os.path.join(spool.path, "new", odd))
+    check_cli(lambda *args: queue_main(spool, capsys, *args), f"new/{odd}")
+    stats = processor(server, spool, clock).run_once()
+    assert (stats.deferred, stats.failed, stats.errors) == (1, 0, 0)
+    assert 0 < spool.read_meta(odd)["queued_at"] <= clock.now
+    check_cli(lambda *args: queue_main(spool, capsys, *args), f"deferred/{odd}")
