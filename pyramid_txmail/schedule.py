@@ -74,15 +74,13 @@ def parse_stamp(text):
 
 def is_indexed(filename):
     """True when ``filename`` is ``DUE~NAME`` with a ``DUE`` that names a time."""
-    if not _VALID.match(filename):
-        return False
-    if filename[6:8] <= "28":
-        return True
-    try:
-        parse_stamp(filename)  # February 30th and the like
-    except ValueError:
-        return False
-    return True
+    return bool(_VALID.match(filename)) and _day_exists(filename)
+
+
+def _day_exists(filename):
+    """False for February 30th and the like (no strptime: a listing checks thousands)."""
+    return filename[6:8] <= "28" or int(filename[6:8]) <= calendar.monthrange(
+        int(filename[:4]), int(filename[4:6]))[1]
 
 
 def split(filename):
@@ -272,9 +270,7 @@ def _split_listing(names):
     Only a DUE that names a time is indexed (:func:`is_indexed`): every
     indexed name can be parsed, and sorts where its time is.
     """
-    indexed = sorted(filter(_VALID.match, names))
-    if any(n[6:8] > "28" for n in indexed):
-        indexed = [n for n in indexed if is_indexed(n)]
+    indexed = sorted(filter(_day_exists, filter(_VALID.match, names)))
     if len(indexed) == len(names):
         return tuple(indexed), ()
     known = set(indexed)
