@@ -251,10 +251,19 @@ def run_suite(project, root, env, junit):
             counts[key] += int(suite.get(key, 0))
         for case in suite.iter("testcase"):
             for bad in list(case.findall("failure")) + list(case.findall("error")):
-                message = (bad.get("message") or bad.text or "").strip().splitlines()
                 problems.append(f"{case.get('classname')}::{case.get('name')}: "
-                                f"{message[0][:300] if message else '?'}")
+                                f"{_first_cause(bad)}")
     return SuiteResult(**counts, problems=problems, output=output)
+
+
+def _first_cause(element):
+    """The line that says why: pytest's message, or for a collection failure (whose
+    message is just "collection failure") the last ``E`` line of its report."""
+    message = (element.get("message") or "").strip()
+    if message and message != "collection failure":
+        return message.splitlines()[0][:300]
+    lines = [line for line in (element.text or "").splitlines() if line.startswith("E ")]
+    return lines[-1][1:].strip()[:300] if lines else message or "?"
 
 
 def guard_calls(log):
