@@ -150,3 +150,31 @@ def test_after_the_switch_debug_mailer_writes_the_notification_as_eml(switched, 
     msg = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
     assert msg["Subject"] == f"Record {record_id} created"
     assert guard_calls(harness[1]) == []
+
+
+def test_after_the_switch_queue_mode_loses_nothing_without_a_word(switched, tmp_path,
+                                                                  smtp_server, harness):
+    """With ``mail.queue_path`` kinto-emailer calls ``send_to_queue`` from its
+    after-commit subscriber.  On pyramid_mailer that mail is lost: transaction's raw
+    "expected txn status 'Active' or 'Doomed', but it's 'Committed'" is logged and
+    swallowed.  After the switch either the notification is spooled (and txmail-qp
+    delivers it to the sink), or the log says why not and what to do instead."""
+    root, _ = switched
+    spool = tmp_path / "spool"
+    ini = write_ini(tmp_path / "kinto.ini", *sink_lines(smtp_server),
+                    f"mail.queue_path = {spool}")
+    proc = drive("drive_kinto.py", PROJECT, root, *harness, str(ini))
+    assert proc.returncode == 0, proc.stderr
+    assert guard_calls(harness[1]) == []
+    queued = [p for p in (spool / "new").glob("*") if not p.name.startswith(".")]
+    if not queued:
+        assert "Could not send notifications" in proc.stderr
+        assert "expected txn status" not in proc.stderr
+        assert "AttributeError" not in proc.stderr
+        assert "send_immediately" in proc.stderr and "request.tm" in proc.stderr, \
+            proc.stderr
+        return
+    qp = run_console_script("txmail-qp", [str(ini), "--no-app"], PROJECT, root,
+                            *harness, cwd=tmp_path)
+    assert qp.returncode == 0, qp.stderr
+    assert_notification(smtp_server, json.loads(proc.stdout)["record"])
