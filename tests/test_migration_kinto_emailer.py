@@ -83,11 +83,15 @@ def test_before_the_switch_its_suite_passes_on_pyramid_mailer(pristine, tmp_path
 
 def test_before_the_switch_a_new_record_is_mailed_by_pyramid_mailer(pristine, tmp_path,
                                                                      smtp_server, harness):
-    """The driver's path does send on pyramid_mailer: the comparison is fair."""
+    """The driver's path does send on pyramid_mailer (so the comparison is fair), and
+    the guard sees it (so its empty record after the switch means something)."""
     ini = write_ini(tmp_path / "kinto.ini", *sink_lines(smtp_server))
-    proc = drive("drive_kinto.py", PROJECT, pristine, harness[0], None, str(ini))
+    proc = drive("drive_kinto.py", PROJECT, pristine, *harness, str(ini))
     assert proc.returncode == 0, proc.stderr
     assert_notification(smtp_server, json.loads(proc.stdout)["record"])
+    calls = {line.split(" (pid")[0] for line in guard_calls(harness[1])}
+    assert calls == {"config.include('pyramid_mailer')", "pyramid_mailer.get_mailer",
+                     "pyramid_mailer.mailer.Mailer.send_immediately"}
 
 
 def test_the_switch_changes_only_the_include_and_the_imports(switched):

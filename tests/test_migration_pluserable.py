@@ -64,11 +64,15 @@ def test_before_the_switch_its_suite_passes_on_pyramid_mailer(pristine, tmp_path
 
 def test_before_the_switch_signup_and_reset_are_mailed_by_pyramid_mailer(
         pristine, smtp_server, harness):
-    """The driver's path does send on pyramid_mailer: the comparison is fair."""
-    proc = drive("drive_pluserable.py", PROJECT, pristine, harness[0], None,
+    """The driver's path does send on pyramid_mailer (so the comparison is fair), and
+    the guard sees it (so its empty record after the switch means something)."""
+    proc = drive("drive_pluserable.py", PROJECT, pristine, *harness,
                  "pyramid_mailer", *sink_settings(smtp_server))
     assert proc.returncode == 0, proc.stderr
     assert_signup_and_reset_mail(smtp_server, proc)
+    calls = {line.split(" (pid")[0] for line in guard_calls(harness[1])}
+    assert calls == {"config.include('pyramid_mailer')", "pyramid_mailer.get_mailer",
+                     "pyramid_mailer.mailer.Mailer.send"}
 
 
 def test_the_switch_changes_only_the_include_and_the_imports(switched):
