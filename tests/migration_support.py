@@ -124,6 +124,9 @@ class SwitchError(AssertionError):
     """A line the switch cannot express: it must be reported, not guessed."""
 
 
+_ANY_IMPORT = re.compile(r"^\s*(from|import)\s+pyramid_mailer\b")
+
+
 def switch_line(line):
     """The line with its pyramid_mailer include or import switched (or as it was)."""
     match = _FROM_IMPORT.match(line)
@@ -134,7 +137,14 @@ def switch_line(line):
         if len(targets) > 1:
             raise SwitchError(f"{line.strip()!r} imports names that move to different "
                               f"modules ({sorted(targets)}): split it first")
-        return f"{match['indent']}from {targets.pop()} import {', '.join(names)}"
+        target = targets.pop()
+        if target == module:
+            return line
+        return f"{match['indent']}from {target} import {', '.join(names)}"
+    if _ANY_IMPORT.match(line):
+        raise SwitchError(f"{line.strip()!r}: only one-line `from pyramid_mailer... import "
+                          f"NAMES` statements are switched; rewrite it as one")
+
     def include(m):
         new = SWITCH_INCLUDES.get(m["name"])
         if new is None:
@@ -149,8 +159,8 @@ def switch_tree(root):
     as ``(relative file, before, after)`` with the lines stripped."""
     changed = []
     for path in sorted(Path(root).rglob("*.py")):
-        text = path.read_text(encoding="utf-8")
-        lines = text.splitlines(keepends=True)
+        with open(path, encoding="utf-8", newline="") as f:  # keep the line endings
+            lines = f.readlines()
         out = []
         for line in lines:
             body = line.rstrip("\r\n")
@@ -159,7 +169,8 @@ def switch_tree(root):
                 changed.append((str(path.relative_to(root)), body.strip(), new.strip()))
             out.append(new + line[len(body):])
         if changed and changed[-1][0] == str(path.relative_to(root)):
-            path.write_text("".join(out), encoding="utf-8")
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write("".join(out))
     return tuple(changed)
 
 
