@@ -89,7 +89,8 @@ class Processor(DeadLetters):
     """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through transports.
 
     ``transport`` is ``None`` (an SMTP transport per worker, from
-    ``settings``, sharing which relays are resting), a factory returning a
+    ``settings``, sharing which relays are resting; the sendmail binary with
+    ``mail.delivery = sendmail``), a factory returning a
     new transport per worker, or one transport object (then one worker; the
     caller opens and closes it).  A transport is anything with
     ``deliver(fromaddr, toaddrs, data, message_id=None) -> DeliveryResult``.
@@ -113,7 +114,12 @@ class Processor(DeadLetters):
         self.rand = rand
         self.transport = None
         self.relays = None
-        if transport is None:
+        if transport is None and settings.delivery == "sendmail":
+            # The queue of sendmail delivery (its fallback) is drained the same way.
+            from .sendmail import SendmailTransport
+
+            self.transport_factory = lambda: SendmailTransport.from_settings(settings)
+        elif transport is None:
             from .smtp import SMTPTransport
             from .smtp_session import Relays
 

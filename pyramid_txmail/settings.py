@@ -8,6 +8,7 @@ and what would have been accepted -- never a traceback at the first send.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shlex
 
@@ -16,7 +17,7 @@ from pyramid.settings import asbool
 
 PREFIX = "mail."
 
-DELIVERY_MODES = ("queue", "direct", "memory", "file", "console", "null")
+DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
 #: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
 DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
@@ -164,9 +165,15 @@ def _callable(value):
 
 
 def _template(value):
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return shlex.split(str(value))
+    """An argument list (split like a shell would, never run by one); see
+    :func:`pyramid_txmail.sendmail.check_template` for what is accepted."""
+    from .sendmail import check_template, without_t_warning
+
+    template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))
+    warning = without_t_warning(template)
+    if warning:
+        logging.getLogger("pyramid_txmail").warning(warning)
+    return check_template(template)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,16 +201,19 @@ SETTINGS = (
             "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
     Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
-            "queue (default when queue_path is set), direct, or for development and "
+            "queue (default when queue_path is set), direct, sendmail (the "
+            "mail.sendmail_app binary, after the commit), or for development and "
             "tests memory, file, console or null."),
     Setting("direct_fallback", _choice(FALLBACK_MODES), None,
-            "With direct delivery: 'queue' (default when queue_path is set) spools a "
-            "message the relay did not take; 'none' only reports it."),
+            "With direct or sendmail delivery: 'queue' (default when queue_path is set) "
+            "spools a message the relay (or sendmail) did not take; 'none' only reports it."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
-    Setting("sendmail_app", _str, "/usr/sbin/sendmail", "Accepted for pyramid_mailer compatibility."),
-    Setting("sendmail_template", _template, ["{sendmail_app}", "-t", "-i", "-f", "{sender}"],
-            "Accepted for pyramid_mailer compatibility."),
+    Setting("sendmail_app", _str, "/usr/sbin/sendmail",
+            "The sendmail binary of mail.delivery = sendmail and send_sendmail()."),
+    Setting("sendmail_template", _template, ["{sendmail_app}", "-i", "-f", "{sender}"],
+            "Its command line; {sendmail_app} and {sender} are filled in, the "
+            "recipients follow --, a -t is dropped (never read from headers)."),
     Setting("claim_timeout", parse_duration, 3600.0,
             "A message claimed by a processor that died goes back to the queue after this."),
     Setting("commit_grace", parse_duration, 3600.0,
@@ -266,7 +276,7 @@ class MailSettings:
     debug: int = 0
     sendmail_app: str = "/usr/sbin/sendmail"
     sendmail_template: list = dataclasses.field(
-        default_factory=lambda: ["{sendmail_app}", "-t", "-i", "-f", "{sender}"])
+        default_factory=lambda: ["{sendmail_app}", "-i", "-f", "{sender}"])
     claim_timeout: float = 3600.0
     commit_grace: float = 3600.0
     commit_check: object = None
@@ -327,6 +337,14 @@ def parse_settings(settings, prefix=PREFIX):
                  else prefix + "direct_fallback = queue")
         raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
                                  "set it to a directory for the mail spool")
+    if values["delivery"] == "sendmail":
+        from .sendmail import check_app
+
+        app = values.get("sendmail_app", "/usr/sbin/sendmail")
+        why = check_app(app)
+        if why:
+            _fail(prefix + "sendmail_app", app, f"{why}; mail.delivery = sendmail needs the "
+                  "sendmail binary of the local MTA (e.g. Postfix's /usr/sbin/sendmail)")
     if values["delivery"] == "file" and not values.get("file_path"):
         raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
                                  "set it to a directory for the .eml files")
