@@ -26,6 +26,7 @@ import re
 import stat
 
 from .interfaces import IMailOutbox
+from .regular_files import READ_FLAGS
 
 MEMORY = "memory"
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,250}\.eml$")
@@ -118,9 +119,8 @@ def _listed_names(directory):
 
 def _read(directory, name, limit=None):
     """(bytes, size, mtime) of a listed file, or None if it went away or is not a file."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(os.path.join(directory, name), flags)
+    try:  # O_NOFOLLOW | O_NONBLOCK: a symlink is not followed, a FIFO not waited on
+        fd = os.open(os.path.join(directory, name), READ_FLAGS)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:

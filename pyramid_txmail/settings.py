@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import shlex
+import stat
 
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
@@ -71,6 +73,14 @@ def parse_duration(value):
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+def _claim_timeout(value):
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("expected at least 1s: a live processor refreshes its claim every "
+                         "claim_timeout/4, which needs some margin")
+    return seconds
+
+
 def _str(value):
     text = str(value).strip()
     return text or None
@@ -128,11 +138,36 @@ def _hosts(value):
     return tuple(hosts) or None
 
 
+def _absolute(text):
+    """A path every process reads the same: relative ones are refused, not guessed.
+
+    A relative path would be resolved against each process's working
+    directory -- the application's, txmail-qp's from cron -- which differ
+    (a second, empty spool that txmail-qp drained with ``sent=0``).  The
+    application never learns its ini file's directory (PasteDeploy passes
+    ``here`` only to the app factory's ``global_config``), so it cannot be
+    resolved against that either; ``%(here)s`` in the ini does it.
+    """
+    if not os.path.isabs(text):
+        raise ValueError("a relative path would mean a different directory for each "
+                         "process's working directory; give an absolute path, e.g. "
+                         f"%(here)s/{text.removeprefix('./')} in the ini file "
+                         "(%(here)s is the ini file's directory)")
+    return text
+
+
+def _path(value):
+    text = _str(value)
+    return None if text is None else _absolute(text)
+
+
 def _paths(value):
     """Directories separated by whitespace or newlines (pyramid's ``aslist``)."""
     if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value if str(v).strip())
-    return tuple(str(value).split()) or None
+        paths = tuple(str(v) for v in value if str(v).strip())
+    else:
+        paths = tuple(str(value).split())
+    return tuple(_absolute(p) for p in paths) or None
 
 
 _URL_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
@@ -192,14 +227,16 @@ SETTINGS = (
     Setting("password", _str, None, "SMTP AUTH password (never logged)."),
     Setting("tls", _bool, False, "Require STARTTLS; a server without it is an error."),
     Setting("ssl", _bool, False, "Implicit TLS (SMTPS, usually port 465)."),
-    Setting("keyfile", _str, None, "Client certificate key file for TLS."),
-    Setting("certfile", _str, None, "Client certificate file for TLS."),
-    Setting("tls_cafile", _str, None, "CA bundle used to verify the server instead of the system store."),
+    Setting("keyfile", _path, None, "Client certificate key file for TLS."),
+    Setting("certfile", _path, None, "Client certificate file for TLS."),
+    Setting("tls_cafile", _path, None, "CA bundle used to verify the server instead of the system store."),
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
     Setting("data_timeout", parse_duration, 600.0,
             "How long to wait for the reply to the end of the message data (RFC 5321 "
             "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
-    Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
+    Setting("queue_path", _path, None,
+            "Maildir spool directory, an absolute path (%(here)s/...); created 0700 by the "
+            "application if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
             "queue (default when queue_path is set), direct, sendmail (the "
             "mail.sendmail_app binary, after the commit), or for development and "
@@ -214,8 +251,9 @@ SETTINGS = (
     Setting("sendmail_template", _template, ["{sendmail_app}", "-i", "-f", "{sender}"],
             "Its command line; {sendmail_app} and {sender} are filled in, the "
             "recipients follow --, a -t is dropped (never read from headers)."),
-    Setting("claim_timeout", parse_duration, 3600.0,
-            "A message claimed by a processor that died goes back to the queue after this."),
+    Setting("claim_timeout", _claim_timeout, 3600.0,
+            "A message claimed by a processor that died goes back to the queue after "
+            "this (a live one refreshes its claim, so a longer send keeps it); at least 1s."),
     Setting("commit_grace", parse_duration, 3600.0,
             "A message a crashed process left half-committed in the spool is cleaned up "
             "(tmp/) or resolved (prepared/) once it is this old."),
@@ -239,7 +277,7 @@ SETTINGS = (
             "Most messages per second txmail-qp sends, across all workers (unset: no limit)."),
     Setting("poll_interval", parse_duration, 1.0,
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
-    Setting("file_path", _str, None,
+    Setting("file_path", _path, None,
             "mail.delivery = file: the directory each committed message is written to as .eml."),
     Setting("redirect_to", _addresses, (),
             "Staging: send every message to these addresses instead of its recipients."),
@@ -294,6 +332,19 @@ class MailSettings:
     preview_allow: bool = False
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
+
+
+def _check_readable_file(path):
+    """Open and close ``path``: a regular file (symlinks followed, as in /etc/ssl).
+
+    ``O_NONBLOCK``: a FIFO given as a certificate must not hang the start-up.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+    finally:
+        os.close(fd)
 
 
 def _fail(key, value, why):
@@ -358,8 +409,7 @@ def parse_settings(settings, prefix=PREFIX):
         path = values.get(name)
         if path is not None:
             try:
-                with open(path, "rb"):
-                    pass
+                _check_readable_file(path)
             except OSError as exc:
                 _fail(prefix + name, path, f"cannot read the file: {exc.strerror}")
     return MailSettings(**values)
