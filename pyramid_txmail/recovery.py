@@ -28,17 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from email.parser import BytesHeaderParser
 
+from . import wire
 from .queue_state import dead_letter
 from .regular_files import NotRegularFile, check_regular, open_regular_file
 from .result import PERMANENT, RecipientResult
-from .spool import Entry, PoisonMessage, unlink_if_present
+from .spool import Entry, PoisonMessage, read_envelope, unlink_if_present
 
 log = logging.getLogger(__name__)
-
-_HEAD = 1 << 16
-
 
 def recover(spool, grace, check=None, registry=None, now=None):
     """Resolve the leftovers older than ``grace`` seconds; returns how many."""
@@ -118,13 +115,14 @@ def _ask(check, message_id, registry, name):
 
 
 def _message_id(path):
+    """The Message-ID of a queue file, found in its header block however long its
+    envelope (a record of thousands of recipients comes first)."""
     try:
         with open_regular_file(path) as f:
-            head = f.read(_HEAD)
-    except OSError:  # gone, unreadable, or not a regular file
+            head = read_envelope(f)[2]
+    except (OSError, PoisonMessage):  # gone, unreadable, not a regular file
         return None
-    value = BytesHeaderParser().parsebytes(head).get("Message-ID")
-    return str(value).strip() if value else None
+    return wire.message_id_of(head)
 
 
 def _dead_letter(spool, entry, message_id, now, asked):

@@ -13,9 +13,10 @@
     meta/       NAME.json: attempts, next attempt, delivered recipients, reason
 
 Each message is one file, named like a Maildir file (``time.MusecPpidQn.host``),
-holding the message bytes with the envelope prepended as repoze.sendmail's
-``X-Actually-From:`` / ``X-Actually-To:`` header lines, so that repoze.sendmail's
-``qp`` delivers what we queued and we deliver what it queued.
+holding the message bytes after the envelope: our envelope record on the first
+line, then repoze.sendmail's ``X-Actually-From:`` / ``X-Actually-To:`` header
+lines, so that repoze.sendmail's ``qp`` delivers what we queued and we deliver
+what it queued (see :mod:`pyramid_txmail.spoolfile`).
 
 Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
 ``prepared/`` (the vote), rename into ``new/`` and ``fsync`` the directory (the
@@ -37,7 +38,7 @@ from . import claims, wire
 from .private_dirs import make_private_dirs, why_unusable
 from .regular_files import NotRegularFile, open_regular_file
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
-    BLOCK, PoisonMessage, envelope_lines, split_envelope, stream_file)
+    BLOCK, PoisonMessage, envelope_lines, read_envelope, split_envelope, stream_file)
 
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
@@ -317,42 +318,31 @@ class Spool:
 
         The message is ``bytes``; a file larger than ``stream_over`` octets
         whose lines fit SMTP's limits comes as a :class:`wire.Stream` that
-        reads the file in blocks, so memory does not grow with its size.
+        reads the file in blocks, so memory does not grow with its size --
+        however large its header block or its envelope.
         """
         try:
             with entry.open() as f:
                 size = os.fstat(f.fileno()).st_size
-                if stream_over is None or size <= stream_over:
-                    data = f.read()
-                else:
+                streamed = None
+                if stream_over is not None and size > stream_over:
                     streamed = stream_file(f)
-                    data = f.read() if streamed is None else None
+                if streamed is None:
+                    fromaddr, toaddrs, head, rest = read_envelope(f)
+                    f.seek(rest)
+                    return fromaddr, toaddrs, head + f.read()
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
-        if data is None:
-            head, offset, eightbit, rest = streamed
-            fromaddr, toaddrs, message_head = self._envelope(head)
+        fromaddr, toaddrs, head, rest, eightbit, body_size = streamed
 
-            def chunks():
-                yield message_head
-                with entry.open() as f:
-                    f.seek(offset)
-                    yield from iter(lambda: f.read(BLOCK), b"")
+        def chunks():
+            yield head
+            with entry.open() as f:  # the claim's own fd: the locked inode, no symlink
+                f.seek(rest)
+                yield from iter(lambda: f.read(BLOCK), b"")
 
-            return fromaddr, toaddrs, wire.Stream(
-                chunks, head=message_head, size=len(message_head) + rest, eightbit=eightbit)
-        return self._envelope(data)
-
-    @staticmethod
-    def _envelope(data):
-        try:
-            fromaddr, toaddrs, message = split_envelope(data)
-        except (LookupError, UnicodeError) as exc:  # e.g. =?bogus-charset?q?...?=
-            raise PoisonMessage(f"undecodable envelope header: {exc}") from None
-        for address in (fromaddr, *toaddrs):
-            if "\r" in address or "\n" in address:  # smuggled in an encoded word
-                raise PoisonMessage(f"envelope address contains a line break: {address!r}")
-        return fromaddr, toaddrs, message
+        return fromaddr, toaddrs, wire.Stream(chunks, head=head, size=len(head) + body_size,
+                                              eightbit=eightbit)
 
     def move(self, entry, state):
         """Move an entry to another state and fsync the target directory."""

@@ -25,7 +25,7 @@ from email.parser import BytesHeaderParser
 from . import claims
 from .previewsource import header_items
 from .regular_files import NotRegularFile, open_regular_file
-from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir, split_envelope
+from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir, read_envelope
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes,
 #: ``prepared/`` messages whose transaction is committing, or in doubt).
@@ -182,19 +182,31 @@ def queued_at(spool, state, name):
         return time.time()
 
 
+def _read_envelope(path):
+    """``(fromaddr, toaddrs, header block, problem)`` as the processor reads them;
+    ``None`` when the file is gone.  The envelope and header block are read
+    whole, however long (an envelope of thousands of recipients)."""
+    try:
+        with open_regular_file(path) as f:
+            try:
+                fromaddr, toaddrs, head, _ = read_envelope(f)
+                return fromaddr, toaddrs, head + b"\n", None
+            except PoisonMessage as exc:
+                problem = f"poison: {exc}"
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as exc:  # a FIFO, symlink...: never waited on or followed
+        return None, (), b"", f"poison: {exc.strerror}"
+    head = _read_head(path)
+    return None if head is None else (None, (), head, problem)
+
+
 def inspect(spool, state, name):
     """The :class:`QueuedMessage` of ``state/name``; ``None`` when the file is gone."""
-    problem = None
-    try:
-        head = _read_head(os.path.join(spool.path, state, name))
-    except NotRegularFile as exc:
-        head, problem = b"", f"poison: {exc.strerror}"
-    if head is None:
+    found = _read_envelope(os.path.join(spool.path, state, name))
+    if found is None:
         return None
-    try:
-        fromaddr, toaddrs, head = split_envelope(head)
-    except (PoisonMessage, LookupError, UnicodeError) as exc:
-        fromaddr, toaddrs, problem = None, (), problem or f"poison: {exc}"
+    fromaddr, toaddrs, head, problem = found
     try:
         headers = _parse_headers(head)
     except Exception as exc:
