@@ -27,6 +27,9 @@ GROUPS = {
     "badinput": "Bad input (property-based)",
     "tls": "TLS and secrets",
     "postfix": "A real Postfix in the path",
+    "signals": "Signal storms against a draining daemon",
+    "direct": "Direct delivery with a hanging relay",
+    "builder": "Large messages built in the view",
 }
 
 #: Said under a group's heading when its unit is not the message.
