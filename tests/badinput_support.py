@@ -163,12 +163,22 @@ def read_back(data):
     return email.message_from_bytes(data, policy=email.policy.default)
 
 
+def unfold(value):
+    """A header value unfolded as RFC 5322 section 2.2.3 says: "simply removing any
+    CRLF that is immediately followed by WSP" -- the WSP stays, and the unfolded
+    form is the value "for further syntactic and semantic evaluation".
+
+    Both what arrived and a caller's legacy ``Message`` value (raw text, where
+    ``"0\\n 0"`` is a folded line) are compared in this form.
+    """
+    return re.sub(r"\r?\n(?=[ \t])", "", value)
+
+
 def raw_headers(data):
     """``[(name, unfolded raw value)]`` of the top-level header block, as sent."""
     text = data.decode("utf-8", "surrogateescape")
     message = email.message_from_string(text, policy=email.policy.compat32)
-    return [(name, re.sub(r"\r?\n(?=[ \t])", "", value))  # unfolding removes CRLF only
-            for name, value in message.items()]
+    return [(name, unfold(value)) for name, value in message.items()]
 
 
 def decoded(raw):
