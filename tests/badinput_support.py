@@ -181,6 +181,22 @@ def raw_headers(data):
     return [(name, unfold(value)) for name, value in message.items()]
 
 
+def filename_of(part):
+    """An attachment's filename as a conforming reader reads it: Content-Disposition's
+    ``filename`` parameter (RFC 2231 decoded), else Content-Type's ``name``.
+
+    Not ``get_filename()``: the email package unquotes the parameter's value a
+    second time there (``collapse_rfc2231_value`` after ``get_param``), so a
+    filename ``"a"`` reads as ``a``, ``<a>`` as ``a`` and ``""`` as nothing,
+    whatever was sent -- and it strips white space.
+    """
+    found = part.get_param("filename", None, "content-disposition")
+    if found is None:
+        found = part.get_param("name", None, "content-type")
+    return None if found is None else email.utils.collapse_rfc2231_value(
+        found) if isinstance(found, tuple) else found
+
+
 def decoded(raw):
     """An unstructured header value decoded as RFC 2047 says (an encoded word in
     an unknown charset, or raw 8-bit text, read as the email package reads it)."""
