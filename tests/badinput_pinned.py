@@ -30,6 +30,11 @@ def pinned(cases):
     return apply
 
 
+def pinned_detail(cases):
+    """The report's note on a property row: how many of its examples are pinned."""
+    return f"the first {len(cases)} examples are the pinned cases (tests/badinput_pinned.py)"
+
+
 # -- the Mail builder (tests/test_badinput.py: mail_inputs) --------------------------------
 
 def _mail(mode="queue", utf8=True, **spec):

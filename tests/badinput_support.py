@@ -240,8 +240,9 @@ def check_transcripts(outcome, sends=1):
 
 
 def examples(quick, long):
-    """hypothesis settings: ``runs(quick, long)`` examples, no deadline, no database."""
-    return settings(max_examples=runs(quick, long), deadline=None, database=None,
+    """hypothesis settings: ``runs(quick, long)`` examples, no deadline; the seed and
+    the example database are the profile's (tests/reliability.py: gate or explore)."""
+    return settings(max_examples=runs(quick, long), deadline=None,
                     suppress_health_check=list(HealthCheck))
 
 

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from pyramid_txmail import Mail
 from pyramid_txmail.message import LINE_BREAKS
 
-from .badinput_pinned import EMAIL_MESSAGE, MAIL, PYRAMID_MAILER, pinned
+from .badinput_pinned import EMAIL_MESSAGE, MAIL, PYRAMID_MAILER, pinned, pinned_detail
 from .badinput_strategies import (attachment, bad_address, body_text, check_held,
                                   clean_attachment, clean_display_name, clean_header_value,
                                   dirty, display_name, eol, good_address, header_name,
@@ -95,6 +95,7 @@ def check_mail_arrived(spec, outcome):
     assert found == [(name or None, data) for data, name, _ in spec["attachments"]]
 
 
+@pytest.mark.property
 def test_mail_builder_round_trips_or_is_refused(harness):
     tally = Tally()
 
@@ -130,7 +131,8 @@ def test_mail_builder_round_trips_or_is_refused(harness):
             check_mail_arrived(spec, outcome)
 
     example()
-    tally.record("Mail builder: random headers, names, bodies, attachments, addresses")
+    tally.record("Mail builder: random headers, names, bodies, attachments, addresses",
+                 pinned_detail(MAIL))
     assert tally["lost"] == 0
 
 
@@ -229,6 +231,7 @@ def check_email_message_arrived(spec, msg, outcome):
             eol(msg.get_payload(decode=True).decode("utf-8")).rstrip("\n")
 
 
+@pytest.mark.property
 def test_email_message_round_trips_or_is_refused(harness):
     tally = Tally()
 
@@ -269,7 +272,7 @@ def test_email_message_round_trips_or_is_refused(harness):
 
     example()
     tally.record("EmailMessage / legacy Message: random headers, bodies, attachments, "
-                 "envelopes")
+                 "envelopes", pinned_detail(EMAIL_MESSAGE))
     assert tally["lost"] == 0
 
 
@@ -307,6 +310,7 @@ def pyramid_mailer_bodies(message):
     return found
 
 
+@pytest.mark.property
 def test_pyramid_mailer_message_round_trips_or_is_refused(harness):
     from pyramid_mailer.exceptions import InvalidMessage
     from pyramid_mailer.message import Attachment, Message
@@ -358,5 +362,6 @@ def test_pyramid_mailer_message_round_trips_or_is_refused(harness):
             [(name, data) for data, name in spec["attachments"]]
 
     example()
-    tally.record("pyramid_mailer Message: random subjects, headers, bodies, recipients")
+    tally.record("pyramid_mailer Message: random subjects, headers, bodies, recipients",
+                 pinned_detail(PYRAMID_MAILER))
     assert tally["lost"] == 0
