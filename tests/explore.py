@@ -16,6 +16,7 @@ in the property's oracle when that was wrong.  Exit status: 1 when anything
 failed, else 0.
 
 usage: python tests/explore.py [--minutes M] [--out DIR] [PYTEST ARGS...]
+(PYTEST ARGS choose the tests, e.g. ``-k mail_builder`` or a file.)
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Where a pytest failure shows hypothesis's own report of the example.
-_REPORT = re.compile(r"^E\s+(Falsifying (explicit )?example|Failing explicit example|"
-                     r"@reproduce_failure)")
+_REPORT = re.compile(r"^E\s+(Falsifying|Failing) (explicit )?(example|test case)")
 
 
 def property_tests(pytest_args):
@@ -42,12 +42,12 @@ def property_tests(pytest_args):
     return [line.strip() for line in out.splitlines() if "::" in line]
 
 
-def run_one(node, seed, log_path, seconds, pytest_args):
+def run_one(node, seed, log_path, seconds):
     """``passed``, ``failed`` or ``cut off``: one property test with one seed."""
     env = {**os.environ, "TXMAIL_HYPOTHESIS": "explore", "TXMAIL_RELIABILITY": "long"}
     env.pop("TXMAIL_RELIABILITY_OUT", None)  # not a report run
     command = [sys.executable, "-m", "pytest", node, f"--hypothesis-seed={seed}", "-q",
-               "-p", "no:cacheprovider", "-o", "timeout=0", *pytest_args]
+               "-p", "no:cacheprovider", "-o", "timeout=0"]
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(" ".join(command) + "\n\n")
         log.flush()
@@ -136,7 +136,7 @@ def main(argv=None):
                 break
             seed = rng.randrange(2 ** 32)
             log = os.path.join(logs, f"{len(runs):03d}-{node.rpartition('::')[2]}-{seed}.log")
-            outcome = run_one(node, seed, log, left, pytest_args)
+            outcome = run_one(node, seed, log, left)
             runs.append({"node": node, "seed": seed, "log": log, "outcome": outcome})
             print(f"explore: {node} seed {seed}: {outcome}", flush=True)
     report = os.path.join(args.out, "FINDINGS.md")
