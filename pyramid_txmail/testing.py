@@ -33,6 +33,8 @@ import threading
 import time
 from email.parser import BytesParser
 
+from . import previewsource
+
 __all__ = ["SentMail", "Attachment", "Outbox", "capture", "setUp", "dummy_request",
            "MEMORY_SETTINGS"]
 
@@ -109,7 +111,7 @@ class SentMail:
 
     @property
     def attachments(self):
-        return [Attachment(part.get_filename(), part.get_content_type(),
+        return [Attachment(previewsource.filename(part), part.get_content_type(),
                            part.get_payload(decode=True) or b"")
                 for part in self.message.iter_attachments()]
 

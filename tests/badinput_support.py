@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
+from pyramid_txmail.previewsource import filename as filename_of  # noqa: F401 -- shared
 from pyramid_txmail.processor import Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.smtp import SMTPTransport
@@ -179,22 +180,6 @@ def raw_headers(data):
     text = data.decode("utf-8", "surrogateescape")
     message = email.message_from_string(text, policy=email.policy.compat32)
     return [(name, unfold(value)) for name, value in message.items()]
-
-
-def filename_of(part):
-    """An attachment's filename as a conforming reader reads it: Content-Disposition's
-    ``filename`` parameter (RFC 2231 decoded), else Content-Type's ``name``.
-
-    Not ``get_filename()``: the email package unquotes the parameter's value a
-    second time there (``collapse_rfc2231_value`` after ``get_param``), so a
-    filename ``"a"`` reads as ``a``, ``<a>`` as ``a`` and ``""`` as nothing,
-    whatever was sent -- and it strips white space.
-    """
-    found = part.get_param("filename", None, "content-disposition")
-    if found is None:
-        found = part.get_param("name", None, "content-type")
-    return None if found is None else email.utils.collapse_rfc2231_value(
-        found) if isinstance(found, tuple) else found
 
 
 def decoded(raw):
