@@ -27,6 +27,10 @@ GROUPS = {
     "badinput": "Bad input (property-based)",
     "tls": "TLS and secrets",
     "postfix": "A real Postfix in the path",
+    # issue 11's scenarios (its findings 1, 3 and 10 name their own groups)
+    "envelope": "Envelope integrity (property-based)",
+    "signals": "Daemon signals",
+    "builder": "Building large messages",
 }
 
 #: Said under a group's heading when its unit is not the message.
