@@ -5,8 +5,8 @@ same examples, and it is red only when the code regressed.  Looking for new
 cases is this script's job instead.  It runs every test marked ``property``
 (long size, ``TXMAIL_HYPOTHESIS=explore``: a random seed each time, and an
 example database under test-artifacts/explore that replays what it found),
-one test per pytest process, round after round, until the budget is spent;
-a run still going then is stopped and counted as cut off.
+one test per pytest process, round after round (each in a new order) until
+the budget is spent; a run still going then is stopped and counted as cut off.
 
 It writes ``OUT/FINDINGS.md``: every run with its seed and outcome, and each
 falsifying example as hypothesis printed it, with the command that reproduces
@@ -130,6 +130,7 @@ def main(argv=None):
     started, deadline = time.gmtime(), time.monotonic() + args.minutes * 60
     rng, runs = random.SystemRandom(), []
     while time.monotonic() < deadline:
+        rng.shuffle(nodes)  # a short budget still reaches every test, over several runs
         for node in nodes:
             left = deadline - time.monotonic()
             if left <= 0:
