@@ -296,15 +296,14 @@ def run(args):
         say(f"demo: development SMTP server on {config['smtp_host']}:{config['smtp_port']}, "
             f"inbox {config['inbox']}")
         web = start_web(ini, env)
-        try:
+        say(f"demo: database {config['database']}")
+        base = f"http://{config['http_host']}:{config['http_port']}/"
+        wait_for_web(base, web, timeout=30)
+        try:  # after the app is up: the app creates the spool, txmail-qp never does
             queue = start_queue_processor(qp, ini, env)
         except QueueRunnerError as exc:
             raise DemoError(str(exc)) from None
         say(f"demo: queue processor: {queue.describe()} (spool {config['spool']})")
-        say(f"demo: database {config['database']}")
-
-        base = f"http://{config['http_host']}:{config['http_port']}/"
-        wait_for_web(base, web, timeout=30)
         say("")
         say(f"Form: {base}   Inbox: {base}inbox   Mail preview: {base}_mail/")
         say("")

@@ -12,8 +12,10 @@ from pyramid.exceptions import ConfigurationError
 from pyramid.interfaces import IRequest
 
 from .builder import Mail
-from .delivery import Delivery, Mailer, NoTransaction, make_outbox
+from .delivery import (Delivery, Mailer, NoQueue, NoTransaction, TransactionEnded,
+                       make_outboxes)
 from .events import MailDeferred, MailFailed, MailQueued, MailSent
+from .immediate import DeliveryFailed
 from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
                          IMailQueued, IMailSent, IMailSettings)
 from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
@@ -24,7 +26,8 @@ from .spool import SpoolError
 from .templates import render_mail
 
 __all__ = [
-    "Delivery", "Mailer", "NoTransaction", "MailSettings", "get_mailer", "includeme",
+    "Delivery", "Mailer", "NoTransaction", "TransactionEnded", "NoQueue", "DeliveryFailed",
+    "MailSettings", "get_mailer", "includeme",
     "MailQueued", "MailSent", "MailDeferred", "MailFailed",
     "IMailQueued", "IMailSent", "IMailDeferred", "IMailFailed", "IMailDelivery",
     "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
@@ -45,10 +48,10 @@ def transport_factory(settings):
 def make_delivery(settings, registry=None):
     """Build the :class:`Delivery` for parsed :class:`MailSettings`."""
     try:
-        outbox = make_outbox(settings, transport_factory(settings))
+        outboxes, transports = make_outboxes(settings, transport_factory(settings))
     except SpoolError as exc:
         raise ConfigurationError(f"mail.queue_path = {settings.queue_path!r}: {exc}") from None
-    return Delivery(settings, outbox, registry)
+    return Delivery(settings, outboxes["send"], registry, outboxes, transports)
 
 
 def get_mailer(registry, transaction_manager=None):

@@ -25,7 +25,6 @@ daemon holds no connection open.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -218,12 +217,9 @@ class Daemon:
             if not isinstance(next_attempt, (int, float)):
                 next_attempt = now  # the processor treats an unknown time as due
             due = min(due, next_attempt + TIMER_SLACK)
-        for name in self.spool.names("cur"):
-            try:
-                claimed = os.stat(os.path.join(self.spool.path, "cur", name)).st_mtime
-            except FileNotFoundError:
-                continue
-            due = min(due, claimed + self.settings.claim_timeout + TIMER_SLACK)
+        claims_due = self.spool.next_claim_expiry(self.settings.claim_timeout, now)
+        if claims_due is not None:
+            due = min(due, claims_due + TIMER_SLACK)
         return max(MIN_TIMER_WAIT, due - now)
 
     def _log_stop(self):

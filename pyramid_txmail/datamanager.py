@@ -13,10 +13,15 @@ messages.  In protocol order:
 
 Work that must not happen inside the commit (SMTP for direct delivery,
 event subscribers) runs from an after-commit hook.
+
+A transaction that holds mail and is neither committed nor aborted -- the
+process exits, or the transaction is dropped -- would lose that mail without
+a word; a finalizer logs an ERROR naming the Message-IDs instead.
 """
 from __future__ import annotations
 
 import logging
+import weakref
 
 from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
 from zope.interface import implementer
@@ -42,14 +47,26 @@ def write_all(messages, write, discard, where):
     return written
 
 
+def _report_unsent(messages):
+    """The finalizer of a data manager (run when it is collected, or at exit)."""
+    if messages:
+        log.error("%d message(s) handed to the mailer were never sent: their transaction "
+                  "was neither committed nor aborted before it was dropped or the process "
+                  "exited (%s). Commit it: `with transaction.manager:` or "
+                  "transaction.commit() in a script, pyramid_tm in a request",
+                  len(messages), ", ".join(p.message_id for p in messages))
+
+
 @implementer(ISavepointDataManager)
 class MailDataManager:
     def __init__(self, outbox, transaction_manager, on_committed):
         self.outbox = outbox
         self.transaction_manager = transaction_manager
         self.on_committed = on_committed
+        #: Changed in place only: the finalizer holds this list (not ``self``).
         self.messages = []
         self.voted = None  # the outbox's handle for what tpc_vote wrote
+        self._unsent = weakref.finalize(self, _report_unsent, self.messages)
 
     def add(self, prepared):
         self.messages.append(prepared)
@@ -83,7 +100,8 @@ class MailDataManager:
         """After-commit hook: hand the committed messages on (never raises)."""
         if not status:
             return
-        messages, self.messages = self.messages, []
+        messages = list(self.messages)
+        self._done()
         try:
             self.on_committed(messages)
         except Exception:
@@ -94,7 +112,12 @@ class MailDataManager:
         if self.voted is not None:
             self.outbox.discard(self.voted)
             self.voted = None
-        self.messages = []
+        self._done()
+
+    def _done(self):
+        """Committed or aborted: nothing left that could be lost unreported."""
+        self.messages.clear()
+        self._unsent.detach()
 
 
 @implementer(IDataManagerSavepoint)

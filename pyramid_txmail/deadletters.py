@@ -64,7 +64,8 @@ class DeadLetters:
         dead-lettered whole for a person to look at.
         """
         now = self.clock()
-        reason = (f"the state file meta/{job.entry.name}.json is corrupt, so the "
+        why = job.meta.get("meta_problem") or "corrupt"
+        reason = (f"the state file meta/{job.entry.name}.json is {why}, so the "
                   "recipients already delivered are unknown; not sent again")
         dead = [RecipientResult(r, PERMANENT, None, "delivery state unknown")
                 for r in job.toaddrs]

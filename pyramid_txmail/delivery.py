@@ -1,4 +1,4 @@
-"""Deliveries (queue, direct) and the transaction-bound mailer.
+"""Deliveries (queue, direct, sendmail) and the transaction-bound mailer.
 
 :class:`Delivery` is the registered utility (repoze.sendmail's
 ``IMailDelivery``); :class:`Mailer` is what ``request.mailer`` and
@@ -12,17 +12,20 @@ import logging
 import time
 
 import transaction
+from pyramid.exceptions import ConfigurationError
 from zope.interface import implementer
 
 from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
+from .joining import NoTransaction, TransactionEnded, joinable_transaction  # noqa: F401
 from .message import prepare
 from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
 from .sendlog import record_send
+from .sendmail import SendmailTransport
 from .settings import DEV_DELIVERY_MODES
 from .spool import Spool
 
@@ -137,14 +140,26 @@ class Delivery:
     """The configured delivery (a registry utility providing ``IMailDelivery``).
 
     ``send(fromaddr, toaddrs, message)`` keeps repoze.sendmail's signature and
-    joins the thread-local transaction, like repoze.sendmail's deliveries.
+    joins the thread-local transaction, like repoze.sendmail's deliveries
+    (but never begins one: see :mod:`pyramid_txmail.joining`).
+
+    ``outboxes`` maps what the mailer's methods use: ``"send"`` (``send``:
+    ``mail.delivery``), ``"queue"`` (``send_to_queue``; ``None`` without a
+    spool) and ``"sendmail"`` (``send_sendmail``).  ``transports`` maps
+    ``"smtp"`` / ``"sendmail"`` to the transport factories of
+    ``send_immediately`` / ``send_immediately_sendmail``; ``None`` for the
+    development deliveries, where every method ends in ``outbox``.
     """
 
-    def __init__(self, settings, outbox, registry=None):
+    def __init__(self, settings, outbox, registry=None, outboxes=None, transports=None):
         self.settings = settings
         self.outbox = outbox
         self.registry = registry
         self.transaction_manager = transaction.manager
+        if outboxes is None:
+            outboxes = default_outboxes(settings, outbox)
+        self.outboxes = outboxes
+        self.transports = transports
 
     def send(self, fromaddr, toaddrs, message):
         return Mailer(self, self.transaction_manager).send(fromaddr, toaddrs, message)
@@ -153,28 +168,30 @@ class Delivery:
         return Mailer(self, transaction_manager or self.transaction_manager, request)
 
 
-class NoTransaction(RuntimeError):
-    """``send`` was called with no active transaction to join."""
-
-
-def _has_transaction(manager):
-    """Whether ``manager`` has begun a transaction (without beginning one).
-
-    transaction's managers keep it in ``_txn``; a thread-local manager wraps
-    one as ``manager``.  Unknown managers are trusted.
-    """
-    inner = getattr(manager, "manager", manager)
-    return getattr(inner, "_txn", True) is not None
+class NoQueue(ConfigurationError, RuntimeError):
+    """``send_to_queue`` without ``mail.queue_path`` (a RuntimeError, as pyramid_mailer's)."""
 
 
 @implementer(IMailDelivery)
 class Mailer:
     """A delivery bound to a transaction manager (and maybe a request).
 
-    ``send(message)`` validates the message now, returns its Message-ID and
-    sends it when the transaction commits.  ``send(fromaddr, toaddrs,
-    message)`` does the same with an explicit envelope (repoze.sendmail's
-    ``IMailDelivery`` signature).
+    pyramid_mailer's mailer API, with its meaning:
+
+    - ``send(message)`` validates the message now, returns its Message-ID and
+      hands it to ``mail.delivery`` when the transaction commits;
+      ``send(fromaddr, toaddrs, message)`` does the same with an explicit
+      envelope (repoze.sendmail's ``IMailDelivery`` signature).
+    - ``send_to_queue(message)``: into the spool at commit, whatever
+      ``mail.delivery`` is.
+    - ``send_sendmail(message)``: through the sendmail binary after the commit.
+    - ``send_immediately(message, fail_silently=False)`` and
+      ``send_immediately_sendmail(...)``: now, outside the transaction
+      (:mod:`pyramid_txmail.immediate`).
+
+    Each validates, encodes and redirects the same way and raises the same
+    events.  The transactional ones never begin a transaction: with none to
+    join they raise :class:`NoTransaction`.
     """
 
     def __init__(self, delivery, transaction_manager, request=None):
@@ -191,63 +208,128 @@ class Mailer:
                 toaddrs = [toaddrs]
         else:
             raise TypeError("send(message) or send(fromaddr, toaddrs, message)")
-        prepared = prepare(message, self.delivery.settings.default_sender,
-                           fromaddr, toaddrs)
+        return self._add("send", self._prepare(message, fromaddr, toaddrs))
+
+    def send_to_queue(self, message):
+        """Queue ``message`` in the spool when the transaction commits (``txmail-qp`` sends it)."""
+        if self.delivery.outboxes["queue"] is None:
+            raise NoQueue(
+                "send_to_queue() needs a mail spool and mail.queue_path is not set, so "
+                "nothing was queued: set mail.queue_path (txmail-qp delivers the queue), or "
+                f"use send(), which follows mail.delivery = {self.delivery.settings.delivery}")
+        return self._add("queue", self._prepare(message))
+
+    def send_sendmail(self, message):
+        """Pipe ``message`` to ``mail.sendmail_app`` when the transaction commits."""
+        return self._add("sendmail", self._prepare(message))
+
+    def send_immediately(self, message, fail_silently=False):
+        """Send now over SMTP, outside the transaction; see :func:`immediate.send_now`."""
+        from .immediate import send_now
+
+        return send_now(self, self._prepare(message), "smtp", fail_silently)
+
+    def send_immediately_sendmail(self, message, fail_silently=False):
+        """Pipe to ``mail.sendmail_app`` now, outside the transaction."""
+        from .immediate import send_now
+
+        return send_now(self, self._prepare(message), "sendmail", fail_silently)
+
+    def _prepare(self, message, fromaddr=None, toaddrs=None):
+        prepared = prepare(message, self.delivery.settings.default_sender, fromaddr, toaddrs)
         if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
             prepared = redirect(prepared, self.delivery.settings.redirect_to)
-        manager = self._data_manager()
+        return prepared
+
+    def _add(self, kind, prepared):
+        outbox = self.delivery.outboxes[kind]
+        if outbox is None:
+            raise ConfigurationError(f"this Delivery has no {kind!r} outbox (build it "
+                                     "with pyramid_txmail.make_delivery)")
+        txn = joinable_transaction(self.transaction_manager, self.request)
+        manager = self._data_manager(txn, outbox)
         manager.add(prepared)
         # The debug toolbar panel's record of this request's mail (no-op otherwise).
-        record_send(self.request, self.transaction_manager.get(), manager, prepared)
+        record_send(self.request, txn, manager, prepared)
         return prepared.message_id
 
-    def _data_manager(self):
-        if self.request is not None and not self.request.environ.get("tm.active") \
-                and not _has_transaction(self.transaction_manager):
-            # A non-explicit manager would quietly begin a transaction that
-            # nobody commits: the mail would be lost without a word.
-            raise NoTransaction("pyramid_tm is not managing this request (see "
-                                "tm.activate_hook) and no transaction was begun: wrap "
-                                "the send in `with request.tm:`")
+    def _data_manager(self, txn, outbox):
+        """The transaction's data manager for ``outbox`` (one per outbox and transaction)."""
         try:
-            txn = self.transaction_manager.get()
-        except transaction.interfaces.NoTransaction:
-            raise NoTransaction("mailer.send() needs an active transaction: begin one "
-                                "(with transaction_manager: ...) or enable pyramid_tm "
-                                "for this request") from None
-        try:
-            return txn.data(self.delivery)
+            return txn.data(outbox)
         except KeyError:
             pass
-        manager = MailDataManager(self.delivery.outbox, self.transaction_manager,
-                                  self._committed)
+        manager = MailDataManager(outbox, self.transaction_manager,
+                                  lambda messages: self._committed(outbox, messages))
         txn.join(manager)
         txn.addAfterCommitHook(manager.after_commit)
-        txn.set_data(self.delivery, manager)
+        txn.set_data(outbox, manager)
         return manager
 
-    def _committed(self, messages):
-        events = self.delivery.outbox.committed(messages)
+    def _committed(self, outbox, messages):
+        self.dispatch(outbox.committed(messages), after_request=True)
+
+    def dispatch(self, events, after_request=False):
+        """Notify ``events``, each in a new transaction of its own.
+
+        In a request whose transaction has just committed, they wait for
+        pyramid_tm to end it (finished callback) and run on ``request.tm``;
+        otherwise on a fresh explicit manager, so that a subscriber can
+        neither join nor break a transaction that is still going on.
+        """
         registry = self.delivery.registry
         if not events or registry is None:
             return
-        if self.request is not None:
+        for event in events:
+            event.request = self.request
+        if self.request is not None and after_request:
             # pyramid_tm has ended the transaction by the time finished
             # callbacks run: subscribers get a fresh one on request.tm.
-            for event in events:
-                event.request = self.request
             self.request.add_finished_callback(
                 lambda request: dispatch(registry, events, self.transaction_manager))
         else:
             dispatch(registry, events, transaction.TransactionManager(explicit=True))
 
 
-def make_outbox(settings, transport_factory):
-    """The outbox for ``settings.delivery`` (spool created/checked here)."""
-    if settings.delivery in DEV_DELIVERY_MODES:  # memory, file, console, null
-        return make_dev_outbox(settings)
+def default_outboxes(settings, outbox):
+    """The outboxes of a :class:`Delivery` built from one outbox only.
+
+    A development delivery serves every method (memory delivery may keep
+    ``send_to_queue``'s messages apart, as its ``queue_outbox``); otherwise
+    ``send_to_queue`` needs a queue outbox and ``send_sendmail`` has none.
+    """
+    if settings.delivery in DEV_DELIVERY_MODES:
+        return {"send": outbox, "queue": getattr(outbox, "queue_outbox", outbox),
+                "sendmail": outbox}
+    return {"send": outbox, "queue": outbox if isinstance(outbox, QueueOutbox) else None,
+            "sendmail": None}
+
+
+def make_outboxes(settings, transport_factory):
+    """``(outboxes, transports)`` for :class:`Delivery` (spool created/checked here).
+
+    ``transport_factory`` opens an SMTP transport.  The development
+    deliveries (memory, file, console, null) serve every method: nothing is
+    ever sent from them.  The sendmail outbox falls back to the spool like
+    direct delivery does.
+    """
+    if settings.delivery in DEV_DELIVERY_MODES:
+        dev = make_dev_outbox(settings)
+        return default_outboxes(settings, dev), None
+
+    def sendmail_factory():
+        return SendmailTransport.from_settings(settings)
+
     spool = Spool(settings.queue_path) if settings.queue_path else None
-    if settings.delivery == "queue":
-        return QueueOutbox(spool)
     fallback = spool if settings.direct_fallback == "queue" else None
-    return DirectOutbox(transport_factory, fallback)
+    queue = QueueOutbox(spool) if spool is not None else None
+    sendmail = DirectOutbox(sendmail_factory, fallback)
+    send = {"queue": queue, "sendmail": sendmail}.get(settings.delivery) or \
+        DirectOutbox(transport_factory, fallback)
+    return ({"send": send, "queue": queue, "sendmail": sendmail},
+            {"smtp": transport_factory, "sendmail": sendmail_factory})
+
+
+def make_outbox(settings, transport_factory):
+    """The outbox of ``send`` for ``settings.delivery``."""
+    return make_outboxes(settings, transport_factory)[0]["send"]

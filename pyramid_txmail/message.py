@@ -19,6 +19,7 @@ from email.message import Message
 from email_validator import EmailNotValidError, validate_email
 
 from . import mimeparts, wire
+from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
@@ -91,9 +92,12 @@ def _validated(address):
 
     The verdict depends only on the string (no DNS lookups), and an app
     sends from the same few senders to recipients it has seen before.
+    Quoted local parts (``"a,b"@example.com``) are valid (RFC 5321): the
+    envelope is stored and sent so that nothing in one can split it.
     """
     try:
-        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True,
+                               allow_quoted_local=True)
     except EmailNotValidError as exc:
         return None, str(exc)
     return valid.ascii_email or valid.normalized, None
@@ -109,6 +113,10 @@ def check_address(header, address, within=None):
 
 def validate_address_header(header, value):
     """Parse and validate an address header value; returns envelope addresses."""
+    if encoded_word_in_address(value):
+        raise InvalidAddress(header, str(value), "an RFC 2047 encoded word inside the "
+                             "address itself (only a display name may be encoded); the "
+                             "email package would decode it into another address")
     text = str(value)
     if "\r" in _FOLD.sub(" ", text) or "\n" in _FOLD.sub(" ", text):
         raise HeaderInjection(header)
@@ -188,10 +196,22 @@ def _coerce(message, default_sender=None):
 
 
 def _addresses(message, names):
+    """The addresses of the ``names`` headers, from each header's text as stored.
+
+    A value parsed from bytes is stored raw: its addresses are taken from
+    that text, as written and as it will be sent.  ``message.get_all`` would
+    parse it with the email package, which RFC 2047-decodes an encoded word
+    inside an address (``=?x?q?a?=.e@example.com`` reads as a.e@example.com,
+    with no trace in its parse) -- the envelope would not be what the
+    message says.  A value assigned as a header object was parsed when it
+    was assigned; it is what the message holds (see
+    :func:`~pyramid_txmail.envelope.encoded_word_in_address`).
+    """
     found = []
     for name in names:
-        for value in message.get_all(name, []):
-            found.extend(validate_address_header(name, value))
+        for key, value in message._headers:
+            if key.lower() == name.lower():
+                found.extend(validate_address_header(name, value))
     return found
 
 
@@ -327,6 +347,8 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
         built = message.build()
         message = message.header_message(built)
     message, env_from, env_to = _coerce(message, default_sender)
+    drop_envelope_headers(message)
+    decode_raw_octets(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)

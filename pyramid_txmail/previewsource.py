@@ -8,8 +8,8 @@ Two kinds of source:
 - directories of ``.eml`` files (``mail.file_path`` of file delivery, the
   demo's inbox, anything in ``mail.preview_dirs``): a message is named by its
   file name.  Each file is the message with the envelope prepended as
-  ``X-Envelope-From:`` / ``X-Envelope-To:`` header lines (or repoze.sendmail's
-  ``X-Actually-From:`` / ``X-Actually-To:``).
+  ``X-Envelope-From:`` / ``X-Envelope-To:`` header lines (or a queue file's
+  envelope), read as written: see :func:`file_envelope`.
 
 A name that comes from a URL is only ever looked up among the names the
 source lists itself (``os.listdir`` or the outbox's indexes), never joined
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.parser
+import io
 import email.policy
 import email.utils
 import os
@@ -26,6 +27,9 @@ import re
 import stat
 
 from .interfaces import IMailOutbox
+from .regular_files import READ_FLAGS
+from .spoolfile import (PoisonMessage, field_name, header_fields, read_envelope,
+                        split_addresses, unfolded_value)
 
 MEMORY = "memory"
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,250}\.eml$")
@@ -118,9 +122,8 @@ def _listed_names(directory):
 
 def _read(directory, name, limit=None):
     """(bytes, size, mtime) of a listed file, or None if it went away or is not a file."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(os.path.join(directory, name), flags)
+    try:  # O_NOFOLLOW | O_NONBLOCK: a symlink is not followed, a FIFO not waited on
+        fd = os.open(os.path.join(directory, name), READ_FLAGS)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
@@ -136,13 +139,30 @@ def _file_entry(source, name, limit=None):
     if found is None:
         return None
     data, size, mtime = found
-    head = data.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
-    envelope = _parser.parsebytes(head + b"\n\n", headersonly=True)
-    fromaddr = envelope.get("X-Envelope-From") or envelope.get("X-Actually-From")
-    to = envelope.get("X-Envelope-To") or envelope.get("X-Actually-To") or ""
-    toaddrs = tuple(a.strip() for a in str(to).split(",") if a.strip())
-    return Entry(source, name, data, size, mtime,
-                 str(fromaddr) if fromaddr is not None else None, toaddrs)
+    fromaddr, toaddrs = file_envelope(data)
+    return Entry(source, name, data, size, mtime, fromaddr, toaddrs)
+
+
+def file_envelope(data):
+    """``(fromaddr or None, toaddrs)`` of an .eml file, as it was written.
+
+    Its ``X-Envelope-*`` lines are prepended, so the first of each is the
+    envelope (a forwarded message may carry its own further down); their
+    values are raw UTF-8, never RFC 2047-decoded (an address may look like
+    an encoded word), and recipients are split at commas outside quotes.
+    A file with none is read as a queue file is.
+    """
+    found = {}
+    for field in header_fields(io.BytesIO(data)):
+        name = field_name(field)
+        if name in (b"x-envelope-from", b"x-envelope-to") and name not in found:
+            found[name] = unfolded_value(field).decode("utf-8", errors="replace")
+    if found:
+        return found.get(b"x-envelope-from"), split_addresses(found.get(b"x-envelope-to", ""))
+    try:
+        return read_envelope(io.BytesIO(data))[:2]
+    except PoisonMessage:
+        return None, ()
 
 
 def list_entries(source, registry):

@@ -47,6 +47,7 @@ from pyramid.threadlocal import manager as threadlocals
 
 from . import events as mail_events
 from . import wire
+from .claims import Heartbeat, heartbeat_interval
 from .queue_state import record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
@@ -81,6 +82,10 @@ class _Job:
     meta: dict
 
 
+class ClaimLost(Exception):
+    """The claimed file left ``cur/`` (or was replaced) while it was being sent."""
+
+
 def _summary(results):
     return DeliveryResult(None, tuple(results)).summary()
 
@@ -89,7 +94,8 @@ class Processor(DeadLetters):
     """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through transports.
 
     ``transport`` is ``None`` (an SMTP transport per worker, from
-    ``settings``, sharing which relays are resting), a factory returning a
+    ``settings``, sharing which relays are resting; the sendmail binary with
+    ``mail.delivery = sendmail``), a factory returning a
     new transport per worker, or one transport object (then one worker; the
     caller opens and closes it).  A transport is anything with
     ``deliver(fromaddr, toaddrs, data, message_id=None) -> DeliveryResult``.
@@ -113,7 +119,12 @@ class Processor(DeadLetters):
         self.rand = rand
         self.transport = None
         self.relays = None
-        if transport is None:
+        if transport is None and settings.delivery == "sendmail":
+            # The queue of sendmail delivery (its fallback) is drained the same way.
+            from .sendmail import SendmailTransport
+
+            self.transport_factory = lambda: SendmailTransport.from_settings(settings)
+        elif transport is None:
             from .smtp import SMTPTransport
             from .smtp_session import Relays
 
@@ -153,7 +164,8 @@ class Processor(DeadLetters):
         stats.recovered += recover(self.spool, self.settings.commit_grace,
                                    self.settings.commit_check, self.registry, now)
         jobs = self._jobs(now, stats, stop)
-        with ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
+        with Heartbeat(heartbeat_interval(self.settings.claim_timeout)) as self._heartbeat, \
+                ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
             self._run(jobs, stats, stop)
         return stats
 
@@ -220,10 +232,18 @@ class Processor(DeadLetters):
         """One message's bug or I/O error must not stop the queue behind it.
 
         Whatever was recorded in its state file stands; the claim is put
-        back by a later pass after ``claim_timeout``.
+        back by a later pass after ``claim_timeout``.  A claim lost to
+        another process (its file gone from ``cur/``) is that process's
+        now: logged, and the pass goes on.
         """
         try:
             self._process(transport, state, name, stats)
+        except (ClaimLost, FileNotFoundError) as exc:
+            stats.skipped += 1
+            log.warning("%s: this processor lost its claim while handling it (%s); the "
+                        "message is left to whoever holds it now (released by "
+                        "`txmail-queue release --force`, or taken after its heartbeat "
+                        "stopped for mail.claim_timeout)", name, exc)
         except Exception:
             stats.errors += 1
             log.exception("%s: unexpected error; the message stays claimed in cur/ "
@@ -248,7 +268,19 @@ class Processor(DeadLetters):
         if entry is None:
             stats.skipped += 1
             return
+        if entry.claim is not None:
+            self._heartbeat.add(entry.claim)
+        try:
+            self._handle(transport, entry, stats)
+        finally:
+            self._heartbeat.discard(entry.claim)
+            entry.release()
+
+    def _handle(self, transport, entry, stats):
         meta = self._load_meta(entry)
+        if entry.problem:
+            self._bury_poison(entry, meta, entry.problem, stats)
+            return
         try:
             fromaddr, toaddrs, data = self.spool.read(entry, stream_over=STREAM_OVER)
         except PoisonMessage as exc:
@@ -293,6 +325,8 @@ class Processor(DeadLetters):
         rather than left claimed and sent again.
         """
         result = self._deliver(transport, job, pending)
+        if job.entry.claim is not None and not job.entry.claim.holds(job.entry.path):
+            raise ClaimLost(f"the relay's answer was {result.summary()}")
         all_sent = all(r.status == SENT for r in result.results)
         if not job.meta and all_sent:
             return result

@@ -28,16 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from email.parser import BytesHeaderParser
 
+from . import wire
 from .queue_state import dead_letter
+from .regular_files import NotRegularFile, check_regular, open_regular_file
 from .result import PERMANENT, RecipientResult
-from .spool import Entry, PoisonMessage, unlink_if_present
+from .spool import Entry, PoisonMessage, read_envelope, unlink_if_present
 
 log = logging.getLogger(__name__)
-
-_HEAD = 1 << 16
-
 
 def recover(spool, grace, check=None, registry=None, now=None):
     """Resolve the leftovers older than ``grace`` seconds; returns how many."""
@@ -46,10 +44,13 @@ def recover(spool, grace, check=None, registry=None, now=None):
 
 
 def _old(path, grace, now):
+    """Older than ``grace``, or dated more than ``grace`` ahead (a clock set back
+    since it was written: it would otherwise never come of age)."""
     try:
-        return now - os.stat(path).st_mtime >= grace
+        age = now - os.lstat(path).st_mtime
     except FileNotFoundError:
         return False
+    return age >= grace or -age > grace
 
 
 def _clean_tmp(spool, grace, now):
@@ -73,6 +74,14 @@ def _resolve_prepared(spool, grace, check, registry, now):
     for name in spool.names("prepared"):
         entry = Entry(spool, "prepared", name)
         if not _old(entry.path, grace, now):
+            continue
+        try:
+            check_regular(entry.path, os.lstat(entry.path))
+        except NotRegularFile as exc:  # nothing to ask about: dead-letter it as it is
+            _dead_letter_poison(spool, entry, exc.strerror, now)
+            resolved += 1
+            continue
+        except FileNotFoundError:
             continue
         message_id = _message_id(entry.path)
         verdict = _ask(check, message_id, registry, name)
@@ -106,13 +115,14 @@ def _ask(check, message_id, registry, name):
 
 
 def _message_id(path):
+    """The Message-ID of a queue file, found in its header block however long its
+    envelope (a record of thousands of recipients comes first)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(_HEAD)
-    except OSError:
+        with open_regular_file(path) as f:
+            head = read_envelope(f)[2]
+    except (OSError, PoisonMessage):  # gone, unreadable, not a regular file
         return None
-    value = BytesHeaderParser().parsebytes(head).get("Message-ID")
-    return str(value).strip() if value else None
+    return wire.message_id_of(head)
 
 
 def _dead_letter(spool, entry, message_id, now, asked):
@@ -125,9 +135,20 @@ def _dead_letter(spool, entry, message_id, now, asked):
               "mail spool's vote and its finish, so whether its transaction committed is "
               f"unknown ({why}). If it did, `txmail-queue retry` sends it; if not, purge it.")
     dead = [RecipientResult(r, PERMANENT, None, "in doubt") for r in toaddrs]
-    meta = dead_letter({"queued_at": os.stat(entry.path).st_mtime}, message_id, dead,
+    meta = dead_letter({"queued_at": os.lstat(entry.path).st_mtime}, message_id, dead,
                        reason, now, None)
     meta["in_doubt"] = True
     spool.write_meta(entry.name, meta)
     spool.move(entry, "failed")
     log.error("in doubt %s (%s) dead-lettered: %s", entry.name, message_id, reason)
+
+
+def _dead_letter_poison(spool, entry, why, now):
+    """A prepared/ entry that is no message file (a FIFO, a symlink): failed/, with why."""
+    reason = f"poison: {why}"
+    try:
+        spool.write_meta(entry.name, dead_letter({}, None, [], reason, now, entry.name))
+        spool.move(entry, "failed")
+    except FileNotFoundError:  # another processor resolved it first
+        return
+    log.error("dead letter failed/%s (left in prepared/): %s", entry.name, reason)

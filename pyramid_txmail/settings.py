@@ -8,15 +8,18 @@ and what would have been accepted -- never a traceback at the first send.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import re
 import shlex
+import stat
 
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
 PREFIX = "mail."
 
-DELIVERY_MODES = ("queue", "direct", "memory", "file", "console", "null")
+DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
 #: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
 DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
@@ -68,6 +71,14 @@ def parse_duration(value):
     if not match or float(match.group(1)) <= 0:
         raise ValueError("expected a positive duration such as 30, 30s, 5m, 2h or 5d")
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _claim_timeout(value):
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("expected at least 1s: a live processor refreshes its claim every "
+                         "claim_timeout/4, which needs some margin")
+    return seconds
 
 
 def _str(value):
@@ -127,11 +138,36 @@ def _hosts(value):
     return tuple(hosts) or None
 
 
+def _absolute(text):
+    """A path every process reads the same: relative ones are refused, not guessed.
+
+    A relative path would be resolved against each process's working
+    directory -- the application's, txmail-qp's from cron -- which differ
+    (a second, empty spool that txmail-qp drained with ``sent=0``).  The
+    application never learns its ini file's directory (PasteDeploy passes
+    ``here`` only to the app factory's ``global_config``), so it cannot be
+    resolved against that either; ``%(here)s`` in the ini does it.
+    """
+    if not os.path.isabs(text):
+        raise ValueError("a relative path would mean a different directory for each "
+                         "process's working directory; give an absolute path, e.g. "
+                         f"%(here)s/{text.removeprefix('./')} in the ini file "
+                         "(%(here)s is the ini file's directory)")
+    return text
+
+
+def _path(value):
+    text = _str(value)
+    return None if text is None else _absolute(text)
+
+
 def _paths(value):
     """Directories separated by whitespace or newlines (pyramid's ``aslist``)."""
     if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value if str(v).strip())
-    return tuple(str(value).split()) or None
+        paths = tuple(str(v) for v in value if str(v).strip())
+    else:
+        paths = tuple(str(value).split())
+    return tuple(_absolute(p) for p in paths) or None
 
 
 _URL_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
@@ -164,9 +200,15 @@ def _callable(value):
 
 
 def _template(value):
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return shlex.split(str(value))
+    """An argument list (split like a shell would, never run by one); see
+    :func:`pyramid_txmail.sendmail.check_template` for what is accepted."""
+    from .sendmail import check_template, without_t_warning
+
+    template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))
+    warning = without_t_warning(template)
+    if warning:
+        logging.getLogger("pyramid_txmail").warning(warning)
+    return check_template(template)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,27 +227,33 @@ SETTINGS = (
     Setting("password", _str, None, "SMTP AUTH password (never logged)."),
     Setting("tls", _bool, False, "Require STARTTLS; a server without it is an error."),
     Setting("ssl", _bool, False, "Implicit TLS (SMTPS, usually port 465)."),
-    Setting("keyfile", _str, None, "Client certificate key file for TLS."),
-    Setting("certfile", _str, None, "Client certificate file for TLS."),
-    Setting("tls_cafile", _str, None, "CA bundle used to verify the server instead of the system store."),
+    Setting("keyfile", _path, None, "Client certificate key file for TLS."),
+    Setting("certfile", _path, None, "Client certificate file for TLS."),
+    Setting("tls_cafile", _path, None, "CA bundle used to verify the server instead of the system store."),
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
     Setting("data_timeout", parse_duration, 600.0,
             "How long to wait for the reply to the end of the message data (RFC 5321 "
             "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
-    Setting("queue_path", _str, None, "Maildir spool directory; created 0700 if missing."),
+    Setting("queue_path", _path, None,
+            "Maildir spool directory, an absolute path (%(here)s/...); created 0700 by the "
+            "application if missing."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
-            "queue (default when queue_path is set), direct, or for development and "
+            "queue (default when queue_path is set), direct, sendmail (the "
+            "mail.sendmail_app binary, after the commit), or for development and "
             "tests memory, file, console or null."),
     Setting("direct_fallback", _choice(FALLBACK_MODES), None,
-            "With direct delivery: 'queue' (default when queue_path is set) spools a "
-            "message the relay did not take; 'none' only reports it."),
+            "With direct or sendmail delivery: 'queue' (default when queue_path is set) "
+            "spools a message the relay (or sendmail) did not take; 'none' only reports it."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
-    Setting("sendmail_app", _str, "/usr/sbin/sendmail", "Accepted for pyramid_mailer compatibility."),
-    Setting("sendmail_template", _template, ["{sendmail_app}", "-t", "-i", "-f", "{sender}"],
-            "Accepted for pyramid_mailer compatibility."),
-    Setting("claim_timeout", parse_duration, 3600.0,
-            "A message claimed by a processor that died goes back to the queue after this."),
+    Setting("sendmail_app", _str, "/usr/sbin/sendmail",
+            "The sendmail binary of mail.delivery = sendmail and send_sendmail()."),
+    Setting("sendmail_template", _template, ["{sendmail_app}", "-i", "-f", "{sender}"],
+            "Its command line; {sendmail_app} and {sender} are filled in, the "
+            "recipients follow --, a -t is dropped (never read from headers)."),
+    Setting("claim_timeout", _claim_timeout, 3600.0,
+            "A message claimed by a processor that died goes back to the queue after "
+            "this (a live one refreshes its claim, so a longer send keeps it); at least 1s."),
     Setting("commit_grace", parse_duration, 3600.0,
             "A message a crashed process left half-committed in the spool is cleaned up "
             "(tmp/) or resolved (prepared/) once it is this old."),
@@ -229,7 +277,7 @@ SETTINGS = (
             "Most messages per second txmail-qp sends, across all workers (unset: no limit)."),
     Setting("poll_interval", parse_duration, 1.0,
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
-    Setting("file_path", _str, None,
+    Setting("file_path", _path, None,
             "mail.delivery = file: the directory each committed message is written to as .eml."),
     Setting("redirect_to", _addresses, (),
             "Staging: send every message to these addresses instead of its recipients."),
@@ -266,7 +314,7 @@ class MailSettings:
     debug: int = 0
     sendmail_app: str = "/usr/sbin/sendmail"
     sendmail_template: list = dataclasses.field(
-        default_factory=lambda: ["{sendmail_app}", "-t", "-i", "-f", "{sender}"])
+        default_factory=lambda: ["{sendmail_app}", "-i", "-f", "{sender}"])
     claim_timeout: float = 3600.0
     commit_grace: float = 3600.0
     commit_check: object = None
@@ -284,6 +332,19 @@ class MailSettings:
     preview_allow: bool = False
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
+
+
+def _check_readable_file(path):
+    """Open and close ``path``: a regular file (symlinks followed, as in /etc/ssl).
+
+    ``O_NONBLOCK``: a FIFO given as a certificate must not hang the start-up.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+    finally:
+        os.close(fd)
 
 
 def _fail(key, value, why):
@@ -327,6 +388,14 @@ def parse_settings(settings, prefix=PREFIX):
                  else prefix + "direct_fallback = queue")
         raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
                                  "set it to a directory for the mail spool")
+    if values["delivery"] == "sendmail":
+        from .sendmail import check_app
+
+        app = values.get("sendmail_app", "/usr/sbin/sendmail")
+        why = check_app(app)
+        if why:
+            _fail(prefix + "sendmail_app", app, f"{why}; mail.delivery = sendmail needs the "
+                  "sendmail binary of the local MTA (e.g. Postfix's /usr/sbin/sendmail)")
     if values["delivery"] == "file" and not values.get("file_path"):
         raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
                                  "set it to a directory for the .eml files")
@@ -340,8 +409,7 @@ def parse_settings(settings, prefix=PREFIX):
         path = values.get(name)
         if path is not None:
             try:
-                with open(path, "rb"):
-                    pass
+                _check_readable_file(path)
             except OSError as exc:
                 _fail(prefix + name, path, f"cannot read the file: {exc.strerror}")
     return MailSettings(**values)

@@ -76,8 +76,13 @@ def _reply_status(code):
 
 
 def _angle(address):
-    """``<address>``; smtplib's full parse only for the unusual (``Name <a@b>``)."""
-    if "<" in address or " " in address or '"' in address:
+    """``<address>``, the address exactly as given.
+
+    Only a ``Name <a@b>`` form (it ends with ``>``, which no address does)
+    goes through smtplib's parse: re-parsing an address could change it
+    (a quoted local part may hold ``<``, ``,``, ``"`` or spaces).
+    """
+    if address.endswith(">"):
         return smtplib.quoteaddr(address)
     return f"<{address}>"
 

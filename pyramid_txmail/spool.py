@@ -13,9 +13,10 @@
     meta/       NAME.json: attempts, next attempt, delivered recipients, reason
 
 Each message is one file, named like a Maildir file (``time.MusecPpidQn.host``),
-holding the message bytes with the envelope prepended as repoze.sendmail's
-``X-Actually-From:`` / ``X-Actually-To:`` header lines, so that repoze.sendmail's
-``qp`` delivers what we queued and we deliver what it queued.
+holding the message bytes after the envelope: our envelope record on the first
+line, then repoze.sendmail's ``X-Actually-From:`` / ``X-Actually-To:`` header
+lines, so that repoze.sendmail's ``qp`` delivers what we queued and we deliver
+what it queued (see :mod:`pyramid_txmail.spoolfile`).
 
 Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
 ``prepared/`` (the vote), rename into ``new/`` and ``fsync`` the directory (the
@@ -33,10 +34,11 @@ import re
 import socket
 import time
 
-from . import wire
+from . import claims, wire
 from .private_dirs import make_private_dirs, why_unusable
+from .regular_files import NotRegularFile, open_regular_file
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
-    BLOCK, PoisonMessage, envelope_lines, split_envelope, stream_file)
+    BLOCK, PoisonMessage, envelope_lines, read_envelope, split_envelope, stream_file)
 
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
@@ -82,15 +84,31 @@ def _unique_name():
 
 @dataclasses.dataclass
 class Entry:
-    """One message file in the spool, in one state."""
+    """One message file in the spool, in one state.
+
+    An entry this process claimed holds its :class:`~pyramid_txmail.claims.Claim`
+    (the open, locked file), or the ``problem`` of a file that is not a
+    regular one (dead-lettered with it as the reason).
+    """
 
     spool: Spool
     state: str
     name: str
+    claim: object = dataclasses.field(default=None, repr=False, compare=False)
+    problem: str | None = None
 
     @property
     def path(self):
         return os.path.join(self.spool.path, self.state, self.name)
+
+    def open(self):
+        """The file, read through the claim's fd if claimed (never via a symlink)."""
+        return self.claim.reader() if self.claim else open_regular_file(self.path)
+
+    def release(self):
+        """Close a claim's fd (its lock goes with it): the file has left ``cur/``."""
+        if self.claim is not None:
+            self.claim.close()
 
 
 class Spool:
@@ -206,8 +224,7 @@ class Spool:
     def names(self, state):
         """The message names in a state, oldest first (dotfiles skipped)."""
         try:
-            names = [n for n in os.listdir(self._dir(state))
-                     if not n.startswith(".") and not n.endswith(".json")]
+            names = [n for n in os.listdir(self._dir(state)) if not n.startswith(".")]
         except FileNotFoundError:
             return []
         return sorted(names, key=_age_key)
@@ -229,7 +246,7 @@ class Spool:
             names = []
             for entry in entries:
                 name = entry.name
-                if name.startswith(".") or name.endswith(".json"):
+                if name.startswith("."):  # a queue file may be called *.json too
                     continue
                 names.append(name)
                 if len(names) >= batch:
@@ -243,11 +260,15 @@ class Spool:
         return len(self.names(state))
 
     def read_meta(self, name):
+        """The state file as a dict: ``{}`` if none, ``corrupt_meta`` (and
+        ``meta_problem``) if it cannot be trusted."""
         try:
-            with open(os.path.join(self._dir("meta"), name + ".json"), "rb") as f:
+            with open_regular_file(os.path.join(self._dir("meta"), name + ".json")) as f:
                 return json.load(f)
         except FileNotFoundError:
             return {}
+        except NotRegularFile as exc:
+            return {"corrupt_meta": True, "meta_problem": exc.strerror}
         except ValueError:
             return {"corrupt_meta": True}
 
@@ -262,7 +283,7 @@ class Spool:
         final = os.path.join(self._dir("meta"), name + ".json")
         tmp = os.path.join(self._dir("meta"), f".{name}.{os.getpid()}.tmp")
         data = memoryview(json.dumps(meta, indent=1, sort_keys=True).encode())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
             while data:
@@ -280,60 +301,53 @@ class Spool:
         unlink_if_present(os.path.join(self._dir("meta"), name + ".json"))
 
     def claim(self, state, name):
-        """Atomically take a message for sending; ``None`` if another took it."""
-        source = os.path.join(self._dir(state), name)
-        try:
-            os.utime(source)
-            os.rename(source, os.path.join(self._dir("cur"), name))
-        except FileNotFoundError:
+        """Atomically take a message for sending; ``None`` if another took it.
+
+        The entry holds the claim (see :mod:`pyramid_txmail.claims`): call
+        its ``release()`` once the file has left ``cur/``.
+        """
+        taken = claims.take(os.path.join(self._dir(state), name),
+                            os.path.join(self._dir("cur"), name))
+        if taken is None:
             return None
-        return Entry(self, "cur", name)
+        claim, problem = taken
+        return Entry(self, "cur", name, claim=claim, problem=problem)
 
     def read(self, entry, stream_over=None):
         """``(fromaddr, toaddrs, message)`` of an entry (PoisonMessage if bad).
 
         The message is ``bytes``; a file larger than ``stream_over`` octets
         whose lines fit SMTP's limits comes as a :class:`wire.Stream` that
-        reads the file in blocks, so memory does not grow with its size.
+        reads the file in blocks, so memory does not grow with its size --
+        however large its header block or its envelope.
         """
         try:
-            with open(entry.path, "rb") as f:
+            with entry.open() as f:
                 size = os.fstat(f.fileno()).st_size
-                if stream_over is None or size <= stream_over:
-                    data = f.read()
-                else:
+                streamed = None
+                if stream_over is not None and size > stream_over:
                     streamed = stream_file(f)
-                    data = f.read() if streamed is None else None
+                if streamed is None:
+                    fromaddr, toaddrs, head, rest = read_envelope(f)
+                    f.seek(rest)
+                    return fromaddr, toaddrs, head + f.read()
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
-        if data is None:
-            head, offset, eightbit, rest = streamed
-            fromaddr, toaddrs, message_head = self._envelope(head)
-            path = entry.path
+        fromaddr, toaddrs, head, rest, eightbit, body_size = streamed
 
-            def chunks():
-                yield message_head
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    yield from iter(lambda: f.read(BLOCK), b"")
+        def chunks():
+            yield head
+            with entry.open() as f:  # the claim's own fd: the locked inode, no symlink
+                f.seek(rest)
+                yield from iter(lambda: f.read(BLOCK), b"")
 
-            return fromaddr, toaddrs, wire.Stream(
-                chunks, head=message_head, size=len(message_head) + rest, eightbit=eightbit)
-        return self._envelope(data)
-
-    @staticmethod
-    def _envelope(data):
-        try:
-            fromaddr, toaddrs, message = split_envelope(data)
-        except (LookupError, UnicodeError) as exc:  # e.g. =?bogus-charset?q?...?=
-            raise PoisonMessage(f"undecodable envelope header: {exc}") from None
-        for address in (fromaddr, *toaddrs):
-            if "\r" in address or "\n" in address:  # smuggled in an encoded word
-                raise PoisonMessage(f"envelope address contains a line break: {address!r}")
-        return fromaddr, toaddrs, message
+        return fromaddr, toaddrs, wire.Stream(chunks, head=head, size=len(head) + body_size,
+                                              eightbit=eightbit)
 
     def move(self, entry, state):
         """Move an entry to another state and fsync the target directory."""
+        if entry.claim is not None:
+            entry.claim.settle()
         os.rename(entry.path, os.path.join(self._dir(state), entry.name))
         fsync_dir(self._dir(state))
         return Entry(self, state, entry.name)
@@ -373,6 +387,8 @@ class Spool:
         background (:meth:`reap_path`, :meth:`reap`).
         """
         done = os.path.join(self._dir("done"), entry.name)
+        if entry.claim is not None:
+            entry.claim.settle()
         os.rename(entry.path, done)
         if has_meta:
             self.drop_meta(entry.name)
@@ -388,23 +404,22 @@ class Spool:
         return len(names)
 
     def recover_stale(self, timeout, now=None):
-        """Claims older than ``timeout`` seconds go back to ``new/``.
+        """Stale claims (see :func:`pyramid_txmail.claims.is_stale`) go back to ``new/``.
 
         Their owner died mid-send: at-least-once, like Postfix after a
-        restart (recipients recorded as delivered are not sent again).
+        restart (recipients recorded as delivered are not sent again).  A
+        claim whose owner is alive (it holds the claim's lock) stays.
         """
         now = time.time() if now is None else now
-        recovered = []
-        for name in self.names("cur"):
-            path = os.path.join(self._dir("cur"), name)
-            try:
-                if now - os.stat(path).st_mtime < timeout:
-                    continue
-                os.rename(path, os.path.join(self._dir("new"), name))
-            except FileNotFoundError:
-                continue
-            recovered.append(name)
+        recovered = claims.sweep(self._dir("cur"), self._dir("new"), self.names("cur"),
+                                 timeout, now)
+        if recovered:
+            fsync_dir(self._dir("new"))
         return recovered
+
+    def next_claim_expiry(self, timeout, now):
+        """When the first claim in ``cur/`` may turn stale (None if there is none)."""
+        return claims.next_expiry(self._dir("cur"), self.names("cur"), timeout, now)
 
 
 def _unlink_quietly(path):

@@ -22,8 +22,10 @@ import re
 import time
 from email.parser import BytesHeaderParser
 
+from . import claims
 from .previewsource import header_items
-from .spool import Entry, PoisonMessage, enqueued_at, split_envelope
+from .regular_files import NotRegularFile, open_regular_file
+from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir, read_envelope
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes,
 #: ``prepared/`` messages whose transaction is committing, or in doubt).
@@ -71,9 +73,12 @@ def state_of(text):
 
 
 def _read_head(path):
-    """The header block of a file (up to :data:`HEAD_LIMIT` bytes); None if it is gone."""
+    """The header block of a file (up to :data:`HEAD_LIMIT` bytes); None if it is gone.
+
+    :class:`NotRegularFile` for a FIFO, symlink...: never waited on or followed.
+    """
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             data = b""
             while len(data) < HEAD_LIMIT:
                 chunk = f.read(16384)
@@ -137,7 +142,8 @@ class QueuedMessage:
         if self.meta.get("reason"):
             return self.meta["reason"]
         if self.meta.get("corrupt_meta"):
-            return f"the state file meta/{self.name}.json is not valid JSON"
+            why = self.meta.get("meta_problem") or "not valid JSON"
+            return f"the state file meta/{self.name}.json is {why}"
         history = self.meta.get("history") or []
         if history and isinstance(history[-1], dict):
             failed = [r for r in history[-1].get("results", ())
@@ -171,21 +177,36 @@ def queued_at(spool, state, name):
     if key is not None:
         return key
     try:
-        return os.stat(os.path.join(spool.path, state, name)).st_mtime
+        return os.lstat(os.path.join(spool.path, state, name)).st_mtime
     except FileNotFoundError:
         return time.time()
 
 
+def _read_envelope(path):
+    """``(fromaddr, toaddrs, header block, problem)`` as the processor reads them;
+    ``None`` when the file is gone.  The envelope and header block are read
+    whole, however long (an envelope of thousands of recipients)."""
+    try:
+        with open_regular_file(path) as f:
+            try:
+                fromaddr, toaddrs, head, _ = read_envelope(f)
+                return fromaddr, toaddrs, head + b"\n", None
+            except PoisonMessage as exc:
+                problem = f"poison: {exc}"
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as exc:  # a FIFO, symlink...: never waited on or followed
+        return None, (), b"", f"poison: {exc.strerror}"
+    head = _read_head(path)
+    return None if head is None else (None, (), head, problem)
+
+
 def inspect(spool, state, name):
     """The :class:`QueuedMessage` of ``state/name``; ``None`` when the file is gone."""
-    head = _read_head(os.path.join(spool.path, state, name))
-    if head is None:
+    found = _read_envelope(os.path.join(spool.path, state, name))
+    if found is None:
         return None
-    problem = None
-    try:
-        fromaddr, toaddrs, head = split_envelope(head)
-    except (PoisonMessage, LookupError, UnicodeError) as exc:
-        fromaddr, toaddrs, problem = None, (), f"poison: {exc}"
+    fromaddr, toaddrs, head, problem = found
     try:
         headers = _parse_headers(head)
     except Exception as exc:
@@ -288,7 +309,8 @@ def retry(spool, msg):
     if msg.state == "cur":
         raise Refused("it is being sent right now (claimed by a processor in cur/); "
                       "it will be removed, deferred or dead-lettered when that attempt "
-                      "ends -- retry it then")
+                      "ends -- retry it then.  If its processor died, `release` puts "
+                      "it back into new/ (release --stale: every stale claim)")
     if msg.state in ("tmp", "prepared"):
         raise Refused(f"it is still being committed ({msg.state}/), it is not queued yet; "
                       "txmail-qp resolves what a crash left there after mail.commit_grace")
@@ -334,19 +356,58 @@ def purge(spool, msg):
     if msg.state in ("new", "cur"):
         raise Refused(purge_reason(msg.state, None, True))
     try:
-        os.unlink(msg.path)
+        os.unlink(msg.path)  # a symlink itself goes, never its target
     except FileNotFoundError:
         raise Vanished(f"{msg.state}/{msg.name} is gone: a processor or another "
                        "txmail-queue took it meanwhile") from None
+    except IsADirectoryError:
+        try:
+            os.rmdir(msg.path)
+        except OSError as exc:
+            raise Refused(f"it is a directory, not a message file, and cannot be removed "
+                          f"as one ({exc.strerror}); look at it and remove it by hand") \
+                from None
     spool.drop_meta(msg.name)
+
+
+def release(spool, msg, claim_timeout, force=False, now=None):
+    """Put a claim (``cur/``) back into ``new/``; returns a sentence saying what was done.
+
+    Refused while its processor may still be sending it -- the claim's lock
+    is held by a live process, or its heartbeat is younger than
+    ``claim_timeout`` -- unless ``force``: a forced release while the
+    message is in flight can send it twice.
+    """
+    if msg.state != "cur":
+        raise Refused(f"it is not claimed (it is in {msg.state}/); release applies to "
+                      "messages in cur/ (in_progress)")
+    now = time.time() if now is None else now
+    try:
+        held = claims.release(msg.path, os.path.join(spool.path, "new", msg.name),
+                              claim_timeout, now, force)
+    except claims.ClaimBusy as exc:
+        raise Refused(f"{exc}; --force releases it anyway, and may send it twice") from None
+    except FileNotFoundError:
+        raise Vanished(f"cur/{msg.name} is gone: its processor finished with it, or "
+                       "another txmail-queue released it meanwhile") from None
+    fsync_dir(os.path.join(spool.path, "new"))
+    forced = " although a live process held it (--force)" if held else ""
+    return f"released from cur/ to new/{forced}; the next txmail-qp pass sends it"
+
+
+def release_stale(spool, claim_timeout, now=None):
+    """Release every stale claim whose lock is free; returns their names."""
+    return spool.recover_stale(claim_timeout, now)
 
 
 def read_body(msg):
     """The message body (after the header block) as stored, or None if it is gone."""
     try:
-        with open(msg.path, "rb") as f:
+        with open_regular_file(msg.path) as f:
             data = f.read()
     except FileNotFoundError:
         return None
+    except NotRegularFile as exc:
+        return f"({msg.state}/{msg.name} is {exc.strerror}; nothing read)".encode()
     match = _HEADERS_END.search(data)
     return data[match.end():] if match else b""

@@ -1,14 +1,41 @@
-"""The bytes of one queue file: the envelope lines, and reading a big file in blocks.
+"""The bytes of one queue file: its envelope record, and reading it in blocks.
 
-A queue file is the message with the envelope prepended as repoze.sendmail's
-``X-Actually-From:`` / ``X-Actually-To:`` header lines; :func:`envelope_lines`
-writes them and :func:`split_envelope` takes them out again.  A file larger
-than the processor's streaming threshold is scanned once by
-:func:`stream_file` and then sent in :data:`BLOCK`-sized reads.
+A queue file we write is::
+
+    From txmail-envelope-1 FROM TO [TO ...]      the envelope record (ours)
+    X-Actually-From: FROM                        for repoze.sendmail's qp only
+    X-Actually-To: TO,TO                         (left out when it cannot say it)
+    the message, its headers first
+
+The record is the envelope, for us: the first line of the file, where no
+message header can stand, each address percent-encoded (UTF-8) so that no
+space, comma, quote or ``=?`` in an address can split, join or decode it.
+The ``From `` start makes it an mbox "From_" line to the ``email`` parser
+that repoze.sendmail's queue processor reads the file with, so that qp drops
+it instead of sending it (it would show every Bcc recipient).  The
+``X-Actually-*`` lines are repoze.sendmail's format, written so that its qp
+reads exactly our envelope: its reader RFC 2047-decodes both and splits the
+recipients at commas, so a value it would change is written as encoded words
+(which decode to it), and a recipient with a comma (in a quoted local part)
+cannot be said at all -- the line is then left out and qp refuses the file
+(no recipient) instead of sending to the pieces.  ``prepare`` removes any
+``X-Actually-*`` line from the message itself, so both readers see only ours.
+
+A file without the record was written by repoze.sendmail (or an older
+pyramid_txmail): :func:`read_envelope` reads its two lines the legacy way,
+but unambiguously -- exactly one of each, or the file is refused; a value
+is RFC 2047-decoded only when it is nothing but encoded words (what
+``Header`` writes; no valid address is), and recipients are split at commas
+outside quotes.
+
+Lines end at CR LF, CR or LF, as the ``email`` parser (and so the relay, see
+:func:`wire.to_wire`) takes them.
 """
 from __future__ import annotations
 
+import io
 import re
+import urllib.parse
 from email.header import Header, decode_header
 
 from . import wire
@@ -16,97 +43,248 @@ from . import wire
 #: Read size for streaming a queue file to the relay.
 BLOCK = 1 << 16
 
-
-def _encode_envelope_value(value):
-    if value.isascii():
-        return value
-    return Header(value, "utf-8").encode()
-
-
-def _decode_envelope_value(raw):
-    parts = []
-    for chunk, charset in decode_header(raw):
-        if isinstance(chunk, bytes):
-            chunk = chunk.decode(charset or "ascii", errors="replace")
-        parts.append(chunk)
-    return "".join(parts).strip()
-
-
-def envelope_lines(fromaddr, toaddrs):
-    """The header lines that carry the envelope in a spool file."""
-    return (f"X-Actually-From: {_encode_envelope_value(fromaddr)}\n"
-            f"X-Actually-To: {_encode_envelope_value(','.join(toaddrs))}\n"
-            ).encode("ascii")
+#: The start of the first line of a file we wrote; the version follows.
+RECORD = b"From txmail-envelope-"
+_RECORD_V1 = RECORD + b"1 "
+_TOKEN = re.compile(rb"(?:[A-Za-z0-9._~@+-]|%[0-9A-F]{2})+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ENVELOPE_FIELDS = (b"x-actually-from", b"x-actually-to")
+_ENCODED_WORDS = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=\s*)+")
 
 
 class PoisonMessage(ValueError):
     """A queue file that cannot be sent as it is: no envelope, unreadable."""
 
 
-def split_envelope(data):
-    """Split a spool file's bytes into ``(fromaddr, toaddrs, message_bytes)``.
+# -- writing ------------------------------------------------------------------
 
-    The ``X-Actually-*`` lines may stand anywhere in the header block
-    (repoze.sendmail appends them, we prepend them); they are removed and
-    every other byte of the message is kept as it was.
-    """
-    match = re.search(rb"\r?\n\r?\n", data)
-    head_end = match.start() if match else len(data)
-    lines = data[:head_end].splitlines(keepends=True)
-    kept, fromaddr, toaddrs = [], None, None
-    i = 0
-    while i < len(lines):
-        field = [lines[i]]
-        i += 1
-        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
-            field.append(lines[i])
-            i += 1
-        name, _, value = b"".join(field).partition(b":")
-        lname = name.strip().lower()
-        if lname in (b"x-actually-from", b"x-actually-to"):
-            text = _decode_envelope_value(re.sub(rb"\r?\n[ \t]", b" ", value)
-                                          .decode("utf-8", errors="replace").strip())
-            if lname == b"x-actually-from":
-                fromaddr = text
-            else:
-                toaddrs = tuple(a.strip() for a in text.split(",") if a.strip())
+def _check(address, what):
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"{what} must be a non-empty str, not {address!r}")
+    if _CONTROL.search(address):
+        raise ValueError(f"{what} {address!r} contains a control character or line break")
+
+
+def _quote(address):
+    try:
+        return urllib.parse.quote(address, safe="@+", errors="strict")
+    except UnicodeError:
+        raise ValueError(f"envelope address {address!r} is not valid Unicode") from None
+
+
+def _repoze_value(text):
+    """``text`` as repoze.sendmail's reader gets it back after ``decode_header``."""
+    if text.isascii() and text.isprintable() and "=?" not in text:
+        return text
+    return Header(text, "utf-8").encode(linesep="\n")
+
+
+def envelope_lines(fromaddr, toaddrs):
+    """The envelope record and repoze.sendmail's lines that start a queue file."""
+    _check(fromaddr, "the envelope sender")
+    toaddrs = list(toaddrs)
+    if not toaddrs:
+        raise ValueError("the envelope has no recipient")
+    for address in toaddrs:
+        _check(address, "envelope recipient")
+    record = " ".join(_quote(a) for a in (fromaddr, *toaddrs))
+    lines = [f"From txmail-envelope-1 {record}",
+             f"X-Actually-From: {_repoze_value(fromaddr)}"]
+    if not any("," in a for a in toaddrs):  # else repoze.sendmail would split one
+        lines.append(f"X-Actually-To: {_repoze_value(','.join(toaddrs))}")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+# -- reading ------------------------------------------------------------------
+
+def _lines(f):
+    """Physical lines of a binary file, each with its ending (CR LF, CR or LF)."""
+    for raw in iter(f.readline, b""):
+        if raw.count(b"\r") == raw.endswith((b"\r\n", b"\r")):  # no CR but its end
+            yield raw
+            continue
+        start = 0
+        for match in re.finditer(rb"\r(?!\n)", raw):  # a bare CR ends a line too
+            yield raw[start:match.end()]
+            start = match.end()
+        if start < len(raw):
+            yield raw[start:]
+
+
+def _header_fields(lines):
+    """``(fields, blank)`` of a header block: each field is its lines; ``blank``
+    is the empty line that ends the block (``b""`` at the end of the file)."""
+    fields = []
+    for line in lines:
+        if line in (b"\n", b"\r\n", b"\r"):
+            return fields, line
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
         else:
-            kept.extend(field)
-    if fromaddr is None or not toaddrs:
+            fields.append([line])
+    return fields, b""
+
+
+def header_fields(f):
+    """The header fields (each a list of its lines) of the message in binary file ``f``."""
+    return _header_fields(_lines(f))[0]
+
+
+def field_name(field):
+    """A header field's name, lower case (bytes)."""
+    return field[0].partition(b":")[0].strip().lower()
+
+
+def unfolded_value(field):
+    """A header field's raw value, unfolded and stripped (bytes, never decoded)."""
+    value = b"".join(field).partition(b":")[2]
+    return re.sub(rb"\r\n|\r|\n", b"", value).strip()
+
+
+def _read_record(line):
+    if not line.startswith(_RECORD_V1):
+        raise PoisonMessage(f"unknown envelope record {line[:40]!r}: written by a newer "
+                            "pyramid_txmail?")
+    tokens = line[len(_RECORD_V1):].rstrip(b"\r\n").split(b" ")
+    if len(tokens) < 2 or not all(_TOKEN.fullmatch(t) for t in tokens):
+        raise PoisonMessage("malformed envelope record (the first line of the file)")
+    try:
+        addresses = [urllib.parse.unquote_to_bytes(t).decode("utf-8") for t in tokens]
+    except UnicodeError:
+        raise PoisonMessage("malformed envelope record: an address is not UTF-8") from None
+    return addresses[0], tuple(addresses[1:])
+
+
+def _legacy_text(raw, name):
+    """A legacy ``X-Actually-*`` value: decoded only when it is all encoded words."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeError:
+        raise PoisonMessage(f"undecodable envelope header {name}: not UTF-8") from None
+    if not _ENCODED_WORDS.fullmatch(text):
+        return text
+    try:
+        return "".join(chunk.decode(charset or "ascii") if isinstance(chunk, bytes)
+                       else chunk for chunk, charset in decode_header(text))
+    except (LookupError, UnicodeError) as exc:
+        raise PoisonMessage(f"undecodable envelope header {name}: {exc}") from None
+
+
+def split_addresses(text):
+    """Recipients joined by commas, split at the commas outside quoted strings."""
+    parts, current, quoted, escaped = [], [], False, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return tuple(p.strip() for p in parts if p.strip())
+
+
+def _read_legacy(fields):
+    found = {name: [f for f in fields if field_name(f) == name] for name in _ENVELOPE_FIELDS}
+    if not found[b"x-actually-from"] or not found[b"x-actually-to"]:
         raise PoisonMessage("no envelope: the file has no X-Actually-From/X-Actually-To "
-                            "header lines (or no recipient in them)")
-    return fromaddr, toaddrs, b"".join(kept).rstrip(b"\r\n") + data[head_end:]
+                            "header lines")
+    repeated = [f"{len(m)} {n.decode().title()} lines" for n, m in found.items() if len(m) > 1]
+    if repeated:
+        raise PoisonMessage(
+            f"ambiguous envelope: {' and '.join(repeated)} (the message carried its "
+            "own); which ones its writer meant is unknown, so it is sent to none")
+    fromaddr = _legacy_text(unfolded_value(found[b"x-actually-from"][0]), "X-Actually-From")
+    toaddrs = split_addresses(_legacy_text(unfolded_value(found[b"x-actually-to"][0]),
+                                           "X-Actually-To"))
+    return fromaddr.strip(), toaddrs
+
+
+def read_envelope(f):
+    """Read a queue file's envelope and header block from the open binary file ``f``.
+
+    Returns ``(fromaddr, toaddrs, head, rest)``: ``head`` is the message's
+    header block without any ``X-Actually-*`` line (each kept line with its
+    line ending), ``rest`` is the offset of the empty line that ends it (the
+    message is ``head`` + the file from ``rest``).  Raises
+    :class:`PoisonMessage` when the envelope is missing, malformed or
+    ambiguous, or an address holds a control character.
+    """
+    consumed = [0]  # octets read up to the end of the header block
+
+    def counted(lines):
+        for line in lines:
+            consumed[0] += len(line)
+            yield line
+
+    lines = counted(_lines(f))
+    first = next(lines, b"")
+    ours = first.startswith(RECORD)
+    if ours:
+        fromaddr, toaddrs = _read_record(first)
+    else:
+        lines = _chain(first, lines)
+    fields, blank = _header_fields(lines)
+    if not ours:
+        fromaddr, toaddrs = _read_legacy(fields)
+    kept = b"".join(b"".join(f) for f in fields if field_name(f) not in _ENVELOPE_FIELDS)
+    if not toaddrs:
+        raise PoisonMessage("no envelope: no recipient in it")
+    # (an empty sender is the null reverse-path <>, which repoze.sendmail can queue)
+    for address in (fromaddr, *toaddrs):
+        if _CONTROL.search(address) or not address and address in toaddrs:
+            raise PoisonMessage(f"bad envelope address {address!r} (empty, or a control "
+                                "character or line break in it)")
+    return fromaddr, toaddrs, kept, consumed[0] - len(blank)
+
+
+def _chain(first, rest):
+    if first:
+        yield first
+    yield from rest
+
+
+def split_envelope(data):
+    """Split a queue file's bytes into ``(fromaddr, toaddrs, message_bytes)``."""
+    f = io.BytesIO(data)
+    fromaddr, toaddrs, head, rest = read_envelope(f)
+    return fromaddr, toaddrs, head + data[rest:]
+
+
+def _long_line(data, carry):
+    """``(longest complete line, length of the unfinished last line)`` of a block."""
+    lines = data.replace(b"\r", b"\n").split(b"\n")
+    if len(lines) == 1:
+        return carry + len(data), carry + len(data)
+    longest = max(carry + len(lines[0]), max(map(len, lines[1:-1]), default=0))
+    return longest, len(lines[-1])
 
 
 def stream_file(f):
-    """Scan an open queue file once: ``(header block, body offset, 8-bit?, body size)``.
+    """Read a queue file's envelope and scan the rest once, whatever the header size.
 
-    ``None`` when it cannot be sent as it is (a line over SMTP's 998
-    octets, or no end of the header block in the first block): the caller
-    then reads it whole, so that :func:`wire.to_wire` can re-encode it.
+    Returns ``(fromaddr, toaddrs, head, rest, eightbit, body size)`` (see
+    :func:`read_envelope`), or ``None`` when a line is over SMTP's 998
+    octets: the caller then reads the file whole, so that :func:`wire.to_wire`
+    can re-encode it.  Only the header block is kept in memory.
     """
-    first = f.read(BLOCK)
-    match = re.search(rb"\r?\n\r?\n", first)
-    if match is None:
+    fromaddr, toaddrs, head, rest = read_envelope(f)
+    longest, _ = _long_line(head, 0)
+    if longest > wire.MAX_LINE:
         f.seek(0)
         return None
-    head, offset = first[:match.start()], match.start()
     eightbit = not head.isascii()
+    f.seek(rest)
     line = 0  # length of the line running into the next block
-    f.seek(offset)
     for block in iter(lambda: f.read(BLOCK), b""):
         eightbit = eightbit or not block.isascii()
-        lines = block.replace(b"\r", b"\n").split(b"\n")
-        if len(lines) == 1:
-            line += len(block)
-        else:
-            line = max(line + len(lines[0]), max(map(len, lines[1:-1]), default=0))
-            if line > wire.MAX_LINE:
-                break
-            line = len(lines[-1])
-        if line > wire.MAX_LINE:
-            break
-    else:
-        return head, offset, eightbit, f.tell() - offset
-    f.seek(0)
-    return None
+        longest, line = _long_line(block, line)
+        if max(longest, line) > wire.MAX_LINE:
+            f.seek(0)
+            return None
+    return fromaddr, toaddrs, head, rest, eightbit, f.tell() - rest

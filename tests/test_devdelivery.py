@@ -289,5 +289,5 @@ def test_null_drops_and_logs(caplog, capsys):
 
 def test_unknown_delivery_names_every_choice():
     with pytest.raises(ConfigurationError, match="mail.delivery = 'mmeory': expected one of: "
-                                                 "queue, direct, memory, file, console, null"):
+                                                 "queue, direct, sendmail, memory, file, console, null"):
         make_app(**{"mail.delivery": "mmeory"})

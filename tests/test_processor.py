@@ -263,7 +263,7 @@ def test_poison_files_are_dead_lettered_and_the_pass_goes_on(spool, smtp_server,
     reasons = [m["reason"] for m in failed_meta(spool)]
     assert all(r.startswith("poison: ") for r in reasons)
     assert "no envelope" in reasons[0] and "no envelope" in reasons[1]
-    assert "unreadable" in reasons[2]
+    assert "not a regular file but a directory" in reasons[2]  # never opened
     assert "bogus" in reasons[3]
     assert "line break" in reasons[4]
     assert good not in files(spool, "failed")

@@ -23,7 +23,8 @@ def test_pyramid_mailer_keys_keep_their_meaning(tmp_path):
     assert (s.host, s.port, s.username, s.password) == ("smtp.example.com", 2525, "u", "secret")
     assert s.tls is True and s.ssl is False and s.debug == 1
     assert s.default_sender == "Site <site@example.com>"
-    assert s.sendmail_template == ["{sendmail_app}", "-t"]
+    # -t (recipients from the headers) is dropped, with a warning: the envelope is the app's.
+    assert s.sendmail_template == ["{sendmail_app}"]
     assert s.delivery == "queue"  # queue is the default when queue_path is set
     assert s.direct_fallback == "queue"  # and so is the fallback of direct delivery
 

@@ -216,8 +216,21 @@ def mail_settings(raw, path, app_name):
 
 
 def open_spool(settings):
+    """The spool the application writes; a missing one is an error, never created here.
+
+    Creating it would hide a wrong path: a processor would drain an empty
+    spool of its own and report ``sent=0`` while the mail waits elsewhere.
+    The application creates the spool when it starts (``config.include``).
+    State directories missing from an existing spool (one of an older layout,
+    or repoze.sendmail's Maildir) are added.
+    """
+    path = settings.queue_path
+    if not os.path.isdir(path):
+        raise ConfigError(f"mail.queue_path = {path!r}: no spool directory there (nothing "
+                          "was ever queued, or the path is wrong); the application creates "
+                          "it when it starts")
     try:
-        return Spool(settings.queue_path)
+        return Spool(path)
     except SpoolError as exc:
         raise ConfigError(f"mail.queue_path: {exc}") from None
 

@@ -1,7 +1,8 @@
 """``txmail-queue``: look into the mail spool and act on it, for an operator.
 
 ``status``, ``list`` and ``show`` only read; ``retry`` puts dead letters (or
-deferred mail) back into ``new/``; ``purge`` deletes old dead letters.  All of
+deferred mail) back into ``new/``; ``release`` puts back a claim whose
+processor died; ``purge`` deletes old dead letters.  All of
 it is safe while ``txmail-qp`` runs (see :mod:`pyramid_txmail.spool_admin`,
 which does the work; this module parses arguments and prints).
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 
@@ -50,6 +50,7 @@ examples:
   txmail-queue production.ini show 1732523000.M1234
   txmail-queue production.ini show '<welcome-42@example.com>'
   txmail-queue production.ini retry --all-failed
+  txmail-queue production.ini release --stale
   txmail-queue production.ini purge --state failed --older-than 7d --dry-run
 
 Each command has its own --help, e.g. txmail-queue production.ini list --help
@@ -150,6 +151,24 @@ def build_parser():
     p.add_argument("--all-failed", action="store_true",
                    help="every dead letter in failed/")
 
+    p = _sub(commands, "release", "put a claimed message (in_progress) back in the queue",
+             "Move claimed messages (cur/, in_progress) back into new/, where the next\n"
+             "txmail-qp pass sends them: for a claim whose processor died (each\n"
+             "txmail-qp pass puts stale ones back; this does it now, or where no\n"
+             "txmail-qp runs, e.g. after a clock was set back).  A claim is refused while its\n"
+             "processor may still be sending it: a live process holds its lock, or its\n"
+             "heartbeat is younger than mail.claim_timeout.  --force releases it all\n"
+             "the same (the message may then be sent twice).  --stale releases every\n"
+             "stale claim no live process holds (what txmail-qp does at each pass).",
+             ["release --stale", "release 1732523000.M123456P42",
+              "release 1732523000.M123456P42 --force"])
+    p.add_argument("ids", nargs="*", metavar="ID", help="file name, prefix or Message-ID")
+    p.add_argument("--stale", action="store_true",
+                   help="every stale claim whose lock no live process holds")
+    p.add_argument("--force", action="store_true",
+                   help="release the given claims even if their processor may still be "
+                        "sending them (a message may be sent twice)")
+
     p = _sub(commands, "purge", "delete old dead letters (or deferred or tmp files)",
              "Delete messages and their state files for good.  Only deferred/, failed/\n"
              "and tmp/ (files left by a crashed writer; --older-than only): mail in\n"
@@ -224,18 +243,13 @@ def cmd_retry(spool, args, now):
     if bool(args.ids) == bool(args.all_failed):
         raise UsageError("retry: give message ids or --all-failed (one of the two)")
     if args.all_failed:
-        targets = admin.messages(spool, ("failed",))
+        targets, found = admin.messages(spool, ("failed",)), True
         if not targets:
             print("no dead letters in failed/")
     else:
-        targets = []
-        for ident in args.ids:
-            try:
-                targets.append(admin.find(spool, ident))
-            except (admin.NotFound, admin.Ambiguous) as exc:
-                _report_lookup_error(exc)
-    code = EX_OK if len(targets) == len(args.ids) or args.all_failed else EX_FAILED
-    for msg in dict((m.name, m) for m in targets).values():
+        targets, found = _lookup_all(spool, args.ids)
+    code = EX_OK if found else EX_FAILED
+    for msg in targets:
         try:
             outcome = admin.retry(spool, msg)
         except (admin.Refused, admin.Vanished) as exc:
@@ -243,6 +257,44 @@ def cmd_retry(spool, args, now):
             code = EX_FAILED
             continue
         log.info("retry %s (%s): %s", msg.name, msg.message_id, outcome)
+        print(f"{msg.name}: {outcome}")
+    return code
+
+
+def _lookup_all(spool, ids):
+    """The messages ``ids`` name, each lookup error reported; (found, all found?)."""
+    found = []
+    for ident in ids:
+        try:
+            found.append(admin.find(spool, ident))
+        except (admin.NotFound, admin.Ambiguous) as exc:
+            _report_lookup_error(exc)
+    return list(dict((m.name, m) for m in found).values()), len(found) == len(ids)
+
+
+def cmd_release(spool, args, now):
+    if bool(args.ids) == bool(args.stale):
+        raise UsageError("release: give message ids or --stale (one of the two)")
+    if args.stale and args.force:
+        raise UsageError("release: --force applies to the ids given, not to --stale")
+    timeout = args.settings.claim_timeout
+    if args.stale:
+        names = admin.release_stale(spool, timeout, now)
+        for name in names:
+            log.info("released stale claim %s", name)
+            print(f"{name}: released from cur/ to new/ (stale claim)")
+        print(f"released {len(names)} stale claim{'s' if len(names) != 1 else ''}")
+        return EX_OK
+    targets, code = _lookup_all(spool, args.ids)
+    code = EX_OK if code else EX_FAILED
+    for msg in targets:
+        try:
+            outcome = admin.release(spool, msg, timeout, args.force, now)
+        except (admin.Refused, admin.Vanished) as exc:
+            print(f"{PROG}: cannot release {msg.state}/{msg.name}: {exc}", file=sys.stderr)
+            code = EX_FAILED
+            continue
+        log.info("release %s (%s): %s", msg.name, msg.message_id, outcome)
         print(f"{msg.name}: {outcome}")
     return code
 
@@ -272,7 +324,7 @@ def cmd_purge(spool, args, now):
 
 
 COMMANDS = {"status": cmd_status, "list": cmd_list, "show": cmd_show,
-            "retry": cmd_retry, "purge": cmd_purge}
+            "retry": cmd_retry, "release": cmd_release, "purge": cmd_purge}
 
 
 # -- running ---------------------------------------------------------------------------
@@ -287,11 +339,7 @@ def _settings(path, app_name):
     if not str(raw.get("mail.queue_path") or "").strip():
         raise ConfigError(f"{path} [app:{app_name}]: mail.queue_path is not set; "
                           f"{PROG} needs the spool directory to look into")
-    settings = mail_settings(raw, path, app_name)
-    if not os.path.isdir(settings.queue_path):
-        raise ConfigError(f"mail.queue_path = {settings.queue_path!r}: no spool directory "
-                          "there (nothing was ever queued, or the path is wrong)")
-    return settings
+    return mail_settings(raw, path, app_name)
 
 
 def run(args):
@@ -301,6 +349,7 @@ def run(args):
     settings = _settings(path, app_name)
     setup_logging(path, verbose=verbose, quiet=not verbose)
     spool = open_spool(settings)
+    args.settings = settings
     return COMMANDS[args.command](spool, args, time.time())
 
 

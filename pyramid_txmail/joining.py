@@ -1,0 +1,90 @@
+"""Which transaction a ``send`` joins -- and a clear error when there is none.
+
+Mail handed to the mailer must never be lost without a word.  transaction's
+thread-local manager quietly *begins* a transaction when asked for the
+current one; a script that sends and exits would then return a Message-ID
+and deliver nothing.  So a send never begins a transaction: it joins the one
+that is active, or raises :class:`NoTransaction` saying what to do.  A
+transaction that has already committed (the send runs in an after-commit
+hook, as plugins that mail on "resource changed" events do) raises
+:class:`TransactionEnded` naming ``send_immediately`` and a new transaction,
+instead of transaction's "expected txn status 'Active' or 'Doomed', but it's
+'Committed'".
+"""
+from __future__ import annotations
+
+import transaction
+
+# transaction's Status values (strings; the class itself is private).
+ACTIVE, DOOMED = "Active", "Doomed"
+COMMITTING, COMMITTED, COMMITFAILED = "Committing", "Committed", "Commit failed"
+
+#: What to do instead, shared by the messages below.
+SEND_NOW = "use send_immediately(message) to send it now, outside any transaction"
+
+
+class NoTransaction(RuntimeError):
+    """``send`` was called with no active transaction to join (nothing was sent)."""
+
+
+class TransactionEnded(NoTransaction):
+    """``send`` was called when its transaction had already committed (or failed to)."""
+
+
+def _has_transaction(manager):
+    """Whether ``manager`` has begun a transaction (without beginning one).
+
+    transaction's managers keep it in ``_txn``; a thread-local manager wraps
+    one as ``manager``.  Unknown managers are trusted.
+    """
+    inner = getattr(manager, "manager", manager)
+    return getattr(inner, "_txn", True) is not None
+
+
+def _no_transaction(manager, request):
+    if request is not None:
+        return NoTransaction(
+            "request.mailer.send() needs an active transaction and this request has none, "
+            "so nothing was sent: pyramid_tm is not managing it (see tm.activate_hook) or "
+            "has already ended it (e.g. in a finished callback).  Wrap the send in "
+            f"`with request.tm:`, or {SEND_NOW}.")
+    if manager is transaction.manager:
+        how = ("wrap it in `with transaction.manager:`, or call transaction.begin() before "
+               "and transaction.commit() after")
+    else:
+        how = f"wrap it in `with transaction_manager:` ({manager!r})"
+    return NoTransaction(
+        "mailer.send() needs an active transaction and none was begun, so nothing was "
+        f"sent (mail is only sent when its transaction commits): {how}; or {SEND_NOW}.")
+
+
+def _ended(txn, request):
+    what = {COMMITTED: "has already committed",
+            COMMITTING: "is committing",
+            COMMITFAILED: "failed to commit and must be aborted"}.get(
+                txn.status, f"is {txn.status}")
+    where = "request.tm" if request is not None else "its transaction manager"
+    return TransactionEnded(
+        f"mailer.send() was called when the transaction of {where} {what} (e.g. from an "
+        "after-commit hook), so it cannot take more mail and nothing was sent: "
+        f"{SEND_NOW}, or send inside a new transaction -- `with request.tm:` once "
+        "pyramid_tm has finished the request, or, inside an after-commit hook, a manager "
+        "of its own: `with transaction.TransactionManager(explicit=True) as tm: "
+        "get_mailer(request.registry, tm).send(message)`.")
+
+
+def joinable_transaction(manager, request=None):
+    """The active (or doomed) transaction of ``manager`` that a send may join.
+
+    Never begins one.  Raises :class:`NoTransaction` when there is none and
+    :class:`TransactionEnded` when it has committed, is committing or failed.
+    """
+    if not _has_transaction(manager):
+        raise _no_transaction(manager, request)
+    try:
+        txn = manager.get()
+    except transaction.interfaces.NoTransaction:
+        raise _no_transaction(manager, request) from None
+    if txn.status not in (ACTIVE, DOOMED):
+        raise _ended(txn, request)
+    return txn
