@@ -209,14 +209,16 @@ class Daemon:
         return None
 
     def next_wake_in(self):
-        """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``)."""
+        """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``).
+
+        The earliest retry comes from the names in ``deferred/``; only
+        unindexed files (an older version's) have their state file read.
+        """
         now = self.clock()
         due = now + self.rescan
-        for name in self.spool.names("deferred"):
-            next_attempt = self.spool.read_meta(name).get("next_attempt")
-            if not isinstance(next_attempt, (int, float)):
-                next_attempt = now  # the processor treats an unknown time as due
-            due = min(due, next_attempt + TIMER_SLACK)
+        retry = self.spool.earliest_retry(now)  # an unknown time counts as now (due)
+        if retry is not None:
+            due = min(due, retry + TIMER_SLACK)
         claims_due = self.spool.next_claim_expiry(self.settings.claim_timeout, now)
         if claims_due is not None:
             due = min(due, claims_due + TIMER_SLACK)

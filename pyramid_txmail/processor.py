@@ -15,20 +15,23 @@ its first attempt is simply retired (renamed into ``done/``); a crash just
 before that sends it once more, as after any crash mid-send::
 
     deliver → meta (attempts, delivered) → dead-letter copy → meta (failed)
-            → remove | move to deferred/
+            → remove | move to deferred/DUE~NAME (see :mod:`pyramid_txmail.schedule`)
 
 State file of a message waiting in ``new/``, ``cur/`` or ``deferred/``::
 
     attempts, first_attempt, last_attempt, next_attempt   (epoch seconds)
     delivered          recipients that accepted (never sent again)
     failed_recipients  recipients already dead-lettered (never sent again)
-    history            [{"time", "results": [{recipient, status, code, text}]}]
+    history            the last 3 attempts (queue_state.HISTORY_KEEP):
+                       [{"attempt", "time", "results": [{recipient, status, code, text}]}]
+    earlier            the attempts before those, counted: {"attempts", "first_time",
+                       "last_time", "statuses": {status: n}, "codes": {code: n}}
     message_id
 
 State file of a dead letter in ``failed/``: ``reason`` (one line),
 ``failed_at``, ``attempts``, ``first_attempt``, ``last_attempt``,
-``recipients`` (code and text per recipient), ``history``, ``message_id`` and
-``dead_letter_of`` (the queue file it came from).  It holds no
+``recipients`` (code and text per recipient), ``history`` (and ``earlier``),
+``message_id`` and ``dead_letter_of`` (the queue file it came from).  It holds no
 ``delivered``/``failed_recipients`` keys: moving a dead letter back to
 ``new/`` resends it to its whole envelope, which is exactly the recipients
 that failed, and the processor starts it with fresh retry state.
@@ -54,6 +57,7 @@ from .ratelimit import RateLimiter
 from .recovery import recover
 from .deadletters import DeadLetters
 from .pass_stats import PassStats, format_duration  # noqa: F401 (public here too)
+from .schedule import count_in
 from .spool import PoisonMessage, enqueued_at
 
 log = logging.getLogger("pyramid_txmail.processor")
@@ -141,6 +145,7 @@ class Processor(DeadLetters):
             limiter = RateLimiter(settings.rate_limit)
         self.limiter = limiter
         self._dispatch_lock = threading.Lock()
+        self._deferred_now = set()
         # A manager that is not thread-local must not be used by two workers at once.
         self._shared_manager = not isinstance(transaction_manager,
                                               (type(None), transaction.ThreadTransactionManager))
@@ -155,7 +160,9 @@ class Processor(DeadLetters):
         the workers, each with its own transport (one connection reused for
         many messages).  ``stop`` is an optional :class:`threading.Event`:
         once it is set, the messages being sent are finished and the pass
-        ends there.  Each directory is listed once per pass: O(N) per pass.
+        ends there.  Each directory is listed once per pass, and a state
+        file is read only for a message that is sent: names are O(N), reads
+        O(due).
         """
         stats = PassStats()
         now = self.clock()
@@ -163,6 +170,7 @@ class Processor(DeadLetters):
         stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
         stats.recovered += recover(self.spool, self.settings.commit_grace,
                                    self.settings.commit_check, self.registry, now)
+        self._deferred_now = set()  # files this pass deferred (not "skipped" as well)
         jobs = self._jobs(now, stats, stop)
         with Heartbeat(heartbeat_interval(self.settings.claim_timeout)) as self._heartbeat, \
                 ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
@@ -194,19 +202,23 @@ class Processor(DeadLetters):
             stats.add(own)
 
     def _jobs(self, now, stats, stop):
-        """``(state, name)`` of every message to try in this pass, in order."""
+        """``(state, name)`` of every message to try in this pass, in order.
+
+        ``deferred/`` is read from its names (:mod:`pyramid_txmail.schedule`):
+        one listing, and a state file is opened only for a message that is
+        due -- a pass costs O(due), not O(deferred).
+        """
         for name in self.spool.iter_names("new"):
             if stop is not None and stop.is_set():
                 return
             yield "new", name
-        for name in self.spool.iter_names("deferred"):
+        due, later = self.spool.due_files(now)
+        # those this very pass deferred were counted as deferred, not skipped
+        stats.skipped += len(later) - count_in(later, self._deferred_now)
+        for filename in due:
             if stop is not None and stop.is_set():
                 return
-            meta = self.spool.read_meta(name)
-            if self._due(meta, now):
-                yield "deferred", name
-            elif not self._tried_in_this_pass(meta, now):
-                stats.skipped += 1
+            yield "deferred", filename
 
     def _worker(self, take, stats, stop):
         """One worker: its own transport, closed when the pass ends."""
@@ -248,19 +260,6 @@ class Processor(DeadLetters):
             stats.errors += 1
             log.exception("%s: unexpected error; the message stays claimed in cur/ "
                           "until claim_timeout puts it back", name)
-
-    @staticmethod
-    def _due(meta, now):
-        """A deferred message is due when its retry time has come (or is unknown)."""
-        next_attempt = meta.get("next_attempt")
-        return not isinstance(next_attempt, (int, float)) or next_attempt <= now
-
-    @staticmethod
-    def _tried_in_this_pass(meta, now):
-        """Deferred by this very pass (deferred/ is listed after new/ is done):
-        it was handled and counted as deferred, it is not also "skipped"."""
-        last_attempt = meta.get("last_attempt")
-        return isinstance(last_attempt, (int, float)) and last_attempt >= now
 
     def _process(self, transport, state, name, stats):
         """Claim, read, attempt and settle one message; a bad file never stops the pass."""
@@ -425,7 +424,7 @@ class Processor(DeadLetters):
 
     def _defer(self, job, retry, stats):
         """Park the message in deferred/ (its next_attempt is already on disk)."""
-        self.spool.move(job.entry, "deferred")
+        self._deferred_now.add(self.spool.defer(job.entry, job.meta["next_attempt"]).name)
         stats.deferred += 1
         wait = format_duration(job.meta["next_attempt"] - job.meta["last_attempt"])
         log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,

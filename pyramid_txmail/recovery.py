@@ -53,13 +53,24 @@ def _old(path, grace, now):
     return age >= grace or -age > grace
 
 
+def _dotfiles(names):
+    return tuple(n for n in names if n.startswith("."))
+
+
 def _clean_tmp(spool, grace, now):
+    """Unfinished writes: files in tmp/, and state files half-written (dotfiles) in meta/.
+
+    meta/ holds a state file per deferred message and dead letter, so it is
+    listed again only when it changed (:mod:`pyramid_txmail.dirlisting`).
+    """
     removed = 0
-    for directory, hidden in (("tmp", False), ("meta", True)):
+    for directory, names in (("tmp", os.listdir(os.path.join(spool.path, "tmp"))),
+                             ("meta", spool.listing("meta", _dotfiles).get())):
         path = os.path.join(spool.path, directory)
-        for name in os.listdir(path):
-            # meta/ keeps its half-written state files as dotfiles
-            if hidden != name.startswith(".") or not _old(os.path.join(path, name), grace, now):
+        for name in names:
+            if directory == "tmp" and name.startswith("."):
+                continue
+            if not _old(os.path.join(path, name), grace, now):
                 continue
             if not unlink_if_present(os.path.join(path, name)):
                 continue

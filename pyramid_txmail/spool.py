@@ -8,7 +8,8 @@
                 :mod:`pyramid_txmail.recovery`)
     new/        queued, ready to send
     cur/        claimed by a processor (the claim is the atomic rename)
-    deferred/   waiting for a retry after a temporary failure
+    deferred/   waiting for a retry after a temporary failure, as ``DUE~NAME``
+                (the due time in the name: :mod:`pyramid_txmail.schedule`)
     failed/     dead letters: permanent failure, poison file or too old
     meta/       NAME.json: attempts, next attempt, delivered recipients, reason
 
@@ -37,6 +38,7 @@ import time
 from . import claims, wire
 from .private_dirs import make_private_dirs, why_unusable
 from .regular_files import NotRegularFile, open_regular_file
+from .schedule import DeferredIndex
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
     BLOCK, PoisonMessage, envelope_lines, read_envelope, split_envelope, stream_file)
 
@@ -99,7 +101,9 @@ class Entry:
 
     @property
     def path(self):
-        return os.path.join(self.spool.path, self.state, self.name)
+        """In ``deferred/``, ``name`` may be the message name: its file is found."""
+        name = self.spool.deferred_file(self.name) if self.state == "deferred" else self.name
+        return os.path.join(self.spool.path, self.state, name)
 
     def open(self):
         """The file, read through the claim's fd if claimed (never via a symlink)."""
@@ -111,8 +115,11 @@ class Entry:
             self.claim.close()
 
 
-class Spool:
+class Spool(DeferredIndex):
     """A spool directory.  Creates the Maildir layout when missing.
+
+    In ``deferred/`` a file's name carries its due time
+    (:mod:`pyramid_txmail.schedule`); :meth:`names` gives message names.
 
     Refuses, with a :class:`SpoolError` naming the directory: a spool on a
     read-only file system, one this user cannot write, and one owned by
@@ -223,6 +230,8 @@ class Spool:
 
     def names(self, state):
         """The message names in a state, oldest first (dotfiles skipped)."""
+        if state == "deferred":
+            return sorted((s.name for s in self.scheduled()), key=_age_key)
         try:
             names = [n for n in os.listdir(self._dir(state)) if not n.startswith(".")]
         except FileNotFoundError:
@@ -238,6 +247,9 @@ class Spool:
         longer backlog is taken batch by batch, in directory order.
         """
         batch = batch or BATCH
+        if state == "deferred":  # message names, as names() gives them
+            yield from self.names(state)
+            return
         try:
             entries = os.scandir(self._dir(state))
         except FileNotFoundError:
@@ -306,8 +318,8 @@ class Spool:
         The entry holds the claim (see :mod:`pyramid_txmail.claims`): call
         its ``release()`` once the file has left ``cur/``.
         """
-        taken = claims.take(os.path.join(self._dir(state), name),
-                            os.path.join(self._dir("cur"), name))
+        source, name = self.locate(state, name)  # deferred/DUE~NAME → cur/NAME
+        taken = claims.take(source, os.path.join(self._dir("cur"), name))
         if taken is None:
             return None
         claim, problem = taken
@@ -345,12 +357,16 @@ class Spool:
                                               eightbit=eightbit)
 
     def move(self, entry, state):
-        """Move an entry to another state and fsync the target directory."""
+        """Move an entry to another state and fsync the target directory.
+
+        Out of ``deferred/`` the file gets its message name back (into it: :meth:`defer`).
+        """
         if entry.claim is not None:
             entry.claim.settle()
-        os.rename(entry.path, os.path.join(self._dir(state), entry.name))
+        source, name = self.locate(entry.state, entry.name)
+        os.rename(source, os.path.join(self._dir(state), name))
         fsync_dir(self._dir(state))
-        return Entry(self, state, entry.name)
+        return Entry(self, state, name)
 
     def dead_letter_copy(self, fromaddr, toaddrs, message_bytes, meta):
         """Write a new message straight into ``failed/``, its state file first.

@@ -25,6 +25,7 @@ from email.parser import BytesHeaderParser
 from . import claims
 from .previewsource import header_items
 from .regular_files import NotRegularFile, open_regular_file
+from .schedule import message_name
 from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir, read_envelope
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes,
@@ -112,10 +113,11 @@ class QueuedMessage:
     headers: list
     meta: dict
     problem: str | None = None  # why a processor would dead-letter it as poison
+    filename: str | None = None  # in deferred/: DUE~NAME (see pyramid_txmail.schedule)
 
     @property
     def path(self):
-        return os.path.join(self.spool.path, self.state, self.name)
+        return os.path.join(self.spool.path, self.state, self.filename or self.name)
 
     def header(self, name):
         for key, value in self.headers:
@@ -171,15 +173,22 @@ class QueuedMessage:
                 else None}
 
 
-def queued_at(spool, state, name):
+def queued_at(spool, state, name, filename=None):
     """The enqueue time carried in the Maildir name; the file's mtime for other names."""
     key = enqueued_at(name)
     if key is not None:
         return key
     try:
-        return os.lstat(os.path.join(spool.path, state, name)).st_mtime
+        return os.lstat(os.path.join(spool.path, state, filename or name)).st_mtime
     except FileNotFoundError:
         return time.time()
+
+
+def files(spool, state):
+    """``[(name, filename)]`` of a state: they differ in ``deferred/`` (``DUE~NAME``)."""
+    if state == "deferred":
+        return [(s.name, s.filename) for s in spool.scheduled()]
+    return [(name, name) for name in spool.names(state)]
 
 
 def _read_envelope(path):
@@ -201,9 +210,15 @@ def _read_envelope(path):
     return None if head is None else (None, (), head, problem)
 
 
-def inspect(spool, state, name):
-    """The :class:`QueuedMessage` of ``state/name``; ``None`` when the file is gone."""
-    found = _read_envelope(os.path.join(spool.path, state, name))
+def inspect(spool, state, name, filename=None):
+    """The :class:`QueuedMessage` of ``state/name``; ``None`` when the file is gone.
+
+    ``filename`` is the name on disk when it differs (``deferred/DUE~NAME``);
+    without it a deferred message is looked up by its name.
+    """
+    if filename is None:
+        filename = spool.deferred_file(name) if state == "deferred" else name
+    found = _read_envelope(os.path.join(spool.path, state, filename))
     if found is None:
         return None
     fromaddr, toaddrs, head, problem = found
@@ -212,9 +227,9 @@ def inspect(spool, state, name):
     except Exception as exc:
         headers, problem = [], problem or f"unparsable header block: {exc}"
     meta = spool.read_meta(name) if state not in ("tmp", "prepared") else {}
-    return QueuedMessage(spool, state, name, queued_at(spool, state, name), fromaddr,
+    return QueuedMessage(spool, state, name, queued_at(spool, state, name, filename), fromaddr,
                          tuple(toaddrs), headers, meta if isinstance(meta, dict) else {},
-                         problem)
+                         problem, filename)
 
 
 def messages(spool, states=QUEUE_STATES):
@@ -225,8 +240,8 @@ def messages(spool, states=QUEUE_STATES):
     """
     found = {}
     for state in states:
-        for name in spool.names(state):
-            msg = inspect(spool, state, name)
+        for name, filename in files(spool, state):
+            msg = inspect(spool, state, name, filename)
             if msg is not None:
                 found.pop(name, None)
                 found[name] = msg
@@ -244,8 +259,8 @@ def status(spool, now=None):
     result = {"spool": spool.path, "time": now, "states": {}}
     oldest = None
     for state in ALL_STATES:
-        names = spool.names(state)
-        times = [queued_at(spool, state, n) for n in names]
+        names = files(spool, state)
+        times = [queued_at(spool, state, n, f) for n, f in names]
         first = min(times) if times else None
         result[LABELS[state]] = len(names)
         result["states"][state] = {"label": LABELS[state], "count": len(names),
@@ -254,11 +269,11 @@ def status(spool, now=None):
         if first is not None and state not in ("tmp", "prepared"):
             oldest = first if oldest is None else min(oldest, first)
     result["oldest_age"] = None if oldest is None else round(now - oldest, 3)
-    retries = [spool.read_meta(n).get("next_attempt") for n in spool.names("deferred")]
-    retries = [t for t in retries if isinstance(t, (int, float))]
-    result["next_retry"] = min(retries) if retries else None
-    result["next_retry_in"] = None if not retries else round(min(retries) - now, 3)
-    result["deferred_due"] = sum(1 for t in retries if t <= now)
+    # from the names in deferred/: only the earliest one's state file is read
+    due, earliest = spool.retry_summary(now)
+    result["next_retry"] = earliest
+    result["next_retry_in"] = None if earliest is None else round(earliest - now, 3)
+    result["deferred_due"] = due
     return result
 
 
@@ -274,14 +289,15 @@ def find(spool, ident):
     """
     ident = ident.strip()
     head, sep, tail = ident.partition("/")
-    name = tail if sep and head in ALL_STATES else ident
+    name = message_name(tail if sep and head in ALL_STATES else ident)  # ls deferred/ too
     if not name:
         raise NotFound("an empty id matches nothing")
     # names first: only a Message-ID search has to open the files
-    located = {n: state for state in ALL_STATES for n in spool.names(state)}
+    located = {n: (state, f) for state in ALL_STATES for n, f in files(spool, state)}
     candidates = ([n for n in located if n == name]
                   or [n for n in located if n.startswith(name) and "/" not in name])
-    matches = [m for m in (inspect(spool, located[n], n) for n in candidates) if m]
+    matches = [m for m in (inspect(spool, located[n][0], n, located[n][1])
+                           for n in candidates) if m]
     kind = "file name prefix"
     if not matches:
         wanted = _bare_message_id(ident)
@@ -317,7 +333,7 @@ def retry(spool, msg):
     if msg.state == "new":
         return "already queued in new/; nothing to do"
     try:
-        spool.move(Entry(spool, msg.state, msg.name), "new")
+        spool.move(Entry(spool, msg.state, msg.filename or msg.name), "new")
     except FileNotFoundError:
         raise Vanished(f"{msg.state}/{msg.name} is gone: a processor or another "
                        "txmail-queue took it meanwhile") from None

@@ -148,9 +148,9 @@ def test_status_on_an_empty_spool_and_in_words(tmp_path, spool, filled, capsys):
     assert "next retry" in lines["deferred"] and "(in 4m" in lines["deferred"]
     for name in ("later", "gone", "split-copy", "fresh", "sending", "writing"):
         for state in admin.ALL_STATES:
-            path = os.path.join(spool.path, state, filled[name])
-            if os.path.exists(path):
-                os.unlink(path)
+            for found, filename in admin.files(spool, state):  # deferred/: DUE~NAME
+                if found == filled[name]:
+                    os.unlink(os.path.join(spool.path, state, filename))
     code, out, _ = call(capsys, ini, "status", "--json")
     info = json.loads(out)
     assert [info[k] for k in ("queued", "in_progress", "deferred", "failed", "tmp")] == [0] * 5

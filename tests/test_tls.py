@@ -25,6 +25,7 @@ import transaction
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
+from pyramid_txmail import spool_admin as admin
 from pyramid_txmail.processor import Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.spool import Spool
@@ -172,9 +173,7 @@ def test_txmail_qp_refuses_an_untrusted_certificate_then_delivers_with_the_ca(
                    "mail.retry_initial = 1s\n")
     spool = Spool(str(spool_path))
     [name] = spool.names("deferred")
-    meta = spool.read_meta(name)
-    meta["next_attempt"] = 0  # due now
-    spool.write_meta(name, meta)
+    admin.retry(spool, admin.find(spool, name))  # due now (txmail-queue retry)
     proc = subprocess.run([QP, str(ini), "--no-app"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -232,10 +231,9 @@ def test_a_server_that_stops_offering_starttls_never_gets_plaintext(path, certs,
         assert reason in found.reasons[message_id], found.reasons[message_id]
     if path == "queue":  # retried: still refused, still nothing in plaintext
         drain(dict(settings, **{"mail.retry_initial": "1s"}))
-        for name in Spool(str(spool_path)).names("deferred"):
-            meta = Spool(str(spool_path)).read_meta(name)
-            meta["next_attempt"] = 0
-            Spool(str(spool_path)).write_meta(name, meta)
+        spool = Spool(str(spool_path))
+        for name in spool.names("deferred"):  # due now (txmail-queue retry)
+            admin.retry(spool, admin.find(spool, name))
         drain(settings)
         assert [m.tls for m in server.messages] == [True]
         found = tally(Spool(str(spool_path)), [server], ids)

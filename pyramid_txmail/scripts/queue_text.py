@@ -94,6 +94,12 @@ def _facts(msg, now):
             rows.append((label, when(meta[key])))
     if msg.state == "deferred" and meta.get("next_attempt"):
         rows.append(("next attempt", when(meta["next_attempt"])))
+    earlier = meta.get("earlier")
+    if isinstance(earlier, dict) and earlier.get("attempts"):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted((earlier.get("codes") or {}).items()))
+        rows.append(("earlier", f"{earlier['attempts']} attempts from "
+                     f"{when(earlier.get('first_time'))} to {when(earlier.get('last_time'))} "
+                     f"(codes: {counts}); the last ones are listed below"))
     if meta.get("delivered"):
         rows.append(("delivered to", _addresses(meta["delivered"])))
     if meta.get("failed_recipients"):
@@ -113,6 +119,8 @@ def _attempt_lines(history):
     lines = []
     for number, attempt in enumerate(history if isinstance(history, list) else [], 1):
         results = attempt.get("results") if isinstance(attempt, dict) else None
+        if results is not None and isinstance(attempt.get("attempt"), int):
+            number = attempt["attempt"]  # the earlier ones are only counted
         for i, r in enumerate(r for r in results or () if isinstance(r, dict)):
             lead = f"  {number:>2}. {when(attempt.get('time'))}" if i == 0 else " " * 26
             lines.append(f"{lead}  {clean(r.get('recipient'))}: {clean(r.get('status'))} "
