@@ -127,8 +127,14 @@ def main(argv=None):
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)  # aiosmtpd's own "mail.log" chatter stays at WARNING
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM and SIGINT are blocked before the server's thread starts (it
+    # inherits the mask) and taken here with sigwait: no Python signal handler
+    # runs, so none can interrupt a lock held by this thread (a handler calling
+    # Event.set() while the main thread sits in Event.wait() deadlocks).
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    for signum in stop_signals:  # not ignored (as in a background job): sigwait sees it
+        signal.signal(signum, signal.SIG_DFL)
     try:
         server = DevSMTPServer(args.inbox, args.host, args.port).start()
     except (OSError, RuntimeError) as exc:
@@ -136,10 +142,7 @@ def main(argv=None):
     print(f"devsmtp: listening on {args.host}:{args.port}, writing to "
           f"{os.path.abspath(args.inbox)} (Ctrl-C to stop)", flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        signal.sigwait(stop_signals)
     finally:
         server.stop()
     return 0

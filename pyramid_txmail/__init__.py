@@ -48,7 +48,8 @@ def transport_factory(settings):
 def make_delivery(settings, registry=None):
     """Build the :class:`Delivery` for parsed :class:`MailSettings`."""
     try:
-        outboxes, transports = make_outboxes(settings, transport_factory(settings))
+        outboxes, transports = make_outboxes(settings, transport_factory(settings),
+                                               registry)
     except SpoolError as exc:
         raise ConfigurationError(f"mail.queue_path = {settings.queue_path!r}: {exc}") from None
     return Delivery(settings, outboxes["send"], registry, outboxes, transports)

@@ -6,8 +6,9 @@ due -- the earliest deferred message's ``next_attempt``, the moment the
 oldest foreign claim in ``cur/`` turns stale (``mail.claim_timeout``), and
 at the latest :data:`RESCAN_INTERVAL` -- or a signal arrives.
 
-Signals only set flags (and wake the sleeper through
-:func:`signal.set_wakeup_fd`); the loop does the work:
+Signals only set flags and wake the sleeper (see :class:`Signals`: no
+Python signal handler runs, a thread takes them with ``sigwait``); the loop
+does the work:
 
 * SIGTERM, SIGINT: stop.  ``run_pass(stop)`` finishes the message(s) in
   flight, which are recorded as usual; the messages not started stay in
@@ -67,49 +68,112 @@ def reopen_log_files():
 
 
 class Signals:
-    """SIGTERM/SIGINT set :attr:`stop`, SIGHUP sets :attr:`hup`; nothing else.
+    """SIGTERM/SIGINT set :attr:`stop`, SIGHUP sets :attr:`hup`, and the waker is poked.
 
-    Use as a context manager around the daemon; the previous handlers and
-    wakeup fd are put back on exit.  ``handle_hup=False`` (a one-pass run)
-    leaves SIGHUP alone.
+    No Python signal handler does this work.  A handler runs in the main
+    thread between two bytecodes, wherever that thread is -- inside
+    ``Event.set()`` holding its lock (a second handler taking that lock
+    deadlocks for good), inside a logging call, or inside the previous
+    handler (a storm nests them until RecursionError).  So the signals are
+    *blocked* (``pthread_sigmask``) in the thread that enters, and so in
+    every thread started after it (the processor's workers inherit the
+    mask), and one thread, ``txmail-signals``, takes them with
+    :func:`signal.sigwait`.  That thread is ordinary code: it may set
+    events and write to the waker.  Blocked signals of one kind that
+    arrive while it is busy are merged into one by the kernel, so a storm
+    costs a few loop turns, never a stack.
+
+    Use as a context manager around the daemon.  ``handle_hup=False`` (a
+    one-pass run) leaves SIGHUP alone.  ``restore=True`` puts the signal mask
+    and dispositions back on exit (for callers that go on running, such as
+    tests); ``txmail-qp`` passes ``restore=False``: its process ends right
+    after, and a SIGTERM arriving during that shutdown must not kill it with
+    the default disposition (exit status -15 instead of 0).
+
+    Child processes inherit the blocked mask (exec keeps it); nothing in
+    txmail-qp starts one, but an application's event subscriber that does
+    should unblock the signals in the child (``signal.pthread_sigmask`` in
+    the program it runs) if it relies on them.
     """
 
-    def __init__(self, waker=None, handle_hup=True):
+    def __init__(self, waker=None, handle_hup=True, restore=True):
         self.handle_hup = handle_hup
+        self.restore = restore
         self.stop = threading.Event()
         self.hup = threading.Event()
-        self.received = []  # signal numbers, in order (read by the loop, for logging)
+        self.first_stop = None  # the first SIGTERM/SIGINT taken (for logging)
+        self.stops_received = 0
         self.waker = waker
-        self._saved = {}
+        self.signums = STOP_SIGNALS + ((signal.SIGHUP,) if handle_hup else ())
+        self._thread = None
+        self._closing = False
+        self._lock = threading.Lock()  # taken by the signal thread only, never in a handler
+        self._saved_mask = None
+        self._saved_handlers = {}
         self._saved_fd = None
-
-    def _on_stop(self, signum, frame):
-        self.received.append(signum)
-        self.stop.set()
-
-    def _on_hup(self, signum, frame):
-        self.hup.set()
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
-            return self  # only the main thread may set handlers: the caller stops us
-        for signum in STOP_SIGNALS:
-            self._saved[signum] = signal.signal(signum, self._on_stop)
-        if self.handle_hup:
-            self._saved[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
-        if self.waker is not None:
+            return self  # only the main thread may set dispositions: the caller stops us
+        self._saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.signums)
+        for signum in self.signums:
+            # Not SIG_IGN (an ignored signal is discarded before sigwait sees it,
+            # as after nohup or `cmd &`), not SIG_DFL (a thread started before us,
+            # without the mask, would be killed by it): a thread that does not
+            # block the signal hands it on to the signal thread.
+            self._saved_handlers[signum] = signal.signal(signum, self._hand_on)
+        self._thread = threading.Thread(target=self._take_signals, name="txmail-signals",
+                                        daemon=True)
+        self._thread.start()
+        if self.waker is not None:  # wakes the main thread to run _hand_on
             self._saved_fd = signal.set_wakeup_fd(self.waker.write_fd,
                                                   warn_on_full_buffer=False)
         return self
 
+    def _hand_on(self, signum, frame):
+        """Disposition for a thread that does not block the signals (one started
+        before :meth:`__enter__`): re-send it to the signal thread, where it is
+        blocked and taken by sigwait.  No lock, no logging.  Python runs this in
+        the main thread when it next runs Python code: the wakeup fd wakes it
+        from a wait on the waker, not from a wait on a lock.  txmail-qp starts
+        no thread before :meth:`__enter__`, so there it never runs."""
+        signal.pthread_kill(self._thread.ident, signum)
+
+    def _take_signals(self):
+        while True:
+            signum = signal.sigwait(self.signums)
+            with self._lock:  # __exit__ may be closing the waker's pipe meanwhile
+                if self._closing:
+                    if self.restore:
+                        return
+                    continue  # txmail-qp: taken, and nothing more, until the process ends
+                if signum == signal.SIGHUP:
+                    self.hup.set()
+                else:
+                    if self.first_stop is None:
+                        self.first_stop = signum
+                    self.stops_received += 1
+                    self.stop.set()
+                if self.waker is not None:
+                    self.waker.wake()
+
     def __exit__(self, *exc):
+        if self._thread is None:
+            return
+        with self._lock:  # after this the thread never touches the waker (closed next)
+            self._closing = True
         if self._saved_fd is not None:
             signal.set_wakeup_fd(self._saved_fd)
-        for signum, handler in self._saved.items():
+        if not self.restore:
+            return  # txmail-qp: the signal thread keeps taking them until the process ends
+        for signum, handler in self._saved_handlers.items():
             signal.signal(signum, handler)
+        signal.pthread_kill(self._thread.ident, self.signums[0])  # ends its sigwait
+        self._thread.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._saved_mask)
 
     def first_stop_name(self):
-        return signal.Signals(self.received[0]).name if self.received else "request"
+        return signal.Signals(self.first_stop).name if self.first_stop else "request"
 
 
 class Daemon:
@@ -225,9 +289,8 @@ class Daemon:
         return max(MIN_TIMER_WAIT, due - now)
 
     def _log_stop(self):
-        received = self.signals.received
-        again = (f" (asked {len(received)} times; a repeated signal still lets the "
-                 "message in flight finish -- SIGKILL abandons it)" if len(received) > 1
-                 else "")
+        asked = self.signals.stops_received
+        again = (f" (asked {asked} times; a repeated signal still lets the "
+                 "message in flight finish -- SIGKILL abandons it)" if asked > 1 else "")
         log.info("txmail-qp daemon stopped on %s after %d passes%s: %s",
                  self.signals.first_stop_name(), self.passes, again, self.totals.summary())

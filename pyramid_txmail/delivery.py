@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
+from .direct import DirectSenders, notifier
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .joining import NoTransaction, TransactionEnded, joinable_transaction  # noqa: F401
@@ -26,10 +27,12 @@ from .redirect import redirect
 from .result import TEMPORARY, DeliveryResult, RecipientResult
 from .sendlog import record_send
 from .sendmail import SendmailTransport
-from .settings import DEV_DELIVERY_MODES
+from .settings import DEV_DELIVERY_MODES, MailSettings
 from .spool import Spool
 
 log = logging.getLogger("pyramid_txmail")
+
+DIRECT_TIMEOUT = MailSettings.direct_timeout
 
 
 class QueueOutbox:
@@ -63,27 +66,44 @@ class DirectOutbox(AfterCommitOutbox):
     spool, recipients that failed temporarily are queued for the processor
     and permanently refused ones are dead-lettered; without one they are
     reported (log + :class:`MailFailed`) -- there is nowhere to keep them.
+    The committing thread waits at most ``timeout`` (``mail.direct_timeout``)
+    for the relay; see :mod:`pyramid_txmail.direct` for what happens after.
     """
 
-    def __init__(self, transport_factory, fallback=None, clock=time.time):
+    def __init__(self, transport_factory, fallback=None, clock=time.time, *,
+                 timeout=DIRECT_TIMEOUT, registry=None):
         self.transport_factory = transport_factory
         self.fallback = fallback
         self.clock = clock
+        self.senders = DirectSenders(transport_factory, self._attempt, self._unsent,
+                                     notifier(registry), timeout, fallback is not None)
 
     def committed(self, messages):
-        events = []
         if not messages:
-            return events
-        with self.transport_factory() as transport:
-            for prepared in messages:
-                try:
-                    events.extend(self._deliver(transport, prepared))
-                except Exception as exc:  # e.g. the fallback spool cannot be written
-                    # One message's trouble must not cost the others their turn.
-                    log.exception("direct delivery of %s to %s failed and it could not "
-                                  "be kept", prepared.message_id, ", ".join(prepared.toaddrs))
-                    events.append(MailFailed(prepared.message_id, prepared.fromaddr,
-                                             prepared.toaddrs, reason=repr(exc)))
+            return []
+        return self.senders.send(messages)
+
+    def _attempt(self, transport, prepared):
+        try:
+            return self._deliver(transport, prepared)
+        except Exception as exc:  # e.g. the fallback spool cannot be written
+            # One message's trouble must not cost the others their turn.
+            log.exception("direct delivery of %s to %s failed and it could not "
+                          "be kept", prepared.message_id, ", ".join(prepared.toaddrs))
+            return [MailFailed(prepared.message_id, prepared.fromaddr,
+                               prepared.toaddrs, reason=repr(exc))]
+
+    def _unsent(self, messages, why):
+        """Messages never offered to the relay: to the fallback queue, or reported."""
+        events = []
+        for prepared in messages:
+            failures = [RecipientResult(r, TEMPORARY, None, why) for r in prepared.toaddrs]
+            try:
+                events.extend(self._fall_back(prepared, failures, "new"))
+            except Exception as exc:
+                log.exception("%s: %s, and it could not be queued", prepared.message_id, why)
+                events.append(MailFailed(prepared.message_id, prepared.fromaddr,
+                                         prepared.toaddrs, failures, reason=repr(exc)))
         return events
 
     def _deliver(self, transport, prepared):
@@ -305,13 +325,14 @@ def default_outboxes(settings, outbox):
             "sendmail": None}
 
 
-def make_outboxes(settings, transport_factory):
+def make_outboxes(settings, transport_factory, registry=None):
     """``(outboxes, transports)`` for :class:`Delivery` (spool created/checked here).
 
     ``transport_factory`` opens an SMTP transport.  The development
     deliveries (memory, file, console, null) serve every method: nothing is
     ever sent from them.  The sendmail outbox falls back to the spool like
-    direct delivery does.
+    direct delivery does, and like it waits at most ``mail.direct_timeout``;
+    ``registry`` receives the events of what is settled after that wait.
     """
     if settings.delivery in DEV_DELIVERY_MODES:
         dev = make_dev_outbox(settings)
@@ -323,13 +344,14 @@ def make_outboxes(settings, transport_factory):
     spool = Spool(settings.queue_path) if settings.queue_path else None
     fallback = spool if settings.direct_fallback == "queue" else None
     queue = QueueOutbox(spool) if spool is not None else None
-    sendmail = DirectOutbox(sendmail_factory, fallback)
+    bound = {"timeout": settings.direct_timeout, "registry": registry}
+    sendmail = DirectOutbox(sendmail_factory, fallback, **bound)
     send = {"queue": queue, "sendmail": sendmail}.get(settings.delivery) or \
-        DirectOutbox(transport_factory, fallback)
+        DirectOutbox(transport_factory, fallback, **bound)
     return ({"send": send, "queue": queue, "sendmail": sendmail},
             {"smtp": transport_factory, "sendmail": sendmail_factory})
 
 
-def make_outbox(settings, transport_factory):
+def make_outbox(settings, transport_factory, registry=None):
     """The outbox of ``send`` for ``settings.delivery``."""
-    return make_outboxes(settings, transport_factory)[0]["send"]
+    return make_outboxes(settings, transport_factory, registry)[0]["send"]

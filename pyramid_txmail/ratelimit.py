@@ -1,6 +1,7 @@
 """A message-rate limit shared by the processor's workers (``mail.rate_limit``)."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -13,6 +14,8 @@ class RateLimiter:
     """
 
     def __init__(self, rate, clock=time.monotonic, sleep=None):
+        if not (math.isfinite(rate) and rate > 0):  # nan/inf would mean no limit at all
+            raise ValueError(f"rate must be a positive, finite number, not {rate!r}")
         self.interval = 1.0 / rate
         self.clock = clock
         self.sleep = sleep

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import shlex
@@ -59,18 +60,26 @@ def _debug(value):
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+#: The longest duration accepted.  Durations end up as socket, select and lock
+#: timeouts, which overflow somewhere past 10**11 s (and NaN compares false with
+#: everything); a year is beyond any sensible mail timeout or queue lifetime.
+MAX_DURATION = 365 * 86400.0
 
 
 def parse_duration(value):
-    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float)."""
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError("expected a positive duration")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError("expected a positive duration such as 30, 30s, 5m, 2h or 5d")
-    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float), at most a year."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError("expected a positive, finite duration")
+    else:
+        match = _DURATION.match(str(value))
+        if not match or float(match.group(1)) <= 0:
+            raise ValueError("expected a positive duration such as 30, 30s, 5m, 2h or 5d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not seconds <= MAX_DURATION:  # also inf, from 400 digits
+        raise ValueError("expected a duration of at most 365d")
+    return seconds
 
 
 def _claim_timeout(value):
@@ -112,13 +121,24 @@ def _choice(choices):
     return parse
 
 
-def _positive_float(value):
+#: The smallest ``mail.rate_limit`` (one message a day): below it, the wait
+#: between two messages (1/rate) would overflow the lock timeout it sleeps in.
+MIN_RATE = 1 / 86400
+
+
+def _rate(value):
+    """Messages per second: a finite number >= 0; 0 means no limit (None)."""
     try:
         number = float(str(value).strip())
     except ValueError:
         raise ValueError("expected a number") from None
+    if not math.isfinite(number):  # nan compares false with everything: no limit at all
+        raise ValueError("expected a finite number (0 for no limit)")
     if number < 0:
-        raise ValueError("expected a number >= 0")
+        raise ValueError("expected a number >= 0 (0 for no limit)")
+    if 0 < number < MIN_RATE:
+        raise ValueError(f"expected 0 (no limit) or at least {MIN_RATE:.3g} "
+                         "(one message a day)")
     return number or None
 
 
@@ -233,7 +253,8 @@ SETTINGS = (
     Setting("timeout", parse_duration, 30.0, "SMTP socket timeout (30, 30s, 2m)."),
     Setting("data_timeout", parse_duration, 600.0,
             "How long to wait for the reply to the end of the message data (RFC 5321 "
-            "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice)."),
+            "4.5.3.2.6: 10 minutes; giving up sooner can deliver the message twice); "
+            "at least mail.timeout."),
     Setting("queue_path", _path, None,
             "Maildir spool directory, an absolute path (%(here)s/...); created 0700 by the "
             "application if missing."),
@@ -244,6 +265,10 @@ SETTINGS = (
     Setting("direct_fallback", _choice(FALLBACK_MODES), None,
             "With direct or sendmail delivery: 'queue' (default when queue_path is set) "
             "spools a message the relay (or sendmail) did not take; 'none' only reports it."),
+    Setting("direct_timeout", parse_duration, 10.0,
+            "With direct or sendmail delivery: the longest a request waits for the relay; "
+            "a message still being sent then is finished in the background, those not "
+            "started go to the fallback queue."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
     Setting("sendmail_app", _str, "/usr/sbin/sendmail",
@@ -273,8 +298,9 @@ SETTINGS = (
             "comma-separated; the port defaults to mail.port)."),
     Setting("host_rest", parse_duration, 300.0,
             "A relay that keeps failing to connect is not tried again for this long."),
-    Setting("rate_limit", _positive_float, None,
-            "Most messages per second txmail-qp sends, across all workers (unset: no limit)."),
+    Setting("rate_limit", _rate, None,
+            "Most messages per second txmail-qp sends, across all workers (unset or 0: no "
+            "limit)."),
     Setting("poll_interval", parse_duration, 1.0,
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
     Setting("file_path", _path, None,
@@ -310,6 +336,7 @@ class MailSettings:
     queue_path: str | None = None
     delivery: str = "direct"
     direct_fallback: str = "none"
+    direct_timeout: float = 10.0
     default_sender: str | None = None
     debug: int = 0
     sendmail_app: str = "/usr/sbin/sendmail"
@@ -399,6 +426,13 @@ def parse_settings(settings, prefix=PREFIX):
     if values["delivery"] == "file" and not values.get("file_path"):
         raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
                                  "set it to a directory for the .eml files")
+    timeout = values.get("timeout", MailSettings.timeout)
+    if values.get("data_timeout", MailSettings.data_timeout) < timeout:
+        _fail(prefix + "data_timeout", values.get("data_timeout"),
+              f"shorter than {prefix}timeout ({timeout:g}s): the reply to the final dot is "
+              "the one wait that must not be cut short (the relay may have the message, "
+              "and a retry would deliver it twice); set it to at least "
+              f"{prefix}timeout, 10m as RFC 5321 says")
     if values.get("retry_max", 4000.0) < values.get("retry_initial", 300.0):
         _fail(prefix + "retry_max", values["retry_max"],
               f"must not be shorter than {prefix}retry_initial")

@@ -133,8 +133,13 @@ class SMTPTransport:
             relays = Relays(dict.fromkeys(hosts), host_rest)
         self.relays = relays
         self.max_messages = max_messages
-        #: The wait for the reply to the final dot (never shorter than ``timeout``).
-        self.data_timeout = max(float(data_timeout), self.opener.timeout)
+        #: The wait for the reply to the final dot: never shorter than ``timeout``
+        #: (refused, not quietly raised: see mail.data_timeout).
+        self.data_timeout = float(data_timeout)
+        if self.data_timeout < self.opener.timeout:
+            raise ValueError(f"data_timeout ({self.data_timeout:g}s) is shorter than timeout "
+                             f"({self.opener.timeout:g}s); the reply to the final dot must "
+                             "be waited for at least as long as any other reply")
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
         self._smtp = None

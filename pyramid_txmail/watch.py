@@ -53,8 +53,10 @@ class WatchLost(OSError):
 class Waker:
     """A self-pipe: :meth:`wake` makes a waiting watcher return early.
 
-    Its write end is what :func:`signal.set_wakeup_fd` is given, so a signal
-    wakes the sleeper without the Python signal handler doing any work.
+    The daemon's signal thread (:class:`pyramid_txmail.daemon.Signals`) pokes
+    it, so a signal wakes the sleeper at once.  Both ends are non-blocking:
+    :meth:`wake` never waits (a full pipe wakes the sleeper anyway), and
+    neither end takes a lock, so it is safe from any thread.
     """
 
     def __init__(self):

@@ -27,10 +27,11 @@ GROUPS = {
     "badinput": "Bad input (property-based)",
     "tls": "TLS and secrets",
     "postfix": "A real Postfix in the path",
-    # issue 11's scenarios (its findings 1, 3 and 10 name their own groups)
+    # issue 11's scenarios
     "envelope": "Envelope integrity (property-based)",
-    "signals": "Daemon signals",
-    "builder": "Building large messages",
+    "signals": "Signal storms against a draining daemon",
+    "direct": "Direct delivery with a hanging relay",
+    "builder": "Large messages built in the view",
 }
 
 #: Said under a group's heading when its unit is not the message.

@@ -301,8 +301,12 @@ def main(argv=None):
     if args.watch and not args.daemon:
         parser.error("--watch only applies with --daemon")
     waker = Waker() if args.daemon else None
+    # Called with argv None, this is the txmail-qp process itself: its signals
+    # stay taken until it exits (see Signals: a late SIGTERM must not turn exit
+    # status 0 into -15).  Called with arguments (tests, a wrapper), it puts
+    # them back for the caller.
     try:
-        with Signals(waker, handle_hup=args.daemon) as signals:
+        with Signals(waker, handle_hup=args.daemon, restore=argv is not None) as signals:
             return run(args, signals, waker)
     except (ConfigError, ConfigurationError) as exc:
         message = " ".join(str(exc).split())
