@@ -111,6 +111,22 @@ class Layout:
         yield from iter(lambda: f.read(BLOCK), b"")
 
 
+    def head(self, f, limit):
+        """The header block as sent (envelope lines left out), at most ``limit``
+        octets of it: cut after its last whole line within that (for display)."""
+        data = b""
+        for start, end, refold in self.segments:
+            if len(data) >= limit:
+                break
+            f.seek(start)
+            data += wire.refold_field(f.read(end - start)) if refold else \
+                f.read(min(end - start, limit - len(data)))
+        if len(data) >= limit:
+            data = data[:limit]
+            data = data[:max(data.rfind(b"\n"), data.rfind(b"\r")) + 1]
+        return data
+
+
 def _range(f, length):
     while length > 0:
         block = f.read(min(BLOCK, length))
