@@ -17,7 +17,7 @@ A header field with a line over SMTP's 998 octets is refolded on its own as
 it is sent (:func:`wire.refold_field`): at whitespace, else as RFC 2047
 encoded words by the email package, whose time grows faster than the field
 (a 16 MiB line took 40 s and 286 MB; 50 MiB, minutes).  Such a field is
-refolded only up to :data:`MAX_REFOLD` octets; a larger one makes the file a
+refolded only up to :data:`wire.MAX_REFOLD` octets; a larger one makes the file a
 :class:`PoisonMessage`, dead-lettered with the field's name and size.  RFC
 5322 allows 998 octets a line; no real message has a quarter-megabyte field
 on lines that long (a header block of many short lines streams whatever its size).
@@ -36,9 +36,6 @@ PIECE = 1 << 16
 
 #: Read size for the body (and for sending any range of the file).
 BLOCK = 1 << 16
-
-#: The largest header field refolded when a line of it is over 998 octets.
-MAX_REFOLD = 256 * 1024
 
 #: The most of a Message-ID field kept (for logs and state files).
 MAX_MESSAGE_ID = 4096
@@ -185,11 +182,8 @@ class _HeaderScan:
     def _refold(self, field, end):
         name = field.name[:80].decode("ascii", "replace")
         length = end - field.start
-        if length > MAX_REFOLD:
-            raise PoisonMessage(
-                f"header field {name!r} is {length} octets with a line of {field.longest} "
-                f"(SMTP allows 998 a line); fields over {MAX_REFOLD} octets are not "
-                "re-encoded: a header that large is no real message")
+        if length > wire.MAX_REFOLD:
+            raise PoisonMessage(wire.refold_refusal(field.name, length, field.longest))
         here = self.f.tell()
         self.f.seek(field.start)
         try:

@@ -19,11 +19,17 @@ import email.policy
 import re
 from email.parser import BytesParser
 
-__all__ = ["MAX_LINE", "Stream", "data_section", "to_wire", "refold_field", "needs_smtputf8",
+__all__ = ["MAX_LINE", "MAX_REFOLD", "Stream", "data_section", "to_wire", "refold_field", "needs_smtputf8",
            "has_8bit", "message_id_of"]
 
 #: The longest line SMTP allows, in octets, not counting the CRLF.
 MAX_LINE = 998
+
+#: The largest header field re-encoded when a line of it is over MAX_LINE
+#: octets: the email package's encoded-word folding takes time that grows
+#: faster than the field (a 16 MiB line took 40 s), and RFC 5322 allows 998
+#: octets a line -- no real message has a quarter-megabyte field on such lines.
+MAX_REFOLD = 256 * 1024
 _FOLD_AT = 78  # where an over-long header line is folded, when it can be
 _CRLF = b"\r\n"
 _WSP = b" \t"
@@ -164,10 +170,38 @@ def to_wire(data: bytes, eightbit: bool = True) -> bytes:
         return data
     head, body = _split_head(data)
     if not _fits(head):
+        _check_refold_sizes(head)
         data = _fold_head(head) + body
         if _wire_ok(data, eightbit):
             return data
     return _reencode(data, eightbit)
+
+
+def _check_refold_sizes(head):
+    """Refuse (ValueError naming it) a field over MAX_REFOLD octets with a line over
+    MAX_LINE, before the email package spends minutes on it."""
+    start = longest = 0
+    for match in re.finditer(rb"[^\r]*\r\n|[^\r]+$", head):  # CRLF-only lines
+        line = match.group()
+        if line[:1] not in _WSP:  # a new field
+            _refusable(head, start, match.start(), longest)
+            start, longest = match.start(), 0
+        longest = max(longest, len(line.rstrip(b"\r\n")))
+    _refusable(head, start, len(head), longest)
+
+
+def _refusable(head, start, end, longest):
+    if longest > MAX_LINE and end - start > MAX_REFOLD:
+        raise ValueError(refold_refusal(head[start:start + 80].partition(b":")[0],
+                                        end - start, longest))
+
+
+def refold_refusal(name, size, longest):
+    """Why a header field is not re-encoded (see :data:`MAX_REFOLD`)."""
+    name = name.strip()[:80].decode("ascii", "replace")
+    return (f"header field {name!r} is {size} octets with a line of {longest} (SMTP "
+            f"allows 998 a line); fields over {MAX_REFOLD} octets are not re-encoded: "
+            "a header that large is no real message")
 
 
 def _policy(eightbit):

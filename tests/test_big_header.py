@@ -233,3 +233,24 @@ def test_txmail_queue_lists_a_big_header_block_with_bounded_memory(tmp_path):
     grew = (peaks["big"] - peaks["tiny"]) * 1024
     assert grew < SIZE / 2, f"txmail-queue list grew by {grew >> 20} MiB for a " \
                             f"{SIZE >> 20} MiB header block"
+
+
+def test_a_view_sending_a_header_field_too_large_to_refold_gets_an_error_naming_it():
+    """The mailer's sibling: wire.to_wire refused nothing, and the email package
+    spent seconds to minutes of the request on an enormous header line."""
+    from email.message import Message
+
+    from pyramid_txmail.message import MessageError, prepare
+
+    msg = Message()
+    msg["From"] = "app@example.com"
+    msg["To"] = "bob@example.com"
+    msg["X-Long"] = "c" * (1 << 20)
+    msg.set_payload("body\n")
+    with pytest.raises(MessageError, match="X-Long.*998"):
+        prepare(msg)
+    del msg["X-Long"]
+    msg["X-Long"] = "c" * 5000  # a sane size: refolded as before
+    data = prepare(msg).data
+    assert max(map(len, data.split(b"\n"))) <= 998
+    assert str(_fields(data)["X-Long"]) == "c" * 5000
