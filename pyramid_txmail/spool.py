@@ -341,9 +341,9 @@ class Spool(DeferredIndex):
         """
         try:
             with entry.open() as f:
-                layout = scan(f)
-                if stream_over is None or layout.size <= stream_over \
-                        or layout.long_body_line:
+                whole = stream_over is None or os.fstat(f.fileno()).st_size <= stream_over
+                layout = scan(f, body=not whole)
+                if whole or layout.long_body_line:
                     return layout.fromaddr, layout.toaddrs, b"".join(layout.chunks(f))
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None

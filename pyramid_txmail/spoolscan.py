@@ -41,6 +41,7 @@ BLOCK = 1 << 16
 MAX_MESSAGE_ID = 4096
 
 _BLANK = (b"\n", b"\r\n", b"\r")
+_LINE_ENDS = (b"\n", b"\r")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
@@ -65,19 +66,19 @@ def _pieces(f):
             starts = part.endswith((b"\n", b"\r"))
 
 
-def _ending(line_end):
-    return 2 if line_end.endswith(b"\r\n") else 1 if line_end.endswith((b"\n", b"\r")) else 0
-
-
-@dataclasses.dataclass
 class _Field:
-    name: bytes  # as written (for messages); compare name.lower()
-    start: int
-    longest: int = 0  # its longest line, without the line ending
-    line: int = 0  # octets of the line being read
-    value: list | None = None  # kept pieces (envelope lines, the Message-ID)
-    held: int = 0
-    nonascii: bool = False
+    """One header field while it is read: where it starts, its longest line,
+    and its pieces when its value is wanted (the envelope lines, the Message-ID)."""
+
+    __slots__ = ("name", "key", "start", "longest", "line", "value", "held", "nonascii")
+
+    def __init__(self, name, start, value):
+        self.name = name  # as written (for messages)
+        self.key = name.lower()
+        self.start = start
+        self.longest = self.line = self.held = 0  # line: octets of the line being read
+        self.value = value
+        self.nonascii = False
 
 
 @dataclasses.dataclass
@@ -146,32 +147,39 @@ class _HeaderScan:
         self.envelope = {name: [] for name in ENVELOPE_FIELDS}
 
     def field_start(self, piece, pos):
-        name = piece.partition(b":")[0]
-        field = _Field(name.strip(), pos)
-        key = field.name.lower()
-        if key in ENVELOPE_FIELDS or (key == b"message-id" and self.message_id is None):
-            field.value = []
-        return field
+        name = piece.partition(b":")[0].strip()
+        key = name.lower()
+        wanted = key in ENVELOPE_FIELDS or (key == b"message-id" and self.message_id is None)
+        return _Field(name, pos, [] if wanted else None)
 
-    def piece(self, field, piece):
-        field.line += len(piece)
-        if piece.endswith((b"\n", b"\r")):
-            field.longest = max(field.longest, field.line - _ending(piece))
+    @staticmethod
+    def piece(field, piece):
+        length = len(piece)
+        if piece[-1:] in _LINE_ENDS:
+            line = field.line + length - (2 if piece[-2:] == b"\r\n" else 1)
+            if line > field.longest:
+                field.longest = line
             field.line = 0
-        field.nonascii = field.nonascii or not piece.isascii()
-        if field.value is not None:
-            if field.name.lower() in ENVELOPE_FIELDS or field.held < MAX_MESSAGE_ID:
-                field.value.append(piece)
-                field.held += len(piece)
+        else:
+            field.line += length
+        if not field.nonascii and not piece.isascii():
+            field.nonascii = True
+        if field.value is not None and (field.key != b"message-id"
+                                        or field.held < MAX_MESSAGE_ID):
+            field.value.append(piece)
+            field.held += length
 
     def field_end(self, field, end):
         field.longest = max(field.longest, field.line)
-        key = field.name.lower()
-        if key in ENVELOPE_FIELDS:
-            self.envelope[key].append(b"".join(field.value))
+        if field.value is None and field.longest <= wire.MAX_LINE:  # the usual field
+            self.size += end - field.start
+            self.head_8bit = self.head_8bit or field.nonascii
+            return
+        if field.key in ENVELOPE_FIELDS:
+            self.envelope[field.key].append(b"".join(field.value))
             self._cut(field.start, end)
             return
-        if key == b"message-id" and field.value is not None:
+        if field.value is not None:  # the (first) Message-ID
             self.message_id = wire.message_id_value(b"".join(field.value).partition(b":")[2])
         if field.longest <= wire.MAX_LINE:
             self.size += end - field.start
@@ -211,11 +219,14 @@ class _HeaderScan:
             self.segments.append((self.kept_from, rest, False))
 
 
-def scan(f):
+def scan(f, body=True):
     """The :class:`Layout` of the queue file open (binary, seekable) as ``f``.
 
     Raises :class:`PoisonMessage` as :func:`spoolfile.read_envelope` does,
     and for a header field too large to refold (see the module docstring).
+    ``body=False`` leaves the body unread: its size is then the file's, and
+    ``eightbit`` and ``long_body_line`` are unknown (False) -- for a caller
+    that reads the message whole and re-encodes it with :func:`wire.to_wire`.
     """
     pieces = _pieces(f)
     pos = 0
@@ -253,8 +264,12 @@ def scan(f):
     if not ours:
         fromaddr, toaddrs = legacy_envelope(head.envelope)
     check_envelope(fromaddr, toaddrs)
-    f.seek(rest)
-    eightbit, long_body_line, body_size = _scan_body(f)
+    if body:
+        f.seek(rest)
+        eightbit, long_body_line, body_size = _scan_body(f)
+    else:
+        eightbit = long_body_line = False
+        body_size = f.seek(0, 2) - rest
     return Layout(fromaddr, toaddrs, head.segments, rest, head.size + body_size,
                   head.message_id, head.head_8bit, head.head_8bit or eightbit, long_body_line)
 
