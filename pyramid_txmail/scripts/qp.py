@@ -24,7 +24,7 @@ from pyramid.exceptions import ConfigurationError
 
 from ..daemon import Daemon, Signals
 from ..processor import Processor
-from ..settings import SETTINGS, parse_settings
+from ..settings import SETTINGS, parse_settings, settings_prefix
 from ..spool import Spool, SpoolError
 from ..watch import WATCH_MODES, Waker, WatchUnavailable, make_watcher
 
@@ -210,8 +210,8 @@ def mail_settings(raw, path, app_name):
     except ConfigurationError as exc:
         raise ConfigError(f"{path} [app:{app_name}]: {exc}") from None
     if not settings.queue_path:
-        raise ConfigError(f"{path} [app:{app_name}]: mail.queue_path is not set; "
-                          "txmail-qp needs the spool directory to deliver from")
+        raise ConfigError(f"{path} [app:{app_name}]: {settings_prefix(raw)}queue_path is "
+                          "not set; txmail-qp needs the spool directory to deliver from")
     return settings
 
 
