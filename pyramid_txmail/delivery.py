@@ -215,7 +215,21 @@ class Mailer(PyramidMailerAPI):
     join they raise :class:`NoTransaction`.
     """
 
-    def __init__(self, delivery, transaction_manager, request=None):
+    def __init__(self, delivery=None, transaction_manager=None, request=None, **options):
+        if not isinstance(delivery, Delivery):
+            # pyramid_mailer's Mailer(host=..., port=..., ...): built as
+            # Mailer.from_settings builds it (see mailer_compat.keyword_delivery).
+            from .mailer_compat import keyword_delivery
+
+            if delivery is not None:
+                options["delivery"] = delivery
+            delivery = keyword_delivery(options)
+        elif options:
+            raise TypeError(f"Mailer(delivery, transaction_manager, request) takes no "
+                            f"other arguments ({', '.join(sorted(options))}); build one "
+                            "from settings with Mailer.from_settings(settings, prefix)")
+        if transaction_manager is None:
+            transaction_manager = delivery.transaction_manager
         self.delivery = delivery
         self.transaction_manager = transaction_manager
         self.request = request
@@ -310,6 +324,23 @@ class Mailer(PyramidMailerAPI):
                 lambda request: dispatch(registry, events, self.transaction_manager))
         else:
             dispatch(registry, events, transaction.TransactionManager(explicit=True))
+
+
+def warn_implied_queue(raw, prefix, settings):
+    """A WARNING when ``send()`` queues only because ``mail.queue_path`` is set.
+
+    pyramid_mailer's ``send()`` sent directly whatever ``mail.queue_path`` said;
+    an app switched from it keeps its ini and would otherwise fill a spool that
+    no ``txmail-qp`` empties, with an INFO "queued" line as its only trace.
+    """
+    if settings.delivery != "queue" or raw.get(prefix + "delivery"):
+        return
+    log.warning(
+        "%sdelivery is not set and %squeue_path is (%s), so send() queues mail in that "
+        "spool and nothing is sent until `txmail-qp CONFIG.ini` runs on it. Set "
+        "%sdelivery = queue to say that is intended (and run txmail-qp), or "
+        "%sdelivery = direct to send after each commit as pyramid_mailer's send() did",
+        prefix, prefix, settings.queue_path, prefix, prefix)
 
 
 def default_outboxes(settings, outbox):
