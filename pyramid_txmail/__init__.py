@@ -13,13 +13,13 @@ from pyramid.interfaces import IRequest
 
 from .builder import Mail
 from .delivery import (Delivery, Mailer, NoQueue, NoTransaction, TransactionEnded,
-                       make_outboxes, warn_implied_queue)
+                       make_outboxes)
 from .events import MailDeferred, MailFailed, MailQueued, MailSent
 from .immediate import DeliveryFailed
 from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
                          IMailQueued, IMailSent, IMailSettings)
 from .mailer_compat import (mailer_factory_from_settings, register_mailer, registered_mailer,
-                            take_pyramid_mailer_include)
+                            take_pyramid_mailer_include, warn_implied_queue)
 from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
                       NoSender)
 from .redirect import announce as announce_redirect

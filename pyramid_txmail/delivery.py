@@ -326,23 +326,6 @@ class Mailer(PyramidMailerAPI):
             dispatch(registry, events, transaction.TransactionManager(explicit=True))
 
 
-def warn_implied_queue(raw, prefix, settings):
-    """A WARNING when ``send()`` queues only because ``mail.queue_path`` is set.
-
-    pyramid_mailer's ``send()`` sent directly whatever ``mail.queue_path`` said;
-    an app switched from it keeps its ini and would otherwise fill a spool that
-    no ``txmail-qp`` empties, with an INFO "queued" line as its only trace.
-    """
-    if settings.delivery != "queue" or raw.get(prefix + "delivery"):
-        return
-    log.warning(
-        "%sdelivery is not set and %squeue_path is (%s), so send() queues mail in that "
-        "spool and nothing is sent until `txmail-qp CONFIG.ini` runs on it. Set "
-        "%sdelivery = queue to say that is intended (and run txmail-qp), or "
-        "%sdelivery = direct to send after each commit as pyramid_mailer's send() did",
-        prefix, prefix, settings.queue_path, prefix, prefix)
-
-
 def default_outboxes(settings, outbox):
     """The outboxes of a :class:`Delivery` built from one outbox only.
 

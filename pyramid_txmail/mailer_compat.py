@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 
 from .interfaces import IMailer as _RepozeIMailer
 
@@ -22,6 +23,8 @@ try:  # optional: only to be found by code that still imports pyramid_mailer
     from pyramid_mailer.interfaces import IMailer as PyramidMailerIMailer
 except ImportError:  # pragma: no cover - pyramid_mailer is in the testing extra
     PyramidMailerIMailer = None
+
+log = logging.getLogger("pyramid_txmail")
 
 _BIND_OPTIONS = ("default_sender", "transaction_manager")
 
@@ -41,12 +44,10 @@ def take_pyramid_mailer_include(config):
     included *before* us, its request method is already registered: a clear error
     says to include pyramid_txmail first.
     """
-    import logging
-
     if PyramidMailerIMailer is None:  # not installed: nobody can include it
         return
     if config.action_state.processSpec(PYRAMID_MAILER_INCLUDE):
-        logging.getLogger("pyramid_txmail").info(
+        log.info(
             "pyramid_txmail provides request.mailer and pyramid_mailer's IMailer: a later "
             "config.include('pyramid_mailer') (e.g. by a plugin) is skipped")
         return
@@ -59,6 +60,23 @@ def take_pyramid_mailer_include(config):
         "pyramid.includes or call config.include('pyramid_txmail') before including "
         "the plugin -- and the plugin's include of pyramid_mailer is then skipped "
         "(its get_mailer(request) gets pyramid_txmail's mailer)")
+
+
+def warn_implied_queue(raw, prefix, settings):
+    """A WARNING when ``send()`` queues only because ``mail.queue_path`` is set.
+
+    pyramid_mailer's ``send()`` sent directly whatever ``mail.queue_path`` said;
+    an app switched from it keeps its ini and would otherwise fill a spool that
+    no ``txmail-qp`` empties, with an INFO "queued" line as its only trace.
+    """
+    if settings.delivery != "queue" or raw.get(prefix + "delivery"):
+        return
+    log.warning(
+        "%sdelivery is not set and %squeue_path is (%s), so send() queues mail in that "
+        "spool and nothing is sent until `txmail-qp CONFIG.ini` runs on it. Set "
+        "%sdelivery = queue to say that is intended (and run txmail-qp), or "
+        "%sdelivery = direct to send after each commit as pyramid_mailer's send() did",
+        prefix, prefix, settings.queue_path, prefix, prefix)
 
 
 def mailer_interfaces():
@@ -91,7 +109,6 @@ def mailer_factory_from_settings(settings, prefix="mail."):
     """pyramid_mailer's factory: a mailer for the keys under ``prefix``, bound to the
     thread-local ``transaction.manager`` (no registry, so no events are notified)."""
     from . import make_delivery
-    from .delivery import warn_implied_queue
     from .settings import parse_settings, settings_prefix
 
     parsed = parse_settings(settings, prefix)
@@ -124,7 +141,6 @@ def keyword_delivery(options):
             "request.mailer / pyramid_txmail.get_mailer(registry)")
     settings = {"mail." + key: _setting_text(value) for key, value in options.items()
                 if value is not None}
-    from .delivery import warn_implied_queue
 
     parsed = parse_settings(settings, "mail.")
     warn_implied_queue(settings, "mail.", parsed)
