@@ -74,7 +74,8 @@ def _no_transaction(manager, request):
     else:
         how = f"wrap it in `with transaction_manager:` ({manager!r})"
     return NoTransaction(
-        "mailer.send() needs an active transaction and none was begun, so nothing was "
+        "a transactional send (send, send_to_queue or send_sendmail) needs an active "
+        "transaction and none was begun, so nothing was "
         f"sent (mail is only sent when its transaction commits): {how}; or {SEND_NOW}.")
 
 
@@ -85,7 +86,8 @@ def _ended(txn, request):
                 txn.status, f"is {txn.status}")
     where = "request.tm" if request is not None else "its transaction manager"
     return TransactionEnded(
-        f"mailer.send() was called when the transaction of {where} {what} (e.g. from an "
+        "mail was handed to the mailer (send, send_to_queue or send_sendmail) when the "
+        f"transaction of {where} {what} (e.g. from an "
         "after-commit hook), so it cannot take more mail and nothing was sent: "
         f"{SEND_NOW}, or send inside a new transaction -- `with request.tm:` once "
         "pyramid_tm has finished the request, or, inside an after-commit hook, a manager "
