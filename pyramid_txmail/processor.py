@@ -69,6 +69,10 @@ JITTER = 0.2
 #: Queue files larger than this are streamed to the relay in blocks.
 STREAM_OVER = 1 << 20
 
+#: A retry due more than retry_max (+ jitter) and this many seconds ahead was
+#: scheduled by a clock that was ahead: it is due now (:meth:`Processor.retry_horizon`).
+CLOCK_SLACK = 60.0
+
 #: Threads deleting delivered files from ``done/``: a journalling file system
 #: makes each unlink wait for the journal, and concurrent ones share a commit.
 REAPERS = 4
@@ -88,6 +92,22 @@ class _Job:
 
 class ClaimLost(Exception):
     """The claimed file left ``cur/`` (or was replaced) while it was being sent."""
+
+
+def retry_horizon(settings):
+    """The furthest ahead a retry is ever scheduled (retry_max plus the jitter,
+    plus a minute): a due time beyond it was set by a clock that was ahead."""
+    return settings.retry_max * (1 + JITTER) + CLOCK_SLACK
+
+
+def _age(meta, when):
+    """A message's age at ``when``: since it was queued (as in Postfix), or since
+    its first attempt if that is earlier (an application clock that was ahead
+    dated its enqueue in the future); never below 0.  ``first_attempt`` is
+    never later than the attempt that reads it (:func:`record_attempt`)."""
+    starts = [t for t in (meta.get("queued_at"), meta.get("first_attempt"))
+              if isinstance(t, (int, float))]
+    return max(0.0, when - min(starts)) if starts else 0.0
 
 
 def _summary(results):
@@ -230,7 +250,7 @@ class Processor(DeadLetters):
             if stop is not None and stop.is_set():
                 return
             yield "new", name
-        due, later = self.spool.due_files(now)
+        due, later = self.spool.due_files(now, self.retry_horizon())
         # those this very pass deferred were counted as deferred, not skipped
         stats.skipped += len(later) - count_in(later, self._deferred_now)
         for filename in due:
@@ -383,6 +403,9 @@ class Processor(DeadLetters):
             seen.get(r) or RecipientResult(r, TEMPORARY, None, "no result from the transport")
             for r in pending))
 
+    def retry_horizon(self):
+        return retry_horizon(self.settings)
+
     def _retry_delay(self, attempts):
         """Exponential backoff from retry_initial, capped at retry_max, with jitter."""
         base = min(self.settings.retry_max,
@@ -397,7 +420,7 @@ class Processor(DeadLetters):
         sent = [r for r in result.results if r.status == SENT]
         temporary = [r for r in result.results if r.status == TEMPORARY]
         permanent = [r for r in result.results if r.status not in (SENT, TEMPORARY)]
-        expired = bool(temporary) and now - self._queued_at(job) > self.settings.max_queue_time
+        expired = bool(temporary) and self._expired(job, now)
         dead = permanent + (temporary if expired else [])
         retry = [] if expired else temporary
         found = []
@@ -422,12 +445,19 @@ class Processor(DeadLetters):
         """Out of the queue now (a rename); the file is deleted in the background."""
         self._reaper.submit(self.spool.reap_path, self.spool.retire(entry, has_meta))
 
-    @staticmethod
-    def _queued_at(job):
-        """When the message entered the queue: its age counts from there, as in Postfix."""
-        meta = job.meta
-        return meta.get("queued_at") or meta.get("first_attempt") or \
-            enqueued_at(job.entry.name) or 0
+    def _expired(self, job, now):
+        """Older than max_queue_time at this attempt *and* at the one before it.
+
+        One reading of a clock that was ahead (10 days: issue 11, round 2,
+        finding 3) must not give a message up after a single 4yz; a clock
+        that stays wrong, or a real age, is seen twice.  This costs at most
+        one more retry (retry_max) past max_queue_time.
+        """
+        limit = self.settings.max_queue_time
+        history = job.meta.get("history") or ()
+        before = history[-2].get("time") if len(history) >= 2 else None
+        return (_age(job.meta, now) > limit and isinstance(before, (int, float))
+                and _age(job.meta, before) > limit)
 
     def _reason(self, job, permanent, expired, now):
         """One line saying why these recipients were given up."""
@@ -435,7 +465,7 @@ class Processor(DeadLetters):
         if permanent:
             parts.append("permanent failure: " + _summary(permanent))
         if expired:
-            age = format_duration(now - self._queued_at(job))
+            age = format_duration(_age(job.meta, now))
             parts.append(f"expired after {job.meta['attempts']} attempts over {age}: "
                          f"last error {_summary(expired)}")
         return "; ".join(parts)

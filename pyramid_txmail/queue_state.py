@@ -26,6 +26,10 @@ def record_attempt(meta, message_id, results, now, next_attempt, queued_at):
     meta["attempts"] = meta.get("attempts", 0) + 1
     meta.setdefault("queued_at", queued_at)
     meta.setdefault("first_attempt", now)
+    if not isinstance(meta["first_attempt"], (int, float)) or meta["first_attempt"] > now:
+        # recorded by a clock that was ahead: the age counts from now (the
+        # processor's _age), never from a time that has not come
+        meta["first_attempt"] = now
     meta["last_attempt"] = now
     meta["next_attempt"] = next_attempt
     meta["delivered"] = meta.get("delivered", []) + [
