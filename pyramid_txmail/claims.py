@@ -33,14 +33,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
-import logging
 import os
 import stat
 import threading
 
+from .printable import get_logger
 from .regular_files import READ_FLAGS, kind_of
 
-log = logging.getLogger("pyramid_txmail.claims")
+log = get_logger("pyramid_txmail.claims")
 
 #: Flags of a claim's fd (see :func:`open_for_lock`).
 CLAIM_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)

@@ -30,10 +30,11 @@ import signal
 import threading
 import time
 
+from .printable import get_logger
 from .processor import PassStats, retry_horizon
 from .watch import PollWatcher, WatchLost
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The deferred queue and the claims in ``cur/`` are looked at at least this often.
 RESCAN_INTERVAL = 60.0

@@ -39,7 +39,6 @@ that failed, and the processor starts it with fresh retry state.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 import threading
 import time
@@ -48,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 import transaction
 from pyramid.threadlocal import manager as threadlocals
 
+from .printable import get_logger
 from . import events as mail_events
 from . import wire
 from .claims import Heartbeat, heartbeat_interval
@@ -60,7 +60,7 @@ from .pass_stats import PassStats, format_duration  # noqa: F401 (public here to
 from .schedule import count_in
 from .spool import PoisonMessage, enqueued_at
 
-log = logging.getLogger("pyramid_txmail.processor")
+log = get_logger("pyramid_txmail.processor")
 
 #: Retry delays are spread by this fraction either way, so that messages
 #: deferred together by one relay outage do not all come back at once.

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import bisect
 import calendar
-import logging
 import math
 import os
 import re
 import time
 from typing import NamedTuple
 
+from .printable import get_logger
 from .dirlisting import Listing
 
-log = logging.getLogger("pyramid_txmail.processor")
+log = get_logger("pyramid_txmail.processor")
 
 SEPARATOR = "~"
 _STAMP = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)~(.+)\Z", re.S)
