@@ -37,6 +37,7 @@ import os
 import stat
 import threading
 
+from .leftovers import report_once
 from .printable import get_logger
 from .regular_files import READ_FLAGS, kind_of
 
@@ -326,8 +327,9 @@ def sweep(cur_dir, new_dir, names, timeout, now):
             release(path, os.path.join(new_dir, name), timeout, now)
         except FileNotFoundError:
             continue
-        except OSError as exc:  # e.g. unreadable: it stays; the others are still swept
-            log.warning("cannot look at the stale claim cur/%s: %s", name, exc)
+        except OSError as exc:  # e.g. unreadable: it stays, said once; the others are swept
+            report_once(path, f"cannot look at this stale claim ({exc.strerror or exc}); "
+                        "left in cur/")
             continue
         except ClaimBusy as exc:
             if now - _warned.get(name, float("-inf")) >= WARN_EVERY:  # not at every pass
