@@ -18,6 +18,7 @@ from .events import MailDeferred, MailFailed, MailQueued, MailSent
 from .immediate import DeliveryFailed
 from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
                          IMailQueued, IMailSent, IMailSettings)
+from .mailer_compat import mailer_factory_from_settings, register_mailer, registered_mailer
 from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
                       NoSender)
 from .redirect import announce as announce_redirect
@@ -31,7 +32,7 @@ __all__ = [
     "MailQueued", "MailSent", "MailDeferred", "MailFailed",
     "IMailQueued", "IMailSent", "IMailDeferred", "IMailFailed", "IMailDelivery",
     "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
-    "Mail", "render_mail",
+    "Mail", "render_mail", "mailer_factory_from_settings",
 ]
 
 
@@ -60,15 +61,29 @@ def get_mailer(registry, transaction_manager=None):
     (default: the thread-local ``transaction.manager``).
 
     Given a request instead of a registry (pyramid_mailer's
-    ``get_mailer(request)``), it returns ``request.mailer``.
+    ``get_mailer(request)``), it returns ``request.mailer`` -- or, as
+    pyramid_mailer's does, a mailer a test registered under ``IMailer``
+    (``registry.registerUtility(DummyMailer(), IMailer)``), bound to ``request.tm``.
     """
     if IRequest.providedBy(registry) and transaction_manager is None:
-        return registry.mailer
+        return _mailer_for_request(registry)
     delivery = registry.queryUtility(IMailDelivery)
     if delivery is None:
         raise ConfigurationError("pyramid_txmail is not configured in this registry: "
                                  "call config.include('pyramid_txmail')")
     return delivery.bind(transaction_manager)
+
+
+def _mailer_for_request(request):
+    tm = getattr(request, "tm", None)
+    registered = registered_mailer(request.registry)
+    if registered is not None:
+        return registered.bind(transaction_manager=tm) if tm is not None else registered
+    if "mailer" in dir(request):  # request.mailer, added by our includeme
+        return request.mailer
+    # A pyramid.testing.DummyRequest made without the request extensions.
+    return get_mailer(request.registry).bind(transaction_manager=tm) if tm is not None \
+        else get_mailer(request.registry)
 
 
 def _request_mailer(request):
@@ -83,6 +98,7 @@ def includeme(config):
     delivery = make_delivery(settings, config.registry)
     config.registry.registerUtility(settings, IMailSettings)
     config.registry.registerUtility(delivery, IMailDelivery)
+    register_mailer(config.registry, delivery.bind())  # pyramid_mailer's IMailer
     if IMailOutbox.providedBy(delivery.outbox):  # mail.delivery = memory
         config.registry.registerUtility(delivery.outbox, IMailOutbox)
     announce_redirect(settings.redirect_to)

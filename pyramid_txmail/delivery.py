@@ -21,6 +21,7 @@ from .direct import DirectSenders, notifier
 from .events import MailFailed, MailQueued, MailSent, dispatch
 from .interfaces import IMailDelivery
 from .joining import NoTransaction, TransactionEnded, joinable_transaction  # noqa: F401
+from .mailer_compat import PyramidMailerAPI
 from .message import prepare
 from .queue_state import dead_letter, record_attempt
 from .redirect import redirect
@@ -193,7 +194,7 @@ class NoQueue(ConfigurationError, RuntimeError):
 
 
 @implementer(IMailDelivery)
-class Mailer:
+class Mailer(PyramidMailerAPI):
     """A delivery bound to a transaction manager (and maybe a request).
 
     pyramid_mailer's mailer API, with its meaning:

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from .printable import get_logger
 from . import wire
 from .datamanager import write_all
-from .events import MailSent
+from .events import MailQueued, MailSent
 from .interfaces import IMailOutbox
 from .private_dirs import make_private_dirs
 from .result import SENT, RecipientResult
@@ -79,6 +79,10 @@ class MemoryOutbox(Outbox):
     def __init__(self):
         super().__init__()
         _memory_outbox_created()
+        #: what ``send_to_queue`` committed (pyramid_mailer's ``DummyMailer.queue``),
+        #: written through :attr:`queue_outbox`
+        self.queue = Outbox()
+        self.queue_outbox = MemoryQueueOutbox(self.queue)
 
     def vote(self, messages):
         return [SentMail.from_prepared(p) for p in messages]
@@ -95,6 +99,27 @@ class MemoryOutbox(Outbox):
         for p in messages:
             log.debug("kept %s to %s in memory", p.message_id, ", ".join(p.toaddrs))
         return _sent_events(messages, "kept in memory (mail.delivery = memory)")
+
+
+class MemoryQueueOutbox:
+    """``send_to_queue`` with memory delivery: the committed messages go to a list of
+    their own (``mailer.queue``), as pyramid_mailer's ``DummyMailer`` keeps them."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def vote(self, messages):
+        return [SentMail.from_prepared(p) for p in messages]
+
+    def finish(self, sent):
+        for mail in sent:
+            self.queue.append(mail)
+
+    def discard(self, sent):
+        pass
+
+    def committed(self, messages):
+        return [MailQueued(p.message_id, p.fromaddr, p.toaddrs) for p in messages]
 
 
 _counter = itertools.count()

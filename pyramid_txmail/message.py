@@ -84,6 +84,9 @@ class Prepared:
     toaddrs: tuple
     message_id: str
     data: bytes  # the message, LF line endings, no line over 998 octets (or a wire.Stream)
+    #: a pyramid_mailer ``Message`` as it was sent (a copy), for the test outboxes
+    #: whose items pyramid_mailer users read like one (``.recipients``, ``.body``)
+    source: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -159,38 +162,20 @@ def _check_folding(message, policy):
                 raise HeaderInjection.control(name, str(value))
 
 
-def _check_pyramid_mailer_fields(message):
-    """What pyramid_mailer's ``is_bad_headers`` checks, naming the field (it
-    raises TypeError when ``sender`` is None, and names nothing)."""
-    fields = [("Subject", message.subject), ("From", message.sender)]
-    fields += [(name, address) for name, addresses in (
-        ("To", message.recipients), ("Cc", message.cc), ("Bcc", message.bcc))
-        for address in addresses or ()]
-    fields += list(dict(message.extra_headers or {}).items())
-    for name, value in fields:
-        if value and any(c in LINE_BREAKS for c in str(value)):
-            raise HeaderInjection.control(name, str(value))
-
-
 def _coerce(message, default_sender=None):
-    """``(email Message copy, envelope sender or None, envelope recipients or None)``."""
+    """``(email Message copy, envelope sender or None, envelope recipients or None,
+    the pyramid_mailer Message it came from or None)``."""
     if isinstance(message, Message):
         # prepare() changes top-level headers only (From, Bcc, Message-ID,
         # Date): a copy with its own header list leaves the caller's message
         # untouched, at a fraction of a deepcopy of every part (~70% of it).
         clone = copy.copy(message)
         clone._headers = list(message._headers)
-        return clone, None, None
+        return clone, None, None, None
     if callable(getattr(message, "to_message", None)) and hasattr(message, "send_to"):
-        # a pyramid_mailer Message; without a sender it takes the default, as
-        # pyramid_mailer's Mailer does (its to_message() refuses one without)
-        _check_pyramid_mailer_fields(message)
-        sender = message.sender or None
-        if sender is None and default_sender:
-            message = copy.copy(message)
-            message.sender = default_sender
-        recipients = [r for r in [*message.recipients, *message.cc, *message.bcc] if r]
-        return message.to_message(), sender, recipients
+        from .pyramid_mailer_message import coerce  # a pyramid_mailer Message
+
+        return coerce(message, default_sender)
     raise TypeError(f"send() takes an email.message.EmailMessage (or Message, or a "
                     f"pyramid_mailer Message), not {type(message).__name__}")
 
@@ -349,7 +334,7 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     if isinstance(message, Mail):  # its header block is validated here, its body follows
         built = message.build()
         message = message.header_message(built)
-    message, env_from, env_to = _coerce(message, default_sender)
+    message, env_from, env_to, source = _coerce(message, default_sender)
     drop_envelope_headers(message)
     decode_raw_octets(message)
     fromaddr = fromaddr or env_from
@@ -389,4 +374,4 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     data = _serialize(message, utf8)
     if built is not None:  # bytes, or a wire.Stream when attachments are read from files
         data = built.data(data)
-    return Prepared(fromaddr, toaddrs, str(message["Message-ID"]).strip(), data)
+    return Prepared(fromaddr, toaddrs, str(message["Message-ID"]).strip(), data, source)

@@ -325,7 +325,7 @@ def includeme(config):
     Raises ConfigurationError outside development unless ``mail.preview_allow``.
     """
     settings = config.get_settings()
-    mail_settings = parse_settings(settings)
+    mail_settings = parse_settings(settings, warn=False)  # includeme warned already
     _check_allowed(settings, mail_settings)
     prefix = mail_settings.preview_prefix
     views = PreviewViews(mail_settings)

@@ -1,14 +1,16 @@
 """Every ``mail.*`` setting in one table: its type, default and error text.
 
 The settings are parsed once, at ``config.include`` time (and by the console
-scripts), into a frozen :class:`MailSettings`.  A wrong key or value is a
+scripts), into a frozen :class:`MailSettings`.  A wrong value is a
 :class:`pyramid.exceptions.ConfigurationError` that names the key, the value
-and what would have been accepted -- never a traceback at the first send.
+and what would have been accepted -- never a traceback at the first send.  An
+unknown key is a WARNING (it may belong to the application, as pyramid_mailer
+allowed) that names the closest known key.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
+import difflib
 import math
 import os
 import re
@@ -18,7 +20,13 @@ import stat
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
+from .printable import get_logger
+
 PREFIX = "mail."
+#: pyramid_mailer's setting that moves its keys elsewhere (``mail.`` by default).
+PREFIX_SETTING = "pyramid_mailer.prefix"
+
+log = get_logger(__name__)
 
 DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
 #: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
@@ -227,7 +235,7 @@ def _template(value):
     template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))
     warning = without_t_warning(template)
     if warning:
-        logging.getLogger("pyramid_txmail").warning(warning)
+        get_logger("pyramid_txmail").warning("%s", warning)
     return check_template(template)
 
 
@@ -305,6 +313,9 @@ SETTINGS = (
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
     Setting("file_path", _path, None,
             "mail.delivery = file: the directory each committed message is written to as .eml."),
+    Setting("top_level_directory", _str, None,
+            "pyramid_mailer's DebugMailer directory: config.include('pyramid_txmail.debug') "
+            "writes there when mail.file_path is not set (default ./mail)."),
     Setting("redirect_to", _addresses, (),
             "Staging: send every message to these addresses instead of its recipients."),
     # The preview page (pyramid_txmail.preview).
@@ -355,6 +366,7 @@ class MailSettings:
     rate_limit: float | None = None
     poll_interval: float = 1.0
     file_path: str | None = None
+    top_level_directory: str | None = None
     redirect_to: tuple = ()
     preview_allow: bool = False
     preview_dirs: tuple = ()
@@ -375,15 +387,37 @@ def _check_readable_file(path):
 
 
 def _fail(key, value, why):
-    shown = "***" if key == PREFIX + "password" else repr(value)
+    shown = "***" if key.endswith("password") else repr(value)
     raise ConfigurationError(f"{key} = {shown}: {why}")
 
 
-def parse_settings(settings, prefix=PREFIX):
-    """Parse the ``mail.*`` keys of a Pyramid settings dict.
+def settings_prefix(settings, prefix=None):
+    """The prefix of our keys: ``prefix`` if given, else pyramid_mailer's
+    ``pyramid_mailer.prefix`` setting, else ``mail.`` -- so that an app that moved
+    pyramid_mailer's keys keeps them, and the app, ``txmail-qp`` and the preview
+    page all read the same keys."""
+    if prefix is not None:
+        return prefix
+    return str(settings.get(PREFIX_SETTING) or PREFIX).strip()
 
-    Raises :class:`ConfigurationError` naming the first bad key.
+
+def _warn_unknown(key, prefix):
+    """An unknown key is not ours, and may be the application's own (kinto-emailer
+    reads ``mail.debug_mailer``): pyramid_mailer ignores such keys, so they are a
+    warning -- naming the closest key of ours, since it may also be a typo.  The
+    value is not shown: it may be a password under a misspelt name."""
+    close = difflib.get_close_matches(key[len(prefix):], _BY_NAME, n=1, cutoff=0.55)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    log.warning("%s is not a pyramid_txmail setting and is ignored%s", key, hint)
+
+
+def parse_settings(settings, prefix=None, warn=True):
+    """Parse the ``mail.*`` keys of a Pyramid settings dict (see :func:`settings_prefix`).
+
+    Raises :class:`ConfigurationError` naming the first bad value; logs a
+    WARNING for each unknown key (unless ``warn`` is false).
     """
+    prefix = settings_prefix(settings, prefix)
     values = {}
     for key, raw in settings.items():
         if not key.startswith(prefix):
@@ -391,8 +425,9 @@ def parse_settings(settings, prefix=PREFIX):
         name = key[len(prefix):]
         setting = _BY_NAME.get(name)
         if setting is None:
-            known = ", ".join(prefix + s.name for s in SETTINGS)
-            _fail(key, raw, f"unknown setting; known settings are: {known}")
+            if warn:
+                _warn_unknown(key, prefix)
+            continue
         try:
             values[name] = setting.parse(raw)
         except ValueError as exc:

@@ -33,8 +33,10 @@ import threading
 import time
 from email.parser import BytesParser
 
+from .pyramid_mailer_message import MessageFields
+
 __all__ = ["SentMail", "Attachment", "Outbox", "capture", "setUp", "dummy_request",
-           "MEMORY_SETTINGS"]
+           "MEMORY_SETTINGS", "DummyMailer", "includeme"]
 
 #: Settings that make an app keep its committed mail in memory.
 MEMORY_SETTINGS = {"mail.delivery": "memory"}
@@ -62,25 +64,30 @@ def _as_bytes(data):
     return b"".join(data)  # a wire.Stream: an iterable of bytes chunks
 
 
-class SentMail:
+class SentMail(MessageFields):
     """A committed message as the delivery got it.
 
     ``fromaddr`` and ``toaddrs`` are the envelope (Bcc recipients included,
     after ``mail.redirect_to``); ``data`` are the bytes that would have gone
     to the relay; the other attributes are parsed from them on first use.
+    It also reads like a pyramid_mailer ``Message`` (``sender``, ``recipients``,
+    ``cc``, ``bcc``, ``body``, ``extra_headers``, ``send_to``, ``to_message()``);
+    ``source`` is the pyramid_mailer ``Message`` it was sent as, if it was.
     """
 
-    def __init__(self, message_id, fromaddr, toaddrs, data, sent_at=None):
+    def __init__(self, message_id, fromaddr, toaddrs, data, sent_at=None, source=None):
         self.message_id = message_id
         self.fromaddr = fromaddr
         self.toaddrs = tuple(toaddrs)
         self.data = _as_bytes(data)
         self.sent_at = time.time() if sent_at is None else sent_at
+        self.source = source
         self._message = None
 
     @classmethod
     def from_prepared(cls, prepared):
-        return cls(prepared.message_id, prepared.fromaddr, prepared.toaddrs, prepared.data)
+        return cls(prepared.message_id, prepared.fromaddr, prepared.toaddrs, prepared.data,
+                   source=prepared.source)
 
     @property
     def message(self):
@@ -91,6 +98,8 @@ class SentMail:
 
     @property
     def subject(self):
+        if self.source is not None:
+            return self.source.subject
         return str(self.message.get("Subject", ""))
 
     def _body(self, subtype):
@@ -104,11 +113,14 @@ class SentMail:
 
     @property
     def html(self):
-        """The HTML body, or ``None`` when the message has none."""
-        return self._body("html")
+        """The HTML body, or ``None`` when the message has none (a pyramid_mailer
+        ``Message``'s own ``html``)."""
+        return self._field("html", lambda: self._body("html"))
 
     @property
     def attachments(self):
+        if self.source is not None:  # pyramid_mailer's Attachment objects
+            return list(self.source.attachments)
         return [Attachment(part.get_filename(), part.get_content_type(),
                            part.get_payload(decode=True) or b"")
                 for part in self.message.iter_attachments()]
@@ -186,6 +198,20 @@ class Outbox:
 
     def __getitem__(self, index):
         return self.messages[index]
+
+    def __delitem__(self, index):
+        """``del mailer.outbox[:]``, as tests of pyramid_mailer's DummyMailer empty it."""
+        with self._messages_lock:
+            del self._messages[index]
+
+    def __eq__(self, other):
+        """Equal to a list of the same messages (``mailer.outbox == []``); another
+        outbox only to itself."""
+        if isinstance(other, (list, tuple)):
+            return self.messages == list(other)
+        return self is other
+
+    __hash__ = object.__hash__
 
     @property
     def last(self):
@@ -306,6 +332,39 @@ def setUp(config, settings=None):
     config.add_settings(dict(settings or {}, **MEMORY_SETTINGS))
     config.include("pyramid_txmail")
     return config.registry.getUtility(IMailOutbox)
+
+
+def DummyMailer(default_sender=None):  # noqa: N802 (pyramid_mailer's class name)
+    """pyramid_mailer's ``DummyMailer()``: a mailer of its own with ``.outbox`` and
+    ``.queue``, for ``registry.registerUtility(DummyMailer(), IMailer)`` (which
+    :func:`pyramid_txmail.get_mailer` then returns, as pyramid_mailer's does).
+
+    In a transaction a message reaches ``.outbox`` only when it commits (an
+    abort drops it); with no transaction to join it is recorded at once, as
+    pyramid_mailer's is, with a WARNING (see :mod:`pyramid_txmail.dummy`).  A
+    message without a sender gets ``default_sender``, else ``nobody@example.com``:
+    the test's mailer cannot know the app's ``mail.default_sender``.
+    """
+    from .dummy import dummy_mailer
+
+    return dummy_mailer(default_sender)
+
+
+def includeme(config):
+    """``config.include('pyramid_txmail.testing')``: pyramid_txmail with memory
+    delivery (pyramid_mailer.testing's counterpart).
+
+    ``get_mailer(request)`` / ``request.mailer`` then have ``.outbox`` (what
+    committed) and ``.queue`` (what ``send_to_queue`` committed), as
+    pyramid_mailer's ``DummyMailer`` has; the outbox is also the app's
+    ``IMailOutbox`` utility.  Other ``mail.*`` settings still apply
+    (``mail.default_sender``, ``mail.redirect_to``).
+    """
+    from .settings import settings_prefix
+
+    prefix = settings_prefix(config.get_settings())
+    config.add_settings({prefix + "delivery": "memory"})
+    config.include("pyramid_txmail")
 
 
 def dummy_request(*args, **kwargs):

@@ -135,9 +135,14 @@ def test_quiet_keeps_only_problems(tmp_path, smtp_server):
     assert len(smtp_server.messages) == 1
 
 
-def test_unknown_mail_key_is_a_one_line_config_error(tmp_path, smtp_server):
-    ini = write_ini(tmp_path, smtp_server, extra="mail.foo = bar")
-    assert_config_error(run_qp(ini, "--no-app"), "mail.foo")
+def test_unknown_mail_key_is_a_warning_naming_it(tmp_path, smtp_server):
+    """An app may own mail.* keys (issue 12): a warning, and the pass runs."""
+    ini = write_ini(tmp_path, smtp_server, extra="mail.prot = 25")
+    Spool(str(tmp_path / "spool"))  # txmail-qp never creates it (the app does)
+    proc = run_qp(ini, "--no-app")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" in proc.stderr and "mail.prot is not a pyramid_txmail setting" in \
+        proc.stderr and "did you mean mail.port?" in proc.stderr
 
 
 def test_bad_mail_value_is_a_config_error(tmp_path, smtp_server):

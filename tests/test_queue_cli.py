@@ -394,7 +394,7 @@ def test_the_console_script_exits_2_on_a_bad_duration(tmp_path, spool):
 def test_configuration_errors_exit_78_in_one_line(tmp_path, capsys):
     missing = str(tmp_path / "nowhere.ini")
     cases = [(missing, [missing]),
-             (write_ini(tmp_path, extra="mail.colour = blue", name="a.ini"), ["mail.colour"]),
+             (write_ini(tmp_path, extra="mail.workers = blue", name="a.ini"), ["mail.workers"]),
              (write_ini(tmp_path, extra="[app:other]", name="b.ini") + "#nope",
               ["no [app:nope] section"])]
     no_spool = tmp_path / "c.ini"

@@ -25,7 +25,7 @@ from pyramid.exceptions import ConfigurationError
 from ..printable import get_logger, printable
 from ..daemon import Daemon, Signals
 from ..processor import Processor
-from ..settings import SETTINGS, parse_settings
+from ..settings import SETTINGS, parse_settings, settings_prefix
 from ..spool import Spool, SpoolError
 from ..watch import WATCH_MODES, Waker, WatchUnavailable, make_watcher
 
@@ -211,8 +211,8 @@ def mail_settings(raw, path, app_name):
     except ConfigurationError as exc:
         raise ConfigError(f"{path} [app:{app_name}]: {exc}") from None
     if not settings.queue_path:
-        raise ConfigError(f"{path} [app:{app_name}]: mail.queue_path is not set; "
-                          "txmail-qp needs the spool directory to deliver from")
+        raise ConfigError(f"{path} [app:{app_name}]: {settings_prefix(raw)}queue_path is "
+                          "not set; txmail-qp needs the spool directory to deliver from")
     return settings
 
 

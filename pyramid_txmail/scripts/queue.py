@@ -22,7 +22,7 @@ from pyramid.exceptions import ConfigurationError
 
 from .. import spool_admin as admin
 from ..printable import get_logger
-from ..settings import parse_duration
+from ..settings import parse_duration, settings_prefix
 from . import queue_text
 from .queue_text import clean
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
@@ -340,8 +340,9 @@ class UsageError(Exception):
 def _settings(path, app_name):
     """``mail.*`` of the ini (read_app_settings never quotes ini text in errors)."""
     raw = read_app_settings(path, app_name)
-    if not str(raw.get("mail.queue_path") or "").strip():
-        raise ConfigError(f"{path} [app:{app_name}]: mail.queue_path is not set; "
+    prefix = settings_prefix(raw)  # pyramid_mailer.prefix moves the app's keys: ours too
+    if not str(raw.get(prefix + "queue_path") or "").strip():
+        raise ConfigError(f"{path} [app:{app_name}]: {prefix}queue_path is not set; "
                           f"{PROG} needs the spool directory to look into")
     return mail_settings(raw, path, app_name)
 
