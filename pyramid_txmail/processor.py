@@ -51,7 +51,7 @@ from .printable import get_logger
 from . import events as mail_events
 from . import wire
 from .claims import Heartbeat, heartbeat_interval
-from .queue_state import record_attempt
+from .queue_state import age as queue_age, expired as past_max_age, record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
 from .recovery import recover
@@ -98,16 +98,6 @@ def retry_horizon(settings):
     """The furthest ahead a retry is ever scheduled (retry_max plus the jitter,
     plus a minute): a due time beyond it was set by a clock that was ahead."""
     return settings.retry_max * (1 + JITTER) + CLOCK_SLACK
-
-
-def _age(meta, when):
-    """A message's age at ``when``: since it was queued (as in Postfix), or since
-    its first attempt if that is earlier (an application clock that was ahead
-    dated its enqueue in the future); never below 0.  ``first_attempt`` is
-    never later than the attempt that reads it (:func:`record_attempt`)."""
-    starts = [t for t in (meta.get("queued_at"), meta.get("first_attempt"))
-              if isinstance(t, (int, float))]
-    return max(0.0, when - min(starts)) if starts else 0.0
 
 
 def _summary(results):
@@ -446,18 +436,10 @@ class Processor(DeadLetters):
         self._reaper.submit(self.spool.reap_path, self.spool.retire(entry, has_meta))
 
     def _expired(self, job, now):
-        """Older than max_queue_time at this attempt *and* at the one before it.
-
-        One reading of a clock that was ahead (10 days: issue 11, round 2,
-        finding 3) must not give a message up after a single 4yz; a clock
-        that stays wrong, or a real age, is seen twice.  This costs at most
-        one more retry (retry_max) past max_queue_time.
-        """
-        limit = self.settings.max_queue_time
-        history = job.meta.get("history") or ()
-        before = history[-2].get("time") if len(history) >= 2 else None
-        return (_age(job.meta, now) > limit and isinstance(before, (int, float))
-                and _age(job.meta, before) > limit)
+        """Past max_queue_time at this attempt and the one before it (see
+        :func:`pyramid_txmail.queue_state.expired`: one wrong clock reading never
+        gives a message up)."""
+        return past_max_age(job.meta, now, self.settings.max_queue_time)
 
     def _reason(self, job, permanent, expired, now):
         """One line saying why these recipients were given up."""
@@ -465,7 +447,7 @@ class Processor(DeadLetters):
         if permanent:
             parts.append("permanent failure: " + _summary(permanent))
         if expired:
-            age = format_duration(_age(job.meta, now))
+            age = format_duration(queue_age(job.meta, now))
             parts.append(f"expired after {job.meta['attempts']} attempts over {age}: "
                          f"last error {_summary(expired)}")
         return "; ".join(parts)
