@@ -50,7 +50,24 @@ browser:
 	    $(APT_GET) install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }; \
 	fi
 
-test: install $(SMTP_SINK) postfix browser
+# Real PyPI projects that use pyramid_mailer, for tests/test_migration_*.py: a venv of
+# their own (their pins clash with the demo's), pyramid_txmail editable from here, and
+# their pinned sdists (the tests unpack, switch and run those).  About a minute.
+MIGRATION_VENV := .venv-migration
+MIGRATION_SDISTS := kinto-emailer==4.0.0 pluserable==0.10.0
+.PHONY: migration
+migration: $(MIGRATION_VENV)/.installed
+
+$(MIGRATION_VENV)/.installed: tests/migration_requirements.txt setup.cfg pyproject.toml
+	rm -rf $(MIGRATION_VENV)
+	$(PYTHON) -m venv $(MIGRATION_VENV)
+	$(MIGRATION_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -r tests/migration_requirements.txt -e .
+	$(MIGRATION_VENV)/bin/python -m pip download --quiet --disable-pip-version-check \
+	  --no-deps --no-binary :all: -d $(MIGRATION_VENV)/sdists $(MIGRATION_SDISTS)
+	touch $@
+
+test: install $(SMTP_SINK) postfix browser migration
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -90,4 +107,4 @@ explore: install $(SMTP_SINK) postfix
 	  $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .deps var build *.egg-info .pytest_cache test-artifacts
+	rm -rf $(VENV) $(MIGRATION_VENV) .deps var build *.egg-info .pytest_cache test-artifacts
