@@ -319,7 +319,10 @@ def _serialize(message, utf8):
     except (UnicodeError, LookupError) as exc:
         raise MessageError(f"the message cannot be serialized ({exc}); build it as an "
                            "email.message.EmailMessage to use non-ASCII text") from None
-    return wire.to_wire(data).replace(b"\r\n", b"\n")
+    try:
+        return wire.to_wire(data).replace(b"\r\n", b"\n")
+    except ValueError as exc:  # a header field too large to re-encode (wire.MAX_REFOLD)
+        raise MessageError(str(exc)) from None
 
 
 def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):

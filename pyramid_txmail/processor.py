@@ -313,8 +313,7 @@ class Processor(DeadLetters):
         except PoisonMessage as exc:
             self._bury_poison(entry, meta, str(exc), stats)
             return
-        head = data.head if isinstance(data, wire.Stream) else data
-        job = _Job(entry, fromaddr, toaddrs, data, wire.message_id_of(head), meta)
+        job = _Job(entry, fromaddr, toaddrs, data, wire.message_id_of(data), meta)
         if meta.get("corrupt_meta"):
             self._bury_unknown_state(job, stats)
             return

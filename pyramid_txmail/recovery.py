@@ -28,14 +28,14 @@ from __future__ import annotations
 import os
 import time
 
-from . import wire
 from .deadletters import bury
 from .leftovers import report_once
 from .printable import get_logger
 from .queue_state import dead_letter
 from .regular_files import NotRegularFile, check_regular, open_regular_file
 from .result import PERMANENT, RecipientResult
-from .spool import Entry, PoisonMessage, read_envelope, unlink_if_present
+from .spool import Entry, PoisonMessage, unlink_if_present
+from .spoolscan import scan
 
 log = get_logger(__name__)
 
@@ -137,19 +137,20 @@ def _ask(check, message_id, registry, name):
 
 def _message_id(path):
     """The Message-ID of a queue file, found in its header block however long its
-    envelope (a record of thousands of recipients comes first)."""
+    envelope (a record of thousands of recipients comes first) or the header block
+    (neither is held in memory: :func:`~pyramid_txmail.spoolscan.scan`)."""
     try:
         with open_regular_file(path) as f:
-            head = read_envelope(f)[2]
+            return scan(f).message_id
     except (OSError, PoisonMessage):  # gone, unreadable, not a regular file
         return None
-    return wire.message_id_of(head)
 
 
 def _dead_letter(spool, entry, message_id, now, asked):
     try:
-        fromaddr, toaddrs, _ = spool.read(entry, stream_over=0)
-    except PoisonMessage:
+        with entry.open() as f:
+            toaddrs = scan(f).toaddrs  # the message itself is not read
+    except (OSError, PoisonMessage):
         toaddrs = ()
     why = ("mail.commit_check could not tell" if asked else "no mail.commit_check is set")
     reason = ("in doubt: the process that sent it died during the commit, between the "

@@ -97,7 +97,9 @@ def redirect(prepared, addresses):
         data = wire.Stream(lambda: itertools.chain([header], stream.factory()),
                            head=header + stream.head,
                            size=None if stream.size is None else stream.size + len(header),
-                           eightbit=stream.eightbit or not header.isascii())
+                           eightbit=stream.eightbit or not header.isascii(),
+                           message_id=stream.message_id,
+                           head_8bit=stream.head_8bit or not header.isascii())
     else:
         header = original_to_header(prepared.toaddrs, _linesep(prepared.data))
         data = header + prepared.data

@@ -185,8 +185,7 @@ class SendmailTransport:
 
         fromaddr, toaddrs, data = _check_args(fromaddr, toaddrs, data)
         if message_id is None:
-            message_id = wire.message_id_of(data.head if isinstance(data, wire.Stream)
-                                            else data)
+            message_id = wire.message_id_of(data)
         args = command(self.app, self.template, fromaddr, toaddrs)
         exit_status, output = self._run(args, data)
         if exit_status is None:

@@ -186,8 +186,7 @@ class SMTPTransport:
         """
         fromaddr, toaddrs, data = _check_args(fromaddr, toaddrs, data)
         if message_id is None:
-            message_id = wire.message_id_of(data.head if isinstance(data, wire.Stream)
-                                            else data)
+            message_id = wire.message_id_of(data)
         with self._lock:
             try:
                 results = self._attempt(fromaddr, toaddrs, data)
@@ -295,7 +294,7 @@ class SMTPTransport:
         if isinstance(data, wire.Stream) and data.eightbit and not eightbit:
             data = b"".join(data)  # a 7-bit server: re-encoded below, in memory
         if isinstance(data, wire.Stream):
-            chunks, head, size, has_8bit = data, data.head, data.size, data.eightbit
+            chunks, head, size, has_8bit = data, data, data.size, data.eightbit
         else:
             try:
                 payload = wire.to_wire(data, eightbit=eightbit)

@@ -41,7 +41,8 @@ from .private_dirs import make_private_dirs, why_unusable
 from .regular_files import NotRegularFile, open_regular_file
 from .schedule import DeferredIndex
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
-    BLOCK, PoisonMessage, envelope_lines, read_envelope, split_envelope, stream_file)
+    PoisonMessage, envelope_lines, read_envelope, split_envelope)
+from .spoolscan import scan
 
 #: Names taken from a directory at a time (see :meth:`Spool.iter_names`).
 BATCH = 10000
@@ -346,33 +347,32 @@ class Spool(DeferredIndex):
     def read(self, entry, stream_over=None):
         """``(fromaddr, toaddrs, message)`` of an entry (PoisonMessage if bad).
 
-        The message is ``bytes``; a file larger than ``stream_over`` octets
-        whose lines fit SMTP's limits comes as a :class:`wire.Stream` that
-        reads the file in blocks, so memory does not grow with its size --
-        however large its header block or its envelope.
+        The file is read once through :func:`~pyramid_txmail.spoolscan.scan`,
+        which holds neither the header block nor the body.  The message is
+        ``bytes`` when it is no larger than ``stream_over`` octets (or that
+        is None), or when a body line is over SMTP's 998 octets (the whole
+        message is then re-encoded, :func:`wire.to_wire`); else a
+        :class:`wire.Stream` that sends the file's ranges block by block,
+        so that memory does not grow with the file -- however large its
+        header block or its envelope.  A header field too large to refold
+        is a PoisonMessage.
         """
         try:
             with entry.open() as f:
-                size = os.fstat(f.fileno()).st_size
-                streamed = None
-                if stream_over is not None and size > stream_over:
-                    streamed = stream_file(f)
-                if streamed is None:
-                    fromaddr, toaddrs, head, rest = read_envelope(f)
-                    f.seek(rest)
-                    return fromaddr, toaddrs, head + f.read()
+                whole = stream_over is None or os.fstat(f.fileno()).st_size <= stream_over
+                layout = scan(f, body=not whole)
+                if whole or layout.long_body_line:
+                    return layout.fromaddr, layout.toaddrs, b"".join(layout.chunks(f))
         except OSError as exc:
             raise PoisonMessage(f"unreadable queue file: {exc.strerror}") from None
-        fromaddr, toaddrs, head, rest, eightbit, body_size = streamed
 
         def chunks():
-            yield head
             with entry.open() as f:  # the claim's own fd: the locked inode, no symlink
-                f.seek(rest)
-                yield from iter(lambda: f.read(BLOCK), b"")
+                yield from layout.chunks(f)
 
-        return fromaddr, toaddrs, wire.Stream(chunks, head=head, size=len(head) + body_size,
-                                              eightbit=eightbit)
+        return layout.fromaddr, layout.toaddrs, wire.Stream(
+            chunks, size=layout.size, eightbit=layout.eightbit,
+            message_id=layout.message_id, head_8bit=layout.head_8bit)
 
     def move(self, entry, state, new_name=None):
         """Move an entry to another state and fsync the target directory.

@@ -26,7 +26,8 @@ from . import claims
 from .previewsource import header_items
 from .regular_files import NotRegularFile, open_regular_file
 from .schedule import message_name
-from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir, read_envelope
+from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir
+from .spoolscan import scan
 
 #: Message states in pipeline order (``tmp/`` holds uncommitted writes,
 #: ``prepared/`` messages whose transaction is committing, or in doubt).
@@ -193,13 +194,15 @@ def files(spool, state):
 
 def _read_envelope(path):
     """``(fromaddr, toaddrs, header block, problem)`` as the processor reads them;
-    ``None`` when the file is gone.  The envelope and header block are read
-    whole, however long (an envelope of thousands of recipients)."""
+    ``None`` when the file is gone.  The envelope is read whole, however long
+    (thousands of recipients); of the header block (which may be many
+    megabytes in a hand-made file), the first :data:`HEAD_LIMIT` octets."""
     try:
         with open_regular_file(path) as f:
             try:
-                fromaddr, toaddrs, head, _ = read_envelope(f)
-                return fromaddr, toaddrs, head + b"\n", None
+                layout = scan(f)
+                return (layout.fromaddr, layout.toaddrs, layout.head(f, HEAD_LIMIT) + b"\n",
+                        None)
             except PoisonMessage as exc:
                 problem = f"poison: {exc}"
     except FileNotFoundError:

@@ -29,7 +29,10 @@ is RFC 2047-decoded only when it is nothing but encoded words (what
 outside quotes.
 
 Lines end at CR LF, CR or LF, as the ``email`` parser (and so the relay, see
-:func:`wire.to_wire`) takes them.
+:func:`wire.to_wire`) takes them.  Sending reads a file through
+:mod:`pyramid_txmail.spoolscan`, which finds the same envelope and header
+block in one pass of bounded memory; :func:`read_envelope` holds the header
+block (for ``txmail-queue show`` and the preview).
 """
 from __future__ import annotations
 
@@ -38,17 +41,12 @@ import re
 import urllib.parse
 from email.header import Header, decode_header
 
-from . import wire
-
-#: Read size for streaming a queue file to the relay.
-BLOCK = 1 << 16
-
 #: The start of the first line of a file we wrote; the version follows.
 RECORD = b"From txmail-envelope-"
 _RECORD_V1 = RECORD + b"1 "
 _TOKEN = re.compile(rb"(?:[A-Za-z0-9._~@+-]|%[0-9A-F]{2})+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ENVELOPE_FIELDS = (b"x-actually-from", b"x-actually-to")
+ENVELOPE_FIELDS = (b"x-actually-from", b"x-actually-to")
 _ENCODED_WORDS = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=\s*)+")
 
 
@@ -141,7 +139,7 @@ def unfolded_value(field):
     return re.sub(rb"\r\n|\r|\n", b"", value).strip()
 
 
-def _read_record(line):
+def read_record(line):
     if not line.startswith(_RECORD_V1):
         raise PoisonMessage(f"unknown envelope record {line[:40]!r}: written by a newer "
                             "pyramid_txmail?")
@@ -189,8 +187,9 @@ def split_addresses(text):
     return tuple(p.strip() for p in parts if p.strip())
 
 
-def _read_legacy(fields):
-    found = {name: [f for f in fields if field_name(f) == name] for name in _ENVELOPE_FIELDS}
+def legacy_envelope(found):
+    """``(fromaddr, toaddrs)`` of a legacy file, from ``found``: each of the two
+    ``X-Actually-*`` names (lower case) to the list of its fields' raw bytes."""
     if not found[b"x-actually-from"] or not found[b"x-actually-to"]:
         raise PoisonMessage("no envelope: the file has no X-Actually-From/X-Actually-To "
                             "header lines")
@@ -199,8 +198,8 @@ def _read_legacy(fields):
         raise PoisonMessage(
             f"ambiguous envelope: {' and '.join(repeated)} (the message carried its "
             "own); which ones its writer meant is unknown, so it is sent to none")
-    fromaddr = _legacy_text(unfolded_value(found[b"x-actually-from"][0]), "X-Actually-From")
-    toaddrs = split_addresses(_legacy_text(unfolded_value(found[b"x-actually-to"][0]),
+    fromaddr = _legacy_text(unfolded_value(found[b"x-actually-from"][:1]), "X-Actually-From")
+    toaddrs = split_addresses(_legacy_text(unfolded_value(found[b"x-actually-to"][:1]),
                                            "X-Actually-To"))
     return fromaddr.strip(), toaddrs
 
@@ -226,13 +225,22 @@ def read_envelope(f):
     first = next(lines, b"")
     ours = first.startswith(RECORD)
     if ours:
-        fromaddr, toaddrs = _read_record(first)
+        fromaddr, toaddrs = read_record(first)
     else:
         lines = _chain(first, lines)
     fields, blank = _header_fields(lines)
     if not ours:
-        fromaddr, toaddrs = _read_legacy(fields)
-    kept = b"".join(b"".join(f) for f in fields if field_name(f) not in _ENVELOPE_FIELDS)
+        fromaddr, toaddrs = legacy_envelope(
+            {name: [b"".join(f) for f in fields if field_name(f) == name]
+             for name in ENVELOPE_FIELDS})
+    kept = b"".join(b"".join(f) for f in fields if field_name(f) not in ENVELOPE_FIELDS)
+    check_envelope(fromaddr, toaddrs)
+    return fromaddr, toaddrs, kept, consumed[0] - len(blank)
+
+
+def check_envelope(fromaddr, toaddrs):
+    """Refuse (PoisonMessage) an envelope read back with no recipient, an empty
+    recipient, or a control character or line break in an address."""
     if not toaddrs:
         raise PoisonMessage("no envelope: no recipient in it")
     # (an empty sender is the null reverse-path <>, which repoze.sendmail can queue)
@@ -240,7 +248,6 @@ def read_envelope(f):
         if _CONTROL.search(address) or not address and address in toaddrs:
             raise PoisonMessage(f"bad envelope address {address!r} (empty, or a control "
                                 "character or line break in it)")
-    return fromaddr, toaddrs, kept, consumed[0] - len(blank)
 
 
 def _chain(first, rest):
@@ -254,37 +261,3 @@ def split_envelope(data):
     f = io.BytesIO(data)
     fromaddr, toaddrs, head, rest = read_envelope(f)
     return fromaddr, toaddrs, head + data[rest:]
-
-
-def _long_line(data, carry):
-    """``(longest complete line, length of the unfinished last line)`` of a block."""
-    lines = data.replace(b"\r", b"\n").split(b"\n")
-    if len(lines) == 1:
-        return carry + len(data), carry + len(data)
-    longest = max(carry + len(lines[0]), max(map(len, lines[1:-1]), default=0))
-    return longest, len(lines[-1])
-
-
-def stream_file(f):
-    """Read a queue file's envelope and scan the rest once, whatever the header size.
-
-    Returns ``(fromaddr, toaddrs, head, rest, eightbit, body size)`` (see
-    :func:`read_envelope`), or ``None`` when a line is over SMTP's 998
-    octets: the caller then reads the file whole, so that :func:`wire.to_wire`
-    can re-encode it.  Only the header block is kept in memory.
-    """
-    fromaddr, toaddrs, head, rest = read_envelope(f)
-    longest, _ = _long_line(head, 0)
-    if longest > wire.MAX_LINE:
-        f.seek(0)
-        return None
-    eightbit = not head.isascii()
-    f.seek(rest)
-    line = 0  # length of the line running into the next block
-    for block in iter(lambda: f.read(BLOCK), b""):
-        eightbit = eightbit or not block.isascii()
-        longest, line = _long_line(block, line)
-        if max(longest, line) > wire.MAX_LINE:
-            f.seek(0)
-            return None
-    return fromaddr, toaddrs, head, rest, eightbit, f.tell() - rest

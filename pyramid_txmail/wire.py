@@ -19,10 +19,17 @@ import email.policy
 import re
 from email.parser import BytesParser
 
-__all__ = ["MAX_LINE", "Stream", "data_section", "to_wire", "needs_smtputf8", "has_8bit", "message_id_of"]
+__all__ = ["MAX_LINE", "MAX_REFOLD", "Stream", "data_section", "to_wire", "refold_field", "needs_smtputf8",
+           "has_8bit", "message_id_of"]
 
 #: The longest line SMTP allows, in octets, not counting the CRLF.
 MAX_LINE = 998
+
+#: The largest header field re-encoded when a line of it is over MAX_LINE
+#: octets: the email package's encoded-word folding takes time that grows
+#: faster than the field (a 16 MiB line took 40 s), and RFC 5322 allows 998
+#: octets a line -- no real message has a quarter-megabyte field on such lines.
+MAX_REFOLD = 256 * 1024
 _FOLD_AT = 78  # where an over-long header line is folded, when it can be
 _CRLF = b"\r\n"
 _WSP = b" \t"
@@ -36,16 +43,24 @@ class Stream:
     can be written to the spool, or sent again after a reconnect).  Whoever
     makes a Stream promises what :func:`to_wire` would otherwise ensure:
     lines of at most :data:`MAX_LINE` octets, LF or CRLF endings, and a
-    7-bit body unless ``eightbit`` is true.  ``head`` is the header block
-    (used for the Message-ID and the SMTPUTF8 decision without reading the
-    body); ``size`` is the length in octets, when known.
+    7-bit body unless ``eightbit`` is true.  ``size`` is the length in
+    octets, when known.
+
+    ``head`` is the header block when it is in memory (a message built by
+    the mailer); a queue file's header block stays on disk, however large,
+    and only what sending needs of it is given: ``message_id`` and
+    ``head_8bit`` (raw non-ASCII in the header block: SMTPUTF8).  Given
+    ``head``, both are found in it.
     """
 
-    def __init__(self, factory, *, head=b"", size=None, eightbit=False):
+    def __init__(self, factory, *, head=b"", size=None, eightbit=False,
+                 message_id=None, head_8bit=None):
         self.factory = factory
         self.head = head
         self.size = size
         self.eightbit = eightbit
+        self.message_id = message_id if message_id is not None else message_id_of(head)
+        self.head_8bit = head_8bit if head_8bit is not None else not head.isascii()
 
     def __iter__(self):
         return iter(self.factory())
@@ -89,12 +104,14 @@ def _split_head(data):
 
 def needs_smtputf8(fromaddr, toaddrs, data=None) -> bool:
     """True when an envelope address is non-ASCII or the header block of ``data``
-    holds raw non-ASCII bytes (RFC 6531/6532)."""
+    (bytes or a :class:`Stream`) holds raw non-ASCII bytes (RFC 6531/6532)."""
     addresses = [fromaddr or "", *toaddrs]
     if not all(address.isascii() for address in addresses):
         return True
     if data is None:
         return False
+    if isinstance(data, Stream):
+        return data.head_8bit
     data = _as_bytes(data)
     if data.isascii():
         return False
@@ -106,28 +123,29 @@ def _fold_line(line):
 
     A fold only inserts CRLF before existing whitespace, so unfolding (RFC 5322
     2.2.3) gives back exactly the original line.  Pieces are kept near 78
-    octets; a run without whitespace longer than that stays whole.
+    octets; a run without whitespace longer than that stays whole.  Linear in
+    the line: the pieces are found by index, never by slicing off the rest.
     """
     colon = line.find(b":")
     start = colon + 2 if colon >= 0 else 1  # never fold right after "Name:"
-    pieces = []
-    while len(line) > _FOLD_AT:
+    last = len(line.rstrip(_WSP))  # a fold must leave something but whitespace after it
+    pieces, pos, end = [], 0, len(line)
+    while end - pos > _FOLD_AT:
         cut = None
-        for i in range(min(_FOLD_AT, len(line) - 1), start - 1, -1):
+        for i in range(min(pos + _FOLD_AT, end - 1), pos + start - 1, -1):
             if line[i] in _WSP and line[i - 1] not in _WSP:
                 cut = i
                 break
         if cut is None:
-            for i in range(max(_FOLD_AT, start), len(line)):
+            for i in range(pos + max(_FOLD_AT, start), end):
                 if line[i] in _WSP and line[i - 1] not in _WSP:
                     cut = i
                     break
-        if cut is None or not line[cut:].strip(_WSP):
+        if cut is None or cut >= last:
             break  # nothing to fold at, or only trailing whitespace would move
-        pieces.append(line[:cut])
-        line = line[cut:]
-        start = 1
-    pieces.append(line)
+        pieces.append(line[pos:cut])
+        pos, start = cut, 1
+    pieces.append(line[pos:])
     return _CRLF.join(pieces)
 
 
@@ -152,10 +170,38 @@ def to_wire(data: bytes, eightbit: bool = True) -> bytes:
         return data
     head, body = _split_head(data)
     if not _fits(head):
+        _check_refold_sizes(head)
         data = _fold_head(head) + body
         if _wire_ok(data, eightbit):
             return data
     return _reencode(data, eightbit)
+
+
+def _check_refold_sizes(head):
+    """Refuse (ValueError naming it) a field over MAX_REFOLD octets with a line over
+    MAX_LINE, before the email package spends minutes on it."""
+    start = longest = 0
+    for match in re.finditer(rb"[^\r]*\r\n|[^\r]+$", head):  # CRLF-only lines
+        line = match.group()
+        if line[:1] not in _WSP:  # a new field
+            _refusable(head, start, match.start(), longest)
+            start, longest = match.start(), 0
+        longest = max(longest, len(line.rstrip(b"\r\n")))
+    _refusable(head, start, len(head), longest)
+
+
+def _refusable(head, start, end, longest):
+    if longest > MAX_LINE and end - start > MAX_REFOLD:
+        raise ValueError(refold_refusal(head[start:start + 80].partition(b":")[0],
+                                        end - start, longest))
+
+
+def refold_refusal(name, size, longest):
+    """Why a header field is not re-encoded (see :data:`MAX_REFOLD`)."""
+    name = name.strip()[:80].decode("ascii", "replace")
+    return (f"header field {name!r} is {size} octets with a line of {longest} (SMTP "
+            f"allows 998 a line); fields over {MAX_REFOLD} octets are not re-encoded: "
+            "a header that large is no real message")
 
 
 def _policy(eightbit):
@@ -164,6 +210,29 @@ def _policy(eightbit):
     return email.policy.default.clone(
         linesep="\r\n", max_line_length=MAX_LINE, refold_source="long",
         cte_type="8bit" if eightbit else "7bit")
+
+
+def refold_field(field):
+    """One header field as stored (its lines, any line endings) with no line over
+    :data:`MAX_LINE`: CRLF-ended, folded at whitespace where that is enough, else
+    refolded by the email package (RFC 2047 encoded words), as :func:`to_wire`
+    does it within a whole message.  Time and memory grow with the field only,
+    so a queue file's header block can be sent from disk a field at a time.
+    Raises ValueError for lines that are no header field.
+    """
+    data = _crlf(_as_bytes(field))
+    if not data.endswith(_CRLF):
+        data += _CRLF
+    folded = _CRLF.join(_fold_line(line) if len(line) > MAX_LINE else line
+                        for line in data[:-2].split(_CRLF)) + _CRLF
+    if _fits(folded):
+        return folded
+    policy = _policy(True)
+    message = BytesParser(policy=policy).parsebytes(folded + _CRLF)
+    if len(message) != 1 or message.get_payload():
+        raise ValueError("not a header field (no name and colon before its value)")
+    out = message.as_bytes(policy=policy)
+    return out[:-2] if out.endswith(_CRLF + _CRLF) else out
 
 
 def _reencode(data, eightbit):
@@ -217,17 +286,22 @@ _MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)",
 
 
 def message_id_of(data):
-    """The Message-ID header of raw message bytes, or ``None``.
+    """The Message-ID header of raw message bytes (or a :class:`Stream`), or ``None``.
 
     Only the header block is scanned: logging a message id must not cost a
     full MIME parse of a large body.
     """
+    if isinstance(data, Stream):
+        return data.message_id
     match = _HEADERS_END.search(data)
     head = data[:match.start()] if match else data
     found = _MESSAGE_ID_FIELD.search(head)
-    if not found:
-        return None
-    value = re.sub(rb"\s+", b" ", found.group(1)).strip()
+    return message_id_value(found.group(1)) if found else None
+
+
+def message_id_value(raw):
+    """The Message-ID (str, or ``None`` if empty) of a field's raw value, unfolded."""
+    value = re.sub(rb"\s+", b" ", raw).strip()
     return value.decode("ascii", errors="replace") or None
 
 
