@@ -18,11 +18,12 @@ from .events import MailDeferred, MailFailed, MailQueued, MailSent
 from .immediate import DeliveryFailed
 from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
                          IMailQueued, IMailSent, IMailSettings)
-from .mailer_compat import mailer_factory_from_settings, register_mailer, registered_mailer
+from .mailer_compat import (mailer_factory_from_settings, register_mailer, registered_mailer,
+                            take_pyramid_mailer_include, warn_implied_queue)
 from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
                       NoSender)
 from .redirect import announce as announce_redirect
-from .settings import MailSettings, parse_settings
+from .settings import MailSettings, parse_settings, settings_prefix
 from .spool import SpoolError
 from .templates import render_mail
 
@@ -94,7 +95,10 @@ def _request_mailer(request):
 def includeme(config):
     """Include pyramid_tm, parse ``mail.*`` once, register the delivery and ``request.mailer``."""
     config.include("pyramid_tm")
-    settings = parse_settings(config.get_settings())
+    take_pyramid_mailer_include(config)  # a plugin's include of pyramid_mailer defers to us
+    raw = config.get_settings()
+    settings = parse_settings(raw)
+    warn_implied_queue(raw, settings_prefix(raw), settings)
     delivery = make_delivery(settings, config.registry)
     config.registry.registerUtility(settings, IMailSettings)
     config.registry.registerUtility(delivery, IMailDelivery)

@@ -20,8 +20,10 @@ a word; a finalizer logs an ERROR naming the Message-IDs instead.
 """
 from __future__ import annotations
 
+import sys
 import weakref
 
+import transaction
 from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
 from zope.interface import implementer
 
@@ -58,6 +60,65 @@ def _report_unsent(messages):
                   len(messages), ", ".join(p.message_id for p in messages))
 
 
+def _ids(messages):
+    return ", ".join(p.message_id for p in messages)
+
+
+#: Who aborted us.  ``transaction.begin()`` with a transaction still open
+#: aborts it first, and a savepoint taken before our first send aborts us when
+#: it is rolled back; a data manager cannot tell those from an explicit abort
+#: except by its caller (transaction has no hook for either: synchronizers
+#: only hear of the new transaction, after the abort), so we look up the stack.
+_CALLERS = {transaction.TransactionManager.begin.__code__: "begin"}
+try:  # private to transaction: without it, such a rollback is logged as an abort
+    from transaction._transaction import AbortSavepoint
+
+    _CALLERS[AbortSavepoint.rollback.__code__] = "savepoint"
+except (ImportError, AttributeError):  # pragma: no cover
+    pass
+
+
+def _aborted_by():
+    frame = sys._getframe(1)
+    for _ in range(12):  # e.g. begin -> Transaction.abort -> ... -> abort -> here
+        if frame is None:
+            return None
+        if frame.f_code in _CALLERS:
+            return _CALLERS[frame.f_code]
+        frame = frame.f_back
+    return None
+
+
+def _report_dropped(messages, how):
+    """Dropping mail with its transaction is the design -- but never without a word.
+
+    An abort the code asked for (``with transaction.manager:`` leaving on an
+    exception, ``transaction.abort()``, pyramid_tm after an error view, a
+    savepoint rollback) is INFO; an abort nobody asked for --
+    ``transaction.begin()`` while one holding mail is still open, as a
+    script's loop that forgot to commit does -- is a WARNING saying so.
+    """
+    if not messages:
+        return
+    caller = _aborted_by() if how == "aborted" else None
+    if caller == "begin":
+        log.warning("%d message(s) handed to the mailer were dropped: transaction.begin() "
+                    "was called while their transaction was still open, and transaction "
+                    "aborts it then (%s). Commit first (transaction.commit(), or "
+                    "`with transaction.manager:` around each unit of work)",
+                    len(messages), _ids(messages))
+    elif caller == "savepoint":
+        _report_rollback(messages)
+    else:
+        log.info("%d message(s) dropped because their transaction %s, as designed (%s)",
+                 len(messages), how, _ids(messages))
+
+
+def _report_rollback(messages):
+    log.info("%d message(s) dropped by a savepoint rollback, as designed: they were sent "
+             "after the savepoint (%s)", len(messages), _ids(messages))
+
+
 @implementer(ISavepointDataManager)
 class MailDataManager:
     def __init__(self, outbox, transaction_manager, on_committed):
@@ -73,6 +134,7 @@ class MailDataManager:
         self.messages.append(prepared)
 
     def abort(self, txn):
+        _report_dropped(self.messages, "aborted")
         self._discard()
 
     def tpc_begin(self, txn):
@@ -89,6 +151,7 @@ class MailDataManager:
         self.voted = None
 
     def tpc_abort(self, txn):
+        _report_dropped(self.messages, "failed to commit")
         self._discard()
 
     def sortKey(self):
@@ -128,4 +191,7 @@ class MailSavepoint:
         self.length = len(manager.messages)
 
     def rollback(self):
+        dropped = self.manager.messages[self.length:]
+        if dropped:
+            _report_rollback(dropped)
         del self.manager.messages[self.length:]

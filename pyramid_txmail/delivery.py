@@ -215,7 +215,21 @@ class Mailer(PyramidMailerAPI):
     join they raise :class:`NoTransaction`.
     """
 
-    def __init__(self, delivery, transaction_manager, request=None):
+    def __init__(self, delivery=None, transaction_manager=None, request=None, **options):
+        if not isinstance(delivery, Delivery):
+            # pyramid_mailer's Mailer(host=..., port=..., ...): built as
+            # Mailer.from_settings builds it (see mailer_compat.keyword_delivery).
+            from .mailer_compat import keyword_delivery
+
+            if delivery is not None:
+                options["delivery"] = delivery
+            delivery = keyword_delivery(options)
+        elif options:
+            raise TypeError(f"Mailer(delivery, transaction_manager, request) takes no "
+                            f"other arguments ({', '.join(sorted(options))}); build one "
+                            "from settings with Mailer.from_settings(settings, prefix)")
+        if transaction_manager is None:
+            transaction_manager = delivery.transaction_manager
         self.delivery = delivery
         self.transaction_manager = transaction_manager
         self.request = request

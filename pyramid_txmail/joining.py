@@ -13,6 +13,8 @@ instead of transaction's "expected txn status 'Active' or 'Doomed', but it's
 """
 from __future__ import annotations
 
+import threading
+
 import transaction
 
 # transaction's Status values (strings; the class itself is private).
@@ -42,19 +44,38 @@ def _has_transaction(manager):
 
 
 def _no_transaction(manager, request):
+    from pyramid.threadlocal import get_current_request
+
+    current = get_current_request()
     if request is not None:
+        if current is not request:
+            return NoTransaction(
+                "request.mailer.send() found no active transaction on request.tm in this "
+                f"thread ({threading.current_thread().name}), so nothing was sent: a "
+                "transaction is bound to the thread that began it, and this is not the "
+                "thread Pyramid is handling the request in (pyramid_tm's transaction "
+                "lives there).  Send from the request's thread, or begin one here with "
+                f"`with request.tm:` (the mail goes when it commits), or {SEND_NOW}.")
         return NoTransaction(
-            "request.mailer.send() needs an active transaction and this request has none, "
-            "so nothing was sent: pyramid_tm is not managing it (see tm.activate_hook) or "
-            "has already ended it (e.g. in a finished callback).  Wrap the send in "
-            f"`with request.tm:`, or {SEND_NOW}.")
-    if manager is transaction.manager:
+            "request.mailer.send() needs an active transaction and request.tm has none, "
+            "so nothing was sent: pyramid_tm is not managing this request (see "
+            "tm.activate_hook) or has already ended its transaction (e.g. in a finished "
+            f"callback).  Wrap the send in `with request.tm:`, or {SEND_NOW}.")
+    if current is not None and getattr(current, "tm", manager) is not manager:
+        how = ("this is a request: use request.mailer (or get_mailer(request)), which "
+               "joins request.tm -- this mailer (e.g. registry['mailer'] = "
+               "Mailer.from_settings(...)) joins the thread-local transaction.manager, "
+               "and pyramid_tm uses another (tm.manager_hook)")
+    elif manager is transaction.manager:
         how = ("wrap it in `with transaction.manager:`, or call transaction.begin() before "
                "and transaction.commit() after")
+        if current is not None:
+            how = "in a request use request.mailer (it joins request.tm); else " + how
     else:
         how = f"wrap it in `with transaction_manager:` ({manager!r})"
     return NoTransaction(
-        "mailer.send() needs an active transaction and none was begun, so nothing was "
+        "a transactional send (send, send_to_queue or send_sendmail) needs an active "
+        "transaction and none was begun, so nothing was "
         f"sent (mail is only sent when its transaction commits): {how}; or {SEND_NOW}.")
 
 
@@ -65,7 +86,8 @@ def _ended(txn, request):
                 txn.status, f"is {txn.status}")
     where = "request.tm" if request is not None else "its transaction manager"
     return TransactionEnded(
-        f"mailer.send() was called when the transaction of {where} {what} (e.g. from an "
+        "mail was handed to the mailer (send, send_to_queue or send_sendmail) when the "
+        f"transaction of {where} {what} (e.g. from an "
         "after-commit hook), so it cannot take more mail and nothing was sent: "
         f"{SEND_NOW}, or send inside a new transaction -- `with request.tm:` once "
         "pyramid_tm has finished the request, or, inside an after-commit hook, a manager "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 
 from .interfaces import IMailer as _RepozeIMailer
 
@@ -23,7 +24,59 @@ try:  # optional: only to be found by code that still imports pyramid_mailer
 except ImportError:  # pragma: no cover - pyramid_mailer is in the testing extra
     PyramidMailerIMailer = None
 
+log = logging.getLogger("pyramid_txmail")
+
 _BIND_OPTIONS = ("default_sender", "transaction_manager")
+
+
+#: What ``config.include("pyramid_mailer")`` runs (pyramid's include spec).
+PYRAMID_MAILER_INCLUDE = "pyramid_mailer:includeme"
+
+
+def take_pyramid_mailer_include(config):
+    """Make a later ``config.include("pyramid_mailer")`` -- a plugin's, which the app
+    cannot edit -- a no-op: we already provide what it would add (``request.mailer``
+    and the ``IMailer`` utility), and both adding them is Pyramid's
+    ConfigurationConflictError on ``('request extensions', 'mailer')``.
+
+    Pyramid runs each include spec once per configuration (``ActionState.processSpec``),
+    so marking pyramid_mailer's as done is all it takes.  If pyramid_mailer was
+    included *before* us, its request method is already registered: a clear error
+    says to include pyramid_txmail first.
+    """
+    if PyramidMailerIMailer is None:  # not installed: nobody can include it
+        return
+    if config.action_state.processSpec(PYRAMID_MAILER_INCLUDE):
+        log.info(
+            "pyramid_txmail provides request.mailer and pyramid_mailer's IMailer: a later "
+            "config.include('pyramid_mailer') (e.g. by a plugin) is skipped")
+        return
+    from pyramid.exceptions import ConfigurationError
+
+    raise ConfigurationError(
+        "config.include('pyramid_mailer') ran before config.include('pyramid_txmail') "
+        "(directly, in pyramid.includes, or in a plugin's includeme), and both add "
+        "request.mailer: include pyramid_txmail first -- put it before the plugin in "
+        "pyramid.includes or call config.include('pyramid_txmail') before including "
+        "the plugin -- and the plugin's include of pyramid_mailer is then skipped "
+        "(its get_mailer(request) gets pyramid_txmail's mailer)")
+
+
+def warn_implied_queue(raw, prefix, settings):
+    """A WARNING when ``send()`` queues only because ``mail.queue_path`` is set.
+
+    pyramid_mailer's ``send()`` sent directly whatever ``mail.queue_path`` said;
+    an app switched from it keeps its ini and would otherwise fill a spool that
+    no ``txmail-qp`` empties, with an INFO "queued" line as its only trace.
+    """
+    if settings.delivery != "queue" or raw.get(prefix + "delivery"):
+        return
+    log.warning(
+        "%sdelivery is not set and %squeue_path is (%s), so send() queues mail in that "
+        "spool and nothing is sent until `txmail-qp CONFIG.ini` runs on it. Set "
+        "%sdelivery = queue to say that is intended (and run txmail-qp), or "
+        "%sdelivery = direct to send after each commit as pyramid_mailer's send() did",
+        prefix, prefix, settings.queue_path, prefix, prefix)
 
 
 def mailer_interfaces():
@@ -56,9 +109,48 @@ def mailer_factory_from_settings(settings, prefix="mail."):
     """pyramid_mailer's factory: a mailer for the keys under ``prefix``, bound to the
     thread-local ``transaction.manager`` (no registry, so no events are notified)."""
     from . import make_delivery
+    from .settings import parse_settings, settings_prefix
+
+    parsed = parse_settings(settings, prefix)
+    warn_implied_queue(settings, settings_prefix(settings, prefix), parsed)
+    return make_delivery(parsed).bind()
+
+
+#: pyramid_mailer's ``Mailer(**kw)`` keywords that are settings (``mail.`` + name).
+KEYWORD_SETTINGS = ("host", "port", "username", "password", "tls", "ssl", "keyfile",
+                    "certfile", "queue_path", "default_sender", "debug", "sendmail_app",
+                    "sendmail_template", "timeout", "delivery")
+
+
+def keyword_delivery(options):
+    """The delivery of pyramid_mailer's keyword construction, ``Mailer(host=...,
+    port=...)``: the keywords are read as the ``mail.*`` settings of the same names
+    (``transaction_manager`` is the thread-local one unless given to ``bind``).
+    pyramid_mailer's ``smtp_mailer`` / ``queue_delivery`` objects have no
+    counterpart: a TypeError names :meth:`Mailer.from_settings` instead."""
+    from . import make_delivery
     from .settings import parse_settings
 
-    return make_delivery(parse_settings(settings, prefix)).bind()
+    unknown = sorted(set(options) - set(KEYWORD_SETTINGS))
+    if unknown:
+        raise TypeError(
+            f"Mailer() got unexpected keyword argument(s) {', '.join(unknown)}: it takes "
+            f"the mail settings as keywords ({', '.join(KEYWORD_SETTINGS)}), as "
+            "pyramid_mailer's Mailer(host=..., port=...) does; build one from an ini's "
+            "settings with Mailer.from_settings(settings, prefix='mail.'), or use "
+            "request.mailer / pyramid_txmail.get_mailer(registry)")
+    settings = {"mail." + key: _setting_text(value) for key, value in options.items()
+                if value is not None}
+
+    parsed = parse_settings(settings, "mail.")
+    warn_implied_queue(settings, "mail.", parsed)
+    return make_delivery(parsed)
+
+
+def _setting_text(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _check_bind_options(kw):

@@ -13,6 +13,7 @@ import email.headerregistry
 import email.policy
 import email.utils
 import functools
+import itertools
 import re
 from email.message import Message
 
@@ -87,6 +88,14 @@ class Prepared:
     #: a pyramid_mailer ``Message`` as it was sent (a copy), for the test outboxes
     #: whose items pyramid_mailer users read like one (``.recipients``, ``.body``)
     source: object = dataclasses.field(default=None, compare=False, repr=False)
+    #: taken when the message is handed to the mailer, so that the test outboxes
+    #: list messages in send order whenever each reached them (a ``send`` is
+    #: recorded at the commit, a ``send_immediately`` at once)
+    sequence: int = dataclasses.field(default_factory=lambda: next(_SEQUENCE),
+                                      compare=False, repr=False)
+
+
+_SEQUENCE = itertools.count()
 
 
 @functools.lru_cache(maxsize=4096)

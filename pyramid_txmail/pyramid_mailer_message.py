@@ -60,13 +60,16 @@ def coerce(message, default_sender=None):
     """``(email message, envelope sender or None, envelope recipients, snapshot)``.
 
     Without a sender it takes ``default_sender``, as pyramid_mailer's ``Mailer``
-    does (its ``to_message()`` refuses a message without one).
+    does (its ``to_message()`` refuses a message without one), for the From
+    header and for the envelope alike.
     """
     check_fields(message)
-    sender = message.sender or None
     message = snapshot(message)
-    if sender is None and default_sender:
-        message.sender = default_sender
+    # pyramid_mailer's Mailer._message_args: the envelope sender is
+    # ``message.sender or self.default_sender`` -- never a Sender or From that
+    # extra_headers carries (those stay headers only).
+    sender = message.sender or default_sender or None
+    message.sender = sender
     recipients = [one_mailbox(name, item) for name, attr in ADDRESS_FIELDS
                   for item in getattr(message, attr) if item]
     return (message.to_message(), sender and one_mailbox("From", sender), recipients,

@@ -76,7 +76,12 @@ class SentMail(MessageFields):
     ``source`` is the pyramid_mailer ``Message`` it was sent as, if it was.
     """
 
-    def __init__(self, message_id, fromaddr, toaddrs, data, sent_at=None, source=None):
+    #: the send order (``Prepared.sequence``); ``None`` sorts last
+    sequence = None
+
+    def __init__(self, message_id, fromaddr, toaddrs, data, sent_at=None, source=None,
+                 sequence=None):
+        self.sequence = sequence
         self.message_id = message_id
         self.fromaddr = fromaddr
         self.toaddrs = tuple(toaddrs)
@@ -88,7 +93,7 @@ class SentMail(MessageFields):
     @classmethod
     def from_prepared(cls, prepared):
         return cls(prepared.message_id, prepared.fromaddr, prepared.toaddrs, prepared.data,
-                   source=prepared.source)
+                   source=prepared.source, sequence=getattr(prepared, "sequence", None))
 
     @property
     def message(self):
@@ -188,8 +193,17 @@ class Outbox:
             self._messages.clear()
 
     def append(self, sent):
+        """Add ``sent`` in send order: after every message handed to the mailer
+        before it.  A ``send`` reaches the outbox at its commit, a
+        ``send_immediately`` at once -- pyramid_mailer's ``DummyMailer`` lists
+        ``send(A); send_immediately(B)`` as ``[A, B]``, and so do we (an aborted
+        ``send`` never arrives at all)."""
         with self._messages_lock:
-            self._messages.append(sent)
+            index = len(self._messages)
+            if sent.sequence is not None:
+                while index and _later(self._messages[index - 1], sent.sequence):
+                    index -= 1
+            self._messages.insert(index, sent)
 
     def __len__(self):
         return len(self.messages)
@@ -285,6 +299,12 @@ class Outbox:
         lines = [f"{len(messages)} message(s) were sent:"]
         lines += [f"  {i}. {mail.describe()}" for i, mail in enumerate(messages, 1)]
         return "\n".join(lines)
+
+
+def _later(mail, sequence):
+    """Whether ``mail`` was handed to the mailer after the message numbered ``sequence``."""
+    mine = getattr(mail, "sequence", None)
+    return mine is not None and mine > sequence
 
 
 def _describe(criteria):

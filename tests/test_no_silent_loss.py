@@ -35,7 +35,7 @@ from pyramid.config import Configurator
 from pyramid_mailer.message import Message
 from pyramid_txmail import get_mailer
 
-config = Configurator(settings={{"mail.queue_path": {spool!r},
+config = Configurator(settings={{"mail.queue_path": {spool!r}, "mail.delivery": "queue",
                                  "mail.default_sender": "app@example.com"}})
 config.include("pyramid_txmail")
 mailer = get_mailer(config.registry)
