@@ -30,10 +30,11 @@ import signal
 import threading
 import time
 
-from .processor import PassStats
+from .printable import get_logger
+from .processor import PassStats, retry_horizon
 from .watch import PollWatcher, WatchLost
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The deferred queue and the claims in ``cur/`` are looked at at least this often.
 RESCAN_INTERVAL = 60.0
@@ -280,7 +281,8 @@ class Daemon:
         """
         now = self.clock()
         due = now + self.rescan
-        retry = self.spool.earliest_retry(now)  # an unknown time counts as now (due)
+        # an unknown time, or one beyond any retry delay (a clock ahead), counts as now
+        retry = self.spool.earliest_retry(now, retry_horizon(self.settings))
         if retry is not None:
             due = min(due, retry + TIMER_SLACK)
         claims_due = self.spool.next_claim_expiry(self.settings.claim_timeout, now)

@@ -41,16 +41,16 @@ message's outcome (the hand-over is logged with its Message-ID); use
 """
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
 import transaction
 from pyramid.threadlocal import manager as threadlocals
 
+from .printable import get_logger
 from .events import dispatch
 
-log = logging.getLogger("pyramid_txmail")
+log = get_logger("pyramid_txmail")
 
 #: Sender threads per direct outbox (each holds one SMTP connection).
 MAX_SENDERS = 8

@@ -30,7 +30,6 @@ sendmail interface) and ``-i`` keeps a line holding only ``.`` in the body.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import string
@@ -40,11 +39,12 @@ import threading
 
 from zope.interface import implementer
 
+from .printable import get_logger
 from . import wire
 from .interfaces import IMailer
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 
-log = logging.getLogger("pyramid_txmail.sendmail")
+log = get_logger("pyramid_txmail.sendmail")
 
 DEFAULT_APP = "/usr/sbin/sendmail"
 #: pyramid_mailer's (repoze.sendmail's) default template; ``-t`` is dropped when used.

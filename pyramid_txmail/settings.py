@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import math
 import os
 import re
@@ -21,11 +20,13 @@ import stat
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
+from .printable import get_logger
+
 PREFIX = "mail."
 #: pyramid_mailer's setting that moves its keys elsewhere (``mail.`` by default).
 PREFIX_SETTING = "pyramid_mailer.prefix"
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
 #: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
@@ -234,7 +235,7 @@ def _template(value):
     template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))
     warning = without_t_warning(template)
     if warning:
-        logging.getLogger("pyramid_txmail").warning(warning)
+        get_logger("pyramid_txmail").warning("%s", warning)
     return check_template(template)
 
 

@@ -33,12 +33,12 @@ import copy
 import email.message
 import email.policy
 import email.utils
-import logging
 import smtplib
 import threading
 
 from zope.interface import implementer
 
+from .printable import get_logger
 from . import wire
 from .interfaces import IMailer
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
@@ -47,7 +47,7 @@ from .smtp_session import (Relays, SessionFailure, SessionOpener, _is_loopback, 
 
 __all__ = ["SMTPTransport", "SMTPDeliveryError"]
 
-log = logging.getLogger("pyramid_txmail.smtp")
+log = get_logger("pyramid_txmail.smtp")
 
 
 class _Stale(Exception):

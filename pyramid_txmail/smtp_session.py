@@ -11,16 +11,16 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
-import logging
 import smtplib
 import socket
 import ssl as _ssl
 import threading
 import time
 
+from .printable import get_logger
 from .result import TEMPORARY
 
-log = logging.getLogger("pyramid_txmail.smtp")
+log = get_logger("pyramid_txmail.smtp")
 
 #: Consecutive failures to open a session after which a relay is rested.
 FAILURES_BEFORE_REST = 3
