@@ -266,20 +266,30 @@ def binary_part(source, content_type, disposition, filename=None, cid=None):
     """
     maintype, _, subtype = content_type.partition("/")
     headers = _header_part()
-    # Text that looks like an encoded word ("=?...?=") would be decoded by the
-    # reader as one: such a filename goes in RFC 2231 form, written here.
-    literal = bool(filename) and "=?" in filename
+    rfc2231 = bool(filename) and _misread_when_quoted(filename)  # written below
     headers.set_content(b"", maintype, subtype, cte="base64", disposition=disposition,
-                        filename=None if literal else filename, cid=f"<{cid}>" if cid else None)
+                        filename=None if rfc2231 else filename, cid=f"<{cid}>" if cid else None)
     del headers["MIME-Version"]
     line = None
     if filename:
         line = f"Content-Type: {content_type};\n name={_quoted_name(filename)}\n"
-        if literal:
+        if rfc2231:
             del headers["Content-Disposition"]
             line += f"Content-Disposition: {disposition};{_rfc2231('filename', filename)}\n"
         line = line.encode()
     return Part(headers, [Encoded(source)], line)
+
+
+def _misread_when_quoted(filename):
+    """True when readers change ``filename`` written as a quoted-string, so it
+    must go in RFC 2231 form (percent-encoded, never unquoted again).
+
+    Text that looks like an encoded word ("=?...?=") is decoded as one; and the
+    ``email`` package's ``get_filename`` unquotes a quoted-string's value a
+    second time (``email.utils.unquote``), so ``"a"`` and ``<a>`` read as ``a``
+    and ``""`` as nothing (found by the property run of issue 11).
+    """
+    return "=?" in filename or len(filename) > 1 and filename[0] + filename[-1] in ('""', "<>")
 
 
 def _rfc2231(param, value):

@@ -254,7 +254,7 @@ class PreviewViews:
                     " (HTML body)" if part is html_part else "")
             body.append(
                 f"<tr><td>{index}</td><td>{_e(part.get_content_type())}{role}</td>"
-                f"<td><a href=\"{_e(url)}\">{_e(part.get_filename() or 'download')}</a></td>"
+                f"<td><a href=\"{_e(url)}\">{_e(src.filename(part) or 'download')}</a></td>"
                 f"<td>{_e(src.content_id(part) or '')}</td>"
                 f"<td class=\"num\">{_e(_size(len(src.part_bytes(part))))}</td></tr>")
         body.append("</table>")
@@ -304,7 +304,7 @@ class PreviewViews:
             raise HTTPNotFound()
         part = parts[int(index)]
         return self._download(src.part_bytes(part), _media_type(part),
-                              _download_name(part.get_filename(), f"part-{index}"))
+                              _download_name(src.filename(part), f"part-{index}"))
 
     def raw_view(self, request):
         entry = self._entry(request)

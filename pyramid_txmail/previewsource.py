@@ -239,3 +239,19 @@ def header_items(message):
             text = str(raw)
         items.append((name, text))
     return items
+
+
+def filename(part):
+    """The part's file name as it was sent: Content-Disposition's ``filename``
+    (RFC 2231 decoded), else Content-Type's ``name``; ``None`` without either.
+
+    Not ``part.get_filename()``: the ``email`` package unquotes the value a
+    second time there, so a file named ``"a"`` or ``<a>`` reads as ``a`` and
+    one named ``""`` as nothing (and it strips white space).
+    """
+    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        value = part.get_param(param, None, header)
+        if value is not None:
+            return email.utils.collapse_rfc2231_value(value) if isinstance(value, tuple) \
+                else value
+    return None

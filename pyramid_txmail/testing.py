@@ -33,6 +33,7 @@ import threading
 import time
 from email.parser import BytesParser
 
+from . import previewsource
 from .pyramid_mailer_message import MessageFields
 
 __all__ = ["SentMail", "Attachment", "Outbox", "capture", "setUp", "dummy_request",
@@ -121,7 +122,7 @@ class SentMail(MessageFields):
     def attachments(self):
         if self.source is not None:  # pyramid_mailer's Attachment objects
             return list(self.source.attachments)
-        return [Attachment(part.get_filename(), part.get_content_type(),
+        return [Attachment(previewsource.filename(part), part.get_content_type(),
                            part.get_payload(decode=True) or b"")
                 for part in self.message.iter_attachments()]
 

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, settings
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
+from pyramid_txmail.previewsource import filename as filename_of  # noqa: F401 -- shared
 from pyramid_txmail.processor import Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.smtp import SMTPTransport
@@ -163,12 +164,22 @@ def read_back(data):
     return email.message_from_bytes(data, policy=email.policy.default)
 
 
+def unfold(value):
+    """A header value unfolded as RFC 5322 section 2.2.3 says: "simply removing any
+    CRLF that is immediately followed by WSP" -- the WSP stays, and the unfolded
+    form is the value "for further syntactic and semantic evaluation".
+
+    Both what arrived and a caller's legacy ``Message`` value (raw text, where
+    ``"0\\n 0"`` is a folded line) are compared in this form.
+    """
+    return re.sub(r"\r?\n(?=[ \t])", "", value)
+
+
 def raw_headers(data):
     """``[(name, unfolded raw value)]`` of the top-level header block, as sent."""
     text = data.decode("utf-8", "surrogateescape")
     message = email.message_from_string(text, policy=email.policy.compat32)
-    return [(name, re.sub(r"\r?\n(?=[ \t])", "", value))  # unfolding removes CRLF only
-            for name, value in message.items()]
+    return [(name, unfold(value)) for name, value in message.items()]
 
 
 def decoded(raw):
@@ -214,8 +225,9 @@ def check_transcripts(outcome, sends=1):
 
 
 def examples(quick, long):
-    """hypothesis settings: ``runs(quick, long)`` examples, no deadline, no database."""
-    return settings(max_examples=runs(quick, long), deadline=None, database=None,
+    """hypothesis settings: ``runs(quick, long)`` examples, no deadline; the seed and
+    the example database are the profile's (tests/reliability.py: gate or explore)."""
+    return settings(max_examples=runs(quick, long), deadline=None,
                     suppress_health_check=list(HealthCheck))
 
 

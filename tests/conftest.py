@@ -6,7 +6,10 @@ import ssl
 import pytest
 import trustme
 
+from .reliability import load_hypothesis_profile
 from .smtpserver import SMTPServer
+
+load_hypothesis_profile()  # before any test module makes its hypothesis settings
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,7 @@ def crlf_body(data):
 
 # -- smuggling ------------------------------------------------------------------------------
 
+@pytest.mark.property
 def test_no_body_ends_data_early(harness, tmp_path_factory):
     tally = Tally()
     root = tmp_path_factory.mktemp("smuggling")
@@ -122,6 +123,7 @@ ODD = [b"\x00", b"\xff\xfe", b"\r", b"\n", b"\r\n", b"\r\n\r\n", b":", b" ", b"\
 queue_file = st.lists(st.sampled_from(ODD) | st.binary(max_size=30), max_size=25).map(b"".join)
 
 
+@pytest.mark.property
 def test_odd_queue_files_are_delivered_or_dead_lettered_never_crash_the_pass(
         harness, tmp_path_factory):
     tally = Tally()

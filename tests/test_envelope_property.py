@@ -128,6 +128,7 @@ def senders(tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.property
 def test_the_relay_sees_exactly_the_envelope_the_app_passed(senders):
     counts = {"examples": 0, "messages": 0, "delivered": 0, "held": 0}
 
@@ -181,6 +182,7 @@ def test_the_relay_sees_exactly_the_envelope_the_app_passed(senders):
     assert counts["messages"] == counts["delivered"]
 
 
+@pytest.mark.property
 def test_an_encoded_word_in_a_header_address_never_becomes_the_envelope(senders):
     """EmailMessage headers decode ``=?...?=`` in an address: refused, never sent."""
     message = EmailMessage()
