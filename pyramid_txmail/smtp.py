@@ -424,12 +424,11 @@ class SMTPTransport:
         up here has most likely delivered it already: a retry would send
         it twice (RFC 1047).
         """
-        smtp.sock.settimeout(self.data_timeout)
+        smtp.reply_timeout = self.data_timeout  # for the whole reply, not per read
         try:
             return smtp.getreply()
         finally:
-            if smtp.sock is not None:  # smtplib closes it on an error
-                smtp.sock.settimeout(self.timeout)
+            smtp.reply_timeout = None
 
     def _rset_or_stale(self, smtp, sent=False):
         """RSET on a reused connection; a dead one raises :class:`_Stale`."""
