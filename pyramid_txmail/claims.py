@@ -33,14 +33,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
-import logging
 import os
 import stat
 import threading
 
+from .leftovers import report_once
+from .printable import get_logger
 from .regular_files import READ_FLAGS, kind_of
 
-log = logging.getLogger("pyramid_txmail.claims")
+log = get_logger("pyramid_txmail.claims")
 
 #: Flags of a claim's fd (see :func:`open_for_lock`).
 CLAIM_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -326,8 +327,9 @@ def sweep(cur_dir, new_dir, names, timeout, now):
             release(path, os.path.join(new_dir, name), timeout, now)
         except FileNotFoundError:
             continue
-        except OSError as exc:  # e.g. unreadable: it stays; the others are still swept
-            log.warning("cannot look at the stale claim cur/%s: %s", name, exc)
+        except OSError as exc:  # e.g. unreadable: it stays, said once; the others are swept
+            report_once(path, f"cannot look at this stale claim ({exc.strerror or exc}); "
+                        "left in cur/")
             continue
         except ClaimBusy as exc:
             if now - _warned.get(name, float("-inf")) >= WARN_EVERY:  # not at every pass

@@ -17,7 +17,10 @@ does the work:
   ``mail.data_timeout`` for the reply to the final dot; SIGKILL abandons
   it, and its claim comes back after ``mail.claim_timeout``).
 * SIGHUP: re-open the log files of the ini's ``FileHandler``\\ s (for
-  logrotate) and make a pass now.
+  logrotate) at once, even in the middle of a long pass -- a thread of the
+  daemon's own, ``txmail-logs``, does it, never the signal thread (a
+  logging lock held by a worker writing to a full disk must not keep
+  SIGTERM from being taken) -- and make a pass when the current one ends.
 
 The SMTP connections live for one pass: the processor's workers each open
 one when they have a message and close it when the pass ends, so an idle
@@ -30,10 +33,11 @@ import signal
 import threading
 import time
 
-from .processor import PassStats
+from .printable import get_logger
+from .processor import PassStats, retry_horizon
 from .watch import PollWatcher, WatchLost
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The deferred queue and the claims in ``cur/`` are looked at at least this often.
 RESCAN_INTERVAL = 60.0
@@ -100,7 +104,8 @@ class Signals:
         self.handle_hup = handle_hup
         self.restore = restore
         self.stop = threading.Event()
-        self.hup = threading.Event()
+        self.hup = threading.Event()  # the loop: make a pass
+        self.reopen = threading.Event()  # the txmail-logs thread: re-open the log files
         self.first_stop = None  # the first SIGTERM/SIGINT taken (for logging)
         self.stops_received = 0
         self.waker = waker
@@ -149,6 +154,7 @@ class Signals:
                     continue  # txmail-qp: taken, and nothing more, until the process ends
                 if signum == signal.SIGHUP:
                     self.hup.set()
+                    self.reopen.set()
                 else:
                     if self.first_stop is None:
                         self.first_stop = signum
@@ -209,6 +215,10 @@ class Daemon:
         """Pass, sleep, repeat; returns the summed :class:`PassStats` once stopped."""
         log.info("txmail-qp daemon started on %s: %s, %d worker(s); stop with SIGTERM "
                  "or SIGINT", self.spool.path, self.watcher.describe(), self.settings.workers)
+        done = threading.Event()
+        reopener = threading.Thread(target=self._reopen_logs, args=(done,),
+                                    name="txmail-logs", daemon=True)
+        reopener.start()
         try:
             while not self.stop.is_set():
                 self._mark()
@@ -218,13 +228,29 @@ class Daemon:
                 self._sleep(delay)
                 if self.signals.hup.is_set():
                     self.signals.hup.clear()
-                    files = reopen_log_files()
-                    log.info("SIGHUP: re-opened %s; making a pass",
-                             ", ".join(files) if files else "no log files")
+                    log.info("SIGHUP: making a pass")
         finally:
             self.watcher.close()
+            done.set()
+            self.signals.reopen.set()  # ends its wait
+            reopener.join()
         self._log_stop()
         return self.totals
+
+    def _reopen_logs(self, done):
+        """``txmail-logs``: re-open the log files on each SIGHUP, also during a pass."""
+        reopen = self.signals.reopen
+        while True:
+            reopen.wait()
+            if done.is_set():
+                return
+            reopen.clear()  # a HUP from now on asks again; a storm coalesces
+            try:
+                files = reopen_log_files()
+            except OSError as exc:
+                log.error("SIGHUP: cannot re-open the log files: %s", exc)
+                continue
+            log.info("SIGHUP: re-opened %s", ", ".join(files) if files else "no log files")
 
     def _mark(self):
         try:
@@ -284,7 +310,8 @@ class Daemon:
         """
         now = self.clock()
         due = now + self.rescan
-        retry = self.spool.earliest_retry(now)  # an unknown time counts as now (due)
+        # an unknown time, or one beyond any retry delay (a clock ahead), counts as now
+        retry = self.spool.earliest_retry(now, retry_horizon(self.settings))
         if retry is not None:
             due = min(due, retry + TIMER_SLACK)
         claims_due = self.spool.next_claim_expiry(self.settings.claim_timeout, now)

@@ -20,7 +20,6 @@ a word; a finalizer logs an ERROR naming the Message-IDs instead.
 """
 from __future__ import annotations
 
-import logging
 import sys
 import weakref
 
@@ -28,7 +27,9 @@ import transaction
 from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
 from zope.interface import implementer
 
-log = logging.getLogger(__name__)
+from .printable import get_logger
+
+log = get_logger(__name__)
 
 
 def write_all(messages, write, discard, where):

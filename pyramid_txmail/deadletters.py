@@ -8,13 +8,39 @@ message, a poison file, a message whose state is unknown -- lands in
 """
 from __future__ import annotations
 
-import logging
-
 from . import events as mail_events
+from .printable import get_logger
 from .queue_state import dead_letter
 from .result import PERMANENT, RecipientResult
+from .spool import StateFileBlocked, unique_name
 
-log = logging.getLogger("pyramid_txmail.processor")
+log = get_logger("pyramid_txmail.processor")
+
+
+def bury(spool, entry, meta):
+    """Write a dead letter's state file, then move it into ``failed/``; returns its entry.
+
+    When its state file cannot be written under its name (``meta/NAME.json``
+    is a directory: :class:`~pyramid_txmail.spool.StateFileBlocked`), it is
+    dead-lettered under a new name, with that in its reason: a message whose
+    state cannot be recorded must reach a final state, never go back to the
+    queue to fail the same way each ``claim_timeout`` (issue 11, round 2,
+    finding 2).  ``dead_letter_of`` keeps the old name.
+    """
+    try:
+        spool.write_meta(entry.name, meta)
+        return spool.move(entry, "failed")
+    except StateFileBlocked as exc:
+        fresh = unique_name()
+        meta = dict(meta, reason=(f"{meta.get('reason')}; its state file "
+                                  f"meta/{entry.name}.json could not be written ({exc.strerror})"
+                                  f", so it was dead-lettered as {fresh}"))
+        meta.setdefault("dead_letter_of", entry.name)
+        spool.write_meta(fresh, meta)
+        where = spool.move(entry, "failed", new_name=fresh)
+        log.error("%s: its state file meta/%s.json could not be written (%s); "
+                  "dead-lettered as failed/%s", entry.name, entry.name, exc.strerror, fresh)
+        return where
 
 
 class DeadLetters:
@@ -32,8 +58,7 @@ class DeadLetters:
         """
         meta = self._failure_meta(job, dead, reason, now)
         if self._is_whole(job, dead):
-            self.spool.write_meta(job.entry.name, meta)
-            where = self.spool.move(job.entry, "failed")
+            where = bury(self.spool, job.entry, meta)
         else:
             where = self.spool.dead_letter_copy(
                 job.fromaddr, [r.recipient for r in dead], job.data, meta)
@@ -51,10 +76,9 @@ class DeadLetters:
         """A file that cannot be sent as it is goes to failed/ untouched, with the reason."""
         now = self.clock()
         reason = f"poison: {why}"
-        self.spool.write_meta(entry.name, dead_letter(meta, None, [], reason, now, entry.name))
-        self.spool.move(entry, "failed")
+        where = bury(self.spool, entry, dead_letter(meta, None, [], reason, now, entry.name))
         stats.failed += 1
-        log.error("dead letter failed/%s: %s", entry.name, reason)
+        log.error("dead letter failed/%s: %s", where.name, reason)
         self._dispatch([mail_events.MailFailed(None, "", (), reason=reason)])
 
     def _bury_unknown_state(self, job, stats):
@@ -70,8 +94,8 @@ class DeadLetters:
         dead = [RecipientResult(r, PERMANENT, None, "delivery state unknown")
                 for r in job.toaddrs]
         job.meta = {}
-        self.spool.write_meta(job.entry.name, self._failure_meta(job, dead, reason, now))
-        self.spool.move(job.entry, "failed")
+        where = bury(self.spool, job.entry, self._failure_meta(job, dead, reason, now))
         stats.failed += 1
-        log.error("dead letter %s to %s: %s", job.message_id, ", ".join(job.toaddrs), reason)
+        log.error("dead letter %s to %s: %s (failed/%s)", job.message_id,
+                  ", ".join(job.toaddrs), reason, where.name)
         self._dispatch([self._event(mail_events.MailFailed, job, dead, reason)])

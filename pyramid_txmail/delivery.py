@@ -8,13 +8,13 @@ direct delivery: what happens at vote, at finish and after the commit.
 """
 from __future__ import annotations
 
-import logging
 import time
 
 import transaction
 from pyramid.exceptions import ConfigurationError
 from zope.interface import implementer
 
+from .printable import get_logger
 from .datamanager import MailDataManager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .direct import DirectSenders, notifier
@@ -31,7 +31,7 @@ from .sendmail import SendmailTransport
 from .settings import DEV_DELIVERY_MODES, MailSettings
 from .spool import Spool
 
-log = logging.getLogger("pyramid_txmail")
+log = get_logger("pyramid_txmail")
 
 DIRECT_TIMEOUT = MailSettings.direct_timeout
 

@@ -22,7 +22,6 @@ subscribers behave as in production.  Nothing is ever sent over the network.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import re
 import secrets
@@ -33,6 +32,7 @@ import time
 from pyramid.exceptions import ConfigurationError
 from zope.interface import implementer
 
+from .printable import get_logger
 from . import wire
 from .datamanager import write_all
 from .events import MailQueued, MailSent
@@ -42,7 +42,7 @@ from .result import SENT, RecipientResult
 from .spool import fsync_dir
 from .testing import Outbox, SentMail, _memory_outbox_created, _record
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -32,28 +32,67 @@ fallback the committing thread waits for a free sender up to
 ``mail.direct_timeout`` and then reports them (ERROR log + MailFailed).
 
 Durability: a message is only in memory between the commit and the relay's
-reply -- as it always was with direct delivery.  Sender threads are not
-daemon threads, so a process that exits normally (a script after its commit,
-a web server shutting down) first finishes the transactions under way.  A
-process *killed* while a sender thread still waits for the relay loses that
-message's outcome (the hand-over is logged with its Message-ID); use
-``mail.delivery = queue`` where that matters.
+reply -- as it always was with direct delivery.  A process that exits
+normally (a script after its commit, a web server stopped with Ctrl-C)
+waits for the transactions under way at most ``mail.direct_timeout`` more
+(an ``atexit`` hook), then exits and logs an ERROR naming the Message-IDs
+whose outcome it never learnt.  Sender threads are daemon threads for that
+reason: as non-daemon threads they held the exit for as long as a relay
+kept them (``mail.data_timeout``, 10 minutes), and a server did not stop on
+SIGINT.  A process *killed* while a sender thread still waits for the relay
+loses that message's outcome the same way (the hand-over is logged with its
+Message-ID); use ``mail.delivery = queue`` where that matters.
 """
 from __future__ import annotations
 
-import logging
+import atexit
 import threading
 import time
 
 import transaction
 from pyramid.threadlocal import manager as threadlocals
 
+from .printable import get_logger
 from .events import dispatch
 
-log = logging.getLogger("pyramid_txmail")
+log = get_logger("pyramid_txmail")
 
 #: Sender threads per direct outbox (each holds one SMTP connection).
 MAX_SENDERS = 8
+
+#: The batches whose sender thread is still running (see :func:`_at_exit`).
+_in_flight = set()
+_in_flight_lock = threading.Lock()
+
+
+def _at_exit():
+    """At interpreter exit: wait a bounded time for the sender threads, then name
+    the messages whose outcome is lost (each batch waits at most its
+    ``mail.direct_timeout``, all together at most the longest of them)."""
+    with _in_flight_lock:
+        batches = list(_in_flight)
+    if not batches:
+        return
+    deadline = time.monotonic() + max(batch.bound for batch in batches)
+    lost = []
+    for batch in batches:
+        with batch.cond:
+            while not batch.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                batch.cond.wait(remaining)
+            if not batch.finished:
+                lost += [p.message_id for p in ([batch.current] if batch.current else [])
+                         + batch.pending]
+    if lost:
+        log.error("exiting with %d direct deliveries unfinished after waiting "
+                  "mail.direct_timeout: the outcome of %s is not known (the relay may or may "
+                  "not have them; mail.delivery = queue keeps mail across an exit)",
+                  len(lost), ", ".join(lost))
+
+
+atexit.register(_at_exit)
 
 
 class _Batch:
@@ -66,6 +105,7 @@ class _Batch:
         self.events = []  # of the messages settled while the committing thread waits
         self.finished = False
         self.abandoned = False  # the committing thread stopped waiting
+        self.bound = 0.0  # how long an exiting process waits for it (mail.direct_timeout)
 
 
 class DirectSenders:
@@ -98,9 +138,13 @@ class DirectSenders:
             if self.has_fallback or not self._slots.acquire(timeout=self.timeout):
                 return self.unsent(messages, busy)
         batch = _Batch(messages)
-        # Not a daemon thread: a process that exits normally finishes the SMTP
-        # transactions under way first (bounded by mail.timeout / data_timeout).
-        threading.Thread(target=self._work, args=(batch,), name="txmail-direct").start()
+        batch.bound = self.timeout
+        with _in_flight_lock:
+            _in_flight.add(batch)
+        # A daemon thread: an exiting process waits for it at most
+        # mail.direct_timeout (_at_exit), not for as long as the relay likes.
+        threading.Thread(target=self._work, args=(batch,), name="txmail-direct",
+                         daemon=True).start()
         with batch.cond:
             while not batch.finished:
                 remaining = deadline - time.monotonic()
@@ -136,6 +180,8 @@ class DirectSenders:
             with batch.cond:
                 batch.finished = True
                 batch.cond.notify_all()
+            with _in_flight_lock:
+                _in_flight.discard(batch)
             self._slots.release()
 
     def _send_all(self, batch):

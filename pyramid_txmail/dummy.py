@@ -12,16 +12,16 @@ include ``pyramid_txmail.testing`` is the strict mode, and raises as production 
 """
 from __future__ import annotations
 
-import logging
 
 import transaction
 
+from .printable import get_logger
 from .delivery import Delivery, Mailer
 from .devdelivery import MemoryOutbox
 from .joining import NoTransaction
 from .settings import MailSettings, _address
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The sender of a message without one: a mailer a test made itself knows none of
 #: the app's settings, so not its ``mail.default_sender`` (pyramid_mailer's

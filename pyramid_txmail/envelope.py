@@ -15,9 +15,10 @@ are written.  Three things in a message could change it on the way, and
 from __future__ import annotations
 
 import email.policy
-import logging
 
-log = logging.getLogger(__name__)
+from .printable import get_logger
+
+log = get_logger(__name__)
 
 #: The queue file's envelope lines (repoze.sendmail's format): never part of a message.
 ENVELOPE_HEADERS = ("X-Actually-From", "X-Actually-To")

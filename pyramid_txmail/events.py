@@ -13,13 +13,13 @@ never reaches the mail path: the mail is already committed, queued or sent.
 """
 from __future__ import annotations
 
-import logging
 
 from zope.interface import implementer
 
+from .printable import get_logger
 from .interfaces import IMailDeferred, IMailFailed, IMailQueued, IMailSent
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class MailEvent:

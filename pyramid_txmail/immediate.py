@@ -18,13 +18,13 @@ sent over the network.
 """
 from __future__ import annotations
 
-import logging
 import smtplib
 
+from .printable import get_logger
 from .events import MailFailed, MailSent
 from .result import TEMPORARY, DeliveryResult, RecipientResult
 
-log = logging.getLogger("pyramid_txmail")
+log = get_logger("pyramid_txmail")
 
 _HOW = {"smtp": "send_immediately", "sendmail": "send_immediately_sendmail"}
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 
 from .interfaces import IMailer as _RepozeIMailer
+from .printable import get_logger
 
 try:  # optional: only to be found by code that still imports pyramid_mailer
     from pyramid_mailer.interfaces import IMailer as PyramidMailerIMailer
 except ImportError:  # pragma: no cover - pyramid_mailer is in the testing extra
     PyramidMailerIMailer = None
 
-log = logging.getLogger("pyramid_txmail")
+log = get_logger("pyramid_txmail")
 
 _BIND_OPTIONS = ("default_sender", "transaction_manager")
 

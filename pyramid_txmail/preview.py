@@ -22,7 +22,6 @@ template engine is needed.
 from __future__ import annotations
 
 import html
-import logging
 import re
 import time
 import urllib.parse
@@ -32,10 +31,11 @@ from pyramid.httpexceptions import HTTPFound, HTTPNotFound
 from pyramid.response import Response
 from pyramid.settings import asbool
 
+from .printable import get_logger
 from . import previewsource as src
 from .settings import DEV_DELIVERY_MODES, parse_settings
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEVELOPMENT_DELIVERIES = DEV_DELIVERY_MODES  # memory, file, console, null
 DEVELOPMENT_FLAGS = ("pyramid.reload_templates", "pyramid.reload_all")

@@ -39,7 +39,6 @@ that failed, and the processor starts it with fresh retry state.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 import threading
 import time
@@ -48,10 +47,11 @@ from concurrent.futures import ThreadPoolExecutor
 import transaction
 from pyramid.threadlocal import manager as threadlocals
 
+from .printable import get_logger
 from . import events as mail_events
 from . import wire
 from .claims import Heartbeat, heartbeat_interval
-from .queue_state import checked, record_attempt
+from .queue_state import age as queue_age, checked, expired as past_max_age, record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
 from .recovery import recover
@@ -60,7 +60,7 @@ from .pass_stats import PassStats, format_duration  # noqa: F401 (public here to
 from .schedule import count_in
 from .spool import PoisonMessage, enqueued_at
 
-log = logging.getLogger("pyramid_txmail.processor")
+log = get_logger("pyramid_txmail.processor")
 
 #: Retry delays are spread by this fraction either way, so that messages
 #: deferred together by one relay outage do not all come back at once.
@@ -68,6 +68,10 @@ JITTER = 0.2
 
 #: Queue files larger than this are streamed to the relay in blocks.
 STREAM_OVER = 1 << 20
+
+#: A retry due more than retry_max (+ jitter) and this many seconds ahead was
+#: scheduled by a clock that was ahead: it is due now (:meth:`Processor.retry_horizon`).
+CLOCK_SLACK = 60.0
 
 #: Threads deleting delivered files from ``done/``: a journalling file system
 #: makes each unlink wait for the journal, and concurrent ones share a commit.
@@ -88,6 +92,12 @@ class _Job:
 
 class ClaimLost(Exception):
     """The claimed file left ``cur/`` (or was replaced) while it was being sent."""
+
+
+def retry_horizon(settings):
+    """The furthest ahead a retry is ever scheduled (retry_max plus the jitter,
+    plus a minute): a due time beyond it was set by a clock that was ahead."""
+    return settings.retry_max * (1 + JITTER) + CLOCK_SLACK
 
 
 def _summary(results):
@@ -166,16 +176,34 @@ class Processor(DeadLetters):
         """
         stats = PassStats()
         now = self.clock()
-        self.spool.reap()
-        stats.recovered = len(self.spool.recover_stale(self.settings.claim_timeout, now))
-        stats.recovered += recover(self.spool, self.settings.commit_grace,
-                                   self.settings.commit_check, self.registry, now)
+        self._housekeep("deleting delivered files in done/", self.spool.reap)
+        stats.recovered = len(self._housekeep(
+            "putting back stale claims from cur/", self.spool.recover_stale,
+            self.settings.claim_timeout, now) or ())
+        stats.recovered += self._housekeep(
+            "resolving leftovers in tmp/ and prepared/", recover, self.spool,
+            self.settings.commit_grace, self.settings.commit_check, self.registry, now) or 0
         self._deferred_now = set()  # files this pass deferred (not "skipped" as well)
         jobs = self._jobs(now, stats, stop)
         with Heartbeat(heartbeat_interval(self.settings.claim_timeout)) as self._heartbeat, \
                 ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as self._reaper:
             self._run(jobs, stats, stop)
         return stats
+
+    def _housekeep(self, what, step, *args):
+        """One housekeeping step; an error in it is logged and the pass still sends.
+
+        Each step already isolates its entries (an odd one is left and said
+        once: :mod:`pyramid_txmail.leftovers`); this is the guard behind it,
+        so that no bug or I/O error there can stop the mail (issue 11, round
+        2, finding 1: one directory in done/ stopped every pass).
+        """
+        try:
+            return step(*args)
+        except Exception:
+            log.exception("%s failed in %s; sending the queue all the same", what,
+                          self.spool.path)
+            return None
 
     def _run(self, jobs, stats, stop):
         if self.transport is not None:
@@ -226,7 +254,7 @@ class Processor(DeadLetters):
                 return
             yield "new", name
         errors = []
-        due, later = self.spool.due_files(now, errors)
+        due, later = self.spool.due_files(now, self.retry_horizon(), errors)
         stats.errors += len(errors)
         # those this very pass deferred were counted as deferred, not skipped
         stats.skipped += len(later) - count_in(later, self._deferred_now)
@@ -385,6 +413,9 @@ class Processor(DeadLetters):
             seen.get(r) or RecipientResult(r, TEMPORARY, None, "no result from the transport")
             for r in pending))
 
+    def retry_horizon(self):
+        return retry_horizon(self.settings)
+
     def _retry_delay(self, attempts):
         """Exponential backoff from retry_initial, capped at retry_max, with jitter."""
         base = min(self.settings.retry_max,  # 2 ** 64: past any retry_max, still a float
@@ -399,7 +430,7 @@ class Processor(DeadLetters):
         sent = [r for r in result.results if r.status == SENT]
         temporary = [r for r in result.results if r.status == TEMPORARY]
         permanent = [r for r in result.results if r.status not in (SENT, TEMPORARY)]
-        expired = bool(temporary) and now - self._queued_at(job) > self.settings.max_queue_time
+        expired = bool(temporary) and self._expired(job, now)
         dead = permanent + (temporary if expired else [])
         retry = [] if expired else temporary
         found = []
@@ -424,12 +455,11 @@ class Processor(DeadLetters):
         """Out of the queue now (a rename); the file is deleted in the background."""
         self._reaper.submit(self.spool.reap_path, self.spool.retire(entry, has_meta))
 
-    @staticmethod
-    def _queued_at(job):
-        """When the message entered the queue: its age counts from there, as in Postfix."""
-        meta = job.meta
-        return meta.get("queued_at") or meta.get("first_attempt") or \
-            enqueued_at(job.entry.name) or 0
+    def _expired(self, job, now):
+        """Past max_queue_time at this attempt and the one before it (see
+        :func:`pyramid_txmail.queue_state.expired`: one wrong clock reading never
+        gives a message up)."""
+        return past_max_age(job.meta, now, self.settings.max_queue_time)
 
     def _reason(self, job, permanent, expired, now):
         """One line saying why these recipients were given up."""
@@ -437,7 +467,7 @@ class Processor(DeadLetters):
         if permanent:
             parts.append("permanent failure: " + _summary(permanent))
         if expired:
-            age = format_duration(now - self._queued_at(job))
+            age = format_duration(queue_age(job.meta, now))
             parts.append(f"expired after {job.meta['attempts']} attempts over {age}: "
                          f"last error {_summary(expired)}")
         return "; ".join(parts)

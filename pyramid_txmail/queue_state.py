@@ -91,6 +91,10 @@ def record_attempt(meta, message_id, results, now, next_attempt, queued_at):
     meta["attempts"] = meta.get("attempts", 0) + 1
     meta.setdefault("queued_at", queued_at)
     meta.setdefault("first_attempt", now)
+    if not isinstance(meta["first_attempt"], (int, float)) or meta["first_attempt"] > now:
+        # recorded by a clock that was ahead: the age counts from now (the
+        # processor's _age), never from a time that has not come
+        meta["first_attempt"] = now
     meta["last_attempt"] = now
     meta["next_attempt"] = next_attempt
     meta["delivered"] = meta.get("delivered", []) + [
@@ -102,6 +106,31 @@ def record_attempt(meta, message_id, results, now, next_attempt, queued_at):
     while len(history) > HISTORY_KEEP:
         meta["earlier"] = fold(meta.get("earlier"), history.pop(0))
     return meta
+
+
+def age(meta, when):
+    """A message's age at ``when``: since it was queued (as in Postfix), or since
+    its first attempt if that is earlier (an application clock that was ahead
+    dated its enqueue in the future); never below 0.  ``first_attempt`` is
+    never later than the attempt that recorded it (:func:`record_attempt`)."""
+    starts = [t for t in (meta.get("queued_at"), meta.get("first_attempt"))
+              if isinstance(t, (int, float))]
+    return max(0.0, when - min(starts)) if starts else 0.0
+
+
+def expired(meta, now, limit):
+    """Older than ``limit`` at this attempt (``now``, recorded last in ``history``)
+    *and* at the one before it.
+
+    One reading of a clock that was ahead (10 days: issue 11, round 2,
+    finding 3) must not give a message up after a single 4yz; a clock that
+    stays wrong, or a real age, is seen twice.  This costs at most one more
+    retry (``retry_max``) past ``limit``.
+    """
+    history = meta.get("history") or ()
+    before = history[-2].get("time") if len(history) >= 2 else None
+    return (age(meta, now) > limit and isinstance(before, (int, float))
+            and age(meta, before) > limit)
 
 
 def fold(earlier, attempt):

@@ -25,17 +25,19 @@ the processor runs :func:`recover` at the start of each pass.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 
+from .deadletters import bury
+from .leftovers import report_once
+from .printable import get_logger
 from .queue_state import dead_letter
 from .regular_files import NotRegularFile, check_regular, open_regular_file
 from .result import PERMANENT, RecipientResult
 from .spool import Entry, PoisonMessage, unlink_if_present
 from .spoolscan import scan
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 def recover(spool, grace, check=None, registry=None, now=None):
     """Resolve the leftovers older than ``grace`` seconds; returns how many."""
@@ -48,7 +50,7 @@ def _old(path, grace, now):
     since it was written: it would otherwise never come of age)."""
     try:
         age = now - os.lstat(path).st_mtime
-    except FileNotFoundError:
+    except OSError:  # gone, or not ours to look at (left, like anything we cannot remove)
         return False
     return age >= grace or -age > grace
 
@@ -58,15 +60,23 @@ def _dotfiles(names):
 
 
 def _clean_tmp(spool, grace, now):
-    """Unfinished writes: files in tmp/, and state files half-written (dotfiles) in meta/.
+    """Unfinished writes: entries in tmp/, and state files half-written (dotfiles) in meta/.
 
     meta/ holds a state file per deferred message and dead letter, so it is
     listed again only when it changed (:mod:`pyramid_txmail.dirlisting`).
+    Whatever an entry is (a directory, a FIFO), it is removed when that is
+    safe and left and said once when not (:mod:`pyramid_txmail.leftovers`);
+    no entry stops the pass.
     """
     removed = 0
-    for directory, names in (("tmp", os.listdir(os.path.join(spool.path, "tmp"))),
-                             ("meta", spool.listing("meta", _dotfiles).get())):
+    for directory in ("tmp", "meta"):
         path = os.path.join(spool.path, directory)
+        try:
+            names = (os.listdir(path) if directory == "tmp"
+                     else spool.listing("meta", _dotfiles).get())
+        except OSError as exc:
+            report_once(path, f"cannot be listed ({exc.strerror}); its leftovers stay")
+            continue
         for name in names:
             if directory == "tmp" and name.startswith("."):
                 continue
@@ -150,8 +160,7 @@ def _dead_letter(spool, entry, message_id, now, asked):
     meta = dead_letter({"queued_at": os.lstat(entry.path).st_mtime}, message_id, dead,
                        reason, now, None)
     meta["in_doubt"] = True
-    spool.write_meta(entry.name, meta)
-    spool.move(entry, "failed")
+    bury(spool, entry, meta)
     log.error("in doubt %s (%s) dead-lettered: %s", entry.name, message_id, reason)
 
 
@@ -159,8 +168,7 @@ def _dead_letter_poison(spool, entry, why, now):
     """A prepared/ entry that is no message file (a FIFO, a symlink): failed/, with why."""
     reason = f"poison: {why}"
     try:
-        spool.write_meta(entry.name, dead_letter({}, None, [], reason, now, entry.name))
-        spool.move(entry, "failed")
+        bury(spool, entry, dead_letter({}, None, [], reason, now, entry.name))
     except FileNotFoundError:  # another processor resolved it first
         return
     log.error("dead letter failed/%s (left in prepared/): %s", entry.name, reason)

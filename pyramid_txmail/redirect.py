@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import re
 
+from .printable import get_logger
 from . import wire
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The header that keeps a redirected message's original envelope recipients.
 ORIGINAL_TO_HEADER = "X-Txmail-Original-To"

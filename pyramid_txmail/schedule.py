@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import bisect
 import calendar
-import logging
 import math
 import os
 import re
 import time
 from typing import NamedTuple
 
+from .printable import get_logger
 from .dirlisting import Listing
 from .queue_state import LATEST, epoch
 
-log = logging.getLogger("pyramid_txmail.processor")
+log = get_logger("pyramid_txmail.processor")
 
 SEPARATOR = "~"
 #: The shape of an indexed name: what a message name never starts with.
@@ -143,10 +143,15 @@ class DeferredIndex:
         found.sort(key=lambda s: (s.stamp or "", s.filename))
         return found
 
-    def due_files(self, now, errors=None):
+    def due_files(self, now, horizon=None, errors=None):
         """``(due, later)``: file names in ``deferred/`` due at ``now`` (earliest
         first) and the others.
 
+        With a ``horizon`` (seconds), a file due further ahead than
+        ``now + horizon`` is due now: no retry is ever scheduled that far
+        ahead (:meth:`~pyramid_txmail.processor.Processor.retry_horizon`), so
+        its time was set by a clock that was ahead, and waiting for it would
+        hold the message back by as much as the clock was wrong.
         An unindexed file's state file is read: it is due when it says so
         (or says nothing usable), else renamed to its indexed name
         (:meth:`index`).  Whatever goes wrong with one such file (an
@@ -156,12 +161,18 @@ class DeferredIndex:
         """
         indexed, unindexed = self._listing()
         split_at = bisect.bisect_left(indexed, stamp(now) + "\x7f")
-        due, later, indexed_now = list(indexed[:split_at]), indexed[split_at:], []
+        far = _far_at(indexed, now, horizon)
+        due, later, indexed_now = list(indexed[:split_at]), indexed[split_at:far], []
+        if far < len(indexed):
+            due += indexed[max(far, split_at):]
+            log.warning("%d deferred message(s) due more than %ds ahead (a clock that was "
+                        "ahead scheduled them): due now", len(indexed) - far, horizon)
         first = []
         for filename in sorted(unindexed):
             try:
                 next_attempt = self._meta_next_attempt(message_name(filename))
-                if next_attempt is None or next_attempt <= now:
+                if next_attempt is None or next_attempt <= now or _beyond(
+                        next_attempt, now, horizon):
                     first.append(filename)
                 elif self.index(filename, next_attempt):
                     log.info("indexed deferred/%s by its next attempt", filename)
@@ -174,17 +185,21 @@ class DeferredIndex:
         return first + due, (tuple(sorted(later + tuple(indexed_now))) if indexed_now
                              else later)
 
-    def earliest_retry(self, now):
+    def earliest_retry(self, now, horizon=None):
         """The earliest next attempt in ``deferred/`` (``now`` for an unknown
-        one), None when it is empty.  Reads no state file but unindexed ones'."""
+        one, or one beyond ``horizon``: :meth:`due_files`), None when it is
+        empty.  Reads no state file but unindexed ones'."""
         indexed, unindexed = self._listing()
         times = [parse_stamp(indexed[0])] if indexed else []
+        if _far_at(indexed, now, horizon) < len(indexed):
+            times.append(now)
         for filename in unindexed:
             try:
                 next_attempt = self._meta_next_attempt(message_name(filename))
             except Exception:  # the pass reports it; the daemon's rescan retries it
                 continue
-            times.append(now if next_attempt is None else next_attempt)
+            times.append(now if next_attempt is None or _beyond(next_attempt, now, horizon)
+                         else next_attempt)
         return min(times) if times else None
 
     def retry_summary(self, now):
@@ -275,6 +290,17 @@ def _split_listing(names):
         return tuple(indexed), ()
     known = set(indexed)
     return tuple(indexed), tuple(n for n in names if n not in known and n[:1] != ".")
+
+
+def _far_at(indexed, now, horizon):
+    """Where the indexed names due beyond ``now + horizon`` begin (the end: none)."""
+    if horizon is None:
+        return len(indexed)
+    return bisect.bisect_left(indexed, stamp(now + horizon) + "\x7f")
+
+
+def _beyond(next_attempt, now, horizon):
+    return horizon is not None and next_attempt > now + horizon
 
 
 def count_in(sorted_names, names):

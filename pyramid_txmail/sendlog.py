@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import logging
 
-log = logging.getLogger(__name__)
+from .printable import get_logger
+
+log = get_logger(__name__)
 
 #: The ``request.environ`` key of the list of records.
 ENVIRON_KEY = "pyramid_txmail.sends"

@@ -18,7 +18,8 @@ command line is built the way it is:
   (its ``sys_exits_softerror``): ``EX_TEMPFAIL`` (75) and ``EX_OSERR`` (71)
   are temporary -- retried from the queue; every other non-zero status,
   sysexits or not, is permanent.  A binary that could not be started, was
-  killed by a signal or did not finish within ``mail.data_timeout`` gave no
+  killed by a signal or did not finish within ``mail.data_timeout`` (then its
+  whole process group is killed: it runs in a session of its own) gave no
   verdict: temporary (the operator can fix it; a permanent failure would
   dead-letter the mail).  Every recipient gets the same
   :class:`SendmailResult`, whose ``exit_status`` and text (with the binary's
@@ -30,21 +31,23 @@ sendmail interface) and ``-i`` keeps a line holding only ``.`` in the body.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
+import selectors
+import signal
 import string
 import subprocess
 import tempfile
-import threading
+import time
 
 from zope.interface import implementer
 
+from .printable import get_logger
 from . import wire
 from .interfaces import IMailer
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 
-log = logging.getLogger("pyramid_txmail.sendmail")
+log = get_logger("pyramid_txmail.sendmail")
 
 DEFAULT_APP = "/usr/sbin/sendmail"
 #: pyramid_mailer's (repoze.sendmail's) default template; ``-t`` is dropped when used.
@@ -205,35 +208,46 @@ class SendmailTransport:
         return result
 
     def _run(self, args, data):
-        """``(exit status or None, what the binary said or why it gave no status)``."""
+        """``(exit status or None, what the binary said or why it gave no status)``.
+
+        Everything is bounded by ``self.timeout`` from the start: the binary
+        runs in a session (and process group) of its own, so that at the
+        deadline the whole group is killed -- a wrapper script's child that
+        kept stdin open would otherwise keep the pipe, and the message,
+        forever -- and stdin is written without blocking (:func:`_feed`), so
+        no write can wait past the deadline either.
+        """
+        deadline = time.monotonic() + self.timeout
         with tempfile.TemporaryFile() as output:  # a file, so a chatty binary never blocks
             try:
                 proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=output,
-                                        stderr=subprocess.STDOUT, close_fds=True)
+                                        stderr=subprocess.STDOUT, close_fds=True,
+                                        start_new_session=True)
             except OSError as exc:
                 return None, f"cannot run {args[0]}: {exc.strerror or exc}"
-            killed = []
-            timer = threading.Timer(self.timeout, lambda: (killed.append(True), proc.kill()))
-            timer.daemon = True
-            timer.start()
+            finished = False
             try:
-                try:
-                    for chunk in _lf_chunks(data):
-                        proc.stdin.write(chunk)
-                    proc.stdin.close()
-                except BrokenPipeError:  # it exited early; its status says why
-                    pass
-                exit_status = proc.wait()
+                finished = _feed(proc.stdin, _lf_chunks(data), deadline)
+                if finished:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                finished = False
             finally:
-                timer.cancel()
+                if not finished:
+                    _kill_group(proc)
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
                 if proc.poll() is None:
-                    proc.kill()
+                    _kill_group(proc)
                     proc.wait()
+            exit_status = proc.returncode
             output.seek(0)
             said = " ".join(output.read(2000).decode("utf-8", "replace").split())
-        if killed:
+        if not finished:
             return None, (f"{args[0]} did not finish within {self.timeout:g} s and was "
-                          f"killed{': ' + said if said else ''}")
+                          f"killed with its process group{': ' + said if said else ''}")
         return exit_status, said
 
     def send(self, fromaddr, toaddrs, message):
@@ -256,6 +270,50 @@ class SendmailTransport:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _feed(pipe, chunks, deadline):
+    """Write ``chunks`` to ``pipe`` and close it; False if the deadline came first.
+
+    Non-blocking writes, each after a wait for room that ends at the
+    deadline: a reader that stops reading (or a child that holds the pipe
+    without ever reading it) cannot hold the caller.  A reader that exits
+    early (broken pipe) ends the writing: its exit status says why.
+    """
+    fd = pipe.fileno()
+    os.set_blocking(fd, False)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_WRITE)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    return False
+                try:
+                    written = os.write(fd, view[:1 << 16])
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    return True
+                view = view[written:]
+    try:
+        pipe.close()
+    except BrokenPipeError:
+        pass
+    return True
+
+
+def _kill_group(proc):
+    """SIGKILL the binary's whole process group (it leads it: start_new_session).
+
+    SIGKILL, not SIGTERM: the deadline has passed, and txmail-qp's blocked
+    signal mask, which children inherit, would hold a SIGTERM back.
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def check_app(app):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import math
 import os
 import re
@@ -21,11 +20,13 @@ import stat
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
+from .printable import get_logger
+
 PREFIX = "mail."
 #: pyramid_mailer's setting that moves its keys elsewhere (``mail.`` by default).
 PREFIX_SETTING = "pyramid_mailer.prefix"
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
 #: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
@@ -45,11 +46,17 @@ def _bool(value):
     return asbool(text)
 
 
+#: Numbers are ASCII digits only: ``int()`` and ``float()`` also take ``1_000``,
+#: Arabic-Indic or full-width digits, which no ini file means as a setting.
+_WHOLE = re.compile(r"^[+-]?[0-9]+$")
+_DECIMAL = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
 def _int(value, minimum=None, maximum=None):
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError("expected a whole number") from None
+    text = str(value).strip()
+    if not _WHOLE.match(text):
+        raise ValueError("expected a whole number (digits 0-9)")
+    number = int(text)
     if minimum is not None and number < minimum:
         raise ValueError(f"expected a number >= {minimum}")
     if maximum is not None and number > maximum:
@@ -66,17 +73,25 @@ def _debug(value):
 
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 #: The longest duration accepted.  Durations end up as socket, select and lock
 #: timeouts, which overflow somewhere past 10**11 s (and NaN compares false with
 #: everything); a year is beyond any sensible mail timeout or queue lifetime.
 MAX_DURATION = 365 * 86400.0
+#: The shortest duration accepted anywhere (1 ms): below every clock and
+#: syscall granularity worth having; ``0.0000001`` is a typo, not a setting.
+#: Some keys have a floor of their own (see :func:`_at_least`).
+MIN_DURATION = 0.001
 
 
-def parse_duration(value):
-    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float), at most a year."""
+def parse_duration(value, minimum=MIN_DURATION, why=None):
+    """``"30"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"5d"`` → seconds (float), at most a year
+    and at least ``minimum``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range: 10**400
+            raise ValueError("expected a duration of at most 365d") from None
         if not math.isfinite(seconds) or seconds <= 0:
             raise ValueError("expected a positive, finite duration")
     else:
@@ -86,15 +101,22 @@ def parse_duration(value):
         seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not seconds <= MAX_DURATION:  # also inf, from 400 digits
         raise ValueError("expected a duration of at most 365d")
+    if seconds < minimum:
+        raise ValueError(f"expected at least {minimum:g}s" + (f": {why}" if why else ""))
     return seconds
 
 
-def _claim_timeout(value):
-    seconds = parse_duration(value)
-    if seconds < 1:
-        raise ValueError("expected at least 1s: a live processor refreshes its claim every "
-                         "claim_timeout/4, which needs some margin")
-    return seconds
+def _at_least(minimum, why):
+    """A duration parser with a floor of its own, and the reason for it."""
+    return lambda value: parse_duration(value, minimum, why)
+
+
+_claim_timeout = _at_least(1.0, "a live processor refreshes its claim every "
+                           "claim_timeout/4, which needs some margin")
+#: Below this, polling new/ is a busy loop.
+MIN_POLL_INTERVAL = 0.01
+#: Below this, txmail-qp could clean up a live commit's files in tmp/ or prepared/.
+MIN_COMMIT_GRACE = 60.0
 
 
 def _str(value):
@@ -135,10 +157,11 @@ MIN_RATE = 1 / 86400
 
 def _rate(value):
     """Messages per second: a finite number >= 0; 0 means no limit (None)."""
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise ValueError("expected a number") from None
+    text = str(value).strip()
+    if not _DECIMAL.match(text) and text.lower().lstrip("+-") not in ("nan", "inf",
+                                                                      "infinity"):
+        raise ValueError("expected a number (digits 0-9)")
+    number = float(text)
     if not math.isfinite(number):  # nan compares false with everything: no limit at all
         raise ValueError("expected a finite number (0 for no limit)")
     if number < 0:
@@ -234,7 +257,7 @@ def _template(value):
     template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))
     warning = without_t_warning(template)
     if warning:
-        logging.getLogger("pyramid_txmail").warning(warning)
+        get_logger("pyramid_txmail").warning("%s", warning)
     return check_template(template)
 
 
@@ -286,9 +309,10 @@ SETTINGS = (
     Setting("claim_timeout", _claim_timeout, 3600.0,
             "A message claimed by a processor that died goes back to the queue after "
             "this (a live one refreshes its claim, so a longer send keeps it); at least 1s."),
-    Setting("commit_grace", parse_duration, 3600.0,
+    Setting("commit_grace", _at_least(MIN_COMMIT_GRACE, "a shorter grace could clean up "
+                                      "the files of a commit that is still going on"), 3600.0,
             "A message a crashed process left half-committed in the spool is cleaned up "
-            "(tmp/) or resolved (prepared/) once it is this old."),
+            "(tmp/) or resolved (prepared/) once it is this old; at least 1m."),
     Setting("commit_check", _callable, None,
             "Dotted name of check(message_id, registry) -> True/False/None: did the "
             "transaction of a message left in prepared/ commit? (see README, Crashes)"),
@@ -298,7 +322,7 @@ SETTINGS = (
             "A message still undelivered after this is dead-lettered."),
     Setting("workers", lambda v: _int(v, 1, 64), 4,
             "Parallel SMTP connections of txmail-qp (each reused for many messages)."),
-    Setting("connection_max_messages", lambda v: _int(v, 1), 1000,
+    Setting("connection_max_messages", lambda v: _int(v, 1, 10 ** 9), 1000,
             "Messages sent over one SMTP connection before it is closed and reopened."),
     Setting("fallback_hosts", _hosts, None,
             "Relays tried in order when mail.host is unreachable (host or host:port, "
@@ -308,8 +332,10 @@ SETTINGS = (
     Setting("rate_limit", _rate, None,
             "Most messages per second txmail-qp sends, across all workers (unset or 0: no "
             "limit)."),
-    Setting("poll_interval", parse_duration, 1.0,
-            "txmail-qp --daemon: how often to look for new mail when inotify is unavailable."),
+    Setting("poll_interval", _at_least(MIN_POLL_INTERVAL, "polling more often is a busy "
+                                       "loop"), 1.0,
+            "txmail-qp --daemon: how often to look for new mail when inotify is unavailable; "
+            "at least 0.01s."),
     Setting("file_path", _path, None,
             "mail.delivery = file: the directory each committed message is written to as .eml."),
     Setting("top_level_directory", _str, None,
@@ -372,6 +398,11 @@ class MailSettings:
     preview_prefix: str = "/_mail"
 
 
+def _effective(values, name):
+    """The value a key will have: as set, else its default."""
+    return values[name] if name in values else getattr(MailSettings, name)
+
+
 def _check_readable_file(path):
     """Open and close ``path``: a regular file (symlinks followed, as in /etc/ssl).
 
@@ -387,6 +418,8 @@ def _check_readable_file(path):
 
 def _fail(key, value, why):
     shown = "***" if key.endswith("password") else repr(value)
+    if len(shown) > 80:  # 400 digits say nothing more than the first 40
+        shown = shown[:40] + f"... ({len(shown)} characters)"
     raise ConfigurationError(f"{key} = {shown}: {why}")
 
 
@@ -429,7 +462,7 @@ def parse_settings(settings, prefix=None, warn=True):
             continue
         try:
             values[name] = setting.parse(raw)
-        except ValueError as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             _fail(key, raw, str(exc))
         if values[name] is None:
             del values[name]
@@ -460,16 +493,27 @@ def parse_settings(settings, prefix=None, warn=True):
     if values["delivery"] == "file" and not values.get("file_path"):
         raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
                                  "set it to a directory for the .eml files")
-    timeout = values.get("timeout", MailSettings.timeout)
-    if values.get("data_timeout", MailSettings.data_timeout) < timeout:
-        _fail(prefix + "data_timeout", values.get("data_timeout"),
-              f"shorter than {prefix}timeout ({timeout:g}s): the reply to the final dot is "
-              "the one wait that must not be cut short (the relay may have the message, "
-              "and a retry would deliver it twice); set it to at least "
-              f"{prefix}timeout, 10m as RFC 5321 says")
-    if values.get("retry_max", 4000.0) < values.get("retry_initial", 300.0):
-        _fail(prefix + "retry_max", values["retry_max"],
-              f"must not be shorter than {prefix}retry_initial")
+    # Cross-checks: a key may be absent (its default applies), so each reads the
+    # effective value and blames the key that was set.
+    timeout = _effective(values, "timeout")
+    data_timeout = _effective(values, "data_timeout")
+    if data_timeout < timeout:
+        why = ("the reply to the final dot is the one wait that must not be cut short (the "
+               "relay may have the message, and a retry would deliver it twice)")
+        if "data_timeout" in values:
+            _fail(prefix + "data_timeout", data_timeout,
+                  f"shorter than {prefix}timeout ({timeout:g}s): {why}; set it to at least "
+                  f"{prefix}timeout, 10m as RFC 5321 says")
+        _fail(prefix + "timeout", timeout, f"longer than {prefix}data_timeout "
+              f"({data_timeout:g}s, the default): {why}; set {prefix}data_timeout too")
+    retry_initial = _effective(values, "retry_initial")
+    retry_max = _effective(values, "retry_max")
+    if retry_max < retry_initial:
+        if "retry_max" in values:
+            _fail(prefix + "retry_max", retry_max,
+                  f"must not be shorter than {prefix}retry_initial ({retry_initial:g}s)")
+        _fail(prefix + "retry_initial", retry_initial, f"longer than {prefix}retry_max "
+              f"({retry_max:g}s, the default); set {prefix}retry_max too")
     if values.get("keyfile") and not values.get("certfile"):
         _fail(prefix + "keyfile", values["keyfile"], f"needs {prefix}certfile (the client "
               "certificate the key belongs to)")

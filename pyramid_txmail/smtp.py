@@ -33,12 +33,12 @@ import copy
 import email.message
 import email.policy
 import email.utils
-import logging
 import smtplib
 import threading
 
 from zope.interface import implementer
 
+from .printable import get_logger
 from . import wire
 from .interfaces import IMailer
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
@@ -47,7 +47,7 @@ from .smtp_session import (Relays, SessionFailure, SessionOpener, _is_loopback, 
 
 __all__ = ["SMTPTransport", "SMTPDeliveryError"]
 
-log = logging.getLogger("pyramid_txmail.smtp")
+log = get_logger("pyramid_txmail.smtp")
 
 
 class _Stale(Exception):
@@ -424,12 +424,11 @@ class SMTPTransport:
         up here has most likely delivered it already: a retry would send
         it twice (RFC 1047).
         """
-        smtp.sock.settimeout(self.data_timeout)
+        smtp.reply_timeout = self.data_timeout  # for the whole reply, not per read
         try:
             return smtp.getreply()
         finally:
-            if smtp.sock is not None:  # smtplib closes it on an error
-                smtp.sock.settimeout(self.timeout)
+            smtp.reply_timeout = None
 
     def _rset_or_stale(self, smtp, sent=False):
         """RSET on a reused connection; a dead one raises :class:`_Stale`."""

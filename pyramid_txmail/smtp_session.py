@@ -11,16 +11,16 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
-import logging
 import smtplib
 import socket
 import ssl as _ssl
 import threading
 import time
 
+from .printable import get_logger
 from .result import TEMPORARY
 
-log = logging.getLogger("pyramid_txmail.smtp")
+log = get_logger("pyramid_txmail.smtp")
 
 #: Consecutive failures to open a session after which a relay is rested.
 FAILURES_BEFORE_REST = 3
@@ -65,11 +65,107 @@ class _RedactingMixin:
         super()._print_debug(*(self.redact(str(arg)) for arg in args))
 
 
-class _SMTP(_RedactingMixin, smtplib.SMTP):
+#: The most a single reply may bring (all its lines): a relay streaming
+#: continuation lines fast would otherwise fill memory before any deadline.
+MAX_REPLY_BYTES = 1 << 20
+#: Writes go out in pieces of at most this, each within ``mail.timeout``: a
+#: relay that stops reading times out, one that reads slower than this much
+#: per ``mail.timeout`` (about 2 KiB/s at 30 s) is given up on, as Postfix's
+#: ``smtp_min_data_rate`` does.
+SEND_PIECE = 1 << 16
+
+
+class _DeadlineReader:
+    """smtplib's ``self.file``: lines from the socket, each reply within a deadline.
+
+    smtplib reads replies with ``file.readline``, and a socket timeout
+    bounds each read only: a relay sending a continuation line (``250-``)
+    every few seconds kept a reply going forever.  Here every read waits
+    at most what is left of the reply's deadline (set by
+    :meth:`_DeadlineMixin.getreply`), so a reply ends within it, complete
+    or not.  Reading ahead is kept for the next reply (pipelining).
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = bytearray()
+        self.deadline = None
+        self.budget = 0
+
+    def start(self, seconds):
+        self.deadline = time.monotonic() + seconds
+        self.budget = MAX_REPLY_BYTES
+
+    def readline(self, limit=-1):
+        limit = limit if limit and limit > 0 else MAX_REPLY_BYTES
+        while True:
+            end = self.buffer.find(b"\n", 0, limit)
+            if end >= 0 or len(self.buffer) >= limit:
+                size = end + 1 if end >= 0 else limit
+                line = bytes(self.buffer[:size])
+                del self.buffer[:size]
+                return line
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            self.sock.settimeout(remaining)
+            data = self.sock.recv(1 << 16)
+            if not data:
+                line = bytes(self.buffer)
+                self.buffer.clear()
+                return line
+            self.budget -= len(data)
+            if self.budget < 0:
+                raise OSError(f"reply longer than {MAX_REPLY_BYTES} bytes")
+            self.buffer += data
+
+    def close(self):
+        self.buffer.clear()
+
+
+class _DeadlineMixin:
+    """Every reply within one deadline, every write in bounded pieces.
+
+    ``reply_timeout`` is the deadline of the next replies (``mail.timeout``
+    unless set; the final dot's is ``mail.data_timeout``).  After each reply
+    the socket's timeout is ``mail.timeout`` again, which bounds what
+    smtplib does directly: connect, the TLS handshake of STARTTLS (CPython
+    bounds the whole handshake by it) and ``sendall``, whose timeout is
+    for the whole call since Python 3.5.
+    """
+
+    reply_timeout = None
+
+    def getreply(self):
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("please run connect() first")
+        if not isinstance(self.file, _DeadlineReader) or self.file.sock is not self.sock:
+            self.file = _DeadlineReader(self.sock)  # new socket: STARTTLS, a reconnect
+        self.file.start(self.reply_timeout or self.timeout)
+        try:
+            return super().getreply()
+        finally:
+            if self.sock is not None:  # smtplib closes it on an error
+                self.sock.settimeout(self.timeout)
+
+    def send(self, s):
+        if isinstance(s, str):
+            s = s.encode(self.command_encoding)
+        if self.sock is None or len(s) <= SEND_PIECE:
+            return super().send(s)
+        view = memoryview(s)
+        for start in range(0, len(view), SEND_PIECE):
+            self.sock.settimeout(self.timeout)  # each piece within mail.timeout
+            super().send(bytes(view[start:start + SEND_PIECE]))
+            if self.sock is None:  # smtplib closed it
+                raise smtplib.SMTPServerDisconnected("Server not connected")
+
+
+class _SMTP(_RedactingMixin, _DeadlineMixin, smtplib.SMTP):
     pass
 
 
-class _SMTP_SSL(_RedactingMixin, smtplib.SMTP_SSL):
+class _SMTP_SSL(_RedactingMixin, _DeadlineMixin, smtplib.SMTP_SSL):
     pass
 
 

@@ -27,6 +27,7 @@ the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ import re
 import socket
 import time
 
-from . import claims, wire
+from . import claims, leftovers, wire
 from .private_dirs import make_private_dirs, why_unusable
 from .regular_files import NotRegularFile, open_regular_file
 from .queue_state import epoch
@@ -59,6 +60,19 @@ class SpoolError(OSError):
     """The spool directory cannot be used (names the path and the reason)."""
 
 
+class StateFileBlocked(OSError):
+    """``meta/NAME.json`` is taken by something no rename can replace (a directory).
+
+    Whatever put it there, the message's state cannot be recorded under its
+    name: the processor dead-letters it under a new name instead of looping
+    (:meth:`Spool.bury`).
+    """
+
+    def __init__(self, path):
+        super().__init__(errno.EISDIR, "the state file's place is taken by a directory "
+                         "(or something else no file can replace)", path)
+
+
 def fsync_dir(path):
     """fsync a directory, so that a rename or new entry in it survives a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -69,18 +83,16 @@ def fsync_dir(path):
 
 
 def unlink_if_present(path):
-    """Delete a file; one already gone (another process took it) is fine.
+    """Delete a spool entry; one already gone (another process took it) is fine.
 
+    Whatever it is: an entry that cannot be deleted (a directory with files
+    in it) is left and said once, never raised (:mod:`pyramid_txmail.leftovers`).
     Returns whether this call deleted it.
     """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True
+    return leftovers.remove(path)
 
 
-def _unique_name():
+def unique_name():
     now = time.time()
     return (f"{int(now)}.M{int(now % 1 * 1e6):06d}P{os.getpid()}"
             f"Q{next(_counter)}R{random.getrandbits(32):08x}.{_HOST}")
@@ -158,7 +170,7 @@ class Spool(DeferredIndex):
         ``message_bytes`` is ``bytes`` or a :class:`~pyramid_txmail.wire.Stream`.
         """
         while True:
-            name = _unique_name()
+            name = unique_name()
             path = os.path.join(self._dir("tmp"), name)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -311,7 +323,13 @@ class Spool(DeferredIndex):
             _unlink_quietly(tmp)
             raise
         os.close(fd)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise StateFileBlocked(final) from None
+            raise
         fsync_dir(self._dir("meta"))
 
     def drop_meta(self, name):
@@ -360,14 +378,16 @@ class Spool(DeferredIndex):
             chunks, size=layout.size, eightbit=layout.eightbit,
             message_id=layout.message_id, head_8bit=layout.head_8bit)
 
-    def move(self, entry, state):
+    def move(self, entry, state, new_name=None):
         """Move an entry to another state and fsync the target directory.
 
-        Out of ``deferred/`` the file gets its message name back (into it: :meth:`defer`).
+        Out of ``deferred/`` the file gets its message name back (into it:
+        :meth:`defer`), or ``new_name``.
         """
         if entry.claim is not None:
             entry.claim.settle()
         source, name = self.locate(entry.state, entry.name)
+        name = new_name or name
         os.rename(source, os.path.join(self._dir(state), name))
         fsync_dir(self._dir(state))
         return Entry(self, state, name)
@@ -417,7 +437,11 @@ class Spool(DeferredIndex):
     reap_path = staticmethod(unlink_if_present)
 
     def reap(self):
-        """Delete what is left in ``done/`` (delivered; e.g. after a crash)."""
+        """Delete what is left in ``done/`` (delivered; e.g. after a crash).
+
+        An entry that is not ours to delete (a directory with files in it)
+        is left there and said once (:mod:`pyramid_txmail.leftovers`).
+        """
         names = self.names("done")
         for name in names:
             self.reap_path(os.path.join(self._dir("done"), name))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import logging
 import os
 import re
 import select
@@ -27,7 +26,9 @@ import struct
 import sys
 import time
 
-log = logging.getLogger(__name__)
+from .printable import get_logger
+
+log = get_logger(__name__)
 
 WATCH_MODES = ("auto", "inotify", "poll")
 

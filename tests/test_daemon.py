@@ -471,3 +471,21 @@ def test_watch_inotify_where_it_is_unavailable_is_a_config_error(tmp_path, smtp_
     assert err.strip() == ("txmail-qp: error: --watch inotify: inotify_init1: Too many open "
                            "files; use --watch poll")
     assert smtp_server.messages == []
+
+
+def test_sighup_during_a_long_pass_reopens_the_log_file_at_once(setup_for, gated, tmp_path):
+    # probe 11b finding 7: the re-open waited for the pass to end
+    s = setup_for(gated, logging_ini=True)
+    [message_id] = s.queue()
+    proc = s.start("--workers", "1")
+    assert gated.handler.in_data.wait(WAIT)  # the pass is held at the final dot
+    log_file = tmp_path / "qp.log"
+    log_file.rename(tmp_path / "qp.log.1")
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: log_file.exists() and f"re-opened {log_file}" in log_file.read_text(),
+               what="a new qp.log while the pass still waits for the relay")
+    assert not gated.handler.gate.is_set() and proc.poll() is None
+    gated.handler.gate.set()
+    wait_until(lambda: message_id in log_file.read_text(), what="the send logged in qp.log")
+    assert s.stop(proc) == 0
+    assert "Traceback" not in log_file.read_text()

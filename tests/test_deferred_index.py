@@ -104,8 +104,10 @@ def clock():
 
 
 def settings_for(server, spool, **extra):
+    # The backlog's due times reach hours ahead: a retry_max that long keeps them
+    # within the horizon (a due time beyond any retry delay is due at once).
     raw = {"mail.host": server.host, "mail.port": str(server.port),
-           "mail.queue_path": spool.path, "mail.timeout": "10"}
+           "mail.queue_path": spool.path, "mail.timeout": "10", "mail.retry_max": "6h"}
     raw.update({"mail." + k: str(v) for k, v in extra.items()})
     return parse_settings(raw)
 

@@ -160,3 +160,47 @@ def test_without_a_fallback_the_outcome_is_reported_after_the_response(gated, se
     [failed] = [e for e in events if IMailFailed.providedBy(e)]
     assert failed.message_id == message_id and failed.request is None
     assert "deliver it twice" in failed.reason  # RFC 1047: it may have arrived
+
+
+EXITING_SCRIPT = '''
+import logging, sys, transaction
+from email.message import EmailMessage
+from pyramid.config import Configurator
+from pyramid_txmail import get_mailer
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+config = Configurator(settings={"mail.delivery": "direct", "mail.host": "127.0.0.1",
+                                "mail.port": sys.argv[1], "mail.timeout": "5",
+                                "mail.data_timeout": "300", "mail.direct_timeout": "1",
+                                "mail.default_sender": "sender@example.com"})
+config.include("pyramid_txmail")
+config.commit()
+manager = transaction.TransactionManager(explicit=True)
+mailer = get_mailer(config.registry, manager)
+msg = EmailMessage()
+msg["To"], msg["Subject"] = "bob@example.com", "exit"
+msg.set_content("hello\\n")
+with manager:
+    print("ID", mailer.send(msg), flush=True)
+'''
+
+
+def test_a_process_exiting_waits_a_bounded_time_and_names_what_it_abandons(gated, tmp_path):
+    # probe 11b finding 2: non-daemon sender threads held the exit (and a
+    # waitress stopped with SIGINT) for as long as the relay held them
+    import subprocess
+    import sys
+
+    script = tmp_path / "send_and_exit.py"
+    script.write_text(EXITING_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(gated.port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=HTTP_WAIT)  # the relay holds it for 60 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert not gated.handler.gate.is_set() and gated.handler.arrived == 1
+    message_id = out.split("ID ", 1)[1].strip()
+    assert proc.returncode == 0, err
+    assert "exiting with 1 direct deliveries unfinished" in err and message_id in err, err

@@ -67,13 +67,15 @@ def test_the_state_file_stops_growing_and_the_dead_letter_keeps_every_reason(
     assert f"{RETRIES - HISTORY_KEEP} attempts from" in shown and "451 " in shown
     assert f"  {RETRIES}. " in shown and "   1. " not in shown
 
-    clock.advance(11 * 86400)  # past max_queue_time: the deferred half is given up
+    clock.advance(11 * 86400)  # past max_queue_time: seen once, retried once more
+    assert qp.run_once().deferred == 1
+    clock.advance(86400 / 2)  # seen past it twice in a row: the deferred half is given up
     stats = qp.run_once()
     assert stats.failed == 1 and spool.names("deferred") == []
     [dead] = spool.names("failed")
     letter = spool.read_meta(dead)
-    assert letter["attempts"] == RETRIES + 1 and letter["failed_at"] == clock.now
-    assert f"expired after {RETRIES + 1} attempts" in letter["reason"]
+    assert letter["attempts"] == RETRIES + 2 and letter["failed_at"] == clock.now
+    assert f"expired after {RETRIES + 2} attempts" in letter["reason"]
     assert sorted(r["recipient"] for r in letter["recipients"]) == DEFERRED
     assert {r["code"] for r in letter["recipients"]} == {451}
     assert all(r["text"].startswith("4.2.1 mailbox busy") for r in letter["recipients"])

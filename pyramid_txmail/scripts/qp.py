@@ -22,6 +22,7 @@ import textwrap
 import plaster
 from pyramid.exceptions import ConfigurationError
 
+from ..printable import get_logger, printable
 from ..daemon import Daemon, Signals
 from ..processor import Processor
 from ..settings import SETTINGS, parse_settings, settings_prefix
@@ -34,7 +35,7 @@ EX_SOFTWARE = 1
 EX_USAGE = 2
 EX_CONFIG = 78
 
-log = logging.getLogger("pyramid_txmail.scripts.qp")
+log = get_logger("pyramid_txmail.scripts.qp")
 
 _USED = ("queue_path", "host", "port", "username", "password", "tls", "ssl", "keyfile",
          "certfile", "tls_cafile", "timeout", "data_timeout", "debug", "claim_timeout",
@@ -309,7 +310,7 @@ def main(argv=None):
         with Signals(waker, handle_hup=args.daemon, restore=argv is not None) as signals:
             return run(args, signals, waker)
     except (ConfigError, ConfigurationError) as exc:
-        message = " ".join(str(exc).split())
+        message = printable(" ".join(str(exc).split()))
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EX_CONFIG
     except Exception:

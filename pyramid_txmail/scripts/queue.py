@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -23,15 +22,17 @@ import time
 from pyramid.exceptions import ConfigurationError
 
 from .. import spool_admin as admin
+from ..printable import get_logger
 from ..settings import parse_duration, settings_prefix
 from . import queue_text
+from .queue_text import clean
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
                  open_spool, read_app_settings, setup_logging, split_uri)
 
 PROG = "txmail-queue"
 EX_FAILED = EX_SOFTWARE  # the operation failed for a message, or it was not found
 
-log = logging.getLogger("pyramid_txmail.scripts.queue")
+log = get_logger("pyramid_txmail.scripts.queue")
 
 DESCRIPTION = """\
 Look into a pyramid_txmail spool (mail.queue_path) and act on it: counts and
@@ -245,9 +246,9 @@ def cmd_show(spool, args, now):
 
 def _report_lookup_error(exc):
     """No such message, or several (listed, so that the next try can be exact)."""
-    print(f"{PROG}: {exc}", file=sys.stderr)
+    print(f"{PROG}: {clean(exc)}", file=sys.stderr)
     for m in getattr(exc, "candidates", ())[:20]:
-        print(f"  {m.name}  {admin.LABELS[m.state]}  {queue_text.clean(m.message_id)}",
+        print(f"  {clean(m.name)}  {admin.LABELS[m.state]}  {clean(m.message_id)}",
               file=sys.stderr)
 
 
@@ -265,11 +266,12 @@ def cmd_retry(spool, args, now):
         try:
             outcome = admin.retry(spool, msg)
         except (admin.Refused, admin.Vanished) as exc:
-            print(f"{PROG}: cannot retry {msg.state}/{msg.name}: {exc}", file=sys.stderr)
+            print(f"{PROG}: cannot retry {msg.state}/{clean(msg.name)}: {clean(exc)}",
+                  file=sys.stderr)
             code = EX_FAILED
             continue
         log.info("retry %s (%s): %s", msg.name, msg.message_id, outcome)
-        print(f"{msg.name}: {outcome}")
+        print(f"{clean(msg.name)}: {outcome}")
     return code
 
 
@@ -294,7 +296,7 @@ def cmd_release(spool, args, now):
         names = admin.release_stale(spool, timeout, now)
         for name in names:
             log.info("released stale claim %s", name)
-            print(f"{name}: released from cur/ to new/ (stale claim)")
+            print(f"{clean(name)}: released from cur/ to new/ (stale claim)")
         print(f"released {len(names)} stale claim{'s' if len(names) != 1 else ''}")
         return EX_OK
     targets, code = _lookup_all(spool, args.ids)
@@ -303,11 +305,12 @@ def cmd_release(spool, args, now):
         try:
             outcome = admin.release(spool, msg, timeout, args.force, now)
         except (admin.Refused, admin.Vanished) as exc:
-            print(f"{PROG}: cannot release {msg.state}/{msg.name}: {exc}", file=sys.stderr)
+            print(f"{PROG}: cannot release {msg.state}/{clean(msg.name)}: {clean(exc)}",
+                  file=sys.stderr)
             code = EX_FAILED
             continue
         log.info("release %s (%s): %s", msg.name, msg.message_id, outcome)
-        print(f"{msg.name}: {outcome}")
+        print(f"{clean(msg.name)}: {outcome}")
     return code
 
 
@@ -323,13 +326,14 @@ def cmd_purge(spool, args, now):
             try:
                 admin.purge(spool, msg)
             except (admin.Refused, admin.Vanished) as exc:
-                print(f"{PROG}: cannot purge {msg.state}/{msg.name}: {exc}", file=sys.stderr)
+                print(f"{PROG}: cannot purge {msg.state}/{clean(msg.name)}: {clean(exc)}",
+                      file=sys.stderr)
                 code = EX_FAILED
                 continue
             log.info("purged %s/%s (%s)", msg.state, msg.name, msg.message_id)
         done += 1
-        print(f"{verb} {msg.state}/{msg.name}  {queue_text.age(now - msg.settled_at)} old  "
-              f"{queue_text.clean(msg.message_id)}")
+        print(f"{verb} {msg.state}/{clean(msg.name)}  {queue_text.age(now - msg.settled_at)} old  "
+              f"{clean(msg.message_id)}")
     limit = "" if args.older_than is None else f" older than {queue_text.age(args.older_than)}"
     print(f"{verb} {done} message{'s' if done != 1 else ''} from {args.state}/{limit}")
     return code
@@ -372,20 +376,20 @@ def main(argv=None):
     try:
         return run(args)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {clean(exc)}", file=sys.stderr)
         return EX_USAGE
     except (admin.NotFound, admin.Ambiguous) as exc:  # show
         _report_lookup_error(exc)
         return EX_FAILED
     except (ConfigError, ConfigurationError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {clean(' '.join(str(exc).split()))}", file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:
         if getattr(args, "verbose", False):
             log.exception("%s: unexpected error", PROG)
         # an OSError names the file; other messages might quote anything
         what = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else type(exc).__name__
-        print(f"{PROG}: unexpected error: {what} (run with -v for the traceback)",
+        print(f"{PROG}: unexpected error: {clean(what)} (run with -v for the traceback)",
               file=sys.stderr)
         return EX_SOFTWARE
 

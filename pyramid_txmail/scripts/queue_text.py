@@ -1,31 +1,24 @@
 """How ``txmail-queue`` prints spool facts for a person (``--json`` is the other way).
 
-Everything taken from a message (addresses, headers, server replies, the
-body) passes through :func:`clean`: control characters and bidirectional
+Everything taken from a message or the spool (file names, addresses, headers,
+server replies, the body) passes through :func:`clean`: control characters and bidirectional
 overrides are shown as escapes, so a hostile Subject cannot move the cursor,
 recolour or rewrite the operator's terminal.  Times are UTC ISO 8601, ages
 like ``2h 5m``.
 """
 from __future__ import annotations
 
-import re
 import time
 
 from .. import spool_admin as admin
+from ..printable import printable
 from ..processor import format_duration
 from ..queue_state import epoch as usable_time
 
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
 def clean(text, one_line=True):
-    """Text from a message, safe to print; ``None`` is ``-``."""
-    if text is None:
-        return "-"
-    pattern = _UNSAFE_LINE if one_line else _UNSAFE
-    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}"
-                       if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", str(text))
+    """Text from a message or the spool, safe to print; ``None`` is ``-``
+    (:func:`pyramid_txmail.printable.printable`, the one helper for all output)."""
+    return printable(text, one_line)
 
 
 def when(epoch):
@@ -52,7 +45,7 @@ def _addresses(values):
 
 def status_lines(info):
     """``status``: one line per state, then the oldest message overall."""
-    lines = [f"spool: {info['spool']}"]
+    lines = [f"spool: {clean(info['spool'])}"]
     for state in admin.ALL_STATES:
         row = info["states"][state]
         line = f"  {row['label']:<12} {state + '/':<10} {row['count']:>6}"
@@ -71,14 +64,14 @@ def list_lines(found, states, now):
     """``list``: a header line and one line per message."""
     if not found:
         return [f"no messages in {', '.join(s + '/' for s in states)}"]
-    width = max(len(m.name) for m in found)
+    width = max(len(clean(m.name)) for m in found)
     lines = [f"{'ID':<{width}}  {'STATE':<11} {'AGE':>7} {'TRIES':>5}  "
              "FROM -> TO | SUBJECT | LAST ERROR"]
     for m in found:
         to = clean(m.toaddrs[0]) if m.toaddrs else "-"
         if len(m.toaddrs) > 1:
             to += f" (+{len(m.toaddrs) - 1})"
-        lines.append(f"{m.name:<{width}}  {admin.LABELS[m.state]:<11} "
+        lines.append(f"{clean(m.name):<{width}}  {admin.LABELS[m.state]:<11} "
                      f"{age(now - m.queued_at):>7} {m.attempts:>5}  "
                      f"{clean(m.fromaddr)} -> {to} | {short(m.subject, 50)} | "
                      f"{short(m.last_error, 100)}")
