@@ -267,6 +267,10 @@ class Daemon:
                 delay = ERROR_BACKOFF[-1]
                 log.warning("cannot read the retry times in %s: %s; next pass in %gs",
                             self.spool.path, exc, delay)
+            except Exception:  # a bug or an odd file must not end the daemon
+                delay = ERROR_BACKOFF[-1]
+                log.exception("cannot compute the next retry time in %s; next pass in %gs",
+                              self.spool.path, delay)
         try:
             why = self.watcher.wait(delay, self.waker)
         except WatchLost as exc:

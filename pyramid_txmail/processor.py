@@ -51,7 +51,7 @@ from .printable import get_logger
 from . import events as mail_events
 from . import wire
 from .claims import Heartbeat, heartbeat_interval
-from .queue_state import age as queue_age, expired as past_max_age, record_attempt
+from .queue_state import age as queue_age, checked, expired as past_max_age, record_attempt
 from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
 from .recovery import recover
@@ -232,15 +232,30 @@ class Processor(DeadLetters):
     def _jobs(self, now, stats, stop):
         """``(state, name)`` of every message to try in this pass, in order.
 
-        ``deferred/`` is read from its names (:mod:`pyramid_txmail.schedule`):
-        one listing, and a state file is opened only for a message that is
-        due -- a pass costs O(due), not O(deferred).
+        It runs in the workers (under their lock), so an exception here would
+        end a worker thread with a traceback on stderr only, and the pass
+        would report no error: one is counted and logged instead, and the
+        pass sends what was listed.  A problem with one deferred file is
+        that file's alone (:meth:`~pyramid_txmail.schedule.DeferredIndex.due_files`).
         """
+        try:
+            yield from self._listed_jobs(now, stats, stop)
+        except Exception:
+            stats.errors += 1
+            log.exception("cannot list the messages to send in %s; this pass sends "
+                          "what it listed before", self.spool.path)
+
+    def _listed_jobs(self, now, stats, stop):
+        """``deferred/`` is read from its names (:mod:`pyramid_txmail.schedule`):
+        one listing, and a state file is opened only for a message that is
+        due -- a pass costs O(due), not O(deferred)."""
         for name in self.spool.iter_names("new"):
             if stop is not None and stop.is_set():
                 return
             yield "new", name
-        due, later = self.spool.due_files(now, self.retry_horizon())
+        errors = []
+        due, later = self.spool.due_files(now, self.retry_horizon(), errors)
+        stats.errors += len(errors)
         # those this very pass deferred were counted as deferred, not skipped
         stats.skipped += len(later) - count_in(later, self._deferred_now)
         for filename in due:
@@ -326,8 +341,14 @@ class Processor(DeadLetters):
         self._dispatch(self._settle(job, result, stats))
 
     def _load_meta(self, entry):
-        """The state file; a dead letter put back for a retry starts afresh."""
-        meta = self.spool.read_meta(entry.name)
+        """The state file, with unusable values dropped (logged: see
+        :func:`~pyramid_txmail.queue_state.checked`); a dead letter put back
+        for a retry starts afresh."""
+        meta, problems = checked(self.spool.read_meta(entry.name))
+        if problems:
+            log.warning("%s: its state file meta/%s.json has %s, which %s not usable; "
+                        "treated as unknown", entry.name, entry.name, ", ".join(problems),
+                        "is" if len(problems) == 1 else "are")
         if "failed_at" in meta:
             log.info("%s: retrying a dead letter (was: %s)", entry.name, meta.get("reason"))
             return {"retried_after": meta.get("reason"), "queued_at": self.clock()}
@@ -397,8 +418,8 @@ class Processor(DeadLetters):
 
     def _retry_delay(self, attempts):
         """Exponential backoff from retry_initial, capped at retry_max, with jitter."""
-        base = min(self.settings.retry_max,
-                   self.settings.retry_initial * 2 ** max(attempts - 1, 0))
+        base = min(self.settings.retry_max,  # 2 ** 64: past any retry_max, still a float
+                   self.settings.retry_initial * 2 ** min(max(attempts - 1, 0), 64))
         return base * (1 + JITTER * (2 * self.rand() - 1))
 
     # -- outcomes ---------------------------------------------------------------

@@ -6,6 +6,8 @@ docstring of :mod:`pyramid_txmail.processor` describes the keys).
 """
 from __future__ import annotations
 
+import math
+
 from .result import SENT
 
 #: Attempts kept in full (every recipient's status, code and text) in
@@ -14,6 +16,69 @@ from .result import SENT
 #: 0.43 MB per retry while every attempt was kept (issue 11, finding 10d);
 #: now its size stops growing after this many attempts.
 HISTORY_KEEP = 3
+
+
+#: The latest time a state file may hold, 9999-12-31T23:59:59Z: what a
+#: ``deferred/`` stamp can spell, and far beyond any real retry.
+LATEST = 253402300799.0
+
+#: The times in a queued message's state file (epoch seconds).
+TIME_KEYS = ("queued_at", "first_attempt", "last_attempt", "next_attempt")
+#: The recipient lists: what the processor must trust to never send twice.
+RECIPIENT_KEYS = ("delivered", "failed_recipients")
+#: More attempts than this is no count a processor made (one a minute for 19 years).
+MAX_ATTEMPTS = 10 ** 7
+
+
+def epoch(value):
+    """``value`` as epoch seconds when a state file may hold it, else None.
+
+    A state file is JSON that a person (or another program) may have
+    edited: Python reads ``NaN``, ``Infinity`` and ``1e400`` in it as
+    floats, and ``true`` as a number.  Only a finite number from 1970 to
+    :data:`LATEST` is a time; anything else would make a due time that
+    never comes, or an ``OverflowError`` in ``time.gmtime``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if 0 <= value <= LATEST else None  # NaN compares False
+
+
+def checked(meta):
+    """``(meta, problems)``: a state file made safe to compute with.
+
+    A time or count that is not one (see :func:`epoch`) is dropped, so it
+    counts as unknown (a retry due now, the age from the other times),
+    and described in ``problems`` for the log.  A recipient list that is
+    not a list of addresses, or a file that is not a JSON object, leaves
+    who already got the message unknown: it is returned as
+    ``corrupt_meta`` with a ``meta_problem``, and the processor
+    dead-letters the message rather than guess.
+    """
+    if not isinstance(meta, dict):
+        return {"corrupt_meta": True, "meta_problem": "not a JSON object"}, []
+    meta, problems = dict(meta), []
+    for key in TIME_KEYS:
+        if key in meta and epoch(meta[key]) is None:
+            problems.append(f"{key} = {_shown(meta.pop(key))}")
+    attempts = meta.get("attempts")
+    if "attempts" in meta and (isinstance(attempts, bool) or not isinstance(attempts, int)
+                               or not 0 <= attempts <= MAX_ATTEMPTS):
+        problems.append(f"attempts = {_shown(meta.pop('attempts'))}")
+    for key, kind in (("history", list), ("earlier", dict)):
+        if key in meta and not isinstance(meta[key], kind):
+            problems.append(f"{key} = {_shown(meta.pop(key))}")
+    for key in RECIPIENT_KEYS:
+        value = meta.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            meta.update(corrupt_meta=True, meta_problem=f"unusable: {key} is not a list "
+                        "of addresses")
+    return meta, problems
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def record_attempt(meta, message_id, results, now, next_attempt, queued_at):

@@ -19,7 +19,13 @@ state file ``meta/NAME.json`` and every other state keep.  Why in the name:
 
 A file in ``deferred/`` without the prefix (left by an older version, or
 put there by hand) is "unindexed": its time is read from its state file,
-and the processor renames it to its indexed name once (:meth:`index`).
+and the processor renames it to its indexed name once (:meth:`index`).  So
+is a file whose prefix has the shape of a stamp but names no time
+(``20261399T999999.999Z~NAME``, made by hand): its message is ``NAME``, and
+the state file decides when it is due -- a name can never make a message
+wait for ever, nor crash the timer that reads it.  A state file's time that
+is unusable (NaN, infinite, beyond year 9999, not a number) counts as
+unknown, so the message is due (see :func:`pyramid_txmail.queue_state.epoch`).
 """
 from __future__ import annotations
 
@@ -33,11 +39,18 @@ from typing import NamedTuple
 
 from .printable import get_logger
 from .dirlisting import Listing
+from .queue_state import LATEST, epoch
 
 log = get_logger("pyramid_txmail.processor")
 
 SEPARATOR = "~"
-_STAMP = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)~(.+)\Z", re.S)
+#: The shape of an indexed name: what a message name never starts with.
+_SHAPE = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)~(.+)\Z", re.S)
+#: A stamp that names a time (ASCII digits, years 1970-9999, every field in its
+#: range); only February 29-31 and the 31st of short months need a second look.
+_VALID = re.compile(r"(?:19[7-9][0-9]|[2-9][0-9]{3})(?:0[1-9]|1[0-2])"
+                    r"(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3])[0-5][0-9][0-5][0-9]"
+                    r"\.[0-9]{3}Z~.", re.S | re.A)
 _FORMAT = "%Y%m%dT%H%M%S"
 
 
@@ -48,20 +61,38 @@ def stamp(when):
     ``next_attempt`` is exactly ``now`` is due (and none is taken more
     than a millisecond early).
     """
-    millis = math.ceil(when * 1000)
-    seconds, millis = divmod(max(millis, 0), 1000)
+    when = epoch(when)  # NaN, infinite, before 1970: now-or-earlier, so due
+    millis = math.ceil(min(LATEST, when) * 1000) if when is not None else 0
+    seconds, millis = divmod(millis, 1000)
     return time.strftime(_FORMAT, time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
 def parse_stamp(text):
-    """The epoch seconds of a :func:`stamp`."""
+    """The epoch seconds of a :func:`stamp` (ValueError if it names no time)."""
     return calendar.timegm(time.strptime(text[:15], _FORMAT)) + int(text[16:19]) / 1000
 
 
+def is_indexed(filename):
+    """True when ``filename`` is ``DUE~NAME`` with a ``DUE`` that names a time."""
+    return bool(_VALID.match(filename)) and _day_exists(filename)
+
+
+def _day_exists(filename):
+    """False for February 30th and the like (no strptime: a listing checks thousands)."""
+    return filename[6:8] <= "28" or int(filename[6:8]) <= calendar.monthrange(
+        int(filename[:4]), int(filename[4:6]))[1]
+
+
 def split(filename):
-    """``(stamp, name)`` of a file in ``deferred/``; stamp ``None`` when unindexed."""
-    match = _STAMP.match(filename)
-    return (match.group(1), match.group(2)) if match else (None, filename)
+    """``(stamp, name)`` of a file in ``deferred/``; stamp ``None`` when unindexed.
+
+    A prefix of the stamp's shape that names no time is still cut off: the
+    message is ``NAME`` (its state file ``meta/NAME.json``), merely unindexed.
+    """
+    match = _SHAPE.match(filename)
+    if match is None:
+        return None, filename
+    return (match.group(1) if is_indexed(filename) else None), match.group(2)
 
 
 def message_name(filename):
@@ -112,7 +143,7 @@ class DeferredIndex:
         found.sort(key=lambda s: (s.stamp or "", s.filename))
         return found
 
-    def due_files(self, now, horizon=None):
+    def due_files(self, now, horizon=None, errors=None):
         """``(due, later)``: file names in ``deferred/`` due at ``now`` (earliest
         first) and the others.
 
@@ -122,7 +153,11 @@ class DeferredIndex:
         its time was set by a clock that was ahead, and waiting for it would
         hold the message back by as much as the clock was wrong.
         An unindexed file's state file is read: it is due when it says so
-        (or says nothing), else renamed to its indexed name (:meth:`index`).
+        (or says nothing usable), else renamed to its indexed name
+        (:meth:`index`).  Whatever goes wrong with one such file (an
+        unreadable state file, a failed rename) stays with it: it is
+        logged with its name, appended to ``errors`` (a list, for the
+        pass's count), and the file is left as it is for a later pass.
         """
         indexed, unindexed = self._listing()
         split_at = bisect.bisect_left(indexed, stamp(now) + "\x7f")
@@ -134,13 +169,19 @@ class DeferredIndex:
                         "ahead scheduled them): due now", len(indexed) - far, horizon)
         first = []
         for filename in sorted(unindexed):
-            next_attempt = self._meta_next_attempt(filename)
-            if next_attempt is None or next_attempt <= now or _beyond(next_attempt, now,
-                                                                       horizon):
-                first.append(filename)
-            elif self.index(filename, next_attempt):
-                log.info("indexed deferred/%s by its next attempt", filename)
-                indexed_now.append(indexed_name(next_attempt, filename))
+            try:
+                next_attempt = self._meta_next_attempt(message_name(filename))
+                if next_attempt is None or next_attempt <= now or _beyond(
+                        next_attempt, now, horizon):
+                    first.append(filename)
+                elif self.index(filename, next_attempt):
+                    log.info("indexed deferred/%s by its next attempt", filename)
+                    indexed_now.append(indexed_name(next_attempt, message_name(filename)))
+            except Exception:
+                log.exception("deferred/%s: cannot find or index its next attempt; "
+                              "left as it is for a later pass", filename)
+                if errors is not None:
+                    errors.append(filename)
         return first + due, (tuple(sorted(later + tuple(indexed_now))) if indexed_now
                              else later)
 
@@ -153,7 +194,10 @@ class DeferredIndex:
         if _far_at(indexed, now, horizon) < len(indexed):
             times.append(now)
         for filename in unindexed:
-            next_attempt = self._meta_next_attempt(filename)
+            try:
+                next_attempt = self._meta_next_attempt(message_name(filename))
+            except Exception:  # the pass reports it; the daemon's rescan retries it
+                continue
             times.append(now if next_attempt is None or _beyond(next_attempt, now, horizon)
                          else next_attempt)
         return min(times) if times else None
@@ -165,19 +209,32 @@ class DeferredIndex:
         due = bisect.bisect_left(indexed, stamp(now) + "\x7f")
         times = []
         for filename in unindexed:
-            next_attempt = self._meta_next_attempt(filename)
+            try:
+                next_attempt = self._meta_next_attempt(message_name(filename))
+            except Exception:  # unreadable: counted as due, a pass will say why
+                next_attempt = None
             due += next_attempt is None or next_attempt <= now
             if next_attempt is not None:
                 times.append(next_attempt)
         if indexed:
             first = indexed[0]
-            exact = self._meta_next_attempt(message_name(first))
+            try:
+                exact = self._meta_next_attempt(message_name(first))
+            except Exception:
+                exact = None
             times.append(parse_stamp(first) if exact is None else exact)
         return due, (min(times) if times else None)
 
     def _meta_next_attempt(self, name):
-        next_attempt = self.read_meta(name).get("next_attempt")
-        return next_attempt if isinstance(next_attempt, (int, float)) else None
+        """The state file's ``next_attempt``; None when it has none that is a time."""
+        meta = self.read_meta(name)
+        next_attempt = meta.get("next_attempt") if isinstance(meta, dict) else None
+        found = epoch(next_attempt)
+        if found is None and next_attempt is not None:
+            log.warning("%s: its state file meta/%s.json has next_attempt = %r, which "
+                        "is not a time; the message counts as due", name, name,
+                        next_attempt)
+        return found
 
     def locate(self, state, name):
         """``(path, message name)`` of ``name`` (a file or message name) in ``state``."""
@@ -204,7 +261,7 @@ class DeferredIndex:
         One rename: a processor that claimed it meanwhile wins, and a crash
         leaves either name, both of which are read.
         """
-        target = indexed_name(due, filename)
+        target = indexed_name(due, message_name(filename))
         try:
             os.rename(os.path.join(self._dir("deferred"), filename),
                       os.path.join(self._dir("deferred"), target))
@@ -223,9 +280,12 @@ class DeferredIndex:
 
 
 def _split_listing(names):
-    """``(indexed, unindexed)``: DUE~NAME files sorted (by due), the others (no dotfiles)."""
-    indexed = sorted(n for n in names if n[20:21] == SEPARATOR and n[8:9] == "T"
-                     and n[19:20] == "Z" and n[:8].isdigit())
+    """``(indexed, unindexed)``: DUE~NAME files sorted (by due), the others (no dotfiles).
+
+    Only a DUE that names a time is indexed (:func:`is_indexed`): every
+    indexed name can be parsed, and sorts where its time is.
+    """
+    indexed = sorted(filter(_day_exists, filter(_VALID.match, names)))
     if len(indexed) == len(names):
         return tuple(indexed), ()
     known = set(indexed)

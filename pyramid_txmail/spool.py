@@ -39,6 +39,7 @@ import time
 from . import claims, leftovers, wire
 from .private_dirs import make_private_dirs, why_unusable
 from .regular_files import NotRegularFile, open_regular_file
+from .queue_state import epoch
 from .schedule import DeferredIndex
 from .spoolfile import (  # noqa: F401 (split_envelope is public here too)
     PoisonMessage, envelope_lines, read_envelope, split_envelope)
@@ -289,7 +290,10 @@ class Spool(DeferredIndex):
         ``meta_problem``) if it cannot be trusted."""
         try:
             with open_regular_file(os.path.join(self._dir("meta"), name + ".json")) as f:
-                return json.load(f)
+                meta = json.load(f)
+            if not isinstance(meta, dict):  # [], 42, null: every reader expects keys
+                return {"corrupt_meta": True, "meta_problem": "not a JSON object"}
+            return meta
         except FileNotFoundError:
             return {}
         except NotRegularFile as exc:
@@ -470,9 +474,13 @@ def _unlink_quietly(path):
 
 
 def enqueued_at(name):
-    """The enqueue time (epoch seconds) encoded in a queue file name, or ``None``."""
-    key = _age_key(name)[0]
-    return None if key == float("inf") else key
+    """The enqueue time (epoch seconds) encoded in a queue file name, or ``None``.
+
+    A name is anyone's to make: ``-5.M1P1.host`` parses, but as no time a
+    message could have been queued at (it would expire at once), so it is
+    ``None`` like a name with no number, and the caller falls back.
+    """
+    return epoch(_age_key(name)[0])
 
 
 def _age_key(name):

@@ -25,6 +25,7 @@ from email.parser import BytesHeaderParser
 from . import claims
 from .previewsource import header_items
 from .regular_files import NotRegularFile, open_regular_file
+from .queue_state import epoch
 from .schedule import message_name
 from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir
 from .spoolscan import scan
@@ -137,7 +138,7 @@ class QueuedMessage:
     @property
     def attempts(self):
         attempts = self.meta.get("attempts")
-        return attempts if isinstance(attempts, int) else 0
+        return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
 
     @property
     def last_error(self):
@@ -159,8 +160,8 @@ class QueuedMessage:
     @property
     def settled_at(self):
         """When it entered its state, for ``purge``: failed_at of a dead letter, else queued."""
-        failed_at = self.meta.get("failed_at")
-        if self.state == "failed" and isinstance(failed_at, (int, float)):
+        failed_at = epoch(self.meta.get("failed_at"))
+        if self.state == "failed" and failed_at is not None:
             return float(failed_at)
         return self.queued_at
 
@@ -170,8 +171,8 @@ class QueuedMessage:
                 "from": self.fromaddr, "to": list(self.toaddrs),
                 "subject": self.subject, "message_id": self.message_id,
                 "attempts": self.attempts, "last_error": self.last_error,
-                "next_attempt": self.meta.get("next_attempt") if self.state == "deferred"
-                else None}
+                "next_attempt": epoch(self.meta.get("next_attempt"))
+                if self.state == "deferred" else None}
 
 
 def queued_at(spool, state, name, filename=None):

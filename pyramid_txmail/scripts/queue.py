@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -190,7 +191,18 @@ def build_parser():
 
 
 def _json(value):
-    print(json.dumps(value, indent=2, sort_keys=True))
+    """Strict JSON: a NaN or Infinity read from a state file is printed as a string."""
+    print(json.dumps(_finite(value), indent=2, sort_keys=True, allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _print(lines):

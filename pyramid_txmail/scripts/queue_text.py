@@ -13,6 +13,7 @@ import time
 from .. import spool_admin as admin
 from ..printable import printable
 from ..processor import format_duration
+from ..queue_state import epoch as usable_time
 
 def clean(text, one_line=True):
     """Text from a message or the spool, safe to print; ``None`` is ``-``
@@ -21,8 +22,11 @@ def clean(text, one_line=True):
 
 
 def when(epoch):
-    if not isinstance(epoch, (int, float)):
+    """A state file's time as UTC; a value that is no time is shown as it is."""
+    if epoch is None:
         return "-"
+    if usable_time(epoch) is None:  # NaN, 1e20, "soon": say so, never raise
+        return f"{epoch!r} (not a time)"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
