@@ -288,6 +288,11 @@ def guard_calls(log):
     return path.read_text().splitlines() if path.exists() else []
 
 
+def guard_call_names(log):
+    """The distinct calls the guard recorded, without the pid each line ends with."""
+    return {line.split(" (pid")[0] for line in guard_calls(log)}
+
+
 def drive(script, project, root, harness, guard_log, *args, cwd=None):
     """Run one of the driver scripts (the project's real code path that sends mail)."""
     env = project_env(project, root, harness, guard_log)
