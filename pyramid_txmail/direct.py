@@ -77,11 +77,7 @@ def _at_exit():
     lost = []
     for batch in batches:
         with batch.cond:
-            while not batch.finished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                batch.cond.wait(remaining)
+            batch.wait_finished(deadline)
             if not batch.finished:
                 lost += [p.message_id for p in ([batch.current] if batch.current else [])
                          + batch.pending]
@@ -106,6 +102,15 @@ class _Batch:
         self.finished = False
         self.abandoned = False  # the committing thread stopped waiting
         self.bound = 0.0  # how long an exiting process waits for it (mail.direct_timeout)
+
+    def wait_finished(self, deadline):
+        """With ``cond`` held: wait until the batch is finished or the
+        ``time.monotonic()`` ``deadline`` has passed."""
+        while not self.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.cond.wait(remaining)
 
 
 class DirectSenders:
@@ -146,11 +151,7 @@ class DirectSenders:
         threading.Thread(target=self._work, args=(batch,), name="txmail-direct",
                          daemon=True).start()
         with batch.cond:
-            while not batch.finished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                batch.cond.wait(remaining)
+            batch.wait_finished(deadline)
             events, batch.events = batch.events, []
             if batch.finished:
                 return events

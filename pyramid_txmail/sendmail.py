@@ -252,15 +252,12 @@ class SendmailTransport:
 
     def send(self, fromaddr, toaddrs, message):
         """repoze.sendmail's IMailer: send now, raise unless sendmail took it."""
-        from .smtp import SMTPDeliveryError, _serialize
+        from .smtp import _deliver_or_raise, _serialize
 
         message_id = None
         if not isinstance(message, (bytes, wire.Stream)):
             message, message_id = _serialize(message)
-        result = self.deliver(fromaddr, toaddrs, message, message_id)
-        if not result.ok:
-            raise SMTPDeliveryError(result)
-        return result
+        return _deliver_or_raise(self, fromaddr, toaddrs, message, message_id)
 
     def close(self):
         pass

@@ -215,10 +215,7 @@ class SMTPTransport:
         message_id = None
         if isinstance(message, email.message.Message):
             message, message_id = _serialize(message)
-        result = self.deliver(fromaddr, toaddrs, message, message_id)
-        if not result.ok:
-            raise SMTPDeliveryError(result)
-        return result
+        return _deliver_or_raise(self, fromaddr, toaddrs, message, message_id)
 
     def close(self):
         """QUIT and close the connection, if one is open."""
@@ -485,6 +482,16 @@ class SMTPTransport:
         if timed_out:
             return f"no reply from {addr} within {timeout:g}s to {stage}"
         return f"connection to {addr} lost at {stage} ({exc})"
+
+
+def _deliver_or_raise(mailer, fromaddr, toaddrs, message, message_id):
+    """The end of an IMailer's ``send`` (SMTP and sendmail): ``mailer.deliver``
+    the message; its :class:`DeliveryResult`, or :class:`SMTPDeliveryError`
+    unless every recipient took it."""
+    result = mailer.deliver(fromaddr, toaddrs, message, message_id)
+    if not result.ok:
+        raise SMTPDeliveryError(result)
+    return result
 
 
 def _serialize(message):

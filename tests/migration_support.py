@@ -38,6 +38,8 @@ import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-migration"
 PYTHON = VENV / "bin" / "python"
@@ -286,6 +288,11 @@ def guard_calls(log):
     return path.read_text().splitlines() if path.exists() else []
 
 
+def guard_call_names(log):
+    """The distinct calls the guard recorded, without the pid each line ends with."""
+    return {line.split(" (pid")[0] for line in guard_calls(log)}
+
+
 def drive(script, project, root, harness, guard_log, *args, cwd=None):
     """Run one of the driver scripts (the project's real code path that sends mail)."""
     env = project_env(project, root, harness, guard_log)
@@ -299,3 +306,39 @@ def run_console_script(name, args, project, root, harness, guard_log, cwd):
     env = project_env(project, root, harness, guard_log)
     return subprocess.run([str(VENV / "bin" / name), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+def project_fixtures(project):
+    """The fixtures every project's test module uses, as ``pristine, switched, harness
+    = project_fixtures(PROJECT)``: the sdist unpacked as released; unpacked and switched,
+    with the lines the switch changed; a harness directory and its guard log."""
+
+    @pytest.fixture(scope="module")
+    def pristine(tmp_path_factory):
+        return unpack(project, tmp_path_factory.mktemp("pristine"))
+
+    @pytest.fixture(scope="module")
+    def switched(tmp_path_factory):
+        root = unpack(project, tmp_path_factory.mktemp("switched"))
+        return root, switch_tree(root)
+
+    @pytest.fixture
+    def harness(tmp_path):
+        return harness_dir(tmp_path), tmp_path / "guard.log"
+
+    return pristine, switched, harness
+
+
+def assert_suite_passes(project, root, junit, harness=None):
+    """The project's own suite, imported from ``root``, passes with ``tests_before``
+    tests; given the ``harness`` (after the switch), the guard recorded no call."""
+    # Explicit messages: pytest does not rewrite the asserts of this module.
+    env = project_env(project, root, *(harness or ()))
+    where = imported_from(project, root, env)
+    assert where.is_relative_to(root), f"{project.package} imported from {where}, not {root}"
+    result = run_suite(project, root, env, junit)
+    assert (result.passed, result.failures, result.errors) == (project.tests_before, 0, 0), \
+        result.summary()
+    if harness is not None:
+        calls = guard_calls(harness[1])
+        assert calls == [], calls

@@ -31,23 +31,14 @@ from pyramid_txmail.spool import Spool
 
 from .test_daemon import received, setup_for, wait_for_log, wait_until  # noqa: F401
 from .test_deferred_index import processor
-from .test_processor import FROM, Clock, message
+from .test_processor import FROM, clock, message, spool  # noqa: F401 -- fixtures
+from .test_queue_cli import _restore_logging  # noqa: F401 -- autouse fixture
 
 BIN = os.path.dirname(sys.executable)
 BAD_STAMPS = ["20261399T999999.999Z", "20260230T120000.000Z", "00000101T000000.000Z",
               "20261201T246000.000Z", "2026\u0661201T120000.000Z"]
 BAD_NUMBERS = ["1e20", "-1e20", "NaN", "Infinity", "-Infinity", '"soon"', "true", "[1]",
                "{}", "1e400"]
-
-
-@pytest.fixture
-def spool(tmp_path):
-    return Spool(str(tmp_path / "spool"))
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 def park(spool, filename, to, meta_text=None, msgid=None):
@@ -92,16 +83,6 @@ def queue_main(spool, capsys, *args):
         code = exc.code
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out, err)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() in-process configures logging; put the process's logging back."""
-    root, ours = logging.getLogger(), logging.getLogger("pyramid_txmail")
-    saved = (list(root.handlers), root.level, ours.level)
-    yield
-    root.handlers[:], root.level = saved[0], saved[1]
-    ours.setLevel(saved[2])
 
 
 CLI_CALLS = (["status"], ["status", "--json"], ["list"], ["list", "--json"], ["show", "ID"],

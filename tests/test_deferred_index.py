@@ -25,9 +25,8 @@ from pyramid_txmail import spool_admin as admin
 from pyramid_txmail.daemon import Daemon
 from pyramid_txmail.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
 
-from .test_processor import FROM, Clock, message, queue
+from .test_processor import FROM, clock, message, queue, spool  # noqa: F401 -- fixtures
 
 BACKLOG = 5000
 QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
@@ -91,16 +90,6 @@ def park_deferred(spool, count, first_due, step=1.0, to="later@example.org"):
                        "failed_recipients": [], "history": []}, f)
         names.append(name)
     return names
-
-
-@pytest.fixture
-def spool(tmp_path):
-    return Spool(str(tmp_path / "spool"))
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 def settings_for(server, spool, **extra):

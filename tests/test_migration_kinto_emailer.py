@@ -14,9 +14,9 @@ import json
 
 import pytest
 
-from .migration_support import (KINTO_EMAILER as PROJECT, RUN_TIMEOUT, drive, guard_calls, harness_dir,
-                               imported_from, project_env, run_console_script, run_suite,
-                               switch_tree, unpack)
+from .migration_support import (KINTO_EMAILER as PROJECT, RUN_TIMEOUT, assert_suite_passes,
+                                drive, guard_call_names, guard_calls, project_fixtures,
+                                run_console_script)
 
 SENDER = "kinto@example.com"
 KINTO_INI = """\
@@ -33,20 +33,7 @@ mail.default_sender = {sender}
 """
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return unpack(PROJECT, tmp_path_factory.mktemp("pristine"))
-
-
-@pytest.fixture(scope="module")
-def switched(tmp_path_factory):
-    root = unpack(PROJECT, tmp_path_factory.mktemp("switched"))
-    return root, switch_tree(root)
-
-
-@pytest.fixture
-def harness(tmp_path):
-    return harness_dir(tmp_path), tmp_path / "guard.log"
+pristine, switched, harness = project_fixtures(PROJECT)
 
 
 def write_ini(path, *lines):
@@ -74,11 +61,7 @@ def assert_notification(server, record_id):
 
 @pytest.mark.timeout(RUN_TIMEOUT)
 def test_before_the_switch_its_suite_passes_on_pyramid_mailer(pristine, tmp_path):
-    env = project_env(PROJECT, pristine)
-    assert imported_from(PROJECT, pristine, env).is_relative_to(pristine)
-    result = run_suite(PROJECT, pristine, env, tmp_path / "junit.xml")
-    assert (result.passed, result.failures, result.errors) == (PROJECT.tests_before, 0, 0), \
-        result.summary()
+    assert_suite_passes(PROJECT, pristine, tmp_path / "junit.xml")
 
 
 def test_before_the_switch_a_new_record_is_mailed_by_pyramid_mailer(pristine, tmp_path,
@@ -89,7 +72,7 @@ def test_before_the_switch_a_new_record_is_mailed_by_pyramid_mailer(pristine, tm
     proc = drive("drive_kinto.py", PROJECT, pristine, *harness, str(ini))
     assert proc.returncode == 0, proc.stderr
     assert_notification(smtp_server, json.loads(proc.stdout)["record"])
-    calls = {line.split(" (pid")[0] for line in guard_calls(harness[1])}
+    calls = guard_call_names(harness[1])
     assert calls == {"config.include('pyramid_mailer')", "pyramid_mailer.get_mailer",
                      "pyramid_mailer.mailer.Mailer.send_immediately"}
 
@@ -102,12 +85,7 @@ def test_the_switch_changes_only_the_include_and_the_imports(switched):
 @pytest.mark.timeout(RUN_TIMEOUT)
 def test_after_the_switch_its_suite_passes_on_pyramid_txmail(switched, tmp_path, harness):
     root, _ = switched
-    env = project_env(PROJECT, root, *harness)
-    assert imported_from(PROJECT, root, env).is_relative_to(root)
-    result = run_suite(PROJECT, root, env, tmp_path / "junit.xml")
-    assert (result.passed, result.failures, result.errors) == (PROJECT.tests_before, 0, 0), \
-        result.summary()
-    assert guard_calls(harness[1]) == []
+    assert_suite_passes(PROJECT, root, tmp_path / "junit.xml", harness)
 
 
 def test_after_the_switch_a_new_record_is_mailed_to_the_smtp_sink(switched, tmp_path,

@@ -26,8 +26,8 @@ import time
 import pytest
 
 from .reliability import record, runs
-from .test_daemon import (RECIPIENTS, GatedHandler, log_of, received, wait_for_log,
-                          wait_until)
+from .test_daemon import (RECIPIENTS, gated, log_of, received, setup_for,  # noqa: F401
+                          wait_for_log, wait_until)
 
 pytestmark = pytest.mark.reliability
 
@@ -38,26 +38,6 @@ WORKERS = 4
 START_WAIT = 90
 # What "nothing went wrong" looks like in the daemon's log.
 BAD_WORDS = ("Traceback", "RecursionError", "KeyboardInterrupt", "Exception")
-
-
-@pytest.fixture
-def gated(make_smtp_server):
-    return make_smtp_server(handler=GatedHandler())
-
-
-@pytest.fixture
-def setup_for(tmp_path):
-    from .test_daemon import Setup
-
-    made = []
-
-    def make(server, extra="", **kwargs):
-        made.append(Setup(tmp_path, server, extra, **kwargs))
-        return made[-1]
-
-    yield make
-    for setup in made:
-        setup.close()
 
 
 def _exited(pid):
