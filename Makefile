@@ -81,7 +81,7 @@ bench: install $(SMTP_SINK)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The long versions of the reliability suite (tests marked `reliability`; `make test`
-# runs the quick ones); writes docs/RELIABILITY.md.  About 7 minutes on 2 cores.
+# runs the quick ones); writes docs/RELIABILITY.md.  About 8 minutes on 2 cores.
 # A gate: property tests are derandomized (TXMAIL_HYPOTHESIS=gate, tests/reliability.py)
 # and every case found so far is pinned as an explicit example, so the same commit
 # gives the same result on every clone.  PYTHONHASHSEED=0: set order is fixed too.
