@@ -68,3 +68,12 @@ def why_unusable(directory):
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"is not writable by this user ({user_name(euid)})"
     return None
+
+
+def fsync_dir(path):
+    """fsync a directory, so that a rename or new entry in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

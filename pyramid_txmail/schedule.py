@@ -38,6 +38,7 @@ import time
 from typing import NamedTuple
 
 from .printable import get_logger
+from .private_dirs import fsync_dir
 from .dirlisting import Listing
 from .queue_state import LATEST, epoch
 
@@ -252,7 +253,7 @@ class DeferredIndex:
         if getattr(entry, "claim", None) is not None:
             entry.claim.settle()  # no heartbeat on a file that left cur/
         os.rename(entry.path, os.path.join(self._dir("deferred"), target))
-        _fsync_dir(self._dir("deferred"))
+        fsync_dir(self._dir("deferred"))
         return type(entry)(self, "deferred", target)
 
     def index(self, filename, due):
@@ -310,11 +311,3 @@ def count_in(sorted_names, names):
         i = bisect.bisect_left(sorted_names, name)
         found += i < len(sorted_names) and sorted_names[i] == name
     return found
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

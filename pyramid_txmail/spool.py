@@ -37,7 +37,8 @@ import socket
 import time
 
 from . import claims, leftovers, wire
-from .private_dirs import make_private_dirs, why_unusable
+from .private_dirs import (  # noqa: F401 (fsync_dir is public here too)
+    fsync_dir, make_private_dirs, why_unusable)
 from .regular_files import NotRegularFile, open_regular_file
 from .queue_state import epoch
 from .schedule import DeferredIndex
@@ -71,15 +72,6 @@ class StateFileBlocked(OSError):
     def __init__(self, path):
         super().__init__(errno.EISDIR, "the state file's place is taken by a directory "
                          "(or something else no file can replace)", path)
-
-
-def fsync_dir(path):
-    """fsync a directory, so that a rename or new entry in it survives a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unlink_if_present(path):
