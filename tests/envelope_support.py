@@ -7,7 +7,10 @@ a difference in quoting.
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import transaction
 from pyramid.config import Configurator
@@ -108,3 +111,24 @@ def literal_server():
     controller = server.controller
     controller.factory = lambda: LiteralSMTP(controller.handler, **controller.SMTP_kwargs)
     return server
+
+
+#: ``txmail-qp`` beside this venv's python.
+QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
+#: Runs a command as its only child and prints that child's peak RSS in KiB.
+MEASURE = ("import resource, subprocess, sys\n"
+           "done = subprocess.run(sys.argv[1:])\n"
+           "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+
+
+def run_qp_measured(tmp_path, spool, server, tag, timeout=600):
+    """One ``txmail-qp --no-app`` pass over ``spool`` into ``server``: ``(peak RSS in
+    KiB, stderr)``; the pass must exit 0."""
+    ini = tmp_path / f"qp-{tag}.ini"
+    ini.write_text(f"[app:main]\nuse = egg:pyramid_txmail\nmail.queue_path = {spool.path}\n"
+                   f"mail.host = {server.host}\nmail.port = {server.port}\n")
+    done = subprocess.run([sys.executable, "-c", MEASURE, QP, str(ini), "--no-app"],
+                          capture_output=True, text=True, timeout=timeout)
+    returncode, peak = map(int, done.stdout.split())
+    assert returncode == 0, done.stderr
+    return peak, done.stderr

@@ -28,18 +28,14 @@ import pytest
 
 from pyramid_txmail.spool import Spool
 
+from .envelope_support import MEASURE, run_qp_measured
 from .reliability import record
 from .smtpserver import SMTPServer
 
 pytestmark = pytest.mark.reliability
 
-QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 #: The size of the big header blocks: holding one even once shows in the peak.
 SIZE = 8 << 20
-#: Runs txmail-qp as its only child and prints that child's peak RSS in KiB.
-MEASURE = ("import resource, subprocess, sys\n"
-           "done = subprocess.run(sys.argv[1:])\n"
-           "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
 RECORD = b"From txmail-envelope-1 app@example.com bob@example.com\n"
 LEGACY = b"X-Actually-From: app@example.com\nX-Actually-To: bob@example.com\n"
 TOP = b"From: app@example.com\nTo: bob@example.com\nMessage-ID: <big@example.com>\n"
@@ -73,21 +69,10 @@ def _queue(spool, envelope, message):
     return name
 
 
-def _run_qp(tmp_path, spool, server, tag):
-    ini = tmp_path / f"qp-{tag}.ini"
-    ini.write_text(f"[app:main]\nuse = egg:pyramid_txmail\nmail.queue_path = {spool.path}\n"
-                   f"mail.host = {server.host}\nmail.port = {server.port}\n")
-    done = subprocess.run([sys.executable, "-c", MEASURE, QP, str(ini), "--no-app"],
-                          capture_output=True, text=True, timeout=600)
-    returncode, peak = map(int, done.stdout.split())
-    assert returncode == 0, done.stderr
-    return peak, done.stderr
-
-
 def _send(tmp_path, server, tag, envelope, message):
     spool = Spool(str(tmp_path / f"spool-{tag}"))
     _queue(spool, envelope, message)
-    peak, stderr = _run_qp(tmp_path, spool, server, tag)
+    peak, stderr = run_qp_measured(tmp_path, spool, server, tag)
     return spool, peak, stderr
 
 
@@ -157,7 +142,7 @@ def test_over_long_header_lines_of_a_sane_size_are_refolded(tmp_path, big_body):
     with SMTPServer() as server:
         spool = Spool(str(tmp_path / "spool"))
         _queue(spool, RECORD, message)
-        _, stderr = _run_qp(tmp_path, spool, server, "refold")
+        _, stderr = run_qp_measured(tmp_path, spool, server, "refold")
         assert spool.names("failed") == [] and spool.names("new") == [], stderr
         [got] = server.messages
     lines = got.data.split(b"\r\n")
@@ -177,7 +162,7 @@ def test_the_dead_letter_reason_is_in_the_state_file_as_one_line(tmp_path):
     with SMTPServer() as server:
         spool = Spool(str(tmp_path / "spool"))
         _queue(spool, RECORD, message)
-        _, stderr = _run_qp(tmp_path, spool, server, "reason")
+        _, stderr = run_qp_measured(tmp_path, spool, server, "reason")
         assert server.messages == []
     [name] = spool.names("failed")
     with open(os.path.join(spool.path, "meta", name + ".json")) as f:

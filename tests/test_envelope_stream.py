@@ -9,26 +9,18 @@ against the same process sending a small message with the same header block.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from pyramid_txmail.spool import Spool
 
+from .envelope_support import run_qp_measured
 from .reliability import record
 from .smtpserver import SMTPServer
 
 pytestmark = pytest.mark.reliability
 
-QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 BODY_LINE = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\n"
 BIG = 32 * 1024 * 1024
-#: Runs txmail-qp as its only child and prints that child's peak RSS in KiB.
-MEASURE = ("import resource, subprocess, sys\n"
-           "done = subprocess.run(sys.argv[1:])\n"
-           "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
 
 
 def _long_subject_head():
@@ -63,14 +55,8 @@ def _peak_kib(tmp_path, server, toaddrs, head, body_size):
     name = spool.write_tmp("app@example.com", toaddrs, Stream(message))
     spool.commit_tmp([name])
     del body
-    ini = tmp_path / f"qp-{body_size}.ini"
-    ini.write_text(f"[app:main]\nuse = egg:pyramid_txmail\nmail.queue_path = {spool.path}\n"
-                   f"mail.host = {server.host}\nmail.port = {server.port}\n")
-    done = subprocess.run([sys.executable, "-c", MEASURE, QP, str(ini), "--no-app"],
-                          capture_output=True, text=True, timeout=300)
-    returncode, peak = map(int, done.stdout.split())
-    assert returncode == 0, done.stderr
-    assert spool.names("new") == [] and spool.names("failed") == [], done.stderr
+    peak, stderr = run_qp_measured(tmp_path, spool, server, body_size, timeout=300)
+    assert spool.names("new") == [] and spool.names("failed") == [], stderr
     return peak
 
 
