@@ -39,7 +39,7 @@ from .outcomes import retry_horizon
 from .pass_stats import PassStats
 from .printable import get_logger
 from .queue import as_queue
-from .watch import WatchLost
+from .queue.wakeup import WatchLost
 
 log = get_logger(__name__)
 

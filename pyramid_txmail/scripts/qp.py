@@ -28,7 +28,8 @@ from ..processor import Processor
 from ..queue import open_queue
 from ..queue.interface import QueueUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
-from ..watch import WATCH_MODES, Waker, WatchUnavailable
+from ..queue.wakeup import Waker, WatchUnavailable
+from ..watch import WATCH_MODES
 
 PROG = "txmail-qp"
 EX_OK = 0
