@@ -297,5 +297,9 @@ class Processor(Outcomes):
 
 
 def _ticket_name(ticket):
-    """A candidate's name for a log line (a spool's is ``(state, name)``)."""
-    return ticket[-1] if isinstance(ticket, tuple) else ticket
+    """A candidate's name for a log line: a spool's is ``(state, name)``, another
+    backend's may be its claim already."""
+    name = getattr(ticket, "name", None)
+    if name is None and isinstance(ticket, tuple) and ticket:
+        name = ticket[-1]
+    return name if name is not None else ticket
