@@ -42,7 +42,7 @@ from .engine import make_engine, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import LeaseScope, log
 from .schema import db_epoch, outbox, outbox_chunk
-from .store import _insert, autocommit, copy_chunks, enqueue, read_chunks
+from .store import _attempts, _insert, autocommit, copy_chunks, enqueue, read_chunks
 
 #: How long delivered rows are kept by default (``mail.keep_delivered``): a day,
 #: as Rails' Solid Queue keeps finished jobs.  Long enough to answer "did the
@@ -280,10 +280,7 @@ class SqlQueue(SqlAdmin):
                 then(connection)
 
     def record(self, claimed, state):
-        attempts = state.get("attempts", 0)
-        if not isinstance(attempts, int) or isinstance(attempts, bool):
-            attempts = 0
-        self._settle(claimed, {"meta": state, "attempts": attempts})
+        self._settle(claimed, {"meta": state, "attempts": _attempts(state)})
         claimed.meta = state
 
     def retire(self, claimed, had_state=True):
@@ -303,7 +300,8 @@ class SqlQueue(SqlAdmin):
 
     def bury(self, claimed, state):
         self._settle(claimed, dict(_CLEAR_CLAIM, state="failed", meta=state,
-                                   settled_at=db_epoch(), next_attempt=None))
+                                   attempts=_attempts(state), settled_at=db_epoch(),
+                                   next_attempt=None))
         return claimed.name
 
     def bury_copy(self, fromaddr, recipients, data, state):
@@ -316,7 +314,7 @@ class SqlQueue(SqlAdmin):
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
                    "meta": state, "queued_at": db_epoch(), "settled_at": db_epoch(),
-                   "attempts": 0, "message_id": data.message_id, "size": data.size,
+                   "attempts": _attempts(state), "message_id": data.message_id, "size": data.size,
                    "chunks": count, "body": None, "eightbit": bool(data.eightbit),
                    "head_8bit": bool(data.head_8bit)}
             copy = _insert(connection, row, notify=False)
@@ -330,18 +328,24 @@ class SqlQueue(SqlAdmin):
     # -- the daemon ------------------------------------------------------------
 
     def next_due(self, settings, now, horizon=None):
-        """The earliest retry, or the earliest lease that may run out (converted from
-        the database's clock to ``now``'s); None when neither."""
+        """The earliest retry (now for one beyond ``horizon``: a clock that was ahead),
+        or the earliest lease that may run out (converted from the database's clock
+        to ``now``'s); None when neither."""
+        deferred = outbox.c.state == "deferred"
+        far = 10.0 ** 300 if horizon is None else now + horizon
         query = sa.select(
             sa.select(sa.func.min(outbox.c.next_attempt))
-            .where(outbox.c.state == "deferred").scalar_subquery(),
+            .where(deferred, outbox.c.next_attempt <= far).scalar_subquery(),
+            sa.select(sa.func.count()).select_from(outbox)
+            .where(deferred, sa.or_(outbox.c.next_attempt > far,
+                                    outbox.c.next_attempt.is_(None))).scalar_subquery(),
             sa.select(sa.func.min(outbox.c.lease_until) - db_epoch())
             .where(outbox.c.state == "in_progress").scalar_subquery())
         with autocommit(self.engine) as connection:
-            retry, lease_left = connection.execute(query).first()
-        due = []
+            retry, strays, lease_left = connection.execute(query).first()
+        due = [now] if strays else []
         if retry is not None:
-            due.append(now if horizon is not None and retry > now + horizon else retry)
+            due.append(retry)
         if lease_left is not None:
             due.append(now + max(lease_left, 0.0))
         return min(due) if due else None
