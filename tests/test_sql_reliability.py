@@ -97,7 +97,7 @@ def test_processors_killed_mid_drain_duplicate_only_what_was_in_flight(tmp_path,
     batch = max(runs(*sizes) // (2 * kills), 20)
     engine = setup_outbox(url)
     server = SMTPServer()
-    daemons, ids, in_flight, hits = [], [], set(), 0
+    daemons, ids, in_flight, holders = [], [], set(), []
     try:
         ini = write_ini(tmp_path / "qp.ini", url, server, workers=workers,
                         claim_timeout=f"{lease:g}s")
@@ -113,7 +113,8 @@ def test_processors_killed_mid_drain_duplicate_only_what_was_in_flight(tmp_path,
             victim.kill()
             held = claims_of(engine, victim.claimer)  # its claims died with it
             in_flight |= held
-            hits += bool(held)
+            if held:
+                holders.append(victim.claimer)
             daemons.append(Daemon(ini, str(tmp_path / f"qp{len(daemons)}.log")))
         wait_for(lambda: settled(engine, len(ids)) and set(ids) <= set(copies(server)),
                  "every message delivered after the kills", *daemons)
@@ -128,12 +129,15 @@ def test_processors_killed_mid_drain_duplicate_only_what_was_in_flight(tmp_path,
     assert set(duplicated) <= in_flight, set(duplicated) - in_flight
     assert sum(duplicated.values()) <= len(in_flight)
     assert outbox_states(engine) == {"delivered": len(ids)} and live_leases(engine) == 0
+    logs = "".join(d.log() for d in daemons)
+    for claimer in holders:  # the put-back says whose claim it was
+        assert f"the lease of {claimer} ran out" in logs, claimer
     engine.dispose()
     record("sql", f"txmail-qp daemons killed (kill -9) mid-drain, {name}", runs=kills,
            messages=len(ids), delivered=len(set(got) & set(ids)),
            duplicated=sum(duplicated.values()), lost=len(set(ids) - set(got)),
            detail=f"{kills} kills of one of {processes} daemons x {workers} workers, each "
-                  f"replaced; {hits} kills found claims in flight ({len(in_flight)} "
+                  f"replaced; {len(holders)} kills found claims in flight ({len(in_flight)} "
                   f"messages in all), which came back when their {lease:g}s leases ran out; "
                   "every duplicate was among them")
 
