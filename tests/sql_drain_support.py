@@ -136,9 +136,16 @@ class Daemon:
 
 
 def start_daemons(tmp_path, ini, count, first=0, extra=()):
-    daemons = [Daemon(ini, str(tmp_path / f"qp{first + i}.log"), *extra)
-               for i in range(count)]
-    return [daemon.started() for daemon in daemons]
+    """``count`` started daemons; if one fails to start (or ^C), none is left running."""
+    daemons = []
+    try:
+        for i in range(count):
+            daemons.append(Daemon(ini, str(tmp_path / f"qp{first + i}.log"), *extra))
+        return [daemon.started() for daemon in daemons]
+    except BaseException:
+        for daemon in daemons:
+            daemon.close()
+        raise
 
 
 def wait_for(condition, what, *daemons, patience=PATIENCE):
