@@ -22,12 +22,12 @@ import textwrap
 import plaster
 from pyramid.exceptions import ConfigurationError
 
-from ..printable import get_logger, printable
-from ..daemon import Daemon, Signals
-from ..processor import Processor
+from ..util.printable import get_logger, printable
+from ..processor.daemon import Daemon, Signals
+from ..processor.processor import Processor
 from ..settings import SETTINGS, parse_settings, settings_prefix
-from ..spool import Spool, SpoolError
-from ..watch import WATCH_MODES, Waker, WatchUnavailable, make_watcher
+from ..queue.maildir.spool import Spool, SpoolError
+from ..queue.maildir.watch import WATCH_MODES, Waker, WatchUnavailable, make_watcher
 
 PROG = "txmail-qp"
 EX_OK = 0

@@ -21,8 +21,8 @@ import time
 
 from pyramid.exceptions import ConfigurationError
 
-from .. import spool_admin as admin
-from ..printable import get_logger
+from ..queue.maildir import spool_admin as admin
+from ..util.printable import get_logger
 from ..settings import parse_duration, settings_prefix
 from . import queue_text
 from .queue_text import clean
