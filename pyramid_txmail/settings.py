@@ -29,7 +29,7 @@ PREFIX_SETTING = "pyramid_mailer.prefix"
 log = get_logger(__name__)
 
 DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
-#: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
+#: Deliveries for development and tests (pyramid_txmail.mailer.devdelivery): nothing is sent.
 DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
 
@@ -251,7 +251,7 @@ def _callable(value):
 
 def _template(value):
     """An argument list (split like a shell would, never run by one); see
-    :func:`pyramid_txmail.sendmail.check_template` for what is accepted."""
+    :func:`pyramid_txmail.relay.sendmail.check_template` for what is accepted."""
     from .relay.sendmail import check_template, without_t_warning
 
     template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))

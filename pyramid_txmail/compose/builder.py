@@ -11,7 +11,7 @@
 
 Attachments given as paths or file objects are never read into memory: they
 are base64-encoded block by block each time the message is written (see
-:mod:`pyramid_txmail.mimeparts`).  The structure is the one mail clients
+:mod:`pyramid_txmail.compose.mimeparts`).  The structure is the one mail clients
 expect::
 
     multipart/mixed                       (only with attachments)
@@ -226,7 +226,8 @@ class Mail:
     # -- serialization ---------------------------------------------------------------
 
     def build(self):
-        """The MIME tree as a :class:`~pyramid_txmail.mimeparts.Built` (sizes measured now)."""
+        """The MIME tree as a :class:`~pyramid_txmail.compose.mimeparts.Built`
+        (sizes measured now)."""
         if self.inlines and self.html is None:
             raise ValueError("inline parts are shown by the HTML body (cid:...): "
                              "set html= as well")

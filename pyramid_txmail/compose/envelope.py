@@ -3,7 +3,7 @@
 The envelope (MAIL FROM, RCPT TO) is what the application passed to
 ``send``, or what its address headers say when it passed none -- as they
 are written.  Three things in a message could change it on the way, and
-:func:`~pyramid_txmail.message.prepare` calls each of these first:
+:func:`~pyramid_txmail.compose.message.prepare` calls each of these first:
 
 - the message's own ``X-Actually-From:`` / ``X-Actually-To:`` lines (a
   forwarded inbound message): the queue file's envelope format, removed;

@@ -199,7 +199,7 @@ def _addresses(message, names):
     with no trace in its parse) -- the envelope would not be what the
     message says.  A value assigned as a header object was parsed when it
     was assigned; it is what the message holds (see
-    :func:`~pyramid_txmail.envelope.encoded_word_in_address`).  It is also
+    :func:`~pyramid_txmail.compose.envelope.encoded_word_in_address`).  It is also
     linear: the email package's address-list parser slices the rest of the
     string at every token, quadratic in the header (one To and 10,000 Cc took
     6 s in ``get_all``).

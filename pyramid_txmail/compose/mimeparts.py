@@ -8,7 +8,7 @@ filenames and parameters are encoded exactly as it does (RFC 2047, RFC 2231)
 block by block each time the message is written: to the spool at vote, and
 again to the SMTP socket.  Only text and HTML bodies are held in memory.
 
-The serialized form is what :class:`pyramid_txmail.wire.Stream` promises:
+The serialized form is what :class:`pyramid_txmail.compose.wire.Stream` promises:
 LF line endings, 7-bit, lines far below SMTP's 998 octets (bodies at 76-78
 columns, headers folded by the ``email`` package).
 """
@@ -379,7 +379,7 @@ class Built:
 
     def data(self, head):
         """The whole message under the header block ``head`` (LF-ended bytes,
-        ending with the blank line): bytes, or a :class:`~pyramid_txmail.wire.Stream`
+        ending with the blank line): bytes, or a :class:`~pyramid_txmail.compose.wire.Stream`
         when an attachment is read from a file."""
         if not self.streamed:
             return head + b"".join(self.chunks())

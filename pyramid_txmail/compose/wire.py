@@ -19,8 +19,8 @@ import email.policy
 import re
 from email.parser import BytesParser
 
-__all__ = ["MAX_LINE", "MAX_REFOLD", "Stream", "data_section", "to_wire", "refold_field", "needs_smtputf8",
-           "has_8bit", "message_id_of"]
+__all__ = ["MAX_LINE", "MAX_REFOLD", "Stream", "data_section", "to_wire", "refold_field",
+           "needs_smtputf8", "has_8bit", "message_id_of", "crlf_chunks"]
 
 #: The longest line SMTP allows, in octets, not counting the CRLF.
 MAX_LINE = 998

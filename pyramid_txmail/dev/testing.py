@@ -57,7 +57,7 @@ def DummyMailer(default_sender=None):  # noqa: N802 (pyramid_mailer's class name
 
     In a transaction a message reaches ``.outbox`` only when it commits (an
     abort drops it); with no transaction to join it is recorded at once, as
-    pyramid_mailer's is, with a WARNING (see :mod:`pyramid_txmail.dummy`).  A
+    pyramid_mailer's is, with a WARNING (see :mod:`pyramid_txmail.mailer.dummy`).  A
     message without a sender gets ``default_sender``, else ``nobody@example.com``:
     the test's mailer cannot know the app's ``mail.default_sender``.
     """

@@ -6,7 +6,7 @@ Enable it the way pyramid_debugtoolbar documents for extra panels::
     debugtoolbar.includes = pyramid_txmail.toolbar
 
 pyramid_debugtoolbar is an optional dependency (the ``toolbar`` extra); it is
-imported only here.  The panel turns on :mod:`pyramid_txmail.sendlog` for
+imported only here.  The panel turns on :mod:`pyramid_txmail.mailer.sendlog` for
 the requests the toolbar watches, so ``request.mailer.send`` records each
 message, and the transaction's hooks mark it committed, aborted or rolled
 back.  The toolbar's tween runs outside pyramid_tm's, so by the time the

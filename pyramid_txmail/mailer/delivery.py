@@ -68,7 +68,7 @@ class DirectOutbox(AfterCommitOutbox):
     and permanently refused ones are dead-lettered; without one they are
     reported (log + :class:`MailFailed`) -- there is nowhere to keep them.
     The committing thread waits at most ``timeout`` (``mail.direct_timeout``)
-    for the relay; see :mod:`pyramid_txmail.direct` for what happens after.
+    for the relay; see :mod:`pyramid_txmail.mailer.direct` for what happens after.
     """
 
     def __init__(self, transport_factory, fallback=None, clock=time.time, *,
@@ -162,7 +162,7 @@ class Delivery:
 
     ``send(fromaddr, toaddrs, message)`` keeps repoze.sendmail's signature and
     joins the thread-local transaction, like repoze.sendmail's deliveries
-    (but never begins one: see :mod:`pyramid_txmail.joining`).
+    (but never begins one: see :mod:`pyramid_txmail.mailer.joining`).
 
     ``outboxes`` maps what the mailer's methods use: ``"send"`` (``send``:
     ``mail.delivery``), ``"queue"`` (``send_to_queue``; ``None`` without a
@@ -208,7 +208,7 @@ class Mailer(PyramidMailerAPI):
     - ``send_sendmail(message)``: through the sendmail binary after the commit.
     - ``send_immediately(message, fail_silently=False)`` and
       ``send_immediately_sendmail(...)``: now, outside the transaction
-      (:mod:`pyramid_txmail.immediate`).
+      (:mod:`pyramid_txmail.mailer.immediate`).
 
     Each validates, encodes and redirects the same way and raises the same
     events.  The transactional ones never begin a transaction: with none to
@@ -272,7 +272,7 @@ class Mailer(PyramidMailerAPI):
 
     def _prepare(self, message, fromaddr=None, toaddrs=None):
         prepared = prepare(message, self.delivery.settings.default_sender, fromaddr, toaddrs)
-        if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.redirect
+        if self.delivery.settings.redirect_to:  # staging: see pyramid_txmail.compose.redirect
             prepared = redirect(prepared, self.delivery.settings.redirect_to)
         return prepared
 

@@ -1,6 +1,6 @@
 """Deliveries for development and tests: ``mail.delivery = memory | file | console | null``.
 
-Each is an *outbox* behind the same :class:`~pyramid_txmail.datamanager.MailDataManager`
+Each is an *outbox* behind the same :class:`~pyramid_txmail.mailer.datamanager.MailDataManager`
 as the queue, so it honours the transaction exactly as production does:
 a message is kept, written or printed only once its transaction commits,
 and dropped on abort, exception, doom, veto or savepoint rollback.  After

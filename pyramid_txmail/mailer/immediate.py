@@ -34,7 +34,7 @@ class DeliveryFailed(smtplib.SMTPException):
 
     A subclass of :class:`smtplib.SMTPException` (and so of ``OSError`` /
     ``socket.error``), which is what code written for pyramid_mailer
-    catches.  ``result`` is the :class:`~pyramid_txmail.result.DeliveryResult`:
+    catches.  ``result`` is the :class:`~pyramid_txmail.relay.result.DeliveryResult`:
     who accepted, who refused, with the SMTP reply or the sendmail exit status.
     """
 

@@ -1,7 +1,7 @@
 """``txmail-qp --daemon``: pass after pass over the spool until SIGTERM or SIGINT.
 
 The loop is: mark the watcher, run a pass, then sleep until new mail
-arrives in ``new/`` (see :mod:`pyramid_txmail.watch`), or a timer comes
+arrives in ``new/`` (see :mod:`pyramid_txmail.queue.maildir.watch`), or a timer comes
 due -- the earliest deferred message's ``next_attempt``, the moment the
 oldest foreign claim in ``cur/`` turns stale (``mail.claim_timeout``), and
 at the latest :data:`RESCAN_INTERVAL` -- or a signal arrives.
@@ -185,12 +185,12 @@ class Signals:
 class Daemon:
     """Runs ``run_pass(stop) -> PassStats`` whenever there may be work.
 
-    ``run_pass`` is normally a :class:`~pyramid_txmail.processor.Processor`'s
+    ``run_pass`` is normally a :class:`~pyramid_txmail.processor.processor.Processor`'s
     ``run_once``: it finishes the messages in flight once ``stop`` is set,
     and closes its SMTP connections before it returns.  ``watcher`` is a
-    :mod:`pyramid_txmail.watch` watcher on ``new/``; ``signals`` a
+    :mod:`pyramid_txmail.queue.maildir.watch` watcher on ``new/``; ``signals`` a
     :class:`Signals` (its ``stop`` and ``hup`` events); ``waker`` the
-    :class:`~pyramid_txmail.watch.Waker` that signals poke.
+    :class:`~pyramid_txmail.queue.maildir.watch.Waker` that signals poke.
     """
 
     def __init__(self, spool, settings, run_pass, watcher, signals, waker, *,

@@ -16,7 +16,7 @@ class PassStats:
     ``skipped``: deferred messages not yet due, or claimed by another
     process first; ``recovered``: stale claims put back into ``new/``, and
     what crashed senders left in ``tmp/`` and ``prepared/``, cleaned up or
-    resolved (:mod:`pyramid_txmail.recovery`);
+    resolved (:mod:`pyramid_txmail.queue.maildir.recovery`);
     ``errors``: messages whose handling raised unexpectedly (logged; the
     file stays claimed in ``cur/`` until ``claim_timeout`` puts it back).
     """

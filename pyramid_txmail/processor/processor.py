@@ -15,7 +15,7 @@ its first attempt is simply retired (renamed into ``done/``); a crash just
 before that sends it once more, as after any crash mid-send::
 
     deliver → meta (attempts, delivered) → dead-letter copy → meta (failed)
-            → remove | move to deferred/DUE~NAME (see :mod:`pyramid_txmail.schedule`)
+            → remove | move to deferred/DUE~NAME (queue/maildir/schedule.py)
 
 State file of a message waiting in ``new/``, ``cur/`` or ``deferred/``::
 
@@ -51,7 +51,8 @@ from ..util.printable import get_logger
 from .. import events as mail_events
 from ..compose import wire
 from ..queue.maildir.claims import Heartbeat, heartbeat_interval
-from ..queue.maildir.queue_state import age as queue_age, checked, expired as past_max_age, record_attempt
+from ..queue.maildir.queue_state import (age as queue_age, checked, expired as past_max_age,
+                                         record_attempt)
 from ..relay.result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .ratelimit import RateLimiter
 from ..queue.maildir.recovery import recover
@@ -105,7 +106,7 @@ def _summary(results):
 
 
 class Processor(DeadLetters):
-    """Delivers what is in a :class:`~pyramid_txmail.spool.Spool` through transports.
+    """Delivers what is in a :class:`~pyramid_txmail.queue.maildir.spool.Spool` through transports.
 
     ``transport`` is ``None`` (an SMTP transport per worker, from
     ``settings``, sharing which relays are resting; the sendmail binary with
@@ -194,7 +195,7 @@ class Processor(DeadLetters):
         """One housekeeping step; an error in it is logged and the pass still sends.
 
         Each step already isolates its entries (an odd one is left and said
-        once: :mod:`pyramid_txmail.leftovers`); this is the guard behind it,
+        once: :mod:`pyramid_txmail.queue.maildir.leftovers`); this is the guard behind it,
         so that no bug or I/O error there can stop the mail (issue 11, round
         2, finding 1: one directory in done/ stopped every pass).
         """
@@ -236,7 +237,7 @@ class Processor(DeadLetters):
         end a worker thread with a traceback on stderr only, and the pass
         would report no error: one is counted and logged instead, and the
         pass sends what was listed.  A problem with one deferred file is
-        that file's alone (:meth:`~pyramid_txmail.schedule.DeferredIndex.due_files`).
+        that file's alone (:meth:`~pyramid_txmail.queue.maildir.schedule.DeferredIndex.due_files`).
         """
         try:
             yield from self._listed_jobs(now, stats, stop)
@@ -246,7 +247,7 @@ class Processor(DeadLetters):
                           "what it listed before", self.spool.path)
 
     def _listed_jobs(self, now, stats, stop):
-        """``deferred/`` is read from its names (:mod:`pyramid_txmail.schedule`):
+        """``deferred/`` is read from its names (:mod:`pyramid_txmail.queue.maildir.schedule`):
         one listing, and a state file is opened only for a message that is
         due -- a pass costs O(due), not O(deferred)."""
         for name in self.spool.iter_names("new"):
@@ -342,7 +343,7 @@ class Processor(DeadLetters):
 
     def _load_meta(self, entry):
         """The state file, with unusable values dropped (logged: see
-        :func:`~pyramid_txmail.queue_state.checked`); a dead letter put back
+        :func:`~pyramid_txmail.queue.maildir.queue_state.checked`); a dead letter put back
         for a retry starts afresh."""
         meta, problems = checked(self.spool.read_meta(entry.name))
         if problems:
@@ -457,7 +458,7 @@ class Processor(DeadLetters):
 
     def _expired(self, job, now):
         """Past max_queue_time at this attempt and the one before it (see
-        :func:`pyramid_txmail.queue_state.expired`: one wrong clock reading never
+        :func:`pyramid_txmail.queue.maildir.queue_state.expired`: one wrong clock reading never
         gives a message up)."""
         return past_max_age(job.meta, now, self.settings.max_queue_time)
 

@@ -165,7 +165,7 @@ def _lf_chunks(data):
 class SendmailTransport:
     """Deliver by piping each message to the sendmail binary (one process each).
 
-    Same interface as :class:`~pyramid_txmail.smtp.SMTPTransport`:
+    Same interface as :class:`~pyramid_txmail.relay.smtp.SMTPTransport`:
     ``deliver(fromaddr, toaddrs, data, message_id=None) -> DeliveryResult``,
     which never raises for a delivery problem.
     """

@@ -9,10 +9,10 @@ connection is closed and a new one opened.  When the server offers
 PIPELINING (RFC 2920), RSET, MAIL, RCPT and DATA go out in one write, so a
 message costs two round trips instead of four or more.  Every recipient
 still gets its own reply code.  Opening the session (TLS, AUTH) is
-:mod:`pyramid_txmail.smtp_session`'s job.
+:mod:`pyramid_txmail.relay.smtp_session`'s job.
 
 :meth:`SMTPTransport.deliver` never raises for a network, TLS, AUTH or SMTP
-problem: it returns a :class:`~pyramid_txmail.result.DeliveryResult` with
+problem: it returns a :class:`~pyramid_txmail.relay.result.DeliveryResult` with
 one result per recipient, classified as RFC 5321 and Postfix do:
 
 * 2yz after the final dot: sent.
@@ -25,7 +25,7 @@ one result per recipient, classified as RFC 5321 and Postfix do:
 
 ``mail.tls = true`` means STARTTLS is required: a server that does not offer
 it gets nothing, not a plaintext copy.  The message may be ``bytes`` or a
-:class:`~pyramid_txmail.wire.Stream`, which is sent block by block.
+:class:`~pyramid_txmail.compose.wire.Stream`, which is sent block by block.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ class SMTPTransport:
 
     Not for concurrent use from several threads at once (calls are
     serialised by a lock); give each worker its own transport, and the same
-    :class:`~pyramid_txmail.smtp_session.Relays` so they share which relays
+    :class:`~pyramid_txmail.relay.smtp_session.Relays` so they share which relays
     are resting.
     """
 

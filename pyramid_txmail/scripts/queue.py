@@ -3,7 +3,7 @@
 ``status``, ``list`` and ``show`` only read; ``retry`` puts dead letters (or
 deferred mail) back into ``new/``; ``release`` puts back a claim whose
 processor died; ``purge`` deletes old dead letters.  All of
-it is safe while ``txmail-qp`` runs (see :mod:`pyramid_txmail.spool_admin`,
+it is safe while ``txmail-qp`` runs (see :mod:`pyramid_txmail.queue.maildir.spool_admin`,
 which does the work; this module parses arguments and prints).
 
 It reads only the ``mail.*`` settings of the ini's ``[app:NAME]`` section --

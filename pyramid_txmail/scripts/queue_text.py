@@ -17,7 +17,7 @@ from ..queue.maildir.queue_state import epoch as usable_time
 
 def clean(text, one_line=True):
     """Text from a message or the spool, safe to print; ``None`` is ``-``
-    (:func:`pyramid_txmail.printable.printable`, the one helper for all output)."""
+    (:func:`pyramid_txmail.util.printable.printable`, the one helper for all output)."""
     return printable(text, one_line)
 
 

@@ -5,7 +5,7 @@ A claim is the rename of ``new/NAME`` (or ``deferred/NAME``) into
 being taken -- a second ``txmail-qp`` taking it sends the message twice:
 
 - **the lock**: the claimer opens the file (``O_NOFOLLOW|O_NONBLOCK``, see
-  :mod:`pyramid_txmail.regular_files`; read-write where it may, as an exclusive
+  :mod:`pyramid_txmail.util.regular_files`; read-write where it may, as an exclusive
   lock over NFS is a POSIX write lock) and takes ``flock(LOCK_EX)`` on it
   *before* the rename, and keeps that fd open until the message has left
   ``cur/``.  The kernel drops the lock when the process dies, however it

@@ -1,6 +1,6 @@
 """Dead letters: how the processor moves what it gives up on into ``failed/``.
 
-A mixin of :class:`pyramid_txmail.processor.Processor` (it uses the
+A mixin of :class:`pyramid_txmail.processor.processor.Processor` (it uses the
 processor's ``spool``, ``clock``, ``_event`` and ``_dispatch``), kept apart
 because it is one job: whatever is given up -- some recipients, a whole
 message, a poison file, a message whose state is unknown -- lands in
@@ -21,7 +21,7 @@ def bury(spool, entry, meta):
     """Write a dead letter's state file, then move it into ``failed/``; returns its entry.
 
     When its state file cannot be written under its name (``meta/NAME.json``
-    is a directory: :class:`~pyramid_txmail.spool.StateFileBlocked`), it is
+    is a directory: :class:`~pyramid_txmail.queue.maildir.spool.StateFileBlocked`), it is
     dead-lettered under a new name, with that in its reason: a message whose
     state cannot be recorded must reach a final state, never go back to the
     queue to fail the same way each ``claim_timeout`` (issue 11, round 2,

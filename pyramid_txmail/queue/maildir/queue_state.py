@@ -2,7 +2,7 @@
 
 Both the processor and direct delivery's fallback record attempts and dead
 letters; these two functions keep the format theirs in common (the module
-docstring of :mod:`pyramid_txmail.processor` describes the keys).
+docstring of :mod:`pyramid_txmail.processor.processor` describes the keys).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A committing transaction writes each message into ``tmp/`` and fsyncs it,
 renames it into ``prepared/`` when the data manager votes, and into ``new/``
 when the transaction finishes.  We vote before any database commits (see
-:mod:`pyramid_txmail.datamanager`), so a process killed at any point leaves:
+:mod:`pyramid_txmail.mailer.datamanager`), so a process killed at any point leaves:
 
 - a file in ``tmp/``: its transaction never got past our vote, so it never
   committed.  Once older than ``mail.commit_grace`` it is deleted.
@@ -63,9 +63,9 @@ def _clean_tmp(spool, grace, now):
     """Unfinished writes: entries in tmp/, and state files half-written (dotfiles) in meta/.
 
     meta/ holds a state file per deferred message and dead letter, so it is
-    listed again only when it changed (:mod:`pyramid_txmail.dirlisting`).
+    listed again only when it changed (:mod:`pyramid_txmail.util.dirlisting`).
     Whatever an entry is (a directory, a FIFO), it is removed when that is
-    safe and left and said once when not (:mod:`pyramid_txmail.leftovers`);
+    safe and left and said once when not (:mod:`pyramid_txmail.queue.maildir.leftovers`);
     no entry stops the pass.
     """
     removed = 0
@@ -138,7 +138,7 @@ def _ask(check, message_id, registry, name):
 def _message_id(path):
     """The Message-ID of a queue file, found in its header block however long its
     envelope (a record of thousands of recipients comes first) or the header block
-    (neither is held in memory: :func:`~pyramid_txmail.spoolscan.scan`)."""
+    (neither is held in memory: :func:`~pyramid_txmail.queue.maildir.spoolscan.scan`)."""
     try:
         with open_regular_file(path) as f:
             return scan(f).message_id

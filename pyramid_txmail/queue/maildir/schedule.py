@@ -25,7 +25,7 @@ is a file whose prefix has the shape of a stamp but names no time
 the state file decides when it is due -- a name can never make a message
 wait for ever, nor crash the timer that reads it.  A state file's time that
 is unusable (NaN, infinite, beyond year 9999, not a number) counts as
-unknown, so the message is due (see :func:`pyramid_txmail.queue_state.epoch`).
+unknown, so the message is due (see :func:`pyramid_txmail.queue.maildir.queue_state.epoch`).
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class Scheduled(NamedTuple):
 
 
 class DeferredIndex:
-    """The ``deferred/`` half of :class:`~pyramid_txmail.spool.Spool` (a mixin).
+    """The ``deferred/`` half of :class:`~pyramid_txmail.queue.maildir.spool.Spool` (a mixin).
 
     Uses the spool's ``_dir`` and ``read_meta``; kept apart because it is one
     job: the schedule in the names.  A pass or the daemon's timer costs one
@@ -126,7 +126,7 @@ class DeferredIndex:
     """
 
     def listing(self, state, parse=tuple):
-        """A state directory's :class:`~pyramid_txmail.dirlisting.Listing`, one per
+        """A state directory's :class:`~pyramid_txmail.util.dirlisting.Listing`, one per
         spool object, so it is listed again only when it changed."""
         listings = self.__dict__.setdefault("_listings", {})
         if (state, parse) not in listings:
@@ -150,7 +150,7 @@ class DeferredIndex:
 
         With a ``horizon`` (seconds), a file due further ahead than
         ``now + horizon`` is due now: no retry is ever scheduled that far
-        ahead (:meth:`~pyramid_txmail.processor.Processor.retry_horizon`), so
+        ahead (:meth:`~pyramid_txmail.processor.processor.Processor.retry_horizon`), so
         its time was set by a clock that was ahead, and waiting for it would
         hold the message back by as much as the clock was wrong.
         An unindexed file's state file is read: it is due when it says so

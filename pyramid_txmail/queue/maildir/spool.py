@@ -5,11 +5,11 @@
     tmp/        being written (by a committing transaction or the processor)
     prepared/   written and fsynced at the transaction's vote, waiting for its
                 finish (a file left here by a crash is "in doubt": see
-                :mod:`pyramid_txmail.recovery`)
+                :mod:`pyramid_txmail.queue.maildir.recovery`)
     new/        queued, ready to send
     cur/        claimed by a processor (the claim is the atomic rename)
     deferred/   waiting for a retry after a temporary failure, as ``DUE~NAME``
-                (the due time in the name: :mod:`pyramid_txmail.schedule`)
+                (the due time in the name: :mod:`pyramid_txmail.queue.maildir.schedule`)
     failed/     dead letters: permanent failure, poison file or too old
     meta/       NAME.json: attempts, next attempt, delivered recipients, reason
 
@@ -17,7 +17,7 @@ Each message is one file, named like a Maildir file (``time.MusecPpidQn.host``),
 holding the message bytes after the envelope: our envelope record on the first
 line, then repoze.sendmail's ``X-Actually-From:`` / ``X-Actually-To:`` header
 lines, so that repoze.sendmail's ``qp`` delivers what we queued and we deliver
-what it queued (see :mod:`pyramid_txmail.spoolfile`).
+what it queued (see :mod:`pyramid_txmail.queue.maildir.spoolfile`).
 
 Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
 ``prepared/`` (the vote), rename into ``new/`` and ``fsync`` the directory (the
@@ -79,7 +79,7 @@ def unlink_if_present(path):
     """Delete a spool entry; one already gone (another process took it) is fine.
 
     Whatever it is: an entry that cannot be deleted (a directory with files
-    in it) is left and said once, never raised (:mod:`pyramid_txmail.leftovers`).
+    in it) is left and said once, never raised (:mod:`pyramid_txmail.queue.maildir.leftovers`).
     Returns whether this call deleted it.
     """
     return leftovers.remove(path)
@@ -95,7 +95,7 @@ def unique_name():
 class Entry:
     """One message file in the spool, in one state.
 
-    An entry this process claimed holds its :class:`~pyramid_txmail.claims.Claim`
+    An entry this process claimed holds its :class:`~pyramid_txmail.queue.maildir.claims.Claim`
     (the open, locked file), or the ``problem`` of a file that is not a
     regular one (dead-lettered with it as the reason).
     """
@@ -126,7 +126,7 @@ class Spool(DeferredIndex):
     """A spool directory.  Creates the Maildir layout when missing.
 
     In ``deferred/`` a file's name carries its due time
-    (:mod:`pyramid_txmail.schedule`); :meth:`names` gives message names.
+    (:mod:`pyramid_txmail.queue.maildir.schedule`); :meth:`names` gives message names.
 
     Refuses, with a :class:`SpoolError` naming the directory: a spool on a
     read-only file system, one this user cannot write, and one owned by
@@ -160,7 +160,7 @@ class Spool(DeferredIndex):
     def write_tmp(self, fromaddr, toaddrs, message_bytes):
         """Write and fsync one message into ``tmp/``; returns its name.
 
-        ``message_bytes`` is ``bytes`` or a :class:`~pyramid_txmail.wire.Stream`.
+        ``message_bytes`` is ``bytes`` or a :class:`~pyramid_txmail.compose.wire.Stream`.
         """
         while True:
             name = unique_name()
@@ -331,7 +331,7 @@ class Spool(DeferredIndex):
     def claim(self, state, name):
         """Atomically take a message for sending; ``None`` if another took it.
 
-        The entry holds the claim (see :mod:`pyramid_txmail.claims`): call
+        The entry holds the claim (see :mod:`pyramid_txmail.queue.maildir.claims`): call
         its ``release()`` once the file has left ``cur/``.
         """
         source, name = self.locate(state, name)  # deferred/DUE~NAME → cur/NAME
@@ -344,7 +344,7 @@ class Spool(DeferredIndex):
     def read(self, entry, stream_over=None):
         """``(fromaddr, toaddrs, message)`` of an entry (PoisonMessage if bad).
 
-        The file is read once through :func:`~pyramid_txmail.spoolscan.scan`,
+        The file is read once through :func:`~pyramid_txmail.queue.maildir.spoolscan.scan`,
         which holds neither the header block nor the body.  The message is
         ``bytes`` when it is no larger than ``stream_over`` octets (or that
         is None), or when a body line is over SMTP's 998 octets (the whole
@@ -433,7 +433,7 @@ class Spool(DeferredIndex):
         """Delete what is left in ``done/`` (delivered; e.g. after a crash).
 
         An entry that is not ours to delete (a directory with files in it)
-        is left there and said once (:mod:`pyramid_txmail.leftovers`).
+        is left there and said once (:mod:`pyramid_txmail.queue.maildir.leftovers`).
         """
         names = self.names("done")
         for name in names:
@@ -441,7 +441,8 @@ class Spool(DeferredIndex):
         return len(names)
 
     def recover_stale(self, timeout, now=None):
-        """Stale claims (see :func:`pyramid_txmail.claims.is_stale`) go back to ``new/``.
+        """Stale claims (see :func:`~pyramid_txmail.queue.maildir.claims.is_stale`) go back
+        to ``new/``.
 
         Their owner died mid-send: at-least-once, like Postfix after a
         restart (recipients recorded as delivered are not sent again).  A

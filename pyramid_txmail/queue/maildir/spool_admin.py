@@ -115,7 +115,7 @@ class QueuedMessage:
     headers: list
     meta: dict
     problem: str | None = None  # why a processor would dead-letter it as poison
-    filename: str | None = None  # in deferred/: DUE~NAME (see pyramid_txmail.schedule)
+    filename: str | None = None  # in deferred/: DUE~NAME (see schedule.py)
 
     @property
     def path(self):

@@ -30,7 +30,7 @@ outside quotes.
 
 Lines end at CR LF, CR or LF, as the ``email`` parser (and so the relay, see
 :func:`wire.to_wire`) takes them.  Sending reads a file through
-:mod:`pyramid_txmail.spoolscan`, which finds the same envelope and header
+:mod:`pyramid_txmail.queue.maildir.spoolscan`, which finds the same envelope and header
 block in one pass of bounded memory; :func:`read_envelope` holds the header
 block (for ``txmail-queue show`` and the preview).
 """

@@ -8,7 +8,7 @@ file once, each line in pieces of at most :data:`PIECE` octets, and keeps
 only what sending needs:
 
 - the envelope: our record (the first line), or the legacy ``X-Actually-*``
-  lines, read as :mod:`pyramid_txmail.spoolfile` reads them;
+  lines, read as :mod:`pyramid_txmail.queue.maildir.spoolfile` reads them;
 - the Message-ID, and whether the header block is 7-bit (SMTPUTF8);
 - the message as ranges of the file: the header block less the envelope
   lines, then the body.  :meth:`Layout.chunks` sends them from the file.

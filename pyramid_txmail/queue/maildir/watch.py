@@ -10,7 +10,7 @@ inotify is reached through ctypes on the C library (``inotify_init1``,
 ``inotify_add_watch``, ``read``): it is a few lines, and Linux-only anyway,
 so a dependency would buy nothing.  Writers must follow the Maildir rule
 (write in ``tmp/``, then rename or link into ``new/``), as
-:class:`~pyramid_txmail.spool.Spool` and repoze.sendmail do: the watch is
+:class:`~pyramid_txmail.queue.maildir.spool.Spool` and repoze.sendmail do: the watch is
 on ``IN_MOVED_TO | IN_CREATE``, so a file written in place in ``new/`` could
 be seen before it is complete.
 """
@@ -54,7 +54,7 @@ class WatchLost(OSError):
 class Waker:
     """A self-pipe: :meth:`wake` makes a waiting watcher return early.
 
-    The daemon's signal thread (:class:`pyramid_txmail.daemon.Signals`) pokes
+    The daemon's signal thread (:class:`pyramid_txmail.processor.daemon.Signals`) pokes
     it, so a signal wakes the sleeper at once.  Both ends are non-blocking:
     :meth:`wake` never waits (a full pipe wakes the sleeper anyway), and
     neither end takes a lock, so it is safe from any thread.
