@@ -35,8 +35,8 @@ import re
 from email.headerregistry import Address, UnstructuredHeader
 from email.message import EmailMessage
 
-from .message import (LINE_BREAKS, HeaderInjection, InvalidAddress, check_address,
-                      long_word)
+from .addresses import LINE_BREAKS, HeaderInjection, InvalidAddress, check_address
+from .message import long_word
 from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
 
 __all__ = ["Mail"]

@@ -12,71 +12,20 @@ import email.header
 import email.headerregistry
 import email.policy
 import email.utils
-import functools
 import itertools
 import re
 from email.message import Message
 
-from email_validator import EmailNotValidError, validate_email
-
 from . import mimeparts, wire
+from .addresses import (LINE_BREAKS, HeaderInjection, InvalidAddress,  # noqa: F401 (public here)
+                        MessageError, NoRecipients, NoSender, _validated, check_address)
 from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
+from .pyramid_mailer_message import coerce as coerce_pyramid_mailer_message
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
 _FOLD = re.compile(r"\r?\n[ \t]")
-#: Where ``str.splitlines`` -- and so the ``email`` package's folder -- breaks a
-#: line: any of them written raw in a header value starts a new header line.
-LINE_BREAKS = "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-
-
-class MessageError(ValueError):
-    """The message cannot be sent as it is (subclasses say why)."""
-
-
-class NoRecipients(MessageError):
-    """Neither To, Cc nor Bcc (nor an explicit envelope) names a recipient."""
-
-
-class NoSender(MessageError):
-    """No From header and no ``mail.default_sender``."""
-
-
-class InvalidAddress(MessageError):
-    """An address does not parse or is not a valid mailbox."""
-
-    def __init__(self, header, address, reason, within=None):
-        self.header, self.address, self.reason = header, address, reason
-        where = f" in {within!r}" if within and within.strip() != address else ""
-        super().__init__(f"{header}: invalid address {address!r}{where}: {reason}")
-
-
-class HeaderInjection(MessageError):
-    """A header name or value carries a line break (it would add headers), another
-    control character, or the name is not a header name."""
-
-    def __init__(self, header, why="header value contains a CR or LF line break"):
-        self.header = header
-        super().__init__(f"{header}: {why} (header injection refused)")
-
-    @classmethod
-    def bad_name(cls, name):
-        return cls(repr(name), "not a valid header name (printable ASCII without "
-                               "space or ':')")
-
-    @classmethod
-    def control(cls, header, text):
-        """The error for a value ``text`` holding a control character or line break."""
-        if "\r" in text or "\n" in text:
-            return cls(header)
-        found = next((c for c in text if ord(c) < 32 and c != "\t" or c == "\x7f"
-                      or c in LINE_BREAKS), "")
-        what = "control character" if ord(found or " ") < 32 or found == "\x7f" \
-            else "line separator"
-        return cls(header, f"header value contains the {what} {found!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A message ready for the spool or the relay."""
@@ -96,31 +45,6 @@ class Prepared:
 
 
 _SEQUENCE = itertools.count()
-
-
-@functools.lru_cache(maxsize=4096)
-def _validated(address):
-    """``(envelope form, None)`` or ``(None, why)``: email-validator's verdict, remembered.
-
-    The verdict depends only on the string (no DNS lookups), and an app
-    sends from the same few senders to recipients it has seen before.
-    Quoted local parts (``"a,b"@example.com``) are valid (RFC 5321): the
-    envelope is stored and sent so that nothing in one can split it.
-    """
-    try:
-        valid = validate_email(address, check_deliverability=False, allow_smtputf8=True,
-                               allow_quoted_local=True)
-    except EmailNotValidError as exc:
-        return None, str(exc)
-    return valid.ascii_email or valid.normalized, None
-
-
-def check_address(header, address, within=None):
-    """Validate one ``addr-spec``; returns the form used in the envelope."""
-    envelope, why = _validated(address)
-    if why is not None:
-        raise InvalidAddress(header, address, why, within)
-    return envelope
 
 
 def validate_address_header(header, value):
@@ -182,9 +106,7 @@ def _coerce(message, default_sender=None):
         clone._headers = list(message._headers)
         return clone, None, None, None
     if callable(getattr(message, "to_message", None)) and hasattr(message, "send_to"):
-        from .pyramid_mailer_message import coerce  # a pyramid_mailer Message
-
-        return coerce(message, default_sender)
+        return coerce_pyramid_mailer_message(message, default_sender)  # a pyramid_mailer Message
     raise TypeError(f"send() takes an email.message.EmailMessage (or Message, or a "
                     f"pyramid_mailer Message), not {type(message).__name__}")
 

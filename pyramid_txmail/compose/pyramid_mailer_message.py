@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import email.utils
 
-from .message import LINE_BREAKS, HeaderInjection, InvalidAddress, _validated, check_address
+from .addresses import LINE_BREAKS, HeaderInjection, InvalidAddress, _validated, check_address
 
 #: pyramid_mailer's fields and the header each one becomes.
 ADDRESS_FIELDS = (("To", "recipients"), ("Cc", "cc"), ("Bcc", "bcc"))
