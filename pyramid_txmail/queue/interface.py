@@ -1,0 +1,156 @@
+"""The queue interface: what the processor and ``txmail-queue`` ask of a backend.
+
+The processor owns the *policy* (which recipients are still pending, the
+retry delay, expiry, events); a backend owns the *storage* (how a message is
+claimed, read, recorded, deferred, dead-lettered and retired) and keeps the
+same guarantees whatever it is built on:
+
+* a claim held by a live process is never taken by another, however long its
+  relay takes to answer (the backend renews it while the processor holds it);
+* a recipient recorded as delivered is never asked again;
+* what is recorded with :meth:`IQueue.record` is durable before the processor
+  moves the message on, so a crash costs at most one more attempt;
+* nothing leaves the queue without a reason: it is retired (every recipient
+  accepted) or dead-lettered with a state saying why.
+
+A message's *state* is the dict of :mod:`pyramid_txmail.queue.maildir.queue_state`
+(``attempts``, ``first_attempt``, ``last_attempt``, ``next_attempt``,
+``delivered``, ``failed_recipients``, ``history``, ``earlier``, ``message_id``;
+a dead letter's adds ``reason``, ``failed_at``, ``recipients``,
+``dead_letter_of``), whatever the backend stores it as.  Message states seen
+by people (``txmail-queue``, metrics) are the labels ``queued``,
+``in_progress``, ``deferred``, ``failed``.
+"""
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class PoisonMessage(ValueError):
+    """A queued message that can never be sent as it is (its reason is the text)."""
+
+
+class IClaimed(Interface):
+    """One message a processor holds while it sends it."""
+
+    name = Attribute("Its id in this queue, for logs and dead-letter records.")
+    queued_at = Attribute("When it was queued (epoch seconds), or None if unknown.")
+    problem = Attribute("Why it cannot be sent at all (dead-lettered as poison), or None.")
+
+
+class IPassScope(Interface):
+    """The claims of one pass, kept alive while they are held (a context manager)."""
+
+    def add(claimed):
+        """Keep ``claimed`` alive (heartbeat / lease renewal) until discarded."""
+
+    def discard(claimed):
+        """Stop keeping ``claimed`` alive (it is settled or released)."""
+
+
+class IQueue(Interface):
+    """What :class:`~pyramid_txmail.processor.processor.Processor` needs from a backend."""
+
+    where = Attribute("The queue's name in log lines: the spool path, or the database URL "
+                      "without its password.")
+
+    def housekeep(settings, registry, now):
+        """Put back what crashed processors held (stale claims, expired leases), resolve what
+        crashed commits left, delete retired messages; returns how many were put back.
+        Each step isolates its own entries: one odd entry never stops the others."""
+
+    def pass_scope(settings):
+        """A context manager for one pass, entered before the first claim: yields an
+        :class:`IPassScope`; on exit, background work of the pass is finished."""
+
+    def candidates(now, horizon, stats):
+        """Yield the tickets to try in this pass, in order: queued mail oldest first, then
+        deferred mail whose retry is due (one due more than ``horizon`` seconds ahead was
+        scheduled by a clock that was ahead: it is due now).  A problem with one entry adds
+        to ``stats.errors`` and is logged; deferred mail not due adds to ``stats.skipped``."""
+
+    def claim(ticket):
+        """Take the message for this process: an :class:`IClaimed`, or None when another
+        process has it (or it is gone)."""
+
+    def read(claimed, stream_over):
+        """``(fromaddr, toaddrs, data)``: ``data`` is bytes, or a
+        :class:`pyramid_txmail.compose.wire.Stream` when the message is larger than
+        ``stream_over`` octets (memory must not grow with the message).
+        Raises :class:`PoisonMessage`."""
+
+    def load_state(claimed):
+        """The message's state dict as stored (``{}`` for a first attempt).  Checked by the
+        processor (:func:`~pyramid_txmail.queue.maildir.queue_state.checked`)."""
+
+    def holds(claimed):
+        """True while the claim is still this process's (False: another took it)."""
+
+    def record(claimed, state):
+        """Store ``state`` durably (before the processor moves the message on)."""
+
+    def retire(claimed, had_state):
+        """Every recipient accepted: the message leaves the queue."""
+
+    def defer(claimed, next_attempt):
+        """Back to the queue, not to be tried before ``next_attempt`` (epoch seconds); its
+        state was recorded just before."""
+
+    def bury(claimed, state):
+        """Dead-letter the whole message with ``state`` (which has its ``reason``);
+        returns its name in the failed state, for the log."""
+
+    def bury_copy(fromaddr, recipients, data, state):
+        """Dead-letter a copy addressed to ``recipients`` only (the others accepted or are
+        retried); returns its name.  Durable before it returns."""
+
+    def release(claimed):
+        """Let go of what the claim holds (an open file, a lease) after it was settled."""
+
+    def next_due(settings, now):
+        """Epoch seconds when something becomes due without new mail arriving (the earliest
+        retry, the earliest claim that may turn stale), or None."""
+
+    def watcher(settings, how="auto"):
+        """An object with ``mark()``, ``wait(timeout)`` (True when new mail may have come)
+        and ``close()``, for the daemon: inotify on a spool, LISTEN/NOTIFY on PostgreSQL,
+        polling otherwise."""
+
+
+class IQueueAdmin(Interface):
+    """What ``txmail-queue`` needs: look, requeue, purge, release (safe beside processors).
+
+    Messages are returned as objects with ``name``, ``state`` (``new``, ``cur``,
+    ``deferred``, ``failed``, and backend-specific ones such as ``tmp``), ``queued_at``,
+    ``fromaddr``, ``toaddrs``, ``headers``, ``meta``, ``problem``, ``subject``,
+    ``message_id``, ``attempts``, ``last_error``, ``settled_at`` and
+    ``as_dict(now)`` -- the keys of ``txmail-queue list --json``.
+    """
+
+    def status(now):
+        """Counts and oldest age per state (the keys of ``txmail-queue status --json``)."""
+
+    def messages(states):
+        """Every message in ``states``, oldest first within a state."""
+
+    def find(ident):
+        """The one message ``ident`` names (id, unique prefix, or Message-ID); raises
+        ``NotFound`` or ``Ambiguous``."""
+
+    def retry(msg):
+        """Deferred or dead letter back to the queue, due now; returns a sentence."""
+
+    def purge_candidates(state, older_than, now):
+        """The messages of ``state`` that ``purge`` would remove."""
+
+    def purge(msg):
+        """Remove a deferred message or dead letter for good; returns a sentence."""
+
+    def release(msg, claim_timeout, force, now):
+        """Put back a claimed message whose owner is gone (``force``: even if alive)."""
+
+    def release_stale(claim_timeout, now):
+        """Put back every stale claim; returns their names."""
+
+    def read_body(msg):
+        """The message's bytes, for ``show --body``."""
