@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyramid_txmail import Mail, wire
+from pyramid_txmail import Mail
+from pyramid_txmail.compose import wire
 from pyramid_txmail.processor.processor import STREAM_OVER, Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.relay.smtp import SMTPTransport
