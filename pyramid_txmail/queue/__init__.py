@@ -22,9 +22,9 @@ def open_queue(settings, create=False):
 
     url = getattr(settings, "queue_url", None)
     if url:
-        from .sql.backend import SQLQueue
+        from .sql import SqlQueue
 
-        return SQLQueue.from_settings(settings)
+        return SqlQueue.from_settings(settings)
     if not settings.queue_path:
         raise QueueUnavailable("neither mail.queue_url (the SQL outbox) nor "
                                "mail.queue_path (a spool directory) is set")
@@ -34,7 +34,7 @@ def open_queue(settings, create=False):
 
 
 def as_queue(queue):
-    """``queue`` itself, or a :class:`~pyramid_txmail.spool.Spool` wrapped in a
+    """``queue`` itself, or a :class:`~pyramid_txmail.queue.maildir.spool.Spool` wrapped in a
     :class:`~pyramid_txmail.queue.maildir.backend.MaildirQueue` (callers that
     made a processor from a spool keep working)."""
     if hasattr(queue, "candidates"):

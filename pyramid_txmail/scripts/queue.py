@@ -23,7 +23,7 @@ import time
 
 from pyramid.exceptions import ConfigurationError
 
-from ..printable import get_logger
+from ..util.printable import get_logger
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
 from ..settings import settings_prefix
@@ -191,14 +191,14 @@ def cmd_init_db(settings):
     """Create the SQL outbox's tables in ``mail.queue_url`` (SQLAlchemy is imported here
     only: a spool's user never needs it)."""
     from ..queue.sql import init_db
-    from ..queue.sql.backend import engine_from_settings
+    from ..queue.sql.engine import make_engine, where as url_where
 
-    engine = engine_from_settings(settings)
+    engine = make_engine(settings.queue_url)
     try:
         init_db(engine)
     finally:
         engine.dispose()
-    where = engine.url.render_as_string(hide_password=True)
+    where = url_where(engine.url)
     log.info("init-db: the outbox tables are in %s", where)
     print(f"the SQL outbox's tables are ready in {clean(where)}")
     return EX_OK
