@@ -191,14 +191,14 @@ def cmd_init_db(settings):
     """Create the SQL outbox's tables in ``mail.queue_url`` (SQLAlchemy is imported here
     only: a spool's user never needs it)."""
     from ..queue.sql import init_db
-    from ..queue.sql.engine import make_engine, where as url_where
+    from ..queue.sql.backend import engine_from_settings
 
-    engine = make_engine(settings.queue_url)
+    engine = engine_from_settings(settings)
     try:
         init_db(engine)
     finally:
         engine.dispose()
-    where = url_where(engine.url)
+    where = engine.url.render_as_string(hide_password=True)
     log.info("init-db: the outbox tables are in %s", where)
     print(f"the SQL outbox's tables are ready in {clean(where)}")
     return EX_OK
