@@ -124,8 +124,8 @@ def test_release_waits_for_the_lease_unless_forced(queue):
     [claimed] = claim_all(queue)
     msg = queue.find(str(ident))
     with pytest.raises(Refused, match="holds it"):
-        queue.release(msg, 60.0)
-    assert "--force" in queue.release(msg, 60.0, force=True)
+        queue.release_claim(msg, 60.0)
+    assert "--force" in queue.release_claim(msg, 60.0, force=True)
     assert row(queue, ident).state == "queued"
     assert not queue.holds(claimed)
 

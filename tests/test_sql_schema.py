@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from pyramid_txmail.queue.sql import init_db, metadata
-from pyramid_txmail.queue.sql.backend import SqlQueue
+from pyramid_txmail.queue.sql.backend import SQLQueue
 from pyramid_txmail.queue.sql.engine import normalized_url
 from pyramid_txmail.queue.sql.schema import SCRIPT_LOCATION, outbox
 
@@ -84,7 +84,7 @@ def test_an_apps_alembic_runs_the_migration_through_version_locations(db_url, tm
 
 def test_claims_use_the_partial_indexes_among_many_settled_rows(pg_url):
     """EXPLAIN of the claim queries on 200k rows, nearly all delivered or failed."""
-    queue = SqlQueue(pg_url)
+    queue = SQLQueue(pg_url)
     init_db(queue.engine)
     now = time.time()
     with queue.engine.begin() as connection:

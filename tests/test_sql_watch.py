@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pyramid_txmail.queue.sql import enqueue
-from pyramid_txmail.watch import Waker
+from pyramid_txmail.queue.wakeup import Waker
 
 from .pg_support import PgCluster
 from .sql_support import claim_all, make_queue, message, put, settings
@@ -76,7 +76,7 @@ def test_sqlite_is_polled(sqlite_url, waker):
 
 
 def test_listen_needs_postgresql(sqlite_url):
-    from pyramid_txmail.watch import WatchUnavailable
+    from pyramid_txmail.queue.wakeup import WatchUnavailable
 
     with pytest.raises(WatchUnavailable, match="PostgreSQL"):
         make_queue(sqlite_url).watcher(settings(), "listen")

@@ -1,6 +1,6 @@
 """The outbox as a queue for processors: claims with leases, state in the row.
 
-:class:`SqlQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
+:class:`SQLQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
 (and, through :class:`~pyramid_txmail.queue.sql.admin.SqlAdmin`,
 ``IQueueAdmin``) over an engine of the processors' own, made from
 ``mail.queue_url``.
@@ -19,10 +19,10 @@ was lost (its lease ran out and another processor took it, or an operator
 released it) and :class:`~pyramid_txmail.queue.sql.errors.ClaimLost` is
 raised -- nothing of the new holder's is overwritten.
 
-The claims are made in :meth:`SqlQueue.candidates`, one at a time, as the
+The claims are made in :meth:`SQLQueue.candidates`, one at a time, as the
 workers ask for the next message: a claim never waits in a list while its
 lease runs.  Delivered rows are kept ``mail.keep_delivered`` (their body
-deleted at once) and then deleted by :meth:`SqlQueue.housekeep`.
+deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 """
 from __future__ import annotations
 
@@ -77,13 +77,18 @@ class Claimed:
         return f"the state of outbox row {self.id}"
 
 
+def engine_from_settings(settings):
+    """The processors' engine for ``mail.queue_url`` (``txmail-queue init-db`` too)."""
+    return make_engine(settings.queue_url, pool_size=settings.workers + 4)
+
+
 def claimer():
     """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"[:255]
 
 
 @implementer(IQueue, IQueueAdmin)
-class SqlQueue(SqlAdmin):
+class SQLQueue(SqlAdmin):
     """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
 
     def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
@@ -99,9 +104,8 @@ class SqlQueue(SqlAdmin):
 
     @classmethod
     def from_settings(cls, settings):
-        return cls(settings.queue_url, claim_timeout=settings.claim_timeout,
-                   keep_delivered=getattr(settings, "keep_delivered", KEEP_DELIVERED),
-                   pool_size=settings.workers + 4)
+        return cls(engine_from_settings(settings), claim_timeout=settings.claim_timeout,
+                   keep_delivered=settings.keep_delivered)
 
     def close(self):
         self.engine.dispose()

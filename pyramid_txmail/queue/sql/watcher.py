@@ -22,6 +22,7 @@ import time
 
 import sqlalchemy as sa
 
+from ..wakeup import WatchUnavailable
 from .leases import log
 from .schema import outbox
 from .store import CHANNEL, autocommit
@@ -183,8 +184,6 @@ class ListenWatcher:
 def make_watcher(queue, settings, how="auto"):
     """``auto``: LISTEN on PostgreSQL (reconnecting while the server is away), polling on SQLite;
     ``listen`` or ``poll`` as asked (``listen`` raises WatchUnavailable on SQLite)."""
-    from ...watch import WatchUnavailable
-
     interval = settings.poll_interval
     if how == "poll":
         return PollWatcher(queue, interval)
