@@ -31,6 +31,7 @@ import dataclasses
 import os
 import secrets
 import socket
+import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
@@ -52,6 +53,8 @@ from .store import _attempts, _insert, autocommit, copy_chunks, enqueue, read_ch
 KEEP_DELIVERED = 86400.0
 #: Delivered rows deleted per statement by housekeeping (short locks).
 REAP_BATCH = 10000
+#: How long settling a claim waits for a database that dropped the connection.
+SETTLE_PATIENCE = 60.0
 
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
@@ -272,16 +275,36 @@ class SQLQueue(SqlAdmin):
 
     def _settle(self, claimed, values, then=None):
         """UPDATE the row if this claim still holds it, else ClaimLost; ``then(conn)``
-        runs in the same transaction."""
-        with self.engine.begin() as connection:
-            result = connection.execute(outbox.update().where(
-                outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
-                outbox.c.state == "in_progress").values(**values))
-            if result.rowcount == 0:
-                raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was "
-                                "lost (its lease ran out, or it was released)")
-            if then is not None:
-                then(connection)
+        runs in the same transaction.
+
+        A database that dropped the connection or cannot be reached (a
+        restart, a failover) is tried again for :data:`SETTLE_PATIENCE`: the
+        outcome of a relay's answer is not thrown away for a blip.  (Had the dropped attempt committed, the
+        retry finds the row settled and says ClaimLost: the message is where
+        it should be.)
+        """
+        deadline, delay = time.monotonic() + SETTLE_PATIENCE, 0.1
+        while True:
+            try:
+                with self.engine.begin() as connection:
+                    result = connection.execute(outbox.update().where(
+                        outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
+                        outbox.c.state == "in_progress").values(**values))
+                    if result.rowcount == 0:
+                        raise ClaimLost(f"outbox row {claimed.id}: this processor's claim "
+                                        "was lost (its lease ran out, or it was released)")
+                    if then is not None:
+                        then(connection)
+                return
+            except sa.exc.DBAPIError as exc:
+                away = exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+                if not away or time.monotonic() >= deadline:
+                    raise
+                log.warning("outbox row %s: the connection to %s broke (%s); trying "
+                            "again in %.1fs", claimed.id, self.where,
+                            exc.__class__.__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def record(self, claimed, state):
         self._settle(claimed, {"meta": state, "attempts": _attempts(state)})
@@ -290,9 +313,10 @@ class SQLQueue(SqlAdmin):
     def retire(self, claimed, had_state=True):
         """Delivered: the body goes now, the row after ``keep_delivered``."""
         drop_chunks = outbox_chunk.delete().where(outbox_chunk.c.outbox_id == claimed.id)
-        if not self.keep_delivered:
-            self._settle(claimed, {"lease_until": None}, lambda c: (c.execute(drop_chunks), c.execute(
-                outbox.delete().where(outbox.c.id == claimed.id))))
+        drop_row = outbox.delete().where(outbox.c.id == claimed.id)
+        if not self.keep_delivered:  # kept for no time at all
+            self._settle(claimed, {"lease_until": None},
+                         lambda c: (c.execute(drop_chunks), c.execute(drop_row)))
             return
         self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
                                    settled_at=db_epoch(), next_attempt=None),
