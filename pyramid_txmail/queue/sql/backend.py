@@ -1,6 +1,6 @@
 """The outbox as a queue for processors: claims with leases, state in the row.
 
-:class:`SqlQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
+:class:`SQLQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
 (and, through :class:`~pyramid_txmail.queue.sql.admin.SqlAdmin`,
 ``IQueueAdmin``) over an engine of the processors' own, made from
 ``mail.queue_url``.
@@ -19,10 +19,10 @@ was lost (its lease ran out and another processor took it, or an operator
 released it) and :class:`~pyramid_txmail.queue.sql.errors.ClaimLost` is
 raised -- nothing of the new holder's is overwritten.
 
-The claims are made in :meth:`SqlQueue.candidates`, one at a time, as the
+The claims are made in :meth:`SQLQueue.candidates`, one at a time, as the
 workers ask for the next message: a claim never waits in a list while its
 lease runs.  Delivered rows are kept ``mail.keep_delivered`` (their body
-deleted at once) and then deleted by :meth:`SqlQueue.housekeep`.
+deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 """
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ import dataclasses
 import os
 import secrets
 import socket
+import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
 
-from ... import wire
+from ...compose import wire
 from ..interface import IClaimed, IQueue, IQueueAdmin
 from .admin import SqlAdmin
-from .engine import make_engine, where as url_where
+from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import LeaseScope, log
 from .schema import db_epoch, outbox, outbox_chunk
@@ -52,6 +53,10 @@ from .store import _attempts, _insert, autocommit, copy_chunks, enqueue, read_ch
 KEEP_DELIVERED = 86400.0
 #: Delivered rows deleted per statement by housekeeping (short locks).
 REAP_BATCH = 10000
+#: How long settling a claim waits for a database that dropped the connection.
+SETTLE_PATIENCE = 60.0
+#: While the database cannot be reached, the daemon looks again this often (seconds).
+AWAY_RETRY = 5.0
 
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
@@ -77,13 +82,18 @@ class Claimed:
         return f"the state of outbox row {self.id}"
 
 
+def engine_from_settings(settings):
+    """The processors' engine for ``mail.queue_url`` (``txmail-queue init-db`` too)."""
+    return make_engine(settings.queue_url, pool_size=settings.workers + 4)
+
+
 def claimer():
     """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"[:255]
 
 
 @implementer(IQueue, IQueueAdmin)
-class SqlQueue(SqlAdmin):
+class SQLQueue(SqlAdmin):
     """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
 
     def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
@@ -99,9 +109,8 @@ class SqlQueue(SqlAdmin):
 
     @classmethod
     def from_settings(cls, settings):
-        return cls(settings.queue_url, claim_timeout=settings.claim_timeout,
-                   keep_delivered=getattr(settings, "keep_delivered", KEEP_DELIVERED),
-                   pool_size=settings.workers + 4)
+        return cls(engine_from_settings(settings), claim_timeout=settings.claim_timeout,
+                   keep_delivered=settings.keep_delivered)
 
     def close(self):
         self.engine.dispose()
@@ -115,13 +124,13 @@ class SqlQueue(SqlAdmin):
         put_back = []
         try:
             put_back = self.release_stale(self.claim_timeout, now)
-        except sa.exc.SQLAlchemyError:
-            log.exception("cannot put back the expired claims in %s", self.where)
+        except sa.exc.SQLAlchemyError as exc:
+            log_error("cannot put back the expired claims", self.where, exc)
         try:
             self.reap_delivered()
-        except sa.exc.SQLAlchemyError:
-            log.exception("cannot delete the delivered rows older than %gs in %s",
-                          self.keep_delivered, self.where)
+        except sa.exc.SQLAlchemyError as exc:
+            log_error(f"cannot delete the delivered rows older than "
+                       f"{self.keep_delivered:g}s", self.where, exc)
         return len(put_back)
 
     def reap_delivered(self):
@@ -158,17 +167,18 @@ class SqlQueue(SqlAdmin):
         (one due beyond ``horizon`` was scheduled by a clock that was ahead)."""
         try:
             stats.skipped += self._not_due(now, horizon)
-        except sa.exc.SQLAlchemyError:
+        except sa.exc.SQLAlchemyError as exc:
             stats.errors += 1
-            log.exception("cannot count the deferred mail in %s", self.where)
+            log_error("cannot count the deferred mail", self.where, exc)
+            return  # the claims would fail the same way
         for which in ("queued", "due", "stray"):
             while True:
                 try:
                     claimed = self._claim_next(which, now, horizon)
-                except sa.exc.SQLAlchemyError:
+                except sa.exc.SQLAlchemyError as exc:
                     stats.errors += 1
-                    log.exception("cannot claim the next message in %s; this pass "
-                                  "sends what it claimed before", self.where)
+                    log_error("cannot claim the next message (this pass sends what it "
+                               "claimed before)", self.where, exc)
                     return
                 if claimed is None:
                     break
@@ -268,16 +278,36 @@ class SqlQueue(SqlAdmin):
 
     def _settle(self, claimed, values, then=None):
         """UPDATE the row if this claim still holds it, else ClaimLost; ``then(conn)``
-        runs in the same transaction."""
-        with self.engine.begin() as connection:
-            result = connection.execute(outbox.update().where(
-                outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
-                outbox.c.state == "in_progress").values(**values))
-            if result.rowcount == 0:
-                raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was "
-                                "lost (its lease ran out, or it was released)")
-            if then is not None:
-                then(connection)
+        runs in the same transaction.
+
+        A database that dropped the connection or cannot be reached (a
+        restart, a failover) is tried again for :data:`SETTLE_PATIENCE`: the
+        outcome of a relay's answer is not thrown away for a blip.  (Had the dropped attempt committed, the
+        retry finds the row settled and says ClaimLost: the message is where
+        it should be.)
+        """
+        deadline, delay = time.monotonic() + SETTLE_PATIENCE, 0.1
+        while True:
+            try:
+                with self.engine.begin() as connection:
+                    result = connection.execute(outbox.update().where(
+                        outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
+                        outbox.c.state == "in_progress").values(**values))
+                    if result.rowcount == 0:
+                        raise ClaimLost(f"outbox row {claimed.id}: this processor's claim "
+                                        "was lost (its lease ran out, or it was released)")
+                    if then is not None:
+                        then(connection)
+                return
+            except sa.exc.DBAPIError as exc:
+                away = exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+                if not away or time.monotonic() >= deadline:
+                    raise
+                log.warning("outbox row %s: the connection to %s broke (%s); trying "
+                            "again in %.1fs", claimed.id, self.where,
+                            exc.__class__.__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def record(self, claimed, state):
         self._settle(claimed, {"meta": state, "attempts": _attempts(state)})
@@ -286,9 +316,10 @@ class SqlQueue(SqlAdmin):
     def retire(self, claimed, had_state=True):
         """Delivered: the body goes now, the row after ``keep_delivered``."""
         drop_chunks = outbox_chunk.delete().where(outbox_chunk.c.outbox_id == claimed.id)
-        if not self.keep_delivered:
-            self._settle(claimed, {"lease_until": None}, lambda c: (c.execute(drop_chunks), c.execute(
-                outbox.delete().where(outbox.c.id == claimed.id))))
+        drop_row = outbox.delete().where(outbox.c.id == claimed.id)
+        if not self.keep_delivered:  # kept for no time at all
+            self._settle(claimed, {"lease_until": None},
+                         lambda c: (c.execute(drop_chunks), c.execute(drop_row)))
             return
         self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
                                    settled_at=db_epoch(), next_attempt=None),
@@ -313,9 +344,8 @@ class SqlQueue(SqlAdmin):
                                    meta=state))
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
-                   "meta": state, "queued_at": db_epoch(), "settled_at": db_epoch(),
-                   "attempts": _attempts(state), "message_id": data.message_id, "size": data.size,
-                   "chunks": count, "body": None, "eightbit": bool(data.eightbit),
+                   "meta": state, "attempts": _attempts(state),
+                   "message_id": data.message_id, "size": data.size, "chunks": count, "body": None, "eightbit": bool(data.eightbit),
                    "head_8bit": bool(data.head_8bit)}
             copy = _insert(connection, row, notify=False)
             copy_chunks(connection, ident, copy)
@@ -341,8 +371,15 @@ class SqlQueue(SqlAdmin):
                                     outbox.c.next_attempt.is_(None))).scalar_subquery(),
             sa.select(sa.func.min(outbox.c.lease_until) - db_epoch())
             .where(outbox.c.state == "in_progress").scalar_subquery())
-        with autocommit(self.engine) as connection:
-            retry, strays, lease_left = connection.execute(query).first()
+        try:
+            with autocommit(self.engine) as connection:
+                retry, strays, lease_left = connection.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            if unreachable(exc) is None:
+                raise
+            log.warning("cannot read the retry times in %s (%s); looking again in %gs",
+                        self.where, unreachable(exc), AWAY_RETRY)
+            return now + AWAY_RETRY
         due = [now] if strays else []
         if retry is not None:
             due.append(retry)

@@ -2,7 +2,7 @@
 
 ``txmail_outbox`` has one row per message: its envelope (a record of its own,
 never parsed out of the message), its state, its retry state dict (JSON, the
-keys of :mod:`pyramid_txmail.queue_state`), its claim and its body when the
+keys of :mod:`pyramid_txmail.queue.queue_state`), its claim and its body when the
 body is small.  A body over :data:`CHUNK` octets lives in
 ``txmail_outbox_chunk`` rows of at most :data:`CHUNK` octets each, written and
 read one at a time, so no leg ever holds more than one chunk beyond what the
@@ -31,8 +31,11 @@ STATES = ("queued", "in_progress", "deferred", "failed", "delivered")
 #: Bodies up to this many octets are stored in the row; larger ones in chunks of it.
 CHUNK = 1 << 20
 
-#: Where the Alembic migration lives: add it to ``version_locations``.
+#: Where the Alembic migration lives: add it to ``version_locations`` (as this
+#: path, or as ``pyramid_txmail.queue.sql:migrations/versions``).
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations", "versions")
+#: The ``script_location`` that runs the migration alone (its own env.py).
+SCRIPT_LOCATION = os.path.join(os.path.dirname(__file__), "migrations")
 
 metadata = sa.MetaData()
 
