@@ -192,7 +192,7 @@ def test_postgresql_restarts_under_a_running_daemon(tmp_path, make_smtp_server):
     nothing else would wake it before its 60 s rescan).
     """
     workers = 2
-    restarts = runs(1, 5)
+    restarts = runs(1, 4)
     with PgCluster() as pg:
         engine = setup_outbox(pg.url)
         server = fault_server(make_smtp_server, {"delay": {"data": 0.02}})
@@ -204,7 +204,7 @@ def test_postgresql_restarts_under_a_running_daemon(tmp_path, make_smtp_server):
             ids = fill(engine, 1, "before")  # LISTEN works before any restart
             wait_for_sent(daemon, ids[0])
             assert wake_before_sent(daemon.log(), ids[0]) == "mail"
-            batch = runs(100, 1000)
+            batch = runs(100, 400)
             for round_ in range(restarts):  # restarted mid-drain
                 more = fill(engine, batch, f"drain{round_}")
                 ids += more
