@@ -237,7 +237,7 @@ class SQLQueue(SqlAdmin):
         larger than ``stream_over`` (then read one chunk at a time)."""
         columns = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
                    outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
-                   outbox.c.message_id)
+                   outbox.c.message_id, outbox.c.wire_ready)
         with autocommit(self.engine) as connection:
             row = connection.execute(sa.select(*columns).where(
                 outbox.c.id == claimed.id)).first()
@@ -254,7 +254,7 @@ class SQLQueue(SqlAdmin):
             return row.sender, recipients, bytes(row.body)
         chunks = lambda: read_chunks(self.engine, claimed.id, row.chunks)  # noqa: E731
         try:
-            if stream_over is None or row.size <= stream_over:
+            if stream_over is None or row.size <= stream_over or not row.wire_ready:
                 return row.sender, recipients, b"".join(chunks())
         except LookupError as exc:
             raise PoisonMessage(str(exc)) from None
@@ -345,8 +345,9 @@ class SQLQueue(SqlAdmin):
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
                    "meta": state, "attempts": _attempts(state),
-                   "message_id": data.message_id, "size": data.size, "chunks": count, "body": None, "eightbit": bool(data.eightbit),
-                   "head_8bit": bool(data.head_8bit)}
+                   "message_id": data.message_id, "size": data.size, "chunks": count,
+                   "body": None, "eightbit": bool(data.eightbit),
+                   "head_8bit": bool(data.head_8bit), "wire_ready": True}
             copy = _insert(connection, row, notify=False)
             copy_chunks(connection, ident, copy)
             return str(copy)

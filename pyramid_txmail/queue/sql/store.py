@@ -54,6 +54,26 @@ def check_envelope(fromaddr, toaddrs):
     return fromaddr, recipients
 
 
+def lines_fit(data, block=CHUNK):
+    """Whether no line of ``data`` is over SMTP's 998 octets (a bare CR or LF ends a
+    line too), looked at one block at a time: only then may it be sent as stored,
+    from its chunks (:class:`~pyramid_txmail.compose.wire.Stream`'s promise);
+    otherwise it is read whole and re-encoded, as the spool does."""
+    view, carry = memoryview(data), 0
+    for start in range(0, len(data), block):
+        lines = re.split(rb"\r\n|\r|\n", bytes(view[start:start + block]))
+        if len(lines) == 1:
+            carry += len(lines[0])
+        else:
+            if carry + len(lines[0]) > wire.MAX_LINE or max(map(len, lines[1:-1]),
+                                                             default=0) > wire.MAX_LINE:
+                return False
+            carry = len(lines[-1])
+        if carry > wire.MAX_LINE:
+            return False
+    return True
+
+
 def _head_of(data):
     match = _HEADERS_END.search(data)
     return data[:match.start()] if match else data
@@ -76,7 +96,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
         row.update(message_id=message_id or wire.message_id_of(data), size=len(data),
-                   eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii())
+                   eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii(),
+                   wire_ready=len(data) <= CHUNK or lines_fit(data))
         if len(data) <= CHUNK:
             return _insert(connection, dict(row, body=data, chunks=0), notify)
         ident = _insert(connection, dict(row, body=None, chunks=0), notify)
@@ -89,7 +110,7 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
         raise TypeError(f"expected the message as bytes or a wire.Stream, not "
                         f"{type(data).__name__}")
     row.update(message_id=message_id or data.message_id, eightbit=bool(data.eightbit),
-               head_8bit=bool(data.head_8bit))
+               head_8bit=bool(data.head_8bit), wire_ready=True)  # the Stream's promise
     blocks = _blocks(data)
     first = next(blocks, b"")
     second = next(blocks, None)
