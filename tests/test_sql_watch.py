@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from pyramid_txmail.queue.sql import enqueue
 from pyramid_txmail.queue.wakeup import Waker
@@ -99,7 +100,10 @@ def test_a_postgresql_restart_under_the_watcher_and_the_queue(waker):
         # a notification may have been sent while nobody listened
         assert watcher.wait(PATIENCE, waker) == "mail"
         watcher.mark()
-        after = put(queue)  # the pool's dead connections are replaced (pre-ping)
+        app = sa.create_engine(pg.url, pool_pre_ping=True)  # the application's own
+        with app.begin() as connection:
+            after = enqueue(connection, "a@example.com", ["b@example.com"], message())
+        app.dispose()
         assert watcher.wait(PATIENCE, waker) == "mail"
         queue.retire(claimed)  # a claim made before the restart still settles
         [second] = claim_all(queue)
