@@ -6,6 +6,7 @@ A wait that must *not* end is given a short timeout and must come back
 """
 from __future__ import annotations
 
+import select
 import threading
 import time
 
@@ -55,7 +56,9 @@ def test_mark_forgets_what_the_coming_pass_will_see(pg_url, waker):
     queue = make_queue(pg_url)
     watcher = queue.watcher(settings(), "auto")
     put(queue)
-    watcher.mark()
+    # the notification has reached the watcher's socket (not yet read) ...
+    assert select.select([watcher.connection.pgconn.socket], [], [], PATIENCE)[0]
+    watcher.mark()  # ... and mark() forgets it: the pass about to start sees that mail
     assert watcher.wait(QUIET, waker) == "timeout"
     watcher.close()
     queue.close()

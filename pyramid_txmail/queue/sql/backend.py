@@ -27,23 +27,20 @@ deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 import secrets
-import socket
 import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
 
 from ...compose import wire
-from ..interface import IClaimed, IQueue, IQueueAdmin
+from ..interface import IQueue, IQueueAdmin
 from .admin import SqlAdmin
 from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .leases import LeaseScope, log
+from .leases import Claimed, LeaseScope, claimer, log
 from .schema import db_epoch, outbox, outbox_chunk
-from .store import _attempts, _insert, autocommit, copy_chunks, enqueue, read_chunks
+from .store import attempts_of, autocommit, copy_chunks, enqueue, insert_row, read_chunks
 
 #: How long delivered rows are kept by default (``mail.keep_delivered``): a day,
 #: as Rails' Solid Queue keeps finished jobs.  Long enough to answer "did the
@@ -61,35 +58,9 @@ AWAY_RETRY = 5.0
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
 
-@implementer(IClaimed)
-@dataclasses.dataclass(eq=False)
-class Claimed:
-    """One outbox row this process claimed (its token proves it)."""
-
-    id: int
-    token: str
-    queued_at: float | None
-    meta: object
-    claimed_from: str
-    problem: str | None = None
-
-    @property
-    def name(self):
-        return str(self.id)
-
-    @property
-    def state_record(self):
-        return f"the state of outbox row {self.id}"
-
-
 def engine_from_settings(settings):
     """The processors' engine for ``mail.queue_url`` (``txmail-queue init-db`` too)."""
     return make_engine(settings.queue_url, pool_size=settings.workers + 4)
-
-
-def claimer():
-    """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"[:255]
 
 
 @implementer(IQueue, IQueueAdmin)
@@ -326,7 +297,7 @@ class SQLQueue(SqlAdmin):
             return row.chunks
 
     def record(self, claimed, state):
-        self._settle(claimed, {"meta": state, "attempts": _attempts(state)})
+        self._settle(claimed, {"meta": state, "attempts": attempts_of(state)})
         claimed.meta = state
 
     def retire(self, claimed, had_state=True):
@@ -354,7 +325,7 @@ class SQLQueue(SqlAdmin):
 
     def bury(self, claimed, state):
         self._settle(claimed, dict(_CLEAR_CLAIM, state="failed", meta=state,
-                                   attempts=_attempts(state), settled_at=db_epoch(),
+                                   attempts=attempts_of(state), settled_at=db_epoch(),
                                    next_attempt=None))
         return claimed.name
 
@@ -367,11 +338,11 @@ class SQLQueue(SqlAdmin):
                                    meta=state))
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
-                   "meta": state, "attempts": _attempts(state),
+                   "meta": state, "attempts": attempts_of(state),
                    "message_id": data.message_id, "size": data.size, "chunks": count,
                    "body": None, "eightbit": bool(data.eightbit),
                    "head_8bit": bool(data.head_8bit), "wire_ready": True}
-            copy = _insert(connection, row, notify=False)
+            copy = insert_row(connection, row, notify=False)
             copy_chunks(connection, ident, copy)
             return str(copy)
 
