@@ -124,9 +124,9 @@ def load_key(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise ValueError(f"cannot read the key file: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO (O_NONBLOCK: no hang)
             raise ValueError("the key file is not a regular file")
         mode = stat.S_IMODE(info.st_mode)
         if mode not in (0o600, 0o400):
@@ -137,9 +137,11 @@ def load_key(path):
                              f"process's user (uid {os.geteuid()}); chown it to the user "
                              "that sends the mail")
         try:
-            pem = f.read(1 << 20)
+            pem = os.read(fd, 1 << 20)  # a PEM key is a few KiB
         except OSError as exc:
             raise ValueError(f"cannot read the key file: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     try:
         key = parse_pem_private_key(pem.replace(b"\r\n", b"\n"))
     except Exception:  # dkimpy's UnparsableKeyError, binascii.Error, ASN.1 errors...
@@ -194,9 +196,12 @@ def parse_domains(value):
     return tuple(entries) or None
 
 
-def _check_names(domain, selector):
+def _check_domain(domain):
     if not _DOMAIN.match(_ascii_domain(domain)):
         raise ValueError(f"{domain!r} is not a domain name")
+
+
+def _check_selector(selector):
     if not _SELECTOR.match(selector):
         raise ValueError(f"{selector!r} is not a selector (letters, digits, - and _, "
                          "dot-separated)")
@@ -222,6 +227,11 @@ def signer_from_settings(values):
         if missing:
             raise DKIMConfigError(single[0], values[single[0]], "DKIM signing also needs "
                                   + " and ".join("mail." + n for n in missing))
+        for name, check in (("dkim_domain", _check_domain), ("dkim_selector", _check_selector)):
+            try:
+                check(values[name])
+            except ValueError as exc:
+                raise DKIMConfigError(name, values[name], str(exc)) from None
         entries.append(("dkim_private_key", values["dkim_domain"], values["dkim_selector"],
                         values["dkim_private_key"]))
     entries += [("dkim_domains", *entry) for entry in domains]
@@ -229,7 +239,8 @@ def signer_from_settings(values):
     for key_name, domain, selector, path in entries:
         shown = path if key_name == "dkim_private_key" else f"{domain} {selector} {path}"
         try:
-            _check_names(domain, selector)
+            _check_domain(domain)
+            _check_selector(selector)
             key, bits = load_key(path)
         except ValueError as exc:
             raise DKIMConfigError(key_name, shown, f"{exc} (key file {path})") from None
