@@ -262,13 +262,13 @@ def _template(value):
 
 
 def _dkim_headers(value):
-    from .relay.dkim import parse_header_names
+    from .relay.dkim_keys import parse_header_names
 
     return parse_header_names(value)
 
 
 def _dkim_domains(value):
-    from .relay.dkim import parse_domains
+    from .relay.dkim_keys import parse_domains
 
     return parse_domains(value)
 

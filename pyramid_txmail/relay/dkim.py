@@ -26,57 +26,27 @@ is sent unsigned (logged at DEBUG).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import email.utils
 import hashlib
-import os
 import re
-import stat
 import time
+
+import dkim as _dkimpy  # pure Python; its one dependency (dnspython) email-validator has too
+from dkim.canonicalization import CanonicalizationPolicy
+from dkim.crypto import HASH_ALGORITHMS
 
 from ..util.printable import get_logger
 from ..compose import wire
+from .dkim_keys import (DEFAULT_HEADERS, DKIMConfigError, DomainKey, ascii_domain,
+                        check_domain, check_selector, load_key, parse_header_names)
 
-try:  # dkimpy: pure Python, and its one dependency (dnspython) email-validator has too
-    import dkim as _dkimpy
-    from dkim.canonicalization import CanonicalizationPolicy
-    from dkim.crypto import HASH_ALGORITHMS, parse_pem_private_key
-except ImportError:  # pragma: no cover - install_requires has it
-    _dkimpy = None
-
-__all__ = ["DEFAULT_HEADERS", "CANONICALIZATIONS", "BodyHash", "DKIMSigner", "DomainKey",
-           "DKIMConfigError", "DKIMSigningError", "load_key", "parse_header_names",
-           "parse_domains", "signer_from_settings"]
+__all__ = ["BodyHash", "DKIMSigner", "DKIMSigningError", "DKIMConfigError", "DomainKey",
+           "signer_from_settings", "sign_chunks"]
 
 log = get_logger("pyramid_txmail.dkim")
 
-#: Signed when present (RFC 6376 5.4.1's list, trimmed to what transactional mail
-#: carries, plus the one-click unsubscribe fields Gmail and Yahoo ask bulk senders for).
-DEFAULT_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID",
-                   "In-Reply-To", "References", "MIME-Version", "Content-Type",
-                   "Content-Transfer-Encoding", "List-Id", "List-Unsubscribe",
-                   "List-Unsubscribe-Post")
-#: Never signed (RFC 6376 5.4, dkimpy's SHOULD_NOT): relays add or drop them on the way.
-UNSIGNABLE = ("return-path", "received", "comments", "keywords", "bcc", "resent-bcc",
-              "dkim-signature")
-CANONICALIZATIONS = ("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple")
-#: RFC 8301 3.2: verifiers must refuse RSA keys under 1024 bits (dkimpy does).
-MIN_KEY_BITS = 1024
-_HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")  # RFC 5322 ftext
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)*"
-                     r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
-_SELECTOR = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*$")
 _WSP_RUN = re.compile(rb"[ \t]+")
 _CRLF = b"\r\n"
-
-
-class DKIMConfigError(ValueError):
-    """A DKIM setting is wrong: ``key`` (without the prefix), ``value`` and why."""
-
-    def __init__(self, key, value, why):
-        super().__init__(f"{key} = {value!r}: {why}")
-        self.key, self.value, self.why = key, value, why
 
 
 class DKIMSigningError(Exception):
@@ -88,129 +58,11 @@ class DKIMSigningError(Exception):
         self.temporary = temporary
 
 
-# -- configuration -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DomainKey:
-    """One signing domain: its selector and the parsed RSA key (never shown)."""
-
-    domain: str
-    selector: str
-    path: str
-    bits: int
-    key: dict = dataclasses.field(repr=False, compare=False)
-
-
-def _require_dkimpy():
-    if _dkimpy is None:
-        raise DKIMConfigError("dkim_private_key", None, "DKIM signing needs the dkimpy "
-                              "package, which is not installed (pip install dkimpy)")
-
-
-def load_key(path):
-    """The parsed RSA private key in the PEM file ``path``, and its size in bits.
-
-    Refused (ValueError saying why) unless the file is a regular file owned by
-    this process's user with mode 0600 or 0400: a signing key others can read
-    lets them sign mail as the domain.  Read through one descriptor, so the
-    file checked is the file read.
-    """
-    _require_dkimpy()
-    if not os.path.isabs(path):
-        raise ValueError("a relative path would mean a different file for each process's "
-                         "working directory; give an absolute path")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ValueError(f"cannot read the key file: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # a directory, a FIFO (O_NONBLOCK: no hang)
-            raise ValueError("the key file is not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode not in (0o600, 0o400):
-            raise ValueError(f"the key file has mode {mode:04o}; a private key must be "
-                             "readable by its owner only (chmod 600 or 400)")
-        if info.st_uid != os.geteuid():
-            raise ValueError(f"the key file is owned by uid {info.st_uid}, not by this "
-                             f"process's user (uid {os.geteuid()}); chown it to the user "
-                             "that sends the mail")
-        try:
-            pem = os.read(fd, 1 << 20)  # a PEM key is a few KiB
-        except OSError as exc:
-            raise ValueError(f"cannot read the key file: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    try:
-        key = parse_pem_private_key(pem.replace(b"\r\n", b"\n"))
-    except Exception:  # dkimpy's UnparsableKeyError, binascii.Error, ASN.1 errors...
-        raise ValueError("the file is not a PEM RSA private key (PKCS#1 'BEGIN RSA "
-                         "PRIVATE KEY' or PKCS#8 'BEGIN PRIVATE KEY')") from None
-    bits = key["modulus"].bit_length()
-    if bits < MIN_KEY_BITS:
-        raise ValueError(f"the key has {bits} bits; receivers refuse RSA keys under "
-                         f"{MIN_KEY_BITS} bits (RFC 8301), use 2048")
-    return key, bits
-
-
-def _ascii_domain(domain):
-    """A domain as d= and the From lookup compare it: lower case, IDNA A-labels."""
-    domain = domain.strip().rstrip(".").lower()
-    try:
-        return domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        return domain
-
-
-def parse_header_names(value):
-    """``"From, To, Subject"`` (commas or whitespace) → a tuple of names; From is
-    always among them (RFC 6376 5.4), and names relays change are refused."""
-    if isinstance(value, (list, tuple)):
-        names = [str(v).strip() for v in value]
-    else:
-        names = re.split(r"[\s,]+", str(value).strip())
-    names = [n.rstrip(":") for n in names if n]
-    for name in names:
-        if not _HEADER_NAME.match(name):
-            raise ValueError(f"{name!r} is not a header field name")
-        if name.lower() in UNSIGNABLE:
-            raise ValueError(f"{name} must not be signed: relays add or remove it on the "
-                             "way, which would break the signature")
-    if "from" not in (n.lower() for n in names):
-        names.insert(0, "From")
-    return tuple(dict.fromkeys(names))
-
-
-def parse_domains(value):
-    """``mail.dkim_domains``: one ``domain selector /path/to/key.pem`` a line (or
-    separated by commas) → ``((domain, selector, path), ...)``; keys not read yet."""
-    entries = []
-    for line in re.split(r"[\n,]+", str(value)):
-        words = line.split()
-        if not words:
-            continue
-        if len(words) != 3:
-            raise ValueError(f"{line.strip()!r}: expected 'domain selector /path/to/key.pem'")
-        entries.append(tuple(words))
-    return tuple(entries) or None
-
-
-def _check_domain(domain):
-    if not _DOMAIN.match(_ascii_domain(domain)):
-        raise ValueError(f"{domain!r} is not a domain name")
-
-
-def _check_selector(selector):
-    if not _SELECTOR.match(selector):
-        raise ValueError(f"{selector!r} is not a selector (letters, digits, - and _, "
-                         "dot-separated)")
-
-
 def signer_from_settings(values):
     """The :class:`DKIMSigner` for the parsed ``mail.*`` values (a dict), or ``None``
-    when no DKIM key is configured.  Every key file is read and parsed now, so a
-    bad one stops the start-up (:class:`DKIMConfigError` naming key and file)."""
+    when no DKIM key is configured.  Every key file is read and parsed now
+    (:mod:`~pyramid_txmail.relay.dkim_keys`), so a bad one stops the start-up
+    (:class:`DKIMConfigError` naming key and file)."""
     single = [n for n in ("dkim_private_key", "dkim_selector", "dkim_domain") if values.get(n)]
     domains = values.get("dkim_domains") or ()
     if not single and not domains:
@@ -219,7 +71,6 @@ def signer_from_settings(values):
                 raise DKIMConfigError(name, values[name], "no DKIM key is configured "
                                       "(mail.dkim_private_key or mail.dkim_domains)")
         return None
-    _require_dkimpy()
     entries = []
     if single:
         missing = [n for n in ("dkim_private_key", "dkim_selector", "dkim_domain")
@@ -227,7 +78,7 @@ def signer_from_settings(values):
         if missing:
             raise DKIMConfigError(single[0], values[single[0]], "DKIM signing also needs "
                                   + " and ".join("mail." + n for n in missing))
-        for name, check in (("dkim_domain", _check_domain), ("dkim_selector", _check_selector)):
+        for name, check in (("dkim_domain", check_domain), ("dkim_selector", check_selector)):
             try:
                 check(values[name])
             except ValueError as exc:
@@ -239,15 +90,15 @@ def signer_from_settings(values):
     for key_name, domain, selector, path in entries:
         shown = path if key_name == "dkim_private_key" else f"{domain} {selector} {path}"
         try:
-            _check_domain(domain)
-            _check_selector(selector)
+            check_domain(domain)
+            check_selector(selector)
             key, bits = load_key(path)
         except ValueError as exc:
             raise DKIMConfigError(key_name, shown, f"{exc} (key file {path})") from None
-        ascii_domain = _ascii_domain(domain)
-        if ascii_domain in keys:
-            raise DKIMConfigError(key_name, shown, f"a second key for {ascii_domain}")
-        keys[ascii_domain] = DomainKey(ascii_domain, selector, path, bits, key)
+        name = ascii_domain(domain)
+        if name in keys:
+            raise DKIMConfigError(key_name, shown, f"a second key for {name}")
+        keys[name] = DomainKey(name, selector, path, bits, key)
     return DKIMSigner(keys, values.get("dkim_headers") or DEFAULT_HEADERS,
                       values.get("dkim_canonicalization") or "relaxed/relaxed")
 
@@ -375,7 +226,7 @@ class DKIMSigner:
 
     def key_for(self, domain):
         """The :class:`DomainKey` of ``domain`` or of its nearest parent, or None."""
-        labels = _ascii_domain(domain).split(".")
+        labels = ascii_domain(domain).split(".")
         for i in range(len(labels) - 1 if len(labels) > 1 else 1):
             key = self.keys.get(".".join(labels[i:]))
             if key is not None:
