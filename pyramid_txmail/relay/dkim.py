@@ -45,7 +45,7 @@ __all__ = ["BodyHash", "DKIMSigner", "DKIMSigningError", "DKIMConfigError", "Dom
 
 log = get_logger("pyramid_txmail.dkim")
 
-_WSP_RUN = re.compile(rb"[ \t]+")
+_WSP_RUN = re.compile(rb"\t[ \t]*| [ \t]+")  # a lone SP is already canonical: left alone
 _CRLF = b"\r\n"
 
 
@@ -131,7 +131,9 @@ class BodyHash:
 
     def _lines(self, block):
         if self.relaxed:  # WSP runs become one SP, then none is left at a line's end
-            block = _WSP_RUN.sub(b" ", block).replace(b" \r\n", _CRLF)
+            if b"\t" in block or b"  " in block:  # (memchr-fast; base64 has neither)
+                block = _WSP_RUN.sub(b" ", block)
+            block = block.replace(b" \r\n", _CRLF)
         text = block.rstrip(_CRLF)
         if not text:
             self._empty_lines += len(block) // 2
