@@ -278,3 +278,28 @@ def test_the_queue_file_is_never_changed(server, tmp_path, key):
     assert spool.names("failed") == [name]
     assert (tmp_path / "spool" / "failed" / name).read_bytes() == before
     assert b"DKIM-Signature" not in before
+
+
+@pytest.mark.parametrize("how", ["direct", "send_immediately"])
+def test_a_message_streamed_from_an_attached_file_and_redirected_verifies(
+        server, tmp_path, key, how):
+    """An attachment given as a path makes the message a wire.Stream (never whole in
+    memory), and mail.redirect_to puts its header in front of that stream: signed after
+    both, over the stream, it verifies."""
+    attachment = tmp_path / "report.csv"
+    attachment.write_bytes(b"id;name;note\r\n" + b"1;.dot;  spaced\t\r\n" * 100_000)
+    registry = registry_for(server, tmp_path, **dkim_settings(
+        key[0], **{"mail.redirect_to": "qa@example.com"}))
+    mail = Mail(subject="Streamed", to="customer@example.org", text="Attached.\n")
+    mail.attach(str(attachment))
+    from pyramid_txmail.compose.message import prepare
+
+    assert isinstance(prepare(mail, "shop@example.com").data, wire.Stream)
+    if how == "send_immediately":
+        get_mailer(registry, transaction.TransactionManager()).send_immediately(mail)
+    else:
+        send(registry, mail)
+    [got] = server.messages
+    assert got.rcpt_tos == ["qa@example.com"] and len(got.data) > 1_900_000
+    ok, why = verify(got.data, KeyRecords().publish("s1", "example.com", key[1]))
+    assert ok, why
