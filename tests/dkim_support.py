@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 
 import dkim
 from cryptography.hazmat.primitives import serialization
@@ -72,9 +73,10 @@ def verify(message, records, index=0):
 
 def signature_tags(message):
     """The tags of the first DKIM-Signature field of ``message`` (str keys and values)."""
-    headers, _ = dkim.rfc822_parse(message)
-    for name, value in headers:
-        if name.lower() == b"dkim-signature":
-            tags = dkim.util.parse_tag_value(value)
-            return {k.decode(): b"".join(v.split()).decode() for k, v in tags.items()}
-    return None
+    if not message.startswith(b"DKIM-Signature:"):
+        message = message[message.find(b"\nDKIM-Signature:") + 1:]
+    if not message.startswith(b"DKIM-Signature:"):
+        return None
+    field = re.match(rb"DKIM-Signature:(.*?)\r?\n(?![ \t])", message, re.DOTALL).group(1)
+    tags = dkim.util.parse_tag_value(field)
+    return {k.decode(): b"".join(v.split()).decode() for k, v in tags.items()}

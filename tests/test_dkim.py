@@ -303,3 +303,21 @@ def test_a_message_streamed_from_an_attached_file_and_redirected_verifies(
     assert got.rcpt_tos == ["qa@example.com"] and len(got.data) > 1_900_000
     ok, why = verify(got.data, KeyRecords().publish("s1", "example.com", key[1]))
     assert ok, why
+
+
+def test_obsolete_header_syntax_is_left_unsigned_not_refused(server, key):
+    """A field with a space before its colon (RFC 5322 obsolete syntax) is sent, not
+    signed: dkimpy's parser (like many verifiers') refuses it in what it signs."""
+    from pyramid_txmail.relay.smtp import SMTPTransport
+
+    signer = parse_settings(dkim_settings(key[0])).dkim
+    data = (b"From: shop@example.com\r\nTo: bob@example.org\r\nSubject : old style\r\n"
+            b"Message-ID: <obs@example.com>\r\n\r\nBody\r\n")
+    with SMTPTransport(server.host, server.port, dkim=signer) as transport:
+        assert transport.deliver("shop@example.com", ["bob@example.org"], data).ok
+    [got] = server.messages
+    assert signature_tags(got.data)["h"] == "from:to:message-id:from"
+    # dkimpy cannot parse such a message at all; the field is unsigned, so renamed it
+    # changes nothing the signature covers:
+    renamed = got.data.replace(b"Subject : old style", b"X-Subject: old style")
+    assert verify(renamed, KeyRecords().publish("s1", "example.com", key[1]))[0]

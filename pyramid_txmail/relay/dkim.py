@@ -187,7 +187,9 @@ class _Scan:
                     name, raw = self.fields[-1]
                     self.fields[-1] = (name, raw + line)
                 continue
-            name = line.split(b":", 1)[0].rstrip(b" \t").lower()
+            # "Subject : x" (obsolete syntax) is not kept: dkimpy's parser, like many
+            # verifiers', takes no space before the colon -- signed, it would fail.
+            name = line.split(b":", 1)[0].lower()
             self._keep = name in self.names
             if self._keep:
                 self.fields.append((name, line))
