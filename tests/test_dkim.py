@@ -321,3 +321,24 @@ def test_obsolete_header_syntax_is_left_unsigned_not_refused(server, key):
     # changes nothing the signature covers:
     renamed = got.data.replace(b"Subject : old style", b"X-Subject: old style")
     assert verify(renamed, KeyRecords().publish("s1", "example.com", key[1]))[0]
+
+
+def test_a_message_that_cannot_be_read_while_signing_is_temporary_and_nothing_is_sent(
+        server, key):
+    """Reading the message to sign it fails (a queue file on a failing disk): the
+    recipients are deferred with the reason, and not a byte of it went to the relay."""
+    from pyramid_txmail.relay.result import TEMPORARY
+    from pyramid_txmail.relay.smtp import SMTPTransport
+
+    def failing():
+        yield b"From: shop@example.com\r\nTo: bob@example.org\r\n\r\nfirst block\r\n"
+        raise OSError(5, "Input/output error")
+
+    signer = parse_settings(dkim_settings(key[0])).dkim
+    with SMTPTransport(server.host, server.port, dkim=signer) as transport:
+        result = transport.deliver("shop@example.com", ["bob@example.org"],
+                                   wire.Stream(failing, message_id="<eio@example.com>"))
+    [only] = result.results
+    assert only.status == TEMPORARY and "cannot read the message to sign it" in only.text
+    assert "Input/output error" in only.text
+    assert server.messages == []
