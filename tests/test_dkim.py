@@ -342,3 +342,27 @@ def test_a_message_that_cannot_be_read_while_signing_is_temporary_and_nothing_is
     assert only.status == TEMPORARY and "cannot read the message to sign it" in only.text
     assert "Input/output error" in only.text
     assert server.messages == []
+
+
+def test_the_sendmail_transport_defers_a_message_it_cannot_read_to_sign(tmp_path, key):
+    """The same for the sendmail binary: deferred with the reason, the binary never run."""
+    from pyramid_txmail.relay.result import TEMPORARY
+    from pyramid_txmail.relay.sendmail import SendmailTransport
+
+    ran = tmp_path / "ran"
+    app = tmp_path / "sendmail"
+    app.write_text(f"#!/bin/sh\ntouch {ran}\ncat >/dev/null\n")
+    app.chmod(0o700)
+
+    def failing():
+        yield b"From: shop@example.com\nTo: bob@example.org\n\nfirst block\n"
+        raise OSError(5, "Input/output error")
+
+    signer = parse_settings(dkim_settings(key[0])).dkim
+    transport = SendmailTransport(str(app), ["{sendmail_app}", "-i", "-f", "{sender}"],
+                                  dkim=signer)
+    result = transport.deliver("shop@example.com", ["bob@example.org"],
+                               wire.Stream(failing, message_id="<eio@example.com>"))
+    [only] = result.results
+    assert only.status == TEMPORARY and "cannot read the message to sign it" in only.text
+    assert not ran.exists()
