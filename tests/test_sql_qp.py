@@ -332,3 +332,18 @@ def test_the_daemon_retries_a_deferred_message_when_it_is_due(tmp_path, db_url,
     log = log_of(proc)
     assert "deferred=1" in log and "sent=1" in log
     assert server.handler.refused("a@example.org") == [451]
+
+
+def test_a_database_that_cannot_be_reached_is_one_clear_line(tmp_path, smtp_server):
+    """txmail-queue names the setting and the reason; no traceback, no password."""
+    from .pg_support import free_port
+    url = f"postgresql://mailer:S3cret-Pw@127.0.0.1:{free_port()}/nowhere"
+    ini = write_ini(tmp_path, url, smtp_server)
+    for command in (["init-db"], ["status"], ["list", "--json"]):
+        proc = run(QUEUE, ini, *command)
+        assert proc.returncode == 1, proc.stderr
+        [line] = proc.stderr.splitlines()
+        assert line.startswith("txmail-queue: error: the database of mail.queue_url "
+                               "(postgresql://mailer:***@127.0.0.1:")
+        assert "is not available" in line and "Connection refused" in line
+        assert "S3cret-Pw" not in proc.stdout + proc.stderr

@@ -237,12 +237,26 @@ def run(args):
     verbose = getattr(args, "verbose", False)
     path, app_name = split_uri(args.config_uri, app_name)
     settings = _settings(path, app_name, args.command)
+    args.settings = settings
     setup_logging(path, verbose=verbose, quiet=not verbose)
     if args.command == "init-db":
         return cmd_init_db(settings)
     queue = open_queue_or_exit(settings)
-    args.settings = settings
     return COMMANDS[args.command](queue, args, time.time())
+
+
+def _database_unavailable(exc, settings):
+    """One line for an SQL outbox whose database cannot be reached (its URL without
+    the password, and the driver's reason), or None for any other error."""
+    if settings is None or not type(exc).__module__.startswith("sqlalchemy"):
+        return None
+    from ..queue.sql.engine import unreachable, where
+
+    why = unreachable(exc)
+    if why is None:
+        return None
+    return (f"the database of mail.queue_url ({where(settings.queue_url)}) is not "
+            f"available: {why}")
 
 
 def main(argv=None):
@@ -260,6 +274,11 @@ def main(argv=None):
         print(f"{PROG}: error: {clean(' '.join(str(exc).split()))}", file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:
+        unavailable = _database_unavailable(exc, getattr(args, "settings", None))
+        if unavailable:
+            log.debug("%s", unavailable, exc_info=True)
+            print(f"{PROG}: error: {clean(unavailable)}", file=sys.stderr)
+            return EX_FAILED
         if getattr(args, "verbose", False):
             log.exception("%s: unexpected error", PROG)
         # an OSError names the file; other messages might quote anything
