@@ -347,3 +347,13 @@ def test_a_database_that_cannot_be_reached_is_one_clear_line(tmp_path, smtp_serv
                                "(postgresql://mailer:***@127.0.0.1:")
         assert "is not available" in line and "Connection refused" in line
         assert "S3cret-Pw" not in proc.stdout + proc.stderr
+
+
+def test_an_outbox_without_its_tables_says_to_run_init_db(tmp_path, db_url, smtp_server):
+    ini = write_ini(tmp_path, db_url, smtp_server)
+    proc = run(QUEUE, ini, "status")
+    assert proc.returncode == 78, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "has no outbox tables" in line and "txmail-queue CONFIG_URI init-db" in line
+    assert run(QUEUE, ini, "init-db").returncode == 0
+    assert run(QUEUE, ini, "status").returncode == 0

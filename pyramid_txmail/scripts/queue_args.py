@@ -48,7 +48,7 @@ exit status:
   2   usage error (bad command line, unknown state, bad duration)
   78  configuration error: missing ini file or section, bad or unknown mail.*
       setting, no mail.queue_path (nor mail.queue_url), no spool directory
-      there; init-db without mail.queue_url
+      there, an SQL outbox without its tables; init-db without mail.queue_url
 """
 
 STATE_HELP = ("queued (or new), in_progress (or cur), deferred, failed, tmp")
