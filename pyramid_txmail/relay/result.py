@@ -17,7 +17,8 @@ class RecipientResult:
     ``relay`` is the relay (``host:port``) whose answer this is -- with
     failover per message, recipients of one message may end at different
     relays -- or ``None`` when no relay was involved (no session could be
-    set up, the sendmail binary, a development delivery).
+    set up, the sendmail binary, a development delivery).  Pass it (and a
+    subclass's own fields, such as ``SendmailResult.exit_status``) by keyword.
     """
 
     recipient: str

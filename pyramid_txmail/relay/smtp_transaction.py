@@ -190,7 +190,7 @@ class RelaySession:
                               self._lost(exc, stage, final_dot_sent)), in_doubt
 
     def _result(self, recipient, status, code, text):
-        return RecipientResult(recipient, status, code, text, self.address)
+        return RecipientResult(recipient, status, code, text, relay=self.address)
 
     def _payload(self, smtp, fromaddr, toaddrs, data):
         """``(chunks, MAIL FROM options)`` for this server, or SessionFailure."""
