@@ -328,11 +328,12 @@ class SMTPTransport:
         relay hosts; ``results`` is updated in place.
 
         A recipient leaves the chain at its first 2yz or 5yz.  One still
-        temporary at the end keeps the last reply had, with every relay's
-        reason in its text.  A recipient in doubt (the final dot went out,
-        no reply came) is never offered again: that relay may have it.
+        temporary at the end keeps the last reply had.  A recipient that is
+        not sent keeps, in its text, the reply its code is from first, then
+        what every other relay said (each names its relay).  A recipient in
+        doubt (the final dot went out, no reply came) is never offered
+        again: that relay may have it.
         """
-        reasons = {i: [results[i].text] for i in pending}
         for host in self._relays_after(session.host):
             recipients = [toaddrs[i] for i in pending]
             try:
@@ -341,23 +342,25 @@ class SMTPTransport:
                     fromaddr, recipients, data)
             except SessionFailure as failure:  # this relay cannot take it now
                 for i in pending:
-                    reasons[i].append(failure.text)
-                    results[i] = dataclasses.replace(results[i], text="; ".join(reasons[i]))
+                    results[i] = dataclasses.replace(
+                        results[i], text=f"{results[i].text}; {failure.text}")
                 continue
             log.info("%s: %s failed over to %s", message_id, ", ".join(recipients),
                      session.address)
             still = []
             for j, i in enumerate(pending):
+                before = results[i]  # its code goes into the text, with the relay's
+                earlier = f"{before.code} {before.text}" if before.code else before.text
                 answer = answers[j]
                 if answer.status != SENT:
-                    reasons[i].append(answer.text)
-                    answer = dataclasses.replace(answer, text="; ".join(reasons[i]))
+                    answer = dataclasses.replace(answer, text=f"{answer.text}; {earlier}")
                     if answer.status == TEMPORARY and j not in in_doubt:
                         still.append(i)
                 results[i] = answer
             pending = still
             if not pending:
                 return
+
 
 def _deliver_or_raise(mailer, fromaddr, toaddrs, message, message_id):
     """The end of an IMailer's ``send`` (SMTP and sendmail): ``mailer.deliver``
