@@ -247,5 +247,24 @@ def test_stale_fallback_session_is_reopened(make_smtp_server):
         assert transport.deliver(FROM, [A], message(1)).ok
         fallback.handler.close_connections()
         assert transport.deliver(FROM, [B], message(2)).ok
+        assert transport.deliver(FROM, [C], message(3)).ok  # the new one was kept
+        assert transport.connections_opened == 3
+    assert fallback.handler.connections == 2
+    assert stored(fallback) == {A: 1, B: 1, C: 1}
+
+
+def test_primary_gone_and_the_kept_fallback_session_stale(make_smtp_server):
+    """The primary's relay is gone: the session kept for failover with the
+    next relay becomes the primary one -- and if the server closed it
+    meanwhile, a new one is opened, the message is not lost to an error."""
+    primary = relay(make_smtp_server, {"mail": "451 4.3.0 not now"})
+    fallback = relay(make_smtp_server)
+    with transport_for(primary, fallback) as transport:
+        assert transport.deliver(FROM, [A], message(1)).ok
+        primary.handler.script = {"ehlo": "421 4.3.2 going away"}  # no new session
+        primary.handler.close_connections()
+        fallback.handler.close_connections()
+        [r] = transport.deliver(FROM, [B], message(2)).results
+        assert r.status == SENT and r.relay == address(fallback)
     assert fallback.handler.connections == 2
     assert stored(fallback) == {A: 1, B: 1}

@@ -275,11 +275,13 @@ class SMTPTransport:
         raise SessionFailure("no relay took the session: " + "; ".join(f.text for f in failures),
                              failures[-1].code)
 
-    def _fallback(self, host):
+    def _fallback(self, host, fresh=False):
         """The session with fallback ``host``: the one kept from an earlier
-        failover, or a new one (kept for the next)."""
+        failover (unless ``fresh``), or a new one, kept for the next."""
         session = self._fallbacks.get(host)
-        if session is None or not session.alive:
+        if fresh or session is None or not session.alive:
+            if session is not None:
+                session.drop()
             session = self._fallbacks[host] = self._connect(host)
         return session
 
@@ -306,16 +308,22 @@ class SMTPTransport:
         return results
 
     def _send(self, session, reopen, fromaddr, toaddrs, data):
-        """``(session, results, in_doubt)`` of one transaction over ``session``;
-        a reused session found dead is replaced by ``reopen()`` once, before
-        anything of the message was accepted."""
-        try:
-            results, in_doubt = session.transaction(fromaddr, toaddrs, data)
-        except Stale as stale:
-            log.info("connection to %s is gone (%s); reconnecting", session.address, stale)
-            session.drop()
-            session = reopen()
-            results, in_doubt = session.transaction(fromaddr, toaddrs, data)
+        """``(session, results, in_doubt)`` of one transaction over ``session``.
+
+        A reused session found dead before anything of the message was
+        accepted is replaced by ``reopen()``; that may be another kept
+        session, found dead too, so this repeats (each dead one is dropped,
+        and a new connection is never stale).
+        """
+        while True:
+            try:
+                results, in_doubt = session.transaction(fromaddr, toaddrs, data)
+                break
+            except Stale as stale:
+                log.info("connection to %s is gone (%s); reconnecting", session.address,
+                         stale)
+                session.drop()
+                session = reopen()
         if self.max_messages and session.alive and session.sent >= self.max_messages:
             log.debug("%d messages sent over the connection to %s; closing it",
                       session.sent, session.address)
@@ -338,7 +346,7 @@ class SMTPTransport:
             recipients = [toaddrs[i] for i in pending]
             try:
                 session, answers, in_doubt = self._send(
-                    self._fallback(host), lambda host=host: self._connect(host),
+                    self._fallback(host), lambda host=host: self._fallback(host, fresh=True),
                     fromaddr, recipients, data)
             except SessionFailure as failure:  # this relay cannot take it now
                 for i in pending:
