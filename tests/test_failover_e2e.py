@@ -72,7 +72,8 @@ def test_txmail_qp_one_copy_per_recipient_at_the_relay_that_took_it(tmp_path,
     shown = subprocess.run([QUEUE, ini, "show", "<m2@example.org>"], capture_output=True,
                            text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
-    assert f"e@example.org: sent 250 Message accepted for delivery [via {address(fallback)}]" in shown.stdout
+    assert ("e@example.org: sent 250 Message accepted for delivery "
+            f"[via {address(fallback)}]") in shown.stdout
     assert "d@example.org: temporary 452 4.3.1 d full (in reply to RCPT TO at " \
         f"{address(fallback)}); 451 4.2.0 d busy here (in reply to RCPT TO at " \
         f"{address(primary)}) [via {address(fallback)}]" in shown.stdout
