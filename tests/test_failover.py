@@ -268,3 +268,20 @@ def test_primary_gone_and_the_kept_fallback_session_stale(make_smtp_server):
         assert r.status == SENT and r.relay == address(fallback)
     assert fallback.handler.connections == 2
     assert stored(fallback) == {A: 1, B: 1}
+
+
+def test_a_streamed_message_is_sent_whole_again_to_the_fallback(make_smtp_server):
+    """A Stream was read to its end for the primary's final dot (refused 451):
+    the fallback gets it whole, from a new iterator."""
+    from pyramid_txmail.compose import wire
+
+    data = message(7, size=300_000)
+    stream = wire.Stream(lambda: (data[i:i + 8192] for i in range(0, len(data), 8192)),
+                         size=len(data), message_id="<failover-7@example.org>")
+    primary = relay(make_smtp_server, {"data": "451 4.3.0 scanner unavailable"})
+    fallback = relay(make_smtp_server)
+    with transport_for(primary, fallback) as transport:
+        result = transport.deliver(FROM, [A], stream)
+    assert result.ok and result.results[0].relay == address(fallback)
+    [received] = fallback.messages
+    assert received.data == data
