@@ -137,3 +137,25 @@ def test_direct_delivery_fails_over_too(make_smtp_server):
     [(event, _)] = events
     assert IMailSent.providedBy(event)
     assert [r.relay for r in event.results] == [address(fallback)]
+
+
+def test_workers_keep_their_sessions_across_failovers_in_a_pass(tmp_path, make_smtp_server):
+    """Each worker opens the fallback once, on its first failover, and reuses
+    it for the next ones; its session to the primary is kept too."""
+    primary = fault_server(make_smtp_server, {"rcpt": {"b@example.org": "451 4.2.0 busy"}})
+    fallback = fault_server(make_smtp_server)
+    spool = Spool(str(tmp_path / "spool"))
+    settings = parse_settings({
+        "mail.queue_path": str(spool.path), "mail.host": primary.host,
+        "mail.port": str(primary.port), "mail.fallback_hosts": address(fallback),
+        "mail.timeout": "5", "mail.workers": "2"})
+    ids = [f"<w{n}@example.org>" for n in range(12)]
+    for msgid in ids:
+        enqueue(spool, ["a@example.org", "b@example.org"], msgid)
+    stats = Processor(spool, None, settings).run_once()
+    assert stats.sent == len(ids)
+    assert copies(primary) == {("a@example.org", msgid): 1 for msgid in ids}
+    assert copies(fallback) == {("b@example.org", msgid): 1 for msgid in ids}
+    assert 1 <= primary.handler.connections <= 2
+    assert 1 <= fallback.handler.connections <= 2
+    assert fallback.handler.rcpt_count("a@example.org") == 0
