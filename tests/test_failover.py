@@ -40,8 +40,8 @@ def address(server):
     return f"{server.host}:{server.port}"
 
 
-def transport_for(primary, *fallbacks, **kwargs):
-    return SMTPTransport(primary.host, primary.port, timeout=5,
+def transport_for(primary, *fallbacks, timeout=5, **kwargs):
+    return SMTPTransport(primary.host, primary.port, timeout=timeout,
                          fallback_hosts=[(f.host, f.port) for f in fallbacks], **kwargs)
 
 
@@ -285,3 +285,16 @@ def test_a_streamed_message_is_sent_whole_again_to_the_fallback(make_smtp_server
     assert result.ok and result.results[0].relay == address(fallback)
     [received] = fallback.messages
     assert received.data == data
+
+
+def test_no_reply_in_time_to_the_final_dot_is_not_failed_over(make_smtp_server):
+    """The relay stores the message, then answers after mail.data_timeout:
+    the same RFC 1047 window as a drop, so no copy goes to the fallback."""
+    primary = relay(make_smtp_server, {"delay": {"data": 1.2}})
+    fallback = relay(make_smtp_server)
+    with transport_for(primary, fallback, timeout=0.4, data_timeout=0.4) as transport:
+        [r] = transport.deliver(FROM, [A], message()).results
+    assert r.status == TEMPORARY and r.relay == address(primary)
+    assert "within 0.4s after the end of the message data" in r.text
+    assert stored(primary) == {A: 1} and stored(fallback) == {}
+    assert fallback.handler.connections == 0
