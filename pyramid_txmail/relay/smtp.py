@@ -108,7 +108,8 @@ class SMTPTransport:
     def __init__(self, host="localhost", port=25, *, username=None, password=None,
                  tls=False, ssl=False, keyfile=None, certfile=None, cafile=None,
                  timeout=30.0, debug=0, local_hostname=None, fallback_hosts=(),
-                 host_rest=300.0, max_messages=None, relays=None, data_timeout=600.0):
+                 host_rest=300.0, max_messages=None, relays=None, data_timeout=600.0,
+                 dkim=None):
         self.opener = SessionOpener(username=username, password=password, tls=tls, ssl=ssl,
                                     keyfile=keyfile, certfile=certfile, cafile=cafile,
                                     timeout=timeout, debug=debug,
@@ -127,6 +128,8 @@ class SMTPTransport:
             raise ValueError(f"data_timeout ({self.data_timeout:g}s) is shorter than timeout "
                              f"({self.opener.timeout:g}s); the reply to the final dot must "
                              "be waited for at least as long as any other reply")
+        #: A :class:`~pyramid_txmail.relay.dkim.DKIMSigner`, or None: sign nothing.
+        self.dkim = dkim
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
         #: The session with the first relay that took it, kept for the next
@@ -146,7 +149,7 @@ class SMTPTransport:
                    debug=settings.debug, fallback_hosts=settings.fallback_hosts,
                    host_rest=settings.host_rest,
                    max_messages=settings.connection_max_messages, relays=relays,
-                   data_timeout=settings.data_timeout)
+                   data_timeout=settings.data_timeout, dkim=settings.dkim)
 
     username = property(lambda self: self.opener.username)
     tls = property(lambda self: self.opener.tls)

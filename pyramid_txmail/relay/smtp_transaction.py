@@ -49,13 +49,27 @@ def angle(address):
     return f"<{address}>"
 
 
+def _signed(signer, chunks, size):
+    """``(chunks, size)`` DKIM-signed by ``signer``; a message that cannot be
+    signed is a :class:`SessionFailure` (temporary or permanent, as the
+    signer says)."""
+    from .dkim import DKIMSigningError, sign_chunks
+
+    try:
+        return sign_chunks(signer, chunks, size, wire.message_id_of(
+            chunks if isinstance(chunks, wire.Stream) else chunks[0]))
+    except DKIMSigningError as exc:
+        raise SessionFailure(str(exc), status=TEMPORARY if exc.temporary else PERMANENT,
+                             drop=False) from None
+
+
 class RelaySession:
     """An open session with one relay, and the transactions sent over it.
 
-    ``limits`` is the transport: its ``timeout`` and ``data_timeout`` are
-    read from it.  ``smtp`` is ``None`` once the session was dropped (the
-    server closed it, a reply was lost); the transport then opens a new one
-    when it needs this relay again.
+    ``limits`` is the transport: its ``timeout``, ``data_timeout`` and
+    ``dkim`` (signer or ``None``) are read from it.  ``smtp`` is ``None``
+    once the session was dropped (the server closed it, a reply was lost);
+    the transport then opens a new one when it needs this relay again.
     """
 
     def __init__(self, smtp, host, limits):
@@ -209,6 +223,8 @@ class RelaySession:
                                      status=PERMANENT, drop=False) from None
             chunks, head, size, has_8bit = (payload,), payload, len(payload), \
                 wire.has_8bit(payload)
+        if self.limits.dkim is not None:  # over exactly these bytes, after any re-encoding
+            chunks, size = _signed(self.limits.dkim, chunks, size)
         options = []
         if wire.needs_smtputf8(fromaddr, toaddrs, head):
             if not smtp.has_extn("smtputf8"):
