@@ -337,10 +337,12 @@ SETTINGS = (
     Setting("connection_max_messages", lambda v: _int(v, 1, 10 ** 9), 1000,
             "Messages sent over one SMTP connection before it is closed and reopened."),
     Setting("fallback_hosts", _hosts, None,
-            "Relays tried in order when mail.host is unreachable (host or host:port, "
+            "Relays tried in order when mail.host is unreachable, and for the "
+            "recipients of a message a relay answered 4xx (host or host:port, "
             "comma-separated; the port defaults to mail.port)."),
     Setting("host_rest", parse_duration, 300.0,
-            "A relay that keeps failing to connect is not tried again for this long."),
+            "A relay that keeps failing to set up a session is not tried again for this "
+            "long (one answering 4xx to a message is not rested)."),
     Setting("rate_limit", _rate, None,
             "Most messages per second txmail-qp sends, across all workers (unset or 0: no "
             "limit)."),
