@@ -1,0 +1,5 @@
+"""The exceptions the outbox raises: the queue interface's own (re-exported)."""
+from __future__ import annotations
+
+from ..interface import (  # noqa: F401
+    Ambiguous, ClaimLost, NotFound, PoisonMessage, Refused, Vanished)
