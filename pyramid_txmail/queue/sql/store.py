@@ -91,7 +91,7 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     """
     sender, recipients = check_envelope(fromaddr, toaddrs)
     row = {"state": state, "sender": sender, "recipients": recipients,
-           "attempts": _attempts(meta), "meta": meta}
+           "attempts": attempts_of(meta), "meta": meta}
     notify = connection.dialect.name == "postgresql" and state == "queued"
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
@@ -99,8 +99,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
                    eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii(),
                    wire_ready=len(data) <= CHUNK or lines_fit(data))
         if len(data) <= CHUNK:
-            return _insert(connection, dict(row, body=data, chunks=0), notify)
-        ident = _insert(connection, dict(row, body=None, chunks=0), notify)
+            return insert_row(connection, dict(row, body=data, chunks=0), notify)
+        ident = insert_row(connection, dict(row, body=None, chunks=0), notify)
         view = memoryview(data)
         pieces = (view[i:i + CHUNK] for i in range(0, len(data), CHUNK))
         count = write_chunks(connection, ident, pieces)
@@ -115,8 +115,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     first = next(blocks, b"")
     second = next(blocks, None)
     if second is None:  # it fits in the row
-        return _insert(connection, dict(row, body=first, size=len(first), chunks=0), notify)
-    ident = _insert(connection, dict(row, body=None, size=0, chunks=0), notify)
+        return insert_row(connection, dict(row, body=first, size=len(first), chunks=0), notify)
+    ident = insert_row(connection, dict(row, body=None, size=0, chunks=0), notify)
     sizes = []
 
     def counted():
@@ -130,12 +130,12 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     return ident
 
 
-def _attempts(meta):
+def attempts_of(meta):
     attempts = (meta or {}).get("attempts") if isinstance(meta, dict) else None
     return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
 
 
-def _insert_statement(settled, notify):
+def insert_statement(settled, notify):
     """The INSERT of one row: times from the database's clock, the id returned and,
     with ``notify``, ``pg_notify`` in the same RETURNING (one round trip; it runs
     once, for the one row).  Built once: an enqueue only binds its values."""
@@ -146,12 +146,12 @@ def _insert_statement(settled, notify):
     return statement.returning(sa.func.pg_notify(CHANNEL, "")) if notify else statement
 
 
-_INSERTS = {(settled, notify): _insert_statement(settled, notify)
+INSERTS = {(settled, notify): insert_statement(settled, notify)
             for settled in (False, True) for notify in (False, True)}
 
 
-def _insert(connection, row, notify):
-    statement = _INSERTS[row["state"] != "queued", notify]
+def insert_row(connection, row, notify):
+    statement = INSERTS[row["state"] != "queued", notify]
     return connection.execute(statement, row).first()[0]
 
 
