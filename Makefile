@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql]'
 	touch $@
 
 $(SMTP_SINK):
@@ -50,6 +50,40 @@ browser:
 	    $(APT_GET) install -y -qq --no-install-recommends $(BROWSER_PACKAGES); }; \
 	fi
 
+# Debian's PostgreSQL server binaries for the SQL outbox tests (tests/pg_support.py),
+# installed with apt only when initdb/pg_ctl/postgres are missing from
+# /usr/lib/postgresql/*/bin (where Debian puts them; nothing on PATH is trusted).  The
+# tests never use a system cluster: they initdb a private one in a temp dir, run it as an
+# unprivileged user on a free loopback port and stop it.  Debian's package, though,
+# creates a `main` cluster and starts it (and enables it at boot): a server on port 5432
+# nobody asked for.  So the install runs under a policy-rc.d that denies service starts
+# (removed again afterwards, even on failure), then stops any cluster that runs anyway and,
+# on a systemd host, disables the unit: nothing is left running after `make`.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+PG_PACKAGES := postgresql
+PG_LIB_DIR ?= /usr/lib/postgresql
+.PHONY: postgresql
+postgresql:
+	@for bin in $(PG_LIB_DIR)/*/bin; do \
+	  test -x $$bin/initdb && test -x $$bin/pg_ctl && test -x $$bin/postgres && exit 0; \
+	done; \
+	echo "Installing $(PG_PACKAGES) (binaries for the tests' private clusters; no service left running)"; \
+	policy=/usr/sbin/policy-rc.d; \
+	if [ ! -e $$policy ]; then \
+	  trap '$(SUDO) rm -f '$$policy EXIT; \
+	  printf '#!/bin/sh\n# make postgresql: no service starts during the install\nexit 101\n' | \
+	    $(SUDO) tee $$policy >/dev/null && $(SUDO) chmod 755 $$policy; \
+	fi; \
+	$(APT_GET) install -y -qq --no-install-recommends $(PG_PACKAGES) || \
+	  { $(APT_GET) update -qq && \
+	    $(APT_GET) install -y -qq --no-install-recommends $(PG_PACKAGES); } || exit 1; \
+	pg_lsclusters -h 2>/dev/null | while read version cluster port status rest; do \
+	  case $$status in online*) \
+	    echo "Stopping the system cluster $$version/$$cluster the package started"; \
+	    $(SUDO) pg_ctlcluster $$version $$cluster stop;; esac; \
+	done; \
+	if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now --quiet postgresql || true; fi
+
 # Real PyPI projects that use pyramid_mailer, for tests/test_migration_*.py: a venv of
 # their own (their pins clash with the demo's), pyramid_txmail editable from here, and
 # their pinned sdists (the tests unpack, switch and run those).  About a minute.
@@ -67,7 +101,7 @@ $(MIGRATION_VENV)/.installed: tests/migration_requirements.txt setup.cfg pyproje
 	  --no-deps --no-binary :all: -d $(MIGRATION_VENV)/sdists $(MIGRATION_SDISTS)
 	touch $@
 
-test: install $(SMTP_SINK) postfix browser migration
+test: install $(SMTP_SINK) postfix browser migration postgresql
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -77,7 +111,7 @@ demo: install
 # BENCH_ARGS=--quick for a smoke run of every section.
 BENCH_ARGS ?=
 .PHONY: bench
-bench: install $(SMTP_SINK)
+bench: install $(SMTP_SINK) postgresql
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The long versions of the reliability suite (tests marked `reliability`; `make test`
@@ -87,7 +121,7 @@ bench: install $(SMTP_SINK)
 # gives the same result on every clone.  PYTHONHASHSEED=0: set order is fixed too.
 RELIABILITY_DIR := test-artifacts/reliability
 .PHONY: reliability
-reliability: install $(SMTP_SINK) postfix
+reliability: install $(SMTP_SINK) postfix postgresql
 	rm -rf $(RELIABILITY_DIR) && mkdir -p $(RELIABILITY_DIR)
 	TXMAIL_RELIABILITY=long TXMAIL_RELIABILITY_OUT=$(CURDIR)/$(RELIABILITY_DIR)/counts.jsonl \
 	  TXMAIL_HYPOTHESIS=gate PYTHONHASHSEED=0 \
