@@ -1,0 +1,157 @@
+"""Writing a message into the outbox, in whatever transaction the caller is in.
+
+:func:`enqueue` is what the application's mailer calls with its own
+connection (``session.connection()`` of the request's SQLAlchemy session): it
+only INSERTs (and, on PostgreSQL, NOTIFYs, which PostgreSQL delivers at the
+commit and drops at a rollback), and never begins, commits or rolls back.
+The row therefore exists exactly when the application's data does.
+
+A message up to :data:`~pyramid_txmail.queue.sql.schema.CHUNK` octets is one
+INSERT (with the NOTIFY folded into its ``RETURNING``, so it is one round
+trip as well).  A larger one is written in chunk rows as it is produced,
+never joined in memory.
+"""
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+
+from ... import wire
+from .schema import CHUNK, db_epoch, outbox, outbox_chunk
+
+#: The channel processors LISTEN on.
+CHANNEL = "txmail_outbox"
+
+_HEADERS_END = re.compile(rb"\r?\n\r?\n")
+
+
+def check_envelope(fromaddr, toaddrs):
+    """``(sender, [recipients])`` as given, or ValueError naming the address.
+
+    The envelope is stored as a record of its own, character for character;
+    what a database text column cannot hold (a NUL, an unpaired surrogate)
+    is refused here rather than altered.
+    """
+    if not isinstance(fromaddr, str):
+        raise ValueError(f"the envelope sender must be a str, not {type(fromaddr).__name__}")
+    if isinstance(toaddrs, str) or not isinstance(toaddrs, (list, tuple)):
+        raise ValueError("the envelope recipients must be a list of str, not "
+                         f"{type(toaddrs).__name__}")
+    recipients = list(toaddrs)
+    if not recipients:
+        raise ValueError("the envelope has no recipient")
+    for role, address in [("sender", fromaddr)] + [("recipient", r) for r in recipients]:
+        if not isinstance(address, str):
+            raise ValueError(f"envelope {role} {address!r} is not a str")
+        if "\0" in address:
+            raise ValueError(f"envelope {role} {address!r} holds a NUL character")
+        try:
+            address.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"envelope {role} {address!r} is not valid Unicode "
+                             "(an unpaired surrogate)") from None
+    return fromaddr, recipients
+
+
+def _head_of(data):
+    match = _HEADERS_END.search(data)
+    return data[:match.start()] if match else data
+
+
+def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queued",
+            meta=None):
+    """INSERT one message into the outbox in ``connection``'s transaction; returns its id.
+
+    ``connection`` is a SQLAlchemy ``Connection`` inside the caller's
+    transaction; ``data`` is bytes or a :class:`pyramid_txmail.wire.Stream`
+    (written chunk by chunk).  ``message_id`` defaults to the message's
+    Message-ID header.  (``state`` and ``meta`` serve the backend's
+    dead-letter copies.)
+    """
+    sender, recipients = check_envelope(fromaddr, toaddrs)
+    row = {"state": state, "sender": sender, "recipients": recipients, "attempts": 0,
+           "meta": meta, "queued_at": db_epoch()}
+    notify = connection.dialect.name == "postgresql" and state == "queued"
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        row.update(message_id=message_id or wire.message_id_of(data), size=len(data),
+                   eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii())
+        if len(data) <= CHUNK:
+            return _insert(connection, dict(row, body=data, chunks=0), notify)
+        ident = _insert(connection, dict(row, body=None, chunks=0), notify)
+        view = memoryview(data)
+        pieces = (view[i:i + CHUNK] for i in range(0, len(data), CHUNK))
+        count = write_chunks(connection, ident, pieces)
+        connection.execute(outbox.update().where(outbox.c.id == ident).values(chunks=count))
+        return ident
+    if not isinstance(data, wire.Stream):
+        raise TypeError(f"expected the message as bytes or a wire.Stream, not "
+                        f"{type(data).__name__}")
+    row.update(message_id=message_id or data.message_id, eightbit=bool(data.eightbit),
+               head_8bit=bool(data.head_8bit))
+    blocks = _blocks(data)
+    first = next(blocks, b"")
+    second = next(blocks, None)
+    if second is None:  # it fits in the row
+        return _insert(connection, dict(row, body=first, size=len(first), chunks=0), notify)
+    ident = _insert(connection, dict(row, body=None, size=0, chunks=0), notify)
+    sizes = []
+
+    def counted():
+        for block in _chain(first, second, blocks):
+            sizes.append(len(block))
+            yield block
+
+    count = write_chunks(connection, ident, counted())
+    connection.execute(outbox.update().where(outbox.c.id == ident)
+                       .values(chunks=count, size=sum(sizes)))
+    return ident
+
+
+def _insert(connection, row, notify):
+    statement = outbox.insert().values(**row).returning(outbox.c.id)
+    if notify:  # one round trip: pg_notify runs once, for the one row inserted
+        statement = statement.returning(sa.func.pg_notify(CHANNEL, ""))
+    return connection.execute(statement).first()[0]
+
+
+def _chain(first, second, rest):
+    yield first
+    yield second
+    yield from rest
+
+
+def _blocks(chunks):
+    """``chunks`` regrouped into blocks of exactly CHUNK octets (the last may be short)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= CHUNK:
+            yield bytes(buffer[:CHUNK])
+            del buffer[:CHUNK]
+    if buffer:
+        yield bytes(buffer)
+
+
+def write_chunks(connection, ident, pieces):
+    """INSERT each piece as chunk ``seq`` 0, 1, ...; returns how many."""
+    count = 0
+    for seq, piece in enumerate(pieces):
+        connection.execute(outbox_chunk.insert().values(outbox_id=ident, seq=seq,
+                                                        data=piece))
+        count = seq + 1
+    return count
+
+
+def read_chunks(engine, ident, count):
+    """The chunks of message ``ident`` one by one, each by its own query (a
+    result set of them all would be fetched whole by the driver)."""
+    query = sa.select(outbox_chunk.c.data).where(outbox_chunk.c.outbox_id == ident,
+                                                 outbox_chunk.c.seq == sa.bindparam("seq"))
+    with engine.connect() as connection:
+        for seq in range(count):
+            data = connection.execute(query, {"seq": seq}).scalar()
+            if data is None:
+                raise LookupError(f"outbox message {ident}: chunk {seq} of {count} is missing")
+            yield bytes(data)
