@@ -25,6 +25,7 @@ from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipient
 from .redirect import announce as announce_redirect
 from .settings import MailSettings, parse_settings, settings_prefix
 from .spool import SpoolError
+from .sqloutbox import NoSession, QueueSessionError, SessionNotJoined
 from .templates import render_mail
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "IMailQueued", "IMailSent", "IMailDeferred", "IMailFailed", "IMailDelivery",
     "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
     "Mail", "render_mail", "mailer_factory_from_settings",
+    "QueueSessionError", "NoSession", "SessionNotJoined",
 ]
 
 
@@ -57,9 +59,13 @@ def make_delivery(settings, registry=None):
     return Delivery(settings, outboxes["send"], registry, outboxes, transports)
 
 
-def get_mailer(registry, transaction_manager=None):
+def get_mailer(registry, transaction_manager=None, *, session=None):
     """The mailer for scripts and workers, bound to ``transaction_manager``
     (default: the thread-local ``transaction.manager``).
+
+    With the SQL outbox (``mail.queue_url``), ``session`` is the SQLAlchemy
+    session, joined to ``transaction_manager`` by zope.sqlalchemy, that each
+    send writes its row through (in a request, ``mail.queue_session`` finds it).
 
     Given a request instead of a registry (pyramid_mailer's
     ``get_mailer(request)``), it returns ``request.mailer`` -- or, as
@@ -72,7 +78,7 @@ def get_mailer(registry, transaction_manager=None):
     if delivery is None:
         raise ConfigurationError("pyramid_txmail is not configured in this registry: "
                                  "call config.include('pyramid_txmail')")
-    return delivery.bind(transaction_manager)
+    return delivery.bind(transaction_manager, session=session)
 
 
 def _mailer_for_request(request):

@@ -249,6 +249,20 @@ def _callable(value):
     return found
 
 
+def _session_finder(value):
+    """``mail.queue_session``: a request attribute name (``dbsession``) or a dotted
+    name of ``function(request) -> session`` (``pkg.module:function``), imported now."""
+    if callable(value):
+        return value
+    text = _str(value)
+    if text is None:
+        raise ValueError("expected a request attribute such as dbsession, or a dotted name "
+                         "pkg.module:function")
+    if text.isidentifier():
+        return text
+    return _callable(text)
+
+
 def _template(value):
     """An argument list (split like a shell would, never run by one); see
     :func:`pyramid_txmail.sendmail.check_template` for what is accepted."""
@@ -349,6 +363,11 @@ SETTINGS = (
     Setting("preview_dirs", _paths, (),
             "Extra directories of .eml files the preview page lists (whitespace-separated)."),
     Setting("preview_prefix", _url_prefix, "/_mail", "URL path of the preview page."),
+    # The SQL outbox, in the mailer (pyramid_txmail.sqloutbox).
+    Setting("queue_session", _session_finder, "dbsession",
+            "With the SQL outbox (mail.queue_url): the application's SQLAlchemy session a "
+            "send writes its row through -- a request attribute (request.dbsession) or a "
+            "dotted name pkg.module:function called with the request."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -396,6 +415,7 @@ class MailSettings:
     preview_allow: bool = False
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
+    queue_session: object = "dbsession"
 
 
 def _effective(values, name):
