@@ -60,6 +60,9 @@ def signup(request):
         add_and_send(request, "after-" + email)
         return Response("savepoint")
     message_id = add_and_send(request, email)
+    after_send = request.environ.get("test.after_send")  # the crash app's kill points
+    if after_send is not None:
+        after_send(request)
     if outcome == "exception":
         raise RuntimeError("the view failed after sending")
     if outcome == "abort":
