@@ -6,6 +6,7 @@ import ssl
 import pytest
 import trustme
 
+from .pg_support import pg_cluster, pg_url, sqlite_url  # noqa: F401  (fixtures)
 from .reliability import load_hypothesis_profile
 from .smtpserver import SMTPServer
 
