@@ -231,6 +231,47 @@ def _url_prefix(value):
     return text
 
 
+def _queue_url(value):
+    """A SQLAlchemy URL of PostgreSQL or of an SQLite file given by its absolute path.
+
+    The error never repeats the URL (it may hold a password), and SQLAlchemy's
+    own parse error, which does, is not passed on.
+    """
+    text = _str(value)
+    if text is None:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+    except ImportError:
+        raise ValueError("the SQL outbox needs SQLAlchemy: pip install "
+                         "'pyramid_txmail[sql]'") from None
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError, TypeError):
+        raise ValueError("not a SQLAlchemy URL; expected e.g. postgresql://user@host/db "
+                         "or sqlite:////abs/path/app.sqlite") from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+            raise ValueError("an in-memory SQLite database is private to one connection; "
+                             "give the file's absolute path: sqlite:////abs/path/app.sqlite")
+        _absolute(url.database)
+    elif backend != "postgresql":
+        raise ValueError(f"the outbox runs on postgresql or sqlite, not {backend}")
+    return text
+
+
+def _shown_url(value):
+    """A URL for an error message, its password hidden (or nothing if it does not parse)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return repr(make_url(str(value).strip()).render_as_string(hide_password=True))
+    except Exception:
+        return "(not shown: it may hold a password)"
+
+
 def _callable(value):
     """A dotted name (``pkg.module:function`` or ``pkg.module.function``), imported."""
     if callable(value):
@@ -302,6 +343,13 @@ SETTINGS = (
     Setting("queue_path", _path, None,
             "Maildir spool directory, an absolute path (%(here)s/...); created 0700 by the "
             "application if missing."),
+    Setting("queue_url", _queue_url, None,
+            "SQLAlchemy URL of the SQL outbox (postgresql://..., sqlite:////abs/path); when "
+            "set, the queue is the outbox table in that database (its password is never "
+            "logged)."),
+    Setting("keep_delivered", parse_duration, 86400.0,
+            "SQL outbox: delivered rows (without their body) are kept this long, then "
+            "deleted by txmail-qp."),
     Setting("delivery", _choice(DELIVERY_MODES), None,
             "queue (default when queue_path is set), direct, sendmail (the "
             "mail.sendmail_app binary, after the commit), or for development and "
@@ -389,6 +437,8 @@ class MailSettings:
     timeout: float = 30.0
     data_timeout: float = 600.0
     queue_path: str | None = None
+    queue_url: str | None = dataclasses.field(default=None, repr=False)
+    keep_delivered: float = 86400.0
     delivery: str = "direct"
     direct_fallback: str = "none"
     direct_timeout: float = 10.0
@@ -437,7 +487,8 @@ def _check_readable_file(path):
 
 
 def _fail(key, value, why):
-    shown = "***" if key.endswith("password") else repr(value)
+    shown = ("***" if key.endswith("password") else _shown_url(value)
+             if key.endswith("queue_url") else repr(value))
     if len(shown) > 80:  # 400 digits say nothing more than the first 40
         shown = shown[:40] + f"... ({len(shown)} characters)"
     raise ConfigurationError(f"{key} = {shown}: {why}")

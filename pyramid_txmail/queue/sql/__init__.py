@@ -15,3 +15,4 @@ label ``txmail``); without Alembic, :func:`init_db` creates the tables.
 """
 from .schema import MIGRATIONS, STATES, init_db, metadata, outbox, outbox_chunk  # noqa: F401
 from .store import enqueue  # noqa: F401
+from .backend import SqlQueue  # noqa: F401

@@ -72,6 +72,7 @@ outbox = sa.Table(
     _partial("ix_txmail_outbox_settled", "state", "settled_at",
              where="state IN ('failed', 'delivered')"),
     sa.Index("ix_txmail_outbox_message_id", "message_id"),
+    sqlite_autoincrement=True,  # ids never reused: the poll watcher looks for a newer one
 )
 
 outbox_chunk = sa.Table(

@@ -72,6 +72,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     sender, recipients = check_envelope(fromaddr, toaddrs)
     row = {"state": state, "sender": sender, "recipients": recipients, "attempts": 0,
            "meta": meta, "queued_at": db_epoch()}
+    if state != "queued":  # a dead letter: settled now
+        row.update(settled_at=db_epoch(), attempts=_attempts(meta))
     notify = connection.dialect.name == "postgresql" and state == "queued"
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
@@ -107,6 +109,11 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     connection.execute(outbox.update().where(outbox.c.id == ident)
                        .values(chunks=count, size=sum(sizes)))
     return ident
+
+
+def _attempts(meta):
+    attempts = (meta or {}).get("attempts") if isinstance(meta, dict) else None
+    return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
 
 
 def _insert(connection, row, notify):
@@ -149,9 +156,33 @@ def read_chunks(engine, ident, count):
     result set of them all would be fetched whole by the driver)."""
     query = sa.select(outbox_chunk.c.data).where(outbox_chunk.c.outbox_id == ident,
                                                  outbox_chunk.c.seq == sa.bindparam("seq"))
-    with engine.connect() as connection:
+    with autocommit(engine) as connection:
         for seq in range(count):
             data = connection.execute(query, {"seq": seq}).scalar()
             if data is None:
                 raise LookupError(f"outbox message {ident}: chunk {seq} of {count} is missing")
             yield bytes(data)
+
+
+def copy_chunks(connection, source, target):
+    """Copy message ``source``'s chunk rows to ``target`` inside the database (a
+    dead-letter copy of a large message never passes through Python)."""
+    columns = sa.select(sa.literal(target, outbox_chunk.c.outbox_id.type), outbox_chunk.c.seq,
+                        outbox_chunk.c.data).where(outbox_chunk.c.outbox_id == source)
+    connection.execute(outbox_chunk.insert().from_select(["outbox_id", "seq", "data"],
+                                                         columns))
+
+
+def autocommit(engine):
+    """A connection whose statements each commit at once (no transaction held open).
+
+    For reads that last (a large body streamed to a slow relay, a daemon's
+    poll): on SQLite an open read transaction would stop every writer from
+    committing, and on PostgreSQL it would sit idle in transaction.
+    """
+    connection = engine.connect()
+    if engine.dialect.name == "sqlite":
+        connection.execution_options(txmail_autocommit=True)
+    else:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+    return connection

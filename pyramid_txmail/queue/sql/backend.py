@@ -1,0 +1,352 @@
+"""The outbox as a queue for processors: claims with leases, state in the row.
+
+:class:`SqlQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
+(and, through :class:`~pyramid_txmail.queue.sql.admin.SqlAdmin`,
+``IQueueAdmin``) over an engine of the processors' own, made from
+``mail.queue_url``.
+
+A claim is one short transaction: the oldest claimable row is picked with
+``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL: concurrent claimers skip
+each other's rows instead of waiting) and set to ``in_progress`` with a fresh
+random ``claim_token``, ``claimed_by`` (host:pid) and a lease on the
+database's clock (:mod:`~pyramid_txmail.queue.sql.leases`).  On SQLite the
+transaction is ``BEGIN IMMEDIATE`` instead, which serialises claimers on one
+machine: SQLite serves a single machine, never a shared network file.
+
+Every change a processor makes to a claimed row is conditioned on its token
+(``WHERE id = :id AND claim_token = :token``): when no row matched, the claim
+was lost (its lease ran out and another processor took it, or an operator
+released it) and :class:`~pyramid_txmail.queue.sql.errors.ClaimLost` is
+raised -- nothing of the new holder's is overwritten.
+
+The claims are made in :meth:`SqlQueue.candidates`, one at a time, as the
+workers ask for the next message: a claim never waits in a list while its
+lease runs.  Delivered rows are kept ``mail.keep_delivered`` (their body
+deleted at once) and then deleted by :meth:`SqlQueue.housekeep`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import socket
+
+import sqlalchemy as sa
+from zope.interface import implementer
+
+from ... import wire
+from ..interface import IClaimed, IQueue, IQueueAdmin
+from .admin import SqlAdmin
+from .engine import make_engine, where as url_where
+from .errors import ClaimLost, PoisonMessage
+from .leases import LeaseScope, log
+from .schema import db_epoch, outbox, outbox_chunk
+from .store import _insert, autocommit, copy_chunks, enqueue, read_chunks
+
+#: How long delivered rows are kept by default (``mail.keep_delivered``): a day,
+#: as Rails' Solid Queue keeps finished jobs.  Long enough to answer "did the
+#: mail for this order go out?" while support looks; short enough that a site
+#: sending a million a day keeps a million small rows (no body), which the
+#: partial indexes never see.
+KEEP_DELIVERED = 86400.0
+#: Delivered rows deleted per statement by housekeeping (short locks).
+REAP_BATCH = 10000
+
+_CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
+
+
+@implementer(IClaimed)
+@dataclasses.dataclass(eq=False)
+class Claimed:
+    """One outbox row this process claimed (its token proves it)."""
+
+    id: int
+    token: str
+    queued_at: float | None
+    meta: object
+    claimed_from: str
+    problem: str | None = None
+
+    @property
+    def name(self):
+        return str(self.id)
+
+    @property
+    def state_record(self):
+        return f"the state of outbox row {self.id}"
+
+
+def claimer():
+    """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:255]
+
+
+@implementer(IQueue, IQueueAdmin)
+class SqlQueue(SqlAdmin):
+    """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
+
+    def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
+                 pool_size=5):
+        if isinstance(url, sa.engine.Engine):
+            self.engine = url
+        else:
+            self.engine = make_engine(url, pool_size)
+        self.where = url_where(self.engine.url)
+        self.claim_timeout = claim_timeout
+        self.keep_delivered = keep_delivered
+        self._scope = None
+
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings.queue_url, claim_timeout=settings.claim_timeout,
+                   keep_delivered=getattr(settings, "keep_delivered", KEEP_DELIVERED),
+                   pool_size=settings.workers + 4)
+
+    def close(self):
+        self.engine.dispose()
+
+    # -- a pass --------------------------------------------------------------
+
+    def housekeep(self, settings, registry, now):
+        """Put back rows whose lease ran out; delete delivered rows past their keep."""
+        self.claim_timeout = settings.claim_timeout
+        self.keep_delivered = getattr(settings, "keep_delivered", self.keep_delivered)
+        put_back = []
+        try:
+            put_back = self.release_stale(self.claim_timeout, now)
+        except sa.exc.SQLAlchemyError:
+            log.exception("cannot put back the expired claims in %s", self.where)
+        try:
+            self.reap_delivered()
+        except sa.exc.SQLAlchemyError:
+            log.exception("cannot delete the delivered rows older than %gs in %s",
+                          self.keep_delivered, self.where)
+        return len(put_back)
+
+    def reap_delivered(self):
+        """Delete delivered rows settled more than ``keep_delivered`` ago; returns how many."""
+        old = sa.select(outbox.c.id).where(
+            outbox.c.state == "delivered",
+            outbox.c.settled_at < db_epoch() - self.keep_delivered).limit(REAP_BATCH)
+        deleted = 0
+        while True:
+            with self.engine.begin() as connection:
+                ids = connection.execute(old).scalars().all()
+                if ids:
+                    connection.execute(outbox_chunk.delete().where(
+                        outbox_chunk.c.outbox_id.in_(ids)))
+                    connection.execute(outbox.delete().where(outbox.c.id.in_(ids),
+                                                             outbox.c.state == "delivered"))
+            deleted += len(ids)
+            if len(ids) < REAP_BATCH:
+                return deleted
+
+    @contextlib.contextmanager
+    def pass_scope(self, settings):
+        """Renews this pass's leases; claims never handed out go back at the end."""
+        self.claim_timeout = settings.claim_timeout
+        with LeaseScope(self, self.claim_timeout) as scope:
+            self._scope = scope
+            try:
+                yield scope
+            finally:
+                self._scope = None
+
+    def candidates(self, now, horizon, stats):
+        """Claim, one at a time: queued rows oldest first, then due deferred rows
+        (one due beyond ``horizon`` was scheduled by a clock that was ahead)."""
+        try:
+            stats.skipped += self._not_due(now, horizon)
+        except sa.exc.SQLAlchemyError:
+            stats.errors += 1
+            log.exception("cannot count the deferred mail in %s", self.where)
+        for which in ("queued", "due", "stray"):
+            while True:
+                try:
+                    claimed = self._claim_next(which, now, horizon)
+                except sa.exc.SQLAlchemyError:
+                    stats.errors += 1
+                    log.exception("cannot claim the next message in %s; this pass "
+                                  "sends what it claimed before", self.where)
+                    return
+                if claimed is None:
+                    break
+                if self._scope is not None:
+                    self._scope.add_fresh(claimed)
+                yield claimed
+
+    def _not_due(self, now, horizon):
+        query = sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.state == "deferred", outbox.c.next_attempt > now,
+            outbox.c.next_attempt <= now + horizon)
+        with autocommit(self.engine) as connection:
+            return connection.execute(query).scalar()
+
+    def _claim_next(self, which, now, horizon):
+        if which == "queued":
+            where, order = outbox.c.state == "queued", (outbox.c.queued_at, outbox.c.id)
+        else:
+            when = (outbox.c.next_attempt <= now if which == "due" else
+                    sa.or_(outbox.c.next_attempt > now + horizon,
+                           outbox.c.next_attempt.is_(None)))
+            where, order = (sa.and_(outbox.c.state == "deferred", when),
+                            (outbox.c.next_attempt, outbox.c.id))
+        pick = (sa.select(outbox.c.id).where(where).order_by(*order).limit(1)
+                .with_for_update(skip_locked=True).scalar_subquery())
+        token = secrets.token_hex(16)
+        statement = (outbox.update().where(outbox.c.id == pick)
+                     .values(state="in_progress", claim_token=token, claimed_by=claimer(),
+                             lease_until=db_epoch() + self.claim_timeout)
+                     .returning(outbox.c.id, outbox.c.queued_at, outbox.c.meta))
+        with self.engine.begin() as connection:
+            row = connection.execute(statement).first()
+        if row is None:
+            return None
+        return Claimed(row.id, token, row.queued_at, row.meta,
+                       "queued" if which == "queued" else "deferred")
+
+    def claim(self, ticket):
+        """The claim :meth:`candidates` made (None if the pass gave it back meanwhile)."""
+        if self._scope is not None and not self._scope.hand_out(ticket):
+            return None
+        return ticket
+
+    def unclaim(self, claimed):
+        """Give back a claim never handed to a worker (the pass was stopped)."""
+        try:
+            self._settle(claimed, dict(_CLEAR_CLAIM, state=claimed.claimed_from))
+        except (ClaimLost, sa.exc.SQLAlchemyError) as exc:
+            log.warning("outbox row %s: could not give back its claim (%s); its lease "
+                        "runs out after mail.claim_timeout", claimed.id, exc)
+
+    # -- one claimed message ---------------------------------------------------
+
+    def read(self, claimed, stream_over):
+        """``(fromaddr, toaddrs, data)``: bytes, or a Stream of its chunks when it is
+        larger than ``stream_over`` (then read one chunk at a time)."""
+        columns = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
+                   outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
+                   outbox.c.message_id)
+        with autocommit(self.engine) as connection:
+            row = connection.execute(sa.select(*columns).where(
+                outbox.c.id == claimed.id)).first()
+        if row is None:
+            raise ClaimLost(f"outbox row {claimed.id} is gone")
+        recipients = row.recipients
+        if (not isinstance(row.sender, str) or not isinstance(recipients, list)
+                or not recipients or not all(isinstance(r, str) for r in recipients)):
+            raise PoisonMessage(f"outbox row {claimed.id}: its envelope is not a sender "
+                                "and a list of recipient addresses")
+        if not row.chunks:
+            if row.body is None:
+                raise PoisonMessage(f"outbox row {claimed.id} has no body")
+            return row.sender, recipients, bytes(row.body)
+        chunks = lambda: read_chunks(self.engine, claimed.id, row.chunks)  # noqa: E731
+        try:
+            if stream_over is None or row.size <= stream_over:
+                return row.sender, recipients, b"".join(chunks())
+        except LookupError as exc:
+            raise PoisonMessage(str(exc)) from None
+        stream = wire.Stream(chunks, size=row.size, eightbit=row.eightbit,
+                             message_id=row.message_id, head_8bit=row.head_8bit)
+        stream.outbox_source = (self, claimed.id, row.chunks)  # bury_copy copies in SQL
+        return row.sender, recipients, stream
+
+    def load_state(self, claimed):
+        meta = claimed.meta
+        if meta is None:
+            return {}
+        return dict(meta) if isinstance(meta, dict) else meta
+
+    def holds(self, claimed):
+        query = sa.select(outbox.c.id).where(outbox.c.id == claimed.id,
+                                             outbox.c.claim_token == claimed.token,
+                                             outbox.c.state == "in_progress")
+        with autocommit(self.engine) as connection:
+            return connection.execute(query).first() is not None
+
+    def _settle(self, claimed, values, then=None):
+        """UPDATE the row if this claim still holds it, else ClaimLost; ``then(conn)``
+        runs in the same transaction."""
+        with self.engine.begin() as connection:
+            result = connection.execute(outbox.update().where(
+                outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
+                outbox.c.state == "in_progress").values(**values))
+            if result.rowcount == 0:
+                raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was "
+                                "lost (its lease ran out, or it was released)")
+            if then is not None:
+                then(connection)
+
+    def record(self, claimed, state):
+        attempts = state.get("attempts", 0)
+        if not isinstance(attempts, int) or isinstance(attempts, bool):
+            attempts = 0
+        self._settle(claimed, {"meta": state, "attempts": attempts})
+        claimed.meta = state
+
+    def retire(self, claimed, had_state=True):
+        """Delivered: the body goes now, the row after ``keep_delivered``."""
+        drop_chunks = outbox_chunk.delete().where(outbox_chunk.c.outbox_id == claimed.id)
+        if not self.keep_delivered:
+            self._settle(claimed, {"lease_until": None}, lambda c: (c.execute(drop_chunks), c.execute(
+                outbox.delete().where(outbox.c.id == claimed.id))))
+            return
+        self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
+                                   settled_at=db_epoch(), next_attempt=None),
+                     lambda c: c.execute(drop_chunks))
+
+    def defer(self, claimed, next_attempt):
+        self._settle(claimed, dict(_CLEAR_CLAIM, state="deferred",
+                                   next_attempt=float(next_attempt)))
+
+    def bury(self, claimed, state):
+        self._settle(claimed, dict(_CLEAR_CLAIM, state="failed", meta=state,
+                                   settled_at=db_epoch(), next_attempt=None))
+        return claimed.name
+
+    def bury_copy(self, fromaddr, recipients, data, state):
+        """A dead letter addressed to ``recipients`` only, committed before it returns."""
+        source = getattr(data, "outbox_source", None)
+        with self.engine.begin() as connection:
+            if source is None or source[0] is not self:
+                return str(enqueue(connection, fromaddr, recipients, data, state="failed",
+                                   meta=state))
+            _, ident, count = source
+            row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
+                   "meta": state, "queued_at": db_epoch(), "settled_at": db_epoch(),
+                   "attempts": 0, "message_id": data.message_id, "size": data.size,
+                   "chunks": count, "body": None, "eightbit": bool(data.eightbit),
+                   "head_8bit": bool(data.head_8bit)}
+            copy = _insert(connection, row, notify=False)
+            copy_chunks(connection, ident, copy)
+            return str(copy)
+
+    def release(self, claimed):
+        if self._scope is not None:
+            self._scope.discard(claimed)
+
+    # -- the daemon ------------------------------------------------------------
+
+    def next_due(self, settings, now, horizon=None):
+        """The earliest retry, or the earliest lease that may run out (converted from
+        the database's clock to ``now``'s); None when neither."""
+        query = sa.select(
+            sa.select(sa.func.min(outbox.c.next_attempt))
+            .where(outbox.c.state == "deferred").scalar_subquery(),
+            sa.select(sa.func.min(outbox.c.lease_until) - db_epoch())
+            .where(outbox.c.state == "in_progress").scalar_subquery())
+        with autocommit(self.engine) as connection:
+            retry, lease_left = connection.execute(query).first()
+        due = []
+        if retry is not None:
+            due.append(now if horizon is not None and retry > now + horizon else retry)
+        if lease_left is not None:
+            due.append(now + max(lease_left, 0.0))
+        return min(due) if due else None
+
+    def watcher(self, settings, how="auto"):
+        from .watcher import make_watcher
+
+        return make_watcher(self, settings, how)

@@ -1,0 +1,61 @@
+"""The processors' own engine for the outbox, and the queue's name in logs.
+
+Processors never use the application's connections: each ``txmail-qp`` makes
+an engine from ``mail.queue_url``.  On PostgreSQL a bare ``postgresql://``
+URL means psycopg 3 (the driver the ``sql`` extra installs), and pooled
+connections are pinged before use, so that a server restart costs the
+daemon one failed statement at most, never its life.
+
+SQLite serves one machine: every transaction of the processors' engine is
+``BEGIN IMMEDIATE`` (the write lock is taken at the start, so two claimers
+never both read the same row as free), and a busy database is waited for
+(:data:`SQLITE_BUSY_TIMEOUT`) rather than failed.  Long reads run without
+a transaction (:func:`~pyramid_txmail.queue.sql.store.autocommit`).
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+#: Seconds a SQLite connection waits for another's write lock before it fails.
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def normalized_url(url):
+    """``url`` as a :class:`sqlalchemy.engine.URL`, with psycopg 3 for a bare postgresql://."""
+    url = make_url(url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def where(url):
+    """The URL for log lines and ``txmail-queue``: never with its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_engine(url, pool_size=5):
+    """An engine for the processors (not the application's)."""
+    url = normalized_url(url)
+    if url.get_backend_name() == "sqlite":
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT,
+                                                     "check_same_thread": False})
+        _begin_immediate(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+
+
+def _begin_immediate(engine):
+    """pysqlite's own transaction handling off; every transaction BEGIN IMMEDIATE.
+
+    (SQLAlchemy's documented recipe for SQLite's locking modes.)
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_connection, record):
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _immediate(connection):
+        if not connection.get_execution_options().get("txmail_autocommit"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,115 @@
+"""Leases: how long a claim is a processor's, renewed while the processor is alive.
+
+A claim sets ``lease_until`` to the database's clock plus
+``mail.claim_timeout``; another processor may put the row back only once the
+database's clock has passed it (housekeeping).  Judging by the database's
+clock means processors on many machines agree however their own clocks
+differ.
+
+While a pass holds claims, :class:`LeaseScope` renews every one of them in
+one UPDATE every :func:`renew_interval` on a connection of its own, so a live
+worker keeps its claim however long its relay takes; a process that dies
+stops renewing, and its leases run out.  A renewal that fails (the database
+restarting) is logged and tried again at the next beat: the lease still has
+two thirds of its time left.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import sqlalchemy as sa
+
+from .schema import db_epoch, outbox
+
+log = logging.getLogger("pyramid_txmail.queue.sql")
+
+#: Leases are renewed every claim_timeout / 3, and at least this often (seconds).
+RENEW_MAX = 60.0
+
+
+def renew_interval(timeout):
+    """How often held leases are renewed: well inside ``timeout``."""
+    return min(timeout / 3.0, RENEW_MAX)
+
+
+def renew(connection, tokens, timeout):
+    """Extend the leases of ``tokens``; returns how many rows were still held."""
+    if not tokens:
+        return 0
+    result = connection.execute(
+        outbox.update()
+        .where(outbox.c.claim_token.in_(sorted(tokens)), outbox.c.state == "in_progress")
+        .values(lease_until=db_epoch() + timeout))
+    return result.rowcount
+
+
+class LeaseScope:
+    """The claims of one pass, renewed by one thread (:class:`~IPassScope`).
+
+    ``fresh`` claims were made by :meth:`SqlQueue.candidates` but not yet
+    handed to a worker (``claim``): those still unhanded when the pass ends
+    (it was stopped) go straight back to the queue instead of waiting for
+    their lease to run out.
+    """
+
+    def __init__(self, queue, timeout):
+        self.queue = queue
+        self.timeout = timeout
+        self.interval = renew_interval(timeout)
+        self._held = {}
+        self.fresh = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, name="txmail-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            unhanded = list(self.fresh.values())
+            self.fresh.clear()
+            self._held.clear()
+        for claimed in unhanded:
+            self.queue.unclaim(claimed)
+
+    def add(self, claimed):
+        with self._lock:
+            self._held[claimed.token] = claimed
+
+    def discard(self, claimed):
+        with self._lock:
+            self._held.pop(getattr(claimed, "token", None), None)
+
+    def add_fresh(self, claimed):
+        with self._lock:
+            self.fresh[claimed.token] = claimed
+
+    def hand_out(self, claimed):
+        with self._lock:
+            return self.fresh.pop(claimed.token, None) is not None
+
+    def tokens(self):
+        with self._lock:
+            return set(self._held) | set(self.fresh)
+
+    def beat(self):
+        """One renewal of every lease held now (one UPDATE)."""
+        tokens = self.tokens()
+        if tokens:
+            with self.queue.engine.begin() as connection:
+                renew(connection, tokens, self.timeout)
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("cannot renew the leases of %d claims in %s (%s); trying "
+                            "again in %gs", len(self.tokens()), self.queue.where,
+                            exc.__class__.__name__, self.interval)
