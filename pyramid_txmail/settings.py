@@ -543,16 +543,20 @@ def parse_settings(settings, prefix=None, warn=True):
               "(ssl is implicit TLS, tls is STARTTLS); choose one")
     if "port" not in values:
         values["port"] = 465 if values.get("ssl") else 25
+    # A queue is the SQL outbox (queue_url) or else the spool (queue_path); direct
+    # delivery's fallback runs after the commit, outside the app's session: the spool only.
+    has_queue = values.get("queue_path") or values.get("queue_url")
     if "delivery" not in values:
-        values["delivery"] = "queue" if values.get("queue_path") else "direct"
+        values["delivery"] = "queue" if has_queue else "direct"
     if "direct_fallback" not in values:
         values["direct_fallback"] = "queue" if values.get("queue_path") else "none"
-    needs_queue = values["delivery"] == "queue" or values.get("direct_fallback") == "queue"
-    if needs_queue and not values.get("queue_path"):
-        which = (prefix + "delivery = queue" if values["delivery"] == "queue"
-                 else prefix + "direct_fallback = queue")
-        raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
-                                 "set it to a directory for the mail spool")
+    if values["delivery"] == "queue" and not has_queue:
+        raise ConfigurationError(f"{prefix}queue_path: required with {prefix}delivery = "
+                                 "queue; set it to a directory for the mail spool (or "
+                                 f"{prefix}queue_url to a database for the SQL outbox)")
+    if values.get("direct_fallback") == "queue" and not values.get("queue_path"):
+        raise ConfigurationError(f"{prefix}queue_path: required with {prefix}direct_fallback "
+                                 "= queue; set it to a directory for the mail spool")
     if values["delivery"] == "sendmail":
         from .sendmail import check_app
 

@@ -289,3 +289,19 @@ def test_the_setting_is_parsed_at_startup():
         parse_settings({"mail.queue_session": "tests.nosuch:f"})
     with pytest.raises(ConfigurationError, match="mail.queue_session"):
         parse_settings({"mail.queue_session": " "})
+
+
+def test_the_sql_outbox_is_a_queue_without_a_spool(tmp_path):
+    """mail.queue_url alone makes queue delivery the default; direct delivery's fallback
+    (after the commit, outside the app's session) still needs the spool."""
+    from pyramid.exceptions import ConfigurationError
+
+    from pyramid_txmail.settings import parse_settings
+
+    url = f"sqlite:///{tmp_path}/app.sqlite"
+    parsed = parse_settings({"mail.queue_url": url})
+    assert (parsed.delivery, parsed.direct_fallback) == ("queue", "none")
+    with pytest.raises(ConfigurationError, match="mail.queue_path: required with "
+                       "mail.direct_fallback = queue"):
+        parse_settings({"mail.queue_url": url, "mail.delivery": "direct",
+                        "mail.direct_fallback": "queue"})
