@@ -251,12 +251,14 @@ class Mailer(PyramidMailerAPI):
         return self._add("send", self._prepare(message, fromaddr, toaddrs))
 
     def send_to_queue(self, message):
-        """Queue ``message`` in the spool when the transaction commits (``txmail-qp`` sends it)."""
+        """Queue ``message`` when the transaction commits (``txmail-qp`` sends it): in the
+        spool, or with ``mail.queue_url`` as a row in the same database transaction."""
         if self.delivery.outboxes["queue"] is None:
             raise NoQueue(
-                "send_to_queue() needs a mail spool and mail.queue_path is not set, so "
-                "nothing was queued: set mail.queue_path (txmail-qp delivers the queue), or "
-                f"use send(), which follows mail.delivery = {self.delivery.settings.delivery}")
+                "send_to_queue() needs a queue and neither mail.queue_path nor "
+                "mail.queue_url is set, so nothing was queued: set mail.queue_path (a spool) "
+                "or mail.queue_url (the SQL outbox; txmail-qp delivers either), or use "
+                f"send(), which follows mail.delivery = {self.delivery.settings.delivery}")
         return self._add("queue", self._prepare(message))
 
     def send_sendmail(self, message):
