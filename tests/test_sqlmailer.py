@@ -16,7 +16,7 @@ import zope.sqlalchemy
 
 from pyramid_txmail import (IMailQueued, MessageError, NoSession, SessionNotJoined,
                             get_mailer)
-from pyramid_txmail.sendlog import ENVIRON_KEY
+from pyramid_txmail.mailer.sendlog import ENVIRON_KEY
 
 from . import sqlmailer_app
 from .sqlmailer_app import OUTCOMES, make_app, recipients_of, rows, welcome

@@ -3,7 +3,7 @@
 ``status``, ``list`` and ``show`` only read; ``retry`` puts dead letters (or
 deferred mail) back into ``new/``; ``release`` puts back a claim whose
 processor died; ``purge`` deletes old dead letters.  All of
-it is safe while ``txmail-qp`` runs (see :mod:`pyramid_txmail.spool_admin`,
+it is safe while ``txmail-qp`` runs (see :mod:`pyramid_txmail.queue.maildir.spool_admin`,
 which does the work; this module parses arguments and prints).
 
 It reads only the ``mail.*`` settings of the ini's ``[app:NAME]`` section --
@@ -21,8 +21,8 @@ import time
 
 from pyramid.exceptions import ConfigurationError
 
-from .. import spool_admin as admin
-from ..printable import get_logger
+from ..queue.maildir import spool_admin as admin
+from ..util.printable import get_logger
 from ..settings import parse_duration, settings_prefix
 from . import queue_text
 from .queue_text import clean

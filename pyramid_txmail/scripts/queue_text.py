@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 
-from .. import spool_admin as admin
-from ..printable import printable
-from ..processor import format_duration
-from ..queue_state import epoch as usable_time
+from ..queue.maildir import spool_admin as admin
+from ..util.printable import printable
+from ..processor.processor import format_duration
+from ..queue.maildir.queue_state import epoch as usable_time
 
 def clean(text, one_line=True):
     """Text from a message or the spool, safe to print; ``None`` is ``-``
-    (:func:`pyramid_txmail.printable.printable`, the one helper for all output)."""
+    (:func:`pyramid_txmail.util.printable.printable`, the one helper for all output)."""
     return printable(text, one_line)
 
 
