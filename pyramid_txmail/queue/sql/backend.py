@@ -36,7 +36,7 @@ import time
 import sqlalchemy as sa
 from zope.interface import implementer
 
-from ... import wire
+from ...compose import wire
 from ..interface import IClaimed, IQueue, IQueueAdmin
 from .admin import SqlAdmin
 from .engine import make_engine, where as url_where
