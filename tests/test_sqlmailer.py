@@ -305,3 +305,31 @@ def test_the_sql_outbox_is_a_queue_without_a_spool(tmp_path):
                        "mail.direct_fallback = queue"):
         parse_settings({"mail.queue_url": url, "mail.delivery": "direct",
                         "mail.direct_fallback": "queue"})
+
+
+def test_a_session_on_another_database_than_the_queue_url_is_named_in_a_warning(
+        sqlite_url, tmp_path, caplog):
+    """txmail-qp drains mail.queue_url; a row written through a session on another
+    database would wait there for ever.  The URLs may legitimately differ in form (a
+    pooler's host), so it is a WARNING once per database, naming both, not a refusal."""
+    import logging
+
+    other = f"sqlite:///{tmp_path}/other.sqlite"
+    sqlmailer_app.create_tables(sa.create_engine(other))
+    app, engine = make(other, **{"mail.queue_url": sqlite_url})
+    caplog.set_level(logging.WARNING, "pyramid_txmail")
+    app.get("/mail-only", {"email": "bob@example.com"})
+    app.get("/mail-only", {"email": "carol@example.com"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "other.sqlite" in warnings[0] and sqlite_url in warnings[0]
+    assert "mail.queue_url" in warnings[0]
+    engine.dispose()
+
+
+def test_the_same_database_is_not_warned_about(app, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, "pyramid_txmail")
+    app.get("/mail-only", {"email": "bob@example.com"})
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

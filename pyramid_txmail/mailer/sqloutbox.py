@@ -29,6 +29,8 @@ and finish do nothing.
 """
 from __future__ import annotations
 
+import os
+
 from ..events import MailQueued
 from ..util.printable import get_logger
 
@@ -131,6 +133,19 @@ def check_joined(session, txn, finder):
             "(initial_state='readonly'), so it cannot take the mail row; nothing was queued")
 
 
+def _database_of(url):
+    """What names a database in a SQLAlchemy URL (driver and password aside)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return backend, os.path.realpath(url.database) if url.database else url.database
+    return backend, url.host, url.port or (5432 if backend == "postgresql" else None), \
+        url.database
+
+
+def _shown(url):
+    return url.render_as_string(hide_password=True)
+
+
 class SqlOutbox:
     """The queue outbox of ``mail.queue_url``: rows in the application's transaction.
 
@@ -140,8 +155,31 @@ class SqlOutbox:
     """
 
     def __init__(self, settings):
+        from sqlalchemy.engine import make_url
+
         self.finder = settings.queue_session
-        self.queue_url = getattr(settings, "queue_url", None)
+        self.queue_url = make_url(settings.queue_url)
+        self._seen = set()  # the session databases already compared with queue_url
+
+    def check_database(self, connection):
+        """WARN (once per database) when the session writes elsewhere than ``mail.queue_url``.
+
+        txmail-qp drains ``mail.queue_url``; a row in another database would wait
+        there unseen.  Not an error: two spellings of one server (a pooler's host
+        for the app, the server's own for txmail-qp) are a correct set-up that a
+        URL comparison cannot tell from a wrong one.
+        """
+        url = connection.engine.url
+        key = _shown(url)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        if _database_of(url) != _database_of(self.queue_url):
+            log.warning("%s: the session writes the mail rows to %s, but mail.queue_url is "
+                        "%s, which txmail-qp drains: unless both name the same database, "
+                        "that mail is never sent; point mail.queue_url at the application's "
+                        "database", describe(self.finder), _shown(url),
+                        _shown(self.queue_url))
 
     def write_now(self, mailer, txn, prepared):
         """INSERT ``prepared``'s row in the session's transaction; mark the session changed."""
@@ -152,6 +190,7 @@ class SqlOutbox:
         session = find_session(mailer, self.finder)
         connection = session.connection()  # begins the session: zope.sqlalchemy joins it now
         check_joined(session, txn, self.finder)
+        self.check_database(connection)
         row = enqueue(connection, prepared.fromaddr, list(prepared.toaddrs), prepared.data,
                       message_id=prepared.message_id)
         # Raw SQL leaves a zope.sqlalchemy session "unchanged", and an unchanged one is
