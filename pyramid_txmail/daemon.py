@@ -1,18 +1,20 @@
-"""``txmail-qp --daemon``: pass after pass over the spool until SIGTERM or SIGINT.
+"""``txmail-qp --daemon``: pass after pass over the queue until SIGTERM or SIGINT.
 
 The loop is: mark the watcher, run a pass, then sleep until new mail
-arrives in ``new/`` (see :mod:`pyramid_txmail.watch`), or a timer comes
-due -- the earliest deferred message's ``next_attempt``, the moment the
-oldest foreign claim in ``cur/`` turns stale (``mail.claim_timeout``), and
-at the latest :data:`RESCAN_INTERVAL` -- or a signal arrives.
+arrives (the queue's watcher: inotify on a spool's ``new/``, see
+:mod:`pyramid_txmail.watch`; LISTEN/NOTIFY on PostgreSQL), or a timer comes
+due -- the queue's :meth:`~pyramid_txmail.queue.interface.IQueue.next_due`:
+the earliest deferred message's ``next_attempt``, the moment the oldest
+foreign claim turns stale (``mail.claim_timeout``), and at the latest
+:data:`RESCAN_INTERVAL` -- or a signal arrives.
 
 Signals only set flags and wake the sleeper (see :class:`Signals`: no
 Python signal handler runs, a thread takes them with ``sigwait``); the loop
 does the work:
 
 * SIGTERM, SIGINT: stop.  ``run_pass(stop)`` finishes the message(s) in
-  flight, which are recorded as usual; the messages not started stay in
-  ``new/`` untouched for the next run.  A second signal changes nothing (the
+  flight, which are recorded as usual; the messages not started stay
+  queued, untouched, for the next run.  A second signal changes nothing (the
   in-flight SMTP transaction is bounded by ``mail.timeout`` per step and
   ``mail.data_timeout`` for the reply to the final dot; SIGKILL abandons
   it, and its claim comes back after ``mail.claim_timeout``).
@@ -33,13 +35,15 @@ import signal
 import threading
 import time
 
+from .outcomes import retry_horizon
+from .pass_stats import PassStats
 from .printable import get_logger
-from .processor import PassStats, retry_horizon
-from .watch import PollWatcher, WatchLost
+from .queue import as_queue
+from .queue.wakeup import WatchLost
 
 log = get_logger(__name__)
 
-#: The deferred queue and the claims in ``cur/`` are looked at at least this often.
+#: The deferred queue and the claims are looked at at least this often.
 RESCAN_INTERVAL = 60.0
 #: A timer never makes the daemon pass more often than this (no spinning on a
 #: deferred message that is due but cannot be claimed).
@@ -187,15 +191,17 @@ class Daemon:
 
     ``run_pass`` is normally a :class:`~pyramid_txmail.processor.Processor`'s
     ``run_once``: it finishes the messages in flight once ``stop`` is set,
-    and closes its SMTP connections before it returns.  ``watcher`` is a
-    :mod:`pyramid_txmail.watch` watcher on ``new/``; ``signals`` a
+    and closes its SMTP connections before it returns.  ``queue`` is the
+    :class:`~pyramid_txmail.queue.interface.IQueue` it drains (a
+    :class:`~pyramid_txmail.spool.Spool` is wrapped); ``watcher`` the queue's
+    :meth:`~pyramid_txmail.queue.interface.IQueue.watcher`; ``signals`` a
     :class:`Signals` (its ``stop`` and ``hup`` events); ``waker`` the
     :class:`~pyramid_txmail.watch.Waker` that signals poke.
     """
 
-    def __init__(self, spool, settings, run_pass, watcher, signals, waker, *,
+    def __init__(self, queue, settings, run_pass, watcher, signals, waker, *,
                  rescan=RESCAN_INTERVAL, clock=time.time):
-        self.spool = spool
+        self.queue = as_queue(queue)
         self.settings = settings
         self.run_pass = run_pass
         self.watcher = watcher
@@ -214,7 +220,7 @@ class Daemon:
     def run(self):
         """Pass, sleep, repeat; returns the summed :class:`PassStats` once stopped."""
         log.info("txmail-qp daemon started on %s: %s, %d worker(s); stop with SIGTERM "
-                 "or SIGINT", self.spool.path, self.watcher.describe(), self.settings.workers)
+                 "or SIGINT", self.queue.where, self.watcher.describe(), self.settings.workers)
         done = threading.Event()
         reopener = threading.Thread(target=self._reopen_logs, args=(done,),
                                     name="txmail-logs", daemon=True)
@@ -266,11 +272,11 @@ class Daemon:
             except OSError as exc:
                 delay = ERROR_BACKOFF[-1]
                 log.warning("cannot read the retry times in %s: %s; next pass in %gs",
-                            self.spool.path, exc, delay)
+                            self.queue.where, exc, delay)
             except Exception:  # a bug or an odd file must not end the daemon
                 delay = ERROR_BACKOFF[-1]
                 log.exception("cannot compute the next retry time in %s; next pass in %gs",
-                              self.spool.path, delay)
+                              self.queue.where, delay)
         try:
             why = self.watcher.wait(delay, self.waker)
         except WatchLost as exc:
@@ -281,7 +287,7 @@ class Daemon:
     def _fall_back_to_polling(self, exc):
         log.warning("%s; polling every %gs instead", exc, self.settings.poll_interval)
         self.watcher.close()
-        self.watcher = PollWatcher(self.watcher.directory, self.settings.poll_interval)
+        self.watcher = self.queue.watcher(self.settings, "poll")
         self.watcher.mark()
 
     def _pass(self):
@@ -293,30 +299,26 @@ class Daemon:
             wait = ERROR_BACKOFF[min(self._errors_in_a_row, len(ERROR_BACKOFF) - 1)]
             self._errors_in_a_row += 1
             log.exception("txmail-qp pass over %s failed; next try in %gs",
-                          self.spool.path, wait)
+                          self.queue.where, wait)
             return wait
         self._errors_in_a_row = 0
         self.totals.add(stats)
         busy = stats.sent or stats.deferred or stats.failed or stats.recovered or stats.errors
         log.log(logging.INFO if busy else logging.DEBUG, "txmail-qp pass over %s: %s",
-                self.spool.path, stats.summary())
+                self.queue.where, stats.summary())
         return None
 
     def next_wake_in(self):
         """Seconds until a deferred retry or a stale claim comes due (at most ``rescan``).
 
-        The earliest retry comes from the names in ``deferred/``; only
-        unindexed files (an older version's) have their state file read.
+        An unknown retry time, or one beyond any retry delay (a clock that
+        was ahead), counts as now (:meth:`~pyramid_txmail.queue.interface.IQueue.next_due`).
         """
         now = self.clock()
         due = now + self.rescan
-        # an unknown time, or one beyond any retry delay (a clock ahead), counts as now
-        retry = self.spool.earliest_retry(now, retry_horizon(self.settings))
-        if retry is not None:
-            due = min(due, retry + TIMER_SLACK)
-        claims_due = self.spool.next_claim_expiry(self.settings.claim_timeout, now)
-        if claims_due is not None:
-            due = min(due, claims_due + TIMER_SLACK)
+        found = self.queue.next_due(self.settings, now, retry_horizon(self.settings))
+        if found is not None:
+            due = min(due, found + TIMER_SLACK)
         return max(MIN_TIMER_WAIT, due - now)
 
     def _log_stop(self):

@@ -29,50 +29,14 @@ from .queue_state import epoch
 from .schedule import message_name
 from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir
 from .spoolscan import scan
+from .queue.interface import Ambiguous, NotFound, Refused, Vanished  # noqa: F401 (public here)
+from .queue.states import (  # noqa: F401 (public here too)
+    ALIASES, ALL_STATES, LABELS, PURGEABLE, QUEUE_STATES, purge_reason, state_of)
 
-#: Message states in pipeline order (``tmp/`` holds uncommitted writes,
-#: ``prepared/`` messages whose transaction is committing, or in doubt).
-QUEUE_STATES = ("new", "cur", "deferred", "failed")
-ALL_STATES = QUEUE_STATES + ("tmp", "prepared")
-#: What the states are called in ``status --json`` (and accepted as --state).
-LABELS = {"tmp": "tmp", "prepared": "prepared", "new": "queued", "cur": "in_progress",
-          "deferred": "deferred", "failed": "failed"}
-ALIASES = {label: state for state, label in LABELS.items()}
-#: States ``purge`` may remove from; new/ and cur/ are mail still being sent.
-PURGEABLE = ("deferred", "failed", "tmp")
 #: How much of a file is read to find the end of its header block.
 HEAD_LIMIT = 256 * 1024
 
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
-
-
-class NotFound(LookupError):
-    """No message matches the id given."""
-
-
-class Ambiguous(LookupError):
-    """More than one message matches the id given; ``candidates`` lists them."""
-
-    def __init__(self, message, candidates):
-        super().__init__(message)
-        self.candidates = candidates
-
-
-class Refused(Exception):
-    """The operation does not apply to a message in its state (says why)."""
-
-
-class Vanished(Exception):
-    """The file left its state between looking and acting (another process took it)."""
-
-
-def state_of(text):
-    """``queued`` → ``new``, ``in_progress`` → ``cur``; a directory name stays itself."""
-    state = ALIASES.get(text, text)
-    if state not in ALL_STATES:
-        choices = ", ".join(sorted(set(ALL_STATES) | set(ALIASES)))
-        raise ValueError(f"unknown state {text!r}; choose from: {choices}")
-    return state
 
 
 def _read_head(path):
@@ -342,19 +306,6 @@ def retry(spool, msg):
         raise Vanished(f"{msg.state}/{msg.name} is gone: a processor or another "
                        "txmail-queue took it meanwhile") from None
     return f"moved from {msg.state}/ to new/; the next txmail-qp pass sends it"
-
-
-def purge_reason(state, older_than, purge_all):
-    """Why ``purge`` must not run with these arguments, or None."""
-    if state in ("new", "cur"):
-        return (f"refusing to purge {state}/ ({LABELS[state]}): that is mail still being "
-                "delivered; purge only deferred, failed or tmp")
-    if older_than is None and not purge_all:
-        return "say which messages: --older-than DURATION (e.g. 7d), or --all for every one"
-    if state == "tmp" and purge_all:
-        return ("refusing --all for tmp/: a committing transaction may be writing there "
-                "right now; use --older-than (e.g. 1d) to clear files left by a crash")
-    return None
 
 
 def purge_candidates(spool, state, older_than=None, now=None):

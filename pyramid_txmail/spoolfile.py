@@ -41,6 +41,11 @@ import re
 import urllib.parse
 from email.header import Header, decode_header
 
+# A queue file that cannot be sent as it is (no envelope, unreadable) is the
+# queue interface's PoisonMessage: the processor catches one class, whatever
+# the backend.
+from .queue.interface import PoisonMessage  # noqa: F401 (public here too)
+
 #: The start of the first line of a file we wrote; the version follows.
 RECORD = b"From txmail-envelope-"
 _RECORD_V1 = RECORD + b"1 "
@@ -48,10 +53,6 @@ _TOKEN = re.compile(rb"(?:[A-Za-z0-9._~@+-]|%[0-9A-F]{2})+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ENVELOPE_FIELDS = (b"x-actually-from", b"x-actually-to")
 _ENCODED_WORDS = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=\s*)+")
-
-
-class PoisonMessage(ValueError):
-    """A queue file that cannot be sent as it is: no envelope, unreadable."""
 
 
 # -- writing ------------------------------------------------------------------

@@ -27,6 +27,7 @@ import sys
 import time
 
 from .printable import get_logger
+from .queue.wakeup import Waker, WatchLost, WatchUnavailable  # noqa: F401 (public here too)
 
 log = get_logger(__name__)
 
@@ -41,55 +42,6 @@ IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
-
-
-class WatchUnavailable(OSError):
-    """inotify cannot be used here (not Linux, no libc symbol, out of instances)."""
-
-
-class WatchLost(OSError):
-    """The watched directory was removed or moved away."""
-
-
-class Waker:
-    """A self-pipe: :meth:`wake` makes a waiting watcher return early.
-
-    The daemon's signal thread (:class:`pyramid_txmail.daemon.Signals`) pokes
-    it, so a signal wakes the sleeper at once.  Both ends are non-blocking:
-    :meth:`wake` never waits (a full pipe wakes the sleeper anyway), and
-    neither end takes a lock, so it is safe from any thread.
-    """
-
-    def __init__(self):
-        self.read_fd, self.write_fd = os.pipe()
-        for fd in (self.read_fd, self.write_fd):
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
-
-    def wake(self):
-        try:
-            os.write(self.write_fd, b"\0")
-        except BlockingIOError:  # the pipe is full: it will wake anyway
-            pass
-
-    def drain(self):
-        try:
-            while os.read(self.read_fd, 512):
-                pass
-        except BlockingIOError:
-            pass
-
-    def wait(self, timeout):
-        """True if poked within ``timeout`` seconds (the pokes are consumed)."""
-        readable, _, _ = select.select([self.read_fd], [], [], max(timeout, 0))
-        if readable:
-            self.drain()
-            return True
-        return False
-
-    def close(self):
-        for fd in (self.read_fd, self.write_fd):
-            os.close(fd)
 
 
 def _message_names(directory):

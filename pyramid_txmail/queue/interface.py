@@ -30,12 +30,45 @@ class PoisonMessage(ValueError):
     """A queued message that can never be sent as it is (its reason is the text)."""
 
 
+class ClaimLost(Exception):
+    """The claim left this process while it was sending (another took it, or an
+    operator released it): what the message becomes is the new holder's business."""
+
+
+class QueueUnavailable(Exception):
+    """The queue named by the settings cannot be opened (the text names the key,
+    the path or URL, and what to fix)."""
+
+
+class NotFound(LookupError):
+    """No message matches the id given (``IQueueAdmin.find``)."""
+
+
+class Ambiguous(LookupError):
+    """More than one message matches the id given; ``candidates`` lists them."""
+
+    def __init__(self, message, candidates):
+        super().__init__(message)
+        self.candidates = candidates
+
+
+class Refused(Exception):
+    """The admin operation does not apply to a message in its state (says why)."""
+
+
+class Vanished(Exception):
+    """The message left its state between looking and acting (another process took it)."""
+
+
 class IClaimed(Interface):
     """One message a processor holds while it sends it."""
 
     name = Attribute("Its id in this queue, for logs and dead-letter records.")
     queued_at = Attribute("When it was queued (epoch seconds), or None if unknown.")
     problem = Attribute("Why it cannot be sent at all (dead-lettered as poison), or None.")
+    state_record = Attribute("Where its state is stored, for a person reading a log line "
+                             "or a dead letter's reason (``the state file "
+                             "meta/NAME.json``, ``the state of outbox row 42``).")
 
 
 class IPassScope(Interface):
@@ -107,14 +140,23 @@ class IQueue(Interface):
     def release(claimed):
         """Let go of what the claim holds (an open file, a lease) after it was settled."""
 
-    def next_due(settings, now):
+    def next_due(settings, now, horizon=None):
         """Epoch seconds when something becomes due without new mail arriving (the earliest
-        retry, the earliest claim that may turn stale), or None."""
+        retry, the earliest claim that may turn stale), or None.  A retry due more than
+        ``horizon`` seconds ahead counts as due ``now`` (as in :meth:`candidates`)."""
 
     def watcher(settings, how="auto"):
-        """An object with ``mark()``, ``wait(timeout)`` (True when new mail may have come)
-        and ``close()``, for the daemon: inotify on a spool, LISTEN/NOTIFY on PostgreSQL,
-        polling otherwise."""
+        """For the daemon: inotify on a spool, LISTEN/NOTIFY on PostgreSQL, polling
+        otherwise (``how``: ``auto``, ``poll``, or a backend's own such as ``inotify``).
+        Raises ``WatchUnavailable`` when the ``how`` asked for cannot be had.
+
+        The object has ``describe()`` (for the start-up log line), ``mark()`` (just
+        before a pass: what is there now is not new), ``wait(timeout, waker)`` -> why
+        it ended: ``"mail"``, ``"timeout"`` or ``"woken"`` (the daemon's
+        :class:`~pyramid_txmail.watch.Waker`, poked by a signal, must end the wait
+        at once: select on ``waker.read_fd`` and ``waker.drain()`` it, or poll
+        ``waker.wait(interval)``), and ``close()``.  ``wait`` may raise
+        ``WatchLost``: the daemon then asks for ``watcher(settings, "poll")``."""
 
 
 class IQueueAdmin(Interface):
@@ -123,8 +165,10 @@ class IQueueAdmin(Interface):
     Messages are returned as objects with ``name``, ``state`` (``new``, ``cur``,
     ``deferred``, ``failed``, and backend-specific ones such as ``tmp``), ``queued_at``,
     ``fromaddr``, ``toaddrs``, ``headers``, ``meta``, ``problem``, ``subject``,
-    ``message_id``, ``attempts``, ``last_error``, ``settled_at`` and
-    ``as_dict(now)`` -- the keys of ``txmail-queue list --json``.
+    ``message_id``, ``attempts``, ``last_error``, ``settled_at``, ``path`` (its
+    file, or None where it has none) and ``as_dict(now)`` -- the keys of
+    ``txmail-queue list --json``.  The state names and their labels are
+    :mod:`pyramid_txmail.queue.states`.
     """
 
     def status(now):
@@ -133,12 +177,19 @@ class IQueueAdmin(Interface):
     def messages(states):
         """Every message in ``states``, oldest first within a state."""
 
+    where = Attribute("The queue's name for people (as :attr:`IQueue.where`).")
+    states = Attribute("The states this backend has, in pipeline order: "
+                       ":data:`pyramid_txmail.queue.states.QUEUE_STATES` and its own "
+                       "(``tmp``, ``prepared`` for a spool).")
+
     def find(ident):
         """The one message ``ident`` names (id, unique prefix, or Message-ID); raises
-        ``NotFound`` or ``Ambiguous``."""
+        :class:`NotFound` or :class:`Ambiguous`."""
 
     def retry(msg):
-        """Deferred or dead letter back to the queue, due now; returns a sentence."""
+        """Deferred or dead letter back to the queue, due now; returns a sentence.
+        Raises :class:`Refused` (not for its state) or :class:`Vanished` (gone
+        meanwhile), as do ``purge`` and ``release_claim``."""
 
     def purge_candidates(state, older_than, now):
         """The messages of ``state`` that ``purge`` would remove."""
@@ -146,8 +197,10 @@ class IQueueAdmin(Interface):
     def purge(msg):
         """Remove a deferred message or dead letter for good; returns a sentence."""
 
-    def release(msg, claim_timeout, force, now):
-        """Put back a claimed message whose owner is gone (``force``: even if alive)."""
+    def release_claim(msg, claim_timeout, force, now):
+        """Put back a claimed message whose owner is gone (``force``: even if alive);
+        returns a sentence.  (Not ``release``: a backend implements IQueue too, whose
+        ``release(claimed)`` lets go of this process's own claim.)"""
 
     def release_stale(claim_timeout, now):
         """Put back every stale claim; returns their names."""

@@ -1,4 +1,4 @@
-"""``txmail-qp``: deliver the mail spool, one pass (cron) or as a daemon.
+"""``txmail-qp``: deliver the mail queue, one pass (cron) or as a daemon.
 
 A thin shell around :class:`pyramid_txmail.processor.Processor`: read the
 ini, set up logging, load the app (so that event subscribers run), then make
@@ -25,9 +25,11 @@ from pyramid.exceptions import ConfigurationError
 from ..printable import get_logger, printable
 from ..daemon import Daemon, Signals
 from ..processor import Processor
+from ..queue import open_queue
+from ..queue.interface import QueueUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
-from ..spool import Spool, SpoolError
-from ..watch import WATCH_MODES, Waker, WatchUnavailable, make_watcher
+from ..queue.wakeup import Waker, WatchUnavailable
+from ..watch import WATCH_MODES
 
 PROG = "txmail-qp"
 EX_OK = 0
@@ -37,28 +39,30 @@ EX_CONFIG = 78
 
 log = get_logger("pyramid_txmail.scripts.qp")
 
-_USED = ("queue_path", "host", "port", "username", "password", "tls", "ssl", "keyfile",
-         "certfile", "tls_cafile", "timeout", "data_timeout", "debug", "claim_timeout",
-         "retry_initial",
-         "retry_max", "max_queue_time", "workers", "poll_interval")
+_USED = ("queue_path", "queue_url", "host", "port", "username", "password", "tls", "ssl",
+         "keyfile", "certfile", "tls_cafile", "timeout", "data_timeout", "debug",
+         "claim_timeout", "retry_initial", "retry_max", "max_queue_time", "workers",
+         "poll_interval")
 
 DESCRIPTION = """\
-Deliver the mail waiting in a pyramid_txmail spool: make ONE pass over the
-spool directory (mail.queue_path) and exit, or with --daemon keep delivering
-until SIGTERM or SIGINT.  Each message in new/ and each deferred message
-whose retry is due is sent through the SMTP relay.  A recipient that accepts
-is never sent the message again; a temporary failure (4yz, dropped
-connection) moves the message to deferred/ with an exponential backoff; a
-permanent failure (5yz), or a message still undelivered after
-mail.max_queue_time, is dead-lettered into failed/ with the reason.  Several
-txmail-qp processes may run on one spool at the same time.
+Deliver the mail waiting in a pyramid_txmail queue -- the spool directory
+(mail.queue_path), or the SQL outbox in the application's database when
+mail.queue_url is set: make ONE pass over it and exit, or with --daemon keep
+delivering until SIGTERM or SIGINT.  Each queued message (new/) and each
+deferred message whose retry is due is sent through the SMTP relay.  A
+recipient that accepts is never sent the message again; a temporary failure
+(4yz, dropped connection) defers the message (deferred/) with an exponential
+backoff; a permanent failure (5yz), or a message still undelivered after
+mail.max_queue_time, is dead-lettered (failed/) with the reason.  Several
+txmail-qp processes may run on one queue at the same time (on an SQL outbox
+in PostgreSQL, on any number of machines).
 """
 
 
 def _epilog():
     docs = {s.name: s.doc for s in SETTINGS}
     lines = [textwrap.fill(docs[name], 79, initial_indent=f"  mail.{name:<15} ",
-                           subsequent_indent=" " * 23) for name in _USED]
+                           subsequent_indent=" " * 23) for name in _USED if name in docs]
     return ("settings, read from the [app:NAME] section of CONFIG_URI:\n"
             + "\n".join(lines) + "\n"
             "  Any other mail.* key must still be valid (an unknown key is an error).\n"
@@ -69,8 +73,9 @@ def _epilog():
             "  output of pyramid_txmail, -q keeps only warnings and errors.\n"
             "\n"
             "daemon (--daemon):\n"
-            "  Passes over the spool whenever mail arrives in new/ (noticed with\n"
-            "  inotify, or by looking every mail.poll_interval with --watch poll),\n"
+            "  Passes over the queue whenever mail arrives (noticed with inotify in\n"
+            "  the spool's new/, LISTEN/NOTIFY on PostgreSQL, or by looking every\n"
+            "  mail.poll_interval with --watch poll or on SQLite),\n"
             "  when a deferred retry or a dead processor's stale claim comes due,\n"
             "  and at least every minute.  SIGTERM or SIGINT (Ctrl-C): the\n"
             "  message(s) in flight are finished, the rest stay queued, exit 0; a\n"
@@ -88,7 +93,8 @@ def _epilog():
             "      pass went on past a message that could not be handled\n"
             "  2   usage error (bad command line)\n"
             "  78  configuration error: missing ini file or section, bad or unknown\n"
-            "      mail.* setting, no mail.queue_path, unusable spool directory,\n"
+            "      mail.* setting, no mail.queue_path (nor mail.queue_url), unusable\n"
+            "      spool directory or database,\n"
             "      an application that cannot be loaded (see --no-app), --watch\n"
             "      inotify where inotify is unavailable\n"
             "\n"
@@ -204,36 +210,27 @@ def setup_logging(path, verbose=False, quiet=False):
         logging.getLogger("pyramid_txmail").setLevel(logging.WARNING)
 
 
-def mail_settings(raw, path, app_name):
-    """Parse mail.*; the processor cannot run without a spool to read."""
+def mail_settings(raw, path, app_name, prog=PROG, needs="to deliver from"):
+    """Parse mail.*; the processor cannot run without a queue to read."""
     try:
         settings = parse_settings(raw)
     except ConfigurationError as exc:
         raise ConfigError(f"{path} [app:{app_name}]: {exc}") from None
-    if not settings.queue_path:
-        raise ConfigError(f"{path} [app:{app_name}]: {settings_prefix(raw)}queue_path is "
-                          "not set; txmail-qp needs the spool directory to deliver from")
+    if not settings.queue_path and not getattr(settings, "queue_url", None):
+        prefix = settings_prefix(raw)
+        raise ConfigError(f"{path} [app:{app_name}]: {prefix}queue_path is not set; {prog} "
+                          f"needs the spool directory {needs} (or {prefix}queue_url, the "
+                          "SQL outbox)")
     return settings
 
 
-def open_spool(settings):
-    """The spool the application writes; a missing one is an error, never created here.
-
-    Creating it would hide a wrong path: a processor would drain an empty
-    spool of its own and report ``sent=0`` while the mail waits elsewhere.
-    The application creates the spool when it starts (``config.include``).
-    State directories missing from an existing spool (one of an older layout,
-    or repoze.sendmail's Maildir) are added.
-    """
-    path = settings.queue_path
-    if not os.path.isdir(path):
-        raise ConfigError(f"mail.queue_path = {path!r}: no spool directory there (nothing "
-                          "was ever queued, or the path is wrong); the application creates "
-                          "it when it starts")
+def open_queue_or_exit(settings):
+    """The queue the application writes (:func:`pyramid_txmail.queue.open_queue`);
+    a missing spool is an error, never created here (it would hide a wrong path)."""
     try:
-        return Spool(path)
-    except SpoolError as exc:
-        raise ConfigError(f"mail.queue_path: {exc}") from None
+        return open_queue(settings, create=False)
+    except QueueUnavailable as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -265,21 +262,20 @@ def run(args, signals, waker):
     settings = mail_settings(raw, path, app_name)
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
-    spool = open_spool(settings)
+    queue = open_queue_or_exit(settings)
     watcher = None
     if args.daemon:
         try:
-            watcher = make_watcher(args.watch or "auto", os.path.join(spool.path, "new"),
-                                   settings.poll_interval)
+            watcher = queue.watcher(settings, args.watch or "auto")
         except WatchUnavailable as exc:
-            raise ConfigError(f"--watch inotify: {exc}; use --watch poll") from None
+            raise ConfigError(f"--watch {args.watch}: {exc}; use --watch poll") from None
     try:
         with app_registry(path, app_name, not args.no_app) as registry:
             # transport None: one SMTP connection per worker (mail.workers),
             # opened in each pass and closed at its end
-            run_pass = Processor(spool, None, settings, registry=registry).run_once
+            run_pass = Processor(queue, None, settings, registry=registry).run_once
             if watcher is not None:
-                daemon = Daemon(spool, settings, run_pass, watcher, signals, waker)
+                daemon = Daemon(queue, settings, run_pass, watcher, signals, waker)
                 watcher = None  # the daemon closes it
                 daemon.run()
                 return EX_OK
@@ -289,10 +285,10 @@ def run(args, signals, waker):
             watcher.close()
     if signals.stop.is_set():
         log.info("txmail-qp pass over %s ended early on %s (the message in flight was "
-                 "finished; the rest waits for the next pass): %s", spool.path,
+                 "finished; the rest waits for the next pass): %s", queue.where,
                  signals.first_stop_name(), stats.summary())
     else:
-        log.info("txmail-qp pass over %s: %s", spool.path, stats.summary())
+        log.info("txmail-qp pass over %s: %s", queue.where, stats.summary())
     return EX_SOFTWARE if stats.errors else EX_OK
 
 

@@ -1,6 +1,6 @@
-"""How ``txmail-queue`` prints spool facts for a person (``--json`` is the other way).
+"""How ``txmail-queue`` prints queue facts for a person (``--json`` is the other way).
 
-Everything taken from a message or the spool (file names, addresses, headers,
+Everything taken from a message or the queue (file names, addresses, headers,
 server replies, the body) passes through :func:`clean`: control characters and bidirectional
 overrides are shown as escapes, so a hostile Subject cannot move the cursor,
 recolour or rewrite the operator's terminal.  Times are UTC ISO 8601, ages
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from .. import spool_admin as admin
+from ..pass_stats import format_duration
 from ..printable import printable
-from ..processor import format_duration
+from ..queue.states import ALL_STATES, LABELS
 from ..queue_state import epoch as usable_time
 
 def clean(text, one_line=True):
@@ -46,7 +46,7 @@ def _addresses(values):
 def status_lines(info):
     """``status``: one line per state, then the oldest message overall."""
     lines = [f"spool: {clean(info['spool'])}"]
-    for state in admin.ALL_STATES:
+    for state in (s for s in ALL_STATES if s in info["states"]):  # the backend's own
         row = info["states"][state]
         line = f"  {row['label']:<12} {state + '/':<10} {row['count']:>6}"
         if row["count"]:
@@ -71,7 +71,7 @@ def list_lines(found, states, now):
         to = clean(m.toaddrs[0]) if m.toaddrs else "-"
         if len(m.toaddrs) > 1:
             to += f" (+{len(m.toaddrs) - 1})"
-        lines.append(f"{clean(m.name):<{width}}  {admin.LABELS[m.state]:<11} "
+        lines.append(f"{clean(m.name):<{width}}  {LABELS[m.state]:<11} "
                      f"{age(now - m.queued_at):>7} {m.attempts:>5}  "
                      f"{clean(m.fromaddr)} -> {to} | {short(m.subject, 50)} | "
                      f"{short(m.last_error, 100)}")
@@ -81,8 +81,8 @@ def list_lines(found, states, now):
 def _facts(msg, now):
     """The ``key: value`` rows at the top of ``show``."""
     meta = msg.meta
-    rows = [("id", msg.name), ("state", f"{admin.LABELS[msg.state]} ({msg.state}/)"),
-            ("file", msg.path),
+    rows = [("id", msg.name), ("state", f"{LABELS[msg.state]} ({msg.state}/)"),
+            ("file", getattr(msg, "path", None)),
             ("queued", f"{when(msg.queued_at)} ({age(now - msg.queued_at)} ago)"),
             ("message-id", msg.message_id), ("envelope from", msg.fromaddr),
             ("envelope to", ", ".join(msg.toaddrs) or None), ("attempts", str(msg.attempts))]
