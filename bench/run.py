@@ -34,6 +34,7 @@ SECTIONS = {
     "drain": "sec_drain",
     "growth": "sec_growth",
     "attachment": "sec_attachment",
+    "sql": "sec_sql",
 }
 
 FULL = dict(sizes=[1000, 10000, 100000], drain_size=5000, enqueue_count=1000, repeats=3)

@@ -1,0 +1,200 @@
+"""SQL outbox, part 3: claims per second as the table grows to a million rows.
+
+An outbox keeps what it has sent (delivered rows for ``mail.keep_delivered``,
+dead letters until purged), so a busy site's table is large while its queue
+is short.  The claim must not slow down with the table: its partial indexes
+(one per claimable state) hold only the rows a claim may take.
+
+One database grows through the sizes: history rows are bulk copies of one
+enqueued message, most of them delivered (body gone, as after ``retire``),
+1 in 12 failed (body kept) and 1 in 50 deferred with a retry not yet due
+(inside the processor's retry horizon, so a pass counts them and leaves
+them).  At each size, a fixed batch of queued rows is added and claimed by
+the backend's own path, :meth:`SqlQueue.candidates` (the count of deferred
+rows not due, then one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
+LOCKED)`` per claim, each its own transaction, then the due and stray
+deferred rows, of which there are none); then the claimed rows are deleted
+and the table vacuumed.  The plan of each claim statement at the largest size
+is shown with ``EXPLAIN (ANALYZE, BUFFERS)``, run in a transaction that is
+rolled back.
+"""
+from __future__ import annotations
+
+import time
+
+from harness import RECIPIENT, BenchError, Target, median, table
+from sql_db import SENDER_ADDRESS, autocommit_sql, copy_rows, engine_for, message_bytes
+
+FULL = dict(sizes=[10_000, 100_000, 1_000_000], batch=2000)
+QUICK = dict(sizes=[200, 600, 2000], batch=30)
+FLAT = 1.25
+#: a deferred history row is due this many seconds after the run starts, plus mod(g, 3000)
+NOT_DUE = 600
+
+HISTORY_STATE = ("CASE WHEN mod(g, 50) = 0 THEN 'deferred' WHEN mod(g, 12) = 0 THEN 'failed' "
+                 "ELSE 'delivered' END")
+
+
+def _history(now):
+    return {"body": "CASE WHEN mod(g, 50) = 0 OR mod(g, 12) = 0 THEN body END",
+            "next_attempt": f"CASE WHEN mod(g, 50) = 0 THEN {now + NOT_DUE} + (mod(g, 3000)) END",
+            "settled_at": f"CASE WHEN mod(g, 50) <> 0 THEN {now} - (mod(g, 80000)) END",
+            "queued_at": f"{now} - 90000 + (mod(g, 80000))",
+            "attempts": "CASE WHEN mod(g, 50) = 0 OR mod(g, 12) = 0 THEN 3 ELSE 1 END"}
+
+
+def _horizon():
+    from pyramid_txmail.outcomes import retry_horizon
+    from pyramid_txmail.settings import MailSettings
+
+    return retry_horizon(MailSettings())
+
+
+class Table:
+    """The growing outbox: a template row, history copies, claimable batches."""
+
+    def __init__(self, ctx, pg):
+        from pyramid_txmail.queue.sql import SqlQueue, enqueue, init_db
+
+        self.pg = pg
+        self.url = pg.database("claims")
+        self.engine = engine_for(self.url)
+        init_db(self.engine)
+        self.now = time.time()
+        with self.engine.begin() as connection:
+            self.template = enqueue(connection, SENDER_ADDRESS, [RECIPIENT],
+                                    message_bytes(ctx))
+            connection.exec_driver_sql(  # a dead letter: never claimed, copied from
+                f"UPDATE txmail_outbox SET state = 'failed', settled_at = {self.now} "
+                f"WHERE id = {self.template}")
+        self.rows = 1
+        self.queue = SqlQueue(self.url, claim_timeout=3600.0)
+
+    def close(self):
+        self.queue.close()
+        self.engine.dispose()
+        self.pg.drop(self.url)
+
+    def grow(self, size):
+        with self.engine.begin() as connection:
+            copy_rows(connection, self.template, size - self.rows, HISTORY_STATE,
+                      _history(self.now))
+        self.rows = max(size, self.rows)
+        autocommit_sql(self.engine, "VACUUM ANALYZE txmail_outbox")
+
+    def add_batch(self, count):
+        with self.engine.begin() as connection:
+            copy_rows(connection, self.template, count, "'queued'",
+                      {"settled_at": "NULL", "attempts": "0", "meta": "NULL",
+                       "queued_at": f"{time.time()} + g * 0.000001"})
+
+    def claim_batch(self, count):
+        """Seconds for one pass of ``candidates`` that claims the ``count`` queued rows."""
+        from pyramid_txmail.pass_stats import PassStats
+
+        stats = PassStats()
+        start = time.perf_counter()
+        claimed = list(self.queue.candidates(time.time(), _horizon(), stats))
+        seconds = time.perf_counter() - start
+        if len(claimed) != count or stats.errors:
+            raise BenchError(f"claims at {self.rows} rows: {len(claimed)} claimed, "
+                             f"{stats.errors} errors, expected {count}")
+        self.clear_claimed()
+        return seconds
+
+    def clear_claimed(self):
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM txmail_outbox WHERE state = 'in_progress'")
+        autocommit_sql(self.engine, "VACUUM ANALYZE txmail_outbox")
+
+    def size_mb(self):
+        with self.engine.connect() as connection:
+            return connection.exec_driver_sql(
+                "SELECT pg_total_relation_size('txmail_outbox')").scalar() / 1e6
+
+    def explain(self):
+        """``[(what, SQL, plan)]`` of the statements of a pass claiming one row of two."""
+        import sqlalchemy as sa
+
+        from pyramid_txmail.pass_stats import PassStats
+
+        self.add_batch(2)
+        seen = []
+
+        def capture(conn, cursor, statement, parameters, context, executemany):
+            seen.append((statement, parameters))
+
+        sa.event.listen(self.queue.engine, "before_cursor_execute", capture)
+        try:
+            candidates = self.queue.candidates(time.time(), _horizon(), PassStats())
+            next(candidates)
+            candidates.close()
+        finally:
+            sa.event.remove(self.queue.engine, "before_cursor_execute", capture)
+        plans = []
+        for statement, parameters in seen:
+            if not statement.lstrip().upper().startswith(("UPDATE", "SELECT COUNT")):
+                continue
+            with self.engine.connect() as connection:
+                with connection.begin() as transaction:
+                    plan = connection.exec_driver_sql(
+                        "EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters).scalars().all()
+                    transaction.rollback()
+            what = ("claim the oldest queued row" if "UPDATE" in statement.upper()
+                    else "count the deferred rows not due yet")
+            plans.append((what, statement, "\n".join(plan)))
+        self.clear_claimed()
+        with self.engine.begin() as connection:  # the second row, never claimed
+            connection.exec_driver_sql("DELETE FROM txmail_outbox WHERE state = 'queued'")
+        return plans
+
+
+def measure(ctx, pg):
+    sizes_batch = QUICK if ctx.options.quick else FULL
+    sizes, batch = sizes_batch["sizes"], sizes_batch["batch"]
+    outbox = Table(ctx, pg)
+    figures, plans = {}, []
+    try:
+        outbox.add_batch(batch)  # a warm-up, not counted: the engine's connections, caches
+        outbox.claim_batch(batch)
+        for size in sizes:
+            outbox.grow(size)
+            runs = []
+            for _ in range(ctx.options.repeats):
+                outbox.add_batch(batch)
+                autocommit_sql(outbox.engine, "VACUUM ANALYZE txmail_outbox")
+                runs.append(outbox.claim_batch(batch))
+            figures[size] = dict(seconds=median(runs), runs=runs, mb=outbox.size_mb())
+        plans = outbox.explain()
+    finally:
+        outbox.close()
+    return sizes, batch, figures, plans
+
+
+def run(ctx, pg):
+    """``(markdown, lines, targets)`` of the claims part."""
+    sizes, batch, figures, plans = measure(ctx, pg)
+    rate = {size: batch / f["seconds"] for size, f in figures.items()}
+    rows = [(f"{size:,}", f"{f['mb']:.0f}", f"{rate[size]:.0f}",
+             f"{f['seconds'] / batch * 1e6:.0f}", f"{rate[size] / rate[sizes[0]]:.2f}x",
+             ", ".join(f"{batch / s:.0f}" for s in f["runs"]))
+            for size, f in figures.items()]
+    flat = rate[sizes[-1]] / rate[sizes[0]]
+    target = Target(f"claims/s flat as the outbox grows from {sizes[0]:,} to {sizes[-1]:,} "
+                    f"rows (within {FLAT}x)", flat >= 1 / FLAT,
+                    f"{rate[sizes[0]]:.0f} -> {rate[sizes[-1]]:.0f} claims/s = {flat:.2f}x")
+    parts = [
+        f"A batch of {batch} queued rows claimed by one pass of `SqlQueue.candidates` "
+        f"(one transaction per claim, on the backend's own engine), {ctx.options.repeats} "
+        "time(s) per size, median; the rows already present are 1 in 50 deferred (not due), "
+        "1 in 12 failed, the rest delivered.",
+        table(["rows present", "table + indexes MB", "claims/s", "us / claim",
+               f"vs {sizes[0]:,}", "claims/s, each run"], rows)]
+    if plans:
+        parts.append(f"The plans at {sizes[-1]:,} rows (`EXPLAIN (ANALYZE, BUFFERS)` of the "
+                     "statements the backend sent, with their parameters, rolled back):")
+        for what, statement, plan in plans:
+            parts.append(f"{what}:\n\n```sql\n{statement.strip()}\n```\n\n```\n{plan}\n```")
+    lines = ["claims/s at " + ", ".join(f"{s:,} rows {rate[s]:.0f}" for s in sizes)
+             + f"; {sizes[-1]:,}/{sizes[0]:,} = {flat:.2f}x"]
+    return "\n\n".join(parts), lines, [target]
