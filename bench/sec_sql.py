@@ -49,6 +49,11 @@ def _run(ctx):
                      + markdown)
         lines += got_lines
         targets += got_targets
+        for target, (label, url) in zip(got_targets, (
+                ("PostgreSQL", None), ("SQLite", sqlite_url.replace(".sqlite", "-p.sqlite")))):
+            if not target.met:
+                parts.append(sql_profile.enqueue_section(ctx, url or pg.database("profile"),
+                                                         label))
 
         markdown, got_lines, got_targets, _ = sql_drain.run(ctx, pg)
         parts.append("### Drain: PostgreSQL outbox vs the spool vs repoze qp\n\n" + markdown)

@@ -90,11 +90,13 @@ class Postgres:
                                  "shared_buffers", "wal_level")}
         import machine
 
+        fstype, device, mount = machine.filesystem_of(self.cluster.datadir)
         return [("PostgreSQL", f"{show['server_version']} (Debian's binaries, a private "
                  f"cluster of this run; fsync={show['fsync']}, synchronous_commit="
                  f"{show['synchronous_commit']}, shared_buffers={show['shared_buffers']}, "
                  "otherwise the defaults)"),
-                ("its data directory", machine.filesystem_of(self.cluster.datadir)),
+                ("its data directory", f"{fstype} on {device} (mounted at {mount}), like "
+                 f"the spools: {self.cluster.datadir}"),
                 ("SQLAlchemy, psycopg", f"{sa.__version__}, {_version('psycopg')}")]
 
 

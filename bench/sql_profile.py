@@ -89,3 +89,130 @@ def section(ctx, pg, count):
         "waits for the WAL flush (fsync=on).  On this machine the server's CPU "
         f"({db_cpu / count * 1e6:.0f} us per message) competes with the client's for "
         "the same cores."])
+
+
+# -- enqueue ------------------------------------------------------------------------
+
+#: (group, function names whose cumulative time it is), within enqueue() only
+ENQUEUE_GROUPS = (
+    ("building the statement (`insert().values(**row).returning(...)`, per call)",
+     ("values", "returning", "insert")),
+    ("SQLAlchemy's cache key and compiled-statement lookup", ("_compile_w_cache",)),
+    ("the driver and the database (execute, fetch the id)", ("do_execute", "first")),
+    ("the message and envelope (Message-ID, 8-bit checks, envelope checks)",
+     ("message_id_of", "check_envelope", "_head_of")),
+)
+
+
+#: the statement is built right in these (store.py)
+ENQUEUE_CALLERS = ("enqueue", "_insert")
+
+
+def enqueue_section(ctx, url, label, count=None):
+    """What one ``enqueue()`` call spends its time on, under cProfile, on ``url``:
+    transactions of one enqueue each, the profiler on around the call only."""
+    import cProfile
+
+    from pyramid_txmail.queue.sql import enqueue
+    from sql_db import SENDER_ADDRESS, message_bytes
+    from harness import RECIPIENT
+    import sql_enqueue
+
+    count = count or (30 if ctx.options.quick else 300)
+    paths = sql_enqueue.Paths(ctx, url)
+    data, profiler = message_bytes(ctx), cProfile.Profile()
+    try:
+        with paths.engine.connect() as connection:
+            for i in range(20 + count):  # 20 to warm the caches, not profiled
+                with connection.begin():
+                    if i >= 20:
+                        profiler.enable()
+                    enqueue(connection, SENDER_ADDRESS, [RECIPIENT], data)
+                    profiler.disable()
+    finally:
+        paths.close()
+    stats = pstats.Stats(profiler)
+    total = max((v[3] for f, v in stats.stats.items()
+                 if f[2] == "enqueue" and "sql/store.py" in f[0]), default=0.0)
+    rows, counted = [], 0.0
+    for group, names in ENQUEUE_GROUPS:
+        seconds = _outermost(stats, names, ENQUEUE_CALLERS if group == ENQUEUE_GROUPS[0][0]
+                             else None)
+        counted += seconds
+        rows.append((group, f"{seconds / count * 1e6:.0f}",
+                     f"{seconds / total:.0%}" if total else "n/a"))
+    rest = max(total - counted, 0.0)
+    rows.append(("the rest (SQLAlchemy's execute and result handling, enqueue's own code)",
+                 f"{rest / count * 1e6:.0f}", f"{rest / total:.0%}" if total else "n/a"))
+    current, prebuilt = _prebuilt_vs_enqueue(ctx, url, count)
+    return "\n\n".join([
+        f"#### Where `enqueue()` spends its time ({label}, cProfile, {count} calls)",
+        f"`enqueue()` took {total / count * 1e6:.0f} us per call under the profiler "
+        "(which inflates Python code, not the database's time); cumulative time of its "
+        "parts:",
+        table(["part of enqueue()", "us / call", "share"], rows),
+        f"**What would lift it**: the INSERT is built anew on every call "
+        "(`outbox.insert().values(**row)`, then `.returning(...)`), and SQLAlchemy "
+        "walks the new statement for its cache key; the application's own INSERT is "
+        "built once and executed with a dict of values.  The same outbox row through "
+        "one statement built once (values as bind parameters, `queued_at` from the "
+        f"database's clock as now) costs {prebuilt * 1e6:.0f} us per call against "
+        f"`enqueue()`'s {current * 1e6:.0f} us in the same transactions, without the "
+        "profiler (median of 10 batches, taking turns)."])
+
+
+def _prebuilt_vs_enqueue(ctx, url, count):
+    """Median seconds per call: ``enqueue()``, and its row through a statement built once."""
+    import time
+
+    import sqlalchemy as sa
+
+    from harness import RECIPIENT, median
+    from pyramid_txmail import wire
+    from pyramid_txmail.queue.sql import enqueue, init_db
+    from pyramid_txmail.queue.sql.schema import db_epoch, outbox
+    from sql_db import SENDER_ADDRESS, message_bytes
+
+    data = message_bytes(ctx)
+    statement = outbox.insert().values(queued_at=db_epoch()).returning(outbox.c.id)
+    if url.startswith("postgresql"):
+        statement = statement.returning(sa.func.pg_notify("txmail_outbox", ""))
+    row = {"state": "queued", "sender": SENDER_ADDRESS, "recipients": [RECIPIENT],
+           "attempts": 0, "meta": None, "message_id": wire.message_id_of(data),
+           "size": len(data), "eightbit": False, "head_8bit": False, "body": data,
+           "chunks": 0}
+    engine = sa.create_engine(url)
+    init_db(engine)
+    per = {"enqueue": [], "prebuilt": []}
+    try:
+        with engine.connect() as connection:
+            for round_ in range(10):
+                for kind in (("enqueue", "prebuilt") if round_ % 2 else
+                             ("prebuilt", "enqueue")):
+                    spent = 0.0
+                    for _ in range(max(1, count // 10)):
+                        with connection.begin():
+                            start = time.perf_counter()
+                            if kind == "enqueue":
+                                enqueue(connection, SENDER_ADDRESS, [RECIPIENT], data)
+                            else:
+                                connection.execute(statement, row).first()
+                            spent += time.perf_counter() - start
+                    per[kind].append(spent / max(1, count // 10))
+    finally:
+        engine.dispose()
+    return median(per["enqueue"]), median(per["prebuilt"])
+
+
+def _outermost(stats, names, only_from=None):
+    """Cumulative seconds of the functions called ``names``, counted once: only the
+    calls from a caller not itself named in ``names`` (SQLAlchemy's generated
+    wrappers call a method of the same name), and with ``only_from`` only the calls
+    straight from functions of those names."""
+    seconds = 0.0
+    for func, (_, _, _, _, callers) in stats.stats.items():
+        if func[2] in names:
+            seconds += sum(edge[3] for caller, edge in callers.items()
+                           if caller[2] not in names
+                           and (only_from is None or caller[2] in only_from))
+    return seconds
