@@ -101,10 +101,10 @@ def leg_pyramid_mailer_queue(path, spool):
 
 
 def leg_processor_smtp(spool, port):
-    from pyramid_txmail.processor import Processor
+    from pyramid_txmail.processor.processor import Processor
     from pyramid_txmail.settings import parse_settings
-    from pyramid_txmail.smtp import SMTPTransport
-    from pyramid_txmail.spool import Spool
+    from pyramid_txmail.relay.smtp import SMTPTransport
+    from pyramid_txmail.queue.maildir.spool import Spool
 
     settings = parse_settings({"mail.host": "127.0.0.1", "mail.port": str(port),
                                "mail.queue_path": spool, "mail.timeout": "60"})

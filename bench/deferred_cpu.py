@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")

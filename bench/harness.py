@@ -320,7 +320,7 @@ class Context:
         Plain writes and one ``sync()`` at the end: filling is not measured,
         but the drain must not find a page cache full of dirty pages.
         """
-        from pyramid_txmail.spool import Spool
+        from pyramid_txmail.queue.maildir.spool import Spool
 
         Spool(str(spool_dir))
         data, new, base = self.template(), Path(spool_dir) / "new", int(time.time()) - 60
@@ -366,6 +366,6 @@ def _spool_file_from_our_path(directory):
 
 def strip_envelope(data):
     """The message of a spool file, without the X-Actually-* lines."""
-    from pyramid_txmail.spool import split_envelope
+    from pyramid_txmail.queue.maildir.spool import split_envelope
 
     return split_envelope(data)[2]

@@ -32,7 +32,7 @@ def listing_peak(spool):
     In-process, with tracemalloc: ``Spool.iter_names`` (streamed in sorted
     batches) where the spool has it, else ``Spool.names`` (one sorted list).
     """
-    from pyramid_txmail.spool import Spool
+    from pyramid_txmail.queue.maildir.spool import Spool
 
     queue = Spool(str(spool))
     method = "iter_names" if hasattr(queue, "iter_names") else "names"

@@ -1,6 +1,6 @@
 """The welcome mail: a text part, an HTML part and the logo inline in the HTML.
 
-Built with pyramid_txmail's own API: :func:`pyramid_txmail.templates.render_mail`
+Built with pyramid_txmail's own API: :func:`pyramid_txmail.render_mail`
 renders ``templates/mail/welcome.txt.jinja2`` and ``welcome.html.jinja2``
 through Pyramid (with the request, so ``request.route_url`` makes links that
 point at this site), and :class:`pyramid_txmail.builder.Mail` adds the logo
@@ -21,7 +21,7 @@ import functools
 import importlib.resources
 import secrets
 
-from pyramid_txmail.templates import render_mail
+from pyramid_txmail import render_mail
 
 LOGO_RESOURCE = ("demo_app", "static/logo.png")
 TEMPLATES = "demo_app:templates/mail/welcome"

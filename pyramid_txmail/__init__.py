@@ -11,21 +11,23 @@ from __future__ import annotations
 from pyramid.exceptions import ConfigurationError
 from pyramid.interfaces import IRequest
 
-from .builder import Mail
-from .delivery import (Delivery, Mailer, NoQueue, NoTransaction, TransactionEnded,
-                       make_outboxes)
+from .compose.builder import Mail
+from .compose.message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
+                              NoSender)
+from .compose.redirect import announce as announce_redirect
+from .compose.templates import render_mail
 from .events import MailDeferred, MailFailed, MailQueued, MailSent
-from .immediate import DeliveryFailed
 from .interfaces import (IMailDeferred, IMailDelivery, IMailFailed, IMailOutbox,
                          IMailQueued, IMailSent, IMailSettings)
-from .mailer_compat import (mailer_factory_from_settings, register_mailer, registered_mailer,
-                            take_pyramid_mailer_include, warn_implied_queue)
-from .message import (HeaderInjection, InvalidAddress, MessageError, NoRecipients,
-                      NoSender)
-from .redirect import announce as announce_redirect
+from .mailer.delivery import (Delivery, Mailer, NoQueue, NoTransaction,  # noqa: F401
+                              TransactionEnded, make_delivery, make_outboxes,
+                              transport_factory)
+from .mailer.immediate import DeliveryFailed
+from .mailer.mailer_compat import (mailer_factory_from_settings, register_mailer,
+                                   registered_mailer, take_pyramid_mailer_include,
+                                   warn_implied_queue)
+from .queue.maildir.spool import SpoolError  # noqa: F401 (public here)
 from .settings import MailSettings, parse_settings, settings_prefix
-from .spool import SpoolError
-from .templates import render_mail
 
 __all__ = [
     "Delivery", "Mailer", "NoTransaction", "TransactionEnded", "NoQueue", "DeliveryFailed",
@@ -35,26 +37,6 @@ __all__ = [
     "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
     "Mail", "render_mail", "mailer_factory_from_settings",
 ]
-
-
-def transport_factory(settings):
-    """A callable opening an SMTP transport for ``settings`` (used by direct delivery)."""
-    def open_transport():
-        from .smtp import SMTPTransport
-
-        return SMTPTransport.from_settings(settings)
-
-    return open_transport
-
-
-def make_delivery(settings, registry=None):
-    """Build the :class:`Delivery` for parsed :class:`MailSettings`."""
-    try:
-        outboxes, transports = make_outboxes(settings, transport_factory(settings),
-                                               registry)
-    except SpoolError as exc:
-        raise ConfigurationError(f"mail.queue_path = {settings.queue_path!r}: {exc}") from None
-    return Delivery(settings, outboxes["send"], registry, outboxes, transports)
 
 
 def get_mailer(registry, transaction_manager=None):

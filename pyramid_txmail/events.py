@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from zope.interface import implementer
 
-from .printable import get_logger
+from .util.printable import get_logger
 from .interfaces import IMailDeferred, IMailFailed, IMailQueued, IMailSent
 
 log = get_logger(__name__)

@@ -20,7 +20,7 @@ import stat
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
-from .printable import get_logger
+from .util.printable import get_logger
 
 PREFIX = "mail."
 #: pyramid_mailer's setting that moves its keys elsewhere (``mail.`` by default).
@@ -29,7 +29,7 @@ PREFIX_SETTING = "pyramid_mailer.prefix"
 log = get_logger(__name__)
 
 DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "null")
-#: Deliveries for development and tests (pyramid_txmail.devdelivery): nothing is sent.
+#: Deliveries for development and tests (pyramid_txmail.mailer.devdelivery): nothing is sent.
 DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
 
@@ -125,7 +125,7 @@ def _str(value):
 
 
 def _address(value):
-    from .message import validate_address_header
+    from .compose.message import validate_address_header
 
     text = _str(value)
     if text is None:
@@ -135,7 +135,7 @@ def _address(value):
 
 
 def _addresses(value):
-    from .redirect import parse_redirect_to
+    from .compose.redirect import parse_redirect_to
 
     return parse_redirect_to(value) or None
 
@@ -292,8 +292,8 @@ def _callable(value):
 
 def _template(value):
     """An argument list (split like a shell would, never run by one); see
-    :func:`pyramid_txmail.sendmail.check_template` for what is accepted."""
-    from .sendmail import check_template, without_t_warning
+    :func:`pyramid_txmail.relay.sendmail.check_template` for what is accepted."""
+    from .relay.sendmail import check_template, without_t_warning
 
     template = list(value) if isinstance(value, (list, tuple)) else shlex.split(str(value))
     warning = without_t_warning(template)
@@ -534,7 +534,7 @@ def parse_settings(settings, prefix=None, warn=True):
         raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
                                  "set it to a directory for the mail spool")
     if values["delivery"] == "sendmail":
-        from .sendmail import check_app
+        from .relay.sendmail import check_app
 
         app = values.get("sendmail_app", "/usr/sbin/sendmail")
         why = check_app(app)

@@ -4,7 +4,7 @@
 offering SMTPUTF8, one not) and, per (delivery mode, server), a configured
 registry and its spool.  :meth:`Harness.send` puts one message through
 ``request.mailer.send`` in a transaction -- queued then drained by the
-:class:`~pyramid_txmail.processor.Processor`, or delivered directly after the
+:class:`~pyramid_txmail.processor.processor.Processor`, or delivered directly after the
 commit -- and returns an :class:`Outcome`: refused in ``send`` (nothing may
 be queued), delivered (the bytes the server got), or held in the spool with
 a reason.  :func:`read_back` parses what arrived the way a standards-following
@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, settings
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail.previewsource import filename as filename_of  # noqa: F401 -- shared
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.compose.reading import filename as filename_of  # noqa: F401 -- shared
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
-from pyramid_txmail.spool import STATES, Spool
+from pyramid_txmail.relay.smtp import SMTPTransport
+from pyramid_txmail.queue.maildir.spool import STATES, Spool
 
 from .recording_server import read_transcripts, recording_server
 from .reliability import runs

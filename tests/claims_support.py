@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 BIN = os.path.dirname(sys.executable)
 QP = os.path.join(BIN, "txmail-qp")

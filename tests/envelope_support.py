@@ -16,9 +16,9 @@ import transaction
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .recording_server import RecordingHandler, RecordingSMTP, read_transcripts
 from .smtpserver import SMTPServer

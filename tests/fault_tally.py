@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 
-from pyramid_txmail import spool_admin
+from pyramid_txmail.queue.maildir import spool_admin
 
 DOMAINS = {"a": "example.org", "b": "example.net", "c": "example.com"}
 

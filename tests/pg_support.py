@@ -198,10 +198,14 @@ class PgCluster:
             shutil.rmtree(self.tempdir, ignore_errors=True)
 
     def restart(self):
-        """Stop (fast mode) and start again on the same port and data directory."""
-        self._run([self._bin("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w",
-                   "-t", str(PG_CTL_WAIT), "stop"])
-        self.postmaster_pid = None
+        """Stop (fast mode) and start again on the same port and data directory.
+
+        After ``kill()`` there is nothing to stop: it only starts (crash recovery).
+        """
+        if self.postmaster_pid is not None:
+            self._run([self._bin("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w",
+                       "-t", str(PG_CTL_WAIT), "stop"])
+            self.postmaster_pid = None
         return self.start()
 
     def kill(self):

@@ -23,7 +23,7 @@ from pyramid.config import Configurator
 from pyramid.response import Response
 
 from pyramid_txmail import Mail
-from pyramid_txmail.spool import Spool, split_envelope
+from pyramid_txmail.queue.maildir.spool import Spool, split_envelope
 
 from .postfix import wait_until
 

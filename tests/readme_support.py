@@ -119,8 +119,8 @@ def helpers(project, readme):
 
     def spool_messages(path, state="new"):
         """The Message-IDs queued in the spool at ``path`` (relative to the project)."""
-        from pyramid_txmail import spool_admin
-        from pyramid_txmail.spool import Spool
+        from pyramid_txmail.queue.maildir import spool_admin
+        from pyramid_txmail.queue.maildir.spool import Spool
 
         return sorted(m.message_id for m in spool_admin.messages(Spool(str(project / path)),
                                                                  (state,)))
@@ -174,9 +174,9 @@ def helpers(project, readme):
 
 def dead_letter(project, path, name, message_id):
     """A dead letter named ``name`` in the spool at ``path``, as ``txmail-qp`` leaves one."""
-    from pyramid_txmail.queue_state import dead_letter as dead_meta
-    from pyramid_txmail.result import PERMANENT, RecipientResult
-    from pyramid_txmail.spool import Spool
+    from pyramid_txmail.queue.maildir.queue_state import dead_letter as dead_meta
+    from pyramid_txmail.relay.result import PERMANENT, RecipientResult
+    from pyramid_txmail.queue.maildir.spool import Spool
 
     spool = Spool(str(project / path))
     data = (f"From: site@example.com\nTo: bob@example.org\nSubject: Welcome\n"
@@ -194,7 +194,7 @@ def dead_letter(project, path, name, message_id):
 def claimed(project, path, name, message_id):
     """A message named ``name`` claimed by this (live) process, as a ``txmail-qp``
     sending it holds it; returns the function that lets it go."""
-    from pyramid_txmail.spool import Spool
+    from pyramid_txmail.queue.maildir.spool import Spool
 
     spool = Spool(str(project / path))
     data = f"To: carol@example.org\nSubject: Stuck\nMessage-ID: {message_id}\n\nHi\n".encode()

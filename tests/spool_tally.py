@@ -15,7 +15,7 @@ import email.parser
 import email.policy
 import os
 
-from pyramid_txmail.spool import Entry, PoisonMessage
+from pyramid_txmail.queue.maildir.spool import Entry, PoisonMessage
 
 #: States in which a message is still waiting to be sent (not lost).
 WAITING = ("new", "cur", "deferred")

@@ -32,7 +32,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pyramid_txmail import Mail
-from pyramid_txmail.message import LINE_BREAKS
+from pyramid_txmail.compose.message import LINE_BREAKS
 
 from .badinput_pinned import EMAIL_MESSAGE, MAIL, PYRAMID_MAILER, pinned, pinned_detail
 from .badinput_strategies import (attachment, bad_address, body_text, check_held,

@@ -42,7 +42,7 @@ def test_the_outbox_and_the_preview_show_a_quoted_filename_as_sent(tmp_path, nam
     policy.default, so '"a"' and '<a>' showed as 'a', and '""' as no name."""
     import html
 
-    from pyramid_txmail.message import prepare
+    from pyramid_txmail.compose.message import prepare
     from pyramid_txmail.testing import SentMail
 
     from .test_preview import make_app, message_url, rich_message, write_eml

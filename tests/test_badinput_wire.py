@@ -17,11 +17,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyramid_txmail import Mail, wire
-from pyramid_txmail.processor import STREAM_OVER, Processor
+from pyramid_txmail import Mail
+from pyramid_txmail.compose import wire
+from pyramid_txmail.processor.processor import STREAM_OVER, Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
-from pyramid_txmail.spool import Spool, envelope_lines
+from pyramid_txmail.relay.smtp import SMTPTransport
+from pyramid_txmail.queue.maildir.spool import Spool, envelope_lines
 
 from .badinput_support import (Outcome, Tally, check_transcripts, examples, module_harness,
                                read_back)

@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .envelope_support import MEASURE, run_qp_measured
 from .reliability import record
@@ -172,7 +172,7 @@ def test_the_dead_letter_reason_is_in_the_state_file_as_one_line(tmp_path):
 
 def _boundary_files():
     """Queue files whose line endings fall on the scanner's piece boundary."""
-    from pyramid_txmail.spoolscan import PIECE
+    from pyramid_txmail.queue.maildir.spoolscan import PIECE
     for ending in (b"\n", b"\r\n", b"\r"):
         for envelope in (RECORD, LEGACY):
             for shift in (-2, -1, 0, 1):
@@ -188,9 +188,9 @@ def test_the_scanner_reads_what_the_header_parser_reads():
     holds the header block) gives them, whatever line endings and where they fall."""
     import io
 
-    from pyramid_txmail import wire
-    from pyramid_txmail.spoolfile import split_envelope
-    from pyramid_txmail.spoolscan import scan
+    from pyramid_txmail.compose import wire
+    from pyramid_txmail.queue.maildir.spoolfile import split_envelope
+    from pyramid_txmail.queue.maildir.spoolscan import scan
 
     for data in _boundary_files():
         layout = scan(io.BytesIO(data))
@@ -225,7 +225,7 @@ def test_a_view_sending_a_header_field_too_large_to_refold_gets_an_error_naming_
     spent seconds to minutes of the request on an enormous header line."""
     from email.message import Message
 
-    from pyramid_txmail.message import MessageError, prepare
+    from pyramid_txmail.compose.message import MessageError, prepare
 
     msg = Message()
     msg["From"] = "app@example.com"

@@ -21,14 +21,14 @@ from hypothesis import strategies as st
 from pyramid.config import Configurator
 
 from pyramid_txmail import HeaderInjection, InvalidAddress, get_mailer
-from pyramid_txmail.builder import Mail, _encoded_words
-from pyramid_txmail.message import prepare
-from pyramid_txmail.mimeparts import BLOCK, AttachmentError, base64_size
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.compose.builder import Mail, _encoded_words
+from pyramid_txmail.compose.message import prepare
+from pyramid_txmail.compose.mimeparts import BLOCK, AttachmentError, base64_size
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
-from pyramid_txmail.spool import Spool, split_envelope
-from pyramid_txmail.wire import Stream
+from pyramid_txmail.relay.smtp import SMTPTransport
+from pyramid_txmail.queue.maildir.spool import Spool, split_envelope
+from pyramid_txmail.compose.wire import Stream
 
 SENDER = "Sender <sender@example.org>"
 

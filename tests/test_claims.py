@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
+from pyramid_txmail.relay.smtp import SMTPTransport
 
 from .claims_support import (QP, QUEUE, copies, make_spool, queue, run, start_qp, wait_until,
                              write_ini)
@@ -222,7 +222,7 @@ def test_the_heartbeat_alone_keeps_a_long_send_claimed(tmp_path, make_smtp_serve
     heartbeat is what keeps the claim: its mtime moves while the relay is slow."""
     import threading
 
-    from pyramid_txmail import claims
+    from pyramid_txmail.queue.maildir import claims
 
     monkeypatch.setattr(claims, "_try_lock", lambda fd: True)  # no lock protects
     server = fault_server(make_smtp_server, {"delay": {"data": 4}})

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import pytest
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
+from pyramid_txmail.relay.smtp import SMTPTransport
 
 from .test_processor import Clock, files, queue
 
@@ -28,7 +28,7 @@ DAY = 86400
 @pytest.fixture
 def deferring(tmp_path, make_smtp_server):
     """``(spool, processor, clock, server)``: every RCPT answered 450."""
-    from pyramid_txmail.spool import Spool
+    from pyramid_txmail.queue.maildir.spool import Spool
 
     spool = Spool(str(tmp_path / "spool"))
     server = make_smtp_server({"rcpt": "450 4.2.0 mailbox busy"})

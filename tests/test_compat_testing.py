@@ -21,8 +21,8 @@ from pyramid.response import Response
 from pyramid_mailer.message import Attachment, Message
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail.datamanager import MailDataManager
-from pyramid_txmail.message import prepare
+from pyramid_txmail.mailer.datamanager import MailDataManager
+from pyramid_txmail.compose.message import prepare
 
 
 def pm_message(**kw):
@@ -263,7 +263,7 @@ def test_without_pyramid_mailer_nothing_is_registered_under_its_interface(monkey
     DummyMailer registered under pyramid_txmail.interfaces.IMailer."""
     from pyramid_mailer.interfaces import IMailer as PMIMailer
 
-    from pyramid_txmail import mailer_compat
+    from pyramid_txmail.mailer import mailer_compat
     from pyramid_txmail.interfaces import IMailer
     from pyramid_txmail.testing import DummyMailer
 

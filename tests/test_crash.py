@@ -27,9 +27,9 @@ import time
 
 import pytest
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .crash_app import KILL_POINTS, committed_ids, committed_in
 from .reliability import record, runs

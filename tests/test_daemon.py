@@ -26,7 +26,7 @@ import transaction
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .smtpserver_extra import ExtraHandler
 from .test_qp import APP_FACTORY
@@ -458,7 +458,7 @@ def test_readme_documents_operating_the_queue():
 
 def test_watch_inotify_where_it_is_unavailable_is_a_config_error(tmp_path, smtp_server,
                                                                   monkeypatch, capsys):
-    from pyramid_txmail import watch
+    from pyramid_txmail.queue.maildir import watch
     from pyramid_txmail.scripts import qp
 
     def unavailable():

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from pyramid_txmail.result import TEMPORARY
-from pyramid_txmail.sendmail import SendmailTransport
+from pyramid_txmail.relay.result import TEMPORARY
+from pyramid_txmail.relay.sendmail import SendmailTransport
 
 from .test_daemon import wait_until
 

@@ -15,8 +15,8 @@ import threading
 
 import pytest
 
-from pyramid_txmail.result import TEMPORARY
-from pyramid_txmail.smtp import SMTPTransport
+from pyramid_txmail.relay.result import TEMPORARY
+from pyramid_txmail.relay.smtp import SMTPTransport
 
 from .trickleserver import TrickleServer
 

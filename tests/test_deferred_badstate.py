@@ -23,11 +23,11 @@ import sys
 
 import pytest
 
-from pyramid_txmail import schedule
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.daemon import Daemon
+from pyramid_txmail.queue.maildir import schedule
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.processor.daemon import Daemon
 from pyramid_txmail.scripts import queue as cli
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .test_daemon import received, setup_for, wait_for_log, wait_until  # noqa: F401
 from .test_deferred_index import processor

@@ -1,7 +1,7 @@
 """txmail-qp killed (kill -9) while it works through a deferred backlog (issue 11, finding 8).
 
 The retry schedule lives in the names of the files in ``deferred/``
-(``DUE~NAME``, :mod:`pyramid_txmail.schedule`).  A pass renames an older
+(``DUE~NAME``, :mod:`pyramid_txmail.queue.maildir.schedule`).  A pass renames an older
 version's plain-named files to their indexed names, claims the due ones
 (``deferred/DUE~NAME`` → ``cur/NAME``) and defers again (``cur/NAME`` →
 ``deferred/DUE~NAME``).  Killed at any of those moments, nothing may be lost,
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .reliability import record, runs
 from .smtpserver import SMTPServer

@@ -3,7 +3,7 @@
 With 5,000 deferred messages due in an hour and 16 new ones a second, the
 daemon used 92% of a core: every pass, and the daemon's timer, read every
 state file in ``meta/``.  The due times now live in the names of the files
-in ``deferred/`` (:mod:`pyramid_txmail.schedule`).  These tests count the
+in ``deferred/`` (:mod:`pyramid_txmail.queue.maildir.schedule`).  These tests count the
 state files a pass opens, by wrapping ``open`` and ``os.open``; the sending
 is real (aiosmtpd on 127.0.0.1), the clock injected.
 """
@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from pyramid_txmail import schedule
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.daemon import Daemon
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.queue.maildir import schedule
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.processor.daemon import Daemon
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
 
 from .test_processor import FROM, clock, message, queue, spool  # noqa: F401 -- fixtures

@@ -16,11 +16,12 @@ from pyramid.exceptions import ConfigurationError
 
 from demo_app import inbox_entries
 from pyramid_txmail import IMailSent, get_mailer
-from pyramid_txmail.devdelivery import FileOutbox, MemoryOutbox, crlf_chunks, eml_name
+from pyramid_txmail.compose.wire import crlf_chunks
+from pyramid_txmail.mailer.devdelivery import FileOutbox, MemoryOutbox, eml_name
 from pyramid_txmail.interfaces import IMailOutbox
-from pyramid_txmail.message import Prepared
-from pyramid_txmail.result import SENT
-from pyramid_txmail.wire import Stream
+from pyramid_txmail.compose.message import Prepared
+from pyramid_txmail.relay.result import SENT
+from pyramid_txmail.compose.wire import Stream
 
 from .app import main
 

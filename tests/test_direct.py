@@ -11,7 +11,7 @@ from pyramid.config import Configurator
 from zope.interface.verify import verifyObject
 
 from pyramid_txmail import IMailDelivery, IMailFailed, IMailQueued, IMailSent
-from pyramid_txmail.spool import split_envelope
+from pyramid_txmail.queue.maildir.spool import split_envelope
 
 from .app import main
 

@@ -22,8 +22,8 @@ from pyramid.config import Configurator
 from pyramid.response import Response
 
 from pyramid_txmail import IMailFailed, IMailQueued, IMailSent
-from pyramid_txmail.direct import MAX_SENDERS
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.mailer.direct import MAX_SENDERS
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .reliability import record
 from .test_daemon import GatedHandler, received, wait_until

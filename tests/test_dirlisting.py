@@ -1,4 +1,4 @@
-"""A directory listed again only when its mtime moved (pyramid_txmail.dirlisting).
+"""A directory listed again only when its mtime moved (pyramid_txmail.util.dirlisting).
 
 A daemon passes once per new message; with 5,000 deferred messages, listing
 ``deferred/`` and ``meta/`` every pass was most of what a pass cost once no
@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-from pyramid_txmail import dirlisting
-from pyramid_txmail.dirlisting import Listing
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.util import dirlisting
+from pyramid_txmail.util.dirlisting import Listing
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .test_deferred_index import park_deferred
 from .test_processor import Clock, queue

@@ -30,11 +30,11 @@ from pyramid.config import Configurator
 from pyramid.response import Response
 from sqlalchemy.orm import Session
 
-from pyramid_txmail.processor import Processor
-from pyramid_txmail.queue_state import record_attempt
-from pyramid_txmail.result import TEMPORARY, RecipientResult
+from pyramid_txmail.processor.processor import Processor
+from pyramid_txmail.queue.maildir.queue_state import record_attempt
+from pyramid_txmail.relay.result import TEMPORARY, RecipientResult
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Entry, Spool
+from pyramid_txmail.queue.maildir.spool import Entry, Spool
 
 from .diskfull import Disk
 from .reliability import record, runs

@@ -23,9 +23,9 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .diskfull import ROOT, mount_tmpfs, remount_read_only, unmount
 from .reliability import record

@@ -17,10 +17,10 @@ from email.mime.text import MIMEText
 import pytest
 import transaction
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
-from pyramid_txmail.spoolfile import envelope_lines, split_envelope
+from pyramid_txmail.queue.maildir.spool import Spool
+from pyramid_txmail.queue.maildir.spoolfile import envelope_lines, split_envelope
 
 from .envelope_support import Sender, session_envelopes
 from .recording_server import recording_server
@@ -189,10 +189,10 @@ def test_the_preview_of_file_delivery_shows_the_envelope_as_sent(tmp_path):
         get_mailer(sender_app.app.registry, manager).send(
             LOOKALIKE_FROM, toaddrs, email.message_from_bytes(
                 INBOUND.replace(b"X-Actually", b"X-Envelope")))
-    from pyramid_txmail.previewsource import file_envelope
+    from pyramid_txmail.dev.previewsource import file_envelope
     [name] = os.listdir(directory)
     assert file_envelope((directory / name).read_bytes()) == (LOOKALIKE_FROM, tuple(toaddrs))
-    from pyramid_txmail.previewsource import list_entries, sources
+    from pyramid_txmail.dev.previewsource import list_entries, sources
     from pyramid_txmail.settings import parse_settings as parse
     [source] = sources(parse(settings), sender_app.app.registry)
     [entry] = list_entries(source, sender_app.app.registry)
@@ -205,7 +205,7 @@ def test_an_in_doubt_message_with_a_long_envelope_is_found_by_its_message_id(tmp
     which a record of thousands of recipients fills."""
     import time as clock
 
-    from pyramid_txmail.recovery import recover
+    from pyramid_txmail.queue.maildir.recovery import recover
 
     spool = Spool(str(tmp_path / "spool"))
     toaddrs = [f"user{i:05d}@example.com" for i in range(5000)]

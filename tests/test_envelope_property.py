@@ -26,7 +26,7 @@ from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pyramid_txmail import InvalidAddress
-from pyramid_txmail.message import check_address
+from pyramid_txmail.compose.message import check_address
 
 from .badinput_support import examples
 from .envelope_support import Sender, literal_server, session_envelopes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .envelope_support import run_qp_measured
 from .reliability import record
@@ -51,7 +51,7 @@ def _peak_kib(tmp_path, server, toaddrs, head, body_size):
         for start in range(0, len(body), 1 << 20):
             yield body[start:start + (1 << 20)]
 
-    from pyramid_txmail.wire import Stream
+    from pyramid_txmail.compose.wire import Stream
     name = spool.write_tmp("app@example.com", toaddrs, Stream(message))
     spool.commit_tmp([name])
     del body

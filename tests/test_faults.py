@@ -2,7 +2,7 @@
 
 Each case queues messages to three recipients each (a, b, c: distinct
 addresses per message, so every RCPT and every copy can be attributed),
-runs :class:`~pyramid_txmail.processor.Processor` against a
+runs :class:`~pyramid_txmail.processor.processor.Processor` against a
 :mod:`tests.faultserver` that injects the fault for ``FAULTY`` attempts
 (the fake clock walks the retry schedule), then heals the server and runs
 again, and again later to see that nothing more happens.  Per recipient
@@ -25,9 +25,9 @@ import dataclasses
 
 import pytest
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .faultserver import fault_server, message_id
 from .reliability import record, runs

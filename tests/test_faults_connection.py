@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyramid_txmail.processor import Processor
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.processor.processor import Processor
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .faultserver import fault_server
 from .reliability import record, runs

@@ -14,8 +14,8 @@ import time
 import pytest
 import webtest
 
-from pyramid_txmail.processor import Processor
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.processor.processor import Processor
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .app import main
 from .faultserver import fault_server

@@ -20,7 +20,7 @@ from pyramid_mailer.message import Message
 
 from pyramid_txmail import (DeliveryFailed, IMailFailed, IMailQueued, IMailSent,
                             InvalidAddress, NoQueue, get_mailer)
-from pyramid_txmail.spool import split_envelope
+from pyramid_txmail.queue.maildir.spool import split_envelope
 
 from .smtpserver import free_port
 
@@ -208,7 +208,7 @@ def test_every_method_of_pyramid_mailers_mailer_exists():
 def test_a_delivery_built_from_one_memory_outbox_serves_every_method():
     # As a DummyMailer counterpart builds it: Delivery(settings, outbox), no make_delivery.
     from pyramid_txmail import Delivery
-    from pyramid_txmail.devdelivery import MemoryOutbox
+    from pyramid_txmail.mailer.devdelivery import MemoryOutbox
     from pyramid_txmail.settings import MailSettings
 
     outbox = MemoryOutbox()

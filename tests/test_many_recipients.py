@@ -20,7 +20,7 @@ from pyramid.config import Configurator
 
 from pyramid_txmail import Mail, get_mailer
 from pyramid_txmail.interfaces import IMailOutbox
-from pyramid_txmail.message import prepare
+from pyramid_txmail.compose.message import prepare
 
 from .reliability import record, runs
 

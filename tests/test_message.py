@@ -8,7 +8,7 @@ from email.mime.text import MIMEText
 
 import pytest
 
-from pyramid_txmail.message import (HeaderInjection, InvalidAddress, NoRecipients,
+from pyramid_txmail.compose.message import (HeaderInjection, InvalidAddress, NoRecipients,
                                     NoSender, prepare)
 
 
@@ -208,7 +208,7 @@ def test_long_lines_of_a_legacy_message_are_re_encoded_and_bare_cr_normalised():
 def test_prepare_leaves_the_callers_message_untouched_multipart_too():
     from email.message import EmailMessage
 
-    from pyramid_txmail.message import prepare
+    from pyramid_txmail.compose.message import prepare
 
     msg = EmailMessage()
     msg["To"] = "a@example.org"

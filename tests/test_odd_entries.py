@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
+from pyramid_txmail.relay.smtp import SMTPTransport
 
 from .claims_support import QP, QUEUE, copies, make_spool, queue, run, write_ini
 

@@ -13,10 +13,10 @@ import os
 
 import pytest
 
-from pyramid_txmail.result import PERMANENT, SENT, TEMPORARY
-from pyramid_txmail.smtp import SMTPTransport
-from pyramid_txmail.spool import Entry, Spool
-from pyramid_txmail.wire import Stream
+from pyramid_txmail.relay.result import PERMANENT, SENT, TEMPORARY
+from pyramid_txmail.relay.smtp import SMTPTransport
+from pyramid_txmail.queue.maildir.spool import Entry, Spool
+from pyramid_txmail.compose.wire import Stream
 
 from .smtpserver_extra import extra_server
 from .test_smtp import MSG, CRLF_MSG, statuses
@@ -160,7 +160,7 @@ def test_a_stream_is_sent_block_by_block_and_arrives_intact(make_smtp_server, tr
 
 
 def test_spool_streams_a_large_file_and_the_processor_sends_it(tmp_path, make_smtp_server):
-    from pyramid_txmail.processor import STREAM_OVER, Processor
+    from pyramid_txmail.processor.processor import STREAM_OVER, Processor
     from pyramid_txmail.settings import parse_settings
 
     server = extra_server(make_smtp_server)
@@ -180,7 +180,7 @@ def test_spool_streams_a_large_file_and_the_processor_sends_it(tmp_path, make_sm
 
 def test_a_large_file_with_an_overlong_line_is_read_whole_and_re_encoded(tmp_path,
                                                                         make_smtp_server):
-    from pyramid_txmail.processor import STREAM_OVER, Processor
+    from pyramid_txmail.processor.processor import STREAM_OVER, Processor
     from pyramid_txmail.settings import parse_settings
 
     server = extra_server(make_smtp_server)

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from . import smtpserver
 from .postfix import postfix_relay, wait_until  # noqa: F401 (the fixture)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .postfix import postfix_relay, wait_until  # noqa: F401 (the fixture)
 from .postfix_mail import arrivals, by_message, held_in_spool, make_app, run_qp, write_ini

@@ -2,13 +2,13 @@
 
 Hostile file names (a newline, ESC sequences), headers and server replies:
 ``txmail-queue list``/``show``/``purge`` and ``txmail-qp``'s log lines show
-their control characters as escapes (:mod:`pyramid_txmail.printable`).
+their control characters as escapes (:mod:`pyramid_txmail.util.printable`).
 """
 from __future__ import annotations
 
 import os
 
-from pyramid_txmail.printable import get_logger, printable
+from pyramid_txmail.util.printable import get_logger, printable
 
 from .claims_support import QP, QUEUE, make_spool, run, write_ini
 

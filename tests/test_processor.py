@@ -12,10 +12,10 @@ import transaction
 from pyramid.config import Configurator
 
 from pyramid_txmail.interfaces import IMailDeferred, IMailFailed, IMailSent
-from pyramid_txmail.processor import Processor, format_duration
-from pyramid_txmail.wire import message_id_of
+from pyramid_txmail.processor.processor import Processor, format_duration
+from pyramid_txmail.compose.wire import message_id_of
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool, split_envelope
+from pyramid_txmail.queue.maildir.spool import Spool, split_envelope
 
 FROM = "sender@example.org"
 
@@ -70,7 +70,7 @@ def clock():
 @pytest.fixture
 def make_processor(spool, clock):
     """``make_processor(server, **settings)``: a Processor over a real SMTPTransport."""
-    from pyramid_txmail.smtp import SMTPTransport
+    from pyramid_txmail.relay.smtp import SMTPTransport
 
     transports = []
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 FROM = "sender@example.org"

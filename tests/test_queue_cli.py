@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.scripts import queue as cli
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.relay.smtp import SMTPTransport
+from pyramid_txmail.queue.maildir.spool import Spool
 
 BIN = os.path.dirname(sys.executable)
 QUEUE = os.path.join(BIN, "txmail-queue")

@@ -24,14 +24,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import pyramid_txmail
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.queue import open_queue
 from pyramid_txmail.queue.interface import (IClaimed, IQueue, IQueueAdmin, PoisonMessage,
                                             QueueUnavailable)
 from pyramid_txmail.queue.maildir.backend import MaildirQueue
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
-from pyramid_txmail import spool as spool_module
+from pyramid_txmail.queue.maildir import spool as spool_module
+from pyramid_txmail.queue.maildir.spool import Spool
 
 BIN = os.path.dirname(sys.executable)
 PACKAGE = os.path.dirname(pyramid_txmail.__file__)
@@ -262,7 +262,7 @@ def test_a_claim_lost_mid_send_is_left_to_its_new_holder(smtp_server, caplog):
             queue.alive.discard(name)  # an operator's release --force, mid-send
             return transport.deliver(fromaddr, toaddrs, data, message_id=message_id)
 
-    from pyramid_txmail.smtp import SMTPTransport
+    from pyramid_txmail.relay.smtp import SMTPTransport
     settings = settings_for(smtp_server)
     with SMTPTransport.from_settings(settings) as transport:
         stats = Processor(queue, Losing(), settings).run_once()

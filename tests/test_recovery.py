@@ -16,11 +16,11 @@ from zope.interface import implementer
 from transaction.interfaces import IDataManager
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail.processor import Processor
-from pyramid_txmail.recovery import recover
+from pyramid_txmail.processor.processor import Processor
+from pyramid_txmail.queue.maildir.recovery import recover
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool, split_envelope
-from pyramid_txmail.spool_admin import find, retry
+from pyramid_txmail.queue.maildir.spool import Spool, split_envelope
+from pyramid_txmail.queue.maildir.spool_admin import find, retry
 
 HOUR = 3600.0
 

@@ -10,11 +10,11 @@ import webtest
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_txmail.interfaces import IMailOutbox
-from pyramid_txmail.message import Prepared
-from pyramid_txmail.redirect import ORIGINAL_TO_HEADER, original_to_header, redirect
+from pyramid_txmail.compose.message import Prepared
+from pyramid_txmail.compose.redirect import ORIGINAL_TO_HEADER, original_to_header, redirect
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
-from pyramid_txmail.wire import Stream
+from pyramid_txmail.queue.maildir.spool import Spool
+from pyramid_txmail.compose.wire import Stream
 
 from .app import main
 from .test_qp import run_qp, write_ini

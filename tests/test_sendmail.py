@@ -23,11 +23,11 @@ from pyramid.exceptions import ConfigurationError
 from pyramid_mailer.message import Message
 
 from pyramid_txmail import DeliveryFailed, IMailFailed, IMailQueued, IMailSent, get_mailer
-from pyramid_txmail.processor import Processor
-from pyramid_txmail.result import PERMANENT, TEMPORARY
-from pyramid_txmail.sendmail import SendmailResult, command
+from pyramid_txmail.processor.processor import Processor
+from pyramid_txmail.relay.result import PERMANENT, TEMPORARY
+from pyramid_txmail.relay.sendmail import SendmailResult, command
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .app import main
 from .postfix import LIBS, POSTFIX, postfix_relay, wait_until  # noqa: F401 (the fixture)

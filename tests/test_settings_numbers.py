@@ -14,7 +14,7 @@ import pytest
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_txmail.settings import SETTINGS, parse_settings
-from pyramid_txmail.smtp import SMTPTransport
+from pyramid_txmail.relay.smtp import SMTPTransport
 
 DURATIONS = [s.name for s in SETTINGS if s.default is not None
              and isinstance(s.default, float)] + ["data_timeout"]

@@ -1,4 +1,4 @@
-"""``pyramid_txmail.daemon.Signals`` in this process: no Python code runs in a signal handler.
+"""``pyramid_txmail.processor.daemon.Signals`` in this process: no Python code runs in a signal handler.
 
 The storms against a real daemon are in tests/test_signal_storm.py; these are
 the deterministic cases behind them.
@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from pyramid_txmail.daemon import Signals
-from pyramid_txmail.watch import Waker
+from pyramid_txmail.processor.daemon import Signals
+from pyramid_txmail.queue.maildir.watch import Waker
 
 
 def until(condition, waker, turns=30):

@@ -1,4 +1,4 @@
-"""pyramid_txmail.smtp against real SMTP servers on 127.0.0.1 (aiosmtpd), no mocks."""
+"""pyramid_txmail.relay.smtp against real SMTP servers on 127.0.0.1 (aiosmtpd), no mocks."""
 from __future__ import annotations
 
 import base64
@@ -12,9 +12,9 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from pyramid_txmail.interfaces import IMailer
-from pyramid_txmail.result import PERMANENT, SENT, TEMPORARY
+from pyramid_txmail.relay.result import PERMANENT, SENT, TEMPORARY
 from pyramid_txmail.settings import MailSettings
-from pyramid_txmail.smtp import SMTPDeliveryError, SMTPTransport, _is_loopback
+from pyramid_txmail.relay.smtp import SMTPDeliveryError, SMTPTransport, _is_loopback
 
 from .smtpserver import free_port
 from .smtpserver_extra import extra_server

@@ -14,10 +14,10 @@ import time
 import pytest
 import webtest
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.relay.smtp import SMTPTransport
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .app import main
 from .smtpserver import free_port

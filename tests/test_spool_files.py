@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp import SMTPTransport
+from pyramid_txmail.relay.smtp import SMTPTransport
 
 from .claims_support import FROM, QP, QUEUE, make_spool, message, queue, run, write_ini
 from .reliability import record

@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from pyramid_txmail import queue_state
+from pyramid_txmail.queue.maildir import queue_state
 from pyramid_txmail.scripts import queue_text
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .test_deferred_index import processor
 from .test_processor import Clock, queue

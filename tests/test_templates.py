@@ -8,7 +8,7 @@ from pyramid.config import Configurator
 from pyramid.response import Response
 
 from pyramid_txmail.builder import Mail
-from pyramid_txmail.templates import MissingTemplate, render_mail
+from pyramid_txmail.compose.templates import MissingTemplate, render_mail
 from pyramid_txmail.testing import capture
 
 

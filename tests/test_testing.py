@@ -12,13 +12,14 @@ import webtest
 from pyramid import testing as pyramid_testing
 from zope.interface.verify import verifyObject
 
+import pyramid_txmail.mailer.sent
 import pyramid_txmail.testing
 from pyramid_txmail import IMailSent, get_mailer
 from pyramid_txmail.interfaces import IMailOutbox
-from pyramid_txmail.message import Prepared
-from pyramid_txmail.result import SENT
+from pyramid_txmail.compose.message import Prepared
+from pyramid_txmail.relay.result import SENT
 from pyramid_txmail.testing import Outbox, SentMail, capture, dummy_request
-from pyramid_txmail.wire import Stream
+from pyramid_txmail.compose.wire import Stream
 
 from .app import main
 
@@ -281,7 +282,7 @@ def test_assert_none_sent_and_not_sent():
 def test_empty_outbox_says_so(monkeypatch):
     with pytest.raises(AssertionError, match="found 0\nno message was sent$"):
         Outbox().assert_sent(subject="x")
-    monkeypatch.setattr(pyramid_txmail.testing, "_memory_outboxes", 0)
+    monkeypatch.setattr(pyramid_txmail.mailer.sent, "_memory_outboxes", 0)
     with pytest.raises(AssertionError, match="configured with mail.delivery = memory"):
         Outbox().assert_sent(subject="x")
 

@@ -25,10 +25,10 @@ import transaction
 from pyramid.config import Configurator
 
 from pyramid_txmail import get_mailer
-from pyramid_txmail import spool_admin as admin
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.queue.maildir import spool_admin as admin
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .badcerts import ACCEPTED_WITH_CA, KINDS, make_certs, server_context
 from .reliability import record, runs
@@ -246,7 +246,7 @@ def test_a_server_that_stops_offering_starttls_never_gets_plaintext(path, certs,
 def test_reconnecting_to_a_server_that_stopped_offering_starttls_sends_nothing(
         certs, make_smtp_server):
     """The reused connection dies while idle; the reconnect finds no STARTTLS."""
-    from pyramid_txmail.smtp import SMTPTransport
+    from pyramid_txmail.relay.smtp import SMTPTransport
 
     count = runs(3, 30)
     server = fickle_starttls_server(make_smtp_server, server_context(certs["trusted"]))

@@ -21,7 +21,7 @@ import time
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .badcerts import make_certs, server_context
 from .reliability import record, runs

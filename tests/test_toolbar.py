@@ -9,7 +9,7 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from pyramid.response import Response
 
-from pyramid_txmail.sendlog import ENVIRON_KEY
+from pyramid_txmail.mailer.sendlog import ENVIRON_KEY
 
 from .app import make_message, send_then_fail
 

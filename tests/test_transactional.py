@@ -14,7 +14,7 @@ from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 
 from pyramid_txmail import IMailQueued, get_mailer
-from pyramid_txmail.spool import Spool, split_envelope
+from pyramid_txmail.queue.maildir.spool import Spool, split_envelope
 
 from .app import main
 

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from pyramid_txmail.daemon import MIN_TIMER_WAIT, Daemon, Signals
-from pyramid_txmail.processor import PassStats
+from pyramid_txmail.processor.daemon import MIN_TIMER_WAIT, Daemon, Signals
+from pyramid_txmail.processor.processor import PassStats
 from pyramid_txmail.settings import MailSettings
-from pyramid_txmail.spool import Spool
-from pyramid_txmail import watch
-from pyramid_txmail.watch import (InotifyWatcher, PollWatcher, Waker, WatchLost,
+from pyramid_txmail.queue.maildir.spool import Spool
+from pyramid_txmail.queue.maildir import watch
+from pyramid_txmail.queue.maildir.watch import (InotifyWatcher, PollWatcher, Waker, WatchLost,
                                   filesystem_type, make_watcher)
 
 

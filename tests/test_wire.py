@@ -1,4 +1,4 @@
-"""pyramid_txmail.wire: CRLF, 998-octet lines, 7/8-bit, SMTPUTF8 detection."""
+"""pyramid_txmail.compose.wire: CRLF, 998-octet lines, 7/8-bit, SMTPUTF8 detection."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyramid_txmail.wire import MAX_LINE, has_8bit, needs_smtputf8, to_wire
+from pyramid_txmail.compose.wire import MAX_LINE, has_8bit, needs_smtputf8, to_wire
 
 
 def parse(data):
@@ -243,8 +243,8 @@ def test_multipart_property(text, blob, eightbit, raw_attachment):
 
 # -- the DATA section, streamed --------------------------------------------------------
 
-from pyramid_txmail import wire  # noqa: E402
-from pyramid_txmail.wire import data_section  # noqa: E402
+from pyramid_txmail.compose import wire  # noqa: E402
+from pyramid_txmail.compose.wire import data_section  # noqa: E402
 
 
 def _smtplib_data(message):

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from pyramid_txmail.processor import Processor
-from pyramid_txmail.ratelimit import RateLimiter
+from pyramid_txmail.processor.processor import Processor
+from pyramid_txmail.processor.ratelimit import RateLimiter
 from pyramid_txmail.settings import parse_settings
-from pyramid_txmail.smtp_session import FAILURES_BEFORE_REST, Relays
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.relay.smtp_session import FAILURES_BEFORE_REST, Relays
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .smtpserver import free_port
 from .smtpserver_extra import extra_server
@@ -216,7 +216,7 @@ def test_subscribers_in_worker_threads_see_the_app_registry(spool, make_smtp_ser
 
 def test_names_come_in_sorted_batches_and_a_long_queue_drains_once(spool, make_smtp_server,
                                                                    monkeypatch):
-    import pyramid_txmail.spool
+    import pyramid_txmail.queue.maildir.spool
 
     ids = fill(spool, 23)
     names = spool.names("new")
@@ -226,7 +226,7 @@ def test_names_come_in_sorted_batches_and_a_long_queue_drains_once(spool, make_s
         chunk = got[start:start + 5]
         assert chunk == sorted(chunk, key=names.index)
     assert list(spool.iter_names("new")) == names  # shorter than a batch: strictly in order
-    monkeypatch.setattr(pyramid_txmail.spool, "BATCH", 5)
+    monkeypatch.setattr(pyramid_txmail.queue.maildir.spool, "BATCH", 5)
     server = extra_server(make_smtp_server)
     stats = Processor(spool, None, settings_for(server, spool, workers=3)).run_once()
     assert stats.sent == 23

@@ -34,7 +34,7 @@ def open_queue(settings, create=False):
 
 
 def as_queue(queue):
-    """``queue`` itself, or a :class:`~pyramid_txmail.spool.Spool` wrapped in a
+    """``queue`` itself, or a :class:`~pyramid_txmail.queue.maildir.spool.Spool` wrapped in a
     :class:`~pyramid_txmail.queue.maildir.backend.MaildirQueue` (callers that
     made a processor from a spool keep working)."""
     if hasattr(queue, "candidates"):

@@ -13,7 +13,7 @@ same guarantees whatever it is built on:
 * nothing leaves the queue without a reason: it is retired (every recipient
   accepted) or dead-lettered with a state saying why.
 
-A message's *state* is the dict of :mod:`pyramid_txmail.queue.maildir.queue_state`
+A message's *state* is the dict of :mod:`pyramid_txmail.queue.queue_state`
 (``attempts``, ``first_attempt``, ``last_attempt``, ``next_attempt``,
 ``delivered``, ``failed_recipients``, ``history``, ``earlier``, ``message_id``;
 a dead letter's adds ``reason``, ``failed_at``, ``recipients``,
@@ -114,7 +114,7 @@ class IQueue(Interface):
 
     def load_state(claimed):
         """The message's state dict as stored (``{}`` for a first attempt).  Checked by the
-        processor (:func:`~pyramid_txmail.queue.maildir.queue_state.checked`)."""
+        processor (:func:`~pyramid_txmail.queue.queue_state.checked`)."""
 
     def holds(claimed):
         """True while the claim is still this process's (False: another took it)."""
@@ -153,7 +153,7 @@ class IQueue(Interface):
         The object has ``describe()`` (for the start-up log line), ``mark()`` (just
         before a pass: what is there now is not new), ``wait(timeout, waker)`` -> why
         it ended: ``"mail"``, ``"timeout"`` or ``"woken"`` (the daemon's
-        :class:`~pyramid_txmail.watch.Waker`, poked by a signal, must end the wait
+        :class:`~pyramid_txmail.queue.maildir.watch.Waker`, poked by a signal, must end the wait
         at once: select on ``waker.read_fd`` and ``waker.drain()`` it, or poll
         ``waker.wait(interval)``), and ``close()``.  ``wait`` may raise
         ``WatchLost``: the daemon then asks for ``watcher(settings, "poll")``."""

@@ -1,6 +1,6 @@
 """What every queue's watcher shares with the daemon: the waker and the watch errors.
 
-The daemon (:mod:`pyramid_txmail.daemon`) sleeps in a queue's watcher
+The daemon (:mod:`pyramid_txmail.processor.daemon`) sleeps in a queue's watcher
 (:meth:`pyramid_txmail.queue.interface.IQueue.watcher`: inotify on a spool,
 LISTEN/NOTIFY on PostgreSQL, polling otherwise); a signal must end that sleep
 at once, whatever the backend, so the :class:`Waker` it is poked through, and
@@ -23,7 +23,7 @@ class WatchLost(OSError):
 class Waker:
     """A self-pipe: :meth:`wake` makes a waiting watcher return early.
 
-    The daemon's signal thread (:class:`pyramid_txmail.daemon.Signals`) pokes
+    The daemon's signal thread (:class:`pyramid_txmail.processor.daemon.Signals`) pokes
     it, so a signal wakes the sleeper at once.  Both ends are non-blocking:
     :meth:`wake` never waits (a full pipe wakes the sleeper anyway), and
     neither end takes a lock, so it is safe from any thread.

@@ -1,9 +1,9 @@
 """``txmail-qp``: deliver the mail queue, one pass (cron) or as a daemon.
 
-A thin shell around :class:`pyramid_txmail.processor.Processor`: read the
+A thin shell around :class:`pyramid_txmail.processor.processor.Processor`: read the
 ini, set up logging, load the app (so that event subscribers run), then make
 one pass and exit, or with ``--daemon`` hand over to
-:class:`pyramid_txmail.daemon.Daemon` until SIGTERM/SIGINT.  Configuration
+:class:`pyramid_txmail.processor.daemon.Daemon` until SIGTERM/SIGINT.  Configuration
 problems are one line on stderr and exit status 78 (``EX_CONFIG``), so that a
 cron mail or a systemd journal says what to fix instead of showing a
 traceback.
@@ -22,14 +22,14 @@ import textwrap
 import plaster
 from pyramid.exceptions import ConfigurationError
 
-from ..printable import get_logger, printable
-from ..daemon import Daemon, Signals
-from ..processor import Processor
+from ..processor.daemon import Daemon, Signals
+from ..processor.processor import Processor
 from ..queue import open_queue
 from ..queue.interface import QueueUnavailable
-from ..settings import SETTINGS, parse_settings, settings_prefix
+from ..queue.maildir.watch import WATCH_MODES
 from ..queue.wakeup import Waker, WatchUnavailable
-from ..watch import WATCH_MODES
+from ..settings import SETTINGS, parse_settings, settings_prefix
+from ..util.printable import get_logger, printable
 
 PROG = "txmail-qp"
 EX_OK = 0

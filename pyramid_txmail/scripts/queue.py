@@ -23,7 +23,7 @@ import time
 
 from pyramid.exceptions import ConfigurationError
 
-from ..printable import get_logger
+from ..util.printable import get_logger
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
 from ..settings import settings_prefix

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 
-from ..pass_stats import format_duration
-from ..printable import printable
+from ..processor.pass_stats import format_duration
+from ..queue.queue_state import epoch as usable_time
 from ..queue.states import ALL_STATES, LABELS
-from ..queue_state import epoch as usable_time
+from ..util.printable import printable
 
 def clean(text, one_line=True):
     """Text from a message or the spool, safe to print; ``None`` is ``-``
-    (:func:`pyramid_txmail.printable.printable`, the one helper for all output)."""
+    (:func:`pyramid_txmail.util.printable.printable`, the one helper for all output)."""
     return printable(text, one_line)
 
 

@@ -4,12 +4,12 @@ Everything a processor and ``txmail-queue`` do to a spool goes through here,
 so that they know a queue only by :mod:`pyramid_txmail.queue.interface`.  This
 module adds no behaviour: it is the order of calls the processor made on the
 spool before, kept in one place with the spool's own vocabulary --
-:class:`~pyramid_txmail.spool.Spool` (the directories), claims and their
-heartbeat (:mod:`pyramid_txmail.claims`), the crash leftovers
-(:mod:`pyramid_txmail.recovery`), the schedule in the names of ``deferred/``
-(:mod:`pyramid_txmail.schedule`), dead letters
-(:func:`pyramid_txmail.deadletters.bury`), inotify (:mod:`pyramid_txmail.watch`)
-and the operator's functions (:mod:`pyramid_txmail.spool_admin`).  The format
+:class:`~pyramid_txmail.queue.maildir.spool.Spool` (the directories), claims and their
+heartbeat (:mod:`pyramid_txmail.queue.maildir.claims`), the crash leftovers
+(:mod:`pyramid_txmail.queue.maildir.recovery`), the schedule in the names of ``deferred/``
+(:mod:`pyramid_txmail.queue.maildir.schedule`), dead letters
+(:func:`pyramid_txmail.queue.maildir.deadletters.bury`), inotify (:mod:`pyramid_txmail.queue.maildir.watch`)
+and the operator's functions (:mod:`pyramid_txmail.queue.maildir.spool_admin`).  The format
 on disk, the interop with repoze.sendmail and every guarantee are the spool's.
 """
 from __future__ import annotations
@@ -21,14 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from zope.interface import implementer
 
-from ... import spool_admin as admin
-from ...claims import Heartbeat, heartbeat_interval
-from ...deadletters import bury
-from ...printable import get_logger
-from ...recovery import recover
-from ...schedule import count_in
-from ...spool import Spool, SpoolError, enqueued_at
-from ...watch import make_watcher
+from ...util.printable import get_logger
+from . import spool_admin as admin
+from .claims import Heartbeat, heartbeat_interval
+from .deadletters import bury
+from .recovery import recover
+from .schedule import count_in
+from .spool import Spool, SpoolError, enqueued_at
+from .watch import make_watcher
 from ..interface import IClaimed, IPassScope, IQueue, IQueueAdmin, QueueUnavailable
 from ..states import ALL_STATES
 
@@ -43,7 +43,7 @@ REAPERS = 4
 @dataclasses.dataclass
 class Claimed:
     """A message this process took into ``cur/``: the spool's
-    :class:`~pyramid_txmail.spool.Entry`, which holds the claim's locked fd."""
+    :class:`~pyramid_txmail.queue.maildir.spool.Entry`, which holds the claim's locked fd."""
 
     entry: object
 
@@ -67,7 +67,7 @@ class Claimed:
 
 @implementer(IPassScope)
 class _PassScope:
-    """The heartbeat of a pass's claims (their mtime, see :mod:`pyramid_txmail.claims`)."""
+    """The heartbeat of a pass's claims (their mtime, see :mod:`pyramid_txmail.queue.maildir.claims`)."""
 
     def __init__(self, heartbeat):
         self.heartbeat = heartbeat
@@ -82,10 +82,10 @@ class _PassScope:
 
 @implementer(IQueue, IQueueAdmin)
 class MaildirQueue:
-    """A queue over one :class:`~pyramid_txmail.spool.Spool` object.
+    """A queue over one :class:`~pyramid_txmail.queue.maildir.spool.Spool` object.
 
     Keep one per spool and process: the spool object caches its directory
-    listings (:mod:`pyramid_txmail.dirlisting`), so a pass over a quiet
+    listings (:mod:`pyramid_txmail.util.dirlisting`), so a pass over a quiet
     backlog lists neither ``deferred/`` nor ``meta/`` again.
     """
 
@@ -130,7 +130,7 @@ class MaildirQueue:
         ``prepared/`` resolved; returns how many were put back or resolved.
 
         Each step is guarded on its own: it already isolates its entries (an
-        odd one is left and said once: :mod:`pyramid_txmail.leftovers`), and
+        odd one is left and said once: :mod:`pyramid_txmail.queue.maildir.leftovers`), and
         no bug or I/O error in one may stop the others or the mail (issue 11,
         round 2, finding 1: one directory in done/ stopped every pass).
         """
@@ -166,10 +166,10 @@ class MaildirQueue:
     def candidates(self, now, horizon, stats):
         """``new/`` oldest first, then the due files of ``deferred/``.
 
-        ``deferred/`` is read from its names (:mod:`pyramid_txmail.schedule`):
+        ``deferred/`` is read from its names (:mod:`pyramid_txmail.queue.maildir.schedule`):
         one listing, and a state file is opened only for a message that is due
         -- a pass costs O(due), not O(deferred).  A problem with one deferred
-        file is that file's alone (:meth:`~pyramid_txmail.schedule.DeferredIndex.due_files`).
+        file is that file's alone (:meth:`~pyramid_txmail.queue.maildir.schedule.DeferredIndex.due_files`).
         """
         for name in self.spool.iter_names("new"):
             yield "new", name
@@ -233,7 +233,7 @@ class MaildirQueue:
         return make_watcher(how, os.path.join(self.spool.path, "new"),
                             settings.poll_interval)
 
-    # -- IQueueAdmin (pyramid_txmail.spool_admin does the work) -----------------------
+    # -- IQueueAdmin (pyramid_txmail.queue.maildir.spool_admin does the work) -----------------------
 
     def status(self, now):
         return admin.status(self.spool, now)

@@ -1,0 +1,197 @@
+"""The transaction data manager: mail goes out only if the transaction commits.
+
+One :class:`MailDataManager` per delivery and transaction holds the prepared
+messages.  In protocol order:
+
+- ``tpc_vote`` hands them to the outbox, which for the queue writes and
+  fsyncs each into the spool's ``tmp/`` -- a full disk fails the vote and so
+  aborts the whole transaction, before any database has committed (we sort
+  before zope.sqlalchemy's ``~sqlalchemy`` key, so we vote first).
+- ``tpc_finish`` publishes them (rename into ``new/``).
+- ``abort`` / ``tpc_abort`` drop them and remove any ``tmp/`` file.
+- A savepoint rollback drops the messages sent after that savepoint.
+
+Work that must not happen inside the commit (SMTP for direct delivery,
+event subscribers) runs from an after-commit hook.
+
+A transaction that holds mail and is neither committed nor aborted -- the
+process exits, or the transaction is dropped -- would lose that mail without
+a word; a finalizer logs an ERROR naming the Message-IDs instead.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+
+import transaction
+from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
+from zope.interface import implementer
+
+from ..util.printable import get_logger
+
+log = get_logger("pyramid_txmail.datamanager")
+
+
+def write_all(messages, write, discard, where):
+    """An outbox's vote: ``write`` each message, all or none.
+
+    A failure discards what was already written and raises an ``OSError``
+    naming ``where`` (the directory) and saying that the transaction is
+    aborted -- the vote fails, so nothing commits.
+    """
+    written = []
+    try:
+        for prepared in messages:
+            written.append(write(prepared))
+    except OSError as exc:
+        discard(written)
+        raise OSError(exc.errno, f"cannot write {where}: {exc.strerror}; the transaction "
+                      "is aborted") from exc
+    return written
+
+
+def _report_unsent(messages):
+    """The finalizer of a data manager (run when it is collected, or at exit)."""
+    if messages:
+        log.error("%d message(s) handed to the mailer were never sent: their transaction "
+                  "was neither committed nor aborted before it was dropped or the process "
+                  "exited (%s). Commit it: `with transaction.manager:` or "
+                  "transaction.commit() in a script, pyramid_tm in a request",
+                  len(messages), ", ".join(p.message_id for p in messages))
+
+
+def _ids(messages):
+    return ", ".join(p.message_id for p in messages)
+
+
+#: Who aborted us.  ``transaction.begin()`` with a transaction still open
+#: aborts it first, and a savepoint taken before our first send aborts us when
+#: it is rolled back; a data manager cannot tell those from an explicit abort
+#: except by its caller (transaction has no hook for either: synchronizers
+#: only hear of the new transaction, after the abort), so we look up the stack.
+_CALLERS = {transaction.TransactionManager.begin.__code__: "begin"}
+try:  # private to transaction: without it, such a rollback is logged as an abort
+    from transaction._transaction import AbortSavepoint
+
+    _CALLERS[AbortSavepoint.rollback.__code__] = "savepoint"
+except (ImportError, AttributeError):  # pragma: no cover
+    pass
+
+
+def _aborted_by():
+    frame = sys._getframe(1)
+    for _ in range(12):  # e.g. begin -> Transaction.abort -> ... -> abort -> here
+        if frame is None:
+            return None
+        if frame.f_code in _CALLERS:
+            return _CALLERS[frame.f_code]
+        frame = frame.f_back
+    return None
+
+
+def _report_dropped(messages, how):
+    """Dropping mail with its transaction is the design -- but never without a word.
+
+    An abort the code asked for (``with transaction.manager:`` leaving on an
+    exception, ``transaction.abort()``, pyramid_tm after an error view, a
+    savepoint rollback) is INFO; an abort nobody asked for --
+    ``transaction.begin()`` while one holding mail is still open, as a
+    script's loop that forgot to commit does -- is a WARNING saying so.
+    """
+    if not messages:
+        return
+    caller = _aborted_by() if how == "aborted" else None
+    if caller == "begin":
+        log.warning("%d message(s) handed to the mailer were dropped: transaction.begin() "
+                    "was called while their transaction was still open, and transaction "
+                    "aborts it then (%s). Commit first (transaction.commit(), or "
+                    "`with transaction.manager:` around each unit of work)",
+                    len(messages), _ids(messages))
+    elif caller == "savepoint":
+        _report_rollback(messages)
+    else:
+        log.info("%d message(s) dropped because their transaction %s, as designed (%s)",
+                 len(messages), how, _ids(messages))
+
+
+def _report_rollback(messages):
+    log.info("%d message(s) dropped by a savepoint rollback, as designed: they were sent "
+             "after the savepoint (%s)", len(messages), _ids(messages))
+
+
+@implementer(ISavepointDataManager)
+class MailDataManager:
+    def __init__(self, outbox, transaction_manager, on_committed):
+        self.outbox = outbox
+        self.transaction_manager = transaction_manager
+        self.on_committed = on_committed
+        #: Changed in place only: the finalizer holds this list (not ``self``).
+        self.messages = []
+        self.voted = None  # the outbox's handle for what tpc_vote wrote
+        self._unsent = weakref.finalize(self, _report_unsent, self.messages)
+
+    def add(self, prepared):
+        self.messages.append(prepared)
+
+    def abort(self, txn):
+        _report_dropped(self.messages, "aborted")
+        self._discard()
+
+    def tpc_begin(self, txn):
+        pass
+
+    def commit(self, txn):
+        pass
+
+    def tpc_vote(self, txn):
+        self.voted = self.outbox.vote(self.messages)
+
+    def tpc_finish(self, txn):
+        self.outbox.finish(self.voted)
+        self.voted = None
+
+    def tpc_abort(self, txn):
+        _report_dropped(self.messages, "failed to commit")
+        self._discard()
+
+    def sortKey(self):
+        return "!pyramid_txmail:%d" % id(self)
+
+    def savepoint(self):
+        return MailSavepoint(self)
+
+    def after_commit(self, status):
+        """After-commit hook: hand the committed messages on (never raises)."""
+        if not status:
+            return
+        messages = list(self.messages)
+        self._done()
+        try:
+            self.on_committed(messages)
+        except Exception:
+            log.exception("after-commit mail handling failed for %d message(s)",
+                          len(messages))
+
+    def _discard(self):
+        if self.voted is not None:
+            self.outbox.discard(self.voted)
+            self.voted = None
+        self._done()
+
+    def _done(self):
+        """Committed or aborted: nothing left that could be lost unreported."""
+        self.messages.clear()
+        self._unsent.detach()
+
+
+@implementer(IDataManagerSavepoint)
+class MailSavepoint:
+    def __init__(self, manager):
+        self.manager = manager
+        self.length = len(manager.messages)
+
+    def rollback(self):
+        dropped = self.manager.messages[self.length:]
+        if dropped:
+            _report_rollback(dropped)
+        del self.manager.messages[self.length:]
