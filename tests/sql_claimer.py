@@ -14,12 +14,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyramid_txmail.pass_stats import PassStats  # noqa: E402
-from pyramid_txmail.queue.sql import SqlQueue  # noqa: E402
+from pyramid_txmail.queue.sql import SQLQueue  # noqa: E402
 from pyramid_txmail.settings import MailSettings  # noqa: E402
 
 
 def main(url, mode, timeout="60"):
-    queue = SqlQueue(url, claim_timeout=float(timeout))
+    queue = SQLQueue(url, claim_timeout=float(timeout))
     settings = MailSettings(claim_timeout=float(timeout))
     with queue.pass_scope(settings) as scope:
         for ticket in queue.candidates(time.time(), 10 ** 9, PassStats()):

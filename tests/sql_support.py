@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from pyramid_txmail.pass_stats import PassStats
-from pyramid_txmail.queue.sql import SqlQueue, enqueue, init_db, outbox
+from pyramid_txmail.queue.sql import SQLQueue, enqueue, init_db, outbox
 from pyramid_txmail.settings import MailSettings
 
 DATABASES = ("sqlite", "postgresql")
@@ -28,7 +28,7 @@ def settings(**values):
 
 
 def make_queue(url, **kw):
-    queue = SqlQueue(url, **{"claim_timeout": 60.0, **kw})
+    queue = SQLQueue(url, **{"claim_timeout": 60.0, **kw})
     init_db(queue.engine)
     return queue
 

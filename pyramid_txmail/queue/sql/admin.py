@@ -25,17 +25,17 @@ from email.parser import BytesHeaderParser
 import sqlalchemy as sa
 
 from ...queue_state import epoch
+from ..states import ALL_STATES, LABELS, QUEUE_STATES
 from .errors import Ambiguous, NotFound, Refused, Vanished
 from .leases import log
 from .schema import db_epoch, outbox, outbox_chunk
 from .store import CHANNEL, autocommit, read_chunks
 
-#: The spool's state names (what txmail-queue shows) and the outbox's for them.
-TO_DB = {"new": "queued", "cur": "in_progress", "deferred": "deferred", "failed": "failed"}
+#: The state names txmail-queue shows, and the outbox's for them (their labels).
+TO_DB = {state: LABELS[state] for state in QUEUE_STATES}
 FROM_DB = {db: state for state, db in TO_DB.items()}
-QUEUE_STATES = ("new", "cur", "deferred", "failed")
 #: A spool's own states, always empty here (kept in ``status`` for its shape).
-SPOOL_ONLY = ("tmp", "prepared")
+SPOOL_ONLY = tuple(s for s in ALL_STATES if s not in QUEUE_STATES)
 #: How much of a body is read to find its header block.
 HEAD_LIMIT = 256 * 1024
 
@@ -149,7 +149,7 @@ def _notify(connection):
 
 
 class SqlAdmin:
-    """``IQueueAdmin`` over ``self.engine`` (mixed into :class:`SqlQueue`)."""
+    """``IQueueAdmin`` over ``self.engine`` (mixed into :class:`SQLQueue`)."""
 
     states = QUEUE_STATES
 
@@ -281,7 +281,7 @@ class SqlAdmin:
                           "delivered")
         self._change(msg, None)
 
-    def release(self, msg, claim_timeout, force=False, now=None):
+    def release_claim(self, msg, claim_timeout, force=False, now=None):
         """Put a claim back into the queue once its lease ran out (``force``: at once)."""
         if msg.state != "cur":
             raise Refused(f"it is not claimed (it is {TO_DB[msg.state]}); release applies "

@@ -1,6 +1,6 @@
 """The outbox as a queue for processors: claims with leases, state in the row.
 
-:class:`SqlQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
+:class:`SQLQueue` implements :class:`~pyramid_txmail.queue.interface.IQueue`
 (and, through :class:`~pyramid_txmail.queue.sql.admin.SqlAdmin`,
 ``IQueueAdmin``) over an engine of the processors' own, made from
 ``mail.queue_url``.
@@ -19,10 +19,10 @@ was lost (its lease ran out and another processor took it, or an operator
 released it) and :class:`~pyramid_txmail.queue.sql.errors.ClaimLost` is
 raised -- nothing of the new holder's is overwritten.
 
-The claims are made in :meth:`SqlQueue.candidates`, one at a time, as the
+The claims are made in :meth:`SQLQueue.candidates`, one at a time, as the
 workers ask for the next message: a claim never waits in a list while its
 lease runs.  Delivered rows are kept ``mail.keep_delivered`` (their body
-deleted at once) and then deleted by :meth:`SqlQueue.housekeep`.
+deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import dataclasses
 import os
 import secrets
 import socket
+import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
@@ -42,7 +43,7 @@ from .engine import make_engine, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import LeaseScope, log
 from .schema import db_epoch, outbox, outbox_chunk
-from .store import _insert, autocommit, copy_chunks, enqueue, read_chunks
+from .store import _attempts, _insert, autocommit, copy_chunks, enqueue, read_chunks
 
 #: How long delivered rows are kept by default (``mail.keep_delivered``): a day,
 #: as Rails' Solid Queue keeps finished jobs.  Long enough to answer "did the
@@ -52,6 +53,8 @@ from .store import _insert, autocommit, copy_chunks, enqueue, read_chunks
 KEEP_DELIVERED = 86400.0
 #: Delivered rows deleted per statement by housekeeping (short locks).
 REAP_BATCH = 10000
+#: How long settling a claim waits for a database that dropped the connection.
+SETTLE_PATIENCE = 60.0
 
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
@@ -77,13 +80,18 @@ class Claimed:
         return f"the state of outbox row {self.id}"
 
 
+def engine_from_settings(settings):
+    """The processors' engine for ``mail.queue_url`` (``txmail-queue init-db`` too)."""
+    return make_engine(settings.queue_url, pool_size=settings.workers + 4)
+
+
 def claimer():
     """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"[:255]
 
 
 @implementer(IQueue, IQueueAdmin)
-class SqlQueue(SqlAdmin):
+class SQLQueue(SqlAdmin):
     """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
 
     def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
@@ -99,9 +107,8 @@ class SqlQueue(SqlAdmin):
 
     @classmethod
     def from_settings(cls, settings):
-        return cls(settings.queue_url, claim_timeout=settings.claim_timeout,
-                   keep_delivered=getattr(settings, "keep_delivered", KEEP_DELIVERED),
-                   pool_size=settings.workers + 4)
+        return cls(engine_from_settings(settings), claim_timeout=settings.claim_timeout,
+                   keep_delivered=settings.keep_delivered)
 
     def close(self):
         self.engine.dispose()
@@ -268,30 +275,48 @@ class SqlQueue(SqlAdmin):
 
     def _settle(self, claimed, values, then=None):
         """UPDATE the row if this claim still holds it, else ClaimLost; ``then(conn)``
-        runs in the same transaction."""
-        with self.engine.begin() as connection:
-            result = connection.execute(outbox.update().where(
-                outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
-                outbox.c.state == "in_progress").values(**values))
-            if result.rowcount == 0:
-                raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was "
-                                "lost (its lease ran out, or it was released)")
-            if then is not None:
-                then(connection)
+        runs in the same transaction.
+
+        A database that dropped the connection or cannot be reached (a
+        restart, a failover) is tried again for :data:`SETTLE_PATIENCE`: the
+        outcome of a relay's answer is not thrown away for a blip.  (Had the dropped attempt committed, the
+        retry finds the row settled and says ClaimLost: the message is where
+        it should be.)
+        """
+        deadline, delay = time.monotonic() + SETTLE_PATIENCE, 0.1
+        while True:
+            try:
+                with self.engine.begin() as connection:
+                    result = connection.execute(outbox.update().where(
+                        outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
+                        outbox.c.state == "in_progress").values(**values))
+                    if result.rowcount == 0:
+                        raise ClaimLost(f"outbox row {claimed.id}: this processor's claim "
+                                        "was lost (its lease ran out, or it was released)")
+                    if then is not None:
+                        then(connection)
+                return
+            except sa.exc.DBAPIError as exc:
+                away = exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
+                if not away or time.monotonic() >= deadline:
+                    raise
+                log.warning("outbox row %s: the connection to %s broke (%s); trying "
+                            "again in %.1fs", claimed.id, self.where,
+                            exc.__class__.__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def record(self, claimed, state):
-        attempts = state.get("attempts", 0)
-        if not isinstance(attempts, int) or isinstance(attempts, bool):
-            attempts = 0
-        self._settle(claimed, {"meta": state, "attempts": attempts})
+        self._settle(claimed, {"meta": state, "attempts": _attempts(state)})
         claimed.meta = state
 
     def retire(self, claimed, had_state=True):
         """Delivered: the body goes now, the row after ``keep_delivered``."""
         drop_chunks = outbox_chunk.delete().where(outbox_chunk.c.outbox_id == claimed.id)
-        if not self.keep_delivered:
-            self._settle(claimed, {"lease_until": None}, lambda c: (c.execute(drop_chunks), c.execute(
-                outbox.delete().where(outbox.c.id == claimed.id))))
+        drop_row = outbox.delete().where(outbox.c.id == claimed.id)
+        if not self.keep_delivered:  # kept for no time at all
+            self._settle(claimed, {"lease_until": None},
+                         lambda c: (c.execute(drop_chunks), c.execute(drop_row)))
             return
         self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
                                    settled_at=db_epoch(), next_attempt=None),
@@ -303,7 +328,8 @@ class SqlQueue(SqlAdmin):
 
     def bury(self, claimed, state):
         self._settle(claimed, dict(_CLEAR_CLAIM, state="failed", meta=state,
-                                   settled_at=db_epoch(), next_attempt=None))
+                                   attempts=_attempts(state), settled_at=db_epoch(),
+                                   next_attempt=None))
         return claimed.name
 
     def bury_copy(self, fromaddr, recipients, data, state):
@@ -316,7 +342,7 @@ class SqlQueue(SqlAdmin):
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
                    "meta": state, "queued_at": db_epoch(), "settled_at": db_epoch(),
-                   "attempts": 0, "message_id": data.message_id, "size": data.size,
+                   "attempts": _attempts(state), "message_id": data.message_id, "size": data.size,
                    "chunks": count, "body": None, "eightbit": bool(data.eightbit),
                    "head_8bit": bool(data.head_8bit)}
             copy = _insert(connection, row, notify=False)
@@ -330,18 +356,24 @@ class SqlQueue(SqlAdmin):
     # -- the daemon ------------------------------------------------------------
 
     def next_due(self, settings, now, horizon=None):
-        """The earliest retry, or the earliest lease that may run out (converted from
-        the database's clock to ``now``'s); None when neither."""
+        """The earliest retry (now for one beyond ``horizon``: a clock that was ahead),
+        or the earliest lease that may run out (converted from the database's clock
+        to ``now``'s); None when neither."""
+        deferred = outbox.c.state == "deferred"
+        far = 10.0 ** 300 if horizon is None else now + horizon
         query = sa.select(
             sa.select(sa.func.min(outbox.c.next_attempt))
-            .where(outbox.c.state == "deferred").scalar_subquery(),
+            .where(deferred, outbox.c.next_attempt <= far).scalar_subquery(),
+            sa.select(sa.func.count()).select_from(outbox)
+            .where(deferred, sa.or_(outbox.c.next_attempt > far,
+                                    outbox.c.next_attempt.is_(None))).scalar_subquery(),
             sa.select(sa.func.min(outbox.c.lease_until) - db_epoch())
             .where(outbox.c.state == "in_progress").scalar_subquery())
         with autocommit(self.engine) as connection:
-            retry, lease_left = connection.execute(query).first()
-        due = []
+            retry, strays, lease_left = connection.execute(query).first()
+        due = [now] if strays else []
         if retry is not None:
-            due.append(now if horizon is not None and retry > now + horizon else retry)
+            due.append(retry)
         if lease_left is not None:
             due.append(now + max(lease_left, 0.0))
         return min(due) if due else None

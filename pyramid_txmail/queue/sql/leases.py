@@ -47,7 +47,7 @@ def renew(connection, tokens, timeout):
 class LeaseScope:
     """The claims of one pass, renewed by one thread (:class:`~IPassScope`).
 
-    ``fresh`` claims were made by :meth:`SqlQueue.candidates` but not yet
+    ``fresh`` claims were made by :meth:`SQLQueue.candidates` but not yet
     handed to a worker (``claim``): those still unhanded when the pass ends
     (it was stopped) go straight back to the queue instead of waiting for
     their lease to run out.

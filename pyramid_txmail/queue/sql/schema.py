@@ -31,8 +31,11 @@ STATES = ("queued", "in_progress", "deferred", "failed", "delivered")
 #: Bodies up to this many octets are stored in the row; larger ones in chunks of it.
 CHUNK = 1 << 20
 
-#: Where the Alembic migration lives: add it to ``version_locations``.
+#: Where the Alembic migration lives: add it to ``version_locations`` (as this
+#: path, or as ``pyramid_txmail.queue.sql:migrations/versions``).
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations", "versions")
+#: The ``script_location`` that runs the migration alone (its own env.py).
+SCRIPT_LOCATION = os.path.join(os.path.dirname(__file__), "migrations")
 
 metadata = sa.MetaData()
 

@@ -22,6 +22,7 @@ import time
 
 import sqlalchemy as sa
 
+from ..wakeup import WatchUnavailable
 from .leases import log
 from .schema import outbox
 from .store import CHANNEL, autocommit
@@ -105,13 +106,14 @@ class ListenWatcher:
         """Open a connection of the engine's making, outside its pool, and LISTEN."""
         try:
             raw = self.queue.engine.raw_connection()
+            connection = raw.driver_connection  # psycopg's Connection
             raw.detach()  # ours for good: never handed back to the pool
-            connection = raw.driver_connection
             connection.autocommit = True
             connection.execute(f"LISTEN {CHANNEL}")
         except Exception as exc:  # the server is away (psycopg or SQLAlchemy errors)
-            log.warning("cannot LISTEN on %s (%s); trying again in %gs", self.queue.where,
-                        exc.__class__.__name__, RECONNECT_EVERY)
+            log.warning("cannot LISTEN on %s (%s: %s); trying again in %gs",
+                        self.queue.where, exc.__class__.__name__,
+                        str(exc).splitlines()[0] if str(exc) else "", RECONNECT_EVERY)
             return False
         self.connection = connection
         return True
@@ -182,8 +184,6 @@ class ListenWatcher:
 def make_watcher(queue, settings, how="auto"):
     """``auto``: LISTEN on PostgreSQL (reconnecting while the server is away), polling on SQLite;
     ``listen`` or ``poll`` as asked (``listen`` raises WatchUnavailable on SQLite)."""
-    from ...watch import WatchUnavailable
-
     interval = settings.poll_interval
     if how == "poll":
         return PollWatcher(queue, interval)
