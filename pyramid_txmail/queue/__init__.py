@@ -22,9 +22,9 @@ def open_queue(settings, create=False):
 
     url = getattr(settings, "queue_url", None)
     if url:
-        from .sql.backend import SqlQueue
+        from .sql.backend import SQLQueue
 
-        return SqlQueue.from_settings(settings)
+        return SQLQueue.from_settings(settings)
     if not settings.queue_path:
         raise QueueUnavailable("neither mail.queue_url (the SQL outbox) nor "
                                "mail.queue_path (a spool directory) is set")
