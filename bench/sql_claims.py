@@ -10,7 +10,7 @@ enqueued message, most of them delivered (body gone, as after ``retire``),
 1 in 12 failed (body kept) and 1 in 50 deferred with a retry not yet due
 (inside the processor's retry horizon, so a pass counts them and leaves
 them).  At each size, a fixed batch of queued rows is added and claimed by
-the backend's own path, :meth:`SqlQueue.candidates` (the count of deferred
+the backend's own path, :meth:`SQLQueue.candidates` (the count of deferred
 rows not due, then one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
 LOCKED)`` per claim, each its own transaction, then the due and stray
 deferred rows, of which there are none); then the claimed rows are deleted
@@ -44,7 +44,7 @@ def _history(now):
 
 
 def _horizon():
-    from pyramid_txmail.outcomes import retry_horizon
+    from pyramid_txmail.processor.outcomes import retry_horizon
     from pyramid_txmail.settings import MailSettings
 
     return retry_horizon(MailSettings())
@@ -54,7 +54,7 @@ class Table:
     """The growing outbox: a template row, history copies, claimable batches."""
 
     def __init__(self, ctx, pg):
-        from pyramid_txmail.queue.sql import SqlQueue, enqueue, init_db
+        from pyramid_txmail.queue.sql import SQLQueue, enqueue, init_db
 
         self.pg = pg
         self.url = pg.database("claims")
@@ -68,7 +68,7 @@ class Table:
                 f"UPDATE txmail_outbox SET state = 'failed', settled_at = {self.now} "
                 f"WHERE id = {self.template}")
         self.rows = 1
-        self.queue = SqlQueue(self.url, claim_timeout=3600.0)
+        self.queue = SQLQueue(self.url, claim_timeout=3600.0)
 
     def close(self):
         self.queue.close()
@@ -90,7 +90,7 @@ class Table:
 
     def claim_batch(self, count):
         """Seconds for one pass of ``candidates`` that claims the ``count`` queued rows."""
-        from pyramid_txmail.pass_stats import PassStats
+        from pyramid_txmail.processor.pass_stats import PassStats
 
         stats = PassStats()
         start = time.perf_counter()
@@ -116,7 +116,7 @@ class Table:
         """``[(what, SQL, plan)]`` of the statements of a pass claiming one row of two."""
         import sqlalchemy as sa
 
-        from pyramid_txmail.pass_stats import PassStats
+        from pyramid_txmail.processor.pass_stats import PassStats
 
         self.add_batch(2)
         seen = []
@@ -184,7 +184,7 @@ def run(ctx, pg):
                     f"rows (within {FLAT}x)", flat >= 1 / FLAT,
                     f"{rate[sizes[0]]:.0f} -> {rate[sizes[-1]]:.0f} claims/s = {flat:.2f}x")
     parts = [
-        f"A batch of {batch} queued rows claimed by one pass of `SqlQueue.candidates` "
+        f"A batch of {batch} queued rows claimed by one pass of `SQLQueue.candidates` "
         f"(one transaction per claim, on the backend's own engine), {ctx.options.repeats} "
         "time(s) per size, median; the rows already present are 1 in 50 deferred (not due), "
         "1 in 12 failed, the rest delivered.",

@@ -168,7 +168,7 @@ def _prebuilt_vs_enqueue(ctx, url, count):
     import sqlalchemy as sa
 
     from harness import RECIPIENT, median
-    from pyramid_txmail import wire
+    from pyramid_txmail.compose import wire
     from pyramid_txmail.queue.sql import enqueue, init_db
     from pyramid_txmail.queue.sql.schema import db_epoch, outbox
     from sql_db import SENDER_ADDRESS, message_bytes
