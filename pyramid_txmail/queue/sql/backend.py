@@ -341,9 +341,8 @@ class SQLQueue(SqlAdmin):
                                    meta=state))
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
-                   "meta": state, "queued_at": db_epoch(), "settled_at": db_epoch(),
-                   "attempts": _attempts(state), "message_id": data.message_id, "size": data.size,
-                   "chunks": count, "body": None, "eightbit": bool(data.eightbit),
+                   "meta": state, "attempts": _attempts(state),
+                   "message_id": data.message_id, "size": data.size, "chunks": count, "body": None, "eightbit": bool(data.eightbit),
                    "head_8bit": bool(data.head_8bit)}
             copy = _insert(connection, row, notify=False)
             copy_chunks(connection, ident, copy)

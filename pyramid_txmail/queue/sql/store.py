@@ -70,10 +70,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     dead-letter copies.)
     """
     sender, recipients = check_envelope(fromaddr, toaddrs)
-    row = {"state": state, "sender": sender, "recipients": recipients, "attempts": 0,
-           "meta": meta, "queued_at": db_epoch()}
-    if state != "queued":  # a dead letter: settled now
-        row.update(settled_at=db_epoch(), attempts=_attempts(meta))
+    row = {"state": state, "sender": sender, "recipients": recipients,
+           "attempts": _attempts(meta), "meta": meta}
     notify = connection.dialect.name == "postgresql" and state == "queued"
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
@@ -116,11 +114,24 @@ def _attempts(meta):
     return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
 
 
+def _insert_statement(settled, notify):
+    """The INSERT of one row: times from the database's clock, the id returned and,
+    with ``notify``, ``pg_notify`` in the same RETURNING (one round trip; it runs
+    once, for the one row).  Built once: an enqueue only binds its values."""
+    times = {"queued_at": db_epoch()}
+    if settled:  # a dead letter is settled as it is written
+        times["settled_at"] = db_epoch()
+    statement = outbox.insert().values(**times).returning(outbox.c.id)
+    return statement.returning(sa.func.pg_notify(CHANNEL, "")) if notify else statement
+
+
+_INSERTS = {(settled, notify): _insert_statement(settled, notify)
+            for settled in (False, True) for notify in (False, True)}
+
+
 def _insert(connection, row, notify):
-    statement = outbox.insert().values(**row).returning(outbox.c.id)
-    if notify:  # one round trip: pg_notify runs once, for the one row inserted
-        statement = statement.returning(sa.func.pg_notify(CHANNEL, ""))
-    return connection.execute(statement).first()[0]
+    statement = _INSERTS[row["state"] != "queued", notify]
+    return connection.execute(statement, row).first()[0]
 
 
 def _chain(first, second, rest):

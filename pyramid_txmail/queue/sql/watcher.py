@@ -119,8 +119,9 @@ class ListenWatcher:
         return True
 
     def _lost(self, exc):
+        text = str(exc).strip()
         log.warning("the LISTEN connection to %s broke (%s); reconnecting",
-                    self.queue.where, exc)
+                    self.queue.where, text.splitlines()[0] if text else exc.__class__.__name__)
         self._close()
 
     def _drain(self):
