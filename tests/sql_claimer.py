@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyramid_txmail.pass_stats import PassStats  # noqa: E402
+from pyramid_txmail.processor.pass_stats import PassStats  # noqa: E402
 from pyramid_txmail.queue.sql import SQLQueue  # noqa: E402
 from pyramid_txmail.settings import MailSettings  # noqa: E402
 

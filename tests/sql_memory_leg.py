@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyramid_txmail import wire  # noqa: E402
-from pyramid_txmail.pass_stats import PassStats  # noqa: E402
+from pyramid_txmail.compose import wire  # noqa: E402
+from pyramid_txmail.processor.pass_stats import PassStats  # noqa: E402
 from pyramid_txmail.queue.sql import SQLQueue, enqueue, init_db  # noqa: E402
 
 HEAD = (b"Message-ID: <big@example.com>\r\nFrom: a@example.com\r\nTo: b@example.com\r\n"

@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from pyramid_txmail.pass_stats import PassStats
+from pyramid_txmail.processor.pass_stats import PassStats
 from pyramid_txmail.queue.sql import SQLQueue, enqueue, init_db, outbox
 from pyramid_txmail.settings import MailSettings
 

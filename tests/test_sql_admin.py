@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from pyramid_txmail import spool_admin
+from pyramid_txmail.queue.maildir import spool_admin
 from pyramid_txmail.queue.sql.errors import Ambiguous, NotFound, Refused, Vanished
 from pyramid_txmail.queue.sql.schema import outbox
-from pyramid_txmail.spool import Spool
+from pyramid_txmail.queue.maildir.spool import Spool
 
 from .sql_support import claim_all, db_url, message, put, queue, row  # noqa: F401
 

@@ -16,7 +16,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from pyramid_txmail.pass_stats import PassStats
+from pyramid_txmail.processor.pass_stats import PassStats
 from pyramid_txmail.queue.sql import outbox
 from pyramid_txmail.queue.sql.errors import ClaimLost
 

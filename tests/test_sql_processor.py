@@ -11,7 +11,7 @@ import time
 
 from zope.interface.verify import verifyObject
 
-from pyramid_txmail.processor import Processor
+from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.queue.interface import IQueue, IQueueAdmin
 from pyramid_txmail.settings import parse_settings
 

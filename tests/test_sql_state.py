@@ -10,7 +10,7 @@ import time
 
 import sqlalchemy as sa
 
-from pyramid_txmail import wire
+from pyramid_txmail.compose import wire
 from pyramid_txmail.queue.sql import outbox
 from pyramid_txmail.queue.sql.schema import outbox_chunk
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from pyramid_txmail import wire
+from pyramid_txmail.compose import wire
 from pyramid_txmail.queue.sql import enqueue, outbox
 from pyramid_txmail.queue.sql.schema import CHUNK, outbox_chunk
 

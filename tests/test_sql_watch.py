@@ -114,3 +114,25 @@ def test_a_postgresql_restart_under_the_watcher_and_the_queue(waker):
         assert row(queue, after).attempts == 1
         watcher.close()
         queue.close()
+
+
+def test_a_pass_while_postgresql_is_down_says_so_in_one_line(caplog):
+    """Nothing raises into the daemon, and no traceback fills its log."""
+    from pyramid_txmail.processor.pass_stats import PassStats
+
+    with PgCluster() as pg:
+        queue = make_queue(pg.url)
+        put(queue)
+        pg.kill()
+        now = 1000.0
+        stats = PassStats()
+        with queue.pass_scope(settings()):
+            assert queue.housekeep(settings(), None, now) == 0
+            assert list(queue.candidates(now, 10 ** 9, stats)) == []
+        assert stats.errors == 1
+        assert queue.next_due(settings(), now) == now + 5.0
+        assert "the database is not available" in caplog.text
+        assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+        pg.start()
+        assert len(claim_all(queue)) == 1  # back, with nothing lost
+        queue.close()

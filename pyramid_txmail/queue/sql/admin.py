@@ -1,7 +1,7 @@
 """What an operator does to the outbox: look, requeue, purge, release.
 
 The library half of ``txmail-queue`` on a SQL queue, with the spool's shapes
-(:mod:`pyramid_txmail.spool_admin`): messages are reported in the spool's
+(:mod:`pyramid_txmail.queue.maildir.spool_admin`): messages are reported in the spool's
 state names (``new`` for queued, ``cur`` for in progress, ``deferred``,
 ``failed``) whose labels are the outbox's own state names, and ``status`` has
 the spool's keys (``tmp`` and ``prepared`` are always 0: a database
@@ -24,7 +24,7 @@ from email.parser import BytesHeaderParser
 
 import sqlalchemy as sa
 
-from ...queue_state import epoch
+from ..queue_state import epoch
 from ..states import ALL_STATES, LABELS, QUEUE_STATES
 from .errors import Ambiguous, NotFound, Refused, Vanished
 from .leases import log

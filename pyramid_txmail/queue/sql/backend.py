@@ -36,10 +36,10 @@ import time
 import sqlalchemy as sa
 from zope.interface import implementer
 
-from ... import wire
+from ...compose import wire
 from ..interface import IClaimed, IQueue, IQueueAdmin
 from .admin import SqlAdmin
-from .engine import make_engine, where as url_where
+from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import LeaseScope, log
 from .schema import db_epoch, outbox, outbox_chunk
@@ -55,6 +55,8 @@ KEEP_DELIVERED = 86400.0
 REAP_BATCH = 10000
 #: How long settling a claim waits for a database that dropped the connection.
 SETTLE_PATIENCE = 60.0
+#: While the database cannot be reached, the daemon looks again this often (seconds).
+AWAY_RETRY = 5.0
 
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
@@ -122,13 +124,13 @@ class SQLQueue(SqlAdmin):
         put_back = []
         try:
             put_back = self.release_stale(self.claim_timeout, now)
-        except sa.exc.SQLAlchemyError:
-            log.exception("cannot put back the expired claims in %s", self.where)
+        except sa.exc.SQLAlchemyError as exc:
+            log_error("cannot put back the expired claims", self.where, exc)
         try:
             self.reap_delivered()
-        except sa.exc.SQLAlchemyError:
-            log.exception("cannot delete the delivered rows older than %gs in %s",
-                          self.keep_delivered, self.where)
+        except sa.exc.SQLAlchemyError as exc:
+            log_error(f"cannot delete the delivered rows older than "
+                       f"{self.keep_delivered:g}s", self.where, exc)
         return len(put_back)
 
     def reap_delivered(self):
@@ -165,17 +167,18 @@ class SQLQueue(SqlAdmin):
         (one due beyond ``horizon`` was scheduled by a clock that was ahead)."""
         try:
             stats.skipped += self._not_due(now, horizon)
-        except sa.exc.SQLAlchemyError:
+        except sa.exc.SQLAlchemyError as exc:
             stats.errors += 1
-            log.exception("cannot count the deferred mail in %s", self.where)
+            log_error("cannot count the deferred mail", self.where, exc)
+            return  # the claims would fail the same way
         for which in ("queued", "due", "stray"):
             while True:
                 try:
                     claimed = self._claim_next(which, now, horizon)
-                except sa.exc.SQLAlchemyError:
+                except sa.exc.SQLAlchemyError as exc:
                     stats.errors += 1
-                    log.exception("cannot claim the next message in %s; this pass "
-                                  "sends what it claimed before", self.where)
+                    log_error("cannot claim the next message (this pass sends what it "
+                               "claimed before)", self.where, exc)
                     return
                 if claimed is None:
                     break
@@ -368,8 +371,15 @@ class SQLQueue(SqlAdmin):
                                     outbox.c.next_attempt.is_(None))).scalar_subquery(),
             sa.select(sa.func.min(outbox.c.lease_until) - db_epoch())
             .where(outbox.c.state == "in_progress").scalar_subquery())
-        with autocommit(self.engine) as connection:
-            retry, strays, lease_left = connection.execute(query).first()
+        try:
+            with autocommit(self.engine) as connection:
+                retry, strays, lease_left = connection.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            if unreachable(exc) is None:
+                raise
+            log.warning("cannot read the retry times in %s (%s); looking again in %gs",
+                        self.where, unreachable(exc), AWAY_RETRY)
+            return now + AWAY_RETRY
         due = [now] if strays else []
         if retry is not None:
             due.append(retry)

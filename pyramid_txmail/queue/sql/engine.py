@@ -14,8 +14,12 @@ a transaction (:func:`~pyramid_txmail.queue.sql.store.autocommit`).
 """
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+log = logging.getLogger("pyramid_txmail.queue.sql")
 
 #: Seconds a SQLite connection waits for another's write lock before it fails.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -59,3 +63,21 @@ def _begin_immediate(engine):
     def _immediate(connection):
         if not connection.get_execution_options().get("txmail_autocommit"):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def unreachable(exc):
+    """One line for a database that is not available (a restart, a lock: no traceback), or
+    None for any other error (a bug: logged with its traceback)."""
+    if isinstance(exc, sa.exc.OperationalError) or getattr(exc, "connection_invalidated",
+                                                            False):
+        text = str(getattr(exc, "orig", None) or exc).strip()
+        return text.splitlines()[0] if text else exc.__class__.__name__
+    return None
+
+
+def log_error(what, where, exc):
+    why = unreachable(exc)
+    if why is not None:
+        log.error("%s in %s: the database is not available (%s)", what, where, why)
+    else:
+        log.exception("%s in %s", what, where)

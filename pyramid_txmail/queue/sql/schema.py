@@ -2,7 +2,7 @@
 
 ``txmail_outbox`` has one row per message: its envelope (a record of its own,
 never parsed out of the message), its state, its retry state dict (JSON, the
-keys of :mod:`pyramid_txmail.queue_state`), its claim and its body when the
+keys of :mod:`pyramid_txmail.queue.queue_state`), its claim and its body when the
 body is small.  A body over :data:`CHUNK` octets lives in
 ``txmail_outbox_chunk`` rows of at most :data:`CHUNK` octets each, written and
 read one at a time, so no leg ever holds more than one chunk beyond what the

@@ -17,7 +17,7 @@ import re
 
 import sqlalchemy as sa
 
-from ... import wire
+from ...compose import wire
 from .schema import CHUNK, db_epoch, outbox, outbox_chunk
 
 #: The channel processors LISTEN on.
@@ -64,7 +64,7 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     """INSERT one message into the outbox in ``connection``'s transaction; returns its id.
 
     ``connection`` is a SQLAlchemy ``Connection`` inside the caller's
-    transaction; ``data`` is bytes or a :class:`pyramid_txmail.wire.Stream`
+    transaction; ``data`` is bytes or a :class:`pyramid_txmail.compose.wire.Stream`
     (written chunk by chunk).  ``message_id`` defaults to the message's
     Message-ID header.  (``state`` and ``meta`` serve the backend's
     dead-letter copies.)
