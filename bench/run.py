@@ -74,7 +74,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
         description="Run every benchmark section and write bench/RESULTS.md (what "
-                    "`make bench` does): enqueue, drain and cost growth, against "
+                    "`make bench` does): enqueue, drain, cost growth, attachment memory "
+                    "and the SQL outbox (on a private PostgreSQL of the run), against "
                     "smtp-sink and aiosmtpd on 127.0.0.1.",
         epilog="sections: " + ", ".join(SECTIONS) + ".  Full-run defaults: sizes "
                f"{','.join(map(str, FULL['sizes']))}, drain size {FULL['drain_size']}, "
