@@ -302,6 +302,18 @@ def _template(value):
     return check_template(template)
 
 
+def _dkim_headers(value):
+    from .relay.dkim_keys import parse_header_names
+
+    return parse_header_names(value)
+
+
+def _dkim_domains(value):
+    from .relay.dkim_keys import parse_domains
+
+    return parse_domains(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
@@ -391,6 +403,23 @@ SETTINGS = (
             "writes there when mail.file_path is not set (default ./mail)."),
     Setting("redirect_to", _addresses, (),
             "Staging: send every message to these addresses instead of its recipients."),
+    # DKIM signing at send time (pyramid_txmail.relay.dkim; README, DKIM signing).
+    Setting("dkim_private_key", _path, None,
+            "DKIM: the PEM RSA private key of mail.dkim_domain (mode 0600 or 0400, owned "
+            "by the process user); read at startup."),
+    Setting("dkim_selector", _str, None, "DKIM: the selector of mail.dkim_private_key."),
+    Setting("dkim_domain", _str, None,
+            "DKIM: the signing domain (d=) of mail.dkim_private_key; messages whose From "
+            "is in it (or a subdomain) are signed."),
+    Setting("dkim_domains", _dkim_domains, None,
+            "DKIM for several domains: lines of 'domain selector /path/key.pem'; the From "
+            "domain picks the key."),
+    Setting("dkim_headers", _dkim_headers, None,
+            "DKIM: header fields signed when present (From always; default From, Sender, "
+            "Reply-To, To, Cc, Subject, Date, Message-ID, ...)."),
+    Setting("dkim_canonicalization", _choice(("relaxed/relaxed", "relaxed/simple",
+                                              "simple/relaxed", "simple/simple")), None,
+            "DKIM header/body canonicalization (default relaxed/relaxed)."),
     # The preview page (pyramid_txmail.preview).
     Setting("preview_allow", _bool, False,
             "Allow the preview page outside development (see README, Preview page)."),
@@ -446,6 +475,15 @@ class MailSettings:
     preview_allow: bool = False
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
+    dkim_private_key: str | None = None
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None
+    dkim_domains: tuple | None = None
+    dkim_headers: tuple | None = None
+    dkim_canonicalization: str | None = None
+    #: The :class:`~pyramid_txmail.relay.dkim.DKIMSigner` built from the dkim_* keys
+    #: (their key files read at startup), or None: the transports sign with it.
+    dkim: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _effective(values, name):
@@ -575,4 +613,11 @@ def parse_settings(settings, prefix=None, warn=True):
                 _check_readable_file(path)
             except OSError as exc:
                 _fail(prefix + name, path, f"cannot read the file: {exc.strerror}")
+    if any(name.startswith("dkim_") for name in values):  # key files read now, not at a send
+        from .relay.dkim import DKIMConfigError, signer_from_settings
+
+        try:
+            values["dkim"] = signer_from_settings(values)
+        except DKIMConfigError as exc:
+            _fail(prefix + exc.key, exc.value, exc.why)
     return MailSettings(**values)

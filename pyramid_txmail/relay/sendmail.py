@@ -170,14 +170,17 @@ class SendmailTransport:
     which never raises for a delivery problem.
     """
 
-    def __init__(self, app=DEFAULT_APP, template=DEFAULT_TEMPLATE, timeout=600.0):
+    def __init__(self, app=DEFAULT_APP, template=DEFAULT_TEMPLATE, timeout=600.0, dkim=None):
         self.app = app
         self.template = check_template(template)
         self.timeout = timeout
+        #: A :class:`~pyramid_txmail.relay.dkim.DKIMSigner`, or None: sign nothing.
+        self.dkim = dkim
 
     @classmethod
     def from_settings(cls, settings):
-        return cls(settings.sendmail_app, settings.sendmail_template, settings.data_timeout)
+        return cls(settings.sendmail_app, settings.sendmail_template, settings.data_timeout,
+                   dkim=settings.dkim)
 
     def __repr__(self):
         return f"<SendmailTransport {self.app}>"
@@ -189,8 +192,11 @@ class SendmailTransport:
         if message_id is None:
             message_id = wire.message_id_of(data)
         args = command(self.app, self.template, fromaddr, toaddrs)
-        exit_status, output = self._run(args, data)
-        if exit_status is None:
+        data, refused = self._signed(data, message_id)
+        exit_status, output = (None, None) if refused else self._run(args, data)
+        if refused:
+            status, text = refused
+        elif exit_status is None:
             status, text = TEMPORARY, output
         else:
             status, text = exit_status_status(exit_status)
@@ -205,6 +211,18 @@ class SendmailTransport:
             log.warning("%s from <%s> to %s not taken by %s: %s", message_id, fromaddr,
                         ", ".join(toaddrs), self.app, text)
         return result
+
+    def _signed(self, data, message_id):
+        """``(data, None)``, DKIM-signed over its CRLF form (what the MTA sends on)
+        when a signer is set; ``(data, (status, why))`` when it cannot be signed."""
+        if self.dkim is None:
+            return data, None
+        from .dkim import DKIMSigningError
+
+        try:
+            return self.dkim.signed(data, message_id), None
+        except DKIMSigningError as exc:
+            return data, (TEMPORARY if exc.temporary else PERMANENT, str(exc))
 
     def _run(self, args, data):
         """``(exit status or None, what the binary said or why it gave no status)``.

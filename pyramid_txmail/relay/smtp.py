@@ -121,7 +121,8 @@ class SMTPTransport:
     def __init__(self, host="localhost", port=25, *, username=None, password=None,
                  tls=False, ssl=False, keyfile=None, certfile=None, cafile=None,
                  timeout=30.0, debug=0, local_hostname=None, fallback_hosts=(),
-                 host_rest=300.0, max_messages=None, relays=None, data_timeout=600.0):
+                 host_rest=300.0, max_messages=None, relays=None, data_timeout=600.0,
+                 dkim=None):
         self.opener = SessionOpener(username=username, password=password, tls=tls, ssl=ssl,
                                     keyfile=keyfile, certfile=certfile, cafile=cafile,
                                     timeout=timeout, debug=debug,
@@ -140,6 +141,8 @@ class SMTPTransport:
             raise ValueError(f"data_timeout ({self.data_timeout:g}s) is shorter than timeout "
                              f"({self.opener.timeout:g}s); the reply to the final dot must "
                              "be waited for at least as long as any other reply")
+        #: A :class:`~pyramid_txmail.relay.dkim.DKIMSigner`, or None: sign nothing.
+        self.dkim = dkim
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
         self._smtp = None
@@ -157,7 +160,7 @@ class SMTPTransport:
                    debug=settings.debug, fallback_hosts=settings.fallback_hosts,
                    host_rest=settings.host_rest,
                    max_messages=settings.connection_max_messages, relays=relays,
-                   data_timeout=settings.data_timeout)
+                   data_timeout=settings.data_timeout, dkim=settings.dkim)
 
     username = property(lambda self: self.opener.username)
     tls = property(lambda self: self.opener.tls)
@@ -301,6 +304,8 @@ class SMTPTransport:
                                      status=PERMANENT, drop=False) from None
             chunks, head, size, has_8bit = (payload,), payload, len(payload), \
                 wire.has_8bit(payload)
+        if self.dkim is not None:  # over exactly these bytes, after any re-encoding
+            chunks, size = self._signed(chunks, size)
         options = []
         if wire.needs_smtputf8(fromaddr, toaddrs, head):
             if not smtp.has_extn("smtputf8"):
@@ -313,6 +318,16 @@ class SMTPTransport:
         if smtp.has_extn("size") and size is not None:
             options.append(f"SIZE={size}")
         return chunks, options
+
+    def _signed(self, chunks, size):
+        from .dkim import DKIMSigningError, sign_chunks
+
+        try:
+            return sign_chunks(self.dkim, chunks, size, wire.message_id_of(
+                chunks if isinstance(chunks, wire.Stream) else chunks[0]))
+        except DKIMSigningError as exc:
+            raise SessionFailure(str(exc), status=TEMPORARY if exc.temporary else PERMANENT,
+                                 drop=False) from None
 
     def _transaction(self, smtp, reused, fromaddr, toaddrs, data):
         """One SMTP mail transaction; the results, one per recipient."""
