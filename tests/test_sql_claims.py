@@ -26,6 +26,10 @@ from .sql_support import (claim_all, db_url, make_queue, message, put, queue,  #
 CLAIMER = os.path.join(os.path.dirname(__file__), "sql_claimer.py")
 #: Bounds on waiting for another process (never a measurement).
 PATIENCE = 60.0
+#: A short claim_timeout (renewed every third of it), and a wait past two of them:
+#: only renewal keeps a claim that long.  Wide enough for a loaded machine.
+LEASE = 3.0
+PAST_TWO_LEASES = 2 * LEASE + 0.5
 
 
 def _drain(queue, taken):
@@ -90,13 +94,14 @@ def test_skip_locked_three_claimers_pass_a_locked_row(pg_url):
 
 
 def test_a_live_claim_outlasts_its_timeout_by_renewal(db_url):
-    queue, other = make_queue(db_url, claim_timeout=1.0), make_queue(db_url, claim_timeout=1.0)
+    queue, other = make_queue(db_url, claim_timeout=LEASE), make_queue(db_url,
+                                                                         claim_timeout=LEASE)
     put(queue)
-    with queue.pass_scope(settings(claim_timeout=1.0)) as scope:
+    with queue.pass_scope(settings(claim_timeout=LEASE)) as scope:
         claimed = queue.claim(next(queue.candidates(time.time(), 10 ** 9, PassStats())))
         scope.add(claimed)
-        time.sleep(3.5)  # three timeouts: only renewal keeps it
-        assert other.housekeep(settings(claim_timeout=1.0), None, time.time()) == 0
+        time.sleep(PAST_TWO_LEASES)  # only renewal keeps it
+        assert other.housekeep(settings(claim_timeout=LEASE), None, time.time()) == 0
         assert claim_all(other) == []
         assert queue.holds(claimed)
         queue.retire(claimed)
@@ -105,14 +110,14 @@ def test_a_live_claim_outlasts_its_timeout_by_renewal(db_url):
 
 
 def test_a_killed_claimers_lease_runs_out_and_is_taken(db_url):
-    queue = make_queue(db_url, claim_timeout=1.0)
+    queue = make_queue(db_url, claim_timeout=LEASE)
     ident = put(queue)
-    proc = subprocess.Popen([sys.executable, CLAIMER, db_url, "hold", "1"],
+    proc = subprocess.Popen([sys.executable, CLAIMER, db_url, "hold", str(LEASE)],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == str(ident)
-        time.sleep(2.5)  # past its timeout, alive: renewed, never taken
-        assert queue.housekeep(settings(claim_timeout=1.0), None, time.time()) == 0
+        time.sleep(PAST_TWO_LEASES)  # past its timeout, alive: renewed, never taken
+        assert queue.housekeep(settings(claim_timeout=LEASE), None, time.time()) == 0
         assert row(queue, ident).state == "in_progress"
         owner = row(queue, ident).claimed_by
         assert owner.endswith(f":{proc.pid}")
@@ -120,7 +125,7 @@ def test_a_killed_claimers_lease_runs_out_and_is_taken(db_url):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + PATIENCE
-    while not queue.housekeep(settings(claim_timeout=1.0), None, time.time()):
+    while not queue.housekeep(settings(claim_timeout=LEASE), None, time.time()):
         assert time.monotonic() < deadline, "the dead claimer's lease never ran out"
         time.sleep(0.2)
     [claimed] = claim_all(queue)
@@ -167,7 +172,7 @@ def test_order_queued_oldest_first_then_due_deferred_then_clock_strays(queue):
 def test_a_pass_gives_back_the_claims_it_never_handed_out(queue):
     ident = put(queue)
     with queue.pass_scope(settings()):
-        ticket = next(queue.candidates(time.time(), 10 ** 9, PassStats()))
+        next(queue.candidates(time.time(), 10 ** 9, PassStats()))
         assert row(queue, ident).state == "in_progress"
     stored = row(queue, ident)
     assert (stored.state, stored.claim_token, stored.lease_until) == ("queued", None, None)

@@ -90,11 +90,11 @@ def test_claims_use_the_partial_indexes_among_many_settled_rows(pg_url):
     with queue.engine.begin() as connection:
         connection.exec_driver_sql(f"""
             INSERT INTO txmail_outbox (state, sender, recipients, queued_at, next_attempt,
-                attempts, size, chunks, body, eightbit, head_8bit, settled_at)
+                attempts, size, chunks, body, eightbit, head_8bit, wire_ready, settled_at)
             SELECT CASE WHEN mod(i, 1000) = 0 THEN 'queued' WHEN mod(i, 1000) = 1 THEN 'deferred'
                         WHEN mod(i, 10) = 0 THEN 'failed' ELSE 'delivered' END,
                    'a@example.com', '["b@example.com"]', {now} - i, {now} + mod(i, 5000), 0,
-                   10, 0, 'x', false, false, {now} - i
+                   10, 0, 'x', false, false, true, {now} - i
             FROM generate_series(1, 200000) AS i""")
         connection.exec_driver_sql("ANALYZE txmail_outbox")
     plans = {}

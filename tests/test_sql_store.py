@@ -121,3 +121,28 @@ def test_an_envelope_the_database_cannot_hold_is_refused_naming_it(queue, fromad
     with queue.engine.begin() as connection:
         with pytest.raises(ValueError, match=word):
             enqueue(connection, fromaddr, toaddrs, message())
+
+
+def test_a_large_message_with_an_over_long_line_is_read_whole_for_re_encoding(queue):
+    """A Stream promises lines of at most 998 octets; a stored message that breaks
+    that is handed over as bytes, which the transport re-encodes (as from a spool)."""
+    fits = message(body=b"".join(b"%07d " % i + b"y" * 70 + b"\r\n" for i in range(30000)))
+    long = fits + b"z" * 5000 + b"\r\n" + fits[-1000:]
+    put(queue, fits)
+    put(queue, long)
+    first, second = claim_all(queue)
+    assert isinstance(queue.read(first, stream_over=1 << 20)[2], wire.Stream)
+    assert queue.read(second, stream_over=1 << 20)[2] == long
+
+
+@pytest.mark.parametrize("data, fits", [
+    (b"a" * 998 + b"\r\n" + b"b" * 998, True),
+    (b"a" * 999 + b"\n", False),
+    (b"a\n" * 10 + b"b" * 999, False),
+    (b"x" * 600 + b"\r" + b"y" * 600, True),
+])
+@pytest.mark.parametrize("block", [7, 100, 1 << 20])
+def test_lines_fit_across_block_boundaries(data, fits, block):
+    from pyramid_txmail.queue.sql.store import lines_fit
+
+    assert lines_fit(data, block) is fits

@@ -6,10 +6,12 @@ A wait that must *not* end is given a short timeout and must come back
 """
 from __future__ import annotations
 
+import select
 import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from pyramid_txmail.queue.sql import enqueue
 from pyramid_txmail.queue.wakeup import Waker
@@ -54,7 +56,9 @@ def test_mark_forgets_what_the_coming_pass_will_see(pg_url, waker):
     queue = make_queue(pg_url)
     watcher = queue.watcher(settings(), "auto")
     put(queue)
-    watcher.mark()
+    # the notification has reached the watcher's socket (not yet read) ...
+    assert select.select([watcher.connection.pgconn.socket], [], [], PATIENCE)[0]
+    watcher.mark()  # ... and mark() forgets it: the pass about to start sees that mail
     assert watcher.wait(QUIET, waker) == "timeout"
     watcher.close()
     queue.close()
@@ -99,7 +103,10 @@ def test_a_postgresql_restart_under_the_watcher_and_the_queue(waker):
         # a notification may have been sent while nobody listened
         assert watcher.wait(PATIENCE, waker) == "mail"
         watcher.mark()
-        after = put(queue)  # the pool's dead connections are replaced (pre-ping)
+        app = sa.create_engine(pg.url, pool_pre_ping=True)  # the application's own
+        with app.begin() as connection:
+            after = enqueue(connection, "a@example.com", ["b@example.com"], message())
+        app.dispose()
         assert watcher.wait(PATIENCE, waker) == "mail"
         queue.retire(claimed)  # a claim made before the restart still settles
         [second] = claim_all(queue)

@@ -237,12 +237,33 @@ def run(args):
     verbose = getattr(args, "verbose", False)
     path, app_name = split_uri(args.config_uri, app_name)
     settings = _settings(path, app_name, args.command)
+    args.settings = settings
     setup_logging(path, verbose=verbose, quiet=not verbose)
     if args.command == "init-db":
         return cmd_init_db(settings)
     queue = open_queue_or_exit(settings)
-    args.settings = settings
     return COMMANDS[args.command](queue, args, time.time())
+
+
+def _database_problem(exc, settings):
+    """``(exit status, one line)`` for an SQL outbox whose database cannot be reached
+    or has no outbox tables yet (its URL without the password, and the driver's
+    reason), or None for any other error."""
+    if settings is None or not type(exc).__module__.startswith("sqlalchemy"):
+        return None
+    from ..queue.sql.engine import unreachable, where
+
+    url = where(settings.queue_url)
+    reason = str(getattr(exc, "orig", None) or "").strip().splitlines()
+    if reason and "txmail_outbox" in reason[0] and ("does not exist" in reason[0]
+                                                    or "no such table" in reason[0]):
+        return EX_CONFIG, (f"the database of mail.queue_url ({url}) has no outbox tables "
+                           f"({reason[0]}): create them with `{PROG} CONFIG_URI init-db`, "
+                           "or with the application's Alembic migrations")
+    why = unreachable(exc)
+    if why is None:
+        return None
+    return EX_FAILED, f"the database of mail.queue_url ({url}) is not available: {why}"
 
 
 def main(argv=None):
@@ -260,6 +281,11 @@ def main(argv=None):
         print(f"{PROG}: error: {clean(' '.join(str(exc).split()))}", file=sys.stderr)
         return EX_CONFIG
     except Exception as exc:
+        problem = _database_problem(exc, getattr(args, "settings", None))
+        if problem:
+            log.debug("%s", problem[1], exc_info=True)
+            print(f"{PROG}: error: {clean(problem[1])}", file=sys.stderr)
+            return problem[0]
         if getattr(args, "verbose", False):
             log.exception("%s: unexpected error", PROG)
         # an OSError names the file; other messages might quote anything

@@ -43,11 +43,12 @@ Each command has its own --help, e.g. txmail-queue production.ini list --help
 exit status:
   0   done
   1   the operation failed: no such message, an ambiguous id, a message in a
-      state the command does not apply to, a file taken by a processor meanwhile
+      state the command does not apply to, a file taken by a processor
+      meanwhile, the database of mail.queue_url cannot be reached
   2   usage error (bad command line, unknown state, bad duration)
   78  configuration error: missing ini file or section, bad or unknown mail.*
       setting, no mail.queue_path (nor mail.queue_url), no spool directory
-      there, a database that cannot be reached; init-db without mail.queue_url
+      there, an SQL outbox without its tables; init-db without mail.queue_url
 """
 
 STATE_HELP = ("queued (or new), in_progress (or cur), deferred, failed, tmp")

@@ -27,23 +27,20 @@ deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
 import secrets
-import socket
 import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
 
 from ...compose import wire
-from ..interface import IClaimed, IQueue, IQueueAdmin
+from ..interface import IQueue, IQueueAdmin
 from .admin import SqlAdmin
 from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .leases import LeaseScope, log
+from .leases import Claimed, LeaseScope, claimer, log
 from .schema import db_epoch, outbox, outbox_chunk
-from .store import _attempts, _insert, autocommit, copy_chunks, enqueue, read_chunks
+from .store import attempts_of, autocommit, copy_chunks, enqueue, insert_row, read_chunks
 
 #: How long delivered rows are kept by default (``mail.keep_delivered``): a day,
 #: as Rails' Solid Queue keeps finished jobs.  Long enough to answer "did the
@@ -61,35 +58,9 @@ AWAY_RETRY = 5.0
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
 
-@implementer(IClaimed)
-@dataclasses.dataclass(eq=False)
-class Claimed:
-    """One outbox row this process claimed (its token proves it)."""
-
-    id: int
-    token: str
-    queued_at: float | None
-    meta: object
-    claimed_from: str
-    problem: str | None = None
-
-    @property
-    def name(self):
-        return str(self.id)
-
-    @property
-    def state_record(self):
-        return f"the state of outbox row {self.id}"
-
-
 def engine_from_settings(settings):
     """The processors' engine for ``mail.queue_url`` (``txmail-queue init-db`` too)."""
     return make_engine(settings.queue_url, pool_size=settings.workers + 4)
-
-
-def claimer():
-    """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"[:255]
 
 
 @implementer(IQueue, IQueueAdmin)
@@ -190,8 +161,7 @@ class SQLQueue(SqlAdmin):
         query = sa.select(sa.func.count()).select_from(outbox).where(
             outbox.c.state == "deferred", outbox.c.next_attempt > now,
             outbox.c.next_attempt <= now + horizon)
-        with autocommit(self.engine) as connection:
-            return connection.execute(query).scalar()
+        return self._run(lambda c: c.execute(query).scalar(), "read")
 
     def _claim_next(self, which, now, horizon):
         if which == "queued":
@@ -209,8 +179,7 @@ class SQLQueue(SqlAdmin):
                      .values(state="in_progress", claim_token=token, claimed_by=claimer(),
                              lease_until=db_epoch() + self.claim_timeout)
                      .returning(outbox.c.id, outbox.c.queued_at, outbox.c.meta))
-        with self.engine.begin() as connection:
-            row = connection.execute(statement).first()
+        row = self._run(lambda c: c.execute(statement).first(), "write")
         if row is None:
             return None
         return Claimed(row.id, token, row.queued_at, row.meta,
@@ -237,10 +206,9 @@ class SQLQueue(SqlAdmin):
         larger than ``stream_over`` (then read one chunk at a time)."""
         columns = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
                    outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
-                   outbox.c.message_id)
-        with autocommit(self.engine) as connection:
-            row = connection.execute(sa.select(*columns).where(
-                outbox.c.id == claimed.id)).first()
+                   outbox.c.message_id, outbox.c.wire_ready)
+        row = self._run(lambda c: c.execute(sa.select(*columns).where(
+            outbox.c.id == claimed.id)).first(), "read")
         if row is None:
             raise ClaimLost(f"outbox row {claimed.id} is gone")
         recipients = row.recipients
@@ -254,7 +222,7 @@ class SQLQueue(SqlAdmin):
             return row.sender, recipients, bytes(row.body)
         chunks = lambda: read_chunks(self.engine, claimed.id, row.chunks)  # noqa: E731
         try:
-            if stream_over is None or row.size <= stream_over:
+            if stream_over is None or row.size <= stream_over or not row.wire_ready:
                 return row.sender, recipients, b"".join(chunks())
         except LookupError as exc:
             raise PoisonMessage(str(exc)) from None
@@ -273,57 +241,83 @@ class SQLQueue(SqlAdmin):
         query = sa.select(outbox.c.id).where(outbox.c.id == claimed.id,
                                              outbox.c.claim_token == claimed.token,
                                              outbox.c.state == "in_progress")
-        with autocommit(self.engine) as connection:
-            return connection.execute(query).first() is not None
+        return self._run(lambda c: c.execute(query).first(), "read") is not None
 
-    def _settle(self, claimed, values, then=None):
-        """UPDATE the row if this claim still holds it, else ClaimLost; ``then(conn)``
-        runs in the same transaction.
+    def _run(self, work, how):
+        """``work(connection)``: ``how`` is ``read`` (no transaction held), ``write``
+        (one statement that is a transaction by itself: autocommit on PostgreSQL,
+        one round trip instead of three; ``BEGIN IMMEDIATE`` on SQLite, where
+        two claimers must never read the same row as free) or ``transaction``.
+
+        A pooled connection that died with a database restart fails once and
+        SQLAlchemy renews the whole pool: that one failure is tried again on a
+        new connection (cheaper than pinging at every checkout).
+        """
+        for attempt in (1, 2):
+            if how == "read" or (how == "write" and self.engine.dialect.name != "sqlite"):
+                opened = autocommit(self.engine)
+            else:
+                opened = self.engine.begin()
+            try:
+                with opened as connection:
+                    return work(connection)
+            except sa.exc.DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+
+    def _settle(self, claimed, values):
+        """UPDATE the row (DELETE it when ``values`` is None) if this claim still holds
+        it, else ClaimLost; returns the row's ``chunks``.
 
         A database that dropped the connection or cannot be reached (a
-        restart, a failover) is tried again for :data:`SETTLE_PATIENCE`: the
-        outcome of a relay's answer is not thrown away for a blip.  (Had the dropped attempt committed, the
-        retry finds the row settled and says ClaimLost: the message is where
-        it should be.)
+        restart, a failover) is tried again for :data:`SETTLE_PATIENCE`: a
+        relay's answer is not thrown away for a blip.  (Had the dropped
+        attempt committed, the retry finds the row settled and says ClaimLost:
+        the message is where it should be.)
         """
+        mine = (outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
+                outbox.c.state == "in_progress")
+        statement = (outbox.delete() if values is None else outbox.update().values(**values)
+                     ).where(*mine).returning(outbox.c.chunks)
         deadline, delay = time.monotonic() + SETTLE_PATIENCE, 0.1
         while True:
             try:
-                with self.engine.begin() as connection:
-                    result = connection.execute(outbox.update().where(
-                        outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
-                        outbox.c.state == "in_progress").values(**values))
-                    if result.rowcount == 0:
-                        raise ClaimLost(f"outbox row {claimed.id}: this processor's claim "
-                                        "was lost (its lease ran out, or it was released)")
-                    if then is not None:
-                        then(connection)
-                return
+                row = self._run(lambda c: c.execute(statement).first(), "write")
             except sa.exc.DBAPIError as exc:
-                away = exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError)
-                if not away or time.monotonic() >= deadline:
+                if unreachable(exc) is None or time.monotonic() >= deadline:
                     raise
                 log.warning("outbox row %s: the connection to %s broke (%s); trying "
-                            "again in %.1fs", claimed.id, self.where,
-                            exc.__class__.__name__, delay)
+                            "again in %.1fs", claimed.id, self.where, unreachable(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            if row is None:
+                raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was lost "
+                                "(its lease ran out, or it was released)")
+            return row.chunks
 
     def record(self, claimed, state):
-        self._settle(claimed, {"meta": state, "attempts": _attempts(state)})
+        self._settle(claimed, {"meta": state, "attempts": attempts_of(state)})
         claimed.meta = state
 
     def retire(self, claimed, had_state=True):
         """Delivered: the body goes now, the row after ``keep_delivered``."""
-        drop_chunks = outbox_chunk.delete().where(outbox_chunk.c.outbox_id == claimed.id)
-        drop_row = outbox.delete().where(outbox.c.id == claimed.id)
-        if not self.keep_delivered:  # kept for no time at all
-            self._settle(claimed, {"lease_until": None},
-                         lambda c: (c.execute(drop_chunks), c.execute(drop_row)))
-            return
-        self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
-                                   settled_at=db_epoch(), next_attempt=None),
-                     lambda c: c.execute(drop_chunks))
+        if self.keep_delivered:
+            chunks = self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
+                                                settled_at=db_epoch(), next_attempt=None))
+        else:  # kept for no time at all
+            chunks = self._settle(claimed, None)
+        if chunks:
+            self._drop_chunks(claimed.id)
+
+    def _drop_chunks(self, ident):
+        """A delivered body's chunks; if that fails they go with the row (housekeeping)."""
+        try:
+            self._run(lambda c: c.execute(outbox_chunk.delete().where(
+                outbox_chunk.c.outbox_id == ident)), "transaction")
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("outbox row %s: delivered, but its body stays until housekeeping "
+                        "deletes the row (%s)", ident, unreachable(exc) or exc)
 
     def defer(self, claimed, next_attempt):
         self._settle(claimed, dict(_CLEAR_CLAIM, state="deferred",
@@ -331,7 +325,7 @@ class SQLQueue(SqlAdmin):
 
     def bury(self, claimed, state):
         self._settle(claimed, dict(_CLEAR_CLAIM, state="failed", meta=state,
-                                   attempts=_attempts(state), settled_at=db_epoch(),
+                                   attempts=attempts_of(state), settled_at=db_epoch(),
                                    next_attempt=None))
         return claimed.name
 
@@ -344,10 +338,11 @@ class SQLQueue(SqlAdmin):
                                    meta=state))
             _, ident, count = source
             row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
-                   "meta": state, "attempts": _attempts(state),
-                   "message_id": data.message_id, "size": data.size, "chunks": count, "body": None, "eightbit": bool(data.eightbit),
-                   "head_8bit": bool(data.head_8bit)}
-            copy = _insert(connection, row, notify=False)
+                   "meta": state, "attempts": attempts_of(state),
+                   "message_id": data.message_id, "size": data.size, "chunks": count,
+                   "body": None, "eightbit": bool(data.eightbit),
+                   "head_8bit": bool(data.head_8bit), "wire_ready": True}
+            copy = insert_row(connection, row, notify=False)
             copy_chunks(connection, ident, copy)
             return str(copy)
 
@@ -372,8 +367,7 @@ class SQLQueue(SqlAdmin):
             sa.select(sa.func.min(outbox.c.lease_until) - db_epoch())
             .where(outbox.c.state == "in_progress").scalar_subquery())
         try:
-            with autocommit(self.engine) as connection:
-                retry, strays, lease_left = connection.execute(query).first()
+            retry, strays, lease_left = self._run(lambda c: c.execute(query).first(), "read")
         except sa.exc.SQLAlchemyError as exc:
             if unreachable(exc) is None:
                 raise

@@ -2,9 +2,11 @@
 
 Processors never use the application's connections: each ``txmail-qp`` makes
 an engine from ``mail.queue_url``.  On PostgreSQL a bare ``postgresql://``
-URL means psycopg 3 (the driver the ``sql`` extra installs), and pooled
-connections are pinged before use, so that a server restart costs the
-daemon one failed statement at most, never its life.
+URL means psycopg 3 (the driver the ``sql`` extra installs).  Pooled
+connections are not pinged at each checkout (a round trip per statement):
+a server restart makes the first statement on an old connection fail,
+SQLAlchemy then renews the whole pool, and the queue tries that statement
+once more (:meth:`~pyramid_txmail.queue.sql.backend.SQLQueue._run`).
 
 SQLite serves one machine: every transaction of the processors' engine is
 ``BEGIN IMMEDIATE`` (the write lock is taken at the start, so two claimers
@@ -46,7 +48,7 @@ def make_engine(url, pool_size=5):
                                                      "check_same_thread": False})
         _begin_immediate(engine)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=10)
 
 
 def _begin_immediate(engine):

@@ -15,17 +15,48 @@ two thirds of its time left.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import socket
 import threading
 
 import sqlalchemy as sa
+from zope.interface import implementer
 
+from ..interface import IClaimed
 from .schema import db_epoch, outbox
 
 log = logging.getLogger("pyramid_txmail.queue.sql")
 
 #: Leases are renewed every claim_timeout / 3, and at least this often (seconds).
 RENEW_MAX = 60.0
+
+
+@implementer(IClaimed)
+@dataclasses.dataclass(eq=False)
+class Claimed:
+    """One outbox row this process claimed (its token proves it)."""
+
+    id: int
+    token: str
+    queued_at: float | None
+    meta: object
+    claimed_from: str
+    problem: str | None = None
+
+    @property
+    def name(self):
+        return str(self.id)
+
+    @property
+    def state_record(self):
+        return f"the state of outbox row {self.id}"
+
+
+def claimer():
+    """Who claims, for ``claimed_by`` and ``txmail-queue show``: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:255]
 
 
 def renew_interval(timeout):

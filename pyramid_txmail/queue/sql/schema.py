@@ -63,6 +63,7 @@ outbox = sa.Table(
     sa.Column("body", sa.LargeBinary(), nullable=True),
     sa.Column("eightbit", sa.Boolean(), nullable=False),
     sa.Column("head_8bit", sa.Boolean(), nullable=False),
+    sa.Column("wire_ready", sa.Boolean(), nullable=False),
     sa.Column("claim_token", sa.String(32), nullable=True),
     sa.Column("claimed_by", sa.String(255), nullable=True),
     sa.Column("lease_until", sa.Double(), nullable=True),

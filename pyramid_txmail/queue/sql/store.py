@@ -54,6 +54,26 @@ def check_envelope(fromaddr, toaddrs):
     return fromaddr, recipients
 
 
+def lines_fit(data, block=CHUNK):
+    """Whether no line of ``data`` is over SMTP's 998 octets (a bare CR or LF ends a
+    line too), looked at one block at a time: only then may it be sent as stored,
+    from its chunks (:class:`~pyramid_txmail.compose.wire.Stream`'s promise);
+    otherwise it is read whole and re-encoded, as the spool does."""
+    view, carry = memoryview(data), 0
+    for start in range(0, len(data), block):
+        lines = re.split(rb"\r\n|\r|\n", bytes(view[start:start + block]))
+        if len(lines) == 1:
+            carry += len(lines[0])
+        else:
+            if carry + len(lines[0]) > wire.MAX_LINE or max(map(len, lines[1:-1]),
+                                                             default=0) > wire.MAX_LINE:
+                return False
+            carry = len(lines[-1])
+        if carry > wire.MAX_LINE:
+            return False
+    return True
+
+
 def _head_of(data):
     match = _HEADERS_END.search(data)
     return data[:match.start()] if match else data
@@ -71,15 +91,16 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     """
     sender, recipients = check_envelope(fromaddr, toaddrs)
     row = {"state": state, "sender": sender, "recipients": recipients,
-           "attempts": _attempts(meta), "meta": meta}
+           "attempts": attempts_of(meta), "meta": meta}
     notify = connection.dialect.name == "postgresql" and state == "queued"
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
         row.update(message_id=message_id or wire.message_id_of(data), size=len(data),
-                   eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii())
+                   eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii(),
+                   wire_ready=len(data) <= CHUNK or lines_fit(data))
         if len(data) <= CHUNK:
-            return _insert(connection, dict(row, body=data, chunks=0), notify)
-        ident = _insert(connection, dict(row, body=None, chunks=0), notify)
+            return insert_row(connection, dict(row, body=data, chunks=0), notify)
+        ident = insert_row(connection, dict(row, body=None, chunks=0), notify)
         view = memoryview(data)
         pieces = (view[i:i + CHUNK] for i in range(0, len(data), CHUNK))
         count = write_chunks(connection, ident, pieces)
@@ -89,13 +110,13 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
         raise TypeError(f"expected the message as bytes or a wire.Stream, not "
                         f"{type(data).__name__}")
     row.update(message_id=message_id or data.message_id, eightbit=bool(data.eightbit),
-               head_8bit=bool(data.head_8bit))
+               head_8bit=bool(data.head_8bit), wire_ready=True)  # the Stream's promise
     blocks = _blocks(data)
     first = next(blocks, b"")
     second = next(blocks, None)
     if second is None:  # it fits in the row
-        return _insert(connection, dict(row, body=first, size=len(first), chunks=0), notify)
-    ident = _insert(connection, dict(row, body=None, size=0, chunks=0), notify)
+        return insert_row(connection, dict(row, body=first, size=len(first), chunks=0), notify)
+    ident = insert_row(connection, dict(row, body=None, size=0, chunks=0), notify)
     sizes = []
 
     def counted():
@@ -109,12 +130,12 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     return ident
 
 
-def _attempts(meta):
+def attempts_of(meta):
     attempts = (meta or {}).get("attempts") if isinstance(meta, dict) else None
     return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
 
 
-def _insert_statement(settled, notify):
+def insert_statement(settled, notify):
     """The INSERT of one row: times from the database's clock, the id returned and,
     with ``notify``, ``pg_notify`` in the same RETURNING (one round trip; it runs
     once, for the one row).  Built once: an enqueue only binds its values."""
@@ -125,12 +146,12 @@ def _insert_statement(settled, notify):
     return statement.returning(sa.func.pg_notify(CHANNEL, "")) if notify else statement
 
 
-_INSERTS = {(settled, notify): _insert_statement(settled, notify)
+INSERTS = {(settled, notify): insert_statement(settled, notify)
             for settled in (False, True) for notify in (False, True)}
 
 
-def _insert(connection, row, notify):
-    statement = _INSERTS[row["state"] != "queued", notify]
+def insert_row(connection, row, notify):
+    statement = INSERTS[row["state"] != "queued", notify]
     return connection.execute(statement, row).first()[0]
 
 
