@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark section and write bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py                 # everything (~10 min)
+    .venv/bin/python bench/run.py                 # everything (~20 min)
     .venv/bin/python bench/run.py --quick         # small sizes: a smoke test
     .venv/bin/python bench/run.py --only drain --sizes 1000,10000
 
