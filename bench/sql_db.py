@@ -25,10 +25,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 SENDER_ADDRESS = "sender@example.com"
 
-#: the outbox columns a copy of a row carries over (everything but id and claim)
-COPIED = ("message_id", "state", "sender", "recipients", "queued_at", "next_attempt",
-          "attempts", "meta", "size", "chunks", "body", "eightbit", "head_8bit",
-          "settled_at")
+#: the outbox columns a copy of a row does not carry over (its own id, no claim)
+NOT_COPIED = ("id", "claim_token", "claimed_by", "lease_until")
 
 
 def message_bytes(ctx):
@@ -156,11 +154,14 @@ def copy_rows(connection, source_id, count, state_sql="state", extra=None):
     value ``g``) change what a copy is: a delivered or failed history row, a
     deferred row not due yet.
     """
+    from pyramid_txmail.queue.sql import outbox
+
     if count <= 0:
         return
-    values = dict({c: c for c in COPIED}, state=state_sql, **(extra or {}))
-    columns = ", ".join(COPIED)
-    select = ", ".join(f"{values[c]} AS {c}" for c in COPIED)
+    copied = [c.name for c in outbox.columns if c.name not in NOT_COPIED]
+    values = dict({c: c for c in copied}, state=state_sql, **(extra or {}))
+    columns = ", ".join(copied)
+    select = ", ".join(f"{values[c]} AS {c}" for c in copied)
     connection.exec_driver_sql(
         f"INSERT INTO txmail_outbox ({columns}) SELECT {select} FROM txmail_outbox "
         f"CROSS JOIN generate_series(1, {int(count)}) AS g WHERE id = {int(source_id)}")

@@ -144,80 +144,26 @@ def enqueue_section(ctx, url, label, count=None):
     rest = max(total - counted, 0.0)
     rows.append(("the rest (SQLAlchemy's execute and result handling, enqueue's own code)",
                  f"{rest / count * 1e6:.0f}", f"{rest / total:.0%}" if total else "n/a"))
-    current, prebuilt = _prebuilt_vs_enqueue(ctx, url, count)
     return "\n\n".join([
         f"#### Where `enqueue()` spends its time ({label}, cProfile, {count} calls)",
         f"`enqueue()` took {total / count * 1e6:.0f} us per call under the profiler "
         "(which inflates Python code, not the database's time); cumulative time of its "
         "parts:",
         table(["part of enqueue()", "us / call", "share"], rows),
-        _enqueue_verdict(rows, current, prebuilt)])
+        _enqueue_verdict(rows)])
 
 
-def _enqueue_verdict(rows, current, prebuilt):
-    """What limits ``enqueue()``, from the parts measured and the statement built once."""
-    same = (f"The same outbox row through one statement built once (values as bind "
-            f"parameters, `queued_at` from the database's clock as now) costs "
-            f"{prebuilt * 1e6:.0f} us per call against `enqueue()`'s {current * 1e6:.0f} "
-            "us in the same transactions, without the profiler (median of 10 batches, "
-            "taking turns)")
-    if prebuilt < 0.8 * current:
-        return ("**What would lift it**: the INSERT is built anew on every call, and "
-                "SQLAlchemy walks the new statement for its cache key; the application's "
-                f"own INSERT is built once and executed with a dict of values.  {same}.")
-    parts = sorted(rows[1:], key=lambda row: -float(row[1]))[:2]
-    return (f"**What limits it**: not building the statement -- {same[0].lower()}{same[1:]}.  "
-            "The largest "
-            f"parts are {parts[0][0]} ({parts[0][1]} us) and {parts[1][0]} ({parts[1][1]} "
-            "us): beyond the application's INSERT, the outbox row returns its id "
-            "(`RETURNING`, with `pg_notify` in it on PostgreSQL), so the driver fetches a "
-            "row and SQLAlchemy builds a result; it finds the Message-ID in the message "
-            "and checks the envelope; and it encodes the recipients as JSON.  On SQLite, "
-            "where an INSERT into a local file costs tens of microseconds, that fixed "
-            "Python work is most of the cost.")
-
-
-def _prebuilt_vs_enqueue(ctx, url, count):
-    """Median seconds per call: ``enqueue()``, and its row through a statement built once."""
-    import time
-
-    import sqlalchemy as sa
-
-    from harness import RECIPIENT, median
-    from pyramid_txmail.compose import wire
-    from pyramid_txmail.queue.sql import enqueue, init_db
-    from pyramid_txmail.queue.sql.schema import db_epoch, outbox
-    from sql_db import SENDER_ADDRESS, message_bytes
-
-    data = message_bytes(ctx)
-    statement = outbox.insert().values(queued_at=db_epoch()).returning(outbox.c.id)
-    if url.startswith("postgresql"):
-        statement = statement.returning(sa.func.pg_notify("txmail_outbox", ""))
-    row = {"state": "queued", "sender": SENDER_ADDRESS, "recipients": [RECIPIENT],
-           "attempts": 0, "meta": None, "message_id": wire.message_id_of(data),
-           "size": len(data), "eightbit": False, "head_8bit": False, "body": data,
-           "chunks": 0}
-    engine = sa.create_engine(url)
-    init_db(engine)
-    per = {"enqueue": [], "prebuilt": []}
-    try:
-        with engine.connect() as connection:
-            for round_ in range(10):
-                for kind in (("enqueue", "prebuilt") if round_ % 2 else
-                             ("prebuilt", "enqueue")):
-                    spent = 0.0
-                    for _ in range(max(1, count // 10)):
-                        with connection.begin():
-                            start = time.perf_counter()
-                            if kind == "enqueue":
-                                enqueue(connection, SENDER_ADDRESS, [RECIPIENT], data)
-                            else:
-                                connection.execute(statement, row).first()
-                            spent += time.perf_counter() - start
-                    per[kind].append(spent / max(1, count // 10))
-    finally:
-        engine.dispose()
-    return median(per["enqueue"]), median(per["prebuilt"])
+def _enqueue_verdict(rows):
+    """What limits ``enqueue()``: its largest measured parts, and what they are for."""
+    parts = sorted(rows, key=lambda row: -float(row[1]))[:2]
+    return (f"**What limits it**: the largest parts are {parts[0][0]} ({parts[0][1]} us) "
+            f"and {parts[1][0]} ({parts[1][1]} us).  Beyond the application's INSERT, the "
+            "outbox row returns its id (`RETURNING`, with `pg_notify` in it on "
+            "PostgreSQL), so the driver fetches a row and SQLAlchemy builds a result; "
+            "enqueue finds the Message-ID in the message, checks the envelope and the "
+            "lines' lengths, and encodes the recipients as JSON.  On SQLite, where an "
+            "INSERT into a local file costs tens of microseconds, that fixed Python work "
+            "is most of the cost.")
 
 
 def _outermost(stats, names, only_from=None):
