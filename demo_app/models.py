@@ -1,14 +1,18 @@
-"""The demo's database: one table of users, on SQLite, joined to the request's transaction.
+"""The demo's database: a table of users and the mail outbox, joined to the request's transaction.
 
 The set-up is the standard Pyramid cookiecutter one: a session factory built
 once from the ``sqlalchemy.*`` settings, and ``request.dbsession`` -- a
-session registered with zope.sqlalchemy on ``request.tm`` -- so the database
-and pyramid_txmail's spool commit or abort together in one transaction.
+session registered with zope.sqlalchemy on ``request.tm``.  The mail queue is
+pyramid_txmail's SQL outbox in the same database (``mail.queue_url``): the
+welcome mail's row is written through ``request.dbsession``, so a user and
+their mail commit or abort together, in one database transaction.  SQLite by
+default; ``python -m demo_app.run --db postgresql+psycopg://...`` runs both on
+PostgreSQL.
 
-``email`` is UNIQUE (case-insensitively, by SQLite's NOCASE collation): a
-second sign-up with the same address fails with an ``IntegrityError`` when
-the session is flushed, which is what the demo uses to show that a failed
-request sends no mail.
+``email`` is UNIQUE case-insensitively (a unique index on ``lower(email)``;
+SQLite's NOCASE column too): a second sign-up with the same address fails with
+an ``IntegrityError`` when the session is flushed, which is what the demo uses
+to show that a failed request sends no mail.
 """
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ import os
 
 import zope.sqlalchemy
 from pyramid.exceptions import ConfigurationError
-from sqlalchemy import String, engine_from_config
+from sqlalchemy import Index, String, engine_from_config, func
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.schema import CreateIndex, CreateTable
+
+from pyramid_txmail.queue.sql import metadata as outbox_metadata
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +47,12 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
-    email: Mapped[str] = mapped_column(String(320, collation="NOCASE"), unique=True)
+    email: Mapped[str] = mapped_column(
+        String(320).with_variant(String(320, collation="NOCASE"), "sqlite"), unique=True)
     welcome_message_id: Mapped[str] = mapped_column(String(250), default="")
     created: Mapped[datetime.datetime] = mapped_column(default=_utcnow)
+
+    __table_args__ = (Index("uq_users_email_lower", func.lower(email), unique=True),)
 
 
 def get_engine(settings, prefix="sqlalchemy."):
@@ -63,10 +72,13 @@ def get_engine(settings, prefix="sqlalchemy."):
 
 
 def create_tables(engine):
-    """Create what is missing, with ``IF NOT EXISTS``: the web app and each
-    ``txmail-qp`` pass load the app, and may start at the same moment."""
+    """Create what is missing -- the users table and the mail outbox's tables -- with
+    ``IF NOT EXISTS``: the web app and each ``txmail-qp`` pass load the app, and may
+    start at the same moment.  (An app with Alembic would migrate instead; one without
+    runs ``txmail-queue INI init-db`` for the outbox.)"""
+    tables = Base.metadata.sorted_tables + outbox_metadata.sorted_tables
     with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
+        for table in tables:
             connection.execute(CreateTable(table, if_not_exists=True))
             for index in table.indexes:
                 connection.execute(CreateIndex(index, if_not_exists=True))

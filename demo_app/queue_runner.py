@@ -1,6 +1,7 @@
-"""Keep the demo's spool drained: ``txmail-qp INI --daemon`` as a child process.
+"""Keep the demo's queue drained: ``txmail-qp INI --daemon`` as a child process.
 
-The daemon delivers new mail as it arrives (inotify) and stops cleanly on
+The daemon delivers new mail as it arrives (the SQL outbox: LISTEN/NOTIFY on
+PostgreSQL, polling on SQLite; a spool: inotify) and stops cleanly on
 SIGTERM, finishing the message in flight.  :mod:`demo_app.run` uses
 ``start()``, ``stop()``, ``describe()`` and ``problem()``.
 """

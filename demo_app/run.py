@@ -17,10 +17,12 @@ Without ``--check`` it keeps everything running until Ctrl-C (or SIGTERM),
 which stops all of them and exits 0; with ``--check`` it exits 0 as soon as
 the mail arrived (1 if it did not).
 
-``--http-port``, ``--smtp-port`` and ``--var`` override the INI file: the
-demo then writes a copy of it with those values into a temporary directory
+``--http-port``, ``--smtp-port``, ``--var`` and ``--db`` override the INI file:
+the demo then writes a copy of it with those values into a temporary directory
 and gives that copy to ``pserve`` and ``txmail-qp`` alike, so all three parts
-agree on the ports and directories.
+agree on the ports, directories and database.  ``--db URL`` puts the app's
+tables and the mail outbox (``sqlalchemy.url`` and ``mail.queue_url``) in the
+database at URL, e.g. PostgreSQL: ``--db postgresql+psycopg://user@host/demo``.
 """
 from __future__ import annotations
 
@@ -72,8 +74,8 @@ def say(text):
 
 # -- configuration ---------------------------------------------------------
 
-def write_overridden_ini(ini, directory, http_port=None, smtp_port=None, var=None):
-    """Copy ``ini`` into ``directory`` with ports and directories replaced.
+def write_overridden_ini(ini, directory, http_port=None, smtp_port=None, var=None, db=None):
+    """Copy ``ini`` into ``directory`` with ports, directories and database replaced.
 
     ``%(here)s`` is resolved against the original file's directory so the
     copy means the same as the original apart from the overrides.
@@ -93,10 +95,15 @@ def write_overridden_ini(ini, directory, http_port=None, smtp_port=None, var=Non
         parser.set("app:main", "mail.port", str(smtp_port))
     if var is not None:
         var = os.path.abspath(var)
-        parser.set("app:main", "mail.queue_path", os.path.join(var, "spool"))
+        if parser.has_option("app:main", "mail.queue_path"):
+            parser.set("app:main", "mail.queue_path", os.path.join(var, "spool"))
         parser.set("app:main", "demo.inbox_path", os.path.join(var, "inbox"))
-        parser.set("app:main", "sqlalchemy.url",
-                   "sqlite:///" + os.path.join(var, "demo.sqlite"))
+        if db is None:
+            db = "sqlite:///" + os.path.join(var, "demo.sqlite")
+    if db is not None:  # the app's tables and the mail outbox: one database
+        parser.set("app:main", "sqlalchemy.url", db)
+        if not parser.has_option("app:main", "mail.queue_path"):
+            parser.set("app:main", "mail.queue_url", db)
     if http_port is not None:
         host = server_address(dict(parser.items("server:main", raw=True)))[0]
         for key in ("host", "port", "listen"):
@@ -121,15 +128,21 @@ def server_address(server_settings):
 def read_config(ini):
     loader = plaster.get_loader(ini, protocols=["wsgi"])
     app = loader.get_settings("app:main")
-    missing = [k for k in ("mail.queue_path", "mail.port", "demo.inbox_path", "sqlalchemy.url")
+    missing = [k for k in ("mail.port", "demo.inbox_path", "sqlalchemy.url")
                if not app.get(k)]
+    if not (app.get("mail.queue_url") or app.get("mail.queue_path")):
+        missing.append("mail.queue_url (or mail.queue_path)")
     if missing:
         raise DemoError(f"{ini}: [app:main] needs {', '.join(missing)}")
     http_host, http_port = server_address(loader.get_settings("server:main"))
+    if app.get("mail.queue_url"):
+        queue = "the SQL outbox in " + _tidy_sqlite_url(app["mail.queue_url"])
+    else:
+        queue = "spool " + os.path.normpath(app["mail.queue_path"])
     return {
         "smtp_host": app.get("mail.host") or "127.0.0.1",
         "smtp_port": int(app["mail.port"]),
-        "spool": os.path.normpath(app["mail.queue_path"]),
+        "queue": queue,
         "inbox": os.path.normpath(app["demo.inbox_path"]),
         "database": _tidy_sqlite_url(app["sqlalchemy.url"]),
         "http_host": http_host,
@@ -138,11 +151,17 @@ def read_config(ini):
 
 
 def _tidy_sqlite_url(url):
-    """``sqlite:////x/demo_app/../var/db`` -> ``sqlite:////x/var/db``, for the message only."""
+    """``sqlite:////x/demo_app/../var/db`` -> ``sqlite:////x/var/db``, for the message only;
+    another database's URL with its password hidden."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and len(url) > len(prefix):
         return prefix + os.path.normpath(url[len(prefix):])
-    return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a bad URL: the app reports it when it starts
+        return "(a database URL that does not parse)"
 
 
 def check_port_free(host, port, what, flag):
@@ -256,8 +275,11 @@ def parse_args(argv):
                         help="port for the development SMTP server (default: mail.port "
                              "from the INI file, 8025)")
     parser.add_argument("--var", metavar="DIR",
-                        help="directory for the spool and the inbox (default: from the INI "
-                             "file, var/demo)")
+                        help="directory for the SQLite database (the app's and the mail "
+                             "outbox's) and the inbox (default: from the INI file, var/demo)")
+    parser.add_argument("--db", metavar="URL",
+                        help="the app's tables and the mail outbox in this database instead, "
+                             "e.g. postgresql+psycopg://user@localhost/demo")
     parser.add_argument("--check", action="store_true",
                         help="exit 0 once the sample mail arrived, 1 if it did not")
     parser.add_argument("--timeout", type=float, default=30.0,
@@ -276,9 +298,10 @@ def run(args):
     tmpdir = None
     smtp = web = queue = None
     try:
-        if args.http_port is not None or args.smtp_port is not None or args.var is not None:
+        if any(v is not None for v in (args.http_port, args.smtp_port, args.var, args.db)):
             tmpdir = tempfile.mkdtemp(prefix="txmail-demo-")
-            ini = write_overridden_ini(ini, tmpdir, args.http_port, args.smtp_port, args.var)
+            ini = write_overridden_ini(ini, tmpdir, args.http_port, args.smtp_port, args.var,
+                                       args.db)
         config = read_config(ini)
         if config["smtp_port"] == config["http_port"]:
             raise DemoError(f"the web app and the SMTP server cannot share port "
@@ -299,11 +322,11 @@ def run(args):
         say(f"demo: database {config['database']}")
         base = f"http://{config['http_host']}:{config['http_port']}/"
         wait_for_web(base, web, timeout=30)
-        try:  # after the app is up: the app creates the spool, txmail-qp never does
+        try:  # after the app is up: the app creates the queue, txmail-qp never does
             queue = start_queue_processor(qp, ini, env)
         except QueueRunnerError as exc:
             raise DemoError(str(exc)) from None
-        say(f"demo: queue processor: {queue.describe()} (spool {config['spool']})")
+        say(f"demo: queue processor: {queue.describe()} ({config['queue']})")
         say("")
         say(f"Form: {base}   Inbox: {base}inbox   Mail preview: {base}_mail/")
         say("")

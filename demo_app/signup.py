@@ -2,13 +2,15 @@
 
 The order in :func:`signup_view` is the point of the demo:
 
-1. ``request.mailer.send(welcome)`` -- the mail is held by the transaction,
+1. ``request.mailer.send(welcome)`` -- the mail's row is INSERTed now, in the
+   request's database transaction (nothing is committed yet),
 2. add the user to ``request.dbsession`` (nothing is written yet),
 3. ``request.dbsession.flush()`` -- the INSERT runs now; a duplicate address
    raises ``IntegrityError`` here, *after* the mail was handed over.
 
-On success pyramid_tm commits the database and pyramid_txmail's spool in one
-transaction.  On a duplicate the view dooms the transaction
+``send`` writes the mail's row into the SQL outbox in the same database, through
+``request.dbsession``: on success pyramid_tm commits the user and the mail in one
+database transaction.  On a duplicate the view dooms the transaction
 (``request.tm.doom()``): pyramid_tm aborts it instead of committing, so the
 half-done INSERT is rolled back and the welcome mail is dropped -- the
 "already registered" page is rendered, nothing is sent.

@@ -28,6 +28,7 @@ from .mailer.mailer_compat import (mailer_factory_from_settings, register_mailer
                                    warn_implied_queue)
 from .queue.maildir.spool import SpoolError  # noqa: F401 (public here)
 from .settings import MailSettings, parse_settings, settings_prefix
+from .mailer.sqloutbox import NoSession, QueueSessionError, SessionNotJoined
 
 __all__ = [
     "Delivery", "Mailer", "NoTransaction", "TransactionEnded", "NoQueue", "DeliveryFailed",
@@ -36,12 +37,17 @@ __all__ = [
     "IMailQueued", "IMailSent", "IMailDeferred", "IMailFailed", "IMailDelivery",
     "MessageError", "NoRecipients", "NoSender", "InvalidAddress", "HeaderInjection",
     "Mail", "render_mail", "mailer_factory_from_settings",
+    "QueueSessionError", "NoSession", "SessionNotJoined",
 ]
 
 
-def get_mailer(registry, transaction_manager=None):
+def get_mailer(registry, transaction_manager=None, *, session=None):
     """The mailer for scripts and workers, bound to ``transaction_manager``
     (default: the thread-local ``transaction.manager``).
+
+    With the SQL outbox (``mail.queue_url``), ``session`` is the SQLAlchemy
+    session, joined to ``transaction_manager`` by zope.sqlalchemy, that each
+    send writes its row through (in a request, ``mail.queue_session`` finds it).
 
     Given a request instead of a registry (pyramid_mailer's
     ``get_mailer(request)``), it returns ``request.mailer`` -- or, as
@@ -54,7 +60,7 @@ def get_mailer(registry, transaction_manager=None):
     if delivery is None:
         raise ConfigurationError("pyramid_txmail is not configured in this registry: "
                                  "call config.include('pyramid_txmail')")
-    return delivery.bind(transaction_manager)
+    return delivery.bind(transaction_manager, session=session)
 
 
 def _mailer_for_request(request):

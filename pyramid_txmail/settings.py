@@ -290,6 +290,20 @@ def _callable(value):
     return found
 
 
+def _session_finder(value):
+    """``mail.queue_session``: a request attribute name (``dbsession``) or a dotted
+    name of ``function(request) -> session`` (``pkg.module:function``), imported now."""
+    if callable(value):
+        return value
+    text = _str(value)
+    if text is None:
+        raise ValueError("expected a request attribute such as dbsession, or a dotted name "
+                         "pkg.module:function")
+    if text.isidentifier():
+        return text
+    return _callable(text)
+
+
 def _template(value):
     """An argument list (split like a shell would, never run by one); see
     :func:`pyramid_txmail.relay.sendmail.check_template` for what is accepted."""
@@ -385,10 +399,12 @@ SETTINGS = (
     Setting("connection_max_messages", lambda v: _int(v, 1, 10 ** 9), 1000,
             "Messages sent over one SMTP connection before it is closed and reopened."),
     Setting("fallback_hosts", _hosts, None,
-            "Relays tried in order when mail.host is unreachable (host or host:port, "
+            "Relays tried in order when mail.host is unreachable, and for the "
+            "recipients of a message a relay answered 4xx (host or host:port, "
             "comma-separated; the port defaults to mail.port)."),
     Setting("host_rest", parse_duration, 300.0,
-            "A relay that keeps failing to connect is not tried again for this long."),
+            "A relay that keeps failing to set up a session is not tried again for this "
+            "long (one answering 4xx to a message is not rested)."),
     Setting("rate_limit", _rate, None,
             "Most messages per second txmail-qp sends, across all workers (unset or 0: no "
             "limit)."),
@@ -426,6 +442,11 @@ SETTINGS = (
     Setting("preview_dirs", _paths, (),
             "Extra directories of .eml files the preview page lists (whitespace-separated)."),
     Setting("preview_prefix", _url_prefix, "/_mail", "URL path of the preview page."),
+    # The SQL outbox, in the mailer (pyramid_txmail.mailer.sqloutbox).
+    Setting("queue_session", _session_finder, "dbsession",
+            "With the SQL outbox (mail.queue_url): the application's SQLAlchemy session a "
+            "send writes its row through -- a request attribute (request.dbsession) or a "
+            "dotted name pkg.module:function called with the request."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -475,6 +496,7 @@ class MailSettings:
     preview_allow: bool = False
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
+    queue_session: object = "dbsession"
     dkim_private_key: str | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
@@ -561,16 +583,20 @@ def parse_settings(settings, prefix=None, warn=True):
               "(ssl is implicit TLS, tls is STARTTLS); choose one")
     if "port" not in values:
         values["port"] = 465 if values.get("ssl") else 25
+    # A queue is the SQL outbox (queue_url) or else the spool (queue_path); direct
+    # delivery's fallback runs after the commit, outside the app's session: the spool only.
+    has_queue = values.get("queue_path") or values.get("queue_url")
     if "delivery" not in values:
-        values["delivery"] = "queue" if values.get("queue_path") else "direct"
+        values["delivery"] = "queue" if has_queue else "direct"
     if "direct_fallback" not in values:
         values["direct_fallback"] = "queue" if values.get("queue_path") else "none"
-    needs_queue = values["delivery"] == "queue" or values.get("direct_fallback") == "queue"
-    if needs_queue and not values.get("queue_path"):
-        which = (prefix + "delivery = queue" if values["delivery"] == "queue"
-                 else prefix + "direct_fallback = queue")
-        raise ConfigurationError(f"{prefix}queue_path: required with {which}; "
-                                 "set it to a directory for the mail spool")
+    if values["delivery"] == "queue" and not has_queue:
+        raise ConfigurationError(f"{prefix}queue_path: required with {prefix}delivery = "
+                                 "queue; set it to a directory for the mail spool (or "
+                                 f"{prefix}queue_url to a database for the SQL outbox)")
+    if values.get("direct_fallback") == "queue" and not values.get("queue_path"):
+        raise ConfigurationError(f"{prefix}queue_path: required with {prefix}direct_fallback "
+                                 "= queue; set it to a directory for the mail spool")
     if values["delivery"] == "sendmail":
         from .relay.sendmail import check_app
 

@@ -1,13 +1,14 @@
-"""The demo application with its real SQLite database and spool (WebTest), and
-``python -m demo_app.run --check`` end to end.
+"""The demo application with its real SQLite database and SQL outbox (WebTest), and
+``python -m demo_app.run --check`` end to end, on SQLite and on a private PostgreSQL.
 
 A committed sign-up stores one user and queues one welcome mail (text + HTML +
-inline logo); a duplicate sign-up fails at the flush after ``send`` and leaves
-neither a row nor a mail behind.
+inline logo) as a row of the outbox in the same database; a duplicate sign-up
+fails at the flush after ``send`` and leaves neither a row nor a mail behind.
 """
 from __future__ import annotations
 
 import email.policy
+import json
 import os
 import re
 import smtplib
@@ -32,11 +33,16 @@ QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 parser = BytesParser(policy=email.policy.default)
 
 
-def spool_files(spool, state):
-    directory = spool / state
-    if not directory.exists():
+def outbox_rows(database, state="queued"):
+    """``(sender, recipients, message bytes)`` of the outbox rows in ``state``, oldest first
+    (the demo's messages fit in the row: no chunks)."""
+    if not os.path.exists(database):
         return []
-    return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    with sqlite3.connect(database) as db:
+        found = db.execute("SELECT sender, recipients, body, chunks FROM txmail_outbox "
+                           "WHERE state = ? ORDER BY id", (state,)).fetchall()
+    assert all(chunks == 0 for *_, chunks in found)
+    return [(sender, json.loads(recipients), body) for sender, recipients, body, _ in found]
 
 
 def users(database):
@@ -47,14 +53,13 @@ def users(database):
 
 @pytest.fixture
 def dirs(tmp_path):
-    return {"spool": tmp_path / "spool", "inbox": tmp_path / "inbox",
-            "database": tmp_path / "db" / "demo.sqlite"}
+    return {"inbox": tmp_path / "inbox", "database": tmp_path / "db" / "demo.sqlite"}
 
 
 def demo_settings(dirs, smtp_port=1):
     return {
         "sqlalchemy.url": f"sqlite:///{dirs['database']}",
-        "mail.queue_path": str(dirs["spool"]),
+        "mail.queue_url": f"sqlite:///{dirs['database']}",
         "mail.host": "127.0.0.1",
         "mail.port": str(smtp_port),
         "mail.default_sender": "Demo <demo@example.com>",
@@ -74,12 +79,10 @@ def sign_up(app, name, addr, **kwargs):
     return form.submit(**kwargs)
 
 
-def queued_message(path):
-    """The stored message without the spool's X-Actually-* envelope lines."""
-    msg = parser.parsebytes(path.read_bytes())
-    envelope = (msg["X-Actually-From"], msg["X-Actually-To"])
-    del msg["X-Actually-From"], msg["X-Actually-To"]
-    return envelope, msg
+def queued_message(row):
+    """``((envelope sender, recipients), parsed message)`` of an outbox row."""
+    sender, recipients, data = row
+    return (sender, ", ".join(recipients)), parser.parsebytes(data)
 
 
 def test_form_page(app, dirs):
@@ -99,8 +102,8 @@ def test_signup_commits_the_user_and_queues_one_welcome_mail(app, dirs):
     assert thanks.html.find(id="message-id").text == message_id
 
     assert users(dirs["database"]) == [("Ada Lovelace", "ada@example.org", message_id)]
-    queued = spool_files(dirs["spool"], "new")
-    assert len(queued) == 1 and spool_files(dirs["spool"], "tmp") == []
+    queued = outbox_rows(dirs["database"])
+    assert len(queued) == 1
     (env_from, env_to), msg = queued_message(queued[0])
     assert (env_from, env_to) == ("demo@example.com", "ada@example.org")
     assert msg["Message-ID"] == message_id
@@ -131,7 +134,7 @@ def test_signup_commits_the_user_and_queues_one_welcome_mail(app, dirs):
 
 def test_duplicate_signup_aborts_and_queues_nothing(app, dirs):
     sign_up(app, "Ada", "ada@example.org", status=303)
-    first = spool_files(dirs["spool"], "new")
+    first = outbox_rows(dirs["database"])
     assert len(first) == 1
 
     # Same address in other case: the UNIQUE (NOCASE) column refuses it at the flush,
@@ -139,15 +142,14 @@ def test_duplicate_signup_aborts_and_queues_nothing(app, dirs):
     page = sign_up(app, "Ada again", "ADA@example.org", status=409)
     assert "Already registered" in page.html.title.text
     assert "no mail was sent" in page.text
-    assert spool_files(dirs["spool"], "new") == first
-    assert spool_files(dirs["spool"], "tmp") == []
+    assert outbox_rows(dirs["database"]) == first  # no row for the refused sign-up
     assert users(dirs["database"])[0][:2] == ("Ada", "ada@example.org")
     assert len(users(dirs["database"])) == 1
 
     # The aborted request left nothing behind: the next sign-up commits normally.
     sign_up(app, "Bob", "bob@example.org", status=303)
     assert [u[1] for u in users(dirs["database"])] == ["ada@example.org", "bob@example.org"]
-    assert len(spool_files(dirs["spool"], "new")) == 2
+    assert len(outbox_rows(dirs["database"])) == 2
     assert "2 people have signed up" in app.get("/").text
 
 
@@ -161,7 +163,7 @@ def test_invalid_input_shows_the_form_again_and_queues_nothing(app, dirs, name, 
     errors = page.html.find(id="errors")
     assert errors.find("li", attrs={"data-field": field}) is not None
     assert page.forms["signup"]["email"].value == addr  # kept for correcting
-    assert spool_files(dirs["spool"], "new") == []
+    assert outbox_rows(dirs["database"]) == []
     assert users(dirs["database"]) == []
 
 
@@ -171,7 +173,7 @@ def test_names_are_escaped_in_pages_and_html_mail_but_not_in_text(app, dirs):
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text
 
     sign_up(app, name, "ada@example.org", status=303)
-    _, msg = queued_message(spool_files(dirs["spool"], "new")[0])
+    _, msg = queued_message(outbox_rows(dirs["database"])[0])
     text_part, related = msg.get_payload()
     assert f"Hello {name}," in text_part.get_content()
     html_text = related.get_payload()[0].get_content()
@@ -213,7 +215,7 @@ def test_delivered_welcome_mail_shows_its_html_and_inline_logo(app, dirs, tmp_pa
     port = free_port()
     ini = tmp_path / "qp.ini"
     ini.write_text(f"[app:main]\nuse = egg:pyramid_txmail\n"
-                   f"mail.queue_path = {dirs['spool']}\nmail.host = 127.0.0.1\n"
+                   f"mail.queue_url = sqlite:///{dirs['database']}\nmail.host = 127.0.0.1\n"
                    f"mail.port = {port}\n")
     with DevSMTPServer(dirs["inbox"], port=port):
         result = subprocess.run([QP, str(ini), "--no-app"], capture_output=True, text=True,
@@ -241,17 +243,19 @@ def test_delivered_welcome_mail_shows_its_html_and_inline_logo(app, dirs, tmp_pa
     app.get(f"/inbox/{name}/cid/nothing@here", status=404)
 
 
-def test_run_check_end_to_end(tmp_path):
-    var = tmp_path / "var"
+def run_check(var, *extra):
+    """``python -m demo_app.run --check`` on free ports: its stdout and the delivered mail's
+    address, after checking that the mail went through the queue and arrived once."""
     command = [sys.executable, "-m", "demo_app.run", "--check",
                "--http-port", str(free_port()), "--smtp-port", str(free_port()),
-               "--var", str(var), "--timeout", "30"]
+               "--var", str(var), "--timeout", "30", *extra]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                             timeout=90, stdin=subprocess.DEVNULL)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Traceback" not in output
-    started = re.search(r"demo: queue processor: (.*) \(spool ", result.stdout).group(1)
+    started = re.search(r"demo: queue processor: (.*) \(the SQL outbox in ",
+                        result.stdout).group(1)
     assert started.endswith(" --daemon"), started
     assert re.search(r"Form: http://127\.0\.0\.1:\d+/ +Inbox: http://127\.0\.0\.1:\d+/inbox",
                      result.stdout)
@@ -263,8 +267,33 @@ def test_run_check_end_to_end(tmp_path):
     msg = parser.parsebytes(received[0].read_bytes())
     assert msg["X-Envelope-To"] == arrived.group(1)
     assert msg.get_body(preferencelist=("html",)) is not None
-    assert [u[1] for u in users(var / "demo.sqlite")] == [arrived.group(1)]
-    assert spool_files(var / "spool", "new") == []
+    return result.stdout, arrived.group(1)
+
+
+def test_run_check_end_to_end(tmp_path):
+    var = tmp_path / "var"
+    _, address = run_check(var)
+    assert [u[1] for u in users(var / "demo.sqlite")] == [address]
+    # The welcome mail went through the outbox in the same SQLite file, and was delivered.
+    assert outbox_rows(var / "demo.sqlite") == []
+    assert [r[1] for r in outbox_rows(var / "demo.sqlite", "delivered")] == [[address]]
+
+
+def test_run_check_on_postgresql_is_one_option(tmp_path, pg_url):
+    """The one line of development.ini: ``--db URL`` puts the users and the outbox on
+    PostgreSQL (the daemon wakes on LISTEN/NOTIFY there)."""
+    import sqlalchemy as sa
+
+    stdout, address = run_check(tmp_path / "var", "--db", pg_url)
+    assert f"the SQL outbox in {pg_url}" in stdout
+    assert not (tmp_path / "var" / "demo.sqlite").exists()
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as connection:
+        emails = connection.execute(sa.text("SELECT email FROM users")).scalars().all()
+        states = connection.execute(sa.text("SELECT state, recipients FROM txmail_outbox")).all()
+    engine.dispose()
+    assert emails == [address]
+    assert [(state, list(r)) for state, r in states] == [("delivered", [address])]
 
 
 def port_is_free(port):

@@ -425,7 +425,8 @@ def test_the_demo_app_previews_its_inbox(tmp_path):
     inbox = tmp_path / "inbox"
     write_eml(inbox, "20261125T080000.000001Z-1-0.eml", rich_message(subject="In the inbox"))
     settings = {**settings, "sqlalchemy.url": f"sqlite:///{tmp_path / 'demo.sqlite'}",
-                "mail.queue_path": str(tmp_path / "spool"), "demo.inbox_path": str(inbox)}
+                "mail.queue_url": f"sqlite:///{tmp_path / 'demo.sqlite'}",
+                "demo.inbox_path": str(inbox)}
     app = webtest.TestApp(demo_app.main({}, **settings))
     page = app.get(message_url(app, "In the inbox"))
     assert str(inbox) in page.text and "this is the text part" in page.text

@@ -30,6 +30,7 @@ from .sendlog import record_send
 from ..relay.sendmail import SendmailTransport
 from ..settings import DEV_DELIVERY_MODES, MailSettings
 from ..queue.maildir.spool import Spool, SpoolError
+from .sqloutbox import SqlOutbox
 
 log = get_logger("pyramid_txmail")
 
@@ -185,8 +186,9 @@ class Delivery:
     def send(self, fromaddr, toaddrs, message):
         return Mailer(self, self.transaction_manager).send(fromaddr, toaddrs, message)
 
-    def bind(self, transaction_manager=None, request=None):
-        return Mailer(self, transaction_manager or self.transaction_manager, request)
+    def bind(self, transaction_manager=None, request=None, session=None):
+        return Mailer(self, transaction_manager or self.transaction_manager, request,
+                      session=session)
 
 
 class NoQueue(ConfigurationError, RuntimeError):
@@ -215,7 +217,8 @@ class Mailer(PyramidMailerAPI):
     join they raise :class:`NoTransaction`.
     """
 
-    def __init__(self, delivery=None, transaction_manager=None, request=None, **options):
+    def __init__(self, delivery=None, transaction_manager=None, request=None, *,
+                 session=None, **options):
         if not isinstance(delivery, Delivery):
             # pyramid_mailer's Mailer(host=..., port=..., ...): built as
             # Mailer.from_settings builds it (see mailer_compat.keyword_delivery).
@@ -233,6 +236,8 @@ class Mailer(PyramidMailerAPI):
         self.delivery = delivery
         self.transaction_manager = transaction_manager
         self.request = request
+        #: The SQL outbox's session outside a request (see pyramid_txmail.sqloutbox).
+        self.session = session
 
     def send(self, *args):
         if len(args) == 1:
@@ -246,12 +251,14 @@ class Mailer(PyramidMailerAPI):
         return self._add("send", self._prepare(message, fromaddr, toaddrs))
 
     def send_to_queue(self, message):
-        """Queue ``message`` in the spool when the transaction commits (``txmail-qp`` sends it)."""
+        """Queue ``message`` when the transaction commits (``txmail-qp`` sends it): in the
+        spool, or with ``mail.queue_url`` as a row in the same database transaction."""
         if self.delivery.outboxes["queue"] is None:
             raise NoQueue(
-                "send_to_queue() needs a mail spool and mail.queue_path is not set, so "
-                "nothing was queued: set mail.queue_path (txmail-qp delivers the queue), or "
-                f"use send(), which follows mail.delivery = {self.delivery.settings.delivery}")
+                "send_to_queue() needs a queue and neither mail.queue_path nor "
+                "mail.queue_url is set, so nothing was queued: set mail.queue_path (a spool) "
+                "or mail.queue_url (the SQL outbox; txmail-qp delivers either), or use "
+                f"send(), which follows mail.delivery = {self.delivery.settings.delivery}")
         return self._add("queue", self._prepare(message))
 
     def send_sendmail(self, message):
@@ -282,6 +289,9 @@ class Mailer(PyramidMailerAPI):
             raise ConfigurationError(f"this Delivery has no {kind!r} outbox (build it "
                                      "with pyramid_txmail.make_delivery)")
         txn = joinable_transaction(self.transaction_manager, self.request)
+        write_now = getattr(outbox, "write_now", None)
+        if write_now is not None:  # the SQL outbox: the row goes into the app's transaction now
+            write_now(self, txn, prepared)
         manager = self._data_manager(txn, outbox)
         manager.add(prepared)
         # The debug toolbar panel's record of this request's mail (no-op otherwise).
@@ -336,7 +346,8 @@ def default_outboxes(settings, outbox):
     if settings.delivery in DEV_DELIVERY_MODES:
         return {"send": outbox, "queue": getattr(outbox, "queue_outbox", outbox),
                 "sendmail": outbox}
-    return {"send": outbox, "queue": outbox if isinstance(outbox, QueueOutbox) else None,
+    queues = (QueueOutbox, SqlOutbox)
+    return {"send": outbox, "queue": outbox if isinstance(outbox, queues) else None,
             "sendmail": None}
 
 
@@ -358,7 +369,10 @@ def make_outboxes(settings, transport_factory, registry=None):
 
     spool = Spool(settings.queue_path) if settings.queue_path else None
     fallback = spool if settings.direct_fallback == "queue" else None
-    queue = QueueOutbox(spool) if spool is not None else None
+    if getattr(settings, "queue_url", None):  # the queue is a table in the app's database
+        queue = SqlOutbox(settings)
+    else:
+        queue = QueueOutbox(spool) if spool is not None else None
     bound = {"timeout": settings.direct_timeout, "registry": registry}
     sendmail = DirectOutbox(sendmail_factory, fallback, **bound)
     send = {"queue": queue, "sendmail": sendmail}.get(settings.delivery) or \

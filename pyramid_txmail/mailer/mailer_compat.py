@@ -179,7 +179,8 @@ class PyramidMailerAPI:
             delivery.settings = dataclasses.replace(
                 delivery.settings, default_sender=_address(kw["default_sender"]))
         manager = kw.get("transaction_manager") or self.transaction_manager
-        return type(self)(delivery, manager, self.request)
+        return type(self)(delivery, manager, self.request,
+                          session=getattr(self, "session", None))
 
     def _memory(self, what):
         from .devdelivery import MemoryOutbox

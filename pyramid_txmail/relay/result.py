@@ -14,12 +14,18 @@ class RecipientResult:
 
     ``code`` is the SMTP reply code (``None`` when no reply was had, e.g. a
     dropped connection) and ``text`` the server's text or our reason.
+    ``relay`` is the relay (``host:port``) whose answer this is -- with
+    failover per message, recipients of one message may end at different
+    relays -- or ``None`` when no relay was involved (no session could be
+    set up, the sendmail binary, a development delivery).  Pass it (and a
+    subclass's own fields, such as ``SendmailResult.exit_status``) by keyword.
     """
 
     recipient: str
     status: str  # SENT, TEMPORARY or PERMANENT
     code: int | None = None
     text: str = ""
+    relay: str | None = None
 
     def as_dict(self):
         return dataclasses.asdict(self)

@@ -203,7 +203,7 @@ class SendmailTransport:
             if output:
                 text += ": " + output
         result = DeliveryResult(message_id, tuple(
-            SendmailResult(r, status, None, text, exit_status) for r in toaddrs))
+            SendmailResult(r, status, None, text, exit_status=exit_status) for r in toaddrs))
         if result.ok:
             log.debug("sent %s from <%s> to %s via %s", message_id, fromaddr,
                       ", ".join(toaddrs), self.app)

@@ -5,7 +5,16 @@
 on first use and keeps for the next messages: RSET in between, and a
 connection the server dropped while idle is reopened once, before anything
 of the new message was accepted.  After ``max_messages`` messages the
-connection is closed and a new one opened.  When the server offers
+connection is closed and a new one opened.
+
+Failover per message, as Postfix does with several relay hosts: when the
+relay answers 4yz to MAIL FROM, RCPT TO or DATA (or to the final dot), or
+drops the connection before the final dot, the same attempt offers the
+recipients still pending to the next relays of ``mail.fallback_hosts``
+(:meth:`SMTPTransport._fail_over`).  A recipient a relay accepted is never
+offered again, nor is one whose final dot got no reply (it may have
+arrived).  The primary session is kept; the fallbacks' are opened on
+demand and kept for later failovers.  When the server offers
 PIPELINING (RFC 2920), RSET, MAIL, RCPT and DATA go out in one write, so a
 message costs two round trips instead of four or more.  Every recipient
 still gets its own reply code.  Opening the session (TLS, AUTH) is
@@ -30,6 +39,7 @@ it gets nothing, not a plaintext copy.  The message may be ``bytes`` or a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import email.message
 import email.policy
 import email.utils
@@ -41,17 +51,14 @@ from zope.interface import implementer
 from ..util.printable import get_logger
 from ..compose import wire
 from ..interfaces import IMailer
-from .result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
+from .result import SENT, TEMPORARY, DeliveryResult, RecipientResult
 from .smtp_session import (Relays, SessionFailure, SessionOpener, _is_loopback,  # noqa: F401
-                           _text, format_address)
+                           format_address)
+from .smtp_transaction import RelaySession, Stale, angle as _angle  # noqa: F401
 
 __all__ = ["SMTPTransport", "SMTPDeliveryError"]
 
 log = get_logger("pyramid_txmail.smtp")
-
-
-class _Stale(Exception):
-    """A reused connection turned out to be dead before anything was accepted."""
 
 
 class SMTPDeliveryError(Exception):
@@ -65,26 +72,6 @@ class SMTPDeliveryError(Exception):
         failed = [r for r in self.result.results if r.status != SENT]
         return "not accepted by every recipient: " + "; ".join(
             f"{r.recipient}: {r.status} {r.code or '-'} {r.text}" for r in failed)
-
-
-def _reply_status(code):
-    if 200 <= code < 300:
-        return SENT
-    if 500 <= code < 600:
-        return PERMANENT
-    return TEMPORARY
-
-
-def _angle(address):
-    """``<address>``, the address exactly as given.
-
-    Only a ``Name <a@b>`` form (it ends with ``>``, which no address does)
-    goes through smtplib's parse: re-parsing an address could change it
-    (a quoted local part may hold ``<``, ``,``, ``"`` or spaces).
-    """
-    if address.endswith(">"):
-        return smtplib.quoteaddr(address)
-    return f"<{address}>"
 
 
 def _check_args(fromaddr, toaddrs, data):
@@ -145,9 +132,11 @@ class SMTPTransport:
         self.dkim = dkim
         #: How many connections this transport has opened (tests assert reuse).
         self.connections_opened = 0
-        self._smtp = None
-        self._peer = None
-        self._sent_here = 0
+        #: The session with the first relay that took it, kept for the next
+        #: messages; the fallback relays' sessions, opened on demand (per-message
+        #: failover) and kept too.
+        self._primary = None
+        self._fallbacks = {}
         self._lock = threading.RLock()
 
     @classmethod
@@ -172,7 +161,9 @@ class SMTPTransport:
     @property
     def address(self):
         """The relay connected to (or the first one, when not connected)."""
-        return format_address(*(self._peer or (self.host, self.port)))
+        if self._primary is not None:
+            return self._primary.address
+        return format_address(self.host, self.port)
 
     def __repr__(self):
         mode = "ssl" if self.ssl else "starttls" if self.tls else "plain"
@@ -192,20 +183,21 @@ class SMTPTransport:
             message_id = wire.message_id_of(data)
         with self._lock:
             try:
-                results = self._attempt(fromaddr, toaddrs, data)
+                results = self._attempt(fromaddr, toaddrs, data, message_id)
             except SessionFailure as failure:
                 if failure.drop:
                     self._drop()
                 results = [RecipientResult(r, failure.status, failure.code, failure.text)
                            for r in toaddrs]
         result = DeliveryResult(message_id, tuple(results))
+        via = ", ".join(dict.fromkeys(r.relay for r in results if r.relay)) or self.address
         if result.ok:
             # DEBUG: the caller (processor, direct delivery) logs the INFO line
             log.debug("sent %s from <%s> to %s via %s", message_id, fromaddr,
-                      ", ".join(toaddrs), self.address)
+                      ", ".join(toaddrs), via)
         else:
             log.warning("%s from <%s> not accepted by every recipient via %s: %s",
-                        message_id, fromaddr, self.address, result.summary())
+                        message_id, fromaddr, via, result.summary())
         return result
 
     def send(self, fromaddr, toaddrs, message):
@@ -221,16 +213,13 @@ class SMTPTransport:
         return _deliver_or_raise(self, fromaddr, toaddrs, message, message_id)
 
     def close(self):
-        """QUIT and close the connection, if one is open."""
+        """QUIT and close the connections (primary and fallbacks) still open."""
         with self._lock:
-            smtp, self._smtp = self._smtp, None
-            if smtp is not None:
-                try:
-                    smtp.quit()
-                except OSError:
-                    pass
-                finally:
-                    smtp.close()
+            sessions = [self._primary, *self._fallbacks.values()]
+            self._primary, self._fallbacks = None, {}
+            for session in sessions:
+                if session is not None:
+                    session.close()
 
     def __enter__(self):
         return self
@@ -238,265 +227,150 @@ class SMTPTransport:
     def __exit__(self, *exc_info):
         self.close()
 
-    # -- the session ------------------------------------------------------------
+    # -- the sessions ----------------------------------------------------------
+
+    @property
+    def _smtp(self):
+        """The primary session's ``smtplib.SMTP`` (``None`` when not connected)."""
+        return self._primary.smtp if self._primary is not None else None
 
     def _drop(self):
-        smtp, self._smtp = self._smtp, None
-        if smtp is not None:
-            smtp.close()
+        if self._primary is not None:
+            self._primary.drop()
+
+    def _connect(self, host):
+        """A new :class:`RelaySession` with ``host``, or :class:`SessionFailure`.
+
+        Only here is a relay's health judged: a relay that cannot set up a
+        session counts towards its rest; one that refuses a message (4yz to
+        MAIL, RCPT or DATA) works, and is not rested for it.
+        """
+        try:
+            smtp = self.opener.open(*host)
+        except SessionFailure as failure:
+            self.connections_opened += failure.connected
+            self.relays.failed(host)
+            raise
+        self.connections_opened += 1
+        self.relays.succeeded(host)
+        return RelaySession(smtp, host, self)
 
     def _open(self):
-        """A new session with the first relay that takes it."""
+        """A new primary session with the first relay that takes it."""
         failures = []
         for host in self.relays.candidates():
+            spare = self._fallbacks.pop(host, None)
+            if spare is not None and spare.alive:  # already open for failover: take it
+                self._primary = spare
+                return spare
             try:
-                smtp = self.opener.open(*host)
+                session = self._connect(host)
             except SessionFailure as failure:
-                self.connections_opened += failure.connected
-                self.relays.failed(host)
                 failures.append(failure)
                 continue
-            self.connections_opened += 1
-            self.relays.succeeded(host)
             if failures:
-                log.warning("relay %s used instead: %s", format_address(*host),
+                log.warning("relay %s used instead: %s", session.address,
                             "; ".join(f.text for f in failures))
-            self._smtp, self._peer, self._sent_here = smtp, host, 0
-            return smtp
+            self._primary = session
+            return session
         if len(failures) == 1:
             raise failures[0]
         raise SessionFailure("no relay took the session: " + "; ".join(f.text for f in failures),
                              failures[-1].code)
 
+    def _fallback(self, host, fresh=False):
+        """The session with fallback ``host``: the one kept from an earlier
+        failover (unless ``fresh``), or a new one, kept for the next."""
+        session = self._fallbacks.get(host)
+        if fresh or session is None or not session.alive:
+            if session is not None:
+                session.drop()
+            session = self._fallbacks[host] = self._connect(host)
+        return session
+
+    def _relays_after(self, host):
+        """The relays to fail over to from ``host``: those after it in
+        ``mail.host`` + ``mail.fallback_hosts`` order, resting ones left out
+        (unless every relay is resting)."""
+        order = list(self.relays.hosts)
+        if host not in order:
+            return []
+        after = order.index(host)
+        return [h for h in self.relays.candidates() if order.index(h) > after]
+
     # -- one message ---------------------------------------------------------------
 
-    def _attempt(self, fromaddr, toaddrs, data):
-        reused = self._smtp is not None
-        smtp = self._smtp or self._open()
-        try:
-            results = self._transaction(smtp, reused, fromaddr, toaddrs, data)
-        except _Stale as stale:
-            log.info("connection to %s is gone (%s); reconnecting", self.address, stale)
-            self._drop()
-            results = self._transaction(self._open(), False, fromaddr, toaddrs, data)
-        if self._smtp is not None:
-            self._sent_here += 1
-            if self.max_messages and self._sent_here >= self.max_messages:
-                log.debug("%d messages sent over the connection to %s; closing it",
-                          self._sent_here, self.address)
-                self.close()
+    def _attempt(self, fromaddr, toaddrs, data, message_id):
+        primary = self._primary if self._primary is not None and self._primary.alive \
+            else self._open()
+        session, results, in_doubt = self._send(primary, self._open, fromaddr, toaddrs, data)
+        pending = [i for i, r in enumerate(results)
+                   if r.status == TEMPORARY and i not in in_doubt]
+        if pending:
+            self._fail_over(session, fromaddr, toaddrs, data, message_id, results, pending)
         return results
 
-    def _payload(self, smtp, fromaddr, toaddrs, data):
-        """``(chunks, MAIL FROM options)`` for this server, or SessionFailure."""
-        addr = self.address
-        eightbit = smtp.has_extn("8bitmime")
-        if isinstance(data, wire.Stream) and data.eightbit and not eightbit:
-            data = b"".join(data)  # a 7-bit server: re-encoded below, in memory
-        if isinstance(data, wire.Stream):
-            chunks, head, size, has_8bit = data, data, data.size, data.eightbit
-        else:
+    def _send(self, session, reopen, fromaddr, toaddrs, data):
+        """``(session, results, in_doubt)`` of one transaction over ``session``.
+
+        A reused session found dead before anything of the message was
+        accepted is replaced by ``reopen()``; that may be another kept
+        session, found dead too, so this repeats (each dead one is dropped,
+        and a new connection is never stale).
+        """
+        while True:
             try:
-                payload = wire.to_wire(data, eightbit=eightbit)
-            except Exception as exc:  # a message the email package cannot re-encode
-                log.exception("cannot encode the message for %s", addr)
-                raise SessionFailure(f"the message cannot be encoded for SMTP: {exc!r}",
-                                     status=PERMANENT, drop=False) from None
-            chunks, head, size, has_8bit = (payload,), payload, len(payload), \
-                wire.has_8bit(payload)
-        if self.dkim is not None:  # over exactly these bytes, after any re-encoding
-            chunks, size = self._signed(chunks, size)
-        options = []
-        if wire.needs_smtputf8(fromaddr, toaddrs, head):
-            if not smtp.has_extn("smtputf8"):
-                raise SessionFailure(
-                    "SMTPUTF8 needed (non-ASCII address or header) but not offered by "
-                    f"{addr}", status=PERMANENT, drop=False)
-            options.append("SMTPUTF8")
-        if eightbit and has_8bit:
-            options.append("BODY=8BITMIME")
-        if smtp.has_extn("size") and size is not None:
-            options.append(f"SIZE={size}")
-        return chunks, options
+                results, in_doubt = session.transaction(fromaddr, toaddrs, data)
+                break
+            except Stale as stale:
+                log.info("connection to %s is gone (%s); reconnecting", session.address,
+                         stale)
+                session.drop()
+                session = reopen()
+        if self.max_messages and session.alive and session.sent >= self.max_messages:
+            log.debug("%d messages sent over the connection to %s; closing it",
+                      session.sent, session.address)
+            session.close()
+        return session, results, in_doubt
 
-    def _signed(self, chunks, size):
-        from .dkim import DKIMSigningError, sign_chunks
+    def _fail_over(self, session, fromaddr, toaddrs, data, message_id, results, pending):
+        """Offer the recipients ``pending`` after ``session``'s 4yz (or lost
+        connection) to the next relays in turn, as Postfix does with several
+        relay hosts; ``results`` is updated in place.
 
-        try:
-            return sign_chunks(self.dkim, chunks, size, wire.message_id_of(
-                chunks if isinstance(chunks, wire.Stream) else chunks[0]))
-        except DKIMSigningError as exc:
-            raise SessionFailure(str(exc), status=TEMPORARY if exc.temporary else PERMANENT,
-                                 drop=False) from None
-
-    def _transaction(self, smtp, reused, fromaddr, toaddrs, data):
-        """One SMTP mail transaction; the results, one per recipient."""
-        addr = self.address
-        pipelined = smtp.has_extn("pipelining")
-        if reused and not pipelined:
-            self._rset_or_stale(smtp)
-        chunks, options = self._payload(smtp, fromaddr, toaddrs, data)
-        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
-        commands = [f"MAIL FROM:{_angle(fromaddr)}" + "".join(" " + o for o in options)]
-        commands += [f"RCPT TO:{_angle(r)}" for r in toaddrs]
-        results = [None] * len(toaddrs)
-        stage = "MAIL FROM"
-        smtp.final_dot_sent = False
-        try:
-            if pipelined:
-                group = (["RSET"] if reused else []) + commands + ["DATA"]
-                smtp.send("".join(c + "\r\n" for c in group).encode(encoding))
-                if reused:
-                    self._rset_or_stale(smtp, sent=True)
-                replies = iter(smtp.getreply, None)
-            else:
-                replies = (smtp.docmd(c) if i < len(commands) else smtp.docmd("DATA")
-                           for i, c in enumerate(commands + ["DATA"]))
-                replies = self._encoded(smtp, encoding, replies)
-            code, reply = next(replies)
-            if not 200 <= code < 300:
-                if code == 421:
-                    self._drop()
-                elif pipelined:
-                    self._drain(smtp, replies, len(toaddrs) + 1)
-                else:
-                    self._end(smtp, code)
-                text = f"{_text(reply)} (in reply to MAIL FROM at {addr})"
-                return [RecipientResult(r, _reply_status(code), code, text) for r in toaddrs]
-            stage = "RCPT TO"
-            accepted = []
-            for i, rcpt in enumerate(toaddrs):
-                code, reply = next(replies)
-                text = f"{_text(reply)} (in reply to RCPT TO at {addr})"
-                if 200 <= code < 300:
-                    accepted.append(i)
-                    continue
-                status = TEMPORARY if code == 552 else _reply_status(code)
-                results[i] = RecipientResult(rcpt, status, code, text)
-                if code == 421:  # the server is closing the session
-                    self._drop()
-                    return self._fill(results, toaddrs, TEMPORARY, code, text)
-            if not accepted and not pipelined:
-                self._end(smtp, None)
-                return results
-            stage = "DATA"
-            code, reply = next(replies)
-            if code == 354 and not accepted:  # RFC 2920: end the empty message
-                smtp.send(b".\r\n")
-                smtp.getreply()
-                return results
-            if code != 354 and 200 <= code < 400:
-                # RFC 5321 4.3.2: DATA is answered 354, then the data goes.
-                # Any other positive reply means the replies are out of step
-                # (or the server is broken): nothing was delivered, and the
-                # session cannot be trusted with the next message either.
-                self._drop()
-                return self._fill(results, toaddrs, TEMPORARY, code,
-                                  f"{_text(reply)} (unexpected reply to DATA at {addr}, "
-                                  "expected 354; the message was not sent)")
-            if code == 354:
-                stage = "the message data"
-                for block in wire.data_section(chunks):
-                    smtp.send(block)
-                smtp.final_dot_sent = True
-                stage = "end of data"
-                code, reply = self._final_reply(smtp)
-            if code == 421:
-                self._drop()
-            elif not 200 <= code < 300 and stage == "DATA" and not pipelined:
-                self._end(smtp, code)
-            if not accepted:
-                return results
-            status = _reply_status(code)
-            text = _text(reply) if status == SENT else \
-                f"{_text(reply)} (in reply to {stage} at {addr})"
-            for i in accepted:
-                results[i] = RecipientResult(toaddrs[i], status, code, text)
-            return results
-        except OSError as exc:  # connection lost or timed out (smtplib closed it)
-            self._drop()
-            return self._fill(results, toaddrs, TEMPORARY, None,
-                              self._lost(exc, stage, smtp.final_dot_sent))
-
-    @staticmethod
-    def _encoded(smtp, encoding, replies):
-        """Send the commands in ``encoding`` (SMTPUTF8 allows UTF-8 addresses)."""
-        before = smtp.command_encoding
-        smtp.command_encoding = encoding
-        try:
-            yield from replies
-        finally:
-            smtp.command_encoding = before
-
-    def _final_reply(self, smtp):
-        """The reply to the final dot, waited for ``data_timeout``.
-
-        RFC 5321 4.5.3.2.6: "DATA Termination: 10 minutes" -- the server
-        may be delivering or scanning the message, and a client that gives
-        up here has most likely delivered it already: a retry would send
-        it twice (RFC 1047).
+        A recipient leaves the chain at its first 2yz or 5yz.  One still
+        temporary at the end keeps the last reply had.  A recipient that is
+        not sent keeps, in its text, the reply its code is from first, then
+        what every other relay said (each names its relay).  A recipient in
+        doubt (the final dot went out, no reply came) is never offered
+        again: that relay may have it.
         """
-        smtp.reply_timeout = self.data_timeout  # for the whole reply, not per read
-        try:
-            return smtp.getreply()
-        finally:
-            smtp.reply_timeout = None
-
-    def _rset_or_stale(self, smtp, sent=False):
-        """RSET on a reused connection; a dead one raises :class:`_Stale`."""
-        try:
-            code, reply = smtp.getreply() if sent else smtp.rset()
-        except OSError as exc:
-            raise _Stale(f"RSET: {exc or 'no reply'}") from None
-        if code != 250:
-            raise _Stale(f"RSET: {code} {_text(reply)}")
-
-    def _drain(self, smtp, replies, count):
-        """Read the replies still owed for a pipelined group, then RSET's turn.
-
-        A server that hangs up instead (some do right after refusing the
-        sender) owes nothing more: the connection is dropped, and the reply
-        already had stands -- a refusal must not turn into "connection lost".
-        """
-        try:
-            for _ in range(count):
-                code, _ = next(replies)
-                if code == 354:
-                    smtp.send(b".\r\n")
-                    smtp.getreply()
-                    return
-        except OSError:
-            self._drop()
-
-    def _end(self, smtp, code):
-        """After a refused transaction: RSET, or give up the connection."""
-        if code == 421:
-            self._drop()
-            return
-        try:
-            code, _ = smtp.rset()
-        except OSError:
-            code = None
-        if code != 250:
-            self._drop()
-
-    @staticmethod
-    def _fill(results, toaddrs, status, code, text):
-        return [r or RecipientResult(toaddrs[i], status, code, text)
-                for i, r in enumerate(results)]
-
-    def _lost(self, exc, stage, final_dot_sent):
-        addr = self.address
-        timeout = self.timeout
-        timed_out = isinstance(exc, TimeoutError) or "timed out" in str(exc)
-        if final_dot_sent:
-            what = (f"no reply from {addr} within {self.data_timeout:g}s" if timed_out
-                    else f"connection to {addr} lost ({exc})")
-            return (f"{what} after the end of the message data; the server may have "
-                    "accepted it, so a retry may deliver it twice")
-        if timed_out:
-            return f"no reply from {addr} within {timeout:g}s to {stage}"
-        return f"connection to {addr} lost at {stage} ({exc})"
+        for host in self._relays_after(session.host):
+            recipients = [toaddrs[i] for i in pending]
+            try:
+                session, answers, in_doubt = self._send(
+                    self._fallback(host), lambda host=host: self._fallback(host, fresh=True),
+                    fromaddr, recipients, data)
+            except SessionFailure as failure:  # this relay cannot take it now
+                for i in pending:
+                    results[i] = dataclasses.replace(
+                        results[i], text=f"{results[i].text}; {failure.text}")
+                continue
+            log.info("%s: %s failed over to %s", message_id, ", ".join(recipients),
+                     session.address)
+            still = []
+            for j, i in enumerate(pending):
+                before = results[i]  # its code goes into the text, with the relay's
+                earlier = f"{before.code} {before.text}" if before.code else before.text
+                answer = answers[j]
+                if answer.status != SENT:
+                    answer = dataclasses.replace(answer, text=f"{answer.text}; {earlier}")
+                    if answer.status == TEMPORARY and j not in in_doubt:
+                        still.append(i)
+                results[i] = answer
+            pending = still
+            if not pending:
+                return
 
 
 def _deliver_or_raise(mailer, fromaddr, toaddrs, message, message_id):

@@ -112,7 +112,8 @@ def _facts(msg, now):
 
 
 def _attempt_lines(history):
-    """Each attempt's time, then each recipient's status, reply code and text."""
+    """Each attempt's time, then each recipient's status, reply code and text,
+    and the relay that answered (failover per message: they may differ)."""
     lines = []
     for number, attempt in enumerate(history if isinstance(history, list) else [], 1):
         results = attempt.get("results") if isinstance(attempt, dict) else None
@@ -120,8 +121,9 @@ def _attempt_lines(history):
             number = attempt["attempt"]  # the earlier ones are only counted
         for i, r in enumerate(r for r in results or () if isinstance(r, dict)):
             lead = f"  {number:>2}. {when(attempt.get('time'))}" if i == 0 else " " * 26
+            via = f" [via {clean(r['relay'])}]" if r.get("relay") else ""
             lines.append(f"{lead}  {clean(r.get('recipient'))}: {clean(r.get('status'))} "
-                         f"{clean(r.get('code'))} {clean(r.get('text'))}")
+                         f"{clean(r.get('code'))} {clean(r.get('text'))}{via}")
     return lines
 
 
