@@ -15,7 +15,7 @@ from pyramid.exceptions import ConfigurationError
 from zope.interface import implementer
 
 from ..util.printable import get_logger
-from .datamanager import MailDataManager, write_all
+from .datamanager import MailDataManager, joined_manager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .direct import DirectSenders, notifier
 from ..events import MailFailed, MailQueued, MailSent, dispatch
@@ -299,16 +299,17 @@ class Mailer(PyramidMailerAPI):
         return prepared.message_id
 
     def _data_manager(self, txn, outbox):
-        """The transaction's data manager for ``outbox`` (one per outbox and transaction)."""
-        try:
-            return txn.data(outbox)
-        except KeyError:
-            pass
-        manager = MailDataManager(outbox, self.transaction_manager,
-                                  lambda messages: self._committed(outbox, messages))
-        txn.join(manager)
-        txn.addAfterCommitHook(manager.after_commit)
-        txn.set_data(outbox, manager)
+        """The transaction's data manager for ``outbox`` (one per outbox and transaction).
+
+        A fresh one when the last has left the transaction (a rollback to a
+        savepoint taken before it joined): see :func:`datamanager.joined_manager`.
+        """
+        manager, new = joined_manager(txn, outbox, lambda: MailDataManager(
+            outbox, self.transaction_manager,
+            lambda messages: self._committed(outbox, messages)))
+        if new:
+            txn.join(manager)
+            txn.addAfterCommitHook(manager.after_commit)
         return manager
 
     def _committed(self, outbox, messages):
