@@ -164,6 +164,9 @@ class MailDataManager:
         self.published = []
         #: Aborted, committed or removed by a savepoint rollback: takes no more mail.
         self.left = False
+        #: Messages whose row a rollback outside our savepoints took back (the SQL
+        #: outbox and ``session.begin_nested()``): never voted, never reported.
+        self.dropped = []
         self._unsent = weakref.finalize(self, _report_unsent, self.messages)
 
     def add(self, prepared):
@@ -173,6 +176,14 @@ class MailDataManager:
                 "already left its transaction (aborted, committed, or removed by a "
                 "savepoint rollback), so it would never be sent; nothing was sent")
         self.messages.append(prepared)
+
+    def drop(self, prepared, why):
+        """Forget ``prepared``: what it was written into was rolled back (``why``)."""
+        if self.left or all(p is not prepared for p in self.messages):
+            return
+        if all(p is not prepared for p in self.dropped):
+            self.dropped.append(prepared)
+            log.info("%s dropped: %s, as designed", prepared.message_id, why)
 
     def abort(self, txn):
         # Also a rollback to a savepoint older than us: transaction removes us
@@ -188,7 +199,7 @@ class MailDataManager:
         pass
 
     def tpc_vote(self, txn):
-        self.voting = list(self.messages)
+        self.voting = [p for p in self.messages if all(p is not d for d in self.dropped)]
         self.voted = self.outbox.vote(self.voting)
 
     def tpc_finish(self, txn):
@@ -213,7 +224,8 @@ class MailDataManager:
         if not status:
             return
         messages = list(self.published)
-        unpublished = [p for p in self.messages if all(p is not q for q in messages)]
+        unpublished = [p for p in self.messages if all(p is not q for q in messages)
+                       and all(p is not d for d in self.dropped)]
         if unpublished:  # never expected: say so rather than report them as sent
             log.error("%d message(s) were handed to the mailer but never written by the "
                       "commit (%s): not reported as sent", len(unpublished),
@@ -236,6 +248,7 @@ class MailDataManager:
     def _done(self):
         """Committed or aborted: nothing left that could be lost unreported."""
         self.messages.clear()
+        self.dropped.clear()
         self._unsent.detach()
 
 

@@ -289,10 +289,10 @@ class Mailer(PyramidMailerAPI):
             raise ConfigurationError(f"this Delivery has no {kind!r} outbox (build it "
                                      "with pyramid_txmail.make_delivery)")
         txn = joinable_transaction(self.transaction_manager, self.request)
+        manager = self._data_manager(txn, outbox)
         write_now = getattr(outbox, "write_now", None)
         if write_now is not None:  # the SQL outbox: the row goes into the app's transaction now
-            write_now(self, txn, prepared)
-        manager = self._data_manager(txn, outbox)
+            write_now(self, txn, prepared, manager)
         manager.add(prepared)
         # The debug toolbar panel's record of this request's mail (no-op otherwise).
         record_send(self.request, txn, manager, prepared)
