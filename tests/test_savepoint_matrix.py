@@ -193,3 +193,15 @@ def test_the_toolbar_send_log_says_committed_only_for_what_was_written(tmp_path,
     delivered = [_subject(split_envelope((spool / "new" / n).read_bytes())[2])
                  for n in os.listdir(spool / "new")]
     assert sorted(delivered) == expected
+
+
+def test_a_data_manager_that_has_left_refuses_mail_naming_it():
+    """The guard behind the fix: never a silent add to a manager that will not vote."""
+    from pyramid_txmail.compose.message import prepare
+    from pyramid_txmail.mailer.datamanager import MailDataManager, ManagerLeft
+
+    manager = MailDataManager(None, None, lambda messages: None)
+    manager.abort(None)
+    prepared = prepare(message(1), "app@example.com", None, None)
+    with pytest.raises(ManagerLeft, match=prepared.message_id.strip("<>")):
+        manager.add(prepared)

@@ -100,3 +100,18 @@ def test_the_send_log_says_rolled_back(script):
         send(registry, session, tm, "kept@example.com", request)
     assert [(r.toaddrs, r.state) for r in records] == [
         (("dropped@example.com",), ROLLED_BACK), (("kept@example.com",), COMMITTED)]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # zope.sqlalchemy
+def test_a_transaction_savepoint_taken_before_the_first_send(script):  # refuses SQLite's
+    """The transaction manager's savepoint older than the data manager (see
+    tests/test_savepoint_matrix.py): the next send goes to a fresh, joined one."""
+    registry, session, tm, events = script
+    with tm:
+        session.connection()  # the session joins first, so the savepoint covers it
+        point = tm.savepoint()
+        send(registry, session, tm, "dropped@example.com")
+        point.rollback()
+        kept = send(registry, session, tm, "kept@example.com")
+    assert [m for m, _ in rows(registry["engine"])[1]] == [kept]
+    assert events == [kept]
