@@ -1,0 +1,131 @@
+"""``/healthz`` and ``/metrics`` on ``mail.metrics_port``: probes for systemd and Kubernetes.
+
+The daemon is unhealthy (503, with a JSON body saying why) when
+
+* it is **stuck**: work is due, yet no pass completed and no message was
+  settled within :meth:`Health.stuck_after` -- ``mail.claim_timeout`` (the
+  longest one message may take before another processor may take it over) plus
+  the daemon's rescan interval;
+* the **queue is unreachable**: the spool directory is gone or unreadable, or
+  the database does not answer;
+* **every relay is failing**: resting after failed session set-ups, or, for a
+  lone relay (never rested), its last few set-ups all failed.
+
+The same verdict decides whether the systemd watchdog is petted
+(:mod:`.sdnotify`), except that "work is due" is not asked there: an idle
+daemon still passes at least once a rescan interval, so a loop that stopped
+turning is stuck whether or not mail waits.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..util.printable import get_logger
+from .daemon import RESCAN_INTERVAL
+
+log = get_logger("pyramid_txmail.health")
+
+
+class Health:
+    """The verdict, from a :class:`~pyramid_txmail.processor.metrics.Metrics`."""
+
+    def __init__(self, metrics, settings, clock=time.monotonic):
+        self.metrics = metrics
+        self.settings = settings
+        self.clock = clock
+
+    def stuck_after(self):
+        return self.settings.claim_timeout + RESCAN_INTERVAL
+
+    def progressing(self):
+        """True while passes or messages have progressed within :meth:`stuck_after`."""
+        return self.clock() - self.metrics.last_progress <= self.stuck_after()
+
+    def check(self):
+        """``(healthy, body)``: body is a dict with ``status`` and ``problems``."""
+        problems = []
+        status = None
+        try:
+            self.metrics.reader.invalidate()
+            status = self.metrics.reader.read()
+        except Exception as exc:
+            problems.append({"check": "queue", "problem": "queue unreachable",
+                             "detail": f"{self.metrics.reader.queue.where}: "
+                                       f"{type(exc).__name__}: {exc}"})
+        if status is not None and not self.progressing():
+            due = (status.get("queued") or 0) + (status.get("deferred_due") or 0)
+            if due:
+                problems.append({"check": "progress", "problem": "stuck",
+                                 "detail": f"{due} message(s) due, but no pass completed "
+                                           f"for over {self.stuck_after():g}s"})
+        relays = self.metrics.relays
+        if relays is not None:
+            failing = relays.failing()
+            if failing and len(failing) == len(relays.hosts):
+                names = ", ".join(f"{h}:{p}" for h, p in failing)
+                problems.append({"check": "relays", "problem": "every relay is resting",
+                                 "detail": f"no session could be set up lately with {names}"})
+        body = {"status": "fail" if problems else "ok", "problems": problems,
+                "last_pass": self.metrics.last_pass, "last_pass_summary":
+                self.metrics.last_summary}
+        if status is not None:
+            body["queued"] = status.get("queued")
+            body["deferred"] = status.get("deferred")
+        return not problems, body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "txmail-qp"
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            try:
+                body = self.server.metrics.exposition()
+            except Exception as exc:
+                log.exception("metrics: cannot render /metrics")
+                self._send(500, b"cannot render the metrics: " + repr(exc).encode(), "text/plain")
+                return
+            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
+        elif path in ("/healthz", "/livez", "/readyz"):
+            healthy, body = self.server.health.check()
+            self._send(200 if healthy else 503, json.dumps(body).encode() + b"\n",
+                       "application/json")
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+    def _send(self, code, body, ctype):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):  # scrapes every few seconds: debug only
+        log.debug("metrics http: %s", fmt % args)
+
+
+class MetricsServer:
+    """The HTTP server, in a daemon thread of its own, until :meth:`close`."""
+
+    def __init__(self, metrics, health, host, port):
+        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.metrics = metrics
+        self.httpd.health = health
+        self.address = self.httpd.server_address[:2]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="txmail-metrics",
+                                        daemon=True)
+
+    def start(self):
+        self._thread.start()
+        log.info("serving /metrics and /healthz on http://%s:%d/", *self.address)
+        return self
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join()
