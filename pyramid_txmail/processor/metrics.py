@@ -28,12 +28,11 @@ from pyramid.exceptions import ConfigurationError
 
 from ..relay.result import SENT, TEMPORARY
 from ..util.printable import get_logger
+from .health import STATUS_CACHE_SECONDS, QueueReader
 from .processor import Processor
 
 log = get_logger("pyramid_txmail.metrics")
 
-#: Queue readings younger than this are served again (a big spool is costly to list).
-STATUS_CACHE_SECONDS = 5.0
 #: The latency histogram's buckets: from a second to past the default max_queue_time.
 LATENCY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400, float("inf"))
 #: The state labels of txmail_queue_messages (``txmail-queue status --json``'s keys).
@@ -60,35 +59,6 @@ def code_class(code):
 
 def relay_label(relay):
     return relay or "none"
-
-
-class QueueReader:
-    """The queue's status, shared by scrapes for a few seconds (see module doc).
-
-    :meth:`read` returns the status dict, or raises what the backend raised
-    (the spool directory gone, the database down) -- :mod:`.health` reports that.
-    """
-
-    def __init__(self, queue, ttl=STATUS_CACHE_SECONDS, clock=time.monotonic):
-        self.queue = queue
-        self.ttl = ttl
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._read_at = None
-        self._status = None
-
-    def invalidate(self):
-        with self._lock:
-            self._read_at = None
-
-    def read(self):
-        with self._lock:  # concurrent scrapes wait for one reading, not make two
-            now = self.clock()
-            if self._read_at is None or now - self._read_at >= self.ttl:
-                self._status = None
-                self._status = self.queue.status(time.time())
-                self._read_at = now
-            return self._status
 
 
 class QueueCollector:
@@ -131,18 +101,18 @@ class QueueCollector:
 
 
 class Metrics:
-    """The registry of one txmail-qp process and the instruments in it."""
+    """The registry of one txmail-qp process and the instruments in it.
 
-    def __init__(self, queue, key="mail.metrics_port"):
+    ``progress`` is the process's :class:`~pyramid_txmail.processor.health.Progress`:
+    its queue reader feeds the queue gauges, its relays the resting gauge.
+    """
+
+    def __init__(self, progress, key="mail.metrics_port"):
         prom = require_prometheus(key)
         self.prom = prom
+        self.progress = progress
         self.registry = prom.CollectorRegistry(auto_describe=True)
-        self.reader = QueueReader(queue)
-        self.registry.register(QueueCollector(self.reader))
-        self.relays = None
-        self.last_pass = None  # unix time of the last completed pass
-        self.last_progress = time.monotonic()  # a pass or a message settled
-        self.last_summary = "no pass yet"
+        self.registry.register(QueueCollector(progress.reader))
         reg = self.registry
         labels = ["outcome", "relay", "code_class"]
         self.messages = prom.Counter(
@@ -168,45 +138,33 @@ class Metrics:
         self.pass_errors = prom.Counter("txmail_pass_errors",
                                         "Passes that raised (retried after a back-off)",
                                         registry=reg)
-        self.last_pass_gauge = prom.Gauge(
+        self.last_pass = prom.Gauge(
             "txmail_last_successful_pass_timestamp_seconds",
             "Unix time the last pass over the queue completed", registry=reg)
         self.resting = prom.Gauge("txmail_relays_resting",
                                   "Relays skipped for mail.host_rest after failing to set "
                                   "up sessions", registry=reg)
-        self.resting.set_function(lambda: len(self.relays.resting()) if self.relays else 0)
-
-    # -- hooks ---------------------------------------------------------------------
-
-    def watch_relays(self, relays):
-        """Count the sessions of ``relays`` (:class:`~pyramid_txmail.relay.smtp_session.Relays`)."""
-        self.relays = relays
-        relays.observer = self.session_event
+        self.resting.set_function(
+            lambda: len(progress.relays.resting()) if progress.relays is not None else 0)
 
     def session_event(self, host, ok):
         relay = f"{host[0]}:{host[1]}" if isinstance(host, tuple) else str(host)
         (self.sessions if ok else self.session_failures).labels(relay).inc()
 
-    def progressed(self):
-        self.last_progress = time.monotonic()
-
-    def pass_done(self, stats, now=None):
-        now = time.time() if now is None else now
+    def pass_done(self, stats, now):
         self.passes.inc()
-        self.last_pass = now
-        self.last_pass_gauge.set(now)
-        self.last_summary = stats.summary()
-        self.progressed()
-        self.reader.invalidate()
+        self.last_pass.set(now)
 
     def pass_failed(self):
         self.pass_errors.inc()
-        self.reader.invalidate()
 
     # -- output --------------------------------------------------------------------
 
     def exposition(self):
         return self.prom.generate_latest(self.registry)
+
+    def content_type(self):
+        return self.prom.CONTENT_TYPE_LATEST
 
     def write_textfile(self, path):
         write_textfile(self.prom, self.registry, path)
@@ -232,14 +190,16 @@ def write_textfile(prom, registry, path):
 
 def queue_exposition(queue):
     """The queue gauges only (``txmail-queue INI metrics``: no process counts deliveries)."""
-    prom = require_prometheus("txmail-queue metrics")
+    prom = require_prometheus("txmail-queue INI metrics")
     registry = prom.CollectorRegistry(auto_describe=True)
     registry.register(QueueCollector(QueueReader(queue, ttl=0)))
     return prom.generate_latest(registry)
 
 
 class MeteredProcessor(Processor):
-    """A :class:`~pyramid_txmail.processor.processor.Processor` that counts into ``metrics``.
+    """A :class:`~pyramid_txmail.processor.processor.Processor` that reports to
+    ``progress`` (:class:`~pyramid_txmail.processor.health.Progress`: health,
+    watchdog, systemd status) and counts into ``metrics`` (a :class:`Metrics`, or None).
 
     It watches the outcomes through the processor's own steps rather than
     adding lines to them: the message's fate is read from the per-worker
@@ -247,59 +207,72 @@ class MeteredProcessor(Processor):
     ``_settle`` -- the same numbers the pass summary logs, so the two agree.
     """
 
-    def __init__(self, *args, metrics, **kwargs):
+    def __init__(self, *args, progress, metrics=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.progress = progress
         self.metrics = metrics
         if self.relays is not None:
-            metrics.watch_relays(self.relays)
+            progress.relays = self.relays
+            if metrics is not None:
+                self.relays.observer = metrics.session_event
 
     def run_once(self, stop=None):
         try:
             stats = super().run_once(stop)
         except Exception:
-            self.metrics.pass_failed()
+            if self.metrics is not None:
+                self.metrics.pass_failed()
+            self.progress.pass_failed()
             raise
-        self.metrics.pass_done(stats, self.clock())
+        now = self.clock()
+        if self.metrics is not None:
+            self.metrics.pass_done(stats, now)
+        self.progress.pass_done(stats, now)
         return stats
 
     def _deliver(self, transport, job, pending):
-        self.metrics.attempts.inc()
+        if self.metrics is not None:
+            self.metrics.attempts.inc()
         return super()._deliver(transport, job, pending)
 
     def _settle(self, job, result, stats):
         before = (stats.sent, stats.deferred, stats.failed)
         found = super()._settle(job, result, stats)
-        sent, deferred, failed = (a - b for a, b in zip(
-            (stats.sent, stats.deferred, stats.failed), before))
+        self.progress.progressed()
+        if self.metrics is not None:
+            after = (stats.sent, stats.deferred, stats.failed)
+            self._count(job, result, *(a - b for a, b in zip(after, before)))
+        return found
+
+    def _count(self, job, result, sent, deferred, failed):
         accepted = [r for r in result.results if r.status == SENT]
         temporary = [r for r in result.results if r.status == TEMPORARY]
         dead = [r for r in result.results if r.status not in (SENT, TEMPORARY)]
         if not deferred:  # expired: the temporary failures were given up too
             dead, temporary = dead + temporary, []
         m = self.metrics
-        for outcome, group in (("sent", accepted), ("deferred", temporary), ("failed", dead)):
-            for r in group:
-                m.recipients.labels(outcome, relay_label(r.relay), code_class(r.code)).inc()
         for outcome, count, group in (("sent", sent, accepted), ("deferred", deferred, temporary),
                                       ("failed", failed, dead)):
-            if count:
-                first = group[-1] if group else None
-                m.messages.labels(outcome, relay_label(first and first.relay),
-                                  code_class(first and first.code)).inc(count)
+            for r in group:
+                m.recipients.labels(outcome, relay_label(r.relay), code_class(r.code)).inc()
+            if count:  # the message is labelled by the last answer of its outcome
+                last = group[-1] if group else None
+                m.messages.labels(outcome, relay_label(last and last.relay),
+                                  code_class(last and last.code)).inc(count)
         if accepted:
             queued_at = job.claimed.queued_at or job.meta.get("queued_at")
             if queued_at:
                 m.latency.observe(max(0.0, self.clock() - queued_at))
-        m.progressed()
-        return found
 
     def _bury_poison(self, claimed, meta, why, stats):
         super()._bury_poison(claimed, meta, why, stats)
-        self.metrics.messages.labels("failed", "none", "none").inc()
-        self.metrics.progressed()
+        self.progress.progressed()
+        if self.metrics is not None:
+            self.metrics.messages.labels("failed", "none", "none").inc()
 
     def _bury_unknown_state(self, job, stats):
         super()._bury_unknown_state(job, stats)
-        self.metrics.messages.labels("failed", "none", "none").inc()
-        self.metrics.recipients.labels("failed", "none", "none").inc(len(job.toaddrs))
-        self.metrics.progressed()
+        self.progress.progressed()
+        if self.metrics is not None:
+            self.metrics.messages.labels("failed", "none", "none").inc()
+            self.metrics.recipients.labels("failed", "none", "none").inc(len(job.toaddrs))

@@ -23,7 +23,7 @@ import plaster
 from pyramid.exceptions import ConfigurationError
 
 from ..processor.daemon import Daemon, Signals
-from ..processor.processor import Processor
+from ..processor.operate import Operations
 from ..queue import open_queue
 from ..queue.interface import QueueUnavailable
 from ..queue.maildir.watch import WATCH_MODES
@@ -273,11 +273,14 @@ def run(args, signals, waker):
         with app_registry(path, app_name, not args.no_app) as registry:
             # transport None: one SMTP connection per worker (mail.workers),
             # opened in each pass and closed at its end
-            run_pass = Processor(queue, None, settings, registry=registry).run_once
+            # metrics, /healthz, mail.metrics_file, systemd notify: as the settings ask
+            ops = Operations(queue, settings, daemon=watcher is not None)
+            run_pass = ops.processor(queue, None, settings, registry=registry).run_once
             if watcher is not None:
                 daemon = Daemon(queue, settings, run_pass, watcher, signals, waker)
                 watcher = None  # the daemon closes it
-                daemon.run()
+                with ops.serving():
+                    daemon.run()
                 return EX_OK
             stats = run_pass(signals.stop)
     finally:
