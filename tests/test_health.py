@@ -164,7 +164,7 @@ def test_the_shipped_unit_file_parses(tmp_path):
     if analyze is None:
         return  # the keys above are what can be checked without systemd
     text = open(UNIT).read()  # verify needs an existing program and account
-    text = text.replace("/srv/app/env/bin/txmail-qp", QP).replace("User=app", "User=root")
+    text = text.replace("/srv/app/.venv/bin/txmail-qp", QP).replace("User=app", "User=root")
     text = text.replace("Group=app", "Group=root")
     copy = tmp_path / "txmail-qp.service"
     copy.write_text(text)
@@ -174,3 +174,15 @@ def test_the_shipped_unit_file_parses(tmp_path):
     assert proc.returncode == 0, output
     for complaint in ("Unknown key", "Failed to parse", "Invalid", "ignoring"):
         assert complaint not in output, output
+
+
+def test_the_readme_shows_the_shipped_unit_and_the_operating_section():
+    readme = open(os.path.join(os.path.dirname(UNIT), os.pardir, os.pardir, "README.rst")).read()
+    for line in open(UNIT).read().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert f"    {line}\n" in readme, line
+    for text in ("txmail_queue_messages{state}", "txmail_messages_total", "/healthz",
+                 "livenessProbe", "readinessProbe", "textfile", "mail.metrics_port",
+                 "mail.metrics_host", "mail.metrics_file", "pyramid_txmail[ops]",
+                 "WATCHDOG=1", "READY=1"):
+        assert text in readme, text
