@@ -186,3 +186,18 @@ def test_the_readme_shows_the_shipped_unit_and_the_operating_section():
                  "mail.metrics_host", "mail.metrics_file", "pyramid_txmail[ops]",
                  "WATCHDOG=1", "READY=1"):
         assert text in readme, text
+
+
+def test_a_database_that_does_not_answer_is_queue_unreachable():
+    """The SQL outbox on a PostgreSQL port where nothing listens: 503, naming the database."""
+    from pyramid_txmail.queue.sql import SQLQueue
+
+    port = free_port()  # free: nothing listens there
+    queue = SQLQueue(f"postgresql+psycopg://txmail@127.0.0.1:{port}/outbox")
+    try:
+        healthy, body = Health(Progress(queue), MailSettings()).check()
+    finally:
+        queue.close()
+    assert not healthy and _problems(body) == {"queue unreachable"}, body
+    detail = body["problems"][0]["detail"]
+    assert f"127.0.0.1:{port}" in detail and "SQL" not in detail, detail

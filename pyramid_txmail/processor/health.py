@@ -25,7 +25,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..util.printable import get_logger
+from ..util.printable import get_logger, printable
 from .daemon import RESCAN_INTERVAL
 
 log = get_logger("pyramid_txmail.health")
@@ -136,12 +136,11 @@ class Health:
         problems = []
         status = None
         try:
-            self.progress.reader.invalidate()
-            status = self.progress.reader.read()
+            reachable(self.progress.reader.queue)  # cheap, so always fresh
+            status = self.progress.reader.read()  # a few seconds old at most
         except Exception as exc:
             problems.append({"check": "queue", "problem": "queue unreachable",
-                             "detail": f"{self.progress.reader.queue.where}: "
-                                       f"{type(exc).__name__}: {exc}"})
+                             "detail": f"{self.progress.reader.queue.where}: {_why(exc)}"})
         if status is not None and not self.progressing():
             due = (status.get("queued") or 0) + (status.get("deferred_due") or 0)
             if due:
@@ -162,6 +161,16 @@ class Health:
             body["queued"] = status.get("queued")
             body["deferred"] = status.get("deferred")
         return not problems, body
+
+
+def _why(exc):
+    """One line: a database error's first line of the driver's reason (never the SQL or
+    the URL, which :attr:`where` already names without its password), else the error."""
+    if type(exc).__module__.startswith("sqlalchemy"):
+        from ..queue.sql.engine import unreachable
+
+        return unreachable(exc) or type(exc).__name__
+    return printable(f"{type(exc).__name__}: {exc}")
 
 
 class _Handler(BaseHTTPRequestHandler):
