@@ -6,7 +6,7 @@ Two kinds of numbers, from two places:
   :meth:`~pyramid_txmail.queue.interface.IQueueAdmin.status` -- the same numbers
   as ``txmail-queue status``, for the spool and the SQL outbox alike.  On a big
   spool that lists every directory, so one reading is shared by the scrapes of
-  :data:`STATUS_CACHE_SECONDS` and refreshed at once after every pass.
+  :data:`~pyramid_txmail.processor.health.STATUS_CACHE_SECONDS` and refreshed at once after every pass.
 * **Delivery counters** (:class:`MeteredProcessor`) are counted by the process
   that delivers: they start at zero with it, as Prometheus counters do (its
   ``rate()`` copes with restarts).  ``txmail-queue INI metrics`` therefore prints
@@ -21,22 +21,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-import time
 
 from pyramid.exceptions import ConfigurationError
 
 from ..relay.result import SENT, TEMPORARY
 from ..util.printable import get_logger
-from .health import STATUS_CACHE_SECONDS, QueueReader
+from .health import QueueReader
 from .processor import Processor
 
 log = get_logger("pyramid_txmail.metrics")
 
 #: The latency histogram's buckets: from a second to past the default max_queue_time.
 LATENCY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400, float("inf"))
-#: The state labels of txmail_queue_messages (``txmail-queue status --json``'s keys).
-STATE_LABELS = ("queued", "in_progress", "deferred", "failed", "tmp", "prepared")
 
 
 def require_prometheus(key):
