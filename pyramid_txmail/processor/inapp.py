@@ -173,6 +173,9 @@ class InAppProcessor:
         """Ask the thread to stop after its message(s) in flight, and wait for it."""
         if not self.running:
             return True
+        log.info("mail.processor = thread: stopping the processor thread in pid %d (%s): "
+                 "the message(s) in flight are finished, the rest stays queued",
+                 os.getpid(), why)
         self.control.request_stop(why)
         self.thread.join(self.exit_timeout() if timeout is None else timeout)
         if self.thread.is_alive():
