@@ -7,7 +7,8 @@ Views:
 ``/threads``
     this process's pid and thread names (does it run ``txmail-processor``?).
 ``/hold``
-    blocks until the file ``<gate_dir>/open`` exists: keeps one gunicorn sync
+    writes ``<gate_dir>/held-PID``, then blocks until the file ``<gate_dir>/open``
+    exists: keeps one gunicorn sync
     worker busy, so that the next request goes to the other one.
 
 Subscribers write ``MailSent <message-id> <pid>`` to ``events_file`` (the
@@ -46,7 +47,10 @@ def _threads(request):
 
 
 def _hold(request):
-    gate = os.path.join(request.registry.settings["gate_dir"], "open")
+    gate_dir = request.registry.settings["gate_dir"]
+    gate = os.path.join(gate_dir, "open")
+    with open(os.path.join(gate_dir, f"held-{os.getpid()}"), "w"):
+        pass  # the test now knows this worker is busy
     deadline = time.monotonic() + 60
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.05)

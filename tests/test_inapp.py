@@ -218,14 +218,15 @@ def test_sigterm_finishes_the_message_in_flight(tmp_path, gated_sink):
 def test_gunicorn_two_workers_deliver_each_message_once(tmp_path, sink, preload):
     site = Site(tmp_path, sink)
     argv = [os.path.join(BIN, "gunicorn"), "--paste", str(site.ini), "--workers", "2",
-            "--bind", f"127.0.0.1:{site.port}", "--graceful-timeout", "60"]
+            "--bind", f"127.0.0.1:{site.port}", "--graceful-timeout", "60", "--no-control-socket"]
     site.start(*argv, *(["--preload"] if preload else []))
     try:
         # A /hold request keeps one sync worker busy: the next requests go to the other.
         held = {}
         holder = threading.Thread(target=lambda: held.update(pid=site.get("/hold")))
         holder.start()
-        wait_until(lambda: len(set(site.started_pids())) >= 1, what="a first thread")
+        wait_until(lambda: any(name.startswith("held-") for name in os.listdir(site.gate_dir)),
+                   what="a worker to hold /hold")
         other = site.get("/threads")
         wait_until(lambda: len(set(site.started_pids())) == 2, what="both workers' threads")
         (site.gate_dir / "open").touch()
