@@ -9,6 +9,7 @@ delivery within one proves a thread's watcher woke it.
 """
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import os
@@ -291,7 +292,9 @@ def test_scripts_that_load_the_app_do_not_start_the_thread(tmp_path, sink):
                               env=site.env(), cwd=tmp_path, capture_output=True, text=True,
                               timeout=WAIT * 2)
     assert prequest.returncode == 0, prequest.stderr
-    assert THREAD not in json.loads(prequest.stdout)["threads"]
+    body = prequest.stdout.strip()  # pyramid 2.1's prequest prints the body's repr
+    body = ast.literal_eval(body).decode() if body.startswith("b'") else body
+    assert json.loads(body)["threads"] == ["MainThread"]
     assert site.started_pids() == []
     assert len(os.listdir(site.spool / "new")) == 1  # queued, not delivered by a script
     assert sink.messages == []
