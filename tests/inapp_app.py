@@ -68,6 +68,30 @@ def _log_to(path):
 
 
 def main(global_config, **settings):
+    return _configure(settings).make_wsgi_app()
+
+
+def sql_main(global_config, **settings):
+    """The same app on the SQL outbox (``mail.queue_url``): ``request.dbsession`` on
+    ``request.tm``, as Pyramid's cookiecutter makes it; the tables exist already."""
+    import sqlalchemy as sa
+    import zope.sqlalchemy
+    from sqlalchemy.orm import sessionmaker
+
+    settings.setdefault("tm.manager_hook", "pyramid_tm.explicit_manager")
+    config = _configure(settings)
+    factory = sessionmaker(bind=sa.create_engine(settings["mail.queue_url"]))
+
+    def dbsession(request):
+        session = factory()
+        zope.sqlalchemy.register(session, transaction_manager=request.tm)
+        return session
+
+    config.add_request_method(dbsession, reify=True)
+    return config.make_wsgi_app()
+
+
+def _configure(settings):
     _log_to(settings["log_file"])
     events = settings["events_file"]
 
@@ -81,4 +105,4 @@ def main(global_config, **settings):
     for name, view in (("send", _send), ("threads", _threads), ("hold", _hold)):
         config.add_route(name, f"/{name}")
         config.add_view(view, route_name=name)
-    return config.make_wsgi_app()
+    return config

@@ -27,6 +27,7 @@ from pyramid_txmail import parse_settings
 from pyramid.exceptions import ConfigurationError
 
 from .smtpserver import SMTPServer, free_port
+from .sql_support import db_url  # noqa: F401 (fixture)
 from .test_daemon import GatedHandler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def received(server):
 class Site:
     """An ini for tests/inapp_app.py, its spool, and the server process serving it."""
 
-    def __init__(self, tmp_path, server, extra=""):
+    def __init__(self, tmp_path, server, app="main", queue=None):
         self.tmp_path = tmp_path
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -71,10 +72,10 @@ class Site:
         self.ini = tmp_path / "app.ini"
         self.ini.write_text(textwrap.dedent(f"""\
             [app:main]
-            use = call:tests.inapp_app:main
+            use = call:tests.inapp_app:{app}
             mail.host = {server.host}
             mail.port = {server.port}
-            mail.queue_path = {self.spool}
+            {queue or f"mail.queue_path = {self.spool}"}
             mail.default_sender = app@example.org
             mail.processor = thread
             mail.workers = 2
@@ -86,7 +87,7 @@ class Site:
             use = egg:waitress#main
             listen = 127.0.0.1:{self.port}
             threads = 4
-            """) + textwrap.dedent(extra))
+            """))
         self.proc = None
         self.stderr = tmp_path / "server.err"
 
@@ -165,6 +166,33 @@ def gated_sink():
         handler.gate.set()
 
 
+def start_gunicorn(site, *more):
+    argv = [os.path.join(BIN, "gunicorn"), "--paste", str(site.ini), "--workers", "2",
+            "--bind", f"127.0.0.1:{site.port}", "--graceful-timeout", "60",
+            "--no-control-socket"]
+    return site.start(*argv, *more)
+
+
+def both_workers_started(site):
+    """A /hold request keeps one sync worker busy, so /threads goes to the other: the
+    first request of each starts its thread.  Their pids."""
+    held = {}
+    holder = threading.Thread(target=lambda: held.update(pid=site.get("/hold")))
+    holder.start()
+    try:
+        wait_until(lambda: any(name.startswith("held-") for name in os.listdir(site.gate_dir)),
+                   what="a worker to hold /hold")
+        other = site.get("/threads")
+        wait_until(lambda: len(set(site.started_pids())) == 2, what="both workers' threads")
+    finally:
+        (site.gate_dir / "open").touch()
+        holder.join(WAIT)
+    assert held["pid"] != other["pid"]
+    assert sorted(site.started_pids()) == sorted({held["pid"], other["pid"]})
+    assert site.proc.pid not in site.started_pids()  # never in gunicorn's master
+    return held["pid"], other["pid"]
+
+
 def assert_clean_exit(site, status):
     err = site.stderr.read_text()
     assert status == 0, err
@@ -218,23 +246,9 @@ def test_sigterm_finishes_the_message_in_flight(tmp_path, gated_sink):
 @pytest.mark.parametrize("preload", [False, True], ids=["fork-then-load", "preload"])
 def test_gunicorn_two_workers_deliver_each_message_once(tmp_path, sink, preload):
     site = Site(tmp_path, sink)
-    argv = [os.path.join(BIN, "gunicorn"), "--paste", str(site.ini), "--workers", "2",
-            "--bind", f"127.0.0.1:{site.port}", "--graceful-timeout", "60", "--no-control-socket"]
-    site.start(*argv, *(["--preload"] if preload else []))
+    start_gunicorn(site, *(["--preload"] if preload else []))
     try:
-        # A /hold request keeps one sync worker busy: the next requests go to the other.
-        held = {}
-        holder = threading.Thread(target=lambda: held.update(pid=site.get("/hold")))
-        holder.start()
-        wait_until(lambda: any(name.startswith("held-") for name in os.listdir(site.gate_dir)),
-                   what="a worker to hold /hold")
-        other = site.get("/threads")
-        wait_until(lambda: len(set(site.started_pids())) == 2, what="both workers' threads")
-        (site.gate_dir / "open").touch()
-        holder.join(WAIT)
-        assert int(held["pid"]) != other["pid"]
-        assert sorted(site.started_pids()) == sorted({int(held["pid"]), other["pid"]})
-        assert site.proc.pid not in site.started_pids()  # never in gunicorn's master
+        both_workers_started(site)
         ids = []
         for batch in range(6):  # both threads sleep on the spool: they race for claims
             ids += site.get(f"/send?n=10&tag=g{batch}")
@@ -306,3 +320,31 @@ def test_thread_without_a_queue_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="mail.processor"):
         parse_settings({"mail.processor": "threads", "mail.queue_path": "/tmp"})
     assert parse_settings({}).processor == "external"
+
+
+def test_gunicorn_two_workers_on_the_sql_outbox_deliver_each_message_once(tmp_path, sink,
+                                                                          db_url):
+    """The same on the SQL outbox: SKIP LOCKED leases on PostgreSQL (woken by
+    LISTEN/NOTIFY), polling on SQLite; each request's mail row commits with it."""
+    import sqlalchemy as sa
+
+    from pyramid_txmail.queue.sql import init_db
+
+    engine = sa.create_engine(db_url)
+    init_db(engine)
+    engine.dispose()
+    site = Site(tmp_path, sink, app="sql_main", queue=f"mail.queue_url = {db_url}")
+    start_gunicorn(site)
+    try:
+        both_workers_started(site)
+        ids = []
+        for batch in range(4):
+            ids += site.get(f"/send?n=10&tag=s{batch}")
+        wait_until(lambda: set(received(sink)) >= set(ids), what="40 messages at the sink")
+        wait_until(lambda: set(site.sent_events()) >= set(ids), what="the MailSent events")
+        status = site.terminate()
+    finally:
+        site.kill()
+    assert received(sink) == collections.Counter({i: 1 for i in ids})
+    assert site.sent_events() == collections.Counter({i: 1 for i in ids})
+    assert_clean_exit(site, status)
