@@ -348,3 +348,39 @@ def test_gunicorn_two_workers_on_the_sql_outbox_deliver_each_message_once(tmp_pa
     assert received(sink) == collections.Counter({i: 1 for i in ids})
     assert site.sent_events() == collections.Counter({i: 1 for i in ids})
     assert_clean_exit(site, status)
+
+
+def test_a_forked_child_starts_its_own_thread(tmp_path, sink):
+    """A thread does not survive fork (gunicorn --preload after a request in the
+    master, multiprocessing): the child forgets the parent's and starts its own."""
+    from pyramid.config import Configurator
+
+    from pyramid_txmail.processor.inapp import InAppProcessor
+    from pyramid_txmail.settings import parse_settings as parse
+
+    (tmp_path / "spool").mkdir()
+    settings = parse({"mail.queue_path": str(tmp_path / "spool"), "mail.processor": "thread",
+                      "mail.host": sink.host, "mail.port": str(sink.port)})
+    config = Configurator()
+    inapp = InAppProcessor(settings, config.registry)
+    try:
+        parent_thread = inapp.ensure_started()
+        assert parent_thread is not None and inapp.running
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status, never return into pytest
+            code = 1
+            try:
+                if not inapp.running and inapp.thread is None:
+                    code = 2
+                    child_thread = inapp.ensure_started()
+                    if child_thread is not parent_thread and inapp.running:
+                        code = 3
+                        if inapp.stop("test", timeout=WAIT):
+                            code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert inapp.running  # the parent's thread is untouched
+    finally:
+        assert inapp.stop("test", timeout=WAIT)
