@@ -384,3 +384,27 @@ def test_a_forked_child_starts_its_own_thread(tmp_path, sink):
         assert inapp.running  # the parent's thread is untouched
     finally:
         assert inapp.stop("test", timeout=WAIT)
+
+
+SIGTERM_SCRIPT = """
+import os, signal, sys
+from pyramid.paster import bootstrap
+
+env = bootstrap(sys.argv[1])
+print("loaded", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+print("survived", flush=True)
+"""
+
+
+def test_a_script_still_dies_of_sigterm(tmp_path, sink):
+    """The SIGTERM handler the include installs changes nothing in a process that
+    runs no processor thread: it dies of the signal, as it did without us."""
+    site = Site(tmp_path, sink)
+    script = tmp_path / "sigterm.py"
+    script.write_text(SIGTERM_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(site.ini)], env=site.env(),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=WAIT * 2)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert done.stdout == "loaded\n"
+    assert "Traceback" not in done.stderr
