@@ -23,6 +23,7 @@ import time
 
 from pyramid.exceptions import ConfigurationError
 
+from ..util.logformat import apply_log_format
 from ..util.printable import get_logger
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
@@ -239,6 +240,7 @@ def run(args):
     settings = _settings(path, app_name, args.command)
     args.settings = settings
     setup_logging(path, verbose=verbose, quiet=not verbose)
+    apply_log_format(settings.log_format)
     if args.command == "init-db":
         return cmd_init_db(settings)
     queue = open_queue_or_exit(settings)
