@@ -28,7 +28,7 @@ from ..util.printable import get_logger
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
 from ..settings import settings_prefix
-from . import queue_text
+from . import queue_ops, queue_text
 from .queue_args import PROG, build_parser  # noqa: F401 (public here too)
 from .queue_text import clean
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
@@ -63,18 +63,34 @@ def cmd_status(queue, args, now):
     info = queue.status(now)
     if args.json:
         _json(info)
+    elif queue_ops.is_tty(sys.stdout):
+        _print(queue_ops.status_table(info, bold=queue_ops.colour(sys.stdout)))
     else:
         _print(queue_text.status_lines(info))
     return EX_OK
 
 
+def cmd_watch(queue, args, now):
+    """``status`` again every --interval seconds until Ctrl-C (exit 0)."""
+    tty = queue_ops.is_tty(sys.stdout)
+    bold = queue_ops.colour(sys.stdout)
+    render = ((lambda info: queue_ops.status_table(info, bold)) if tty
+              else queue_text.status_lines)
+    return queue_ops.watch(queue, args.interval, render, args.count)
+
+
 def cmd_list(queue, args, now):
     states = tuple(dict.fromkeys(args.state)) if args.state else QUEUE_STATES
-    found = queue.messages(states)
+    tty = queue_ops.is_tty(sys.stdout)
+    found, total, offset = queue_ops.select(queue, states, args, now, tty)
     if args.json:
         _json([m.as_dict(now) for m in found])
-    else:
+        return EX_OK
+    if found or not total:
         _print(queue_text.list_lines(found, states, now))
+    more = queue_ops.more_line(len(found), total, offset)
+    if more:
+        print(more)
     return EX_OK
 
 
@@ -105,11 +121,17 @@ def cmd_retry(queue, args, now):
     if bool(args.ids) == bool(args.all_failed):
         raise UsageError("retry: give message ids or --all-failed (one of the two)")
     if args.all_failed:
-        targets, found = queue.messages(("failed",)), True
-        if not targets:
+        total = queue.status(now)["states"].get("failed", {}).get("count", 0)
+        if not total:
             print("no dead letters in failed/")
-    else:
-        targets, found = _lookup_all(queue, args.ids)
+            return EX_OK
+        done, vanished, refused = queue_ops.bulk(
+            queue, queue_ops.iter_messages(queue, ("failed",)), queue.retry, "retry",
+            total, log, PROG)
+        print(queue_ops.summary("retried", done, done + vanished + refused, vanished,
+                                refused))
+        return EX_FAILED if refused else EX_OK
+    targets, found = _lookup_all(queue, args.ids)
     code = EX_OK if found else EX_FAILED
     for msg in targets:
         try:
@@ -167,25 +189,32 @@ def cmd_purge(queue, args, now):
     why = purge_reason(args.state, args.older_than, args.all)
     if why:
         raise UsageError(f"purge: {why}")
-    doomed = queue.purge_candidates(args.state, args.older_than, now)
-    code, done = EX_OK, 0
-    verb = "would remove" if args.dry_run else "removed"
-    for msg in doomed:
-        if not args.dry_run:
-            try:
-                queue.purge(msg)
-            except (Refused, Vanished) as exc:
-                print(f"{PROG}: cannot purge {msg.state}/{clean(msg.name)}: {clean(exc)}",
-                      file=sys.stderr)
-                code = EX_FAILED
-                continue
-            log.info("purged %s/%s (%s)", msg.state, msg.name, msg.message_id)
-        done += 1
-        print(f"{verb} {msg.state}/{clean(msg.name)}  {queue_text.age(now - msg.settled_at)} old  "
-              f"{clean(msg.message_id)}")
     limit = "" if args.older_than is None else f" older than {queue_text.age(args.older_than)}"
-    print(f"{verb} {done} message{'s' if done != 1 else ''} from {args.state}/{limit}")
-    return code
+    doomed = _purge_candidates(queue, args.state, args.older_than, now)
+    if args.dry_run:  # the point of it is the list
+        done = 0
+        for msg in doomed:
+            done += 1
+            print(f"would remove {msg.state}/{clean(msg.name)}  "
+                  f"{queue_text.age(now - msg.settled_at)} old  {clean(msg.message_id)}")
+        print(f"would remove {done} message{'s' if done != 1 else ''} from "
+              f"{args.state}/{limit}")
+        return EX_OK
+    total = queue.status(now)["states"].get(args.state, {}).get("count", 0)
+    done, vanished, refused = queue_ops.bulk(queue, doomed, queue.purge, "purge", total,
+                                             log, PROG)
+    print(f"removed {done} message{'s' if done != 1 else ''} from {args.state}/{limit}; "
+          f"{vanished} vanished" + (f"; {refused} refused" if refused else ""))
+    return EX_FAILED if refused else EX_OK
+
+
+def _purge_candidates(queue, state, older_than, now):
+    """What ``purge`` removes, one at a time where the backend streams (memory stays
+    flat over a large backlog), else the backend's own list."""
+    if state in ("new", "cur") or getattr(queue, "iter_messages", None) is None:
+        return iter(queue.purge_candidates(state, older_than, now))
+    return (m for m in queue_ops.iter_messages(queue, (state,))
+            if older_than is None or now - m.settled_at >= older_than)
 
 
 def cmd_init_db(settings):
@@ -205,7 +234,7 @@ def cmd_init_db(settings):
     return EX_OK
 
 
-COMMANDS = {"status": cmd_status, "list": cmd_list, "show": cmd_show,
+COMMANDS = {"status": cmd_status, "watch": cmd_watch, "list": cmd_list, "show": cmd_show,
             "retry": cmd_retry, "release": cmd_release, "purge": cmd_purge}
 
 
