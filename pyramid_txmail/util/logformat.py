@@ -8,7 +8,8 @@ escaping at the last step too, in the *formatter* of every handler:
 
 * :class:`SafeFormatter` wraps the formatter a handler already has (the
   ini's ``[formatter_*]``, or basicConfig's) and escapes the message on one
-  line and the traceback with its line ends kept;
+  line and the traceback with its line ends kept, indented so that no line
+  of it can pass for a record of its own;
 * :class:`JsonFormatter` (``mail.log_format = json``) writes one JSON object
   per line -- ``time``, ``level``, ``logger``, ``message`` and, where the
   call gave them (``extra=``), :data:`FIELDS` -- ``json.dumps`` escapes
@@ -55,7 +56,21 @@ class SafeFormatter(logging.Formatter):
         self.inner = inner or logging.Formatter(logging.BASIC_FORMAT)
 
     def format(self, record):
-        return printable(self.inner.format(_escaped_record(record)), one_line=False)
+        shown = _escaped_record(record)
+        if record.exc_info and not record.exc_text:
+            shown.exc_text = self.inner.formatException(record.exc_info)
+        if shown.exc_text:
+            shown.exc_text = _indented(shown.exc_text)
+        if shown.stack_info:
+            shown.stack_info = _indented(shown.stack_info)
+        return printable(self.inner.format(shown), one_line=False)
+
+
+def _indented(block):
+    """A traceback with each line indented: an exception text's own line breaks (``str``
+    of an error quoting a relay's reply or a Message-ID) cannot start a line that looks
+    like a log record of its own."""
+    return "\n".join("  " + line for line in printable(block, one_line=False).splitlines())
 
 
 class JsonFormatter(logging.Formatter):
