@@ -297,16 +297,23 @@ class SqlAdmin:
         return f"released to queued{forced}; the next txmail-qp pass sends it"
 
     def release_stale(self, claim_timeout=None, now=None):
-        """Every claim whose lease ran out goes back to the queue; returns their ids."""
-        statement = (outbox.update()
-                     .where(outbox.c.state == "in_progress",
-                            outbox.c.lease_until < db_epoch())
-                     .values(state="queued", claim_token=None, claimed_by=None,
-                             lease_until=None)
-                     .returning(outbox.c.id, outbox.c.claimed_by))
+        """Every claim whose lease ran out goes back to the queue; returns their ids.
+
+        The stale rows are selected (and locked: a renewal that commits first
+        makes them not stale any more) before they are changed, so that the log
+        can name who held each -- an UPDATE's RETURNING gives the new, cleared
+        ``claimed_by``.
+        """
+        stale = (sa.select(outbox.c.id, outbox.c.claimed_by)
+                 .where(outbox.c.state == "in_progress", outbox.c.lease_until < db_epoch())
+                 .with_for_update(skip_locked=True))
         with self.engine.begin() as connection:
-            rows = connection.execute(statement).all()
+            rows = connection.execute(stale).all()
             if rows:
+                connection.execute(outbox.update()
+                                   .where(outbox.c.id.in_([ident for ident, _ in rows]))
+                                   .values(state="queued", claim_token=None, claimed_by=None,
+                                           lease_until=None))
                 _notify(connection)
         for ident, owner in rows:
             log.warning("outbox row %s: the lease of %s ran out (it died, or lost the "

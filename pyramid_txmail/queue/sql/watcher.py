@@ -97,6 +97,7 @@ class ListenWatcher:
     def __init__(self, queue):
         self.queue = queue
         self.connection = None
+        self._away = False  # the connection was lost or could not be made: say when back
         self._connect()  # if the server is away, wait() tries again
 
     def describe(self):
@@ -106,7 +107,7 @@ class ListenWatcher:
         """Open a connection of the engine's making, outside its pool, and LISTEN."""
         try:
             raw = self.queue.engine.raw_connection()
-            connection = raw.driver_connection  # psycopg's Connection
+            connection = raw.driver_connection  # before detach(), which makes it None
             raw.detach()  # ours for good: never handed back to the pool
             connection.autocommit = True
             connection.execute(f"LISTEN {CHANNEL}")
@@ -114,14 +115,19 @@ class ListenWatcher:
             log.warning("cannot LISTEN on %s (%s: %s); trying again in %gs",
                         self.queue.where, exc.__class__.__name__,
                         str(exc).splitlines()[0] if str(exc) else "", RECONNECT_EVERY)
+            self._away = True
             return False
         self.connection = connection
+        if self._away:
+            self._away = False
+            log.info("listening for NOTIFY again on %s", self.queue.where)
         return True
 
     def _lost(self, exc):
         text = str(exc).strip()
         log.warning("the LISTEN connection to %s broke (%s); reconnecting",
                     self.queue.where, text.splitlines()[0] if text else exc.__class__.__name__)
+        self._away = True
         self._close()
 
     def _drain(self):
