@@ -163,3 +163,17 @@ def test_qp_and_queue_print_and_log_no_raw_control_character(tmp_path, relay, lo
         assert dead and dead[0]["message_id"].startswith("<1")
         assert dead[0]["code"] == 550 and dead[0]["attempt"] == 1
         assert dead[0]["recipient"] == "gone@example.org"
+
+
+def test_usage_errors_quote_hostile_arguments_escaped(tmp_path, relay):
+    """argparse quotes what it did not understand: a pasted ESC sequence must not reach
+    the terminal through ``unrecognized arguments`` or ``invalid choice``."""
+    ini, _ = _ini(tmp_path, relay)
+    _hostile_spool(tmp_path)
+    for argv in ([QUEUE, ini, "list", EVIL], [QUEUE, ini, EVIL], [QUEUE, ini, "list",
+                                                                  "--limit", EVIL],
+                 [QP, ini, "--" + EVIL], [QP, ini, "--workers", EVIL]):
+        got = run(*argv)
+        assert got.returncode == 2, argv
+        _assert_clean(f"{argv[0]} {argv[2:]} stderr", got.stderr)
+        assert b"\\x1b[2J" in got.stderr  # said, escaped

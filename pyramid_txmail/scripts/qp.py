@@ -30,6 +30,7 @@ from ..queue.maildir.watch import WATCH_MODES
 from ..queue.wakeup import Waker, WatchUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
 from ..util.logformat import apply_log_format
+from .queue_args import ArgumentParser
 from ..util.printable import get_logger, printable
 
 PROG = "txmail-qp"
@@ -117,7 +118,7 @@ class ConfigError(Exception):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description=DESCRIPTION, epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config_uri", metavar="CONFIG_URI",

@@ -35,6 +35,7 @@ from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_sett
                  open_queue_or_exit, read_app_settings, setup_logging, split_uri)
 
 EX_FAILED = EX_SOFTWARE  # the operation failed for a message, or it was not found
+EX_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 log = get_logger("pyramid_txmail.scripts.queue")
 
@@ -305,6 +306,10 @@ def main(argv=None):
     except UsageError as exc:
         print(f"{PROG}: error: {clean(exc)}", file=sys.stderr)
         return EX_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside `watch`: each change is atomic, say so
+        print(f"\n{PROG}: interrupted (what was done is done, nothing half-done)",
+              file=sys.stderr)
+        return EX_INTERRUPTED
     except (NotFound, Ambiguous) as exc:  # show
         _report_lookup_error(exc)
         return EX_FAILED

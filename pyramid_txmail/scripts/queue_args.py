@@ -10,6 +10,7 @@ import argparse
 
 from ..queue.states import state_of
 from ..settings import parse_duration
+from ..util.printable import printable
 
 PROG = "txmail-queue"
 
@@ -54,6 +55,16 @@ exit status:
 """
 
 STATE_HELP = ("queued (or new), in_progress (or cur), deferred, failed, tmp")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose error line escapes what it quotes: ``unrecognized
+    arguments`` and ``invalid choice`` repeat the command line, which may hold a pasted
+    ESC sequence (:func:`pyramid_txmail.util.printable.printable`).  Shared by
+    ``txmail-qp``; its subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        super().error(printable(message))
 
 
 def _duration(text):
@@ -105,7 +116,7 @@ def _sub(subparsers, name, help, description, examples):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG,
         usage=f"{PROG} [-h] CONFIG_URI COMMAND [options]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
