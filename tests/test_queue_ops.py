@@ -21,7 +21,7 @@ import pytest
 from pyramid_txmail.scripts import queue_ops
 
 from .claims_support import PROC_TIMEOUT, QUEUE
-from .sql_support import make_queue, put
+from .sql_support import make_queue, message, put
 from .test_queue_cli import enqueue, filled, refusing, send_pass, spool, write_ini  # noqa: F401
 
 DAY = 86400.0
@@ -119,6 +119,14 @@ def test_sql_outbox_list_filters_alike(sqlite_url):
                                   page=None, json=True)
         page, total, _ = queue_ops.select(queue, ("new",), args, time.time(), tty=False)
         assert ([m.name for m in page], total) == ([str(a)], 1)
+        c = put(queue, message(message_id="<pick-me@example.com>"))
+        args.to, args.message_id = None, "pick-me@example.com"  # narrowed in the query
+        page, total, _ = queue_ops.select(queue, ("new",), args, time.time(), tty=False)
+        assert [m.name for m in page] == [str(c)]
+        args.message_id, args.newer_than, args.older_than = None, None, DAY
+        assert queue_ops.select(queue, ("new",), args, time.time(), tty=False)[1] == 0
+        assert queue_ops.select(queue, ("new",), args, time.time() + 2 * DAY,
+                                tty=False)[1] == 3
     finally:
         queue.close()
 

@@ -74,6 +74,18 @@ def message_filter(args, now):
     return lambda m: all(test(m) for test in tests)
 
 
+def _candidates(queue, states, args, now):
+    """The messages to filter: an SQL outbox narrows them in its query by age and
+    Message-ID first (``filtered_messages``); the predicate still checks every one."""
+    narrow = getattr(queue, "filtered_messages", None)
+    if narrow is None:
+        return iter_messages(queue, states)
+    older, newer = getattr(args, "older_than", None), getattr(args, "newer_than", None)
+    return iter(narrow(states, queued_before=None if older is None else now - older,
+                       queued_after=None if newer is None else now - newer,
+                       message_id=getattr(args, "message_id", None)))
+
+
 def page_bounds(args, tty):
     """``(offset, limit)`` of ``list``: --page N counts pages of --limit (or
     :data:`PAGE_SIZE`); without either, a TTY gets one page and a pipe everything."""
@@ -92,7 +104,7 @@ def select(queue, states, args, now, tty):
     keep = message_filter(args, now)
     offset, limit = page_bounds(args, tty)
     page, total = [], 0
-    for msg in iter_messages(queue, states):
+    for msg in _candidates(queue, states, args, now):
         if not keep(msg):
             continue
         if total >= offset and (limit is None or len(page) < limit):
