@@ -177,3 +177,59 @@ def test_usage_errors_quote_hostile_arguments_escaped(tmp_path, relay):
         assert got.returncode == 2, argv
         _assert_clean(f"{argv[0]} {argv[2:]} stderr", got.stderr)
         assert b"\\x1b[2J" in got.stderr  # said, escaped
+
+
+def test_an_apps_ini_can_name_our_formatters(tmp_path):
+    """The web app's logging is its own: its ini names SafeFormatter (with its format)
+    or JsonFormatter, and gets the same escaping as the command-line tools."""
+    import logging
+    import logging.config
+
+    out = tmp_path / "app.log"
+    ini = tmp_path / "logging.ini"
+    ini.write_text(f"""\
+[loggers]
+keys = root, txmail
+[handlers]
+keys = text, json
+[formatters]
+keys = safe, json
+[logger_root]
+level = WARNING
+handlers =
+[logger_txmail]
+level = INFO
+handlers = text, json
+qualname = pyramid_txmail.test_app
+propagate = 0
+[handler_text]
+class = FileHandler
+args = ({str(out)!r}, 'a')
+formatter = safe
+[handler_json]
+class = FileHandler
+args = ({str(out)!r}, 'a')
+formatter = json
+[formatter_safe]
+class = pyramid_txmail.util.logformat.SafeFormatter
+format = %(levelname)s [%(name)s] %(message)s
+[formatter_json]
+class = pyramid_txmail.util.logformat.JsonFormatter
+""")
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        logging.config.fileConfig(str(ini), disable_existing_loggers=False)
+        logging.getLogger("pyramid_txmail.test_app").warning(
+            "reply %s", EVIL, extra={"message_id": "<a@example.org>", "code": 451})
+    finally:
+        for handler in logging.getLogger("pyramid_txmail.test_app").handlers:
+            handler.close()
+        logging.getLogger("pyramid_txmail.test_app").handlers[:] = []
+        root.handlers[:], root.level = saved[0], saved[1]
+    text_line, json_line = out.read_text().splitlines()
+    _assert_clean("the app's log", out.read_bytes())
+    assert text_line.startswith("WARNING [pyramid_txmail.test_app] reply ev\\x1b[2J")
+    record = json.loads(json_line)
+    assert (record["message"], record["message_id"], record["code"]) == (
+        f"reply {EVIL}", "<a@example.org>", 451)

@@ -15,9 +15,10 @@ escaping at the last step too, in the *formatter* of every handler:
   call gave them (``extra=``), :data:`FIELDS` -- ``json.dumps`` escapes
   every control character itself.
 
-An application that wants JSON from its own pyramid_txmail loggers names
-the class in its ini: ``[formatter_json] class =
-pyramid_txmail.util.logformat.JsonFormatter``.
+An application that wants the same in its own process names the class in
+its ini's ``[formatter_x]`` section: ``class =
+pyramid_txmail.util.logformat.JsonFormatter`` (or ``SafeFormatter``, which
+takes the section's ``format`` and ``datefmt``).
 """
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ class SafeFormatter(logging.Formatter):
     exception texts and tracebacks.
     """
 
-    def __init__(self, inner=None):
+    def __init__(self, inner=None, datefmt=None, style="%", *args, **kwargs):
         super().__init__()
-        self.inner = inner or logging.Formatter(logging.BASIC_FORMAT)
+        if not isinstance(inner, logging.Formatter):  # an ini's [formatter_x] class = ...
+            inner = logging.Formatter(inner or logging.BASIC_FORMAT, datefmt, style, *args,
+                                      **kwargs)
+        self.inner = inner
 
     def format(self, record):
         shown = _escaped_record(record)
