@@ -122,7 +122,7 @@ def cmd_retry(queue, args, now):
     if bool(args.ids) == bool(args.all_failed):
         raise UsageError("retry: give message ids or --all-failed (one of the two)")
     if args.all_failed:
-        total = queue.status(now)["states"].get("failed", {}).get("count", 0)
+        total = queue_ops.count(queue, "failed", now)
         if not total:
             print("no dead letters in failed/")
             return EX_OK
@@ -201,7 +201,7 @@ def cmd_purge(queue, args, now):
         print(f"would remove {done} message{'s' if done != 1 else ''} from "
               f"{args.state}/{limit}")
         return EX_OK
-    total = queue.status(now)["states"].get(args.state, {}).get("count", 0)
+    total = queue_ops.count(queue, args.state, now)
     done, vanished, refused = queue_ops.bulk(queue, doomed, queue.purge, "purge", total,
                                              log, PROG)
     print(f"removed {done} message{'s' if done != 1 else ''} from {args.state}/{limit}; "
