@@ -446,6 +446,15 @@ SETTINGS = (
     Setting("preview_dirs", _paths, (),
             "Extra directories of .eml files the preview page lists (whitespace-separated)."),
     Setting("preview_prefix", _url_prefix, "/_mail", "URL path of the preview page."),
+    # Operating txmail-qp (pyramid_txmail.processor.metrics; needs the ``ops`` extra).
+    Setting("metrics_port", _port, None,
+            "txmail-qp --daemon: serve Prometheus /metrics and /healthz on this TCP port "
+            "(off when unset; needs pyramid_txmail[ops])."),
+    Setting("metrics_host", _str, "127.0.0.1",
+            "The address mail.metrics_port listens on (0.0.0.0: every interface)."),
+    Setting("metrics_file", _path, None,
+            "txmail-qp: write the metrics in the node_exporter textfile-collector format "
+            "to this file after each pass (atomically; needs pyramid_txmail[ops])."),
     # The SQL outbox, in the mailer (pyramid_txmail.mailer.sqloutbox).
     Setting("queue_session", _session_finder, "dbsession",
             "With the SQL outbox (mail.queue_url): the application's SQLAlchemy session a "
@@ -502,6 +511,9 @@ class MailSettings:
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
     queue_session: object = "dbsession"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_file: str | None = None
     dkim_private_key: str | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
