@@ -377,6 +377,10 @@ SETTINGS = (
             "started go to the fallback queue."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
+    Setting("log_format", _choice(("text", "json")), "text",
+            "txmail-qp and txmail-queue: log lines as text, or json (one object per line "
+            "with time, level, logger, message, message_id, relay, code, attempt, "
+            "recipient); both escape control characters."),
     Setting("sendmail_app", _str, "/usr/sbin/sendmail",
             "The sendmail binary of mail.delivery = sendmail and send_sendmail()."),
     Setting("sendmail_template", _template, ["{sendmail_app}", "-i", "-f", "{sender}"],
@@ -490,6 +494,7 @@ class MailSettings:
     direct_timeout: float = 10.0
     default_sender: str | None = None
     debug: int = 0
+    log_format: str = "text"
     sendmail_app: str = "/usr/sbin/sendmail"
     sendmail_template: list = dataclasses.field(
         default_factory=lambda: ["{sendmail_app}", "-i", "-f", "{sender}"])

@@ -29,6 +29,8 @@ from ..queue.interface import QueueUnavailable
 from ..queue.maildir.watch import WATCH_MODES
 from ..queue.wakeup import Waker, WatchUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
+from ..util.logformat import apply_log_format
+from .queue_args import ArgumentParser
 from ..util.printable import get_logger, printable
 
 PROG = "txmail-qp"
@@ -123,7 +125,7 @@ class ConfigError(Exception):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description=DESCRIPTION, epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config_uri", metavar="CONFIG_URI",
@@ -267,6 +269,7 @@ def run(args, signals, waker):
     raw = read_app_settings(path, app_name)
     setup_logging(path, args.verbose, args.quiet)
     settings = mail_settings(raw, path, app_name)
+    apply_log_format(settings.log_format)
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
     queue = open_queue_or_exit(settings)
