@@ -65,3 +65,36 @@ def patiently(run, about, where, patience=None):
         if away is not None:
             log.info("%s: the database at %s answers again", about, where)
         return result
+
+
+#: A loop that keeps meeting the same outage says so again at most this often (seconds).
+REPEAT_EVERY = 60.0
+
+
+class Outage:
+    """The log lines of one loop that tries again and again while the database is
+    away (the daemon's LISTEN connection, its polling): the first failure, then
+    the same failure at most every :data:`REPEAT_EVERY` seconds (a different one
+    at once: the state changed), and the end of it -- not a line a second."""
+
+    def __init__(self):
+        self.why = None
+        self._said = 0.0
+
+    @property
+    def away(self):
+        return self.why is not None
+
+    def failed(self, why, say):
+        """``say()`` (a log call) unless ``why`` was said less than a minute ago."""
+        now = time.monotonic()
+        if why != self.why or now - self._said >= REPEAT_EVERY:
+            say()
+            self._said = now
+        self.why = why
+
+    def back(self, say):
+        """``say()`` once, if there was an outage."""
+        if self.why is not None:
+            self.why = None
+            say()
