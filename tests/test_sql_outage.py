@@ -85,7 +85,7 @@ def test_a_claim_the_database_cannot_confirm_is_queue_away_not_lost(monkeypatch,
     with PgCluster() as pg:
         app = setup_outbox(pg.url)
         fill(app, 1, "away")
-        queue = SQLQueue(pg.url, claim_timeout=600.0)
+        queue = SQLQueue(pg.url, claim_timeout=1.0)  # waits max(PATIENCE, claim_timeout)
         [claimed] = _claim_all(queue, 1)
         pg.kill()
         with pytest.raises(QueueAway, match=r"outbox row 1: the database at postgresql"):

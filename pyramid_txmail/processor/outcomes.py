@@ -92,12 +92,13 @@ class Outcomes:
                               job.claimed.queued_at or now)
         try:
             self.queue.record(job.claimed, meta)
-        except OSError as exc:
+        except (OSError, QueueAway) as exc:  # a full disk; a database away too long
             if not all_sent:
                 raise
             log.warning("%s: cannot record the attempt in %s (%s); every recipient "
                         "accepted %s, so it leaves the queue anyway", job.claimed.name,
-                        self.queue.where, exc.strerror or exc, job.message_id)
+                        self.queue.where, getattr(exc, "strerror", None) or exc,
+                        job.message_id)
         return result
 
     def _deliver(self, transport, job, pending):

@@ -38,6 +38,7 @@ from .admin import SqlAdmin
 from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import Claimed, LeaseScope, claimer, log
+from . import patience
 from .patience import patiently
 from .schema import db_epoch, outbox, outbox_chunk
 from .store import (attempts_of, autocommit, chunks_on, copy_chunks, enqueue, insert_row,
@@ -247,9 +248,17 @@ class SQLQueue(SqlAdmin):
     def _patient(self, claimed, work, how):
         """:meth:`_run` for a claimed message: a database that is away is waited for
         (:mod:`~pyramid_txmail.queue.sql.patience`), then QueueAway -- never an
-        answer that says the claim was lost."""
+        answer that says the claim was lost.
+
+        The wait lasts as long as the lease may still be this processor's
+        (``claim_timeout``: it was renewed less than a beat ago), at least
+        :data:`~pyramid_txmail.queue.sql.patience.PATIENCE`: a database back
+        within it still holds the claim, so what the relay answered is
+        recorded instead of the message being sent again.
+        """
         about = f"outbox row {claimed.id}" if hasattr(claimed, "id") else str(claimed)
-        return patiently(lambda: self._run(work, how), about, self.where)
+        return patiently(lambda: self._run(work, how), about, self.where,
+                         max(patience.PATIENCE, self.claim_timeout))
 
     def _run(self, work, how):
         """``work(connection)``: ``how`` is ``read`` (no transaction held), ``write``

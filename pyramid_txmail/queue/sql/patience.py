@@ -4,14 +4,15 @@ Once a processor holds a claim, each statement it runs on the message's
 behalf (is the claim still mine, read the message, record the relay's
 answer, retire, defer or bury it, write its dead-letter copy, renew the
 lease) meets a database restart or failover the same way: the statement is
-tried again, with a growing pause, for :data:`PATIENCE` seconds, and the
-outage is logged once when it starts and once when it ends -- not a
-traceback, not a line per try.
+tried again, with a growing pause, for as long as the claim's lease may
+still be this processor's (``mail.claim_timeout``, at least
+:data:`PATIENCE` seconds), and the outage is logged once when it starts and
+once when it ends -- not a traceback, not a line per try.
 
 Why wait rather than fail: a failure at that point throws away what the
 relay answered, and the message is sent again when its lease runs out.
 Why a bound: a worker must not hang for ever on a database that is gone;
-after :data:`PATIENCE` :class:`~pyramid_txmail.queue.interface.QueueAway`
+after that :class:`~pyramid_txmail.queue.interface.QueueAway`
 is raised, which the processor logs in one line.  It is never mistaken for
 a lost claim: the claim is simply not known either way, and stays as it is.
 """
