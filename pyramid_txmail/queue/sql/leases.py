@@ -31,7 +31,8 @@ from .engine import unreachable
 from .patience import FIRST_STEP, STEP_MAX, log
 from .schema import db_epoch, outbox
 
-#: Leases are renewed every claim_timeout / 3, and at least this often (seconds).
+#: Leases are renewed every claim_timeout / 4 (as the spool's heartbeat), and at least
+#: this often (seconds): ``mail.claim_timeout``'s text holds for both backends.
 RENEW_MAX = 60.0
 
 
@@ -63,7 +64,7 @@ def claimer():
 
 def renew_interval(timeout):
     """How often held leases are renewed: well inside ``timeout``."""
-    return min(timeout / 3.0, RENEW_MAX)
+    return min(timeout / 4.0, RENEW_MAX)
 
 
 def renew(connection, tokens, timeout):
