@@ -96,3 +96,25 @@ def test_a_claim_the_database_cannot_confirm_is_queue_away_not_lost(monkeypatch,
         assert queue.holds(claimed) is True
         queue.close()
         app.dispose()
+
+
+def test_every_processor_connection_has_tcp_keepalives_and_a_user_timeout():
+    """A connection dropped silently on the way (no RST) must not hang a query or the
+    LISTEN socket for ever: libpq's keepalives and tcp_user_timeout are set on the
+    processors' pooled connections and on the watcher's own, and a value given in
+    mail.queue_url wins."""
+    from pyramid_txmail.queue.sql.engine import PG_KEEPALIVES
+
+    with PgCluster() as pg:
+        queue = SQLQueue(pg.url + "?keepalives_idle=7")
+        with queue.engine.connect() as connection:
+            params = connection.connection.driver_connection.info.get_parameters()
+        watcher = queue.watcher(types.SimpleNamespace(poll_interval=1.0), "listen")
+        listen = watcher.connection.info.get_parameters()
+        watcher.close()
+        queue.close()
+    for got in (params, listen):
+        assert got["keepalives_idle"] == "7"
+        for key in ("keepalives", "keepalives_interval", "keepalives_count",
+                    "tcp_user_timeout"):
+            assert got[key] == str(PG_KEEPALIVES[key]), (key, got)
