@@ -107,7 +107,7 @@ test: install $(SMTP_SINK) postfix browser migration postgresql
 demo: install
 	$(PY) -m demo_app.run
 
-# Benchmarks (bench/run.py --help), ~10 min; writes bench/RESULTS.md.
+# Benchmarks (bench/run.py --help), ~20 min; writes bench/RESULTS.md.
 # BENCH_ARGS=--quick for a smoke run of every section.
 BENCH_ARGS ?=
 .PHONY: bench

@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark section and write bench/RESULTS.md.
 
-    .venv/bin/python bench/run.py                 # everything (~10 min)
+    .venv/bin/python bench/run.py                 # everything (~20 min)
     .venv/bin/python bench/run.py --quick         # small sizes: a smoke test
     .venv/bin/python bench/run.py --only drain --sizes 1000,10000
 
@@ -34,6 +34,7 @@ SECTIONS = {
     "drain": "sec_drain",
     "growth": "sec_growth",
     "attachment": "sec_attachment",
+    "sql": "sec_sql",
 }
 
 FULL = dict(sizes=[1000, 10000, 100000], drain_size=5000, enqueue_count=1000, repeats=3)
@@ -73,7 +74,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
         description="Run every benchmark section and write bench/RESULTS.md (what "
-                    "`make bench` does): enqueue, drain and cost growth, against "
+                    "`make bench` does): enqueue, drain, cost growth, attachment memory "
+                    "and the SQL outbox (on a private PostgreSQL of the run), against "
                     "smtp-sink and aiosmtpd on 127.0.0.1.",
         epilog="sections: " + ", ".join(SECTIONS) + ".  Full-run defaults: sizes "
                f"{','.join(map(str, FULL['sizes']))}, drain size {FULL['drain_size']}, "

@@ -87,6 +87,49 @@ def test_quick_run_writes_every_section_with_numbers(quick_run):
     assert "[met]" in done.stdout or "[MISSED]" in done.stdout
 
 
+def _rows(text, *first_cells):
+    """The cells of every Markdown table row starting with ``first_cells``."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if tuple(cells[:len(first_cells)]) == first_cells:
+                found.append(cells)
+    return found
+
+
+def test_quick_run_writes_the_sql_section_beside_the_spools(quick_run):
+    """The SQL outbox on the run's private PostgreSQL and on SQLite, with its anchors."""
+    done, out, before, after, base = quick_run
+    assert done.returncode == 0, done.stderr + done.stdout
+    sql = _section(out.read_text(), "SQL outbox")
+    for heading in ("### Enqueue", "### Drain", "### Claims as the table grows"):
+        assert heading in sql
+    assert re.search(r"\| PostgreSQL \| \d+\.\d+", sql)  # the server's version
+    for database in ("PostgreSQL", "SQLite"):
+        for path in ("app", "app + row", "app + enqueue"):
+            [cells] = _rows(sql, database, path)
+            assert all(re.fullmatch(NUMBER, c) for c in cells[2:4]), cells
+    drain = sql[sql.index("### Drain"):sql.index("### Claims")]
+    for config in ("spool: txmail-qp, default workers", "spool: repoze.sendmail qp",
+                   "PostgreSQL: 1 txmail-qp process, default workers",
+                   "PostgreSQL: 3 txmail-qp processes, default workers"):
+        cell = _cell(drain, config, "wall s")
+        assert re.fullmatch(NUMBER, cell) and float(cell) > 0, (config, cell)
+    for config in ("PostgreSQL: 1 txmail-qp process, default workers",
+                   "PostgreSQL: 3 txmail-qp processes, default workers"):
+        cpu = _cell(drain, config, "CPU us / msg (client / sink / PostgreSQL)")
+        assert re.fullmatch(f"{NUMBER} / {NUMBER} / {NUMBER}", cpu), (config, cpu)
+    claims = sql[sql.index("### Claims"):]
+    sizes = [cells for cells in _rows(claims, "2,000")]  # the largest quick size
+    assert sizes and re.fullmatch(NUMBER, sizes[0][2]), sizes
+    assert "claim the oldest queued row" in claims and "LockRows" in claims
+    targets = _section(out.read_text(), "Targets")
+    for text in ("one comparable INSERT (PostgreSQL)", "one comparable INSERT (SQLite)",
+                 "PostgreSQL outbox with 3 txmail-qp", "claims/s flat"):
+        assert text in targets
+
+
 def test_quick_run_leaves_the_committed_results_and_its_spools_alone(quick_run):
     done, out, before, after, base = quick_run
     assert done.returncode == 0, done.stderr
