@@ -86,16 +86,6 @@ class SQLQueue(SqlAdmin):
     def close(self):
         self.engine.dispose()
 
-    def missing_tables(self):
-        """The outbox tables the database lacks (``txmail-queue INI init-db`` creates
-        them), or None when the database cannot be asked now (the daemon waits it out)."""
-        try:
-            with self.engine.connect() as connection:
-                found = sa.inspect(connection)
-                return [t.name for t in (outbox, outbox_chunk) if not found.has_table(t.name)]
-        except sa.exc.SQLAlchemyError:
-            return None
-
     # -- a pass --------------------------------------------------------------
 
     def housekeep(self, settings, registry, now):
