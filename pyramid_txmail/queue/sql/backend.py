@@ -77,6 +77,9 @@ class SQLQueue(SqlAdmin):
         self.claim_timeout = claim_timeout
         self.keep_delivered = keep_delivered
         self._scope = None
+        #: An Event set when the process is asked to stop (txmail-qp sets it): the
+        #: wait for a database that is away then ends at once (QueueAway).
+        self.stopping = None
 
     @classmethod
     def from_settings(cls, settings):
@@ -258,7 +261,7 @@ class SQLQueue(SqlAdmin):
         """
         about = f"outbox row {claimed.id}" if hasattr(claimed, "id") else str(claimed)
         return patiently(lambda: self._run(work, how), about, self.where,
-                         max(patience.PATIENCE, self.claim_timeout))
+                         max(patience.PATIENCE, self.claim_timeout), self.stopping)
 
     def _run(self, work, how):
         """``work(connection)``: ``how`` is ``read`` (no transaction held), ``write``
