@@ -204,8 +204,17 @@ def cmd_init_db(settings):
     return EX_OK
 
 
+def cmd_metrics(queue, args, now):
+    """The queue gauges in Prometheus text format (delivery counters live in txmail-qp)."""
+    from ..processor.metrics import queue_exposition
+
+    sys.stdout.write(queue_exposition(queue).decode())
+    return EX_OK
+
+
 COMMANDS = {"status": cmd_status, "list": cmd_list, "show": cmd_show,
-            "retry": cmd_retry, "release": cmd_release, "purge": cmd_purge}
+            "retry": cmd_retry, "release": cmd_release, "purge": cmd_purge,
+            "metrics": cmd_metrics}
 
 
 # -- running ---------------------------------------------------------------------------

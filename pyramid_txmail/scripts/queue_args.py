@@ -173,6 +173,15 @@ def build_parser():
     age.add_argument("--all", action="store_true", help="every message in the state")
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
 
+    _sub(commands, "metrics", "the queue gauges once, in Prometheus text format",
+         "Print the queue's gauges (messages per state, oldest age per state,\n"
+         "deferred mail due) once in the Prometheus text format, e.g. for the\n"
+         "node_exporter textfile collector.  Only the queue gauges: the delivery\n"
+         "counters (sent, deferred, failed, attempts, latency, sessions) are\n"
+         "counted by txmail-qp (mail.metrics_port, mail.metrics_file).  Needs\n"
+         "pyramid_txmail[ops].",
+         ["metrics"])
+
     _sub(commands, "init-db", "create the SQL outbox's tables (mail.queue_url)",
          "Create the SQL outbox's tables and indexes in the database that\n"
          "mail.queue_url names, for an application without Alembic (one with\n"
