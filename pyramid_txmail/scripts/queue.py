@@ -24,6 +24,7 @@ import time
 from pyramid.exceptions import ConfigurationError
 
 from ..util.printable import get_logger
+from ..util.shown_url import scrub, shown_url
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
 from ..settings import settings_prefix
@@ -198,7 +199,7 @@ def cmd_init_db(settings):
         init_db(engine)
     finally:
         engine.dispose()
-    where = engine.url.render_as_string(hide_password=True)
+    where = shown_url(engine.url)
     log.info("init-db: the outbox tables are in %s", where)
     print(f"the SQL outbox's tables are ready in {clean(where)}")
     return EX_OK
@@ -263,6 +264,7 @@ def _database_problem(exc, settings):
     why = unreachable(exc)
     if why is None:
         return None
+    why = scrub(why, settings.queue_url)  # a driver's error may quote its parameters
     return EX_FAILED, f"the database of mail.queue_url ({url}) is not available: {why}"
 
 

@@ -21,6 +21,8 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from ...util.shown_url import shown_url
+
 log = logging.getLogger("pyramid_txmail.queue.sql")
 
 #: Seconds a SQLite connection waits for another's write lock before it fails.
@@ -36,8 +38,9 @@ def normalized_url(url):
 
 
 def where(url):
-    """The URL for log lines and ``txmail-queue``: never with its password."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL for log lines and ``txmail-queue``: never with its password (in the
+    netloc or in the query string)."""
+    return shown_url(url)
 
 
 def make_engine(url, pool_size=5):
