@@ -28,7 +28,7 @@ from ..queue_state import epoch
 from ..states import ALL_STATES, LABELS, QUEUE_STATES
 from .errors import Ambiguous, NotFound, Refused, Vanished
 from .leases import log
-from .schema import db_epoch, outbox, outbox_chunk
+from .schema import db_epoch, outbox, outbox_chunk, parse_id
 from .store import CHANNEL, autocommit, read_chunks
 
 #: The state names txmail-queue shows, and the outbox's for them (their labels).
@@ -221,7 +221,8 @@ class SqlAdmin:
         live = outbox.c.state.in_(list(TO_DB.values()))
         if not key:
             raise NotFound("an empty id matches nothing")
-        matches = self._select(live, outbox.c.id == int(key)) if key.isdigit() else []
+        number = parse_id(key)
+        matches = [] if number is None else self._select(live, outbox.c.id == number)
         kind = "id"
         if not matches:
             bare = ident.strip("<>").strip()
