@@ -243,7 +243,7 @@ def run(args):
     if args.command == "init-db":
         return cmd_init_db(settings)
     queue = open_queue_or_exit(settings)
-    return COMMANDS[args.command](queue, args, time.time())
+    return COMMANDS[args.command](queue, args, getattr(queue, "clock", time.time)())
 
 
 def _database_problem(exc, settings):

@@ -153,6 +153,10 @@ class SqlAdmin:
 
     states = QUEUE_STATES
 
+    def _now(self):
+        """The database's time when this is the SQL queue (its rows' times are on it)."""
+        return getattr(self, "clock", time.time)()
+
     def _select(self, *where):
         columns = (outbox.c.id, outbox.c.state, outbox.c.queued_at, outbox.c.sender,
                    outbox.c.recipients, outbox.c.meta, outbox.c.message_id,
@@ -187,7 +191,7 @@ class SqlAdmin:
 
     def status(self, now=None):
         """Counts and oldest age per state, the earliest retry (the spool's keys)."""
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         by_state = sa.select(outbox.c.state, sa.func.count(), sa.func.min(outbox.c.queued_at)
                              ).group_by(outbox.c.state)
         retries = sa.select(sa.func.min(outbox.c.next_attempt),
@@ -271,7 +275,7 @@ class SqlAdmin:
                           "delivered; purge only deferred or failed")
         if state not in TO_DB:
             return []
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         return [m for m in self.messages((state,))
                 if older_than is None or now - m.settled_at >= older_than]
 

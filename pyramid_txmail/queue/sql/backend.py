@@ -36,6 +36,7 @@ from zope.interface import implementer
 from ...compose import wire
 from ..interface import IQueue, IQueueAdmin
 from .admin import SqlAdmin
+from .dbclock import DbClock
 from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import Claimed, LeaseScope, claimer, log
@@ -74,6 +75,7 @@ class SQLQueue(SqlAdmin):
         else:
             self.engine = make_engine(url, pool_size)
         self.where = url_where(self.engine.url)
+        self.clock = DbClock(self.engine)  # every time on the outbox is the database's
         self.claim_timeout = claim_timeout
         self.keep_delivered = keep_delivered
         self._scope = None
