@@ -194,9 +194,13 @@ def cmd_init_db(settings):
     from ..queue.sql import init_db
     from ..queue.sql.backend import engine_from_settings
 
+    from ..queue.sql.tables import IncompatibleTables
+
     engine = engine_from_settings(settings)
     try:
         init_db(engine)
+    except IncompatibleTables as exc:
+        raise ConfigError(str(exc)) from None
     finally:
         engine.dispose()
     where = shown_url(engine.url)

@@ -37,7 +37,7 @@ from ...compose import wire
 from ..interface import IQueue, IQueueAdmin
 from .admin import SqlAdmin
 from .dbclock import DbClock
-from .engine import log_error, make_engine, unreachable, where as url_where
+from .engine import log_error, make_engine, schema_problem, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import Claimed, LeaseScope, claimer, log
 from .schema import db_epoch, outbox, outbox_chunk
@@ -87,6 +87,12 @@ class SQLQueue(SqlAdmin):
 
     def close(self):
         self.engine.dispose()
+
+    def check_tables(self):
+        """IncompatibleTables (one line) unless the outbox tables are this version's."""
+        from .tables import check
+
+        check(self.engine, self.where)
 
     # -- a pass --------------------------------------------------------------
 
@@ -371,6 +377,9 @@ class SQLQueue(SqlAdmin):
         try:
             retry, strays, lease_left = self._run(lambda c: c.execute(query).first(), "read")
         except sa.exc.SQLAlchemyError as exc:
+            if schema_problem(exc) is not None:  # logged once a minute, no traceback
+                log_error("cannot read the retry times", self.where, exc)
+                return now + AWAY_RETRY
             if unreachable(exc) is None:
                 raise
             log.warning("cannot read the retry times in %s (%s); looking again in %gs",

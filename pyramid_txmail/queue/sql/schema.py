@@ -136,5 +136,12 @@ def init_db(engine):
 
     Idempotent: tables that exist are left as they are.  An application with
     Alembic runs the migration instead (see the package docstring).
+    Tables that exist but differ from this version's (a column missing, an
+    extra NOT NULL one) are not altered: :class:`~.tables.IncompatibleTables`
+    names what differs (then the Alembic migration, or a person, fixes it).
     """
+    from .engine import where
+    from .tables import check
+
+    check(engine, where(engine.url), missing_ok=True)
     metadata.create_all(engine, checkfirst=True)
