@@ -59,7 +59,7 @@ def test_one_pass_without_tables_or_with_others_exits_78_in_one_line(tmp_path, d
     proc = run(QP, ini, "--no-app")
     assert proc.returncode == 78, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "txmail_outbox is missing" in proc.stderr and "init-db" in proc.stderr
+    assert "has no outbox tables" in proc.stderr and "init-db" in proc.stderr
     old_table(db_url)
     proc = run(QP, ini, "--no-app")
     assert proc.returncode == 78 and "Traceback" not in proc.stderr

@@ -189,6 +189,16 @@ class SqlAdmin:
         found = self._select(outbox.c.state.in_([TO_DB[s] for s in states if s in TO_DB]))
         return sorted(found, key=lambda m: (states.index(m.state), m.queued_at, m.id))
 
+    def missing_tables(self):
+        """The outbox tables the database lacks (``txmail-queue INI init-db`` creates
+        them), or None when the database cannot be asked now (the daemon waits it out)."""
+        try:
+            with self.engine.connect() as connection:
+                found = sa.inspect(connection)
+                return [t.name for t in (outbox, outbox_chunk) if not found.has_table(t.name)]
+        except sa.exc.SQLAlchemyError:
+            return None
+
     def status(self, now=None):
         """Counts and oldest age per state, the earliest retry (the spool's keys)."""
         now = self._now() if now is None else now
@@ -200,7 +210,8 @@ class SqlAdmin:
         with autocommit(self.engine) as connection:
             counts = {s: (n, first) for s, n, first in connection.execute(by_state)}
             earliest, due = connection.execute(retries).first()
-        result = {"spool": self.where, "queue": self.where, "time": now, "states": {}}
+        result = {"spool": self.where, "queue": self.where, "backend": "sql", "time": now,
+                  "states": {}}  # "spool": the key readers of a spool's status know
         oldest = None
         for state in QUEUE_STATES + SPOOL_ONLY:
             count, first = counts.get(TO_DB.get(state), (0, None))
