@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from pyramid_txmail.processor.pass_stats import PassStats
 from pyramid_txmail.queue.sql import SQLQueue, outbox
+from pyramid_txmail.queue.sql.backend import BODY_WITH_CLAIM
 from pyramid_txmail.queue.sql.errors import ClaimLost
 from pyramid_txmail.queue.sql.schema import CHUNK
 
@@ -84,6 +85,22 @@ def test_a_large_message_claimed_in_a_batch_is_still_read_from_its_chunks(db_url
     [claimed] = claim_all(queue)
     assert claimed.id == ident
     assert queue.read(claimed, None)[2] == big
+    queue.retire(claimed)
+    assert row(queue, ident).state == "delivered"
+
+
+def test_a_body_over_the_claims_share_is_read_when_its_worker_starts(db_url):
+    """A batch holds little memory: an inline body over BODY_WITH_CLAIM is not
+    returned by the claim, and read() fetches it then."""
+    queue = make_queue(db_url)
+    medium = message(body=b"m" * 70 + b"\r\n") * (BODY_WITH_CLAIM // 70 + 10)
+    assert BODY_WITH_CLAIM < len(medium) < CHUNK
+    ident = put(queue, medium)
+    [claimed] = claim_all(queue)
+    assert claimed.row.body is None
+    with statements(queue) as sent:
+        assert queue.read(claimed, None)[2] == medium
+    assert len(sent) == 1
     queue.retire(claimed)
     assert row(queue, ident).state == "delivered"
 

@@ -59,11 +59,18 @@ SETTLE_PATIENCE = 60.0
 AWAY_RETRY = 5.0
 #: Most rows one claiming statement takes (about two per worker, never more).
 CLAIM_BATCH_MAX = 32
+#: Inline bodies up to this size come back with the claim; a larger one (up to
+#: CHUNK) is read when its worker starts on it, so a batch holds little memory.
+BODY_WITH_CLAIM = 64 * 1024
 
 #: What :meth:`SQLQueue.read` needs of a row (returned by the claim too).
 _READ_COLUMNS = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
                  outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
                  outbox.c.message_id, outbox.c.wire_ready)
+
+_CLAIM_COLUMNS = tuple(c for c in _READ_COLUMNS if c is not outbox.c.body) + (
+    sa.case((outbox.c.size <= BODY_WITH_CLAIM, outbox.c.body), else_=sa.null())
+    .label("body"),)
 
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
@@ -202,7 +209,7 @@ class SQLQueue(SqlAdmin):
                      .values(state="in_progress", claim_token=token, claimed_by=claimer(),
                              lease_until=db_epoch() + self.claim_timeout)
                      .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
-                                outbox.c.meta, *_READ_COLUMNS))
+                                outbox.c.meta, *_CLAIM_COLUMNS))
         rows = self._run(lambda c: c.execute(statement).all(), "write")
         if which == "queued":
             rows.sort(key=lambda r: (r.queued_at, r.id))
@@ -232,6 +239,8 @@ class SQLQueue(SqlAdmin):
         """``(fromaddr, toaddrs, data)``: bytes, or a Stream of its chunks when it is
         larger than ``stream_over`` (then read one chunk at a time)."""
         row, claimed.row = getattr(claimed, "row", None), None  # read once, then freed
+        if row is not None and not row.chunks and row.body is None:
+            row = None  # a larger inline body, not returned by the claim
         if row is None:
             row = self._run(lambda c: c.execute(sa.select(*_READ_COLUMNS).where(
                 outbox.c.id == claimed.id)).first(), "read")
