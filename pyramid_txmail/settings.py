@@ -111,8 +111,9 @@ def _at_least(minimum, why):
     return lambda value: parse_duration(value, minimum, why)
 
 
-_claim_timeout = _at_least(1.0, "a live processor refreshes its claim every "
-                           "claim_timeout/4, which needs some margin")
+_claim_timeout = _at_least(1.0, "a live processor refreshes its claim (the spool's "
+                           "heartbeat, the SQL outbox's lease) every claim_timeout/4, "
+                           "which needs some margin")
 #: Below this, polling new/ is a busy loop.
 MIN_POLL_INTERVAL = 0.01
 #: Below this, txmail-qp could clean up a live commit's files in tmp/ or prepared/.
@@ -382,7 +383,9 @@ SETTINGS = (
             "recipients follow --, a -t is dropped (never read from headers)."),
     Setting("claim_timeout", _claim_timeout, 3600.0,
             "A message claimed by a processor that died goes back to the queue after "
-            "this (a live one refreshes its claim, so a longer send keeps it); at least 1s."),
+            "this (a live one refreshes its claim -- the spool's heartbeat, the SQL "
+            "outbox's lease -- every claim_timeout/4, at least every minute, so a longer "
+            "send keeps it); at least 1s."),
     Setting("commit_grace", _at_least(MIN_COMMIT_GRACE, "a shorter grace could clean up "
                                       "the files of a commit that is still going on"), 3600.0,
             "A message a crashed process left half-committed in the spool is cleaned up "

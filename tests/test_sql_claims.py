@@ -176,3 +176,16 @@ def test_a_pass_gives_back_the_claims_it_never_handed_out(queue):
         assert row(queue, ident).state == "in_progress"
     stored = row(queue, ident)
     assert (stored.state, stored.claim_token, stored.lease_until) == ("queued", None, None)
+
+
+def test_leases_are_renewed_as_often_as_the_spool_heartbeat_as_the_settings_say():
+    """mail.claim_timeout's text promises one interval (claim_timeout/4, at least every
+    minute) for both backends: the outbox's lease and the spool's heartbeat."""
+    from pyramid_txmail.queue.maildir.claims import heartbeat_interval
+    from pyramid_txmail.queue.sql.leases import renew_interval
+    from pyramid_txmail.settings import SETTINGS
+
+    for timeout in (1.0, 3.0, 30.0, 240.0, 3600.0):
+        assert renew_interval(timeout) == heartbeat_interval(timeout)
+    [text] = [s.doc for s in SETTINGS if s.name == "claim_timeout"]
+    assert "claim_timeout/4" in text and "lease" in text

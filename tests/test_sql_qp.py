@@ -357,3 +357,42 @@ def test_an_outbox_without_its_tables_says_to_run_init_db(tmp_path, db_url, smtp
     assert "has no outbox tables" in line and "txmail-queue CONFIG_URI init-db" in line
     assert run(QUEUE, ini, "init-db").returncode == 0
     assert run(QUEUE, ini, "status").returncode == 0
+
+
+def test_status_names_the_outbox_url_not_a_spool(tmp_path, pg_url, smtp_server):
+    """The first line of ``status`` on the outbox is its URL with the password hidden; the
+    JSON keeps ``spool`` for old readers and has ``queue`` and ``backend`` beside it."""
+    url = make_url(pg_url).set(password="S3cret-Pw").render_as_string(hide_password=False)
+    ini = write_ini(tmp_path, url, smtp_server)
+    assert run(QUEUE, ini, "init-db").returncode == 0
+    proc = run(QUEUE, ini, "status")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("queue: postgresql+psycopg://") and "***" in first, first
+    assert "spool" not in proc.stdout and "tmp/" not in proc.stdout, proc.stdout
+    status = queue_json(ini, "status")
+    assert status["spool"] == status["queue"] and status["backend"] == "sql"
+    assert "S3cret-Pw" not in proc.stdout + json.dumps(status)
+
+
+def test_txmail_qp_on_an_outbox_without_tables_says_to_run_init_db_once(
+        tmp_path, sqlite_url, smtp_server, daemons):
+    """One pass: one line naming init-db, exit 78 (as txmail-queue).  A daemon: that
+    line once, no "no such table" per step, and it starts once init-db has run."""
+    ini = write_ini(tmp_path, sqlite_url, smtp_server, "mail.poll_interval = 0.2s\n")
+    proc = run(QP, ini, "--no-app")
+    assert proc.returncode == 78, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert "has no outbox tables" in line and "txmail-queue CONFIG_URI init-db" in line, line
+    daemon = start_daemon(ini, tmp_path)
+    daemons.append(daemon)
+    wait_until(lambda: "has no outbox tables" in log_of(daemon), WAIT, "the daemon to say so")
+    assert run(QUEUE, ini, "init-db").returncode == 0
+    put(sqlite_url, ["a@example.org"])
+    wait_until(lambda: len(smtp_server.messages) == 1, WAIT, "the message to be sent")
+    daemon.send_signal(signal.SIGINT)
+    assert daemon.wait(timeout=60) == 0
+    text = log_of(daemon)
+    assert text.count("has no outbox tables") == 1, text
+    assert "no such table" not in text, text
+    assert "Traceback" not in text

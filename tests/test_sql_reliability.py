@@ -246,10 +246,6 @@ def test_postgresql_restarts_under_a_running_daemon(tmp_path, make_smtp_server):
                   f"{workers}, one per worker, each time)")
 
 
-@pytest.mark.xfail(strict=True, reason="queue/sql/backend.py: holds() (and read()) raise "
-                   "the database's OperationalError into the processor while the server is "
-                   "down, where the settling steps wait and try again; the outcome of a "
-                   "message the relay took is then never written and it is sent again")
 def test_the_database_away_when_the_relay_answers_records_the_outcome_once_back(
         tmp_path, make_smtp_server):
     """PostgreSQL crashes (kill -9) after the relay stored the message and before its

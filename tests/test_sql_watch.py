@@ -6,6 +6,7 @@ A wait that must *not* end is given a short timeout and must come back
 """
 from __future__ import annotations
 
+import logging
 import select
 import threading
 import time
@@ -143,3 +144,28 @@ def test_a_pass_while_postgresql_is_down_says_so_in_one_line(caplog):
         pg.start()
         assert len(claim_all(queue)) == 1  # back, with nothing lost
         queue.close()
+
+
+def test_the_watcher_says_once_that_it_cannot_listen_and_once_that_it_listens_again(
+        monkeypatch, caplog, waker):
+    """While PostgreSQL is down the watcher tries to reconnect every RECONNECT_EVERY
+    (made short here, so that one wait makes many tries): the outage is logged when
+    it starts and when it ends, not once per try."""
+    from pyramid_txmail.queue.sql import watcher as watching
+
+    caplog.set_level(logging.INFO, logger="pyramid_txmail.queue.sql")
+    monkeypatch.setattr(watching, "RECONNECT_EVERY", 0.02)
+    with PgCluster() as pg:
+        queue = make_queue(pg.url)
+        watcher = queue.watcher(settings(), "auto")
+        watcher.mark()
+        pg.kill()
+        watcher.mark()  # finds the connection broken
+        assert watcher.wait(QUIET, waker) == "timeout"  # ~25 tries, none works
+        pg.start()
+        assert watcher.wait(PATIENCE, waker) == "mail"
+        watcher.close()
+        queue.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot LISTEN" in m for m in messages) == 1, messages
+    assert sum("listening for NOTIFY again" in m for m in messages) == 1, messages

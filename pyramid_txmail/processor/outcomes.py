@@ -22,7 +22,7 @@ import dataclasses
 from pyramid.threadlocal import manager as threadlocals
 
 from .. import events as mail_events
-from ..queue.interface import ClaimLost
+from ..queue.interface import ClaimLost, QueueAway
 from ..queue.queue_state import age as queue_age, dead_letter, expired as past_max_age
 from ..queue.queue_state import record_attempt
 from ..relay.result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
@@ -76,7 +76,12 @@ class Outcomes:
         claimed and sent again.
         """
         result = self._deliver(transport, job, pending)
-        if not self.queue.holds(job.claimed):
+        try:
+            held = self.queue.holds(job.claimed)
+        except QueueAway as exc:  # not known either way: never taken for a lost claim
+            raise QueueAway(f"{exc}; the relay's answer ({result.summary()}) for "
+                            f"{job.message_id} is not recorded") from None
+        if not held:
             raise ClaimLost(f"the relay's answer was {result.summary()}")
         all_sent = all(r.status == SENT for r in result.results)
         if not job.meta and all_sent:
@@ -87,12 +92,13 @@ class Outcomes:
                               job.claimed.queued_at or now)
         try:
             self.queue.record(job.claimed, meta)
-        except OSError as exc:
+        except (OSError, QueueAway) as exc:  # a full disk; a database away too long
             if not all_sent:
                 raise
             log.warning("%s: cannot record the attempt in %s (%s); every recipient "
                         "accepted %s, so it leaves the queue anyway", job.claimed.name,
-                        self.queue.where, exc.strerror or exc, job.message_id)
+                        self.queue.where, getattr(exc, "strerror", None) or exc,
+                        job.message_id)
         return result
 
     def _deliver(self, transport, job, pending):

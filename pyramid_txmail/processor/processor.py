@@ -46,7 +46,7 @@ import transaction
 
 from ..compose import wire
 from ..queue import as_queue
-from ..queue.interface import ClaimLost, PoisonMessage
+from ..queue.interface import ClaimLost, PoisonMessage, QueueAway
 from ..queue.queue_state import checked
 from ..util.printable import get_logger
 from .outcomes import (  # noqa: F401 (public here too)
@@ -235,6 +235,10 @@ class Processor(Outcomes):
                         "message is left to whoever holds it now (released by "
                         "`txmail-queue release --force`, or taken after its heartbeat "
                         "stopped for mail.claim_timeout)", _ticket_name(ticket), exc)
+        except QueueAway as exc:  # its store did not answer for the backend's patience
+            stats.errors += 1
+            log.error("%s; the message stays claimed, and is taken again once its claim "
+                      "runs out (mail.claim_timeout)", exc)
         except Exception:
             stats.errors += 1
             log.exception("%s: unexpected error; the message stays claimed until "

@@ -40,6 +40,13 @@ class QueueUnavailable(Exception):
     the path or URL, and what to fix)."""
 
 
+class QueueAway(Exception):
+    """The queue's store stopped answering while a claimed message was handled, for
+    longer than the backend waits (a database down): nothing about the message
+    could be confirmed or recorded, so it stays claimed and is taken again once
+    its claim runs out.  Not a lost claim: the text says what was not recorded."""
+
+
 class NotFound(LookupError):
     """No message matches the id given (``IQueueAdmin.find``)."""
 

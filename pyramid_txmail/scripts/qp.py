@@ -233,6 +233,31 @@ def open_queue_or_exit(settings):
         raise ConfigError(str(exc)) from None
 
 
+def wait_for_tables(queue, daemon, signals, every=5.0):
+    """An SQL outbox whose tables were never created: one line naming ``init-db``.
+
+    A one-pass run stops there (exit 78, as ``txmail-queue`` does); a daemon says it
+    once and looks again every ``every`` seconds, silently, until the tables are there
+    (a deployment that migrates after it starts the workers) or it is stopped (then
+    False).  Without this, each step of each pass logged "no such table".
+    """
+    missing = getattr(queue, "missing_tables", lambda: None)()
+    if not missing:
+        return True
+    problem = (f"the database of mail.queue_url ({queue.where}) has no outbox tables "
+               f"({', '.join(missing)}): create them with `txmail-queue CONFIG_URI "
+               "init-db`, or with the application's Alembic migrations")
+    if not daemon:
+        raise ConfigError(problem)
+    log.error("%s; waiting for them", problem)
+    while missing:
+        if signals.stop.wait(every):
+            return False
+        missing = queue.missing_tables()
+    log.info("the outbox tables are in %s now; starting", queue.where)
+    return True
+
+
 @contextlib.contextmanager
 def app_registry(path, app_name, load):
     """The application's registry (closed afterwards), or None with --no-app."""
@@ -263,6 +288,8 @@ def run(args, signals, waker):
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
     queue = open_queue_or_exit(settings)
+    if not wait_for_tables(queue, args.daemon, signals):
+        return EX_OK  # stopped while waiting for them
     watcher = None
     if args.daemon:
         try:

@@ -44,11 +44,21 @@ def _addresses(values):
 
 
 def status_lines(info):
-    """``status``: one line per state, then the oldest message overall."""
-    lines = [f"spool: {clean(info['spool'])}"]
+    """``status``: one line per state, then the oldest message overall.
+
+    The first line names what was looked at: the spool's directory, or the SQL
+    outbox's URL (its password hidden by the backend) -- never "spool:" for a
+    table.  (The JSON keeps ``spool`` for old readers, with ``queue`` beside it.)
+    """
+    sql = info.get("backend") == "sql"
+    lines = [f"queue: {clean(info['queue'])} (SQL outbox)" if sql
+             else f"spool: {clean(info['spool'])}"]
     for state in (s for s in ALL_STATES if s in info["states"]):  # the backend's own
+        if sql and state in ("tmp", "prepared"):  # spool directories a table has not
+            continue
         row = info["states"][state]
-        line = f"  {row['label']:<12} {state + '/':<10} {row['count']:>6}"
+        line = (f"  {row['label']:<12} {row['count']:>6}" if sql else
+                f"  {row['label']:<12} {state + '/':<10} {row['count']:>6}")
         if row["count"]:
             line += f"   oldest {age(row['oldest_age'])}"
         if state == "deferred" and info["next_retry"] is not None:
@@ -56,7 +66,10 @@ def status_lines(info):
             line += (f"   next retry {when(info['next_retry'])} "
                      + ("(due now)" if wait <= 0 else f"(in {age(wait)})"))
         lines.append(line)
-    lines.append(f"oldest message: {age(info['oldest_age'])} (tmp/ and prepared/ not counted)")
+    if sql and "delivered" in info:
+        lines.append(f"  {'delivered':<12} {info['delivered']:>6}   (kept mail.keep_delivered)")
+    lines.append(f"oldest message: {age(info['oldest_age'])}"
+                 + ("" if sql else " (tmp/ and prepared/ not counted)"))
     return lines
 
 

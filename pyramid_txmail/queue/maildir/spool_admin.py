@@ -224,7 +224,8 @@ def status(spool, now=None):
     ``oldest_age`` is over every state but ``tmp/`` (uncommitted writes).
     """
     now = time.time() if now is None else now
-    result = {"spool": spool.path, "time": now, "states": {}}
+    result = {"spool": spool.path, "queue": spool.path, "backend": "spool", "time": now,
+              "states": {}}
     oldest = None
     for state in ALL_STATES:
         names = files(spool, state)

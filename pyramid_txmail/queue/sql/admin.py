@@ -196,7 +196,8 @@ class SqlAdmin:
         with autocommit(self.engine) as connection:
             counts = {s: (n, first) for s, n, first in connection.execute(by_state)}
             earliest, due = connection.execute(retries).first()
-        result = {"spool": self.where, "queue": self.where, "time": now, "states": {}}
+        result = {"spool": self.where, "queue": self.where, "backend": "sql", "time": now,
+                  "states": {}}  # "spool": the key readers of a spool's status know
         oldest = None
         for state in QUEUE_STATES + SPOOL_ONLY:
             count, first = counts.get(TO_DB.get(state), (0, None))

@@ -42,8 +42,11 @@ from .admin import SqlAdmin
 from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
 from .leases import Claimed, LeaseScope, claimer, log
+from . import patience
+from .patience import patiently
 from .schema import db_epoch, outbox, outbox_chunk
-from .store import attempts_of, autocommit, copy_chunks, enqueue, insert_row, read_chunks
+from .store import (attempts_of, autocommit, chunks_on, copy_chunks, enqueue, insert_row,
+                    read_chunks)
 
 #: How long delivered rows are kept by default (``mail.keep_delivered``): a day,
 #: as Rails' Solid Queue keeps finished jobs.  Long enough to answer "did the
@@ -53,8 +56,6 @@ from .store import attempts_of, autocommit, copy_chunks, enqueue, insert_row, re
 KEEP_DELIVERED = 86400.0
 #: Delivered rows deleted per statement by housekeeping (short locks).
 REAP_BATCH = 10000
-#: How long settling a claim waits for a database that dropped the connection.
-SETTLE_PATIENCE = 60.0
 #: While the database cannot be reached, the daemon looks again this often (seconds).
 AWAY_RETRY = 5.0
 #: Most rows one claiming statement takes (about two per worker, never more).
@@ -104,6 +105,16 @@ class SQLQueue(SqlAdmin):
 
     def close(self):
         self.engine.dispose()
+
+    def missing_tables(self):
+        """The outbox tables the database lacks (``txmail-queue INI init-db`` creates
+        them), or None when the database cannot be asked now (the daemon waits it out)."""
+        try:
+            with self.engine.connect() as connection:
+                found = sa.inspect(connection)
+                return [t.name for t in (outbox, outbox_chunk) if not found.has_table(t.name)]
+        except sa.exc.SQLAlchemyError:
+            return None
 
     # -- a pass --------------------------------------------------------------
 
@@ -242,7 +253,7 @@ class SQLQueue(SqlAdmin):
         if row is not None and not row.chunks and row.body is None:
             row = None  # a larger inline body, not returned by the claim
         if row is None:
-            row = self._run(lambda c: c.execute(sa.select(*_READ_COLUMNS).where(
+            row = self._patient(claimed, lambda c: c.execute(sa.select(*_READ_COLUMNS).where(
                 outbox.c.id == claimed.id)).first(), "read")
         if row is None:
             raise ClaimLost(f"outbox row {claimed.id} is gone")
@@ -258,7 +269,8 @@ class SQLQueue(SqlAdmin):
         chunks = lambda: read_chunks(self.engine, claimed.id, row.chunks)  # noqa: E731
         try:
             if stream_over is None or row.size <= stream_over or not row.wire_ready:
-                return row.sender, recipients, b"".join(chunks())
+                return row.sender, recipients, self._patient(claimed, lambda c: b"".join(
+                    chunks_on(c, claimed.id, row.chunks)), "read")
         except LookupError as exc:
             raise PoisonMessage(str(exc)) from None
         stream = wire.Stream(chunks, size=row.size, eightbit=row.eightbit,
@@ -267,6 +279,7 @@ class SQLQueue(SqlAdmin):
         return row.sender, recipients, stream
 
     def load_state(self, claimed):
+        """The state read with the claim (no statement of its own)."""
         meta = claimed.meta
         if meta is None:
             return {}
@@ -281,7 +294,22 @@ class SQLQueue(SqlAdmin):
         query = sa.select(outbox.c.id).where(outbox.c.id == claimed.id,
                                              outbox.c.claim_token == claimed.token,
                                              outbox.c.state == "in_progress")
-        return self._run(lambda c: c.execute(query).first(), "read") is not None
+        return self._patient(claimed, lambda c: c.execute(query).first(), "read") is not None
+
+    def _patient(self, claimed, work, how):
+        """:meth:`_run` for a claimed message: a database that is away is waited for
+        (:mod:`~pyramid_txmail.queue.sql.patience`), then QueueAway -- never an
+        answer that says the claim was lost.
+
+        The wait lasts as long as the lease may still be this processor's
+        (``claim_timeout``: it was renewed less than a beat ago), at least
+        :data:`~pyramid_txmail.queue.sql.patience.PATIENCE`: a database back
+        within it still holds the claim, so what the relay answered is
+        recorded instead of the message being sent again.
+        """
+        about = f"outbox row {claimed.id}" if hasattr(claimed, "id") else str(claimed)
+        return patiently(lambda: self._run(work, how), about, self.where,
+                         max(patience.PATIENCE, self.claim_timeout))
 
     def _run(self, work, how):
         """``work(connection)``: ``how`` is ``read`` (no transaction held), ``write``
@@ -310,10 +338,10 @@ class SQLQueue(SqlAdmin):
         it, else ClaimLost; returns the row's ``chunks``.
 
         A database that dropped the connection or cannot be reached (a
-        restart, a failover) is tried again for :data:`SETTLE_PATIENCE`: a
-        relay's answer is not thrown away for a blip.  (Had the dropped
-        attempt committed, the retry finds the row settled and says ClaimLost:
-        the message is where it should be.)
+        restart, a failover) is waited for (:meth:`_patient`): a relay's
+        answer is not thrown away for a blip.  (Had the dropped attempt
+        committed, the retry finds the row settled and says ClaimLost: the
+        message is where it should be.)
         """
         mine = (outbox.c.id == claimed.id, outbox.c.claim_token == claimed.token,
                 outbox.c.state == "in_progress")
@@ -324,22 +352,11 @@ class SQLQueue(SqlAdmin):
             # this one commit is not waited for on disk (see retire())
             statement = statement.returning(
                 sa.func.set_config("synchronous_commit", "off", True))
-        deadline, delay = time.monotonic() + SETTLE_PATIENCE, 0.1
-        while True:
-            try:
-                row = self._run(lambda c: c.execute(statement).first(), "write")
-            except sa.exc.DBAPIError as exc:
-                if unreachable(exc) is None or time.monotonic() >= deadline:
-                    raise
-                log.warning("outbox row %s: the connection to %s broke (%s); trying "
-                            "again in %.1fs", claimed.id, self.where, unreachable(exc), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if row is None:
-                raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was lost "
-                                "(its lease ran out, or it was released)")
-            return row.chunks
+        row = self._patient(claimed, lambda c: c.execute(statement).first(), "write")
+        if row is None:
+            raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was lost "
+                            "(its lease ran out, or it was released)")
+        return row.chunks
 
     def record(self, claimed, state):
         self._settle(claimed, {"meta": state, "attempts": attempts_of(state)})
@@ -390,23 +407,29 @@ class SQLQueue(SqlAdmin):
         return claimed.name
 
     def bury_copy(self, fromaddr, recipients, data, state):
-        """A dead letter addressed to ``recipients`` only, committed before it returns."""
+        """A dead letter addressed to ``recipients`` only, committed before it returns
+        (a database that is away is waited for, as for the claimed message's own row)."""
         source = getattr(data, "outbox_source", None)
-        with self.engine.begin() as connection:
-            if source is None or source[0] is not self:
-                return str(enqueue(connection, fromaddr, recipients, data, state="failed",
-                                   meta=state))
-            _, ident, count = source
-            row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
-                   "meta": state, "attempts": attempts_of(state),
-                   "message_id": data.message_id, "size": data.size, "chunks": count,
-                   "body": None, "eightbit": bool(data.eightbit),
-                   "head_8bit": bool(data.head_8bit), "wire_ready": True}
-            copy = insert_row(connection, row, notify=False)
-            copy_chunks(connection, ident, copy)
-            return str(copy)
+        about = f"the dead-letter copy for {', '.join(recipients)}"
+        return self._patient(about, lambda connection: self._copy(
+            connection, source, fromaddr, recipients, data, state), "transaction")
+
+    def _copy(self, connection, source, fromaddr, recipients, data, state):
+        if source is None or source[0] is not self:
+            return str(enqueue(connection, fromaddr, recipients, data, state="failed",
+                               meta=state))
+        _, ident, count = source
+        row = {"state": "failed", "sender": fromaddr, "recipients": list(recipients),
+               "meta": state, "attempts": attempts_of(state),
+               "message_id": data.message_id, "size": data.size, "chunks": count,
+               "body": None, "eightbit": bool(data.eightbit),
+               "head_8bit": bool(data.head_8bit), "wire_ready": True}
+        copy = insert_row(connection, row, notify=False)
+        copy_chunks(connection, ident, copy)
+        return str(copy)
 
     def release(self, claimed):
+        """Stop renewing its lease (no statement: the settling step freed the row)."""
         if self._scope is not None:
             self._scope.discard(claimed)
 

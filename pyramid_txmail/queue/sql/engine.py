@@ -26,6 +26,16 @@ log = logging.getLogger("pyramid_txmail.queue.sql")
 #: Seconds a SQLite connection waits for another's write lock before it fails.
 SQLITE_BUSY_TIMEOUT = 30.0
 
+#: libpq's TCP settings for every connection the processors open (their pool and the
+#: watcher's LISTEN connection).  A connection silently dropped on the way (a NAT or
+#: load balancer forgetting an idle flow, a partition) sends no RST: without these a
+#: query, or the LISTEN socket, waits on it for ever.  Keepalives find an idle dead
+#: peer within idle + interval * count (60s); ``tcp_user_timeout`` (milliseconds)
+#: fails a socket whose sent data stays unacknowledged for 60s.  The application's
+#: own engine is the application's business.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                 "keepalives_count": 3, "tcp_user_timeout": 60000}
+
 
 def normalized_url(url):
     """``url`` as a :class:`sqlalchemy.engine.URL`, with psycopg 3 for a bare postgresql://."""
@@ -48,7 +58,10 @@ def make_engine(url, pool_size=5):
                                                      "check_same_thread": False})
         _begin_immediate(engine)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=10)
+    connect_args = dict(PG_KEEPALIVES) if url.get_backend_name() == "postgresql" else {}
+    connect_args.update((k, v) for k, v in url.query.items() if k in PG_KEEPALIVES)  # URL's win
+    return sa.create_engine(url.difference_update_query(list(PG_KEEPALIVES)),
+                            pool_size=pool_size, max_overflow=10, connect_args=connect_args)
 
 
 def _begin_immediate(engine):

@@ -2,4 +2,4 @@
 from __future__ import annotations
 
 from ..interface import (  # noqa: F401
-    Ambiguous, ClaimLost, NotFound, PoisonMessage, Refused, Vanished)
+    Ambiguous, ClaimLost, NotFound, PoisonMessage, QueueAway, Refused, Vanished)

@@ -9,9 +9,12 @@ differ.
 While a pass holds claims, :class:`LeaseScope` renews every one of them in
 one UPDATE every :func:`renew_interval` on a connection of its own, so a live
 worker keeps its claim however long its relay takes; a process that dies
-stops renewing, and its leases run out.  A renewal that fails (the database
-restarting) is logged and tried again at the next beat: the lease still has
-two thirds of its time left.
+stops renewing, and its leases run out.  A renewal that fails because the
+database is away (a restart, a failover) is logged once and tried again
+soon and often (:mod:`~pyramid_txmail.queue.sql.patience`'s pauses, never
+longer than the beat), so the leases are extended the moment the database
+answers again, before another processor may take them; the end of the
+outage is logged too.
 
 Each renewal returns the tokens it extended, so the scope knows, per claim,
 when (on this process's monotonic clock, read *before* the statement was
@@ -27,7 +30,6 @@ token, matches no row and raises ClaimLost: no second copy is sent by us.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import socket
 import threading
@@ -37,11 +39,12 @@ import sqlalchemy as sa
 from zope.interface import implementer
 
 from ..interface import IClaimed
+from .engine import unreachable
+from .patience import FIRST_STEP, STEP_MAX, log
 from .schema import db_epoch, outbox
 
-log = logging.getLogger("pyramid_txmail.queue.sql")
-
-#: Leases are renewed every claim_timeout / 3, and at least this often (seconds).
+#: Leases are renewed every claim_timeout / 4 (as the spool's heartbeat), and at least
+#: this often (seconds): ``mail.claim_timeout``'s text holds for both backends.
 RENEW_MAX = 60.0
 #: The share of ``claim_timeout`` after a claim's last confirmed (re)lease during
 #: which :meth:`LeaseScope.vouches` answers without asking the database: two
@@ -80,7 +83,7 @@ def claimer():
 
 def renew_interval(timeout):
     """How often held leases are renewed: well inside ``timeout``."""
-    return min(timeout / 3.0, RENEW_MAX)
+    return min(timeout / 4.0, RENEW_MAX)
 
 
 def renew(connection, tokens, timeout):
@@ -171,8 +174,8 @@ class LeaseScope:
             started = time.monotonic()
             # a renewal that fails leaves the last confirmed times as they were:
             # those leases were set then and still run until their end
-            with self.queue.engine.begin() as connection:
-                held = renew(connection, tokens, self.timeout)
+            # the queue's _run: a connection dropped by a restart is renewed and tried once more
+            held = self.queue._run(lambda c: renew(c, tokens, self.timeout), "transaction")
             with self._lock:
                 for token in tokens:
                     if token in held and (token in self._held or token in self.fresh):
@@ -181,10 +184,26 @@ class LeaseScope:
                         self._leased.pop(token, None)
 
     def _run(self):
-        while not self._stop.wait(self.interval):
+        wait, away = self.interval, None
+        while not self._stop.wait(wait):
             try:
                 self.beat()
             except sa.exc.SQLAlchemyError as exc:
-                log.warning("cannot renew the leases of %d claims in %s (%s); trying "
-                            "again in %gs", len(self.tokens()), self.queue.where,
-                            exc.__class__.__name__, self.interval)
+                why = unreachable(exc)
+                if why is None:
+                    log.warning("cannot renew the leases of %d claims in %s (%s); trying "
+                                "again in %gs", len(self.tokens()), self.queue.where,
+                                exc.__class__.__name__, self.interval)
+                    continue
+                if away is None:
+                    log.warning("cannot renew the leases of %d claims in %s: the database "
+                                "is not available (%s); trying again until it answers",
+                                len(self.tokens()), self.queue.where, why)
+                    wait = FIRST_STEP
+                away = why
+                wait = min(wait * 2, STEP_MAX, self.interval)
+                continue
+            if away is not None:
+                log.info("renewed the leases of %d claims in %s again", len(self.tokens()),
+                         self.queue.where)
+            wait, away = self.interval, None

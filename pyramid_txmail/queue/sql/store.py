@@ -189,14 +189,19 @@ def write_chunks(connection, ident, pieces):
 def read_chunks(engine, ident, count):
     """The chunks of message ``ident`` one by one, each by its own query (a
     result set of them all would be fetched whole by the driver)."""
+    with autocommit(engine) as connection:
+        yield from chunks_on(connection, ident, count)
+
+
+def chunks_on(connection, ident, count):
+    """:func:`read_chunks` on a connection the caller holds (and may try again on)."""
     query = sa.select(outbox_chunk.c.data).where(outbox_chunk.c.outbox_id == ident,
                                                  outbox_chunk.c.seq == sa.bindparam("seq"))
-    with autocommit(engine) as connection:
-        for seq in range(count):
-            data = connection.execute(query, {"seq": seq}).scalar()
-            if data is None:
-                raise LookupError(f"outbox message {ident}: chunk {seq} of {count} is missing")
-            yield bytes(data)
+    for seq in range(count):
+        data = connection.execute(query, {"seq": seq}).scalar()
+        if data is None:
+            raise LookupError(f"outbox message {ident}: chunk {seq} of {count} is missing")
+        yield bytes(data)
 
 
 def copy_chunks(connection, source, target):

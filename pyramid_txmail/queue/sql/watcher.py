@@ -10,6 +10,9 @@ The server may restart under a running daemon: a broken connection is closed
 and reopened every :data:`RECONNECT_EVERY` seconds until it works, and the
 wait after a reconnect reports ``"mail"`` (a notification may have been sent
 while nobody listened), so nothing committed meanwhile waits for a timeout.
+The outage is logged when it starts, again at most once a minute (or when
+the error changes), and when it ends
+(:class:`~pyramid_txmail.queue.sql.patience.Outage`).
 
 SQLite has no notifications: :class:`PollWatcher` looks every
 ``mail.poll_interval`` for a row newer than the last one it saw, or for more
@@ -24,7 +27,9 @@ import sqlalchemy as sa
 
 from ..wakeup import WatchUnavailable
 from .leases import log
+from .patience import REPEAT_EVERY, Outage
 from .schema import outbox
+from .engine import unreachable
 from .store import CHANNEL, autocommit
 
 #: Seconds between two attempts to reopen a broken LISTEN connection.
@@ -41,6 +46,7 @@ class PollWatcher:
         self.interval = interval
         self._newest = None
         self._queued = None
+        self._outage = Outage()
 
     def describe(self):
         return f"polling {self.queue.where} every {self.interval:g}s"
@@ -58,9 +64,13 @@ class PollWatcher:
         try:
             self._newest, self._queued = self._look()
         except sa.exc.SQLAlchemyError as exc:
-            log.warning("cannot look into %s (%s); looking again in %gs",
-                        self.queue.where, exc.__class__.__name__, self.interval)
+            why = unreachable(exc) or exc.__class__.__name__
+            self._outage.failed(why, lambda: log.warning(
+                "cannot look into %s (%s); looking again every %gs", self.queue.where,
+                why, self.interval))
             self._newest, self._queued = None, None
+            return
+        self._outage.back(lambda: log.info("looking into %s again", self.queue.where))
 
     def wait(self, timeout, waker):
         """``"mail"``, ``"timeout"`` or ``"woken"``: why the wait ended."""
@@ -97,7 +107,7 @@ class ListenWatcher:
     def __init__(self, queue):
         self.queue = queue
         self.connection = None
-        self._away = False  # the connection was lost or could not be made: say when back
+        self._outage = Outage()  # the connection was lost or could not be made
         self._connect()  # if the server is away, wait() tries again
 
     def describe(self):
@@ -112,22 +122,21 @@ class ListenWatcher:
             connection.autocommit = True
             connection.execute(f"LISTEN {CHANNEL}")
         except Exception as exc:  # the server is away (psycopg or SQLAlchemy errors)
-            log.warning("cannot LISTEN on %s (%s: %s); trying again in %gs",
-                        self.queue.where, exc.__class__.__name__,
-                        str(exc).splitlines()[0] if str(exc) else "", RECONNECT_EVERY)
-            self._away = True
+            why = _first_line(exc)
+            self._outage.failed(why, lambda: log.warning(
+                "cannot LISTEN on %s (%s); trying again every %gs (said again at most "
+                "every %gs while it lasts)", self.queue.where, why, RECONNECT_EVERY,
+                REPEAT_EVERY))
             return False
         self.connection = connection
-        if self._away:
-            self._away = False
-            log.info("listening for NOTIFY again on %s", self.queue.where)
+        self._outage.back(lambda: log.info("listening for NOTIFY again on %s",
+                                           self.queue.where))
         return True
 
     def _lost(self, exc):
-        text = str(exc).strip()
-        log.warning("the LISTEN connection to %s broke (%s); reconnecting",
-                    self.queue.where, text.splitlines()[0] if text else exc.__class__.__name__)
-        self._away = True
+        why = _first_line(exc)
+        self._outage.failed(why, lambda: log.warning(
+            "the LISTEN connection to %s broke (%s); reconnecting", self.queue.where, why))
         self._close()
 
     def _drain(self):
@@ -186,6 +195,12 @@ class ListenWatcher:
 
     def close(self):
         self._close()
+
+
+def _first_line(exc):
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return (f"{exc.__class__.__name__}: {text.splitlines()[0]}" if text
+            else exc.__class__.__name__)
 
 
 def make_watcher(queue, settings, how="auto"):
