@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from pyramid_txmail.processor.pass_stats import PassStats
 from pyramid_txmail.queue.sql import SQLQueue, outbox
-from pyramid_txmail.queue.sql.backend import BODY_WITH_CLAIM
+from pyramid_txmail.queue.sql.claiming import BODY_WITH_CLAIM
 from pyramid_txmail.queue.sql.errors import ClaimLost
 from pyramid_txmail.queue.sql.schema import CHUNK
 

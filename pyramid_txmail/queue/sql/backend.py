@@ -30,7 +30,6 @@ deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 
 import sqlalchemy as sa
@@ -41,7 +40,8 @@ from ..interface import IQueue, IQueueAdmin
 from .admin import SqlAdmin
 from .engine import log_error, make_engine, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .leases import Claimed, LeaseScope, claimer, log
+from .claiming import CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claims_of
+from .leases import LeaseScope, log
 from . import patience
 from .patience import patiently
 from .schema import db_epoch, outbox, outbox_chunk
@@ -58,21 +58,6 @@ KEEP_DELIVERED = 86400.0
 REAP_BATCH = 10000
 #: While the database cannot be reached, the daemon looks again this often (seconds).
 AWAY_RETRY = 5.0
-#: Most rows one claiming statement takes (about two per worker, never more).
-CLAIM_BATCH_MAX = 32
-#: Inline bodies up to this size come back with the claim; a larger one (up to
-#: CHUNK) is read when its worker starts on it, so a batch holds little memory.
-BODY_WITH_CLAIM = 64 * 1024
-
-#: What :meth:`SQLQueue.read` needs of a row (returned by the claim too).
-_READ_COLUMNS = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
-                 outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
-                 outbox.c.message_id, outbox.c.wire_ready)
-
-_CLAIM_COLUMNS = tuple(c for c in _READ_COLUMNS if c is not outbox.c.body) + (
-    sa.case((outbox.c.size <= BODY_WITH_CLAIM, outbox.c.body), else_=sa.null())
-    .label("body"),)
-
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
 
@@ -198,37 +183,10 @@ class SQLQueue(SqlAdmin):
         return self._run(lambda c: c.execute(query).scalar(), "read")
 
     def _claim_batch(self, which, now, horizon):
-        """Claim up to ``claim_batch`` rows in one statement, in queue order.
-
-        Each row gets its own token (a random prefix and its id: a settle is
-        conditioned on id and token together) and returns its envelope and
-        inline body, which :meth:`read` then needs no query for.
-        """
-        if which == "queued":
-            where, order = outbox.c.state == "queued", (outbox.c.queued_at, outbox.c.id)
-        else:
-            when = (outbox.c.next_attempt <= now if which == "due" else
-                    sa.or_(outbox.c.next_attempt > now + horizon,
-                           outbox.c.next_attempt.is_(None)))
-            where, order = (sa.and_(outbox.c.state == "deferred", when),
-                            (outbox.c.next_attempt, outbox.c.id))
-        pick = (sa.select(outbox.c.id).where(where).order_by(*order)
-                .limit(self.claim_batch).with_for_update(skip_locked=True))
-        prefix = secrets.token_hex(6) + "."  # with the id: at most 32 characters
-        token = sa.literal(prefix, sa.String) + sa.cast(outbox.c.id, sa.String)
-        statement = (outbox.update().where(outbox.c.id.in_(pick.scalar_subquery()))
-                     .values(state="in_progress", claim_token=token, claimed_by=claimer(),
-                             lease_until=db_epoch() + self.claim_timeout)
-                     .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
-                                outbox.c.meta, *_CLAIM_COLUMNS))
+        statement, prefix = claim_statement(which, now, horizon, self.claim_batch,
+                                            self.claim_timeout)
         rows = self._run(lambda c: c.execute(statement).all(), "write")
-        if which == "queued":
-            rows.sort(key=lambda r: (r.queued_at, r.id))
-        else:
-            rows.sort(key=lambda r: (r.next_attempt is not None, r.next_attempt or 0, r.id))
-        source = "queued" if which == "queued" else "deferred"
-        return [Claimed(row.id, f"{prefix}{row.id}", row.queued_at, row.meta, source, row=row)
-                for row in rows]
+        return claims_of(rows, which, prefix)
 
     def claim(self, ticket):
         """The claim :meth:`candidates` made (None if the pass gave it back meanwhile)."""
@@ -253,7 +211,7 @@ class SQLQueue(SqlAdmin):
         if row is not None and not row.chunks and row.body is None:
             row = None  # a larger inline body, not returned by the claim
         if row is None:
-            row = self._patient(claimed, lambda c: c.execute(sa.select(*_READ_COLUMNS).where(
+            row = self._patient(claimed, lambda c: c.execute(sa.select(*READ_COLUMNS).where(
                 outbox.c.id == claimed.id)).first(), "read")
         if row is None:
             raise ClaimLost(f"outbox row {claimed.id} is gone")
