@@ -13,7 +13,7 @@ import textwrap
 import sqlalchemy as sa
 
 from pyramid_txmail.processor.pass_stats import PassStats
-from pyramid_txmail.queue.sql import SQLQueue
+from pyramid_txmail.queue.sql import SQLQueue, outbox_chunk
 
 from .sql_support import db_url, settings  # noqa: F401
 
@@ -37,11 +37,14 @@ def run(*argv):
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
 
 
-def old_table(url):
+def old_table(url, with_chunks=False):
+    """A txmail_outbox of another shape (and, if asked, our chunk table beside it)."""
     engine = SQLQueue(url).engine
     with engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE txmail_outbox (id INTEGER PRIMARY KEY, "
                                    "state VARCHAR(20) NOT NULL, payload TEXT NOT NULL)")
+        if with_chunks:
+            outbox_chunk.create(connection)
     engine.dispose()
 
 
@@ -60,7 +63,7 @@ def test_one_pass_without_tables_or_with_others_exits_78_in_one_line(tmp_path, d
     assert proc.returncode == 78, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "has no outbox tables" in proc.stderr and "init-db" in proc.stderr
-    old_table(db_url)
+    old_table(db_url, with_chunks=True)  # both tables there: one is not ours
     proc = run(QP, ini, "--no-app")
     assert proc.returncode == 78 and "Traceback" not in proc.stderr
     assert "has no column" in proc.stderr

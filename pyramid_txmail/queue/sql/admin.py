@@ -199,6 +199,12 @@ class SqlAdmin:
         except sa.exc.SQLAlchemyError:
             return None
 
+    def check_tables(self):
+        """IncompatibleTables (one line) unless the outbox tables are this version's."""
+        from .tables import check
+
+        check(self.engine, self.where)
+
     def status(self, now=None):
         """Counts and oldest age per state, the earliest retry (the spool's keys)."""
         now = self._now() if now is None else now

@@ -96,12 +96,6 @@ class SQLQueue(SqlAdmin):
     def close(self):
         self.engine.dispose()
 
-    def check_tables(self):
-        """IncompatibleTables (one line) unless the outbox tables are this version's."""
-        from .tables import check
-
-        check(self.engine, self.where)
-
     # -- a pass --------------------------------------------------------------
 
     def housekeep(self, settings, registry, now):
