@@ -267,10 +267,10 @@ def _queue_url(value):
 
 def _shown_url(value):
     """A URL for an error message, its password hidden (or nothing if it does not parse)."""
-    try:
-        from sqlalchemy.engine import make_url
+    from .util.shown_url import shown_url
 
-        return repr(make_url(str(value).strip()).render_as_string(hide_password=True))
+    try:
+        return repr(shown_url(str(value)))
     except Exception:
         return "(not shown: it may hold a password)"
 

@@ -42,6 +42,7 @@ import os
 
 from ..events import MailQueued
 from ..util.printable import get_logger
+from ..util.shown_url import shown_url
 
 log = get_logger("pyramid_txmail")
 
@@ -205,7 +206,7 @@ def _database_of(url):
 
 
 def _shown(url):
-    return url.render_as_string(hide_password=True)
+    return shown_url(url)
 
 
 class SqlOutbox:

@@ -200,7 +200,7 @@ class Daemon:
     """
 
     def __init__(self, queue, settings, run_pass, watcher, signals, waker, *,
-                 rescan=RESCAN_INTERVAL, clock=time.time):
+                 rescan=RESCAN_INTERVAL, clock=None):
         self.queue = as_queue(queue)
         self.settings = settings
         self.run_pass = run_pass
@@ -208,7 +208,7 @@ class Daemon:
         self.signals = signals
         self.waker = waker
         self.rescan = rescan
-        self.clock = clock
+        self.clock = clock if clock is not None else getattr(self.queue, "clock", time.time)
         self.passes = 0
         self.totals = PassStats()
         self._errors_in_a_row = 0

@@ -74,14 +74,15 @@ class Processor(Outcomes):
     caller opens and closes it).  A transport is anything with
     ``deliver(fromaddr, toaddrs, data, message_id=None) -> DeliveryResult``.
     ``workers`` defaults to ``settings.workers``.  ``clock`` and ``rand``
-    are injectable so that retry timing can be tested without sleeping.
+    are injectable so that retry timing can be tested without sleeping;
+    without one the queue's ``clock`` is used (the database's on the SQL outbox).
     With a ``registry``, MailSent/MailDeferred/MailFailed are notified after
     the queue's state is durable, each in a new transaction of
     ``transaction_manager`` (default: the thread-local ``transaction.manager``).
     """
 
     def __init__(self, queue, transport, settings, *, registry=None,
-                 transaction_manager=None, clock=time.time, rand=random.random,
+                 transaction_manager=None, clock=None, rand=random.random,
                  workers=None, limiter=None):
         if registry is not None and transaction_manager is None:
             transaction_manager = transaction.manager
@@ -89,7 +90,9 @@ class Processor(Outcomes):
         self.settings = settings
         self.registry = registry
         self.transaction_manager = transaction_manager
-        self.clock = clock
+        # The queue's clock unless one is injected: on the SQL outbox the
+        # database's, so that processors whose clocks differ agree on retries.
+        self.clock = clock if clock is not None else getattr(self.queue, "clock", time.time)
         self.rand = rand
         self.transport = None
         self.relays = None

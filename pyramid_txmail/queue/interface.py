@@ -147,6 +147,12 @@ class IQueue(Interface):
     def release(claimed):
         """Let go of what the claim holds (an open file, a lease) after it was settled."""
 
+    def clock():
+        """Optional: epoch seconds on the clock the queue's times are on (the
+        database's for the SQL outbox, shared by processors on many machines;
+        ``time.time`` for a spool).  A Processor or Daemon given no ``clock``
+        uses it, so that every time it records or compares agrees."""
+
     def next_due(settings, now, horizon=None):
         """Epoch seconds when something becomes due without new mail arriving (the earliest
         retry, the earliest claim that may turn stale), or None.  A retry due more than

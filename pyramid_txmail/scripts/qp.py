@@ -288,6 +288,25 @@ def app_registry(path, app_name, load):
         env["closer"]()
 
 
+def _check_tables(queue, daemon):
+    """An SQL outbox without its tables (or with another version's) is a configuration
+    problem: exit 78 for one pass; a daemon says so and waits for the migration
+    (its passes then repeat it at most once a minute, without a traceback)."""
+    check = getattr(queue, "check_tables", None)
+    if check is None:
+        return
+    from ..queue.sql.tables import IncompatibleTables
+
+    try:
+        check()
+    except IncompatibleTables as exc:
+        if not daemon:
+            raise ConfigError(str(exc)) from None
+        log.error("%s", exc)
+    except Exception as exc:  # unreachable: the pass says so in its own words
+        log.debug("cannot check the outbox tables: %s", exc)
+
+
 def run(args, signals, waker):
     """Everything after argument parsing; ConfigError for what a person must fix."""
     path, app_name = split_uri(args.config_uri, args.app_name)
@@ -302,6 +321,7 @@ def run(args, signals, waker):
         queue.stopping = signals.stop
     if not wait_for_tables(queue, args.daemon, signals):
         return EX_OK  # stopped while waiting for them
+    _check_tables(queue, args.daemon)  # there, but another version's?
     watcher = None
     if args.daemon:
         try:

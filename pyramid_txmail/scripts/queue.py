@@ -25,6 +25,7 @@ from pyramid.exceptions import ConfigurationError
 
 from ..util.logformat import apply_log_format
 from ..util.printable import get_logger
+from ..util.shown_url import scrub, shown_url
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
 from ..settings import settings_prefix
@@ -224,12 +225,16 @@ def cmd_init_db(settings):
     from ..queue.sql import init_db
     from ..queue.sql.backend import engine_from_settings
 
+    from ..queue.sql.tables import IncompatibleTables
+
     engine = engine_from_settings(settings)
     try:
         init_db(engine)
+    except IncompatibleTables as exc:
+        raise ConfigError(str(exc)) from None
     finally:
         engine.dispose()
-    where = engine.url.render_as_string(hide_password=True)
+    where = shown_url(engine.url)
     log.info("init-db: the outbox tables are in %s", where)
     print(f"the SQL outbox's tables are ready in {clean(where)}")
     return EX_OK
@@ -283,7 +288,7 @@ def run(args):
     if args.command == "init-db":
         return cmd_init_db(settings)
     queue = open_queue_or_exit(settings)
-    return COMMANDS[args.command](queue, args, time.time())
+    return COMMANDS[args.command](queue, args, getattr(queue, "clock", time.time)())
 
 
 def _database_problem(exc, settings):
@@ -304,6 +309,7 @@ def _database_problem(exc, settings):
     why = unreachable(exc)
     if why is None:
         return None
+    why = scrub(why, settings.queue_url)  # a driver's error may quote its parameters
     return EX_FAILED, f"the database of mail.queue_url ({url}) is not available: {why}"
 
 

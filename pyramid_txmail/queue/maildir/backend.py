@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from zope.interface import implementer
@@ -90,6 +91,8 @@ class MaildirQueue:
     """
 
     states = ALL_STATES
+    #: The clock of the times in the spool: this machine's (one machine per spool).
+    clock = staticmethod(time.time)
 
     def __init__(self, spool):
         self.spool = spool

@@ -28,7 +28,7 @@ from ..queue_state import epoch
 from ..states import ALL_STATES, LABELS, QUEUE_STATES
 from .errors import Ambiguous, NotFound, Refused, Vanished
 from .leases import log
-from .schema import db_epoch, outbox, outbox_chunk
+from .schema import db_epoch, outbox, outbox_chunk, parse_id
 from .store import CHANNEL, autocommit, read_chunks
 
 #: The state names txmail-queue shows, and the outbox's for them (their labels).
@@ -153,6 +153,10 @@ class SqlAdmin:
 
     states = QUEUE_STATES
 
+    def _now(self):
+        """The database's time when this is the SQL queue (its rows' times are on it)."""
+        return getattr(self, "clock", time.time)()
+
     def _select(self, *where):
         columns = (outbox.c.id, outbox.c.state, outbox.c.queued_at, outbox.c.sender,
                    outbox.c.recipients, outbox.c.meta, outbox.c.message_id,
@@ -212,9 +216,15 @@ class SqlAdmin:
         except sa.exc.SQLAlchemyError:
             return None
 
+    def check_tables(self):
+        """IncompatibleTables (one line) unless the outbox tables are this version's."""
+        from .tables import check
+
+        check(self.engine, self.where)
+
     def status(self, now=None):
         """Counts and oldest age per state, the earliest retry (the spool's keys)."""
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         by_state = sa.select(outbox.c.state, sa.func.count(), sa.func.min(outbox.c.queued_at)
                              ).group_by(outbox.c.state)
         retries = sa.select(sa.func.min(outbox.c.next_attempt),
@@ -249,7 +259,8 @@ class SqlAdmin:
         live = outbox.c.state.in_(list(TO_DB.values()))
         if not key:
             raise NotFound("an empty id matches nothing")
-        matches = self._select(live, outbox.c.id == int(key)) if key.isdigit() else []
+        number = parse_id(key)
+        matches = [] if number is None else self._select(live, outbox.c.id == number)
         kind = "id"
         if not matches:
             bare = ident.strip("<>").strip()
@@ -298,7 +309,7 @@ class SqlAdmin:
                           "delivered; purge only deferred or failed")
         if state not in TO_DB:
             return []
-        now = time.time() if now is None else now
+        now = self._now() if now is None else now
         return [m for m in self.messages((state,))
                 if older_than is None or now - m.settled_at >= older_than]
 

@@ -19,15 +19,18 @@ was lost (its lease ran out and another processor took it, or an operator
 released it) and :class:`~pyramid_txmail.queue.sql.errors.ClaimLost` is
 raised -- nothing of the new holder's is overwritten.
 
-The claims are made in :meth:`SQLQueue.candidates`, one at a time, as the
-workers ask for the next message: a claim never waits in a list while its
-lease runs.  Delivered rows are kept ``mail.keep_delivered`` (their body
+The claims are made in :meth:`SQLQueue.candidates` in small batches (one
+statement claims up to ``claim_batch`` rows, about two per worker, and returns
+their envelopes and inline bodies, so a small message needs no read of its
+own): a claim waits briefly for a free worker, its lease renewed meanwhile,
+and claims never handed out go back when the pass ends.  Keeping the batch
+small keeps the work spread across processes.  Delivered rows are kept ``mail.keep_delivered`` (their body
 deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 """
 from __future__ import annotations
 
 import contextlib
-import secrets
+import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
@@ -35,9 +38,11 @@ from zope.interface import implementer
 from ...compose import wire
 from ..interface import IQueue, IQueueAdmin
 from .admin import SqlAdmin
-from .engine import log_error, make_engine, unreachable, where as url_where
+from .dbclock import DbClock
+from .engine import log_error, make_engine, schema_problem, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .leases import Claimed, LeaseScope, claimer, log
+from .claiming import CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claims_of
+from .leases import LeaseScope, log
 from . import patience
 from .patience import patiently
 from .schema import db_epoch, outbox, outbox_chunk
@@ -54,7 +59,6 @@ KEEP_DELIVERED = 86400.0
 REAP_BATCH = 10000
 #: While the database cannot be reached, the daemon looks again this often (seconds).
 AWAY_RETRY = 5.0
-
 _CLEAR_CLAIM = {"claim_token": None, "claimed_by": None, "lease_until": None}
 
 
@@ -68,14 +72,16 @@ class SQLQueue(SqlAdmin):
     """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
 
     def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
-                 pool_size=5):
+                 pool_size=5, claim_batch=8):
         if isinstance(url, sa.engine.Engine):
             self.engine = url
         else:
             self.engine = make_engine(url, pool_size)
         self.where = url_where(self.engine.url)
+        self.clock = DbClock(self.engine)  # every time on the outbox is the database's
         self.claim_timeout = claim_timeout
         self.keep_delivered = keep_delivered
+        self.claim_batch = max(1, min(int(claim_batch), CLAIM_BATCH_MAX))
         self._scope = None
         #: An Event set when the process is asked to stop (txmail-qp sets it): the
         #: wait for a database that is away then ends at once (QueueAway).
@@ -84,7 +90,8 @@ class SQLQueue(SqlAdmin):
     @classmethod
     def from_settings(cls, settings):
         return cls(engine_from_settings(settings), claim_timeout=settings.claim_timeout,
-                   keep_delivered=settings.keep_delivered)
+                   keep_delivered=settings.keep_delivered,
+                   claim_batch=2 * settings.workers)
 
     def close(self):
         self.engine.dispose()
@@ -137,7 +144,7 @@ class SQLQueue(SqlAdmin):
                 self._scope = None
 
     def candidates(self, now, horizon, stats):
-        """Claim, one at a time: queued rows oldest first, then due deferred rows
+        """Claim, a few at a time: queued rows oldest first, then due deferred rows
         (one due beyond ``horizon`` was scheduled by a clock that was ahead)."""
         try:
             stats.skipped += self._not_due(now, horizon)
@@ -147,18 +154,22 @@ class SQLQueue(SqlAdmin):
             return  # the claims would fail the same way
         for which in ("queued", "due", "stray"):
             while True:
+                started = time.monotonic()
                 try:
-                    claimed = self._claim_next(which, now, horizon)
+                    batch = self._claim_batch(which, now, horizon)
                 except sa.exc.SQLAlchemyError as exc:
                     stats.errors += 1
-                    log_error("cannot claim the next message (this pass sends what it "
+                    log_error("cannot claim the next messages (this pass sends what it "
                                "claimed before)", self.where, exc)
                     return
-                if claimed is None:
+                if not batch:
                     break
                 if self._scope is not None:
-                    self._scope.add_fresh(claimed)
-                yield claimed
+                    for claimed in batch:
+                        self._scope.add_fresh(claimed, started)
+                yield from batch
+                if len(batch) < self.claim_batch:
+                    break
 
     def _not_due(self, now, horizon):
         query = sa.select(sa.func.count()).select_from(outbox).where(
@@ -166,27 +177,11 @@ class SQLQueue(SqlAdmin):
             outbox.c.next_attempt <= now + horizon)
         return self._run(lambda c: c.execute(query).scalar(), "read")
 
-    def _claim_next(self, which, now, horizon):
-        if which == "queued":
-            where, order = outbox.c.state == "queued", (outbox.c.queued_at, outbox.c.id)
-        else:
-            when = (outbox.c.next_attempt <= now if which == "due" else
-                    sa.or_(outbox.c.next_attempt > now + horizon,
-                           outbox.c.next_attempt.is_(None)))
-            where, order = (sa.and_(outbox.c.state == "deferred", when),
-                            (outbox.c.next_attempt, outbox.c.id))
-        pick = (sa.select(outbox.c.id).where(where).order_by(*order).limit(1)
-                .with_for_update(skip_locked=True).scalar_subquery())
-        token = secrets.token_hex(16)
-        statement = (outbox.update().where(outbox.c.id == pick)
-                     .values(state="in_progress", claim_token=token, claimed_by=claimer(),
-                             lease_until=db_epoch() + self.claim_timeout)
-                     .returning(outbox.c.id, outbox.c.queued_at, outbox.c.meta))
-        row = self._run(lambda c: c.execute(statement).first(), "write")
-        if row is None:
-            return None
-        return Claimed(row.id, token, row.queued_at, row.meta,
-                       "queued" if which == "queued" else "deferred")
+    def _claim_batch(self, which, now, horizon):
+        statement, prefix = claim_statement(which, now, horizon, self.claim_batch,
+                                            self.claim_timeout)
+        rows = self._run(lambda c: c.execute(statement).all(), "write")
+        return claims_of(rows, which, prefix)
 
     def claim(self, ticket):
         """The claim :meth:`candidates` made (None if the pass gave it back meanwhile)."""
@@ -207,11 +202,12 @@ class SQLQueue(SqlAdmin):
     def read(self, claimed, stream_over):
         """``(fromaddr, toaddrs, data)``: bytes, or a Stream of its chunks when it is
         larger than ``stream_over`` (then read one chunk at a time)."""
-        columns = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
-                   outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
-                   outbox.c.message_id, outbox.c.wire_ready)
-        row = self._patient(claimed, lambda c: c.execute(sa.select(*columns).where(
-            outbox.c.id == claimed.id)).first(), "read")
+        row, claimed.row = getattr(claimed, "row", None), None  # read once, then freed
+        if row is not None and not row.chunks and row.body is None:
+            row = None  # a larger inline body, not returned by the claim
+        if row is None:
+            row = self._patient(claimed, lambda c: c.execute(sa.select(*READ_COLUMNS).where(
+                outbox.c.id == claimed.id)).first(), "read")
         if row is None:
             raise ClaimLost(f"outbox row {claimed.id} is gone")
         recipients = row.recipients
@@ -243,6 +239,11 @@ class SQLQueue(SqlAdmin):
         return dict(meta) if isinstance(meta, dict) else meta
 
     def holds(self, claimed):
+        """Whether this claim still holds its row: answered by the lease renewer
+        when it knows (:meth:`LeaseScope.vouches`), else by the database.  A wrong
+        "yes" cannot send a second copy: every settle is conditioned on the token."""
+        if self._scope is not None and self._scope.vouches(claimed):
+            return True
         query = sa.select(outbox.c.id).where(outbox.c.id == claimed.id,
                                              outbox.c.claim_token == claimed.token,
                                              outbox.c.state == "in_progress")
@@ -285,7 +286,7 @@ class SQLQueue(SqlAdmin):
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
 
-    def _settle(self, claimed, values):
+    def _settle(self, claimed, values, lazy_commit=False):
         """UPDATE the row (DELETE it when ``values`` is None) if this claim still holds
         it, else ClaimLost; returns the row's ``chunks``.
 
@@ -299,6 +300,11 @@ class SQLQueue(SqlAdmin):
                 outbox.c.state == "in_progress")
         statement = (outbox.delete() if values is None else outbox.update().values(**values)
                      ).where(*mine).returning(outbox.c.chunks)
+        if lazy_commit and self.engine.dialect.name == "postgresql":
+            # evaluated for the row before its (autocommitted) statement commits:
+            # this one commit is not waited for on disk (see retire())
+            statement = statement.returning(
+                sa.func.set_config("synchronous_commit", "off", True))
         row = self._patient(claimed, lambda c: c.execute(statement).first(), "write")
         if row is None:
             raise ClaimLost(f"outbox row {claimed.id}: this processor's claim was lost "
@@ -310,12 +316,27 @@ class SQLQueue(SqlAdmin):
         claimed.meta = state
 
     def retire(self, claimed, had_state=True):
-        """Delivered: the body goes now, the row after ``keep_delivered``."""
+        """Delivered: the body goes now, the row after ``keep_delivered``.
+
+        When every recipient accepted at the first attempt (``had_state`` false),
+        the commit is asynchronous on PostgreSQL (``synchronous_commit = off``
+        for that one statement's transaction; the server writes it to disk
+        within ``wal_writer_delay`` x 3, by default 0.6 s): a PostgreSQL crash
+        in that window loses only the retire, so the row is put back when its
+        lease runs out and the message sent once more -- the same
+        at-least-once window as a processor crash between the relay's 250 and
+        the retire, never a loss.  Everything else stays synchronous: record()
+        (which recipients were delivered: losing it would re-send to them
+        after a partial delivery that was already acknowledged), defer and
+        bury (losing them would move a message back, or out of the dead
+        letters), and the retire of a message with a recorded state.
+        """
         if self.keep_delivered:
             chunks = self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
-                                                settled_at=db_epoch(), next_attempt=None))
+                                                settled_at=db_epoch(), next_attempt=None),
+                                  lazy_commit=not had_state)
         else:  # kept for no time at all
-            chunks = self._settle(claimed, None)
+            chunks = self._settle(claimed, None, lazy_commit=not had_state)
         if chunks:
             self._drop_chunks(claimed.id)
 
@@ -384,6 +405,9 @@ class SQLQueue(SqlAdmin):
         try:
             retry, strays, lease_left = self._run(lambda c: c.execute(query).first(), "read")
         except sa.exc.SQLAlchemyError as exc:
+            if schema_problem(exc) is not None:  # logged once a minute, no traceback
+                log_error("cannot read the retry times", self.where, exc)
+                return now + AWAY_RETRY
             if unreachable(exc) is None:
                 raise
             log.warning("cannot read the retry times in %s (%s); looking again in %gs",

@@ -17,9 +17,12 @@ a transaction (:func:`~pyramid_txmail.queue.sql.store.autocommit`).
 from __future__ import annotations
 
 import logging
+import time
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from ...util.shown_url import shown_url
 
 log = logging.getLogger("pyramid_txmail.queue.sql")
 
@@ -46,8 +49,9 @@ def normalized_url(url):
 
 
 def where(url):
-    """The URL for log lines and ``txmail-queue``: never with its password."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL for log lines and ``txmail-queue``: never with its password (in the
+    netloc or in the query string)."""
+    return shown_url(url)
 
 
 def make_engine(url, pool_size=5):
@@ -90,7 +94,39 @@ def unreachable(exc):
     return None
 
 
+#: sqlstates of a missing table (42P01) or column (42703) on PostgreSQL.
+_SCHEMA_STATES = ("42P01", "42703")
+_SCHEMA_TEXTS = ("no such table", "no such column", "has no column named")
+#: A missing-tables problem is logged at most once per this many seconds.
+SCHEMA_LOG_INTERVAL = 60.0
+_schema_logged = {}
+
+
+def schema_problem(exc):
+    """One line when ``exc`` says the outbox tables are missing or not ours (a
+    configuration problem: no traceback), else None."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = getattr(exc, "orig", None)
+    text = str(orig or exc).strip()
+    line = text.splitlines()[0] if text else exc.__class__.__name__
+    if getattr(orig, "sqlstate", None) in _SCHEMA_STATES or any(
+            t in line for t in _SCHEMA_TEXTS):
+        return (f"the outbox tables are missing or not the ones this version uses "
+                f"({line}): create or migrate them with `txmail-queue CONFIG_URI init-db` "
+                "or the application's Alembic migrations (branch txmail)")
+    return None
+
+
 def log_error(what, where, exc):
+    problem = schema_problem(exc)
+    if problem is not None:
+        last = _schema_logged.get(where)
+        now = time.monotonic()
+        if last is None or now - last >= SCHEMA_LOG_INTERVAL:
+            _schema_logged[where] = now
+            log.error("%s in %s: %s", what, where, problem)
+        return
     why = unreachable(exc)
     if why is not None:
         log.error("%s in %s: the database is not available (%s)", what, where, why)

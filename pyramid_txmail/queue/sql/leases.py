@@ -15,6 +15,17 @@ soon and often (:mod:`~pyramid_txmail.queue.sql.patience`'s pauses, never
 longer than the beat), so the leases are extended the moment the database
 answers again, before another processor may take them; the end of the
 outage is logged too.
+
+Each renewal returns the tokens it extended, so the scope knows, per claim,
+when (on this process's monotonic clock, read *before* the statement was
+sent) the database last set its lease to ``mail.claim_timeout`` ahead:
+:meth:`LeaseScope.vouches` answers "do I still hold it?" from that, without a
+round trip, while less than :data:`VOUCH_SHARE` of the lease has passed since.
+The lease was set no earlier than that reading, so no other processor can
+have taken the row meanwhile (housekeeping puts back only rows whose lease the
+database's clock has passed).  Only an operator's ``release --force`` can
+take a vouched claim, and then the settling statement, conditioned on the
+token, matches no row and raises ClaimLost: no second copy is sent by us.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import dataclasses
 import os
 import socket
 import threading
+import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
@@ -34,6 +46,10 @@ from .schema import db_epoch, outbox
 #: Leases are renewed every claim_timeout / 4 (as the spool's heartbeat), and at least
 #: this often (seconds): ``mail.claim_timeout``'s text holds for both backends.
 RENEW_MAX = 60.0
+#: The share of ``claim_timeout`` after a claim's last confirmed (re)lease during
+#: which :meth:`LeaseScope.vouches` answers without asking the database: two
+#: thirds, leaving a third for clock rates and a late answer.
+VOUCH_SHARE = 2.0 / 3.0
 
 
 @implementer(IClaimed)
@@ -47,6 +63,9 @@ class Claimed:
     meta: object
     claimed_from: str
     problem: str | None = None
+    #: The row's envelope and inline body as the claim returned them, read once
+    #: by :meth:`SQLQueue.read` (no second round trip for a small message).
+    row: object = dataclasses.field(default=None, repr=False)
 
     @property
     def name(self):
@@ -68,14 +87,14 @@ def renew_interval(timeout):
 
 
 def renew(connection, tokens, timeout):
-    """Extend the leases of ``tokens``; returns how many rows were still held."""
+    """Extend the leases of ``tokens``; returns the set of tokens still held."""
     if not tokens:
-        return 0
+        return set()
     result = connection.execute(
         outbox.update()
         .where(outbox.c.claim_token.in_(sorted(tokens)), outbox.c.state == "in_progress")
-        .values(lease_until=db_epoch() + timeout))
-    return result.rowcount
+        .values(lease_until=db_epoch() + timeout).returning(outbox.c.claim_token))
+    return set(result.scalars())
 
 
 class LeaseScope:
@@ -93,6 +112,7 @@ class LeaseScope:
         self.interval = renew_interval(timeout)
         self._held = {}
         self.fresh = {}
+        self._leased = {}  # token -> time.monotonic() read before its last (re)lease
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -109,6 +129,7 @@ class LeaseScope:
             unhanded = list(self.fresh.values())
             self.fresh.clear()
             self._held.clear()
+            self._leased.clear()
         for claimed in unhanded:
             self.queue.unclaim(claimed)
 
@@ -118,11 +139,25 @@ class LeaseScope:
 
     def discard(self, claimed):
         with self._lock:
-            self._held.pop(getattr(claimed, "token", None), None)
+            token = getattr(claimed, "token", None)
+            self._held.pop(token, None)
+            self._leased.pop(token, None)
 
-    def add_fresh(self, claimed):
+    def add_fresh(self, claimed, leased_at=None):
+        """A claim just made; ``leased_at``: ``time.monotonic()`` read before the
+        claiming statement was sent."""
         with self._lock:
             self.fresh[claimed.token] = claimed
+            if leased_at is not None:
+                self._leased[claimed.token] = leased_at
+
+    def vouches(self, claimed):
+        """Whether this scope knows, without asking, that ``claimed``'s lease still
+        runs: claimed or renewed (the database said so) less than
+        :data:`VOUCH_SHARE` of the lease ago.  False means "ask the database"."""
+        with self._lock:
+            since = self._leased.get(claimed.token)
+        return since is not None and time.monotonic() - since < self.timeout * VOUCH_SHARE
 
     def hand_out(self, claimed):
         with self._lock:
@@ -136,8 +171,17 @@ class LeaseScope:
         """One renewal of every lease held now (one UPDATE)."""
         tokens = self.tokens()
         if tokens:
+            started = time.monotonic()
+            # a renewal that fails leaves the last confirmed times as they were:
+            # those leases were set then and still run until their end
             # the queue's _run: a connection dropped by a restart is renewed and tried once more
-            self.queue._run(lambda c: renew(c, tokens, self.timeout), "transaction")
+            held = self.queue._run(lambda c: renew(c, tokens, self.timeout), "transaction")
+            with self._lock:
+                for token in tokens:
+                    if token in held and (token in self._held or token in self.fresh):
+                        self._leased[token] = started
+                    else:
+                        self._leased.pop(token, None)
 
     def _run(self):
         wait, away = self.interval, None

@@ -40,6 +40,22 @@ SCRIPT_LOCATION = os.path.join(os.path.dirname(__file__), "migrations")
 metadata = sa.MetaData()
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+#: The largest id the column holds (BIGINT; SQLite's INTEGER is 64-bit as well).
+MAX_ID = 2 ** 63 - 1
+
+
+def parse_id(text):
+    """The outbox id ``text`` spells (ASCII digits, 1..MAX_ID), else None.
+
+    The one place ids from people are parsed: ``str.isdigit`` accepts
+    full-width and superscript digits (``"０１"`` would be row 1) and ``int``
+    any length, which PostgreSQL refuses as a parameter (DataError) instead
+    of finding nothing.
+    """
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ID else None
 
 
 def _partial(name, *columns, where):
@@ -120,5 +136,12 @@ def init_db(engine):
 
     Idempotent: tables that exist are left as they are.  An application with
     Alembic runs the migration instead (see the package docstring).
+    Tables that exist but differ from this version's (a column missing, an
+    extra NOT NULL one) are not altered: :class:`~.tables.IncompatibleTables`
+    names what differs (then the Alembic migration, or a person, fixes it).
     """
+    from .engine import where
+    from .tables import check
+
+    check(engine, where(engine.url), missing_ok=True)
     metadata.create_all(engine, checkfirst=True)

@@ -91,12 +91,15 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     """
     sender, recipients = check_envelope(fromaddr, toaddrs)
     row = {"state": state, "sender": sender, "recipients": recipients,
-           "attempts": attempts_of(meta), "meta": meta}
+           "attempts": attempts_of(meta)}
+    if meta is not None:  # a new message's NULL needs no JSON encoding
+        row["meta"] = meta
     notify = connection.dialect.name == "postgresql" and state == "queued"
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
-        row.update(message_id=message_id or wire.message_id_of(data), size=len(data),
-                   eightbit=not data.isascii(), head_8bit=not _head_of(data).isascii(),
+        head = _head_of(data)  # searched for once: the Message-ID is in it
+        row.update(message_id=message_id or wire.message_id_of(head), size=len(data),
+                   eightbit=not data.isascii(), head_8bit=not head.isascii(),
                    wire_ready=len(data) <= CHUNK or lines_fit(data))
         if len(data) <= CHUNK:
             return insert_row(connection, dict(row, body=data, chunks=0), notify)

@@ -1,0 +1,75 @@
+"""The claiming statement: a few rows per round trip, each with a token of its own.
+
+One UPDATE takes up to ``batch`` claimable rows in queue order (``FOR UPDATE
+SKIP LOCKED`` on PostgreSQL: concurrent claimers pass each other's rows
+instead of waiting; SQLite's claimers are serialised by ``BEGIN IMMEDIATE``),
+sets them ``in_progress`` with a lease on the database's clock, and RETURNs
+what the worker needs next: the state, the envelope and a small inline body.
+A small message then costs no read of its own.  The batch is kept small
+(about two per worker, :data:`CLAIM_BATCH_MAX` at most), so rows claimed but
+not yet started wait briefly -- their leases renewed meanwhile -- and the work
+stays spread across processes.
+"""
+from __future__ import annotations
+
+import secrets
+
+import sqlalchemy as sa
+
+from .leases import Claimed, claimer
+from .schema import db_epoch, outbox
+
+#: Most rows one claiming statement takes (about two per worker, never more).
+CLAIM_BATCH_MAX = 32
+#: Inline bodies up to this size come back with the claim; a larger one (up to
+#: CHUNK) is read when its worker starts on it, so a batch holds little memory.
+BODY_WITH_CLAIM = 64 * 1024
+
+#: What :meth:`SQLQueue.read` needs of a row (returned by the claim too).
+READ_COLUMNS = (outbox.c.sender, outbox.c.recipients, outbox.c.size, outbox.c.chunks,
+                outbox.c.body, outbox.c.eightbit, outbox.c.head_8bit,
+                outbox.c.message_id, outbox.c.wire_ready)
+
+_CLAIM_COLUMNS = tuple(c for c in READ_COLUMNS if c is not outbox.c.body) + (
+    sa.case((outbox.c.size <= BODY_WITH_CLAIM, outbox.c.body), else_=sa.null())
+    .label("body"),)
+
+
+def claim_statement(which, now, horizon, batch, timeout):
+    """``(statement, prefix)``: the UPDATE claiming up to ``batch`` rows of kind
+    ``which`` (``queued``; ``due`` deferred rows; ``stray`` deferred rows due
+    beyond ``horizon``, scheduled by a clock that was ahead).
+
+    Each row's token is ``prefix`` + its id (at most 32 characters): unique
+    per claim, and every settle is conditioned on id and token together.
+    """
+    if which == "queued":
+        where, order = outbox.c.state == "queued", (outbox.c.queued_at, outbox.c.id)
+    else:
+        when = (outbox.c.next_attempt <= now if which == "due" else
+                sa.or_(outbox.c.next_attempt > now + horizon,
+                       outbox.c.next_attempt.is_(None)))
+        where, order = (sa.and_(outbox.c.state == "deferred", when),
+                        (outbox.c.next_attempt, outbox.c.id))
+    pick = (sa.select(outbox.c.id).where(where).order_by(*order)
+            .limit(batch).with_for_update(skip_locked=True))
+    prefix = secrets.token_hex(6) + "."
+    token = sa.literal(prefix, sa.String) + sa.cast(outbox.c.id, sa.String)
+    statement = (outbox.update().where(outbox.c.id.in_(pick.scalar_subquery()))
+                 .values(state="in_progress", claim_token=token, claimed_by=claimer(),
+                         lease_until=db_epoch() + timeout)
+                 .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
+                            outbox.c.meta, *_CLAIM_COLUMNS))
+    return statement, prefix
+
+
+def claims_of(rows, which, prefix):
+    """The :class:`Claimed` of the returned ``rows``, in queue order (RETURNING
+    has none of its own)."""
+    if which == "queued":
+        rows = sorted(rows, key=lambda r: (r.queued_at, r.id))
+    else:  # NULLs last, as PostgreSQL orders them
+        rows = sorted(rows, key=lambda r: (r.next_attempt is None, r.next_attempt or 0, r.id))
+    source = "queued" if which == "queued" else "deferred"
+    return [Claimed(row.id, f"{prefix}{row.id}", row.queued_at, row.meta, source, row=row)
+            for row in rows]
