@@ -92,6 +92,12 @@ def test_a_claim_the_database_cannot_confirm_is_queue_away_not_lost(monkeypatch,
             queue.holds(claimed)  # not False: the claim is not known to be lost
         with pytest.raises(QueueAway, match="outbox row 1"):
             queue.record(claimed, {"attempts": 1})
+        queue.claim_timeout = 3600.0  # now it would wait an hour, but the process stops:
+        queue.stopping = threading.Event()
+        queue.stopping.set()
+        with pytest.raises(QueueAway, match="this process is stopping"):
+            queue.holds(claimed)
+        queue.stopping = None
         pg.start()
         assert queue.holds(claimed) is True
         queue.close()

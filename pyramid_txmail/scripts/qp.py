@@ -288,6 +288,8 @@ def run(args, signals, waker):
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
     queue = open_queue_or_exit(settings)
+    if hasattr(queue, "stopping"):  # the SQL outbox: a SIGTERM ends its waits for the database
+        queue.stopping = signals.stop
     if not wait_for_tables(queue, args.daemon, signals):
         return EX_OK  # stopped while waiting for them
     watcher = None

@@ -185,6 +185,16 @@ class SqlAdmin:
         found = self._select(outbox.c.state.in_([TO_DB[s] for s in states if s in TO_DB]))
         return sorted(found, key=lambda m: (states.index(m.state), m.queued_at, m.id))
 
+    def missing_tables(self):
+        """The outbox tables the database lacks (``txmail-queue INI init-db`` creates
+        them), or None when the database cannot be asked now (the daemon waits it out)."""
+        try:
+            with self.engine.connect() as connection:
+                found = sa.inspect(connection)
+                return [t.name for t in (outbox, outbox_chunk) if not found.has_table(t.name)]
+        except sa.exc.SQLAlchemyError:
+            return None
+
     def status(self, now=None):
         """Counts and oldest age per state, the earliest retry (the spool's keys)."""
         now = time.time() if now is None else now

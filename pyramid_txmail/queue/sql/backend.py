@@ -81,6 +81,9 @@ class SQLQueue(SqlAdmin):
         self.keep_delivered = keep_delivered
         self.claim_batch = max(1, min(int(claim_batch), CLAIM_BATCH_MAX))
         self._scope = None
+        #: An Event set when the process is asked to stop (txmail-qp sets it): the
+        #: wait for a database that is away then ends at once (QueueAway).
+        self.stopping = None
 
     @classmethod
     def from_settings(cls, settings):
@@ -90,16 +93,6 @@ class SQLQueue(SqlAdmin):
 
     def close(self):
         self.engine.dispose()
-
-    def missing_tables(self):
-        """The outbox tables the database lacks (``txmail-queue INI init-db`` creates
-        them), or None when the database cannot be asked now (the daemon waits it out)."""
-        try:
-            with self.engine.connect() as connection:
-                found = sa.inspect(connection)
-                return [t.name for t in (outbox, outbox_chunk) if not found.has_table(t.name)]
-        except sa.exc.SQLAlchemyError:
-            return None
 
     # -- a pass --------------------------------------------------------------
 
@@ -267,7 +260,7 @@ class SQLQueue(SqlAdmin):
         """
         about = f"outbox row {claimed.id}" if hasattr(claimed, "id") else str(claimed)
         return patiently(lambda: self._run(work, how), about, self.where,
-                         max(patience.PATIENCE, self.claim_timeout))
+                         max(patience.PATIENCE, self.claim_timeout), self.stopping)
 
     def _run(self, work, how):
         """``work(connection)``: ``how`` is ``read`` (no transaction held), ``write``

@@ -35,13 +35,15 @@ STEP_MAX = 5.0
 FIRST_STEP = 0.1
 
 
-def patiently(run, about, where, patience=None):
+def patiently(run, about, where, patience=None, stop=None):
     """``run()``'s result, ``run`` tried again while the database cannot be reached.
 
     ``about`` starts the log lines (``outbox row 7``), ``where`` is the URL
     without its password.  Any error other than an unreachable database
     (a bug, a constraint) is raised at once; an outage longer than
-    ``patience`` raises :class:`QueueAway`.
+    ``patience`` raises :class:`QueueAway`, and so does ``stop`` (a
+    ``threading.Event``: the process was asked to stop) being set meanwhile --
+    a SIGTERM is not held up by a database that is away.
     """
     patience = PATIENCE if patience is None else patience
     deadline, delay, away = time.monotonic() + patience, FIRST_STEP, None
@@ -60,7 +62,11 @@ def patiently(run, about, where, patience=None):
             if left <= 0:
                 raise QueueAway(f"{about}: the database at {where} did not answer for "
                                 f"{patience:g}s ({why})") from None
-            time.sleep(min(delay, left))
+            if stop is not None and stop.wait(min(delay, left)):
+                raise QueueAway(f"{about}: the database at {where} is not available "
+                                f"({why}) and this process is stopping") from None
+            if stop is None:
+                time.sleep(min(delay, left))
             delay = min(delay * 2, STEP_MAX)
             continue
         if away is not None:
