@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql,ops]'
 	touch $@
 
 $(SMTP_SINK):

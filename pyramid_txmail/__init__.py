@@ -95,3 +95,7 @@ def includeme(config):
         config.registry.registerUtility(delivery.outbox, IMailOutbox)
     announce_redirect(settings.redirect_to)
     config.add_request_method(_request_mailer, "mailer", reify=True)
+    if settings.processor == "thread":  # the queue delivered by a thread of each web process
+        from .processor.inapp import includeme_processor
+
+        includeme_processor(config, settings)

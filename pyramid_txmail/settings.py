@@ -32,6 +32,8 @@ DELIVERY_MODES = ("queue", "direct", "sendmail", "memory", "file", "console", "n
 #: Deliveries for development and tests (pyramid_txmail.mailer.devdelivery): nothing is sent.
 DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
+#: Who delivers the queue: txmail-qp (cron or a service), or a thread of each web process.
+PROCESSOR_MODES = ("external", "thread")
 
 _TRUE = ("true", "yes", "on", "y", "t", "1")
 _FALSE = ("false", "no", "off", "n", "f", "0", "")
@@ -376,6 +378,10 @@ SETTINGS = (
             "started go to the fallback queue."),
     Setting("default_sender", _address, None, "From address used when a message has none."),
     Setting("debug", _debug, 0, "smtplib debug level (0, 1 or 2), written to stderr."),
+    Setting("log_format", _choice(("text", "json")), "text",
+            "txmail-qp and txmail-queue: log lines as text, or json (one object per line "
+            "with time, level, logger, message, message_id, relay, code, attempt, "
+            "recipient); both escape control characters."),
     Setting("sendmail_app", _str, "/usr/sbin/sendmail",
             "The sendmail binary of mail.delivery = sendmail and send_sendmail()."),
     Setting("sendmail_template", _template, ["{sendmail_app}", "-i", "-f", "{sender}"],
@@ -397,6 +403,10 @@ SETTINGS = (
     Setting("retry_max", parse_duration, 4000.0, "Longest delay between two retries."),
     Setting("max_queue_time", parse_duration, 5 * 86400.0,
             "A message still undelivered after this is dead-lettered."),
+    Setting("processor", _choice(PROCESSOR_MODES), "external",
+            "Who delivers the queue: external (txmail-qp from cron or as a service) or "
+            "thread (a background thread in each web process, started by its first request; "
+            "see README, In-app processor thread)."),
     Setting("workers", lambda v: _int(v, 1, 64), 4,
             "Parallel SMTP connections of txmail-qp (each reused for many messages)."),
     Setting("connection_max_messages", lambda v: _int(v, 1, 10 ** 9), 1000,
@@ -445,6 +455,15 @@ SETTINGS = (
     Setting("preview_dirs", _paths, (),
             "Extra directories of .eml files the preview page lists (whitespace-separated)."),
     Setting("preview_prefix", _url_prefix, "/_mail", "URL path of the preview page."),
+    # Operating txmail-qp (pyramid_txmail.processor.metrics; needs the ``ops`` extra).
+    Setting("metrics_port", _port, None,
+            "txmail-qp --daemon: serve Prometheus /metrics and /healthz on this TCP port "
+            "(off when unset; needs pyramid_txmail[ops])."),
+    Setting("metrics_host", _str, "127.0.0.1",
+            "The address mail.metrics_port listens on (0.0.0.0: every interface)."),
+    Setting("metrics_file", _path, None,
+            "txmail-qp: write the metrics in the node_exporter textfile-collector format "
+            "to this file after each pass (atomically; needs pyramid_txmail[ops])."),
     # The SQL outbox, in the mailer (pyramid_txmail.mailer.sqloutbox).
     Setting("queue_session", _session_finder, "dbsession",
             "With the SQL outbox (mail.queue_url): the application's SQLAlchemy session a "
@@ -478,6 +497,7 @@ class MailSettings:
     direct_timeout: float = 10.0
     default_sender: str | None = None
     debug: int = 0
+    log_format: str = "text"
     sendmail_app: str = "/usr/sbin/sendmail"
     sendmail_template: list = dataclasses.field(
         default_factory=lambda: ["{sendmail_app}", "-i", "-f", "{sender}"])
@@ -487,6 +507,7 @@ class MailSettings:
     retry_initial: float = 300.0
     retry_max: float = 4000.0
     max_queue_time: float = 5 * 86400.0
+    processor: str = "external"
     workers: int = 4
     connection_max_messages: int = 1000
     fallback_hosts: tuple = ()
@@ -500,6 +521,9 @@ class MailSettings:
     preview_dirs: tuple = ()
     preview_prefix: str = "/_mail"
     queue_session: object = "dbsession"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_file: str | None = None
     dkim_private_key: str | None = None
     dkim_selector: str | None = None
     dkim_domain: str | None = None
@@ -597,6 +621,10 @@ def parse_settings(settings, prefix=None, warn=True):
         raise ConfigurationError(f"{prefix}queue_path: required with {prefix}delivery = "
                                  "queue; set it to a directory for the mail spool (or "
                                  f"{prefix}queue_url to a database for the SQL outbox)")
+    if values.get("processor") == "thread" and not has_queue:
+        raise ConfigurationError(f"{prefix}processor: thread needs a queue to deliver; set "
+                                 f"{prefix}queue_path (a spool directory) or {prefix}queue_url "
+                                 "(the SQL outbox)")
     if values.get("direct_fallback") == "queue" and not values.get("queue_path"):
         raise ConfigurationError(f"{prefix}queue_path: required with {prefix}direct_fallback "
                                  "= queue; set it to a directory for the mail spool")

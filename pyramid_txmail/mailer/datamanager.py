@@ -9,7 +9,12 @@ messages.  In protocol order:
   before zope.sqlalchemy's ``~sqlalchemy`` key, so we vote first).
 - ``tpc_finish`` publishes them (rename into ``new/``).
 - ``abort`` / ``tpc_abort`` drop them and remove any ``tmp/`` file.
-- A savepoint rollback drops the messages sent after that savepoint.
+- A savepoint rollback drops the messages sent after that savepoint.  A
+  savepoint taken *before* our first send aborts us outright and removes us
+  from the transaction (transaction's ``AbortSavepoint``): such a manager has
+  *left* and must never take another message -- it would never vote, and its
+  after-commit hook would report mail nobody wrote.  :func:`joined_manager`
+  is how every caller finds "the data manager of this transaction".
 
 Work that must not happen inside the commit (SMTP for direct delivery,
 event subscribers) runs from an after-commit hook.
@@ -119,6 +124,30 @@ def _report_rollback(messages):
              "after the savepoint (%s)", len(messages), _ids(messages))
 
 
+class ManagerLeft(RuntimeError):
+    """A message was handed to a data manager that has left its transaction."""
+
+
+def joined_manager(txn, key, make):
+    """The data manager stored under ``key`` in ``txn`` -- if it is still joined.
+
+    One manager per outbox and transaction is kept with ``txn.set_data``; but a
+    rollback to a savepoint older than the manager aborts it and removes it
+    from the transaction, while ``txn.data(key)`` still hands it back.  Then,
+    and the first time, ``make()`` builds a fresh manager that the caller
+    joins (and stores here).  Returns ``(manager, is_new)``.
+    """
+    try:
+        manager = txn.data(key)
+    except KeyError:
+        manager = None
+    if manager is not None and not manager.left:
+        return manager, False
+    manager = make()
+    txn.set_data(key, manager)
+    return manager, True
+
+
 @implementer(ISavepointDataManager)
 class MailDataManager:
     def __init__(self, outbox, transaction_manager, on_committed):
@@ -128,12 +157,38 @@ class MailDataManager:
         #: Changed in place only: the finalizer holds this list (not ``self``).
         self.messages = []
         self.voted = None  # the outbox's handle for what tpc_vote wrote
+        #: What tpc_vote handed to the outbox: what tpc_finish then published.
+        self.voting = []
+        #: What was really published at tpc_finish (the after-commit hook and the
+        #: toolbar's send log report these, never the pending list).
+        self.published = []
+        #: Aborted, committed or removed by a savepoint rollback: takes no more mail.
+        self.left = False
+        #: Messages whose row a rollback outside our savepoints took back (the SQL
+        #: outbox and ``session.begin_nested()``): never voted, never reported.
+        self.dropped = []
         self._unsent = weakref.finalize(self, _report_unsent, self.messages)
 
     def add(self, prepared):
+        if self.left:  # a bug of ours if it happens: never lose the mail quietly
+            raise ManagerLeft(
+                f"{prepared.message_id} was handed to a mail data manager that has "
+                "already left its transaction (aborted, committed, or removed by a "
+                "savepoint rollback), so it would never be sent; nothing was sent")
         self.messages.append(prepared)
 
+    def drop(self, prepared, why):
+        """Forget ``prepared``: what it was written into was rolled back (``why``)."""
+        if self.left or all(p is not prepared for p in self.messages):
+            return
+        if all(p is not prepared for p in self.dropped):
+            self.dropped.append(prepared)
+            log.info("%s dropped: %s, as designed", prepared.message_id, why)
+
     def abort(self, txn):
+        # Also a rollback to a savepoint older than us: transaction removes us
+        # from the transaction right after this call.
+        self.left = True
         _report_dropped(self.messages, "aborted")
         self._discard()
 
@@ -144,13 +199,17 @@ class MailDataManager:
         pass
 
     def tpc_vote(self, txn):
-        self.voted = self.outbox.vote(self.messages)
+        self.voting = [p for p in self.messages if all(p is not d for d in self.dropped)]
+        self.voted = self.outbox.vote(self.voting)
 
     def tpc_finish(self, txn):
         self.outbox.finish(self.voted)
         self.voted = None
+        self.published = self.voting
+        self.left = True
 
     def tpc_abort(self, txn):
+        self.left = True
         _report_dropped(self.messages, "failed to commit")
         self._discard()
 
@@ -164,8 +223,16 @@ class MailDataManager:
         """After-commit hook: hand the committed messages on (never raises)."""
         if not status:
             return
-        messages = list(self.messages)
+        messages = list(self.published)
+        unpublished = [p for p in self.messages if all(p is not q for q in messages)
+                       and all(p is not d for d in self.dropped)]
+        if unpublished:  # never expected: say so rather than report them as sent
+            log.error("%d message(s) were handed to the mailer but never written by the "
+                      "commit (%s): not reported as sent", len(unpublished),
+                      _ids(unpublished))
         self._done()
+        if not messages:  # e.g. we left at a savepoint rollback: nothing was written
+            return
         try:
             self.on_committed(messages)
         except Exception:
@@ -181,6 +248,7 @@ class MailDataManager:
     def _done(self):
         """Committed or aborted: nothing left that could be lost unreported."""
         self.messages.clear()
+        self.dropped.clear()
         self._unsent.detach()
 
 

@@ -15,7 +15,7 @@ from pyramid.exceptions import ConfigurationError
 from zope.interface import implementer
 
 from ..util.printable import get_logger
-from .datamanager import MailDataManager, write_all
+from .datamanager import MailDataManager, joined_manager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .direct import DirectSenders, notifier
 from ..events import MailFailed, MailQueued, MailSent, dispatch
@@ -289,26 +289,27 @@ class Mailer(PyramidMailerAPI):
             raise ConfigurationError(f"this Delivery has no {kind!r} outbox (build it "
                                      "with pyramid_txmail.make_delivery)")
         txn = joinable_transaction(self.transaction_manager, self.request)
+        manager = self._data_manager(txn, outbox)
         write_now = getattr(outbox, "write_now", None)
         if write_now is not None:  # the SQL outbox: the row goes into the app's transaction now
-            write_now(self, txn, prepared)
-        manager = self._data_manager(txn, outbox)
+            write_now(self, txn, prepared, manager)
         manager.add(prepared)
         # The debug toolbar panel's record of this request's mail (no-op otherwise).
         record_send(self.request, txn, manager, prepared)
         return prepared.message_id
 
     def _data_manager(self, txn, outbox):
-        """The transaction's data manager for ``outbox`` (one per outbox and transaction)."""
-        try:
-            return txn.data(outbox)
-        except KeyError:
-            pass
-        manager = MailDataManager(outbox, self.transaction_manager,
-                                  lambda messages: self._committed(outbox, messages))
-        txn.join(manager)
-        txn.addAfterCommitHook(manager.after_commit)
-        txn.set_data(outbox, manager)
+        """The transaction's data manager for ``outbox`` (one per outbox and transaction).
+
+        A fresh one when the last has left the transaction (a rollback to a
+        savepoint taken before it joined): see :func:`datamanager.joined_manager`.
+        """
+        manager, new = joined_manager(txn, outbox, lambda: MailDataManager(
+            outbox, self.transaction_manager,
+            lambda messages: self._committed(outbox, messages)))
+        if new:
+            txn.join(manager)
+            txn.addAfterCommitHook(manager.after_commit)
         return manager
 
     def _committed(self, outbox, messages):

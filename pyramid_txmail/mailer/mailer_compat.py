@@ -71,6 +71,8 @@ def warn_implied_queue(raw, prefix, settings):
     """
     if settings.delivery != "queue" or raw.get(prefix + "delivery"):
         return
+    if getattr(settings, "processor", "external") == "thread":
+        return  # a thread of the web process empties it (mail.processor = thread)
     log.warning(
         "%sdelivery is not set and %squeue_path is (%s), so send() queues mail in that "
         "spool and nothing is sent until `txmail-qp CONFIG.ini` runs on it. Set "

@@ -61,20 +61,19 @@ class SendRecord:
         self.toaddrs = tuple(toaddrs)
         self.subject = subject
         self.state = PENDING
-        self._kept = True
 
     def __repr__(self):
         return f"<SendRecord {self.message_id} {self.state}>"
 
-    def _before_commit(self, manager, prepared):
-        # A savepoint rollback removes the message from the data manager.
-        self._kept = any(p is prepared for p in manager.messages)
-
-    def _after_commit(self, status):
+    def _after_commit(self, status, manager, prepared):
         if not status:
             self.state = ABORTED
         elif self.state == PENDING:
-            self.state = COMMITTED if self._kept else ROLLED_BACK
+            # What the commit really wrote, not what the data manager held: a
+            # savepoint rollback drops the message from it, or removes the whole
+            # data manager from the transaction (a savepoint older than it).
+            kept = any(p is prepared for p in manager.published)
+            self.state = COMMITTED if kept else ROLLED_BACK
 
     def _after_abort(self):
         if self.state == PENDING:
@@ -88,7 +87,6 @@ def record_send(request, transaction, manager, prepared):
         return
     record = SendRecord(prepared.message_id, prepared.fromaddr, prepared.toaddrs,
                         _subject_of(prepared.data))
-    transaction.addBeforeCommitHook(record._before_commit, (manager, prepared))
-    transaction.addAfterCommitHook(record._after_commit)
+    transaction.addAfterCommitHook(record._after_commit, (manager, prepared))
     transaction.addAfterAbortHook(record._after_abort)
     sends.append(record)

@@ -26,6 +26,15 @@ the transaction's :class:`~pyramid_txmail.datamanager.MailDataManager` keeps the
 list of messages (dropping those a savepoint rollback dropped) and, after the
 commit, :meth:`SqlOutbox.committed` turns them into ``MailQueued`` -- its vote
 and finish do nothing.
+
+SQLAlchemy's own savepoints (``session.begin_nested()``) are not the
+transaction manager's, so the data manager never hears of their rollback: the
+row is gone, but ``MailQueued`` would fire for it.  :func:`watch_rollbacks`
+listens to the session's ``after_soft_rollback`` and drops the message of every
+row written inside the session transaction that was rolled back (or inside one
+nested in it).  Chosen over a ``SELECT id IN (...)`` after the commit: that
+costs a connection and a round trip per commit, and races txmail-qp, which may
+have sent and removed a row before we look -- its mail would go unreported.
 """
 from __future__ import annotations
 
@@ -133,6 +142,59 @@ def check_joined(session, txn, finder):
             "(initial_state='readonly'), so it cannot take the mail row; nothing was queued")
 
 
+#: ``session.info`` key: what :func:`watch_rollbacks` watches in this session.
+WATCHED = "pyramid_txmail.rows"
+
+
+def watch_rollbacks(session, manager, prepared):
+    """Drop ``prepared`` from ``manager`` if its row's session transaction rolls back.
+
+    The row belongs to the innermost session transaction now open (a
+    ``begin_nested()`` one, else the session's own) and so to each one it is
+    nested in: a rollback of any of them takes it back.  One
+    ``after_soft_rollback`` listener per session; entries of data managers that
+    have left their transaction are forgotten as we go.
+    """
+    from sqlalchemy import event
+
+    current = session.get_nested_transaction() or session.get_transaction()
+    chain = []
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    watched = session.info.get(WATCHED)
+    if watched is None:
+        watched = session.info[WATCHED] = []
+        event.listen(session, "after_soft_rollback", _rolled_back)
+        event.listen(session, "after_commit", _forget_committed)
+    watched[:] = [entry for entry in watched if not entry[1].left]
+    watched.append((chain, manager, prepared))
+
+
+def _rolled_back(session, previous):
+    """``after_soft_rollback``: ``previous`` is the session transaction rolled back."""
+    kept = []
+    for chain, manager, prepared in session.info.get(WATCHED, ()):
+        if manager.left:
+            continue
+        if any(t is previous for t in chain):
+            manager.drop(prepared, "its row was rolled back with its SQLAlchemy "
+                         "savepoint (session.begin_nested())" if previous.nested else
+                         "its row was rolled back with the session's transaction")
+        else:
+            kept.append((chain, manager, prepared))
+    session.info[WATCHED] = kept
+
+
+def _forget_committed(session):
+    """After the session's own COMMIT nothing can take those rows back: let go of
+    them (a long-lived session would otherwise hold every message it sent)."""
+    watched = session.info.get(WATCHED)
+    if watched:
+        session.info[WATCHED] = [entry for entry in watched
+                                 if not entry[1].left and entry[0][-1].is_active]
+
+
 def _database_of(url):
     """What names a database in a SQLAlchemy URL (driver and password aside)."""
     backend = url.get_backend_name()
@@ -181,8 +243,12 @@ class SqlOutbox:
                         "database", describe(self.finder), _shown(url),
                         _shown(self.queue_url))
 
-    def write_now(self, mailer, txn, prepared):
-        """INSERT ``prepared``'s row in the session's transaction; mark the session changed."""
+    def write_now(self, mailer, txn, prepared, manager=None):
+        """INSERT ``prepared``'s row in the session's transaction; mark the session changed.
+
+        ``manager`` (the transaction's data manager) is told if a rollback of
+        the session transaction the row was written in takes the row back.
+        """
         from zope.sqlalchemy import mark_changed
 
         from ..queue.sql import enqueue
@@ -196,6 +262,8 @@ class SqlOutbox:
         # Raw SQL leaves a zope.sqlalchemy session "unchanged", and an unchanged one is
         # rolled back at the commit, the row with it.
         mark_changed(session, mailer.transaction_manager)
+        if manager is not None:
+            watch_rollbacks(session, manager, prepared)
         log.debug("wrote the queue row %s of %s in the application's transaction", row,
                   prepared.message_id)
         return row

@@ -46,6 +46,21 @@ def retry_horizon(settings):
     return settings.retry_max * (1 + JITTER) + CLOCK_SLACK
 
 
+def _one_or_all(values):
+    values = list(dict.fromkeys(v for v in values if v is not None))
+    return None if not values else values[0] if len(values) == 1 else values
+
+
+def log_fields(job, results):
+    """The fields of a JSON log line (``mail.log_format = json``,
+    :mod:`pyramid_txmail.util.logformat`): Message-ID, attempt, and the
+    recipient, reply code and relay -- one value, or the list when they differ."""
+    return {"message_id": job.message_id, "attempt": job.meta.get("attempts"),
+            "recipient": _one_or_all(r.recipient for r in results),
+            "code": _one_or_all(r.code for r in results),
+            "relay": _one_or_all(getattr(r, "relay", None) for r in results)}
+
+
 def _summary(results):
     return DeliveryResult(None, tuple(results)).summary()
 
@@ -147,7 +162,8 @@ class Outcomes:
         found = []
         if sent:
             log.info("sent %s from %s to %s (%s)", job.message_id, job.fromaddr,
-                     ", ".join(r.recipient for r in sent), _summary(sent))
+                     ", ".join(r.recipient for r in sent), _summary(sent),
+                     extra=log_fields(job, sent))
             found.append(self._event(mail_events.MailSent, job, sent))
         if dead:
             reason = self._reason(job, permanent, temporary if expired else [], now)
@@ -182,7 +198,7 @@ class Outcomes:
         wait = format_duration(job.meta["next_attempt"] - job.meta["last_attempt"])
         log.warning("deferred %s to %s: %s (attempt %d, next in %s)", job.message_id,
                     ", ".join(r.recipient for r in retry), _summary(retry),
-                    job.meta["attempts"], wait)
+                    job.meta["attempts"], wait, extra=log_fields(job, retry))
 
     # -- dead letters -----------------------------------------------------------
 
@@ -209,7 +225,8 @@ class Outcomes:
             self.queue.record(job.claimed, job.meta)
         stats.failed += 1
         log.error("dead letter %s from %s to %s: %s (failed/%s)", job.message_id,
-                  job.fromaddr, ", ".join(r.recipient for r in dead), reason, where)
+                  job.fromaddr, ", ".join(r.recipient for r in dead), reason, where,
+                  extra=log_fields(job, dead))
 
     def _failure_meta(self, job, dead, reason, now):
         return dead_letter(job.meta, job.message_id, dead, reason, now, job.claimed.name)

@@ -218,6 +218,9 @@ class Relays:
         self._failures = {}
         self._resting_until = {}
         self._lock = threading.Lock()
+        #: Called as ``observer(host, ok)`` after each session set-up (metrics: the
+        #: relay layer never imports the processor that counts them).
+        self.observer = None
 
     def candidates(self):
         now = self.clock()
@@ -229,8 +232,10 @@ class Relays:
         with self._lock:
             self._failures.pop(host, None)
             self._resting_until.pop(host, None)
+        self._notify(host, True)
 
     def failed(self, host):
+        self._notify(host, False)
         with self._lock:
             count = self._failures.get(host, 0) + 1
             self._failures[host] = count
@@ -243,6 +248,21 @@ class Relays:
         now = self.clock()
         with self._lock:
             return [h for h in self.hosts if self._resting_until.get(h, 0) > now]
+
+    def failing(self):
+        """The relays resting, or (a lone relay is never rested) whose last
+        ``FAILURES_BEFORE_REST`` session set-ups all failed: for health checks."""
+        now = self.clock()
+        with self._lock:
+            return [h for h in self.hosts if self._resting_until.get(h, 0) > now
+                    or self._failures.get(h, 0) >= FAILURES_BEFORE_REST]
+
+    def _notify(self, host, ok):
+        if self.observer is not None:
+            try:
+                self.observer(host, ok)
+            except Exception:  # counting must never cost a delivery
+                log.exception("the relay observer failed")
 
 
 class SessionOpener:

@@ -23,12 +23,14 @@ import plaster
 from pyramid.exceptions import ConfigurationError
 
 from ..processor.daemon import Daemon, Signals
-from ..processor.processor import Processor
+from ..processor.operate import Operations
 from ..queue import open_queue
 from ..queue.interface import QueueUnavailable
 from ..queue.maildir.watch import WATCH_MODES
 from ..queue.wakeup import Waker, WatchUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
+from ..util.logformat import apply_log_format
+from .queue_args import ArgumentParser
 from ..util.printable import get_logger, printable
 
 PROG = "txmail-qp"
@@ -101,9 +103,16 @@ def _epilog():
             "example crontab line (a pass every minute, quiet unless something fails):\n"
             "  * * * * *  /srv/app/env/bin/txmail-qp /srv/app/production.ini -q\n"
             "\n"
-            "example systemd unit (/etc/systemd/system/txmail-qp.service), see README:\n"
+            "metrics and health (mail.metrics_port, mail.metrics_file; pyramid_txmail[ops]):\n"
+            "  --daemon serves /metrics and /healthz on mail.metrics_port; every pass\n"
+            "  writes the metrics to mail.metrics_file (textfile collector).  Under\n"
+            "  systemd Type=notify it sends READY=1, STATUS=, WATCHDOG=1, STOPPING=1.\n"
+            "\n"
+            "example systemd unit (/etc/systemd/system/txmail-qp.service), see README\n"
+            "and docs/examples/txmail-qp.service:\n"
             "  [Service]\n"
-            "  Type=simple\n"
+            "  Type=notify\n"
+            "  WatchdogSec=120\n"
             "  User=app\n"
             "  ExecStart=/srv/app/env/bin/txmail-qp /srv/app/production.ini --daemon\n"
             "  Restart=on-failure\n"
@@ -116,7 +125,7 @@ class ConfigError(Exception):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description=DESCRIPTION, epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config_uri", metavar="CONFIG_URI",
@@ -285,6 +294,7 @@ def run(args, signals, waker):
     raw = read_app_settings(path, app_name)
     setup_logging(path, args.verbose, args.quiet)
     settings = mail_settings(raw, path, app_name)
+    apply_log_format(settings.log_format)
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
     queue = open_queue_or_exit(settings)
@@ -302,11 +312,14 @@ def run(args, signals, waker):
         with app_registry(path, app_name, not args.no_app) as registry:
             # transport None: one SMTP connection per worker (mail.workers),
             # opened in each pass and closed at its end
-            run_pass = Processor(queue, None, settings, registry=registry).run_once
+            # metrics, /healthz, mail.metrics_file, systemd notify: as the settings ask
+            ops = Operations(queue, settings, daemon=watcher is not None)
+            run_pass = ops.processor(queue, None, settings, registry=registry).run_once
             if watcher is not None:
                 daemon = Daemon(queue, settings, run_pass, watcher, signals, waker)
                 watcher = None  # the daemon closes it
-                daemon.run()
+                with ops.serving():
+                    daemon.run()
                 return EX_OK
             stats = run_pass(signals.stop)
     finally:

@@ -23,17 +23,19 @@ import time
 
 from pyramid.exceptions import ConfigurationError
 
+from ..util.logformat import apply_log_format
 from ..util.printable import get_logger
 from ..queue.interface import Ambiguous, NotFound, Refused, Vanished
 from ..queue.states import LABELS, QUEUE_STATES, purge_reason
 from ..settings import settings_prefix
-from . import queue_text
+from . import queue_ops, queue_text
 from .queue_args import PROG, build_parser  # noqa: F401 (public here too)
 from .queue_text import clean
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
                  open_queue_or_exit, read_app_settings, setup_logging, split_uri)
 
 EX_FAILED = EX_SOFTWARE  # the operation failed for a message, or it was not found
+EX_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 log = get_logger("pyramid_txmail.scripts.queue")
 
@@ -62,18 +64,34 @@ def cmd_status(queue, args, now):
     info = queue.status(now)
     if args.json:
         _json(info)
+    elif queue_ops.is_tty(sys.stdout):
+        _print(queue_ops.status_table(info, bold=queue_ops.colour(sys.stdout)))
     else:
         _print(queue_text.status_lines(info))
     return EX_OK
 
 
+def cmd_watch(queue, args, now):
+    """``status`` again every --interval seconds until Ctrl-C (exit 0)."""
+    tty = queue_ops.is_tty(sys.stdout)
+    bold = queue_ops.colour(sys.stdout)
+    render = ((lambda info: queue_ops.status_table(info, bold)) if tty
+              else queue_text.status_lines)
+    return queue_ops.watch(queue, args.interval, render, args.count)
+
+
 def cmd_list(queue, args, now):
     states = tuple(dict.fromkeys(args.state)) if args.state else QUEUE_STATES
-    found = queue.messages(states)
+    tty = queue_ops.is_tty(sys.stdout)
+    found, total, offset = queue_ops.select(queue, states, args, now, tty)
     if args.json:
         _json([m.as_dict(now) for m in found])
-    else:
+        return EX_OK
+    if found or not total:
         _print(queue_text.list_lines(found, states, now))
+    more = queue_ops.more_line(len(found), total, offset)
+    if more:
+        print(more)
     return EX_OK
 
 
@@ -104,11 +122,17 @@ def cmd_retry(queue, args, now):
     if bool(args.ids) == bool(args.all_failed):
         raise UsageError("retry: give message ids or --all-failed (one of the two)")
     if args.all_failed:
-        targets, found = queue.messages(("failed",)), True
-        if not targets:
+        total = queue_ops.count(queue, "failed", now)
+        if not total:
             print("no dead letters in failed/")
-    else:
-        targets, found = _lookup_all(queue, args.ids)
+            return EX_OK
+        done, vanished, refused = queue_ops.bulk(
+            queue, queue_ops.iter_messages(queue, ("failed",)), queue.retry, "retry",
+            total, log, PROG)
+        print(queue_ops.summary("retried", done, done + vanished + refused, vanished,
+                                refused))
+        return EX_FAILED if refused else EX_OK
+    targets, found = _lookup_all(queue, args.ids)
     code = EX_OK if found else EX_FAILED
     for msg in targets:
         try:
@@ -166,25 +190,32 @@ def cmd_purge(queue, args, now):
     why = purge_reason(args.state, args.older_than, args.all)
     if why:
         raise UsageError(f"purge: {why}")
-    doomed = queue.purge_candidates(args.state, args.older_than, now)
-    code, done = EX_OK, 0
-    verb = "would remove" if args.dry_run else "removed"
-    for msg in doomed:
-        if not args.dry_run:
-            try:
-                queue.purge(msg)
-            except (Refused, Vanished) as exc:
-                print(f"{PROG}: cannot purge {msg.state}/{clean(msg.name)}: {clean(exc)}",
-                      file=sys.stderr)
-                code = EX_FAILED
-                continue
-            log.info("purged %s/%s (%s)", msg.state, msg.name, msg.message_id)
-        done += 1
-        print(f"{verb} {msg.state}/{clean(msg.name)}  {queue_text.age(now - msg.settled_at)} old  "
-              f"{clean(msg.message_id)}")
     limit = "" if args.older_than is None else f" older than {queue_text.age(args.older_than)}"
-    print(f"{verb} {done} message{'s' if done != 1 else ''} from {args.state}/{limit}")
-    return code
+    doomed = _purge_candidates(queue, args.state, args.older_than, now)
+    if args.dry_run:  # the point of it is the list
+        done = 0
+        for msg in doomed:
+            done += 1
+            print(f"would remove {msg.state}/{clean(msg.name)}  "
+                  f"{queue_text.age(now - msg.settled_at)} old  {clean(msg.message_id)}")
+        print(f"would remove {done} message{'s' if done != 1 else ''} from "
+              f"{args.state}/{limit}")
+        return EX_OK
+    total = queue_ops.count(queue, args.state, now)
+    done, vanished, refused = queue_ops.bulk(queue, doomed, queue.purge, "purge", total,
+                                             log, PROG)
+    print(f"removed {done} message{'s' if done != 1 else ''} from {args.state}/{limit}; "
+          f"{vanished} vanished" + (f"; {refused} refused" if refused else ""))
+    return EX_FAILED if refused else EX_OK
+
+
+def _purge_candidates(queue, state, older_than, now):
+    """What ``purge`` removes, one at a time where the backend streams (memory stays
+    flat over a large backlog), else the backend's own list."""
+    if state in ("new", "cur") or getattr(queue, "iter_messages", None) is None:
+        return iter(queue.purge_candidates(state, older_than, now))
+    return (m for m in queue_ops.iter_messages(queue, (state,))
+            if older_than is None or now - m.settled_at >= older_than)
 
 
 def cmd_init_db(settings):
@@ -204,8 +235,17 @@ def cmd_init_db(settings):
     return EX_OK
 
 
-COMMANDS = {"status": cmd_status, "list": cmd_list, "show": cmd_show,
-            "retry": cmd_retry, "release": cmd_release, "purge": cmd_purge}
+def cmd_metrics(queue, args, now):
+    """The queue gauges in Prometheus text format (delivery counters live in txmail-qp)."""
+    from ..processor.metrics import queue_exposition
+
+    sys.stdout.write(queue_exposition(queue).decode())
+    return EX_OK
+
+
+COMMANDS = {"status": cmd_status, "watch": cmd_watch, "list": cmd_list, "show": cmd_show,
+            "retry": cmd_retry, "release": cmd_release, "purge": cmd_purge,
+            "metrics": cmd_metrics}
 
 
 # -- running ---------------------------------------------------------------------------
@@ -239,6 +279,7 @@ def run(args):
     settings = _settings(path, app_name, args.command)
     args.settings = settings
     setup_logging(path, verbose=verbose, quiet=not verbose)
+    apply_log_format(settings.log_format)
     if args.command == "init-db":
         return cmd_init_db(settings)
     queue = open_queue_or_exit(settings)
@@ -274,6 +315,10 @@ def main(argv=None):
     except UsageError as exc:
         print(f"{PROG}: error: {clean(exc)}", file=sys.stderr)
         return EX_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside `watch`: each change is atomic, say so
+        print(f"\n{PROG}: interrupted (what was done is done, nothing half-done)",
+              file=sys.stderr)
+        return EX_INTERRUPTED
     except (NotFound, Ambiguous) as exc:  # show
         _report_lookup_error(exc)
         return EX_FAILED

@@ -10,6 +10,7 @@ import argparse
 
 from ..queue.states import state_of
 from ..settings import parse_duration
+from ..util.printable import printable
 
 PROG = "txmail-queue"
 
@@ -31,6 +32,8 @@ examples:
   txmail-queue production.ini status
   txmail-queue production.ini status --json
   txmail-queue production.ini list --state failed
+  txmail-queue production.ini list --to bob@example.org --reason 'no such user'
+  txmail-queue production.ini watch --interval 5
   txmail-queue production.ini show 1732523000.M1234
   txmail-queue production.ini show '<welcome-42@example.com>'
   txmail-queue production.ini retry --all-failed
@@ -54,11 +57,38 @@ exit status:
 STATE_HELP = ("queued (or new), in_progress (or cur), deferred, failed, tmp")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose error line escapes what it quotes: ``unrecognized
+    arguments`` and ``invalid choice`` repeat the command line, which may hold a pasted
+    ESC sequence (:func:`pyramid_txmail.util.printable.printable`).  Shared by
+    ``txmail-qp``; its subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        super().error(printable(message))
+
+
 def _duration(text):
     try:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def _positive(text):
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return value
 
 
 def _state(text):
@@ -86,7 +116,7 @@ def _sub(subparsers, name, help, description, examples):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG, description=DESCRIPTION, epilog=EPILOG,
         usage=f"{PROG} [-h] CONFIG_URI COMMAND [options]",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,11 +139,39 @@ def build_parser():
     p = _sub(commands, "list", "one line per message",
              "One line per message: id (its file name), state, age, attempts, envelope\n"
              "sender -> recipients, Subject, last error.  Oldest first within a state.",
-             ["list", "list --state failed", "list --state deferred --state failed --json"])
+             ["list", "list --state failed", "list --state deferred --state failed --json",
+              "list --state failed --to bob@example.org --reason 'no such user'",
+              "list --older-than 2h --newer-than 1d --limit 100 --offset 100",
+              "list --message-id '<welcome-42@example.com>'", "list --page 3"])
     p.add_argument("--state", action="append", type=_state, metavar="STATE",
                    help=f"only this state (repeatable): {STATE_HELP}; "
                         "default: all but tmp")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument("--to", metavar="ADDRESS",
+                   help="only messages to this recipient (its domain in any case)")
+    p.add_argument("--message-id", metavar="ID", help="only this Message-ID (<> optional)")
+    p.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="only messages queued at least this long ago: 30m, 12h, 7d")
+    p.add_argument("--newer-than", type=_duration, metavar="DURATION",
+                   help="only messages queued less than this long ago")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="only messages whose last error contains TEXT (any case)")
+    p.add_argument("--limit", type=_positive, metavar="N",
+                   help="at most N messages (default: 50 on a terminal, all in a pipe)")
+    p.add_argument("--offset", type=_count, metavar="N", default=0,
+                   help="skip the first N matching messages")
+    p.add_argument("--page", type=_positive, metavar="N",
+                   help="page N (from 1) of --limit messages (default 50)")
+
+    p = _sub(commands, "watch", "the status again and again, until Ctrl-C",
+             "Print the status (as `status` does) every --interval seconds until\n"
+             "Ctrl-C, which ends it with exit status 0.  On a terminal the screen is\n"
+             "redrawn; in a pipe each status follows the last.",
+             ["watch", "watch --interval 10"])
+    p.add_argument("--interval", type=_duration, default=2.0, metavar="SECONDS",
+                   help="seconds between two looks (default 2; 500ms, 1m)")
+    p.add_argument("--count", type=_positive, metavar="N",
+                   help="stop after N looks (default: until Ctrl-C)")
 
     p = _sub(commands, "show", "one message: envelope, headers, attempts, errors",
              "Show one message: state, envelope, headers, attempts, the history of\n"
@@ -172,6 +230,15 @@ def build_parser():
                      help="only messages at least this old: 30m, 12h, 7d")
     age.add_argument("--all", action="store_true", help="every message in the state")
     p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+
+    _sub(commands, "metrics", "the queue gauges once, in Prometheus text format",
+         "Print the queue's gauges (messages per state, oldest age per state,\n"
+         "deferred mail due) once in the Prometheus text format, e.g. for the\n"
+         "node_exporter textfile collector.  Only the queue gauges: the delivery\n"
+         "counters (sent, deferred, failed, attempts, latency, sessions) are\n"
+         "counted by txmail-qp (mail.metrics_port, mail.metrics_file).  Needs\n"
+         "pyramid_txmail[ops].",
+         ["metrics"])
 
     _sub(commands, "init-db", "create the SQL outbox's tables (mail.queue_url)",
          "Create the SQL outbox's tables and indexes in the database that\n"

@@ -241,6 +241,9 @@ class MaildirQueue:
     def messages(self, states):
         return admin.messages(self.spool, tuple(states))
 
+    def iter_messages(self, states):
+        return admin.iter_messages(self.spool, tuple(states))
+
     def find(self, ident):
         return admin.find(self.spool, ident)
 

@@ -216,6 +216,21 @@ def messages(spool, states=QUEUE_STATES):
     return sorted(found.values(), key=lambda m: (states.index(m.state), m.queued_at, m.name))
 
 
+def iter_messages(spool, states=QUEUE_STATES):
+    """The messages of ``states`` one at a time, for a backlog too large to hold
+    (``txmail-queue retry --all-failed`` over 100,000 dead letters): directories are
+    read as a stream (:meth:`~pyramid_txmail.queue.maildir.spool.Spool.iter_names`,
+    oldest first within each batch).  Unlike :func:`messages`, a message moving
+    between two states while they are read may come twice."""
+    for state in states:
+        pairs = (files(spool, state) if state == "deferred"
+                 else ((n, n) for n in spool.iter_names(state)))
+        for name, filename in pairs:
+            msg = inspect(spool, state, name, filename)
+            if msg is not None:
+                yield msg
+
+
 def status(spool, now=None):
     """Counts and oldest age per state, the earliest retry among deferred mail.
 

@@ -1,0 +1,86 @@
+"""The operator's side of ``txmail-qp``: metrics, health, textfile and systemd, in one place.
+
+``txmail-qp`` makes an :class:`Operations` from the settings and asks it for
+its processor and, with ``--daemon``, to serve around the daemon's loop; the
+rest of it (and :mod:`.daemon`, :mod:`.processor`) stays as it was.  Nothing is
+set up that the settings and environment do not ask for: no metrics setting
+and no ``$NOTIFY_SOCKET`` gives a plain :class:`~.processor.Processor`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from pyramid.exceptions import ConfigurationError
+
+from ..util.printable import get_logger
+from .health import Health, MetricsServer, Progress
+from .metrics import Metrics, MeteredProcessor, write_textfile
+from .processor import Processor
+from .sdnotify import Notifier
+
+log = get_logger("pyramid_txmail.operate")
+
+
+class Operations:
+    def __init__(self, queue, settings, daemon, environ=None):
+        self.queue = queue
+        self.settings = settings
+        self.daemon = daemon
+        self.notifier = Notifier(environ) if daemon else Notifier({})
+        port = settings.metrics_port if daemon else None
+        self.wanted = bool(port or settings.metrics_file or self.notifier.enabled)
+        self.progress = Progress(queue)
+        self.metrics = None
+        if port or settings.metrics_file:
+            key = "mail.metrics_port" if port else "mail.metrics_file"
+            self.metrics = Metrics(self.progress, key)
+        self.health = Health(self.progress, settings)
+        if settings.metrics_file:
+            self.progress.listeners.append(self._write_textfile)
+        if self.notifier.enabled:
+            self.progress.listeners.append(self._status)
+        self.server = None
+
+    def processor(self, *args, **kwargs):
+        """The processor, metered when anything watches it."""
+        if not self.wanted:
+            return Processor(*args, **kwargs)
+        return MeteredProcessor(*args, progress=self.progress, metrics=self.metrics, **kwargs)
+
+    @contextlib.contextmanager
+    def serving(self):
+        """Around the daemon's loop: the HTTP port, READY, the watchdog, STOPPING."""
+        port = self.settings.metrics_port
+        if port:
+            host = self.settings.metrics_host
+            try:
+                self.server = MetricsServer(self.metrics, self.health, host, port).start()
+            except OSError as exc:
+                raise ConfigurationError(f"mail.metrics_port = {port} (mail.metrics_host = "
+                                         f"{host}): cannot listen there: {exc.strerror or exc}"
+                                         ) from None
+        try:
+            self.notifier.ready(f"serving {self.queue.where}")
+            self.notifier.start_watchdog(self.health.progressing)
+            yield self
+        finally:
+            self.notifier.stopping()
+            self.notifier.close()
+            if self.server is not None:
+                self.server.close()
+
+    def _write_textfile(self, stats):
+        try:
+            write_textfile(self.metrics.prom, self.metrics.registry, self.settings.metrics_file)
+        except OSError as exc:
+            log.error("cannot write the metrics to mail.metrics_file = %s: %s",
+                      self.settings.metrics_file, exc.strerror or exc)
+
+    def _status(self, stats):
+        try:
+            status = self.progress.reader.read()
+            depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "
+                     f"failed={status.get('failed', 0)}")
+        except Exception as exc:
+            depth = f"queue unreadable: {type(exc).__name__}"
+        self.notifier.status(f"last pass: {stats.summary()}; {depth}")

@@ -1,0 +1,112 @@
+"""systemd's ``sd_notify`` protocol for ``txmail-qp --daemon`` (``Type=notify``).
+
+The protocol is a datagram of ``KEY=value`` lines sent to the ``AF_UNIX``
+socket named by ``$NOTIFY_SOCKET`` (a leading ``@`` names an abstract socket):
+a few lines, so no library is needed.  Without ``NOTIFY_SOCKET`` everything
+here does nothing.
+
+* ``READY=1`` once the daemon serves (after the metrics port is bound);
+* ``STATUS=...`` after every pass: its summary and the queue depth;
+* ``WATCHDOG=1`` every half of ``$WATCHDOG_USEC`` (when ``WatchdogSec=`` is set),
+  but only while :meth:`~pyramid_txmail.processor.health.Health.progressing`:
+  a stuck daemon stops petting, and systemd restarts it;
+* ``STOPPING=1`` when it shuts down.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from ..util.printable import get_logger, printable
+
+log = get_logger("pyramid_txmail.sdnotify")
+
+
+class Notifier:
+    """Sends to ``$NOTIFY_SOCKET``; a no-op without it.  Errors are logged once, never raised."""
+
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        address = environ.get("NOTIFY_SOCKET") or None
+        if address and address.startswith("@"):
+            address = "\0" + address[1:]
+        self.address = address
+        self.watchdog_interval = None
+        usec = environ.get("WATCHDOG_USEC")
+        pid = environ.get("WATCHDOG_PID")
+        if address and usec and (not pid or pid == str(os.getpid())):
+            try:
+                self.watchdog_interval = int(usec) / 2e6
+            except ValueError:
+                log.warning("WATCHDOG_USEC=%r is not a number; no watchdog pings", usec)
+        self._sock = None
+        self._warned = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    @property
+    def enabled(self):
+        return self.address is not None
+
+    def send(self, *lines):
+        if self.address is None:
+            return
+        data = "\n".join(lines).encode("utf-8", "replace")
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.sendto(data, self.address)
+            except OSError as exc:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot notify systemd at NOTIFY_SOCKET=%s: %s",
+                                self.address.replace("\0", "@"), exc)
+
+    def ready(self, status=None):
+        self.send("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def status(self, text):
+        self.send(f"STATUS={_one_line(text)}")
+
+    def stopping(self):
+        self.stop_watchdog()
+        self.send("STOPPING=1")
+
+    def start_watchdog(self, progressing):
+        """Pet every half WATCHDOG_USEC while ``progressing()`` is true."""
+        if self.watchdog_interval is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._pet, args=(progressing,),
+                                        name="txmail-watchdog", daemon=True)
+        self._thread.start()
+
+    def _pet(self, progressing):
+        silent = False
+        while True:
+            if progressing():
+                self.send("WATCHDOG=1")
+                silent = False
+            elif not silent:
+                silent = True
+                log.error("no progress: no longer petting the systemd watchdog")
+            if self._stop.wait(self.watchdog_interval):
+                return
+
+    def stop_watchdog(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def close(self):
+        self.stop_watchdog()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def _one_line(text):
+    return printable(" ".join(str(text).split()))[:200]
