@@ -213,14 +213,15 @@ def run(ctx, pg):
                     f"{server[sizes[-1]]:.3f} ms)")
     parts = [
         f"A batch of {batch} queued rows claimed by one pass of `SQLQueue.candidates` "
-        f"(one transaction per claim, on the backend's own engine), {ctx.options.repeats} "
+        f"(each statement claims up to the queue's `claim_batch` rows, 8 by default, on "
+        f"the backend's own engine), {ctx.options.repeats} "
         "time(s) per size, median; the rows already present are 1 in 50 deferred (not due), "
         "1 in 12 failed, the rest delivered.",
         table(["rows present", "table + indexes MB", "claims/s", "us / claim",
                f"vs {sizes[0]:,}", "claim statement, server ms", f"vs {sizes[0]:,}",
                "claims/s, each run"], rows),
-        "A claim is a transaction of its own (BEGIN, the UPDATE, COMMIT, which waits for "
-        "the WAL's fsync), so claims/s follows the disk's commit latency and the "
+        "Each claiming statement is a transaction of its own (its COMMIT waits for the "
+        "WAL's fsync), so claims/s follows the disk's commit latency and the "
         "machine's load; the server's own time for the claim statement (`EXPLAIN "
         "ANALYZE`'s Execution Time, median of 20 runs rolled back, queued rows present) "
         "is the part the table's size could change, and is shown beside it."]
