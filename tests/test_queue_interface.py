@@ -250,7 +250,8 @@ def test_the_processor_drains_a_queue_that_is_not_a_spool(make_smtp_server):
     last = queue.rows[mixed][4]["history"][-1]
     assert [r["recipient"] for r in last["results"]] == ["busy@example.org"]  # only it
     assert queue.rows[mixed][4]["attempts"] == 2
-    assert [m.rcpt_tos for m in server.messages] == [["ok@example.org"], ["ok2@example.org"]]
+    # two workers send the two messages at once: in either order
+    assert sorted(m.rcpt_tos for m in server.messages) == [["ok2@example.org"], ["ok@example.org"]]
 
 
 def test_a_claim_lost_mid_send_is_left_to_its_new_holder(smtp_server, caplog):
