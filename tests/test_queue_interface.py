@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import time
 import os
 import subprocess
 import sys
@@ -217,6 +218,9 @@ class DictQueue:
 
     def watcher(self, settings, how="auto"):
         raise NotImplementedError
+
+    def clock(self):
+        return time.time()
 
 
 class Clock:
