@@ -56,7 +56,29 @@ def ini(tmp_path, url, name):
     return str(path)
 
 
+@pytest.fixture
+def logging_restored():
+    """The scripts' main() set up logging for a process (their ini's logging, with
+    ``disable_existing_loggers`` and wrapped formatters); run in-process here, that must
+    not leak into later tests (pyramid_txmail's loggers were left disabled for caplog)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    loggers = {name: (lg.disabled, lg.propagate, lg.level, lg.handlers[:])
+               for name, lg in logging.Logger.manager.loggerDict.items()
+               if isinstance(lg, logging.Logger)}
+    formatters = [(h, h.formatter) for h in handlers]
+    yield
+    root.handlers[:], root.level = handlers, level
+    for handler, formatter in formatters:
+        handler.setFormatter(formatter)
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            disabled, propagate, lvl, hs = loggers.get(name, (False, True, logging.NOTSET, []))
+            lg.disabled, lg.propagate, lg.level, lg.handlers[:] = disabled, propagate, lvl, hs
+
+
 @pytest.mark.parametrize("form", ["netloc", "query", "sslpassword", "both"])
+@pytest.mark.usefixtures("logging_restored")
 def test_txmail_queue_and_txmail_qp_never_print_or_log_it(tmp_path, capsys, caplog, form):
     url = urls(closed_port())[form]
     path = ini(tmp_path, url, f"{form}.ini")
