@@ -26,6 +26,7 @@ from . import claims
 from ...compose.reading import header_items
 from ...util.regular_files import NotRegularFile, open_regular_file
 from ..queue_state import epoch
+from ..queued_view import QueuedView
 from .schedule import message_name
 from .spool import Entry, PoisonMessage, enqueued_at, fsync_dir
 from .spoolscan import scan
@@ -67,7 +68,7 @@ def _parse_headers(head):
 
 
 @dataclasses.dataclass
-class QueuedMessage:
+class QueuedMessage(QueuedView):
     """One message file as an operator sees it: envelope, headers, state file."""
 
     spool: object
@@ -85,41 +86,13 @@ class QueuedMessage:
     def path(self):
         return os.path.join(self.spool.path, self.state, self.filename or self.name)
 
-    def header(self, name):
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    @property
-    def subject(self):
-        return self.header("Subject")
-
-    @property
-    def message_id(self):
-        return self.meta.get("message_id") or self.header("Message-ID")
-
-    @property
-    def attempts(self):
-        attempts = self.meta.get("attempts")
-        return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
-
     @property
     def last_error(self):
-        """The dead-letter reason, else what went wrong in the last attempt."""
-        if self.meta.get("reason"):
-            return self.meta["reason"]
-        if self.meta.get("corrupt_meta"):
+        """As every backend's, but a corrupt state file is said before the last attempt."""
+        if not self.meta.get("reason") and self.meta.get("corrupt_meta"):
             why = self.meta.get("meta_problem") or "not valid JSON"
             return f"the state file meta/{self.name}.json is {why}"
-        history = self.meta.get("history") or []
-        if history and isinstance(history[-1], dict):
-            failed = [r for r in history[-1].get("results", ())
-                      if isinstance(r, dict) and r.get("status") != "sent"]
-            if failed:
-                return "; ".join(f"{r.get('recipient')}: {r.get('code') or '-'} "
-                                 f"{r.get('text') or ''}".strip() for r in failed)
-        return self.problem
+        return QueuedView.last_error.fget(self)
 
     @property
     def settled_at(self):
@@ -129,14 +102,11 @@ class QueuedMessage:
             return float(failed_at)
         return self.queued_at
 
-    def as_dict(self, now):
-        return {"id": self.name, "state": self.state, "label": LABELS[self.state],
-                "queued_at": self.queued_at, "age": round(now - self.queued_at, 3),
-                "from": self.fromaddr, "to": list(self.toaddrs),
-                "subject": self.subject, "message_id": self.message_id,
-                "attempts": self.attempts, "last_error": self.last_error,
-                "next_attempt": epoch(self.meta.get("next_attempt"))
-                if self.state == "deferred" else None}
+    def label(self):
+        return LABELS[self.state]
+
+    def due(self):
+        return epoch(self.meta.get("next_attempt"))
 
 
 def queued_at(spool, state, name, filename=None):

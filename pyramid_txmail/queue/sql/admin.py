@@ -25,6 +25,7 @@ from email.parser import BytesHeaderParser
 import sqlalchemy as sa
 
 from ..queue_state import epoch
+from ..queued_view import QueuedView
 from ..states import ALL_STATES, LABELS, QUEUE_STATES
 from .errors import Ambiguous, NotFound, Refused, Vanished
 from .leases import log
@@ -71,7 +72,7 @@ def _headers(head):
 
 
 @dataclasses.dataclass
-class SqlMessage:
+class SqlMessage(QueuedView):
     """One outbox row as an operator sees it (the spool's ``QueuedMessage`` shape)."""
 
     queue: object
@@ -92,39 +93,6 @@ class SqlMessage:
     next_attempt: float | None = None
     path = None  # no file: the row is in queue.where
 
-    def header(self, name):
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    @property
-    def subject(self):
-        return self.header("Subject")
-
-    @property
-    def message_id(self):
-        return self.meta.get("message_id") or self.header("Message-ID")
-
-    @property
-    def attempts(self):
-        attempts = self.meta.get("attempts")
-        return attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0
-
-    @property
-    def last_error(self):
-        """The dead-letter reason, else what went wrong in the last attempt."""
-        if self.meta.get("reason"):
-            return self.meta["reason"]
-        history = self.meta.get("history") or []
-        if history and isinstance(history[-1], dict):
-            failed = [r for r in history[-1].get("results", ())
-                      if isinstance(r, dict) and r.get("status") != "sent"]
-            if failed:
-                return "; ".join(f"{r.get('recipient')}: {r.get('code') or '-'} "
-                                 f"{r.get('text') or ''}".strip() for r in failed)
-        return self.problem
-
     @property
     def settled_at(self):
         """When it entered its state, for ``purge``: a dead letter's failure, else queued."""
@@ -132,14 +100,11 @@ class SqlMessage:
             return self.failed_at
         return self.queued_at
 
-    def as_dict(self, now):
-        return {"id": self.name, "state": self.state, "label": TO_DB[self.state],
-                "queued_at": self.queued_at, "age": round(now - self.queued_at, 3),
-                "from": self.fromaddr, "to": list(self.toaddrs),
-                "subject": self.subject, "message_id": self.message_id,
-                "attempts": self.attempts, "last_error": self.last_error,
-                "next_attempt": epoch(self.next_attempt)
-                if self.state == "deferred" else None}
+    def label(self):
+        return TO_DB[self.state]
+
+    def due(self):
+        return epoch(self.next_attempt)
 
 
 def _notify(connection):
