@@ -136,10 +136,12 @@ class Metrics:
                                         registry=reg)
         self.last_pass = prom.Gauge(
             "txmail_last_successful_pass_timestamp_seconds",
-            "Unix time the last pass over the queue completed", registry=reg)
+            "Unix time the last pass over the queue completed", registry=reg,
+            multiprocess_mode="max")  # several processes (.procmetrics): the latest
         self.resting = prom.Gauge("txmail_relays_resting",
                                   "Relays skipped for mail.host_rest after failing to set "
-                                  "up sessions", registry=reg)
+                                  "up sessions", registry=reg,
+                                  multiprocess_mode="max")
         self.resting.set_function(
             lambda: len(progress.relays.resting()) if progress.relays is not None else 0)
 

@@ -15,6 +15,7 @@ from pyramid.exceptions import ConfigurationError
 from ..util.printable import get_logger
 from .health import Health, MetricsServer, Progress
 from .metrics import Metrics, MeteredProcessor, write_textfile
+from . import supervisor
 from .processor import Processor
 from .sdnotify import Notifier
 
@@ -28,10 +29,12 @@ class Operations:
         self.daemon = daemon
         self.notifier = Notifier(environ) if daemon else Notifier({})
         port = settings.metrics_port if daemon else None
-        self.wanted = bool(port or settings.metrics_file or self.notifier.enabled)
+        # a child of several processes counts for its parent's /metrics (.procmetrics)
+        counting = supervisor.CHILD is not None and supervisor.CHILD.counting
+        self.wanted = bool(port or settings.metrics_file or self.notifier.enabled or counting)
         self.progress = Progress(queue)
         self.metrics = None
-        if port or settings.metrics_file:
+        if port or settings.metrics_file or counting:
             key = "mail.metrics_port" if port else "mail.metrics_file"
             self.metrics = Metrics(self.progress, key)
         self.health = Health(self.progress, settings)

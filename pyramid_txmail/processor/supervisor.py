@@ -82,6 +82,7 @@ class ChildLink:
     def __init__(self, index, count, fd, parent):
         self.index, self.count, self.fd, self.parent = index, count, fd, parent
         self.ready_sent = False
+        self.counting = False  # delivery counters into the parent's metrics directory
 
     def send(self, kind, text=""):
         line = f"{kind} {text}".strip().replace("\n", " ")[:3000] + "\n"
@@ -288,6 +289,7 @@ class Supervisor:
         if self.operations is not None:
             self.operations.in_child()
         CHILD = ChildLink(index, self.processes, write_fd, parent)
+        CHILD.counting = bool(self.operations is not None and self.operations.counting)
         if os.getppid() != parent:  # died before PDEATHSIG was set
             return EX_SOFTWARE
         return child_main()

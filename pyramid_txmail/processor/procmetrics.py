@@ -1,0 +1,162 @@
+"""Metrics, ``/healthz`` and systemd notification of ``txmail-qp`` with several processes.
+
+One TCP port cannot be bound by N processes, systemd listens to one process
+(``NOTIFY_SOCKET``), and one textfile cannot be written by N writers without each
+overwriting the others' numbers.  So the *parent* does all of it:
+
+* **Delivery counters** are counted where the deliveries happen, in the children,
+  through prometheus_client's multiprocess mode: the parent makes a private
+  ``PROMETHEUS_MULTIPROC_DIR`` before it forks, each child's counters live in
+  memory-mapped files there, and the parent's ``/metrics`` (and
+  ``mail.metrics_file``) sums them (:class:`prometheus_client.multiprocess.MultiProcessCollector`).
+  A restarted child's files stay, so the sums never go backwards.
+* **Queue gauges** are read by the parent from the queue, as with one process.
+* **/healthz and the watchdog** judge the parent's :class:`~.health.Progress`, fed by
+  the children's pass reports (:mod:`.supervisor`): any child completing a pass is
+  progress.  The "every relay is resting" check is per process and is not made
+  by the parent.
+* **systemd**: ``READY=1`` once every child has started its first pass, ``STATUS=``
+  after each pass a child reports, ``WATCHDOG=1``, ``STOPPING=1`` -- from the parent
+  only (the children's environment has no ``NOTIFY_SOCKET``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from pyramid.exceptions import ConfigurationError
+
+from ..util.printable import get_logger
+from .health import Health, MetricsServer, Progress
+from .metrics import QueueCollector, require_prometheus, write_textfile
+from .sdnotify import Notifier
+
+log = get_logger("pyramid_txmail.procmetrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _Exposition:
+    """What :class:`~.health.MetricsServer` serves: the parent's registry."""
+
+    def __init__(self, prom, registry):
+        self.prom, self.registry = prom, registry
+
+    def exposition(self):
+        return self.prom.generate_latest(self.registry)
+
+    def content_type(self):
+        return self.prom.CONTENT_TYPE_LATEST
+
+
+class ParentOperations:
+    """The parent's metrics port, textfile, /healthz and systemd notification."""
+
+    def __init__(self, settings, daemon, environ=None):
+        self.settings = settings
+        self.daemon = daemon
+        self.notifier = Notifier(environ) if daemon else Notifier({})
+        self.port = settings.metrics_port if daemon else None
+        self.metrics_dir = None
+        self.server = None
+        self.progress = None
+        self.health = None
+        self.exposition = None
+        self.queue = None
+        if self.port or settings.metrics_file:
+            key = "mail.metrics_port" if self.port else "mail.metrics_file"
+            if "prometheus_client.values" in sys.modules and not os.environ.get(MULTIPROC_ENV):
+                log.warning("prometheus_client was imported before txmail-qp started its "
+                            "processes: their delivery counters are not summed")
+            self.metrics_dir = tempfile.mkdtemp(prefix="txmail-qp-metrics.")
+            os.environ[MULTIPROC_ENV] = self.metrics_dir  # before the fork, before the import
+            prom = require_prometheus(key)
+            from prometheus_client import multiprocess
+
+            self.prom = prom
+            self.registry = prom.CollectorRegistry(auto_describe=True)
+            multiprocess.MultiProcessCollector(self.registry, self.metrics_dir)
+            self.exposition = _Exposition(prom, self.registry)
+        if self.port:
+            host = settings.metrics_host
+            try:  # bound now: a port in use is a configuration error before any child runs
+                self.server = MetricsServer(self.exposition, None, host, self.port)
+            except OSError as exc:
+                self.close()
+                raise ConfigurationError(
+                    f"mail.metrics_port = {self.port} (mail.metrics_host = {host}): cannot "
+                    f"listen there: {exc.strerror or exc}") from None
+
+    @property
+    def counting(self):
+        """Children count deliveries into the multiprocess directory."""
+        return self.metrics_dir is not None
+
+    def in_child(self):
+        """In a freshly forked child: let go of the parent's listening socket."""
+        if self.server is not None:
+            self.server.httpd.socket.close()
+
+    def _open(self):
+        """The parent's own view of the queue, opened after the children were forked."""
+        if self.progress is not None:
+            return
+        from ..queue import open_queue
+
+        self.queue = open_queue(self.settings, create=False)
+        self.progress = Progress(self.queue)
+        self.health = Health(self.progress, self.settings)
+        if self.exposition is not None:
+            self.registry.register(QueueCollector(self.progress.reader))
+        if self.settings.metrics_file:
+            self.progress.listeners.append(self._write_textfile)
+        if self.notifier.enabled:
+            self.progress.listeners.append(self._status)
+
+    def ready(self):
+        """Every child is up: serve, tell systemd, pet its watchdog."""
+        self._open()
+        if self.server is not None:
+            self.server.httpd.health = self.health
+            self.server.start()
+        self.notifier.ready(f"serving {self.queue.where}")
+        self.notifier.start_watchdog(self.health.progressing)
+
+    def pass_done(self, stats):
+        self._open()
+        self.progress.pass_done(stats, time.time())
+
+    def stopping(self):
+        self.notifier.stopping()
+
+    def close(self):
+        self.notifier.close()
+        if self.server is not None:
+            if self.server._thread.is_alive():
+                self.server.close()
+            else:
+                self.server.httpd.server_close()
+            self.server = None
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if os.environ.get(MULTIPROC_ENV) == self.metrics_dir:
+                del os.environ[MULTIPROC_ENV]
+
+    def _write_textfile(self, stats):
+        try:
+            write_textfile(self.prom, self.registry, self.settings.metrics_file)
+        except OSError as exc:
+            log.error("cannot write the metrics to mail.metrics_file = %s: %s",
+                      self.settings.metrics_file, exc.strerror or exc)
+
+    def _status(self, stats):
+        try:
+            status = self.progress.reader.read()
+            depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "
+                     f"failed={status.get('failed', 0)}")
+        except Exception as exc:
+            depth = f"queue unreadable: {type(exc).__name__}"
+        self.notifier.status(f"last pass: {stats.summary()}; {depth}")
