@@ -226,9 +226,6 @@ class Supervisor:
         try:
             for index in range(self.processes):
                 self._start(index, child_main)
-            log.info("txmail-qp: %d processes (pids %s), %d worker(s) each%s",
-                     self.processes, " ".join(str(c.pid) for c in self.children.values()),
-                     self.settings.workers, "" if self.daemon else ", one pass")
             return self._loop(child_main)
         finally:
             for child in self.children.values():  # only after an error of our own
@@ -370,7 +367,10 @@ class Supervisor:
             child.ready = True
             if not self.all_ready and all(c.ready for c in self.children.values()) \
                     and len(self.children) == self.processes:
-                self.all_ready = True
+                self.all_ready = True  # said now: a configuration error stays one line
+                log.info("txmail-qp: %d processes (pids %s), %d worker(s) each%s",
+                         self.processes, " ".join(str(c.pid) for c in self.children.values()),
+                         self.settings.workers, "" if self.daemon else ", one pass")
                 if self.operations is not None:
                     self.operations.ready()
         elif kind == "pass":
@@ -416,13 +416,15 @@ class Supervisor:
         status = _status_of(wait_status)
         self.statuses.append(status)
         lived = self.clock() - child.started
-        if self.stopping is None and status == EX_CONFIG:
-            log.error("txmail-qp process %d (pid %d) exited with a configuration error; "
+        if self.stopping is None and status == EX_CONFIG:  # said once on stderr already
+            log.debug("txmail-qp process %d (pid %d) exited with a configuration error; "
                       "stopping the others", child.index + 1, child.pid)
+            self.config_error = True
             self.stop(signal.SIGTERM)
             return
         if self.stopping is not None or (not self.daemon and os.WIFEXITED(wait_status)):
-            level = logging.DEBUG if status == EX_OK else logging.WARNING
+            quiet = status == EX_OK or getattr(self, "config_error", False)
+            level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "txmail-qp process %d (pid %d) %s", child.index + 1, child.pid,
                     _how(wait_status))
             return
@@ -458,7 +460,9 @@ class Supervisor:
             worst = max(worst, EX_SOFTWARE)
         if self.operations is not None:
             self.operations.close()
-        if not self.daemon:
+        if worst == EX_CONFIG:
+            log.debug("txmail-qp: configuration error (exit status 78)")
+        elif not self.daemon:
             log.info("txmail-qp pass by %d processes: %s (exit status %d)", self.processes,
                      self.totals.summary(), worst)
         elif self.stopping is not None:
