@@ -15,7 +15,7 @@ from pyramid.exceptions import ConfigurationError
 from ..util.printable import get_logger
 from .health import Health, MetricsServer, Progress
 from .metrics import Metrics, MeteredProcessor, write_textfile
-from . import supervisor
+from . import child as child_side
 from .processor import Processor
 from .sdnotify import Notifier
 
@@ -30,7 +30,7 @@ class Operations:
         self.notifier = Notifier(environ) if daemon else Notifier({})
         port = settings.metrics_port if daemon else None
         # a child of several processes counts for its parent's /metrics (.procmetrics)
-        counting = supervisor.CHILD is not None and supervisor.CHILD.counting
+        counting = child_side.CHILD is not None and child_side.CHILD.counting
         self.wanted = bool(port or settings.metrics_file or self.notifier.enabled or counting)
         self.progress = Progress(queue)
         self.metrics = None

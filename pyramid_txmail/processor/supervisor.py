@@ -58,6 +58,8 @@ import threading
 import time
 
 from ..util.printable import get_logger
+from . import child as child_side
+from .child import for_this_process, is_child, reporting, tell_parent  # noqa: F401 (qp's hooks)
 from .daemon import reopen_log_files
 from .pass_stats import PassStats
 
@@ -71,90 +73,6 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 #: Quick deaths in a row after which the parent gives up.
 GIVE_UP_AFTER = 5
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-
-#: In a child: its link to the parent (None in the parent, or with one process).
-CHILD = None
-
-
-class ChildLink:
-    """A child's end of its report pipe: one short line per report (atomic, < PIPE_BUF)."""
-
-    def __init__(self, index, count, fd, parent):
-        self.index, self.count, self.fd, self.parent = index, count, fd, parent
-        self.ready_sent = False
-        self.counting = False  # delivery counters into the parent's metrics directory
-
-    def send(self, kind, text=""):
-        line = f"{kind} {text}".strip().replace("\n", " ")[:3000] + "\n"
-        try:
-            os.write(self.fd, line.encode("utf-8", "replace"))
-        except OSError:  # the parent is gone: PDEATHSIG (or the check below) stops us
-            pass
-
-    def parent_alive(self):
-        return os.getppid() == self.parent
-
-
-def is_child():
-    return CHILD is not None
-
-
-def tell_parent(kind, text):
-    """In a child, hand ``text`` to the parent (which says it once); False in the parent."""
-    if CHILD is None:
-        return False
-    CHILD.send(kind, text)
-    return True
-
-
-def for_this_process(settings):
-    """A child's settings: one process, its share of ``mail.rate_limit``; no metrics
-    port or textfile of its own (the parent serves them; see :mod:`.procmetrics`)."""
-    import dataclasses
-
-    if CHILD is None:
-        return settings
-    rate = settings.rate_limit / CHILD.count if settings.rate_limit else settings.rate_limit
-    return dataclasses.replace(settings, processes=1, rate_limit=rate, metrics_port=None,
-                               metrics_file=None)
-
-
-def reporting(run_pass, stop=None):
-    """In a child, ``run_pass`` that tells the parent it is up (first pass) and what each
-    pass did; it also ends the daemon if the parent is gone (``stop`` is set)."""
-    if CHILD is None:
-        return run_pass
-
-    def run(stop_event=None):
-        if not CHILD.ready_sent:
-            CHILD.ready_sent = True
-            CHILD.send("ready")
-        if not CHILD.parent_alive():
-            log.warning("txmail-qp process %d/%d: its parent is gone; stopping",
-                        CHILD.index + 1, CHILD.count)
-            if stop_event is not None:
-                stop_event.set()
-            return PassStats()
-        stats = run_pass(stop_event)
-        CHILD.send("pass", json.dumps(stats.__dict__))
-        return stats
-
-    return run
-
-
-def _set_pdeathsig():
-    """Linux: SIGTERM this process when the parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl: the getppid() check still works
-        pass
-
 
 def _status_of(wait_status):
     """A child's exit status as txmail-qp's: killed by a signal counts as 1."""
@@ -268,8 +186,7 @@ class Supervisor:
 
     def _child(self, index, write_fd, parent, blocked, child_main):
         """In the forked child: cut loose from the parent's signal plumbing, then run."""
-        global CHILD
-        _set_pdeathsig()
+        child_side.set_pdeathsig()
         signal.set_wakeup_fd(-1)
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_DFL)  # still blocked: Signals takes them
@@ -285,8 +202,8 @@ class Supervisor:
             os.environ.pop(name, None)
         if self.operations is not None:
             self.operations.in_child()
-        CHILD = ChildLink(index, self.processes, write_fd, parent)
-        CHILD.counting = bool(self.operations is not None and self.operations.counting)
+        child_side.become(index, self.processes, write_fd, parent,
+                          counting=bool(self.operations is not None and self.operations.counting))
         if os.getppid() != parent:  # died before PDEATHSIG was set
             return EX_SOFTWARE
         return child_main()
@@ -333,7 +250,8 @@ class Supervisor:
                     reopen_log_files()
                 except OSError as exc:
                     log.error("SIGHUP: cannot re-open the log files: %s", exc)
-                self._forward(signal.SIGHUP)
+                if self.daemon:  # a one-pass child leaves SIGHUP alone (blocked)
+                    self._forward(signal.SIGHUP)
 
     def stop(self, signum=signal.SIGTERM):
         if self.stopping is None:
