@@ -315,7 +315,7 @@ def test_with_two_workers_both_messages_in_flight_are_finished(setup_for, gated)
 
 def test_a_message_waiting_for_the_rate_limit_is_not_started_after_sigterm(setup_for,
                                                                            smtp_server):
-    s = setup_for(smtp_server, "mail.rate_limit = 0.2")  # one message per 5 s
+    s = setup_for(smtp_server, ONE_PROCESS + "mail.rate_limit = 0.2")  # one message per 5 s
     ids = s.queue(3)
     proc = s.start("--workers", "1")
     wait_until(lambda: len(smtp_server.messages) == 1, what="the first message")

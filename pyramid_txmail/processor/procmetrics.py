@@ -66,6 +66,7 @@ class ParentOperations:
         self.health = None
         self.exposition = None
         self.queue = None
+        self.is_ready = False
         if self.port or settings.metrics_file:
             key = "mail.metrics_port" if self.port else "mail.metrics_file"
             if "prometheus_client.values" in sys.modules and not os.environ.get(MULTIPROC_ENV):
@@ -119,6 +120,7 @@ class ParentOperations:
     def ready(self):
         """Every child is up: serve, tell systemd, pet its watchdog."""
         self._open()
+        self.is_ready = True
         if self.server is not None:
             self.server.httpd.health = self.health
             self.server.start()
@@ -153,6 +155,8 @@ class ParentOperations:
                       self.settings.metrics_file, exc.strerror or exc)
 
     def _status(self, stats):
+        if not self.is_ready:  # READY=1 comes first
+            return
         try:
             status = self.progress.reader.read()
             depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "

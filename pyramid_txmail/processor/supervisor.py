@@ -332,7 +332,8 @@ class Supervisor:
 
     def _ended(self, child, wait_status):
         status = _status_of(wait_status)
-        self.statuses.append(status)
+        if not self.daemon or self.stopping is not None:  # a daemon: how it stopped
+            self.statuses.append(status)
         lived = self.clock() - child.started
         if self.stopping is None and status == EX_CONFIG:  # said once on stderr already
             log.debug("txmail-qp process %d (pid %d) exited with a configuration error; "
@@ -374,8 +375,10 @@ class Supervisor:
 
     def _finish(self):
         worst = max(self.statuses, default=EX_OK)
-        if getattr(self, "gave_up", False):
-            worst = max(worst, EX_SOFTWARE)
+        if getattr(self, "config_error", False):
+            worst = EX_CONFIG
+        elif getattr(self, "gave_up", False):
+            worst = EX_SOFTWARE
         if self.operations is not None:
             self.operations.close()
         if worst == EX_CONFIG:
