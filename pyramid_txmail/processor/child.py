@@ -82,7 +82,15 @@ def reporting(run_pass, stop=None):
                 stop_event.set()
             return PassStats()
         stats = run_pass(stop_event)
-        CHILD.send("pass", json.dumps(stats.__dict__))
+        relays = getattr(getattr(run_pass, "__self__", None), "relays", None)
+        report = {"stats": stats.__dict__}
+        if relays is not None:  # for the parent's /healthz and txmail_relays_resting
+            report.update(hosts=relays.hosts, failing=relays.failing(),
+                          resting=len(relays.resting()),
+                          # consecutive failed set-ups per relay: the parent adds them up
+                          # (the messages, and so the failures, are shared out)
+                          failures=[[h, n] for h, n in dict(relays._failures).items()])
+        CHILD.send("pass", json.dumps(report))
         return stats
 
     return run

@@ -26,6 +26,7 @@ from pyramid.exceptions import ConfigurationError
 
 from ..relay.result import SENT, TEMPORARY
 from ..util.printable import get_logger
+from . import child as child_side
 from .health import QueueReader
 from .processor import Processor
 
@@ -138,10 +139,11 @@ class Metrics:
             "txmail_last_successful_pass_timestamp_seconds",
             "Unix time the last pass over the queue completed", registry=reg,
             multiprocess_mode="max")  # several processes (.procmetrics): the latest
+        if child_side.CHILD is not None and child_side.CHILD.counting:
+            return  # a child of several processes: the parent serves the resting relays
         self.resting = prom.Gauge("txmail_relays_resting",
                                   "Relays skipped for mail.host_rest after failing to set "
-                                  "up sessions", registry=reg,
-                                  multiprocess_mode="max")
+                                  "up sessions", registry=reg)
         self.resting.set_function(
             lambda: len(progress.relays.resting()) if progress.relays is not None else 0)
 

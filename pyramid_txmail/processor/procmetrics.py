@@ -13,8 +13,8 @@ overwriting the others' numbers.  So the *parent* does all of it:
 * **Queue gauges** are read by the parent from the queue, as with one process.
 * **/healthz and the watchdog** judge the parent's :class:`~.health.Progress`, fed by
   the children's pass reports (:mod:`.supervisor`): any child completing a pass is
-  progress.  The "every relay is resting" check is per process and is not made
-  by the parent.
+  progress; the relays' health is the children's, from the same reports
+  (:class:`ChildrenRelays`).
 * **systemd**: ``READY=1`` once every child has started its first pass, ``STATUS=``
   after each pass a child reports, ``WATCHDOG=1``, ``STOPPING=1`` -- from the parent
   only (the children's environment has no ``NOTIFY_SOCKET``).
@@ -52,6 +52,60 @@ class _Exposition:
         return self.prom.CONTENT_TYPE_LATEST
 
 
+class ChildrenRelays:
+    """The relays as the children last reported them after a pass: what
+    :class:`~.health.Health` asks a processor's :class:`~pyramid_txmail.relay.smtp_session.Relays`.
+
+    A relay is failing when some child's latest pass found it failing, or when the
+    children's consecutive failed session set-ups with it add up to what one
+    process counts (``FAILURES_BEFORE_REST``): the messages are shared out, so one
+    process alone may never see enough of them.  Resting: the most any child rests.
+    """
+
+    def __init__(self):
+        self.hosts = ()
+        self._failing = {}
+        self._failures = {}
+        self._resting = {}
+
+    def report(self, index, report):
+        self.hosts = tuple(tuple(h) for h in report["hosts"])
+        self._failing[index] = {tuple(h) for h in report["failing"]}
+        self._failures[index] = {tuple(h): n for h, n in report.get("failures", ())}
+        self._resting[index] = report["resting"]
+
+    def failing(self):
+        from ..relay.smtp_session import FAILURES_BEFORE_REST
+
+        found = set().union(*self._failing.values()) if self._failing else set()
+        for host in self.hosts:
+            if sum(f.get(host, 0) for f in self._failures.values()) >= FAILURES_BEFORE_REST:
+                found.add(host)
+        return [h for h in self.hosts if h in found]
+
+    def resting_count(self):
+        return max(self._resting.values(), default=0)
+
+
+class _RestingCollector:
+    """``txmail_relays_resting`` as the children reported it (a per-process gauge)."""
+
+    def __init__(self, relays):
+        self.relays = relays
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        gauge = GaugeMetricFamily("txmail_relays_resting", "Relays skipped for "
+                                  "mail.host_rest after failing to set up sessions (the "
+                                  "most any process rests)")
+        gauge.add_metric([], self.relays.resting_count())
+        yield gauge
+
+
 class ParentOperations:
     """The parent's metrics port, textfile, /healthz and systemd notification."""
 
@@ -74,7 +128,11 @@ class ParentOperations:
                             "processes: their delivery counters are not summed")
             self.metrics_dir = tempfile.mkdtemp(prefix="txmail-qp-metrics.")
             os.environ[MULTIPROC_ENV] = self.metrics_dir  # before the fork, before the import
-            prom = require_prometheus(key)
+            try:
+                prom = require_prometheus(key)
+            except ConfigurationError:
+                self.close()
+                raise
             from prometheus_client import multiprocess
 
             self.prom = prom
@@ -109,9 +167,11 @@ class ParentOperations:
 
         self.queue = open_queue(self.settings, create=False)
         self.progress = Progress(self.queue)
+        self.progress.relays = self.relays = ChildrenRelays()
         self.health = Health(self.progress, self.settings)
         if self.exposition is not None:
             self.registry.register(QueueCollector(self.progress.reader))
+            self.registry.register(_RestingCollector(self.relays))
         if self.settings.metrics_file:
             self.progress.listeners.append(self._write_textfile)
         if self.notifier.enabled:
@@ -127,8 +187,10 @@ class ParentOperations:
         self.notifier.ready(f"serving {self.queue.where}")
         self.notifier.start_watchdog(self.health.progressing)
 
-    def pass_done(self, stats):
+    def pass_done(self, stats, index=0, report=None):
         self._open()
+        if report and "hosts" in report:
+            self.relays.report(index, report)
         self.progress.pass_done(stats, time.time())
 
     def stopping(self):

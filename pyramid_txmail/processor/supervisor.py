@@ -292,11 +292,12 @@ class Supervisor:
                 if self.operations is not None:
                     self.operations.ready()
         elif kind == "pass":
-            stats = PassStats(**json.loads(text))
+            report = json.loads(text)
+            stats = PassStats(**report.pop("stats"))
             if not self.daemon:
                 self.totals.add(stats)
             if self.operations is not None:
-                self.operations.pass_done(stats)
+                self.operations.pass_done(stats, child.index, report)
         elif kind == "config":
             if not getattr(self, "_said_config", False):  # each child says the same
                 self._said_config = True
