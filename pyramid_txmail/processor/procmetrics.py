@@ -217,8 +217,6 @@ class ParentOperations:
                       self.settings.metrics_file, exc.strerror or exc)
 
     def _status(self, stats):
-        if not self.is_ready:  # READY=1 comes first
-            return
         try:
             status = self.progress.reader.read()
             depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "
