@@ -276,3 +276,22 @@ def test_only_the_parent_talks_to_systemd(setup_for, smtp_server, tmp_path):
         assert "STOPPING=1" in rest
     finally:
         sock.close()
+
+
+def test_a_storm_of_sigterm_at_the_parent_ends_everything_with_0(setup_for,
+                                                                  make_smtp_server):
+    gated = make_smtp_server(handler=GatedHandler())
+    s = setup_for(gated, "mail.processes = 2\n")
+    proc = start(s, "--workers", "1")
+    ids = s.queue(6)
+    wait_until(lambda: gated.handler.arrived >= 2, WAIT, "one message in flight per child")
+    for _ in range(2000):  # as fast as kill(2) goes: the parent's handler does nothing
+        os.kill(proc.pid, signal.SIGTERM)
+    gated.handler.gate.set()
+    assert proc.wait(timeout=120) == 0, log_of(proc)
+    counts = received(gated)
+    assert all(n == 1 for n in counts.values())  # the two in flight, once each
+    assert len({i for i, _ in counts}) == 2
+    left = spool_state_counts(s.spool)
+    assert left == {"new": 4, "cur": 0, "deferred": 0, "failed": 0}  # the rest, untouched
+    assert len(ids) == 6 and "Traceback" not in log_of(proc)
