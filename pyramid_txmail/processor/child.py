@@ -43,6 +43,21 @@ class ChildLink:
         return os.getppid() == self.parent
 
 
+def processes_setting(raw):
+    """``mail.processes`` of raw ini settings, or None when it is bad (the full parse
+    says why): one key, so that a single process reads its settings once."""
+    from ..settings import MAX_PROCESSES, SETTINGS, settings_prefix, usable_cores
+
+    value = raw.get(settings_prefix(raw) + "processes")
+    if value is None:
+        return min(usable_cores(), MAX_PROCESSES)
+    parse = next(s.parse for s in SETTINGS if s.name == "processes")
+    try:
+        return parse(value)
+    except (ValueError, TypeError):
+        return None
+
+
 def is_child():
     return CHILD is not None
 

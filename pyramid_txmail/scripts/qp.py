@@ -322,7 +322,7 @@ def _check_tables(queue, daemon):
 def run(args, signals, waker):
     """Everything after argument parsing; ConfigError for what a person must fix."""
     path, app_name = split_uri(args.config_uri, args.app_name)
-    raw = read_app_settings(path, app_name)
+    raw = getattr(args, "raw_settings", None) or read_app_settings(path, app_name)
     setup_logging(path, args.verbose, args.quiet)
     settings = mail_settings(raw, path, app_name)
     apply_log_format(settings.log_format)
@@ -402,14 +402,18 @@ def _supervise(args, argv):
     """With several processes (mail.processes, --processes) this one becomes their parent
     and returns their exit status (:mod:`pyramid_txmail.processor.supervisor`); None: run
     as one process.  The ini is read here, before any thread exists, to fork from it."""
+    path, app_name = split_uri(args.config_uri, args.app_name)
     try:
-        path, app_name = split_uri(args.config_uri, args.app_name)
-        raw = read_app_settings(path, app_name)
+        args.raw_settings = read_app_settings(path, app_name)  # read once (run() uses it)
+    except ConfigError:
+        return None  # run() says it
+    processes = args.processes or supervisor.processes_setting(args.raw_settings)
+    if not processes or processes <= 1:  # one process (or a bad value: run() says it)
+        return None
+    try:
+        raw = args.raw_settings
         setup_logging(path, args.verbose, args.quiet)
         settings = mail_settings(raw, path, app_name)
-        processes = args.processes or settings.processes
-        if processes <= 1:
-            return None
         apply_log_format(settings.log_format)
         if args.workers is not None:
             settings = dataclasses.replace(settings, workers=args.workers)
