@@ -99,6 +99,14 @@ def test_processes_on_the_command_line_override_the_setting(setup_for, smtp_serv
         in bad.stderr
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_an_unknown_key_is_warned_about_once(setup_for, smtp_server, processes):
+    s = setup_for(smtp_server, f"mail.processes = {processes}\nmail.bogus = 1\n")
+    proc = run(QP, str(s.ini), "--no-app")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("mail.bogus is not a pyramid_txmail setting") == 1
+
+
 def test_an_sql_outbox_is_drained_by_several_processes_once(tmp_path, sqlite_url, smtp_server):
     ini = write_ini(tmp_path, sqlite_url, smtp_server, "mail.processes = 3\n")
     assert run(QUEUE, ini, "init-db").returncode == 0
