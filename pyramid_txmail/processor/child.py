@@ -58,6 +58,12 @@ def processes_setting(raw):
         return None
 
 
+def says_for_all():
+    """True where a line every child would log is logged: the parent, one process, or
+    the first child (the others keep quiet)."""
+    return CHILD is None or CHILD.index == 0
+
+
 def is_child():
     return CHILD is not None
 

@@ -60,7 +60,7 @@ import time
 from ..util.printable import get_logger
 from . import child as child_side
 from .child import (for_this_process, is_child, processes_setting,  # noqa: F401 (qp's hooks)
-                    reporting, tell_parent)
+                    reporting, says_for_all, tell_parent)
 from .daemon import reopen_log_files
 from .pass_stats import PassStats
 

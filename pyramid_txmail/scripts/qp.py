@@ -270,12 +270,15 @@ def wait_for_tables(queue, daemon, signals, every=5.0):
                "init-db`, or with the application's Alembic migrations")
     if not daemon:
         raise ConfigError(problem)
-    log.error("%s; waiting for them", problem)
+    said = supervisor.says_for_all()  # several processes: the first says it for all
+    if said:
+        log.error("%s; waiting for them", problem)
     while missing:
         if signals.stop.wait(every):
             return False
         missing = queue.missing_tables()
-    log.info("the outbox tables are in %s now; starting", queue.where)
+    if said:
+        log.info("the outbox tables are in %s now; starting", queue.where)
     return True
 
 
