@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import email.policy
 import email.utils
 import itertools
 import re
 from email.message import Message
 
-from . import wire
+from . import headblock, wire
 from .addresses import (LINE_BREAKS, HeaderInjection, InvalidAddress,  # noqa: F401 (public here)
                         MessageError, NoRecipients, NoSender, _validated, check_address)
 from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
@@ -24,6 +25,8 @@ from .serialize import long_word, rewrite_addresses, serialize  # noqa: F401 (lo
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
+_RAW_BREAK = re.compile(f"[{re.escape(LINE_BREAKS)}]")
+_CR_LF = re.compile(r"[\r\n]")
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A message ready for the spool or the relay."""
@@ -75,7 +78,7 @@ def check_headers(message):
                 raise HeaderInjection.bad_name(name)
             raw = not hasattr(value, "fold")
             unfolded = _FOLD.sub(" ", str(value))
-            if any(c in (LINE_BREAKS if raw else "\r\n") for c in unfolded):
+            if (_RAW_BREAK if raw else _CR_LF).search(unfolded):
                 raise HeaderInjection.control(name, unfolded)
 
 
@@ -118,24 +121,82 @@ def _addresses(message, names):
     return found
 
 
-def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
+def _fast_message(message, default_sender, fromaddr, toaddrs, source):
+    """The :mod:`~pyramid_txmail.compose.headblock` path for an email message (its
+    top-level headers checked), or ``None`` for the stdlib path."""
+    policy = headblock.writing_policy(message.policy)
+    if policy is None:
+        return None
+    if message.is_multipart() and not headblock.parts_fold_cleanly(message, policy):
+        return None
+    saved = message._headers
+    message._headers = list(saved)  # the generator may add a boundary to Content-Type
+    try:
+        body = headblock.body_bytes(message, policy)
+    except (UnicodeError, LookupError):  # the stdlib path says what cannot be written
+        body = None
+    head = body is not None and headblock.fast_head(message._headers, message.policy,
+                                                    default_sender, fromaddr, toaddrs)
+    message._headers = saved
+    if not head:
+        return None
+    try:
+        data = wire.to_wire(head.data + body).replace(b"\r\n", b"\n")
+    except ValueError:  # a field too large to re-encode: the stdlib path says so
+        return None
+    return Prepared(head.fromaddr, head.toaddrs, head.message_id, data, source)
+
+
+def _fast_mail(mail, built, default_sender, fromaddr, toaddrs):
+    """The :mod:`~pyramid_txmail.compose.headblock` path for a builder ``Mail`` whose
+    MIME tree is ``built``, or ``None`` for the stdlib path."""
+    pairs = headblock.mail_pairs(mail.header_fields(built))
+    if pairs is None:
+        return None
+    head = headblock.fast_head(pairs, email.policy.default, default_sender, fromaddr,
+                               toaddrs if toaddrs is None else list(toaddrs))
+    if head is None:
+        return None
+    try:
+        data = wire.to_wire(head.data).replace(b"\r\n", b"\n")
+    except ValueError:
+        return None
+    return Prepared(head.fromaddr, head.toaddrs, head.message_id, built.data(data))
+
+
+def prepare(message, default_sender=None, fromaddr=None, toaddrs=None, *, fast=True):
     """Validate ``message`` and build its envelope and bytes.
 
     ``fromaddr`` / ``toaddrs`` override the envelope taken from the headers
-    (repoze.sendmail's ``send(fromaddr, toaddrs, message)``).
+    (repoze.sendmail's ``send(fromaddr, toaddrs, message)``).  ``fast``: try
+    :mod:`~pyramid_txmail.compose.headblock` first, which writes a common
+    message's header block itself and hands anything else back to the
+    ``email`` package (false: always the ``email`` package; the property test
+    compares the two).
     """
     built = None
     # A builder.Mail, duck-typed (the builder imports this module, never the other
     # way round): its header block is validated here, its body follows.
     split = getattr(message, "split_for_prepare", None)
     if callable(split) and not isinstance(message, Message):
-        message, built = split()
+        if fast:
+            built = message.build()
+            done = _fast_mail(message, built, default_sender, fromaddr, toaddrs)
+            if done is not None:
+                return done
+            message = message.header_message(built)
+        else:
+            message, built = split()
     message, env_from, env_to, source = _coerce(message, default_sender)
     drop_envelope_headers(message)
     decode_raw_octets(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)
+    if fast and built is None:
+        done = _fast_message(message, default_sender, fromaddr, toaddrs, source)
+        if done is not None:
+            return done
 
     if message["From"] is None:
         if not (default_sender or fromaddr):
