@@ -59,8 +59,7 @@ _MAILBOX = re.compile(rf'(?:(?:{_ATEXT}+(?: {_ATEXT}+)*|"[ !#-\[\]-~]*") <({_ADD
                       rf'|({_ADDR}))')
 _MSGID = re.compile(r"<[0-9]+\.[0-9]+\.[0-9]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*>")
 _MAX = 78  # the stock policies' max_line_length, and serialize's rewrite limit
-_WRITTEN_AS_DECODED = (headerregistry.UnstructuredHeader, headerregistry.DateHeader,
-                       headerregistry.MIMEVersionHeader,
+_WRITTEN_AS_DECODED = (headerregistry.UnstructuredHeader, headerregistry.MIMEVersionHeader,
                        headerregistry.ParameterizedMIMEHeader,
                        headerregistry.ContentTransferEncodingHeader,
                        headerregistry.MessageIDHeader)
@@ -168,12 +167,13 @@ def writing_policy(policy):
     return None
 
 
-def _written(value, legacy, tree=None):
+def _written(name, value, legacy, tree=None):
     """The text the policy writes after ``Name: `` for ``value`` when it can be
     written here, else ``None`` (the policy folds it).  ``tree``: an address
     header object's :func:`tree_text`."""
     if legacy:
-        if type(value) is str and _PLAIN.fullmatch(value):
+        if type(value) is str and _PLAIN.fullmatch(value) and len(name) + 2 + len(value) \
+                <= _MAX:
             return value
         return None
     if type(value) is str:
@@ -183,6 +183,8 @@ def _written(value, legacy, tree=None):
         return None
     if isinstance(value, headerregistry.AddressHeader):
         text = tree
+    elif isinstance(value, headerregistry.DateHeader):
+        text = str(value._parse_tree)  # empty when the date did not parse
     elif isinstance(value, _WRITTEN_AS_DECODED):
         text = str(value)  # these keep str(parse tree) as their value
     else:
@@ -195,7 +197,7 @@ def _written(value, legacy, tree=None):
 def _line(policy, name, value, legacy, tree=None):
     """One header as the generator writes it, or ``None`` when it could not
     be written (or would not be one header line and its continuations)."""
-    text = _written(value, legacy, tree)
+    text = _written(name, value, legacy, tree)
     if text is not None:
         if type(value) is str:
             return f"{name}: {text}\n"
