@@ -182,7 +182,9 @@ def _written(name, value, legacy, tree=None):
             or type(value).fold is not headerregistry.BaseHeader.fold:
         return None
     if isinstance(value, headerregistry.AddressHeader):
-        text = tree
+        text = tree if tree is not None else tree_text(value)  # Resent-From...
+        if text is None:
+            return None
     elif isinstance(value, headerregistry.DateHeader):
         text = str(value._parse_tree)  # empty when the date did not parse
     elif isinstance(value, _WRITTEN_AS_DECODED):

@@ -19,6 +19,7 @@ import email.charset
 import email.policy
 import email.utils
 import errno
+import functools
 import io
 import os
 import secrets
@@ -245,7 +246,33 @@ def _header_part():
 
 
 def text_part(text, subtype):
-    """A ``text/<subtype>; charset=utf-8`` part (7bit, quoted-printable or base64)."""
+    """A ``text/<subtype>; charset=utf-8`` part (7bit, quoted-printable or base64).
+
+    ASCII text whose lines fit in 78 columns is 7bit, and the ``email``
+    package then gives every such part the same two headers and the text,
+    line by line, as its body: that part is made here without it (its
+    ``set_content`` parses four headers through the header registry, about
+    three quarters of building a one-part Mail).  Other text is encoded by it.
+    """
+    if text.isascii():
+        lines = text.encode("ascii").splitlines()
+        if all(len(line) <= PART_POLICY.max_line_length for line in lines):
+            headers = _header_part()
+            headers._headers = list(_seven_bit_headers(subtype))
+            return Part(headers, [b"\n".join(lines) + b"\n"])
+    return text_part_stdlib(text, subtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _seven_bit_headers(subtype):
+    """The headers the ``email`` package gives a 7bit ``text/<subtype>`` part: the same
+    for every text, so made once (header objects are immutable)."""
+    return tuple(text_part_stdlib("x", subtype).headers._headers)
+
+
+def text_part_stdlib(text, subtype):
+    """:func:`text_part` as the ``email`` package makes it (its heuristics choose
+    the transfer encoding)."""
     part = _header_part()
     part.set_content(text, subtype=subtype, charset="utf-8")
     del part["MIME-Version"]
