@@ -39,7 +39,7 @@ from . import wire
 from .addresses import LINE_BREAKS, _validated
 from .serialize import ADDRESS_HEADERS, FOLD
 
-__all__ = ["Head", "body_bytes", "fast_head", "mail_pairs", "parts_fold_cleanly",
+__all__ = ["Head", "body_bytes", "fast_head", "lf_wire", "mail_pairs", "parts_fold_cleanly",
            "simple_addresses", "writing_policy"]
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
@@ -344,6 +344,16 @@ class _BodyGenerator(BytesGenerator):
 
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")  # the generator's NLCRE
+
+
+def lf_wire(data):
+    """``wire.to_wire(data)`` with LF line endings, as ``prepare`` stores it: ``data``
+    itself when it has no CR and no line over 998 octets (what the paths here
+    write), which saves converting it to CRLF and back."""
+    if b"\r" not in data and (len(data) <= wire.MAX_LINE or max(
+            map(len, data.split(b"\n"))) <= wire.MAX_LINE):
+        return data
+    return wire.to_wire(data).replace(b"\r\n", b"\n")
 
 
 def body_bytes(message, policy):

@@ -141,7 +141,7 @@ def _fast_message(message, default_sender, fromaddr, toaddrs, source):
     if not head:
         return None
     try:
-        data = wire.to_wire(head.data + body).replace(b"\r\n", b"\n")
+        data = headblock.lf_wire(head.data + body)
     except ValueError:  # a field too large to re-encode: the stdlib path says so
         return None
     return Prepared(head.fromaddr, head.toaddrs, head.message_id, data, source)
@@ -158,7 +158,7 @@ def _fast_mail(mail, built, default_sender, fromaddr, toaddrs):
     if head is None:
         return None
     try:
-        data = wire.to_wire(head.data).replace(b"\r\n", b"\n")
+        data = headblock.lf_wire(head.data)
     except ValueError:
         return None
     return Prepared(head.fromaddr, head.toaddrs, head.message_id, built.data(data))
