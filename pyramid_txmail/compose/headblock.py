@@ -30,17 +30,15 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import functools
-import io
 import re
 from email import _header_value_parser, headerregistry
-from email.generator import BytesGenerator
 
 from . import wire
 from .addresses import LINE_BREAKS, _validated
 from .serialize import ADDRESS_HEADERS, FOLD
 
-__all__ = ["Head", "body_bytes", "fast_head", "lf_wire", "mail_pairs", "parts_fold_cleanly",
-           "simple_addresses", "writing_policy"]
+__all__ = ["Head", "fast_head", "mail_pairs", "simple_addresses", "tree_text",
+           "writing_policy"]
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 #: Printable ASCII, no space at either end: a header object's text written as it is.
@@ -331,78 +329,6 @@ def fast_head(headers, policy, default_sender=None, fromaddr=None, toaddrs=None)
     lines.extend(added)
     lines.append("\n")
     return Head(fromaddr, toaddrs, message_id, "".join(lines).encode("ascii"))
-
-
-class _BodyGenerator(BytesGenerator):
-    """The stdlib generator, writing every part's headers but the top one's."""
-
-    top = None
-
-    def _write_headers(self, msg):
-        if msg is not self.top:
-            super()._write_headers(msg)
-
-
-_NEWLINES = re.compile(r"\r\n|\r|\n")  # the generator's NLCRE
-
-
-def lf_wire(data):
-    """``wire.to_wire(data)`` with LF line endings, as ``prepare`` stores it: ``data``
-    itself when it has no CR and no line over 998 octets (what the paths here
-    write), which saves converting it to CRLF and back."""
-    if b"\r" not in data and (len(data) <= wire.MAX_LINE or max(
-            map(len, data.split(b"\n"))) <= wire.MAX_LINE):
-        return data
-    return wire.to_wire(data).replace(b"\r\n", b"\n")
-
-
-def body_bytes(message, policy):
-    """``message`` as ``message.as_bytes(policy=policy)`` writes it, without its own
-    header block and the blank line after it; ``None`` when the generator would
-    rewrite the top part's headers (8-bit text it re-encodes for 7-bit).
-
-    A single part that is neither ``multipart/*`` nor ``message/*`` is text to
-    the generator (``_handle_text``): its payload with every line ending made
-    the policy's, written here as the generator writes it.  Anything else is
-    written by the generator itself, every part's headers but the top one's.
-    """
-    payload = message._payload
-    if isinstance(payload, str) and policy.cte_type == "7bit" and not _encodes(payload):
-        return None
-    if payload is None:
-        return b""
-    if isinstance(payload, str) and message.get_content_maintype() not in ("multipart",
-                                                                           "message"):
-        return _NEWLINES.sub("\n", payload).encode("ascii", "surrogateescape")
-    out = io.BytesIO()
-    generator = _BodyGenerator(out, mangle_from_=False, policy=policy)
-    generator.top = message
-    generator.flatten(message, unixfrom=False)
-    return out.getvalue()
-
-
-def _encodes(text):
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: octets of a message parsed from bytes
-        return False
-    return True
-
-
-def parts_fold_cleanly(message, policy):
-    """``check_folding`` for the parts below the top one (whose headers the
-    generator wrote): False where the stdlib path would refuse a header."""
-    for part in message.walk():
-        if part is message:
-            continue
-        for name, value in part._headers:
-            try:
-                lines = policy.fold(name, value).split("\n")
-            except ValueError:
-                return False
-            if any(line[:1] not in (" ", "\t") for line in lines[1:] if line):
-                return False
-    return True
 
 
 def _checked(name, value):

@@ -14,14 +14,15 @@ import itertools
 import re
 from email.message import Message
 
-from . import headblock, wire
+from . import fastbody, headblock, wire
 from .addresses import (LINE_BREAKS, HeaderInjection, InvalidAddress,  # noqa: F401 (public here)
                         MessageError, NoRecipients, NoSender, _validated, check_address)
 from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
 from .pyramid_mailer_message import coerce as coerce_pyramid_mailer_message
 
 from .serialize import FOLD as _FOLD
-from .serialize import long_word, rewrite_addresses, serialize  # noqa: F401 (long_word: public here)
+from .serialize import long_word  # noqa: F401 (the builder imports it from here)
+from .serialize import rewrite_addresses, serialize
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
@@ -127,12 +128,12 @@ def _fast_message(message, default_sender, fromaddr, toaddrs, source):
     policy = headblock.writing_policy(message.policy)
     if policy is None:
         return None
-    if message.is_multipart() and not headblock.parts_fold_cleanly(message, policy):
+    if message.is_multipart() and not fastbody.parts_fold_cleanly(message, policy):
         return None
     saved = message._headers
     message._headers = list(saved)  # the generator may add a boundary to Content-Type
     try:
-        body = headblock.body_bytes(message, policy)
+        body = fastbody.body_bytes(message, policy)
     except (UnicodeError, LookupError):  # the stdlib path says what cannot be written
         body = None
     head = body is not None and headblock.fast_head(message._headers, message.policy,
@@ -141,7 +142,7 @@ def _fast_message(message, default_sender, fromaddr, toaddrs, source):
     if not head:
         return None
     try:
-        data = headblock.lf_wire(head.data + body)
+        data = fastbody.lf_wire(head.data + body)
     except ValueError:  # a field too large to re-encode: the stdlib path says so
         return None
     return Prepared(head.fromaddr, head.toaddrs, head.message_id, data, source)
@@ -158,7 +159,7 @@ def _fast_mail(mail, built, default_sender, fromaddr, toaddrs):
     if head is None:
         return None
     try:
-        data = headblock.lf_wire(head.data)
+        data = fastbody.lf_wire(head.data)
     except ValueError:
         return None
     return Prepared(head.fromaddr, head.toaddrs, head.message_id, built.data(data))

@@ -248,11 +248,9 @@ def _header_part():
 def text_part(text, subtype):
     """A ``text/<subtype>; charset=utf-8`` part (7bit, quoted-printable or base64).
 
-    ASCII text whose lines fit in 78 columns is 7bit, and the ``email``
-    package then gives every such part the same two headers and the text,
-    line by line, as its body: that part is made here without it (its
-    ``set_content`` parses four headers through the header registry, about
-    three quarters of building a one-part Mail).  Other text is encoded by it.
+    ASCII lines of at most 78 columns are 7bit: the same two headers for every
+    such text and the lines as the body, made here without ``set_content``
+    (three quarters of building a one-part Mail).  Other text is encoded by it.
     """
     if text.isascii():
         lines = text.encode("ascii").splitlines()
@@ -265,8 +263,7 @@ def text_part(text, subtype):
 
 @functools.lru_cache(maxsize=None)
 def _seven_bit_headers(subtype):
-    """The headers the ``email`` package gives a 7bit ``text/<subtype>`` part: the same
-    for every text, so made once (header objects are immutable)."""
+    """The ``email`` package's headers of a 7bit ``text/<subtype>`` part, made once."""
     return tuple(text_part_stdlib("x", subtype).headers._headers)
 
 
