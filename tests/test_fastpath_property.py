@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from pyramid_mailer.message import Message as PyramidMailerMessage
 
 from pyramid_txmail.builder import Mail
-from pyramid_txmail.compose import headblock, mimeparts
+from pyramid_txmail.compose import headblock, textpart
 from pyramid_txmail.compose import message as compose
 
 from .badinput_strategies import SPECIALS, header_value, valid_header_name
@@ -242,10 +242,10 @@ def test_common_messages_take_the_fast_path(kind, html, text):
 @given(st.lists(st.sampled_from(list("ab \t.\r\n\x0b\x0c\x1cé=") + ["x" * 78, "y" * 79]),
                 max_size=12).map("".join) | st.text(max_size=30),
        st.sampled_from(["plain", "html"]))
-def test_a_7bit_text_part_is_the_email_packages(text, subtype):
-    """The builder's text part made without the email package (ASCII lines of at
-    most 78 columns) has its headers and body."""
-    made, reference = mimeparts.text_part(text, subtype), mimeparts.text_part_stdlib(text, subtype)
+def test_a_text_part_is_the_email_packages(text, subtype):
+    """The builder's text part, its headers made once per encoding, has the headers
+    and body that set_content gives it (7bit, quoted-printable and base64)."""
+    made, reference = textpart.text_part(text, subtype), textpart.text_part_stdlib(text, subtype)
     assert [(n, str(v)) for n, v in made.headers.items()] == \
         [(n, str(v)) for n, v in reference.headers.items()]
     assert made.body == reference.body

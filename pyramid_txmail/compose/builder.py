@@ -37,7 +37,8 @@ from email.message import EmailMessage
 
 from .addresses import LINE_BREAKS, HeaderInjection, InvalidAddress, check_address
 from .message import long_word
-from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
+from .mimeparts import Built, Source, binary_part, encoded_words, multipart
+from .textpart import text_part
 
 __all__ = ["Mail"]
 
