@@ -236,16 +236,19 @@ def _rewrite_free(name, text):
         and len(name) + 2 + len(text) <= _MAX
 
 
-_last_date = [None, None]
+_last_date = (None, None)
 
 
 def _date_text(stamp):
     """What a DateHeader made from ``stamp`` holds (its value, re-formatted
-    from the parsed date); one remembered, as the stamp changes once a second."""
-    if _last_date[0] != stamp:
-        parsed = email.utils.parsedate_to_datetime(stamp)
-        _last_date[:] = [stamp, email.utils.format_datetime(parsed)]
-    return _last_date[1]
+    from the parsed date); the last one remembered, as the stamp changes once
+    a second (one tuple, replaced whole: threads never see half of it)."""
+    global _last_date
+    last = _last_date
+    if last[0] != stamp:
+        last = _last_date = (stamp, email.utils.format_datetime(
+            email.utils.parsedate_to_datetime(stamp)))
+    return last[1]
 
 
 def fast_head(headers, policy, default_sender=None, fromaddr=None, toaddrs=None):
