@@ -250,3 +250,18 @@ def test_a_text_part_is_the_email_packages(text, subtype):
         [(n, str(v)) for n, v in reference.headers.items()]
     assert made.body == reference.body
     assert made.head_bytes() == reference.head_bytes()
+
+
+def test_a_payload_the_generator_refuses_is_refused_as_the_stdlib_path_refuses_it():
+    """The fast path writes the body before it checks the headers: an error of the
+    body must not come before the stdlib path's header errors."""
+    def make():
+        message = Message()
+        message["To"] = "not an address"
+        message.set_payload(42)  # no text: the generator raises TypeError
+        return message
+    with pytest.raises(Exception) as slow:
+        compose.prepare(make(), "shop@example.com", fast=False)
+    with pytest.raises(Exception) as fast:
+        compose.prepare(make(), "shop@example.com")
+    assert (type(fast.value), str(fast.value)) == (type(slow.value), str(slow.value))

@@ -134,8 +134,8 @@ def _fast_message(message, default_sender, fromaddr, toaddrs, source):
     message._headers = list(saved)  # the generator may add a boundary to Content-Type
     try:
         body = fastbody.body_bytes(message, policy)
-    except (UnicodeError, LookupError):  # the stdlib path says what cannot be written
-        body = None
+    except Exception:  # noqa: BLE001 -- any payload the generator refuses (bytes,
+        body = None  # an unknown charset...): the stdlib path, after its header checks, says why
     head = body is not None and headblock.fast_head(message._headers, message.policy,
                                                     default_sender, fromaddr, toaddrs)
     message._headers = saved
