@@ -135,6 +135,7 @@ class Supervisor:
                 "processes here, other threads are running in this process (txmail-qp "
                 "called from another program?); set mail.processes = 1 (or --processes "
                 "1), or run the txmail-qp command")
+        _preload(self.settings)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -402,6 +403,21 @@ def supervise(processes, settings, daemon, child_main):
 
         operations = ParentOperations(settings, daemon)
     return Supervisor(processes, settings, daemon=daemon, operations=operations).run(child_main)
+
+
+def _preload(settings):
+    """Import, once in the parent, what each child would import lazily for its first
+    pass (the queue backend, the SMTP transport): forked children share these pages
+    instead of each importing them again -- a cron pass's start-up.  Imports only:
+    no thread, file or connection is made by them."""
+    import concurrent.futures  # noqa: F401 (the processor's workers)
+
+    if settings.queue_url:
+        from ..queue.sql import backend  # noqa: F401
+    else:
+        from ..queue.maildir import backend  # noqa: F401,F811
+    if settings.delivery != "sendmail":
+        from ..relay import smtp, smtp_session  # noqa: F401
 
 
 def _noted(signum, frame):
