@@ -116,6 +116,8 @@ class Supervisor:
         self.quick_deaths = 0
         self.restart_at = {}  # index -> monotonic time of the planned restart
         self.all_ready = False
+        self._ready = set()
+        self._pids = set()  # every child started (the start line names them)  # indexes of the children that reached their first pass
         self._selector = None
         self._wake_r = self._wake_w = None
 
@@ -182,6 +184,7 @@ class Supervisor:
         os.set_blocking(read_fd, False)
         child = _Child(index, pid, read_fd, self.clock())
         self.children[index] = child
+        self._pids.add(pid)
         self._selector.register(read_fd, selectors.EVENT_READ, child)
         log.debug("started txmail-qp process %d/%d: pid %d", index + 1, self.processes, pid)
         return child
@@ -285,11 +288,11 @@ class Supervisor:
     def _report(self, child, kind, text):
         if kind == "ready":
             child.ready = True
-            if not self.all_ready and all(c.ready for c in self.children.values()) \
-                    and len(self.children) == self.processes:
+            self._ready.add(child.index)  # kept when a one-pass child is done already
+            if not self.all_ready and len(self._ready) == self.processes:
                 self.all_ready = True  # said now: a configuration error stays one line
                 log.info("txmail-qp: %d processes (pids %s), %d worker(s) each%s",
-                         self.processes, " ".join(str(c.pid) for c in self.children.values()),
+                         self.processes, " ".join(str(p) for p in sorted(self._pids)),
                          self.settings.workers, "" if self.daemon else ", one pass")
                 if self.operations is not None:
                     self.operations.ready()
