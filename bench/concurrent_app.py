@@ -19,7 +19,7 @@ view does differs (``KIND``):
     ``request.mailer.send(EmailMessage)`` with ``mail.queue_path = SPOOL``
     (pyramid_txmail's durable queued delivery).
 ``txmail-serial``
-    the same, but every finish fsyncs ``new/`` itself, as before the group
+    the same, but every finish fsyncs ``new/`` by itself, as before the group
     commit (:func:`_serial_flushes`): the old code, run beside the new one.
 
 The message is ~2 KB of plain text with one recipient, built in the view
@@ -98,17 +98,10 @@ def _txmail_view(request):
 
 
 def _serial_flushes():
-    """The spool as it was before the group commit: each finish fsyncs ``new/``."""
+    """The spool as it was before the group commit: each finish fsyncs ``new/`` alone."""
     from pyramid_txmail.queue.maildir import spool as spool_module
 
-    def publish(self, state, names):
-        for name in names:
-            os.rename(os.path.join(self._dir(state), name),
-                      os.path.join(self._dir("new"), name))
-        if names:
-            spool_module.fsync_dir(self._dir("new"))
-
-    spool_module.Spool._publish = publish
+    spool_module.flush_dir = spool_module.fsync_dir
 
 
 def make_app(kind, spool, template=b""):
