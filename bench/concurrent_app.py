@@ -25,6 +25,11 @@ view does differs (``KIND``):
 The message is ~2 KB of plain text with one recipient, built in the view
 (composing it is part of what a request pays).  waitress serves with 8
 threads on 127.0.0.1:PORT; the process runs until it is terminated.
+
+``GET /fsyncs`` answers ``FILES DIRECTORIES``: how many fsyncs of regular
+files and of directories the process has made (``os.fsync`` is wrapped
+around the real call, for every app alike), so the section can say how many
+directory flushes a request cost.
 """
 from __future__ import annotations
 
@@ -104,6 +109,30 @@ def _serial_flushes():
     spool_module.flush_dir = spool_module.fsync_dir
 
 
+_fsyncs = {"file": 0, "dir": 0}
+
+
+def _count_fsyncs():
+    """Wrap ``os.fsync``: count regular-file and directory fsyncs (the real call runs)."""
+    import stat
+    import threading
+
+    real, lock = os.fsync, threading.Lock()
+
+    def fsync(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        with lock:
+            _fsyncs[kind] += 1
+        return real(fd)
+
+    os.fsync = fsync
+
+
+def _fsyncs_view(request):
+    request.response.text = f"{_fsyncs['file']} {_fsyncs['dir']}"
+    return request.response
+
+
 def make_app(kind, spool, template=b""):
     from pyramid.config import Configurator
 
@@ -130,6 +159,9 @@ def make_app(kind, spool, template=b""):
         view = _nothing
     config.add_route("send", "/")
     config.add_view(view, route_name="send")
+    config.add_route("fsyncs", "/fsyncs")
+    config.add_view(_fsyncs_view, route_name="fsyncs")
+    _count_fsyncs()
     return config.make_wsgi_app()
 
 

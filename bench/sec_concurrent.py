@@ -88,6 +88,14 @@ class Server:
     def url(self):
         return f"http://127.0.0.1:{self.port}/"
 
+    def fsyncs(self):
+        """``(file fsyncs, directory fsyncs)`` the app has made so far."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url() + "fsyncs", timeout=30) as answer:
+            files, dirs = answer.read().split()
+        return int(files), int(dirs)
+
     def stop(self):
         if self.process.poll() is None:
             self.process.terminate()
@@ -130,8 +138,8 @@ def ab(server, requests):
 
 
 def measure(ctx, kinds, requests, rounds, warmup):
-    """``{kind: [req/s per round]}``, ``{kind: [app CPU us per request per round]}``
-    and ``[load before each measurement]``."""
+    """Per kind and round: req/s, app CPU us per request, ``(file, directory)``
+    fsyncs per request; and ``[load before each measurement]``."""
     servers = {}
     try:
         for kind in kinds:
@@ -139,17 +147,20 @@ def measure(ctx, kinds, requests, rounds, warmup):
         for server in servers.values():
             ab(server, warmup)  # imports, first files, page cache
         rates, cpus, loads = {kind: [] for kind in kinds}, {kind: [] for kind in kinds}, []
+        flushes = {kind: [] for kind in kinds}
         for round_ in range(rounds):
             shift = round_ % len(kinds)
             for kind in kinds[shift:] + kinds[:shift]:
                 os.sync()
                 loads.append(machine.load())
-                cpu = servers[kind].cpu()
+                cpu, fsyncs = servers[kind].cpu(), servers[kind].fsyncs()
                 rates[kind].append(ab(servers[kind], requests))
                 cpus[kind].append((servers[kind].cpu() - cpu) / requests * 1e6)
+                after = servers[kind].fsyncs()
+                flushes[kind].append(tuple((b - a) / requests for a, b in zip(fsyncs, after)))
         for server in servers.values():
             server.check()
-        return rates, cpus, loads
+        return rates, cpus, flushes, loads
     finally:
         for server in servers.values():
             server.stop()
@@ -165,15 +176,15 @@ def run(ctx):
     requests, rounds = sizes["requests"], max(sizes["rounds"], 1 if ctx.options.quick
                                                else ctx.options.repeats)
     kinds = [kind for kind, _ in APPS]
-    rates, cpus, loads = measure(ctx, kinds, requests, rounds, sizes["warmup"])
-    return report(ctx, rates, cpus, loads, requests, rounds)
+    rates, cpus, flushes, loads = measure(ctx, kinds, requests, rounds, sizes["warmup"])
+    return report(ctx, rates, cpus, flushes, loads, requests, rounds)
 
 
 def _per_round(rates, fn):
     return median([fn({k: v[i] for k, v in rates.items()}) for i in range(len(rates["nothing"]))])
 
 
-def report(ctx, rates, cpus, loads, requests, rounds):
+def report(ctx, rates, cpus, flushes, loads, requests, rounds):
     labels = dict(APPS)
     med = {kind: median(values) for kind, values in rates.items()}
     cost = {kind: _per_round(rates, lambda r, k=kind: cost_us(r[k], r["nothing"]))
@@ -187,6 +198,8 @@ def report(ctx, rates, cpus, loads, requests, rounds):
              "--" if kind == "nothing" else f"{cost[kind]:.0f}",
              "--" if kind == "nothing" else f"{vs_floor[kind]:.2f}x",
              f"{vs_mailer[kind]:.2f}x", f"{median(cpus[kind]):.0f}",
+             f"{median([f for f, _ in flushes[kind]]):.2f} / "
+             f"{median([d for _, d in flushes[kind]]):.2f}",
              ", ".join(f"{r:.0f}" for r in rates[kind]))
             for kind in rates]
     throughput = Target(
@@ -206,9 +219,11 @@ def report(ctx, rates, cpus, loads, requests, rounds):
         "the wall time per request over the app sending nothing (1/rate - 1/rate of "
         "nothing); ratios are per round, the median round shown.  \"app CPU\" is the "
         "user+system time of the app's process (all its threads) per request, steadier "
-        "than the wall clock on a busy machine.",
+        "than the wall clock on a busy machine; fsyncs are counted by the app around "
+        "the real calls.",
         table(["app", "req/s", "mail cost us / request", "cost vs floor",
-               "req/s vs pyramid_mailer", "app CPU us / request", "req/s, each round"],
+               "req/s vs pyramid_mailer", "app CPU us / request",
+               "fsyncs / request (files / directories)", "req/s, each round"],
               rows),
         "Load before each measurement, in order: " + "; ".join(
             load.replace("load average ", "") for load in loads) + ".",
