@@ -20,23 +20,22 @@ pyramid_mailer's unsynced writes would pay for them).  A request's "mail
 cost" is ``1/rate(app) - 1/rate(nothing)``: the wall time the mail adds per
 request at this concurrency.  Ratios are taken within a round and the median
 round is reported; the load average before each measurement is recorded.
-When a target is missed, py-spy (``--gil``) samples the txmail app under the
-same load and the table says where the interpreter's time goes.
+When a target is missed, py-spy samples the txmail app under the same load
+(bench/concurrent_profile.py): where the interpreter lock is held, and where
+the worker threads spend the wall clock.
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import machine
-from harness import (BIN, BenchError, SectionResult, Target, _wait_listening, free_port,
-                     median, table)
+from harness import (BenchError, SectionResult, Target, _wait_listening, free_port, median,
+                     table)
 
 APP = Path(__file__).resolve().parent / "concurrent_app.py"
 #: (kind of concurrent_app.py, label in the tables), in table order.
@@ -46,7 +45,6 @@ APPS = (("nothing", "the same view sending nothing"),
         ("txmail", "pyramid_txmail queued delivery"),
         ("txmail-serial", "pyramid_txmail, serial flushes (no group commit)"))
 CONCURRENCY = 8
-RATE = 250  # py-spy samples per second
 THROUGHPUT_TARGET = 1.2  # x pyramid_mailer's req/s
 COST_TARGET = 1.5        # x the floor's cost per request
 FULL = dict(requests=2000, rounds=3, warmup=200)
@@ -234,94 +232,12 @@ def report(ctx, rates, cpus, flushes, loads, requests, rounds):
         f"({_per_round(rates, lambda r: r['txmail'] / r['txmail-serial']):.2f}x its req/s "
         "with the group commit, median round)."]
     if not (throughput.met and per_request.met):
-        markdown.append(_why(ctx, requests))
+        import concurrent_profile
+
+        markdown.append(concurrent_profile.why(lambda: Server(ctx, "txmail"), ab, requests))
     lines = ["concurrent: " + ", ".join(f"{kind} {med[kind]:.0f} req/s" for kind in rates),
              f"concurrent: txmail mail cost {cost['txmail']:.0f} us/request vs floor "
              f"{cost['floor']:.0f} ({vs_floor['txmail']:.2f}x); txmail/pyramid_mailer "
              f"{vs_mailer['txmail']:.2f}x"]
     return SectionResult("Concurrent: a view sending one mail, waitress 8 threads, ab -c 8",
                          "\n\n".join(markdown), lines, [throughput, per_request])
-
-
-# -- when a target is missed: where the interpreter's time goes -------------------------
-
-
-def _py_spy():
-    path = BIN / "py-spy"
-    return str(path) if path.exists() else shutil.which("py-spy")
-
-
-def _why(ctx, requests):
-    tool = _py_spy()
-    if tool is None:
-        return ("### Why\n\npy-spy is not installed (`make bench` installs it into the "
-                "venv), so no profile was taken.")
-    server = Server(ctx, "txmail")
-    raw = server.spool.parent / "profile.txt"
-    try:
-        ab(server, 100)
-        spy = subprocess.Popen([tool, "record", "--gil", "--format", "raw", "--rate", str(RATE),
-                                "--nonblocking", "-o", str(raw), "--pid",
-                                str(server.process.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)  # py-spy attached
-        load = machine.load()
-        started = time.perf_counter()
-        ab(server, requests)
-        seconds = time.perf_counter() - started
-        spy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C, not on SIGTERM
-        _, err = spy.communicate(timeout=60)
-    finally:
-        server.stop()
-    if not raw.exists():
-        return f"### Why\n\npy-spy wrote no profile: {err.decode(errors='replace')[-300:]}"
-    return "\n".join(["### Why: where the interpreter lock is held (py-spy --gil)", "",
-                      f"The txmail app under the same `ab -c {CONCURRENCY} -n {requests}` "
-                      f"({load}); share of the samples taken while a thread held the GIL "
-                      "in which each function was on the stack:", "",
-                      summarize(raw.read_text(), seconds)])
-
-
-#: (label, frame text(s) that must be on the stack, frame text that must not), in
-#: table order; frames as py-spy's raw format writes them: ``name (file:line)``.
-FRAMES = (
-    ("the whole request (waitress task)", "WSGITask.execute (", None),
-    ("  the view building its EmailMessage (headers, set_content)", "_txmail_view (",
-     "Mailer.send ("),
-    ("  request.mailer.send(msg)", "Mailer.send (", None),
-    ("    of which the email package's header registry",
-     ("Mailer.send (", "header_store_parse ("), None),
-    ("    of which serializing (as_bytes)", ("Mailer.send (", "Message.as_bytes ("), None),
-    ("  the commit (pyramid_tm -> transaction)", "TransactionManager.commit (", None),
-    ("    the spool's vote (write, fsync, rename into prepared/)", "QueueOutbox.vote (", None),
-    ("    the spool's finish (rename into new/, flush new/)", "QueueOutbox.finish (", None),
-    ("waitress's main loop (accepting, socket I/O)", "wasyncore.py", None),
-)
-
-
-def summarize(text, seconds=None):
-    """Per named frame: the share of GIL-held samples with it on the stack.
-
-    With ``seconds`` (how long the sampled load ran) it also says how much
-    of that time any thread held the interpreter lock at all.
-    """
-    total, counts = 0, [0] * len(FRAMES)
-    for line in text.splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        for i, (_, needle, unless) in enumerate(FRAMES):
-            needles = (needle,) if isinstance(needle, str) else needle
-            if all(n in stack for n in needles) and not (unless and unless in stack):
-                counts[i] += int(n)
-    if not total:
-        return "(no samples)"
-    rows = [(label, f"{100 * count / total:.0f}%") for (label, _, _), count
-            in zip(FRAMES, counts)]
-    held = ""
-    if seconds:
-        held = (f"  A thread held the interpreter lock in {100 * total / (RATE * seconds):.0f}% "
-                f"of the {seconds:.1f} s sampled (py-spy samples {RATE} times a second).")
-    return table(["on the stack", "share of GIL-held samples"], rows) + \
-        f"\n\n{total} samples.{held}"
