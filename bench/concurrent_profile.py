@@ -73,6 +73,7 @@ def why(make_server, ab, requests):
     server = make_server()
     gil, idle = (server.spool.parent / name for name in ("gil.txt", "idle.txt"))
     try:
+        server.wait()
         ab(server, 100)
         gil_load, seconds = _sample(tool, server, ab, requests, "--gil", gil)
         idle_load, _ = _sample(tool, server, ab, requests, "--idle", idle)

@@ -72,7 +72,11 @@ class Server:
             [sys.executable, str(APP), kind, str(self.spool), str(self.port), str(template)],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         self.sent = 0
-        _wait_listening(self.port, self.process, f"the {kind} app")
+
+    def wait(self):
+        """Until the app listens (the apps start side by side: start-up is imports)."""
+        _wait_listening(self.port, self.process, f"the {self.kind} app")
+        return self
 
     def cpu(self):
         """User + system seconds the app's process has used so far (all its threads)."""
@@ -143,7 +147,8 @@ def measure(ctx, kinds, requests, rounds, warmup):
         for kind in kinds:
             servers[kind] = Server(ctx, kind)
         for server in servers.values():
-            ab(server, warmup)  # imports, first files, page cache
+            server.wait()
+            ab(server, warmup)  # first files, page cache
         rates, cpus, loads = {kind: [] for kind in kinds}, {kind: [] for kind in kinds}, []
         flushes = {kind: [] for kind in kinds}
         for round_ in range(rounds):

@@ -21,6 +21,10 @@ NUMBER = r"\d[\d,]*(?:\.\d+)?"
 sys.path.insert(0, str(ROOT / "bench"))
 import harness  # noqa: E402
 
+#: The quick run takes minutes on a busy 2-core machine (its own subprocess timeout
+#: is 600 s): the suite's 120 s would cut the fixture that runs it.
+pytestmark = pytest.mark.timeout(900)
+
 
 def _row(text, first_cell):
     """The cells of the Markdown table row starting with ``first_cell``."""
