@@ -113,3 +113,46 @@ def test_no_warning_when_nothing_is_lost(tmp_path, caplog, qp_events, subscribe)
     with caplog.at_level(logging.WARNING, logger="pyramid_txmail"):
         _app(tmp_path, qp_events, subscribe)
     assert [r for r in caplog.records if "qp_events" in r.getMessage()] == []
+
+
+INI_CASES = """\
+[DEFAULT]
+shared = from-default
+percent = 100%%
+
+[app:main]
+use = egg:pyramid_txmail
+Mixed.Case = kept
+mail.queue_path = %(here)s/spool
+mail.password = pa%%ss
+file = %(__file__)s
+set shared = overridden
+get fetched = percent
+from_default = %(shared)s and %(percent)s
+
+[app:other]
+mail.host = relay.example.org
+"""
+
+
+@pytest.mark.parametrize("section", ["app:main", "app:other", "app:missing", "DEFAULT"])
+def test_the_ini_is_read_as_plaster_pastedeploy_reads_it(tmp_path, section):
+    import plaster
+
+    from pyramid_txmail.scripts.ini import IniFile
+
+    path = tmp_path / "app.ini"
+    path.write_text(INI_CASES)
+    ours = IniFile(str(path))
+    assert ours.get_sections() == plaster.get_sections(str(path))
+    assert ours.get_settings(section) == dict(plaster.get_settings(str(path), section))
+
+
+@pytest.mark.parametrize("uri, plain", [("/srv/app/production.ini", True), ("app.ini", True),
+                                        ("./dir:x/app.ini", True),
+                                        ("pastedeploy+ini:app.ini", False),
+                                        ("egg:myapp", False), ("app.yaml", False)])
+def test_only_plain_ini_paths_skip_plaster(uri, plain):
+    from pyramid_txmail.scripts.ini import is_plain_ini
+
+    assert is_plain_ini(uri) is plain

@@ -29,7 +29,6 @@ from .deadletters import bury
 from .recovery import recover
 from .schedule import count_in
 from .spool import Spool, SpoolError, enqueued_at
-from .watch import make_watcher
 from ..interface import IClaimed, IPassScope, IQueue, IQueueAdmin, QueueUnavailable
 from ..states import ALL_STATES
 
@@ -233,6 +232,8 @@ class MaildirQueue:
 
     def watcher(self, settings, how="auto"):
         """inotify on ``new/`` (polling on a network file system or with ``poll``)."""
+        from .watch import make_watcher  # ctypes (inotify): only for a daemon
+
         return make_watcher(how, os.path.join(self.spool.path, "new"),
                             settings.poll_interval)
 
