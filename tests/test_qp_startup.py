@@ -57,6 +57,20 @@ def test_a_pass_without_the_app_imports_nothing_heavy(tmp_path, smtp_server, how
     assert loaded == []
 
 
+def test_a_pass_over_an_empty_spool_imports_no_smtp_nor_plaster(tmp_path, smtp_server):
+    """What cron pays every minute when there is no mail: no SMTP/TLS code, no
+    connection, no plaster loader lookup (importlib.metadata), no inotify (ctypes)."""
+    ini = write_ini(tmp_path, smtp_server, extra="mail.qp_events = none")
+    queue(tmp_path, ["a@example.org"])
+    run_qp(ini, "-q")  # sends it: the spool is empty now, and exists
+    status, modules = _pass_modules(ini, "-q")
+    assert status == 0
+    unwanted = ("smtplib", "ssl", "ctypes", "plaster", "plaster_pastedeploy", "paste",
+                "importlib.metadata", "difflib", "pyramid_txmail.relay.smtp",
+                "pyramid_txmail.mailer", "pyramid_txmail.compose.builder")
+    assert sorted(set(modules) & set(unwanted)) == []
+
+
 def test_qp_events_none_does_not_load_the_app(tmp_path, smtp_server):
     """The app's factory is not even importable here: with none it is never asked for."""
     ini = write_ini(tmp_path, smtp_server, extra="mail.qp_events = none")
