@@ -65,7 +65,7 @@ def test_a_pass_over_an_empty_spool_imports_no_smtp_nor_plaster(tmp_path, smtp_s
     run_qp(ini, "-q")  # sends it: the spool is empty now, and exists
     status, modules = _pass_modules(ini, "-q")
     assert status == 0
-    unwanted = ("smtplib", "ssl", "ctypes", "plaster", "plaster_pastedeploy", "paste",
+    unwanted = ("smtplib", "ssl", "ctypes", "plaster", "plaster_pastedeploy", "paste.deploy",
                 "importlib.metadata", "difflib", "pyramid_txmail.relay.smtp",
                 "pyramid_txmail.mailer", "pyramid_txmail.compose.builder")
     assert sorted(set(modules) & set(unwanted)) == []
