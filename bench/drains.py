@@ -29,9 +29,13 @@ def qp_has_workers_flag():
     return "--workers" in help_text
 
 
-def write_ini(directory, spool, sink, workers=None):
+def write_ini(directory, spool, sink, workers=None, qp_processes=1):
+    """``qp_processes``: ``mail.processes`` of the one txmail-qp (None: its default,
+    one per usable core; 1: a single process, as before the setting existed)."""
     lines = ["[app:main]", "use = egg:pyramid_txmail", f"mail.queue_path = {spool}",
              "mail.host = 127.0.0.1", f"mail.port = {sink.port}"]
+    if qp_processes is not None:
+        lines.append(f"mail.processes = {qp_processes}")
     if workers is not None and not qp_has_workers_flag():
         lines.append(f"mail.workers = {workers}")
     path = Path(directory) / "bench.ini"
@@ -97,18 +101,19 @@ def _check(run, spool, states, what):
     return run
 
 
-def drain_txmail(ctx, sink, count, workers=None, before=None, processes=1):
+def drain_txmail(ctx, sink, count, workers=None, before=None, processes=1, qp_processes=1):
     """``before(spool)``, if given, runs on the filled spool before the clock starts.
 
-    ``processes`` txmail-qp processes drain the one spool together (claims
-    are atomic renames), each with ``workers`` workers.
+    ``processes`` txmail-qp commands drain the one spool together (claims
+    are atomic renames), each with ``workers`` workers and ``qp_processes``
+    (``mail.processes``; None: its default, the usable cores).
     """
-    base = ctx.scratch(f"drain-txmail-p{processes}w{workers}")
+    base = ctx.scratch(f"drain-txmail-p{processes}w{workers}q{qp_processes}")
     spool = base / "spool"
     ctx.fill(spool, count)
     if before is not None:
         before(spool)
-    ini = write_ini(base, spool, sink, workers)
+    ini = write_ini(base, spool, sink, workers, qp_processes)
     run = timed(txmail_argv(ini, workers), sink, env=bytecode_env(ctx), processes=processes)
     return _check(run, spool, ("new", "cur", "deferred", "failed", "meta", "done"),
                   f"{processes} x txmail-qp --workers {workers} into {sink.name}")
@@ -150,6 +155,9 @@ def startup(ctx, sink, tool):
         ctx.fill(spool, 0)
         if tool == "txmail":
             run = run_timed(txmail_argv(write_ini(base, spool, sink, 1), 1),
+                            env=bytecode_env(ctx))
+        elif tool == "txmail-default":  # mail.processes' default: a parent and its children
+            run = run_timed(txmail_argv(write_ini(base, spool, sink, None, None)),
                             env=bytecode_env(ctx))
         else:
             run = run_timed([BIN / "qp", "--hostname", "127.0.0.1", "--port",

@@ -36,6 +36,19 @@ PROCESSOR_MODES = ("external", "thread")
 #: Whether txmail-qp loads the application (whose subscribers see its events) or not.
 QP_EVENTS_MODES = ("app", "none")
 
+#: The most txmail-qp processes: past a few per core they only add start-up and memory.
+MAX_PROCESSES = 64
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity mask: a container or
+    ``taskset`` may allow fewer than the machine has), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 _TRUE = ("true", "yes", "on", "y", "t", "1")
 _FALSE = ("false", "no", "off", "n", "f", "0", "")
 
@@ -410,6 +423,9 @@ SETTINGS = (
             "see README, In-app processor thread)."),
     Setting("workers", lambda v: _int(v, 1, 64), 4,
             "Parallel SMTP connections of txmail-qp (each reused for many messages)."),
+    Setting("processes", lambda v: _int(v, 1, MAX_PROCESSES), None,
+            "Processes of txmail-qp (one pass and --daemon), each with mail.workers "
+            "threads; default: the usable cores (1: a single process)."),
     Setting("connection_max_messages", lambda v: _int(v, 1, 10 ** 9), 1000,
             "Messages sent over one SMTP connection before it is closed and reopened."),
     Setting("fallback_hosts", _hosts, None,
@@ -514,6 +530,8 @@ class MailSettings:
     max_queue_time: float = 5 * 86400.0
     processor: str = "external"
     workers: int = 4
+    #: None until parsed; :func:`parse_settings` fills in :func:`usable_cores`.
+    processes: int | None = None
     connection_max_messages: int = 1000
     fallback_hosts: tuple = ()
     host_rest: float = 300.0
@@ -616,6 +634,8 @@ def parse_settings(settings, prefix=None, warn=True):
     if values.get("ssl") and values.get("tls"):
         _fail(prefix + "tls", "true", f"cannot be combined with {prefix}ssl = true "
               "(ssl is implicit TLS, tls is STARTTLS); choose one")
+    if "processes" not in values:
+        values["processes"] = min(usable_cores(), MAX_PROCESSES)
     if "port" not in values:
         values["port"] = 465 if values.get("ssl") else 25
     # A queue is the SQL outbox (queue_url) or else the spool (queue_path); direct

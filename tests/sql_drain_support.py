@@ -45,7 +45,9 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.IGNORECASE | re.MULTILI
 def write_ini(path, url, server, **mail):
     """An ini for txmail-qp: the outbox at ``url``, the sink ``server``, ``mail.*`` extras."""
     values = {"host": server.host, "port": server.port, "queue_url": url, "timeout": "30",
-              "poll_interval": "0.1", **mail}
+              "poll_interval": "0.1",
+              # each daemon one process: the one a crash scenario kills is the one sending
+              "processes": "1", **mail}
     lines = ["[app:main]", "use = egg:pyramid_txmail"]
     lines += [f"mail.{key} = {value}" for key, value in values.items()]
     path.write_text("\n".join(lines) + "\n")

@@ -215,7 +215,10 @@ def write_ini(path, server, extra=""):
     ini = path / "app.ini"
     ini.write_text("[app:main]\nuse = call:tests.crash_app:ini_app\n"
                    f"mail.queue_path = {path / 'spool'}\nmail.host = {server.host}\n"
-                   f"mail.port = {server.port}\nmail.timeout = 10\n{extra}")
+                   f"mail.port = {server.port}\nmail.timeout = 10\n"
+                   # the process killed must be the one that sends (tests/test_processes.py
+                   # kills children of several processes)
+                   f"mail.processes = 1\n{extra}")
     return str(ini)
 
 

@@ -35,6 +35,9 @@ QP = os.path.join(os.path.dirname(sys.executable), "txmail-qp")
 SENDER = "sender@example.org"
 RECIPIENTS = ["a@example.org", "b@example.net"]
 WAIT = 15.0  # generous: a loaded CI machine, never a speed target
+#: The tests that count the messages in flight count one process's workers
+#: (mail.processes: tests/test_processes.py has the several processes).
+ONE_PROCESS = "mail.processes = 1\n"
 
 LOGGING = '''
 [loggers]
@@ -265,7 +268,7 @@ def _spool_files(spool, state):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_finishes_the_message_in_flight_and_leaves_the_rest(
         setup_for, gated, signum):
-    s = setup_for(gated)
+    s = setup_for(gated, ONE_PROCESS)
     ids = s.queue(3)
     waiting = _spool_files(s.spool, "new")
     proc = s.start("--workers", "1")
@@ -294,7 +297,7 @@ def test_a_stop_signal_finishes_the_message_in_flight_and_leaves_the_rest(
 
 
 def test_with_two_workers_both_messages_in_flight_are_finished(setup_for, gated):
-    s = setup_for(gated)
+    s = setup_for(gated, ONE_PROCESS)
     ids = s.queue(5)
     proc = s.start("--workers", "2")
     wait_until(lambda: gated.handler.arrived == 2, what="two messages in flight")
@@ -312,7 +315,7 @@ def test_with_two_workers_both_messages_in_flight_are_finished(setup_for, gated)
 
 def test_a_message_waiting_for_the_rate_limit_is_not_started_after_sigterm(setup_for,
                                                                            smtp_server):
-    s = setup_for(smtp_server, "mail.rate_limit = 0.2")  # one message per 5 s
+    s = setup_for(smtp_server, ONE_PROCESS + "mail.rate_limit = 0.2")  # one message per 5 s
     ids = s.queue(3)
     proc = s.start("--workers", "1")
     wait_until(lambda: len(smtp_server.messages) == 1, what="the first message")
@@ -322,7 +325,7 @@ def test_a_message_waiting_for_the_rate_limit_is_not_started_after_sigterm(setup
 
 
 def test_kill_9_mid_drain_then_restart_delivers_everything(setup_for, gated):
-    s = setup_for(gated, "mail.claim_timeout = 2s")
+    s = setup_for(gated, ONE_PROCESS + "mail.claim_timeout = 2s")
     ids = s.queue(3)
     proc = s.start("--workers", "1")
     assert gated.handler.in_data.wait(WAIT), log_of(proc)
@@ -382,7 +385,7 @@ def test_sighup_reopens_the_log_file_and_makes_a_pass(setup_for, smtp_server, tm
 
 
 def test_one_pass_mode_stops_after_the_message_in_flight(setup_for, gated):
-    s = setup_for(gated)
+    s = setup_for(gated, ONE_PROCESS)
     ids = s.queue(2)
     log_path = s.tmp_path / "once.log"
     with open(log_path, "wb") as out:
@@ -465,7 +468,7 @@ def test_watch_inotify_where_it_is_unavailable_is_a_config_error(tmp_path, smtp_
         raise watch.WatchUnavailable("inotify_init1: Too many open files")
 
     monkeypatch.setattr(watch, "_libc", unavailable)
-    s = Setup(tmp_path, smtp_server)
+    s = Setup(tmp_path, smtp_server, "mail.processes = 1\n")  # in this process: no fork
     assert qp.main([str(s.ini), "--no-app", "--daemon", "--watch", "inotify"]) == 78
     err = capsys.readouterr().err
     assert err.strip() == ("txmail-qp: error: --watch inotify: inotify_init1: Too many open "

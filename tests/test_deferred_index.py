@@ -226,7 +226,8 @@ def test_a_killed_migration_leaves_every_message_due_on_time(spool, tmp_path, sm
     names = park_deferred(spool, 2000, now + 3600)
     ini = tmp_path / "qp.ini"
     ini.write_text(f"[app:main]\nmail.host = {smtp_server.host}\nmail.port = "
-                   f"{smtp_server.port}\nmail.queue_path = {spool.path}\n")
+                   f"{smtp_server.port}\nmail.queue_path = {spool.path}\n"
+                   "mail.processes = 1\n")  # killed: the process that indexes
     proc = subprocess.Popen([QP, str(ini), "--no-app"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deferred = os.path.join(spool.path, "deferred")

@@ -26,8 +26,8 @@ import time
 import pytest
 
 from .reliability import record, runs
-from .test_daemon import (RECIPIENTS, gated, log_of, received, setup_for,  # noqa: F401
-                          wait_for_log, wait_until)
+from .test_daemon import (ONE_PROCESS, RECIPIENTS, gated, log_of, received,  # noqa: F401
+                          setup_for, wait_for_log, wait_until)
 
 pytestmark = pytest.mark.reliability
 
@@ -98,7 +98,7 @@ STOPPERS = {
 @pytest.mark.parametrize("name", sorted(STOPPERS))
 def test_a_storm_of_stop_signals_ends_the_daemon_with_0_and_loses_nothing(
         setup_for, gated, name):
-    s = setup_for(gated)
+    s = setup_for(gated, ONE_PROCESS)  # counts one process's messages in flight
     ids = s.queue(QUEUED)
     proc = s.start("--workers", str(WORKERS))
     wait_until(lambda: gated.handler.arrived == WORKERS, timeout=START_WAIT,
@@ -130,7 +130,7 @@ def test_a_storm_of_stop_signals_ends_the_daemon_with_0_and_loses_nothing(
 
 
 def test_a_storm_of_sighup_leaves_the_daemon_delivering(setup_for, gated):
-    s = setup_for(gated)
+    s = setup_for(gated, ONE_PROCESS)  # counts one process's messages in flight
     ids = s.queue(QUEUED)
     proc = s.start("--workers", str(WORKERS))
     wait_until(lambda: gated.handler.arrived == WORKERS, timeout=START_WAIT,
@@ -158,7 +158,7 @@ def test_a_storm_of_sigterm_ends_a_one_pass_run_with_0(setup_for, gated):
 
     from .test_daemon import QP
 
-    s = setup_for(gated)
+    s = setup_for(gated, ONE_PROCESS)  # counts one process's messages in flight
     ids = s.queue(QUEUED)
     log_path = s.tmp_path / "once.log"
     with open(log_path, "wb") as out:

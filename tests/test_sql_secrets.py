@@ -52,7 +52,9 @@ def test_settings_errors_mask_the_query_password():
 def ini(tmp_path, url, name):
     path = tmp_path / name
     path.write_text(f"[app:main]\nuse = egg:pyramid_txmail\nmail.queue_url = {url}\n"
-                    "mail.delivery = queue\nmail.default_sender = a@example.com\n")
+                    "mail.delivery = queue\nmail.default_sender = a@example.com\n"
+                    # txmail-qp runs in this process, which may have threads: no fork
+                    "mail.processes = 1\n")
     return str(path)
 
 

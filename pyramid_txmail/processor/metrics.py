@@ -25,6 +25,7 @@ import tempfile
 from ..relay.result import SENT, TEMPORARY
 from ..util.config_error import configuration_error
 from ..util.printable import get_logger
+from . import child as child_side
 from .health import QueueReader
 from .processor import Processor
 
@@ -135,7 +136,10 @@ class Metrics:
                                         registry=reg)
         self.last_pass = prom.Gauge(
             "txmail_last_successful_pass_timestamp_seconds",
-            "Unix time the last pass over the queue completed", registry=reg)
+            "Unix time the last pass over the queue completed", registry=reg,
+            multiprocess_mode="max")  # several processes (.procmetrics): the latest
+        if child_side.CHILD is not None and child_side.CHILD.counting:
+            return  # a child of several processes: the parent serves the resting relays
         self.resting = prom.Gauge("txmail_relays_resting",
                                   "Relays skipped for mail.host_rest after failing to set "
                                   "up sessions", registry=reg)

@@ -14,6 +14,7 @@ import contextlib
 
 from ..util.config_error import configuration_error
 from ..util.printable import get_logger
+from . import child as child_side
 from .processor import Processor
 from .sdnotify import Notifier
 
@@ -27,7 +28,9 @@ class Operations:
         self.daemon = daemon
         self.notifier = Notifier(environ) if daemon else Notifier({})
         port = settings.metrics_port if daemon else None
-        self.wanted = bool(port or settings.metrics_file or self.notifier.enabled)
+        # a child of several processes counts for its parent's /metrics (.procmetrics)
+        counting = child_side.CHILD is not None and child_side.CHILD.counting
+        self.wanted = bool(port or settings.metrics_file or self.notifier.enabled or counting)
         self.progress = self.metrics = self.health = None
         self.server = None
         if not (daemon or self.wanted):
@@ -35,7 +38,7 @@ class Operations:
         from .health import Health, Progress
 
         self.progress = Progress(queue)
-        if port or settings.metrics_file:
+        if port or settings.metrics_file or counting:
             from .metrics import Metrics
 
             key = "mail.metrics_port" if port else "mail.metrics_file"

@@ -20,6 +20,7 @@ import sys
 import textwrap
 
 from ..processor.daemon import Daemon, Signals
+from ..processor import supervisor
 from ..processor.operate import Operations
 from ..queue import open_queue
 from ..queue.interface import QueueUnavailable
@@ -42,7 +43,7 @@ log = get_logger("pyramid_txmail.scripts.qp")
 _USED = ("queue_path", "queue_url", "host", "port", "username", "password", "tls", "ssl",
          "keyfile", "certfile", "tls_cafile", "timeout", "data_timeout", "debug",
          "claim_timeout", "retry_initial", "retry_max", "max_queue_time", "workers",
-         "poll_interval", "qp_events")
+         "poll_interval", "qp_events", "processes")
 
 DESCRIPTION = """\
 Deliver the mail waiting in a pyramid_txmail queue -- the spool directory
@@ -146,6 +147,9 @@ def build_parser():
     parser.add_argument("--workers", type=_workers, default=None, metavar="N",
                         help="parallel SMTP connections, 1 to 64 (overrides "
                              "mail.workers)")
+    parser.add_argument("--processes", type=_processes, default=None, metavar="N",
+                        help="processes, each with its workers, 1 to 64 (overrides "
+                             "mail.processes; default: the usable cores)")
     parser.add_argument("--watch", choices=WATCH_MODES, default=None,
                         help="with --daemon, how new mail is noticed: inotify, poll "
                              "(every mail.poll_interval) or auto (the default: "
@@ -162,6 +166,14 @@ def _workers(text):
     if not 1 <= number <= 64:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 64")
     return number
+
+
+def _processes(text):
+    try:
+        return _workers(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 64"
+                                         ) from None
 
 
 def split_uri(config_uri, app_name):
@@ -241,7 +253,7 @@ def setup_logging(path, verbose=False, quiet=False):
 def mail_settings(raw, path, app_name, prog=PROG, needs="to deliver from"):
     """Parse mail.*; the processor cannot run without a queue to read."""
     try:
-        settings = parse_settings(raw)
+        settings = parse_settings(raw, warn=not supervisor.is_child())  # the parent warned
     except Exception as exc:
         if not is_configuration_error(exc):
             raise
@@ -279,12 +291,15 @@ def wait_for_tables(queue, daemon, signals, every=5.0):
                "init-db`, or with the application's Alembic migrations")
     if not daemon:
         raise ConfigError(problem)
-    log.error("%s; waiting for them", problem)
+    said = supervisor.says_for_all()  # several processes: the first says it for all
+    if said:
+        log.error("%s; waiting for them", problem)
     while missing:
         if signals.stop.wait(every):
             return False
         missing = queue.missing_tables()
-    log.info("the outbox tables are in %s now; starting", queue.where)
+    if said:
+        log.info("the outbox tables are in %s now; starting", queue.where)
     return True
 
 
@@ -339,12 +354,13 @@ def _check_tables(queue, daemon):
 def run(args, signals, waker):
     """Everything after argument parsing; ConfigError for what a person must fix."""
     path, app_name = split_uri(args.config_uri, args.app_name)
-    raw = read_app_settings(path, app_name)
+    raw = getattr(args, "raw_settings", None) or read_app_settings(path, app_name)
     setup_logging(path, args.verbose, args.quiet)
     settings = mail_settings(raw, path, app_name)
     apply_log_format(settings.log_format)
     if args.workers is not None:
         settings = dataclasses.replace(settings, workers=args.workers)
+    settings = supervisor.for_this_process(settings)  # a child: its share (see --processes)
     queue = open_queue_or_exit(settings)
     if hasattr(queue, "stopping"):  # the SQL outbox: a SIGTERM ends its waits for the database
         queue.stopping = signals.stop
@@ -364,6 +380,7 @@ def run(args, signals, waker):
             # metrics, /healthz, mail.metrics_file, systemd notify: as the settings ask
             ops = Operations(queue, settings, daemon=watcher is not None)
             run_pass = ops.processor(queue, None, settings, registry=registry).run_once
+            run_pass = supervisor.reporting(run_pass)  # a child tells its parent
             if watcher is not None:
                 daemon = Daemon(queue, settings, run_pass, watcher, signals, waker)
                 watcher = None  # the daemon closes it
@@ -388,6 +405,10 @@ def main(argv=None):
     args = parser.parse_args(argv)  # exits 2 on a usage error
     if args.watch and not args.daemon:
         parser.error("--watch only applies with --daemon")
+    if not supervisor.is_child():
+        code = _supervise(args, argv)
+        if code is not None:
+            return code
     waker = Waker() if args.daemon else None
     # Called with argv None, this is the txmail-qp process itself: its signals
     # stay taken until it exits (see Signals: a late SIGTERM must not turn exit
@@ -401,11 +422,39 @@ def main(argv=None):
             log.exception("%s: unexpected error", PROG)
             return EX_SOFTWARE
         message = printable(" ".join(str(exc).split()))
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        if not supervisor.tell_parent("config", message):  # the parent says it once
+            print(f"{PROG}: error: {message}", file=sys.stderr)
         return EX_CONFIG
     finally:
         if waker is not None:
             waker.close()
+
+
+def _supervise(args, argv):
+    """With several processes (mail.processes, --processes) this one becomes their parent
+    and returns their exit status (:mod:`pyramid_txmail.processor.supervisor`); None: run
+    as one process.  The ini is read here, before any thread exists, to fork from it."""
+    path, app_name = split_uri(args.config_uri, args.app_name)
+    try:
+        args.raw_settings = read_app_settings(path, app_name)  # read once (run() uses it)
+    except ConfigError:
+        return None  # run() says it
+    processes = args.processes or supervisor.processes_setting(args.raw_settings)
+    if not processes or processes <= 1:  # one process (or a bad value: run() says it)
+        return None
+    try:
+        raw = args.raw_settings
+        setup_logging(path, args.verbose, args.quiet)
+        settings = mail_settings(raw, path, app_name)
+        apply_log_format(settings.log_format)
+        if args.workers is not None:
+            settings = dataclasses.replace(settings, workers=args.workers)
+        return supervisor.supervise(processes, settings, args.daemon, lambda: main(argv))
+    except Exception as exc:
+        if not (isinstance(exc, ConfigError) or is_configuration_error(exc)):
+            raise
+        print(f"{PROG}: error: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
+        return EX_CONFIG
 
 
 if __name__ == "__main__":  # pragma: no cover
