@@ -410,17 +410,17 @@ def supervise(processes, settings, daemon, child_main):
 
 def _preload(settings):
     """Import, once in the parent, what each child would import lazily for its first
-    pass (the queue backend, the SMTP transport): forked children share these pages
-    instead of each importing them again -- a cron pass's start-up.  Imports only:
-    no thread, file or connection is made by them."""
+    pass (the queue backend): forked children share these pages instead of each
+    importing them again -- a cron pass's start-up.  Imports only: no thread, file or
+    connection is made by them.  Not the SMTP transport (smtplib, ssl, the email
+    package's parser): a child imports it when it has a message to send, so a cron
+    pass over an empty queue never pays for it."""
     import concurrent.futures  # noqa: F401 (the processor's workers)
 
     if settings.queue_url:
         from ..queue.sql import backend  # noqa: F401
     else:
         from ..queue.maildir import backend  # noqa: F401,F811
-    if settings.delivery != "sendmail":
-        from ..relay import smtp, smtp_session  # noqa: F401
 
 
 def _noted(signum, frame):
