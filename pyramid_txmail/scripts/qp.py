@@ -31,6 +31,7 @@ from ..queue.wakeup import Waker, WatchUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
 from ..util.logformat import apply_log_format
 from .queue_args import ArgumentParser
+from .streams import guard_streams, quiet_broken_pipe
 from ..util.printable import get_logger, printable
 
 PROG = "txmail-qp"
@@ -359,6 +360,7 @@ def main(argv=None):
     args = parser.parse_args(argv)  # exits 2 on a usage error
     if args.watch and not args.daemon:
         parser.error("--watch only applies with --daemon")
+    guard_streams()
     waker = Waker() if args.daemon else None
     # Called with argv None, this is the txmail-qp process itself: its signals
     # stay taken until it exits (see Signals: a late SIGTERM must not turn exit
@@ -366,7 +368,11 @@ def main(argv=None):
     # them back for the caller.
     try:
         with Signals(waker, handle_hup=args.daemon, restore=argv is not None) as signals:
-            return run(args, signals, waker)
+            code = run(args, signals, waker)
+            sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+            return code
+    except BrokenPipeError:  # its output piped into a reader that went away
+        return quiet_broken_pipe()
     except (ConfigError, ConfigurationError) as exc:
         message = printable(" ".join(str(exc).split()))
         print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -32,6 +32,7 @@ from ..settings import settings_prefix
 from . import queue_ops, queue_text
 from .queue_args import PROG, build_parser  # noqa: F401 (public here too)
 from .queue_text import clean
+from .streams import guard_streams, quiet_broken_pipe
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
                  open_queue_or_exit, read_app_settings, setup_logging, split_uri)
 
@@ -316,8 +317,13 @@ def _database_problem(exc, settings):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on a usage error
+    guard_streams()
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # `txmail-queue INI list | head -1`: the reader has enough
+        return quiet_broken_pipe()
     except UsageError as exc:
         print(f"{PROG}: error: {clean(exc)}", file=sys.stderr)
         return EX_USAGE
