@@ -23,10 +23,11 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from ..util.printable import get_logger, printable
 from .daemon import RESCAN_INTERVAL
+from .http_listener import BoundedHTTPServer
 
 log = get_logger("pyramid_txmail.health")
 
@@ -212,9 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """The HTTP server, in a daemon thread of its own, until :meth:`close`."""
 
-    def __init__(self, metrics, health, host, port):
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
+    def __init__(self, metrics, health, host, port, **limits):
+        self.httpd = BoundedHTTPServer((host, port), _Handler, **limits)  # IPv6, timeouts
         self.httpd.metrics = metrics
         self.httpd.health = health
         self.address = self.httpd.server_address[:2]
@@ -223,7 +223,7 @@ class MetricsServer:
 
     def start(self):
         self._thread.start()
-        log.info("serving /metrics and /healthz on http://%s:%d/", *self.address)
+        log.info("serving /metrics and /healthz on %s", self.httpd.url)
         return self
 
     def close(self):
