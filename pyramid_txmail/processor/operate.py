@@ -17,6 +17,7 @@ from .health import Health, MetricsServer, Progress
 from .metrics import Metrics, MeteredProcessor, write_textfile
 from .processor import Processor
 from .sdnotify import Notifier
+from .stop_deadline import check_systemd
 
 log = get_logger("pyramid_txmail.operate")
 
@@ -59,6 +60,7 @@ class Operations:
                 raise ConfigurationError(f"mail.metrics_port = {port} (mail.metrics_host = "
                                          f"{host}): cannot listen there: {exc.strerror or exc}"
                                          ) from None
+        check_systemd(self.settings)  # a TimeoutStopSec shorter than one message may take
         try:
             self.notifier.ready(f"serving {self.queue.where}")
             self.notifier.start_watchdog(self.health.progressing)

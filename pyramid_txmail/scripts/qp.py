@@ -118,7 +118,7 @@ def _epilog():
             "  ExecStart=/srv/app/env/bin/txmail-qp /srv/app/production.ini --daemon\n"
             "  Restart=on-failure\n"
             "  KillSignal=SIGTERM\n"
-            "  TimeoutStopSec=90\n")
+            "  TimeoutStopSec=720  # >= mail.data_timeout + 3 x mail.timeout: a message in flight\n")
 
 
 class ConfigError(Exception):
