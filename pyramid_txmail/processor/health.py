@@ -98,6 +98,7 @@ class Progress:
         self.last_progress = clock()  # a pass completed or a message settled
         self.last_summary = "no pass yet"
         self.listeners = []  # called with the PassStats after each pass
+        self.failure_listeners = []  # called after a pass that raised
 
     def progressed(self):
         self.last_progress = self.clock()
@@ -115,6 +116,11 @@ class Progress:
 
     def pass_failed(self):
         self.reader.invalidate()
+        for listener in self.failure_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a pass listener failed")
 
 
 class Health:

@@ -14,10 +14,11 @@ from pyramid.exceptions import ConfigurationError
 
 from ..util.printable import get_logger
 from .health import Health, MetricsServer, Progress
-from .metrics import Metrics, MeteredProcessor, write_textfile
+from .metrics import Metrics, MeteredProcessor
 from .processor import Processor
 from .sdnotify import Notifier
 from .stop_deadline import check_systemd
+from .textfile import CumulativeTextfile
 
 log = get_logger("pyramid_txmail.operate")
 
@@ -36,8 +37,10 @@ class Operations:
             key = "mail.metrics_port" if port else "mail.metrics_file"
             self.metrics = Metrics(self.progress, key)
         self.health = Health(self.progress, settings)
-        if settings.metrics_file:
+        if settings.metrics_file:  # after every pass, also one that raised
+            self.textfile = CumulativeTextfile(settings.metrics_file, self.metrics.prom)
             self.progress.listeners.append(self._write_textfile)
+            self.progress.failure_listeners.append(self._write_textfile)
         if self.notifier.enabled:
             self.progress.listeners.append(self._status)
         self.server = None
@@ -71,9 +74,9 @@ class Operations:
             if self.server is not None:
                 self.server.close()
 
-    def _write_textfile(self, stats):
+    def _write_textfile(self, stats=None):
         try:
-            write_textfile(self.metrics.prom, self.metrics.registry, self.settings.metrics_file)
+            self.textfile.write(self.metrics.registry)
         except OSError as exc:
             log.error("cannot write the metrics to mail.metrics_file = %s: %s",
                       self.settings.metrics_file, exc.strerror or exc)
