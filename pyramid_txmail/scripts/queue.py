@@ -327,6 +327,9 @@ def main(argv=None):
     except UsageError as exc:
         print(f"{PROG}: error: {clean(exc)}", file=sys.stderr)
         return EX_USAGE
+    except queue_ops.Interrupted as exc:  # Ctrl-C in retry/purge/release over many
+        print(f"\n{PROG}: interrupted: {clean(exc)}", file=sys.stderr)
+        return EX_INTERRUPTED
     except KeyboardInterrupt:  # Ctrl-C outside `watch`: each change is atomic, say so
         print(f"\n{PROG}: interrupted (what was done is done, nothing half-done)",
               file=sys.stderr)
