@@ -62,3 +62,24 @@ def test_ctrl_c_says_how_many_of_how_many(tmp_path, argv, moved_to, past):
     if moved_to:
         assert _count(spool, moved_to) == done
     assert "Traceback" not in err
+
+
+def test_ctrl_c_while_retrying_many_ids_says_how_many_of_how_many(tmp_path):
+    """The ids given on the command line (here a shell's glob of 2,000 names)."""
+    spool = _dead_letters(tmp_path)
+    ini = write_ini(tmp_path)
+    ids = sorted(os.listdir(os.path.join(spool.path, "failed")))[:2000]
+    proc = subprocess.Popen([QUEUE, ini, "retry", *ids], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _count(spool, "new") == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    moved = _count(spool, "new")
+    if moved == len(ids):
+        pytest.fail(f"it finished before the interruption: {err}")
+    assert proc.returncode == 130, err
+    found = re.search(rf"interrupted: retried (\d+) of {len(ids)}\b", err)
+    assert found, err
+    assert int(found.group(1)) == moved == len(out.splitlines()), (found.group(1), moved)

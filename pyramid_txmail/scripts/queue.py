@@ -136,7 +136,7 @@ def cmd_retry(queue, args, now):
         return EX_FAILED if refused else EX_OK
     targets, found = _lookup_all(queue, args.ids)
     code = EX_OK if found else EX_FAILED
-    for msg in targets:
+    for msg in queue_ops.counted(targets, "retried"):
         try:
             outcome = queue.retry(msg)
         except (Refused, Vanished) as exc:
@@ -175,7 +175,7 @@ def cmd_release(queue, args, now):
         return EX_OK
     targets, code = _lookup_all(queue, args.ids)
     code = EX_OK if code else EX_FAILED
-    for msg in targets:
+    for msg in queue_ops.counted(targets, "released"):
         try:
             outcome = queue.release_claim(msg, timeout, args.force, now)
         except (Refused, Vanished) as exc:

@@ -199,6 +199,20 @@ def _one_step():
         signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
 
+def counted(targets, verb_past):
+    """``targets`` one at a time, for a loop over the ids given: the loop's body runs
+    with SIGINT held back (:func:`_one_step`), so Ctrl-C lands between two messages
+    and says how many of them were handled (:class:`Interrupted`)."""
+    handled = 0
+    try:
+        for msg in targets:
+            with _one_step():
+                yield msg
+                handled += 1
+    except KeyboardInterrupt:
+        raise Interrupted(verb_past, handled, len(targets)) from None
+
+
 def bulk(queue, msgs, act, verb, total, log, prog):
     """Apply ``act`` to each message of the iterator ``msgs``: ``(done, vanished,
     refused)``.  A message another process took meanwhile is counted as vanished, one
