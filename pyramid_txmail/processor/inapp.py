@@ -54,7 +54,7 @@ from ..queue.wakeup import Waker, WatchUnavailable
 from ..util.printable import get_logger
 from .daemon import Daemon
 from .processor import Processor
-from .stop_deadline import check_gunicorn, in_flight_deadline
+from .stop_deadline import check_gunicorn, check_systemd, in_flight_deadline
 
 log = get_logger("pyramid_txmail.processor.inapp")
 
@@ -158,7 +158,8 @@ class InAppProcessor:
             self.thread.start()
             log.info("mail.processor = thread: processor thread started in pid %d on %s",
                      self.pid, queue.where)
-            check_gunicorn(self.settings)  # a graceful_timeout shorter than one message
+            # a stop deadline shorter than one message in flight: said once per process
+            check_gunicorn(self.settings) or check_systemd(self.settings)
             return self.thread
 
     def _run(self, daemon, waker):
