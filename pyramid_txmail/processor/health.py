@@ -146,6 +146,9 @@ class Health:
             reachable(self.progress.reader.queue)  # cheap, so always fresh
             status = self.progress.reader.read()  # a few seconds old at most
         except Exception as exc:
+            # the cached reading is stale now: the next scrape reads afresh (txmail_queue_up
+            # then says 0, as /healthz does, rather than up to a cache's age later)
+            self.progress.reader.invalidate()
             problems.append({"check": "queue", "problem": "queue unreachable",
                              "detail": f"{self.progress.reader.queue.where}: {_why(exc)}"})
         if status is not None and not self.progressing():
