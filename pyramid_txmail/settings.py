@@ -484,7 +484,8 @@ SETTINGS = (
             "The address mail.metrics_port listens on (0.0.0.0: every interface)."),
     Setting("metrics_file", _path, None,
             "txmail-qp: write the metrics in the node_exporter textfile-collector format "
-            "to this file after each pass (atomically; needs pyramid_txmail[ops])."),
+            "to this file after each pass (atomically; needs pyramid_txmail[ops]); its "
+            "counters add up across passes (kept in .NAME.counters.json beside it)."),
     # The SQL outbox, in the mailer (pyramid_txmail.mailer.sqloutbox).
     Setting("queue_session", _session_finder, "dbsession",
             "With the SQL outbox (mail.queue_url): the application's SQLAlchemy session a "

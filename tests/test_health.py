@@ -202,3 +202,19 @@ def test_a_database_that_does_not_answer_is_queue_unreachable():
     assert not healthy and _problems(body) == {"queue unreachable"}, body
     detail = body["problems"][0]["detail"]
     assert f"127.0.0.1:{port}" in detail and "SQL" not in detail, detail
+
+
+@pytest.mark.parametrize("usec", ["0", "-5", "junk", "", "1e9", " 12 "])
+def test_a_watchdog_usec_that_is_not_a_positive_integer_means_no_watchdog(usec):
+    """sd_watchdog_enabled(3) ignores WATCHDOG_USEC unless it is a positive integer
+    (probe 15 finding 7: 0 made the pet loop spin)."""
+    notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": usec})
+    assert notifier.watchdog_interval is None
+
+
+def test_a_tiny_watchdog_usec_is_floored():
+    """WATCHDOG_USEC=1 (1 microsecond) would pet a million times a second: floored."""
+    notifier = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": "1"})
+    assert notifier.watchdog_interval >= Notifier.MIN_WATCHDOG_INTERVAL > 0
+    usual = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "120000000"})
+    assert usual.watchdog_interval == 60.0

@@ -120,7 +120,9 @@ def test_a_cron_pass_writes_the_textfile_and_txmail_queue_prints_the_gauges(
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "txmail-qp"), ini,
                            "--no-app"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert os.listdir(textdir) == ["txmail.prom"]  # renamed into place, no temporary left
+    # renamed into place, no temporary left; beside it the counters' totals and their lock
+    assert sorted(os.listdir(textdir)) == [".txmail.prom.counters.json", ".txmail.prom.lock",
+                                           "txmail.prom"]
     samples = parse(prom.read_text())
     assert total(samples, "txmail_messages_total", outcome="sent") == 3
     assert total(samples, "txmail_recipients_total", outcome="sent") == sum(

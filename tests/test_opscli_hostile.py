@@ -19,13 +19,18 @@ import urllib.parse
 
 import pytest
 
+from pyramid_txmail.util.printable import FORMAT_CHARACTERS
+
 from .claims_support import PROC_TIMEOUT, QP, QUEUE, make_spool
 from .faultserver import fault_server
 
 ESC = "\x1b"
 #: ESC sequences, BEL, CR, a bare LF, bidi overrides, C1 controls, line separators.
-EVIL = f"ev{ESC}[2J{ESC}]0;pwned\x07il\r\nFAKE 2026 ERROR\u202eesrever\u2066\x9b31m\u2028x"
-RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+EVIL = (f"ev{ESC}[2J{ESC}]0;pwned\x07il\r\nFAKE 2026 ERROR\u202eesrever\u2066\x9b31m\u2028x"
+        "\u200fRLM\u061cALM\ufeff")
+#: ... and every format character (Unicode Cf: RLM, ALM, BOM, zero-width...) and surrogate
+RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff"
+                 + FORMAT_CHARACTERS + "]")
 LOCAL = f'"bob{ESC}[31m\x07\u202e evil"'  # a quoted local part may hold nearly anything
 
 

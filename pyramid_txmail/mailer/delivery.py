@@ -25,7 +25,7 @@ from .mailer_compat import PyramidMailerAPI
 from ..compose.message import prepare
 from ..queue.maildir.queue_state import dead_letter, record_attempt
 from ..compose.redirect import redirect
-from ..relay.result import TEMPORARY, DeliveryResult, RecipientResult
+from ..relay.result import TEMPORARY, DeliveryResult, RecipientResult, log_fields
 from .sendlog import record_send
 from ..relay.sendmail import SendmailTransport
 from ..settings import DEV_DELIVERY_MODES, MailSettings
@@ -120,7 +120,8 @@ class DirectOutbox(AfterCommitOutbox):
         events = []
         if result.sent:
             log.info("sent %s to %s", prepared.message_id,
-                     ", ".join(r.recipient for r in result.sent))
+                     ", ".join(r.recipient for r in result.sent),
+                     extra=log_fields(prepared.message_id, 1, result.sent))
             events.append(MailSent(prepared.message_id, prepared.fromaddr,
                                    [r.recipient for r in result.sent], result.sent))
         if result.temporary:
@@ -135,7 +136,8 @@ class DirectOutbox(AfterCommitOutbox):
         if self.fallback is None:
             log.error("direct delivery of %s to %s failed and no fallback is configured "
                       "(mail.direct_fallback = queue keeps it): %s", prepared.message_id,
-                      ", ".join(recipients), reason)
+                      ", ".join(recipients), reason,
+                      extra=log_fields(prepared.message_id, 1, failures))
             return [MailFailed(prepared.message_id, prepared.fromaddr, recipients,
                                failures, reason=reason)]
         now = self.clock()
@@ -145,14 +147,16 @@ class DirectOutbox(AfterCommitOutbox):
                 {}, prepared.message_id, failures, now, now, now))
             self.fallback.commit_tmp([name])
             log.warning("direct delivery of %s to %s failed temporarily (%s); queued in %s",
-                        prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
+                        prepared.message_id, ", ".join(recipients), reason, self.fallback.path,
+                        extra=log_fields(prepared.message_id, 1, failures))
             return [MailQueued(prepared.message_id, prepared.fromaddr, recipients, failures,
                                reason=reason)]
         tried = record_attempt({}, prepared.message_id, failures, now, None, now)
         self.fallback.dead_letter_copy(prepared.fromaddr, recipients, prepared.data, dead_letter(
             tried, prepared.message_id, failures, "permanent failure: " + reason, now, None))
         log.error("direct delivery of %s to %s failed permanently (%s); dead-lettered in %s",
-                  prepared.message_id, ", ".join(recipients), reason, self.fallback.path)
+                  prepared.message_id, ", ".join(recipients), reason, self.fallback.path,
+                  extra=log_fields(prepared.message_id, 1, failures))
         return [MailFailed(prepared.message_id, prepared.fromaddr, recipients, failures,
                            reason=reason)]
 

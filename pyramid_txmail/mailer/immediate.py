@@ -22,7 +22,7 @@ import smtplib
 
 from ..util.printable import get_logger
 from ..events import MailFailed, MailSent
-from ..relay.result import TEMPORARY, DeliveryResult, RecipientResult
+from ..relay.result import TEMPORARY, DeliveryResult, RecipientResult, log_fields
 
 log = get_logger("pyramid_txmail")
 
@@ -99,13 +99,16 @@ def send_now(mailer, prepared, kind, fail_silently=False):
     result = _deliver(delivery.transports[kind], prepared)
     mailer.dispatch(_events(prepared, result))
     if result.ok:
-        log.info("sent %s to %s (%s)", prepared.message_id, ", ".join(prepared.toaddrs), how)
+        log.info("sent %s to %s (%s)", prepared.message_id, ", ".join(prepared.toaddrs), how,
+                 extra=log_fields(prepared.message_id, 1, result.sent))
         return prepared.message_id
     error = DeliveryFailed(result, how)
     if result.sent:
         log.info("sent %s to %s (%s)", prepared.message_id,
-                 ", ".join(r.recipient for r in result.sent), how)
+                 ", ".join(r.recipient for r in result.sent), how,
+                 extra=log_fields(prepared.message_id, 1, result.sent))
     if fail_silently:
-        log.error("%s (fail_silently: the caller goes on)", error)
+        log.error("%s (fail_silently: the caller goes on)", error,
+                  extra=log_fields(prepared.message_id, 1, result.results))
         return False
     raise error

@@ -200,8 +200,11 @@ class Daemon:
     """
 
     def __init__(self, queue, settings, run_pass, watcher, signals, waker, *,
-                 rescan=RESCAN_INTERVAL, clock=None):
+                 rescan=RESCAN_INTERVAL, clock=None, name="txmail-qp daemon",
+                 stop_hint="stop with SIGTERM or SIGINT"):
         self.queue = as_queue(queue)
+        self.name = name  # what its log lines call it: the in-app thread says so
+        self.stop_hint = stop_hint
         self.settings = settings
         self.run_pass = run_pass
         self.watcher = watcher
@@ -219,8 +222,8 @@ class Daemon:
 
     def run(self):
         """Pass, sleep, repeat; returns the summed :class:`PassStats` once stopped."""
-        log.info("txmail-qp daemon started on %s: %s, %d worker(s); stop with SIGTERM "
-                 "or SIGINT", self.queue.where, self.watcher.describe(), self.settings.workers)
+        log.info("%s started on %s: %s, %d worker(s); %s", self.name, self.queue.where,
+                 self.watcher.describe(), self.settings.workers, self.stop_hint)
         done = threading.Event()
         reopener = threading.Thread(target=self._reopen_logs, args=(done,),
                                     name="txmail-logs", daemon=True)
@@ -325,5 +328,5 @@ class Daemon:
         asked = self.signals.stops_received
         again = (f" (asked {asked} times; a repeated signal still lets the "
                  "message in flight finish -- SIGKILL abandons it)" if asked > 1 else "")
-        log.info("txmail-qp daemon stopped on %s after %d passes%s: %s",
+        log.info("%s stopped on %s after %d passes%s: %s", self.name,
                  self.signals.first_stop_name(), self.passes, again, self.totals.summary())

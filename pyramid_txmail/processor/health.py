@@ -23,10 +23,11 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from ..util.printable import get_logger, printable
 from .daemon import RESCAN_INTERVAL
+from .http_listener import BoundedHTTPServer
 
 log = get_logger("pyramid_txmail.health")
 
@@ -97,6 +98,7 @@ class Progress:
         self.last_progress = clock()  # a pass completed or a message settled
         self.last_summary = "no pass yet"
         self.listeners = []  # called with the PassStats after each pass
+        self.failure_listeners = []  # called after a pass that raised
 
     def progressed(self):
         self.last_progress = self.clock()
@@ -114,6 +116,11 @@ class Progress:
 
     def pass_failed(self):
         self.reader.invalidate()
+        for listener in self.failure_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("a pass listener failed")
 
 
 class Health:
@@ -139,6 +146,9 @@ class Health:
             reachable(self.progress.reader.queue)  # cheap, so always fresh
             status = self.progress.reader.read()  # a few seconds old at most
         except Exception as exc:
+            # the cached reading is stale now: the next scrape reads afresh (txmail_queue_up
+            # then says 0, as /healthz does, rather than up to a cache's age later)
+            self.progress.reader.invalidate()
             problems.append({"check": "queue", "problem": "queue unreachable",
                              "detail": f"{self.progress.reader.queue.where}: {_why(exc)}"})
         if status is not None and not self.progressing():
@@ -212,9 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
 class MetricsServer:
     """The HTTP server, in a daemon thread of its own, until :meth:`close`."""
 
-    def __init__(self, metrics, health, host, port):
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
+    def __init__(self, metrics, health, host, port, **limits):
+        self.httpd = BoundedHTTPServer((host, port), _Handler, **limits)  # IPv6, timeouts
         self.httpd.metrics = metrics
         self.httpd.health = health
         self.address = self.httpd.server_address[:2]
@@ -223,7 +232,7 @@ class MetricsServer:
 
     def start(self):
         self._thread.start()
-        log.info("serving /metrics and /healthz on http://%s:%d/", *self.address)
+        log.info("serving /metrics and /healthz on %s", self.httpd.url)
         return self
 
     def close(self):

@@ -54,6 +54,7 @@ from ..queue.wakeup import Waker, WatchUnavailable
 from ..util.printable import get_logger
 from .daemon import Daemon
 from .processor import Processor
+from .stop_deadline import check_gunicorn, check_systemd, in_flight_deadline
 
 log = get_logger("pyramid_txmail.processor.inapp")
 
@@ -147,13 +148,18 @@ class InAppProcessor:
             self.control = ThreadControl(waker)
             processor = Processor(queue, None, self.settings, registry=self.registry)
             daemon = Daemon(queue, self.settings, processor.run_once, watcher,
-                            self.control, waker)
+                            self.control, waker,
+                            name=f"in-app processor thread (mail.processor = thread) in pid "
+                                 f"{self.pid}",
+                            stop_hint="it stops when the web process exits")
             self.thread = threading.Thread(target=self._run, args=(daemon, waker),
                                            name=THREAD_NAME, daemon=True)
             _register_exit(self.stop_at_exit)
             self.thread.start()
             log.info("mail.processor = thread: processor thread started in pid %d on %s",
                      self.pid, queue.where)
+            # a stop deadline shorter than one message in flight: said once per process
+            check_gunicorn(self.settings) or check_systemd(self.settings)
             return self.thread
 
     def _run(self, daemon, waker):
@@ -167,7 +173,7 @@ class InAppProcessor:
 
     def exit_timeout(self):
         """How long exit waits: one SMTP transaction's deadlines, and some slack."""
-        return 3 * self.settings.timeout + self.settings.data_timeout + JOIN_SLACK
+        return in_flight_deadline(self.settings) + JOIN_SLACK
 
     def stop(self, why="request", timeout=None):
         """Ask the thread to stop after its message(s) in flight, and wait for it."""
@@ -220,7 +226,16 @@ def _register_exit(callback):
 def includeme_processor(config, settings):
     """``mail.processor = thread``: the first request of each process starts the thread."""
     from pyramid.events import NewRequest
+    from pyramid.exceptions import ConfigurationError
 
+    if settings.metrics_port:
+        # Every web process (gunicorn's workers) would bind the same port: the first
+        # wins, the others fail, and a scrape sees one process's counts at random.
+        raise ConfigurationError(
+            f"mail.metrics_port = {settings.metrics_port}: not served with mail.processor "
+            "= thread (one port cannot be bound by each web process); run txmail-qp "
+            "--daemon as a service for /metrics and /healthz, or print the queue's gauges "
+            "with `txmail-queue INI metrics` (README, In-app processor thread)")
     inapp = InAppProcessor(settings, config.registry)
     config.add_subscriber(inapp.on_new_request, NewRequest)
     inapp.install_sigterm()

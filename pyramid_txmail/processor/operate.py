@@ -44,8 +44,12 @@ class Operations:
             key = "mail.metrics_port" if port else "mail.metrics_file"
             self.metrics = Metrics(self.progress, key)
         self.health = Health(self.progress, settings)
-        if settings.metrics_file:
+        if settings.metrics_file:  # after every pass, also one that raised
+            from .textfile import CumulativeTextfile
+
+            self.textfile = CumulativeTextfile(settings.metrics_file, self.metrics.prom)
             self.progress.listeners.append(self._write_textfile)
+            self.progress.failure_listeners.append(self._write_textfile)
         if self.notifier.enabled:
             self.progress.listeners.append(self._status)
 
@@ -71,6 +75,9 @@ class Operations:
                 raise configuration_error(f"mail.metrics_port = {port} (mail.metrics_host = "
                                           f"{host}): cannot listen there: "
                                           f"{exc.strerror or exc}") from None
+        from .stop_deadline import check_systemd
+
+        check_systemd(self.settings)  # a TimeoutStopSec shorter than one message may take
         try:
             self.notifier.ready(f"serving {self.queue.where}")
             self.notifier.start_watchdog(self.health.progressing)
@@ -81,11 +88,9 @@ class Operations:
             if self.server is not None:
                 self.server.close()
 
-    def _write_textfile(self, stats):
-        from .metrics import write_textfile
-
+    def _write_textfile(self, stats=None):
         try:
-            write_textfile(self.metrics.prom, self.metrics.registry, self.settings.metrics_file)
+            self.textfile.write(self.metrics.registry)
         except OSError as exc:
             log.error("cannot write the metrics to mail.metrics_file = %s: %s",
                       self.settings.metrics_file, exc.strerror or exc)

@@ -24,6 +24,7 @@ from ..queue.interface import ClaimLost, QueueAway
 from ..queue.queue_state import age as queue_age, dead_letter, expired as past_max_age
 from ..queue.queue_state import record_attempt
 from ..relay.result import PERMANENT, SENT, TEMPORARY, DeliveryResult, RecipientResult
+from ..relay.result import log_fields as outcome_fields
 from ..util.printable import get_logger
 from .pass_stats import format_duration
 
@@ -44,19 +45,12 @@ def retry_horizon(settings):
     return settings.retry_max * (1 + JITTER) + CLOCK_SLACK
 
 
-def _one_or_all(values):
-    values = list(dict.fromkeys(v for v in values if v is not None))
-    return None if not values else values[0] if len(values) == 1 else values
-
-
 def log_fields(job, results):
     """The fields of a JSON log line (``mail.log_format = json``,
-    :mod:`pyramid_txmail.util.logformat`): Message-ID, attempt, and the
-    recipient, reply code and relay -- one value, or the list when they differ."""
-    return {"message_id": job.message_id, "attempt": job.meta.get("attempts"),
-            "recipient": _one_or_all(r.recipient for r in results),
-            "code": _one_or_all(r.code for r in results),
-            "relay": _one_or_all(getattr(r, "relay", None) for r in results)}
+    :mod:`pyramid_txmail.util.logformat`): :func:`~..relay.result.log_fields` with
+    the number of the attempt being settled.  (``meta["attempts"]`` alone lacked it
+    on a first attempt that every recipient accepted: nothing is recorded then.)"""
+    return outcome_fields(job.message_id, job.attempt, results)
 
 
 def _summary(results):
@@ -73,6 +67,7 @@ class Job:
     data: object  # bytes or a wire.Stream
     message_id: str | None
     meta: dict
+    attempt: int | None = None  # this attempt's number, once it is made
 
 
 class Outcomes:
@@ -88,6 +83,7 @@ class Outcomes:
         that fails (a full disk): it is retired all the same, rather than left
         claimed and sent again.
         """
+        job.attempt = (job.meta.get("attempts") or 0) + 1
         result = self._deliver(transport, job, pending)
         try:
             held = self.queue.holds(job.claimed)
@@ -111,7 +107,7 @@ class Outcomes:
             log.warning("%s: cannot record the attempt in %s (%s); every recipient "
                         "accepted %s, so it leaves the queue anyway", job.claimed.name,
                         self.queue.where, getattr(exc, "strerror", None) or exc,
-                        job.message_id)
+                        job.message_id, extra=log_fields(job, result.results))
         return result
 
     def _deliver(self, transport, job, pending):
@@ -236,7 +232,8 @@ class Outcomes:
         where = self.queue.bury(claimed, dead_letter(meta, None, [], reason, now,
                                                      claimed.name))
         stats.failed += 1
-        log.error("dead letter failed/%s: %s", where, reason)
+        log.error("dead letter failed/%s: %s", where, reason,
+                  extra=outcome_fields(None, meta.get("attempts"), ()))
         self._dispatch([mail_events.MailFailed(None, "", (), reason=reason)])
 
     def _bury_unknown_state(self, job, stats):
@@ -255,7 +252,7 @@ class Outcomes:
         where = self.queue.bury(job.claimed, self._failure_meta(job, dead, reason, now))
         stats.failed += 1
         log.error("dead letter %s to %s: %s (failed/%s)", job.message_id,
-                  ", ".join(job.toaddrs), reason, where)
+                  ", ".join(job.toaddrs), reason, where, extra=log_fields(job, dead))
         self._dispatch([self._event(mail_events.MailFailed, job, dead, reason)])
 
     # -- events -----------------------------------------------------------------

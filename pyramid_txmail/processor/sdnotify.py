@@ -26,6 +26,10 @@ log = get_logger("pyramid_txmail.sdnotify")
 class Notifier:
     """Sends to ``$NOTIFY_SOCKET``; a no-op without it.  Errors are logged once, never raised."""
 
+    #: the shortest pause between two pets: a WATCHDOG_USEC of a few microseconds
+    #: would otherwise make the thread send datagrams in a tight loop.
+    MIN_WATCHDOG_INTERVAL = 0.05
+
     def __init__(self, environ=None):
         environ = os.environ if environ is None else environ
         address = environ.get("NOTIFY_SOCKET") or None
@@ -35,11 +39,8 @@ class Notifier:
         self.watchdog_interval = None
         usec = environ.get("WATCHDOG_USEC")
         pid = environ.get("WATCHDOG_PID")
-        if address and usec and (not pid or pid == str(os.getpid())):
-            try:
-                self.watchdog_interval = int(usec) / 2e6
-            except ValueError:
-                log.warning("WATCHDOG_USEC=%r is not a number; no watchdog pings", usec)
+        if address and usec is not None and (not pid or pid == str(os.getpid())):
+            self.watchdog_interval = _watchdog_interval(usec)
         self._sock = None
         self._warned = False
         self._lock = threading.Lock()
@@ -106,6 +107,20 @@ class Notifier:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
+
+
+def _watchdog_interval(usec):
+    """Half of ``$WATCHDOG_USEC`` in seconds, or ``None`` when it is not a positive integer.
+
+    ``sd_watchdog_enabled(3)`` ignores a value that is not a positive decimal
+    integer; so do we (``0`` once made the pet loop spin: 412k datagrams in 4 s).
+    """
+    text = usec.strip() if usec.strip() == usec else None
+    if not text or not text.isdigit() or not text.isascii() or int(text) <= 0:
+        log.warning("WATCHDOG_USEC=%r is not a positive number of microseconds; "
+                    "no watchdog pings", usec)
+        return None
+    return max(int(text) / 2e6, Notifier.MIN_WATCHDOG_INTERVAL)
 
 
 def _one_line(text):

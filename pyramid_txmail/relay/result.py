@@ -62,3 +62,21 @@ class DeliveryResult:
         """One line for logs: ``a@x: 250 ok; b@y: 550 no such user``."""
         return "; ".join(f"{r.recipient}: {r.code or '-'} {r.text}".strip()
                          for r in self.results)
+
+
+def _one_or_all(values):
+    values = list(dict.fromkeys(v for v in values if v is not None))
+    return None if not values else values[0] if len(values) == 1 else values
+
+
+def log_fields(message_id, attempt, results):
+    """The ``extra=`` of every delivery outcome log line (sent, deferred, dead letter;
+    by the processor and by direct delivery alike), so that a JSON log line
+    (``mail.log_format = json``) always carries the same fields: Message-ID, the
+    attempt's number (1 for the first: it is no less an attempt for having left
+    nothing recorded), and the recipient, reply code and relay -- one value, or the
+    list when they differ."""
+    return {"message_id": message_id, "attempt": attempt,
+            "recipient": _one_or_all(r.recipient for r in results),
+            "code": _one_or_all(r.code for r in results),
+            "relay": _one_or_all(getattr(r, "relay", None) for r in results)}

@@ -30,6 +30,7 @@ from ..util.config_error import is_configuration_error
 from ..util.logformat import apply_log_format
 from .ini import IniFile, is_plain_ini
 from .queue_args import ArgumentParser
+from .streams import guard_streams, quiet_broken_pipe
 from ..util.printable import get_logger, printable
 
 PROG = "txmail-qp"
@@ -116,7 +117,7 @@ def _epilog():
             "  ExecStart=/srv/app/env/bin/txmail-qp /srv/app/production.ini --daemon\n"
             "  Restart=on-failure\n"
             "  KillSignal=SIGTERM\n"
-            "  TimeoutStopSec=90\n")
+            "  TimeoutStopSec=720  # >= mail.data_timeout + 3 x mail.timeout: a message in flight\n")
 
 
 class ConfigError(Exception):
@@ -405,6 +406,7 @@ def main(argv=None):
     args = parser.parse_args(argv)  # exits 2 on a usage error
     if args.watch and not args.daemon:
         parser.error("--watch only applies with --daemon")
+    guard_streams()
     if not supervisor.is_child():
         code = _supervise(args, argv)
         if code is not None:
@@ -416,7 +418,11 @@ def main(argv=None):
     # them back for the caller.
     try:
         with Signals(waker, handle_hup=args.daemon, restore=argv is not None) as signals:
-            return run(args, signals, waker)
+            code = run(args, signals, waker)
+            sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+            return code
+    except BrokenPipeError:  # its output piped into a reader that went away
+        return quiet_broken_pipe()
     except Exception as exc:
         if not (isinstance(exc, ConfigError) or is_configuration_error(exc)):
             log.exception("%s: unexpected error", PROG)

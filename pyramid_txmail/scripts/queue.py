@@ -32,6 +32,7 @@ from ..settings import settings_prefix
 from . import queue_ops, queue_text
 from .queue_args import PROG, build_parser  # noqa: F401 (public here too)
 from .queue_text import clean
+from .streams import guard_streams, quiet_broken_pipe
 from .qp import (EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigError, mail_settings,
                  open_queue_or_exit, read_app_settings, setup_logging, split_uri)
 
@@ -135,7 +136,7 @@ def cmd_retry(queue, args, now):
         return EX_FAILED if refused else EX_OK
     targets, found = _lookup_all(queue, args.ids)
     code = EX_OK if found else EX_FAILED
-    for msg in targets:
+    for msg in queue_ops.counted(targets, "retried"):
         try:
             outcome = queue.retry(msg)
         except (Refused, Vanished) as exc:
@@ -174,7 +175,7 @@ def cmd_release(queue, args, now):
         return EX_OK
     targets, code = _lookup_all(queue, args.ids)
     code = EX_OK if code else EX_FAILED
-    for msg in targets:
+    for msg in queue_ops.counted(targets, "released"):
         try:
             outcome = queue.release_claim(msg, timeout, args.force, now)
         except (Refused, Vanished) as exc:
@@ -316,11 +317,19 @@ def _database_problem(exc, settings):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on a usage error
+    guard_streams()
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:  # `txmail-queue INI list | head -1`: the reader has enough
+        return quiet_broken_pipe()
     except UsageError as exc:
         print(f"{PROG}: error: {clean(exc)}", file=sys.stderr)
         return EX_USAGE
+    except queue_ops.Interrupted as exc:  # Ctrl-C in retry/purge/release over many
+        print(f"\n{PROG}: interrupted: {clean(exc)}", file=sys.stderr)
+        return EX_INTERRUPTED
     except KeyboardInterrupt:  # Ctrl-C outside `watch`: each change is atomic, say so
         print(f"\n{PROG}: interrupted (what was done is done, nothing half-done)",
               file=sys.stderr)

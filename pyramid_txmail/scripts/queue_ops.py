@@ -11,8 +11,11 @@ honoured); ``--json`` never changes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 from ..queue.interface import Refused, Vanished
@@ -163,6 +166,53 @@ class Progress:
             self.stream.flush()
 
 
+class Interrupted(Exception):
+    """Ctrl-C in the middle of an operation over many messages: how far it got.
+
+    Each message is moved or removed by one atomic rename or unlink (or one
+    statement), so the ones counted are done and the others untouched: the
+    operator learns both, and that running it again does the rest."""
+
+    def __init__(self, verb_past, done, total, vanished=0, refused=0):
+        self.verb_past, self.done, self.total = verb_past, done, total
+        self.vanished, self.refused = vanished, refused
+        extra = (f"; {vanished} vanished" if vanished else "") + (
+            f"; {refused} refused" if refused else "")
+        super().__init__(f"{verb_past} {done} of {total}{extra} before the interruption; "
+                         "each one is whole and the rest untouched (run it again for them)")
+
+
+PAST = {"retry": "retried", "purge": "removed", "release": "released"}
+
+
+@contextlib.contextmanager
+def _one_step():
+    """SIGINT held back while one message is acted on and counted (main thread only:
+    the mask is per thread); it is delivered, as KeyboardInterrupt, right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+
+
+def counted(targets, verb_past):
+    """``targets`` one at a time, for a loop over the ids given: the loop's body runs
+    with SIGINT held back (:func:`_one_step`), so Ctrl-C lands between two messages
+    and says how many of them were handled (:class:`Interrupted`)."""
+    handled = 0
+    try:
+        for msg in targets:
+            with _one_step():
+                yield msg
+                handled += 1
+    except KeyboardInterrupt:
+        raise Interrupted(verb_past, handled, len(targets)) from None
+
+
 def bulk(queue, msgs, act, verb, total, log, prog):
     """Apply ``act`` to each message of the iterator ``msgs``: ``(done, vanished,
     refused)``.  A message another process took meanwhile is counted as vanished, one
@@ -171,19 +221,28 @@ def bulk(queue, msgs, act, verb, total, log, prog):
     done = vanished = refused = 0
     try:
         for msg in msgs:
-            try:
-                outcome = act(msg)
-            except Vanished:
-                vanished += 1
-            except Refused as exc:
-                refused += 1
-                print(f"{prog}: cannot {verb} {msg.state}/{clean(msg.name)}: {clean(exc)}",
-                      file=sys.stderr)
-            else:
-                done += 1
+            refusal = gone = None
+            with _one_step():  # Ctrl-C waits for the count: "N of M" is exact
+                try:
+                    outcome = act(msg)
+                except Vanished:
+                    vanished += 1
+                    gone = True
+                except Refused as exc:
+                    refused += 1
+                    refusal = exc
+                else:
+                    done += 1
+            if refusal is not None:
+                print(f"{prog}: cannot {verb} {msg.state}/{clean(msg.name)}: "
+                      f"{clean(refusal)}", file=sys.stderr)
+            elif not gone:
                 log.info("%s %s/%s (%s): %s", verb, msg.state, msg.name, msg.message_id,
                          outcome)
             progress.step()
+    except KeyboardInterrupt:  # between two messages, or inside one atomic step
+        raise Interrupted(PAST.get(verb, verb), done, max(total, progress.done),
+                          vanished, refused) from None
     finally:
         progress.close()
     return done, vanished, refused

@@ -5,7 +5,11 @@ whoever wrote the file or runs the server.  Printed raw, a newline in a
 file name splits a row of ``txmail-queue list`` (or forges a log line),
 and an ESC sequence moves the operator's cursor, recolours the terminal
 or rewrites what it shows.  :func:`printable` shows every control
-character and bidirectional override as an escape (``\\x1b``, ``\\u202e``);
+character, every format character (Unicode category Cf: the bidi marks and
+overrides RLM, ALM, LRE..PDF, LRI..PDI, zero-width and BOM characters that
+reorder or hide text) and every surrogate (a non-UTF-8 file name's bytes,
+decoded with ``surrogateescape``, or a lone one read from a JSON state file:
+it cannot even be encoded) as an escape (``\\x1b``, ``\\u202e``, ``\\udcff``);
 :class:`SafeLogger` applies it to every argument of every log call, so
 that no call site can forget it.
 """
@@ -14,13 +18,24 @@ from __future__ import annotations
 import logging
 import re
 
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: Unicode category Cf (format characters) as of Unicode 14 (Python 3.11's
+#: unicodedata), written out so that importing costs nothing; a test checks it
+#: against the running Python's unicodedata, so a newer Unicode cannot slip by.
+FORMAT_CHARACTERS = ("\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e"
+                     "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+                     "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+                     "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
+#: C0 but newline and tab, DEL, C1, the line and paragraph separators, surrogates, Cf
+_ALWAYS = "\x7f-\x9f\u2028\u2029\ud800-\udfff" + FORMAT_CHARACTERS
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f" + _ALWAYS + "]")
+_UNSAFE_LINE = re.compile("[\x00-\x1f" + _ALWAYS + "]")
 
 
 def _escape(match):
     code = ord(match.group())
-    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+    if code < 256:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def printable(text, one_line=True):
