@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pyramid_txmail.processor.operate import Operations
 from pyramid_txmail.queue.maildir.backend import MaildirQueue
 from pyramid_txmail.queue.maildir.spool import Spool
@@ -27,12 +29,17 @@ def _pass(ini):
     return done
 
 
-def test_cron_passes_add_up_and_series_never_vanish(tmp_path, make_smtp_server):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cron_passes_add_up_and_series_never_vanish(tmp_path, make_smtp_server, processes):
+    """With several processes (the default where there are cores) the parent writes the
+    file: its counters add up across cron runs as one process's do; each child's pass
+    is a pass."""
     server = fault_server(make_smtp_server, {"rcpt": {"bad@example.net": "550 5.1.1 no"}})
     textdir = tmp_path / "textfile"
     textdir.mkdir()
     prom = textdir / "txmail.prom"
-    ini = write_ini(tmp_path, server, extra=f"mail.metrics_file = {prom}\n")
+    ini = write_ini(tmp_path, server,
+                    extra=f"mail.metrics_file = {prom}\nmail.processes = {processes}\n")
     seen = []
     for n in range(3):
         queue_on_spool(tmp_path, ["bad@example.net"], f"<bad{n}@t>")
@@ -43,12 +50,13 @@ def test_cron_passes_add_up_and_series_never_vanish(tmp_path, make_smtp_server):
                      total(samples, "txmail_messages_total", outcome="sent"),
                      value(samples, "txmail_passes_total"),
                      value(samples, "txmail_delivery_attempts_total")))
-    assert seen == [(1, 1, 1, 2), (2, 2, 2, 4), (3, 3, 3, 6)]
+    p = processes
+    assert seen == [(1, 1, p, 2), (2, 2, 2 * p, 4), (3, 3, 3 * p, 6)]
     _pass(ini)  # idle: nothing queued
     samples = parse(prom.read_text())
     assert total(samples, "txmail_messages_total", outcome="failed") == 3  # still there
     assert total(samples, "txmail_messages_total", outcome="sent") == 3
-    assert value(samples, "txmail_passes_total") == 4
+    assert value(samples, "txmail_passes_total") == 4 * processes
     assert value(samples, "txmail_queued_to_accepted_seconds_count") == 3
     assert value(samples, "txmail_queue_messages", state="failed") == 3  # a gauge: as is
     # node_exporter reads *.prom only: the state beside it is a dotfile

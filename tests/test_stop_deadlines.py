@@ -140,7 +140,7 @@ def test_a_stop_claims_nothing_new_from_the_sql_outbox(tmp_path, db_url, make_sm
     """The spool's twin is tests/test_daemon.py's
     test_a_stop_signal_finishes_the_message_in_flight_and_leaves_the_rest."""
     gated = make_smtp_server(handler=GatedHandler())
-    ini = write_ini(tmp_path, db_url, gated, "mail.workers = 1\n")
+    ini = write_ini(tmp_path, db_url, gated, "mail.workers = 1\nmail.processes = 1\n")
     assert run(QUEUE, ini, "init-db").returncode == 0
     put(db_url, ["a@example.org"], n=3)
     proc = start_daemon(ini, tmp_path)

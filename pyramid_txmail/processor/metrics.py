@@ -19,8 +19,6 @@ absence into a ConfigurationError naming the setting and the extra.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 
 from ..relay.result import SENT, TEMPORARY
 from ..util.config_error import configuration_error
@@ -164,27 +162,6 @@ class Metrics:
 
     def content_type(self):
         return self.prom.CONTENT_TYPE_LATEST
-
-    def write_textfile(self, path):
-        write_textfile(self.prom, self.registry, path)
-
-
-def write_textfile(prom, registry, path):
-    """The textfile-collector format to ``path``: a temporary file beside it, renamed
-    over it, so node_exporter never reads half a file."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".txmail-metrics.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(prom.generate_latest(registry))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def queue_exposition(queue):

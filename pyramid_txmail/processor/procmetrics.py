@@ -31,7 +31,7 @@ from pyramid.exceptions import ConfigurationError
 
 from ..util.printable import get_logger
 from .health import Health, MetricsServer, Progress
-from .metrics import QueueCollector, require_prometheus, write_textfile
+from .metrics import QueueCollector, require_prometheus
 from .sdnotify import Notifier
 
 log = get_logger("pyramid_txmail.procmetrics")
@@ -172,8 +172,12 @@ class ParentOperations:
         if self.exposition is not None:
             self.registry.register(QueueCollector(self.progress.reader))
             self.registry.register(_RestingCollector(self.relays))
-        if self.settings.metrics_file:
+        if self.settings.metrics_file:  # counters summed over passes, as one process's
+            from .textfile import CumulativeTextfile
+
+            self.textfile = CumulativeTextfile(self.settings.metrics_file, self.prom)
             self.progress.listeners.append(self._write_textfile)
+            self.progress.failure_listeners.append(self._write_textfile)
         if self.notifier.enabled:
             self.progress.listeners.append(self._status)
 
@@ -209,9 +213,9 @@ class ParentOperations:
             if os.environ.get(MULTIPROC_ENV) == self.metrics_dir:
                 del os.environ[MULTIPROC_ENV]
 
-    def _write_textfile(self, stats):
+    def _write_textfile(self, stats=None):
         try:
-            write_textfile(self.prom, self.registry, self.settings.metrics_file)
+            self.textfile.write(self.registry)
         except OSError as exc:
             log.error("cannot write the metrics to mail.metrics_file = %s: %s",
                       self.settings.metrics_file, exc.strerror or exc)
