@@ -45,7 +45,8 @@ from .claiming import CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claims_of
 from .leases import LeaseScope, log
 from . import patience
 from .patience import patiently
-from .schema import db_epoch, outbox, outbox_chunk
+from .retiring import RetireGroup, group_sql
+from .schema import PG_EPOCH, db_epoch, outbox, outbox_chunk
 from .store import (attempts_of, autocommit, chunks_on, copy_chunks, enqueue, insert_row,
                     read_chunks)
 
@@ -72,7 +73,7 @@ class SQLQueue(SqlAdmin):
     """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
 
     def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
-                 pool_size=5, claim_batch=8):
+                 pool_size=5, claim_batch=8, retire_group=1):
         if isinstance(url, sa.engine.Engine):
             self.engine = url
         else:
@@ -83,6 +84,11 @@ class SQLQueue(SqlAdmin):
         self.keep_delivered = keep_delivered
         self.claim_batch = max(1, min(int(claim_batch), CLAIM_BATCH_MAX))
         self._scope = None
+        #: PostgreSQL: the retires of this process's workers settled in groups
+        #: (:mod:`~pyramid_txmail.queue.sql.retiring`), up to one per worker.
+        self._retires = None
+        if self.engine.dialect.name == "postgresql":
+            self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group)
         #: An Event set when the process is asked to stop (txmail-qp sets it): the
         #: wait for a database that is away then ends at once (QueueAway).
         self.stopping = None
@@ -91,7 +97,7 @@ class SQLQueue(SqlAdmin):
     def from_settings(cls, settings):
         return cls(engine_from_settings(settings), claim_timeout=settings.claim_timeout,
                    keep_delivered=settings.keep_delivered,
-                   claim_batch=2 * settings.workers)
+                   claim_batch=2 * settings.workers, retire_group=settings.workers)
 
     def close(self):
         self.engine.dispose()
@@ -330,8 +336,15 @@ class SQLQueue(SqlAdmin):
         after a partial delivery that was already acknowledged), defer and
         bury (losing them would move a message back, or out of the dead
         letters), and the retire of a message with a recorded state.
+
+        On PostgreSQL the retires of the process's workers are settled in
+        groups, one statement each (:mod:`~pyramid_txmail.queue.sql.retiring`,
+        which gives the durability argument); such a group commits without
+        waiting for the disk only if each of its retires may.
         """
-        if self.keep_delivered:
+        if self._retires is not None:
+            chunks = self._retires.retire(claimed, not had_state)
+        elif self.keep_delivered:
             chunks = self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
                                                 settled_at=db_epoch(), next_attempt=None),
                                   lazy_commit=not had_state)
@@ -339,6 +352,19 @@ class SQLQueue(SqlAdmin):
             chunks = self._settle(claimed, None, lazy_commit=not had_state)
         if chunks:
             self._drop_chunks(claimed.id)
+
+    def _in_hand(self):
+        scope = self._scope
+        return scope.in_hand() if scope is not None else 0
+
+    def _settle_group(self, pairs, lazy):
+        """Retire ``pairs`` (id, token) in one statement (:mod:`.retiring`); returns
+        ``{id: chunks}`` of the rows this process's tokens still held."""
+        sql = group_sql(not self.keep_delivered, lazy, PG_EPOCH)
+        params = {"ids": [i for i, _ in pairs], "tokens": [t for _, t in pairs]}
+        about = "outbox row" + "s" * (len(pairs) > 1) + " " + ", ".join(str(i) for i, _ in pairs)
+        rows = self._patient(about, lambda c: c.exec_driver_sql(sql, params).all(), "write")
+        return {row[0]: row[1] for row in rows}
 
     def _drop_chunks(self, ident):
         """A delivered body's chunks; if that fails they go with the row (housekeeping)."""
