@@ -30,7 +30,6 @@ deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 from __future__ import annotations
 
 import contextlib
-import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
@@ -41,7 +40,8 @@ from .admin import SqlAdmin
 from .dbclock import DbClock
 from .engine import log_error, make_engine, schema_problem, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .claiming import CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claims_of
+from .claiming import (CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claimed_batches,
+                       claims_of, handed_out)
 from .leases import LeaseScope, log
 from . import patience
 from .patience import patiently
@@ -158,24 +158,9 @@ class SQLQueue(SqlAdmin):
             stats.errors += 1
             log_error("cannot count the deferred mail", self.where, exc)
             return  # the claims would fail the same way
-        for which in ("queued", "due", "stray"):
-            while True:
-                started = time.monotonic()
-                try:
-                    batch = self._claim_batch(which, now, horizon)
-                except sa.exc.SQLAlchemyError as exc:
-                    stats.errors += 1
-                    log_error("cannot claim the next messages (this pass sends what it "
-                               "claimed before)", self.where, exc)
-                    return
-                if not batch:
-                    break
-                if self._scope is not None:
-                    for claimed in batch:
-                        self._scope.add_fresh(claimed, started)
-                yield from batch
-                if len(batch) < self.claim_batch:
-                    break
+        batches = claimed_batches(self, now, horizon, stats)
+        # within a pass, the next batch is claimed while this one is handed out
+        yield from handed_out(batches, self.claim_batch // 2 if self._scope is not None else 0)
 
     def _not_due(self, now, horizon):
         query = sa.select(sa.func.count()).select_from(outbox).where(
