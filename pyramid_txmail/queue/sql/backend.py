@@ -40,8 +40,8 @@ from .admin import SqlAdmin
 from .dbclock import DbClock
 from .engine import log_error, make_engine, schema_problem, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .claiming import (CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claimed_batches,
-                       claims_of, handed_out)
+from .claiming import (CLAIM_BATCH_MAX, READ_COLUMNS, STATEMENTS, DriverClaims, claim_params,
+                       claimed_batches, claims_of, handed_out)
 from .leases import LeaseScope, log
 from . import patience
 from .patience import patiently
@@ -86,9 +86,10 @@ class SQLQueue(SqlAdmin):
         self._scope = None
         #: PostgreSQL: the retires of this process's workers settled in groups
         #: (:mod:`~pyramid_txmail.queue.sql.retiring`), up to one per worker.
-        self._retires = None
+        self._retires = self._driver_claims = None
         if self.engine.dialect.name == "postgresql":
             self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group)
+            self._driver_claims = DriverClaims(self.engine.dialect)
         #: An Event set when the process is asked to stop (txmail-qp sets it): the
         #: wait for a database that is away then ends at once (QueueAway).
         self.stopping = None
@@ -169,9 +170,13 @@ class SQLQueue(SqlAdmin):
         return self._run(lambda c: c.execute(query).scalar(), "read")
 
     def _claim_batch(self, which, now, horizon):
-        statement, prefix = claim_statement(which, now, horizon, self.claim_batch,
-                                            self.claim_timeout)
-        rows = self._run(lambda c: c.execute(statement).all(), "write")
+        params, prefix = claim_params(which, now, horizon, self.claim_batch,
+                                      self.claim_timeout)
+        if self._driver_claims is not None:
+            rows = self._run(lambda c: self._driver_claims.run(c, which, params), "write")
+        else:
+            statement = STATEMENTS[which]
+            rows = self._run(lambda c: c.execute(statement, params).all(), "write")
         return claims_of(rows, which, prefix)
 
     def claim(self, ticket):

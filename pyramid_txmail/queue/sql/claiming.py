@@ -43,32 +43,66 @@ _CLAIM_COLUMNS = tuple(c for c in READ_COLUMNS if c is not outbox.c.body) + (
     .label("body"),)
 
 
-def claim_statement(which, now, horizon, batch, timeout):
-    """``(statement, prefix)``: the UPDATE claiming up to ``batch`` rows of kind
-    ``which`` (``queued``; ``due`` deferred rows; ``stray`` deferred rows due
-    beyond ``horizon``, scheduled by a clock that was ahead).
+def claim_statement(which):
+    """The UPDATE claiming up to ``:batch`` rows of kind ``which`` (``queued``;
+    ``due`` deferred rows; ``stray`` deferred rows due beyond ``:far``,
+    scheduled by a clock that was ahead), built once: a claim only binds
+    :func:`claim_params`.
 
-    Each row's token is ``prefix`` + its id (at most 32 characters): unique
+    Each row's token is ``:prefix`` + its id (at most 32 characters): unique
     per claim, and every settle is conditioned on id and token together.
     """
     if which == "queued":
         where, order = outbox.c.state == "queued", (outbox.c.queued_at, outbox.c.id)
     else:
-        when = (outbox.c.next_attempt <= now if which == "due" else
-                sa.or_(outbox.c.next_attempt > now + horizon,
+        when = (outbox.c.next_attempt <= sa.bindparam("now", type_=sa.Double())
+                if which == "due" else
+                sa.or_(outbox.c.next_attempt > sa.bindparam("far", type_=sa.Double()),
                        outbox.c.next_attempt.is_(None)))
         where, order = (sa.and_(outbox.c.state == "deferred", when),
                         (outbox.c.next_attempt, outbox.c.id))
     pick = (sa.select(outbox.c.id).where(where).order_by(*order)
-            .limit(batch).with_for_update(skip_locked=True))
+            .limit(sa.bindparam("batch", type_=sa.Integer())).with_for_update(skip_locked=True))
+    token = sa.bindparam("prefix", type_=sa.String()) + sa.cast(outbox.c.id, sa.String)
+    return (outbox.update().where(outbox.c.id.in_(pick.scalar_subquery()))
+            .values(state="in_progress", claim_token=token,
+                    claimed_by=sa.bindparam("claimer", type_=sa.String()),
+                    lease_until=db_epoch() + sa.bindparam("timeout", type_=sa.Double()))
+            .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
+                       outbox.c.meta, *_CLAIM_COLUMNS))
+
+
+def claim_params(which, now, horizon, batch, timeout):
+    """``(params, prefix)`` of one claim: a fresh token prefix, and only the values
+    its kind's statement binds."""
     prefix = secrets.token_hex(6) + "."
-    token = sa.literal(prefix, sa.String) + sa.cast(outbox.c.id, sa.String)
-    statement = (outbox.update().where(outbox.c.id.in_(pick.scalar_subquery()))
-                 .values(state="in_progress", claim_token=token, claimed_by=claimer(),
-                         lease_until=db_epoch() + timeout)
-                 .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
-                            outbox.c.meta, *_CLAIM_COLUMNS))
-    return statement, prefix
+    params = {"prefix": prefix, "claimer": claimer(), "timeout": float(timeout),
+              "batch": int(batch), "state": "in_progress"}
+    if which == "due":
+        params["now"] = float(now)
+    elif which == "stray":
+        params["far"] = float(now + horizon)
+    return params, prefix
+
+
+STATEMENTS = {which: claim_statement(which) for which in ("queued", "due", "stray")}
+
+
+class DriverClaims:
+    """The claiming statements compiled once for an engine's dialect, run as text on
+    the driver (``exec_driver_sql``): no statement to build, no cache key to walk,
+    no compiled-cache lookup per claim (PostgreSQL; psycopg returns the JSON and
+    bytea columns as Python objects itself)."""
+
+    def __init__(self, dialect):
+        self.sql = {}
+        for which, statement in STATEMENTS.items():
+            compiled = statement.compile(dialect=dialect)
+            self.sql[which] = (compiled.string, dict(compiled.params))
+
+    def run(self, connection, which, params):
+        sql, fixed = self.sql[which]
+        return connection.exec_driver_sql(sql, {**fixed, **params}).all()
 
 
 def claims_of(rows, which, prefix):
