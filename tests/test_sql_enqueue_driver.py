@@ -46,3 +46,35 @@ def test_enqueue_runs_precompiled_sql_inside_the_apps_transaction(db_url):
     assert failed.state == "failed" and failed.meta == {"attempts": 2, "reason": "550 no"}
     assert failed.attempts == 2 and failed.settled_at is not None
     queue.close()
+
+
+def test_unobserved_enqueue_runs_on_the_apps_own_transaction_and_errors_stay_sqlalchemys(
+        db_url):
+    """No listener on the engine: the bare DB-API cursor path.  Its row commits and
+    rolls back with the application's, and a database error is SQLAlchemy's."""
+    queue = make_queue(db_url)
+    engine = sa.create_engine(queue.engine.url)  # the application's: no events
+    with engine.connect() as connection:
+        with connection.begin() as transaction:
+            gone = enqueue(connection, "a@example.com", ["b@example.com"], message())
+            transaction.rollback()
+        assert row(queue, gone) is None
+        with connection.begin():
+            kept = enqueue(connection, "a@example.com", ["b@example.com"], message(),
+                           meta={"attempts": 1}, state="failed")
+    stored = row(queue, kept)
+    assert (stored.state, stored.recipients, stored.meta) == (
+        "failed", ["b@example.com"], {"attempts": 1})
+    with engine.connect() as connection:
+        with connection.begin():
+            connection.execute(sa.text("DROP TABLE txmail_outbox_chunk"))
+            connection.execute(sa.text("DROP TABLE txmail_outbox"))
+        with connection.begin():
+            try:
+                enqueue(connection, "a@example.com", ["b@example.com"], message())
+            except sa.exc.DBAPIError as exc:
+                assert "txmail_outbox" in str(exc)
+            else:
+                raise AssertionError("an INSERT into a missing table succeeded")
+    engine.dispose()
+    queue.close()
