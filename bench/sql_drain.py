@@ -9,6 +9,11 @@ the same smtp-sink, in one run, interleaved, ``repeats`` times:
   3 ``txmail-qp`` processes at once, each with the default workers, claiming
   with ``FOR UPDATE SKIP LOCKED``.
 
+With ``TXMAIL_BENCH_BEFORE=DIR`` (a directory holding an older copy of the
+``pyramid_txmail`` package, e.g. ``git archive OLD pyramid_txmail | tar -x -C
+DIR``), the PostgreSQL drains are also run with that copy first on
+``PYTHONPATH``, interleaved with the others: before/after rows from one run.
+
 An outbox drain only counts when every row ended ``delivered``.  Besides
 the client's CPU and the sink's, the server's is measured (the postmaster's
 own, its live children's and the reaped backends'): on this machine the
