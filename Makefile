@@ -101,17 +101,37 @@ $(MIGRATION_VENV)/.installed: tests/migration_requirements.txt setup.cfg pyproje
 	  --no-deps --no-binary :all: -d $(MIGRATION_VENV)/sdists $(MIGRATION_SDISTS)
 	touch $@
 
-test: install $(SMTP_SINK) postfix browser migration postgresql
+test: install $(SMTP_SINK) postfix browser migration postgresql ab
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m demo_app.run
 
+# ApacheBench (`ab`, Debian's apache2-utils) drives the benchmark's `concurrent` section
+# (bench/sec_concurrent.py: a Pyramid view under waitress, `ab -c 8`); installed with apt
+# only when `ab` is missing (apt-get update first when the lists are stale).
+AB_PACKAGES := apache2-utils
+.PHONY: ab
+ab:
+	@if command -v ab >/dev/null; then :; else \
+	  echo "Installing $(AB_PACKAGES) (ab) for the benchmark's concurrent section"; \
+	  $(APT_GET) install -y -qq --no-install-recommends $(AB_PACKAGES) || \
+	  { $(APT_GET) update -qq && \
+	    $(APT_GET) install -y -qq --no-install-recommends $(AB_PACKAGES); }; \
+	fi
+
+# py-spy (from PyPI, into the venv) samples the concurrent section's app when a target
+# is missed (`--gil`: where the interpreter lock is held), for RESULTS.md's "why".
+PY_SPY := $(VENV)/bin/py-spy
+$(PY_SPY): $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check py-spy
+	touch $@
+
 # Benchmarks (bench/run.py --help), ~20 min; writes bench/RESULTS.md.
 # BENCH_ARGS=--quick for a smoke run of every section.
 BENCH_ARGS ?=
 .PHONY: bench
-bench: install $(SMTP_SINK) postgresql
+bench: install $(SMTP_SINK) postgresql ab $(PY_SPY)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # The long versions of the reliability suite (tests marked `reliability`; `make test`

@@ -31,6 +31,7 @@ import machine  # noqa: E402
 #: order is the order of RESULTS.md.  A new section is one more line here.
 SECTIONS = {
     "enqueue": "sec_enqueue",
+    "concurrent": "sec_concurrent",
     "drain": "sec_drain",
     "growth": "sec_growth",
     "attachment": "sec_attachment",
@@ -74,7 +75,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="bench/run.py",
         description="Run every benchmark section and write bench/RESULTS.md (what "
-                    "`make bench` does): enqueue, drain, cost growth, attachment memory "
+                    "`make bench` does): enqueue, concurrent requests (waitress and ab), drain, "
+                    "cost growth, attachment memory "
                     "and the SQL outbox (on a private PostgreSQL of the run), against "
                     "smtp-sink and aiosmtpd on 127.0.0.1.",
         epilog="sections: " + ", ".join(SECTIONS) + ".  Full-run defaults: sizes "

@@ -14,7 +14,7 @@ never reaches the mail path: the mail is already committed, queued or sent.
 from __future__ import annotations
 
 
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 from .util.printable import get_logger
 from .interfaces import IMailDeferred, IMailFailed, IMailQueued, IMailSent
@@ -59,6 +59,21 @@ class MailFailed(MailEvent):
     """A permanent failure for the recipients in ``results``; dead-lettered or dropped."""
 
 
+def subscribed(registry, events):
+    """The ``events`` someone subscribes to (Pyramid's ``add_subscriber``, also to a
+    base interface such as ``IMailEvent`` or ``Interface``).
+
+    Each event is notified in a transaction of its own; with nobody listening,
+    that transaction (a begin, a commit and their synchronizers, per message and
+    request) would be all the work done, so those events are left out.
+    """
+    adapters = getattr(registry, "adapters", None)
+    if adapters is None:  # not a component registry: notify them all
+        return list(events)
+    return [event for event in events
+            if adapters.subscriptions((providedBy(event),), None)]
+
+
 def dispatch(registry, events, transaction_manager):
     """Notify each event through ``registry`` in a new transaction of its own.
 
@@ -67,7 +82,7 @@ def dispatch(registry, events, transaction_manager):
     """
     if registry is None:
         return
-    for event in events:
+    for event in subscribed(registry, events):
         event.transaction_manager = transaction_manager
         try:
             transaction_manager.begin()

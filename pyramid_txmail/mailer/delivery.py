@@ -18,7 +18,7 @@ from ..util.printable import get_logger
 from .datamanager import MailDataManager, joined_manager, write_all
 from .devdelivery import AfterCommitOutbox, make_dev_outbox
 from .direct import DirectSenders, notifier
-from ..events import MailFailed, MailQueued, MailSent, dispatch
+from ..events import MailFailed, MailQueued, MailSent, dispatch, subscribed
 from ..interfaces import IMailDelivery
 from .joining import NoTransaction, TransactionEnded, joinable_transaction  # noqa: F401
 from .mailer_compat import PyramidMailerAPI
@@ -324,7 +324,10 @@ class Mailer(PyramidMailerAPI):
         neither join nor break a transaction that is still going on.
         """
         registry = self.delivery.registry
-        if not events or registry is None:
+        if registry is None:
+            return
+        events = subscribed(registry, events)
+        if not events:  # nobody listens: no finished callback, no transaction
             return
         for event in events:
             event.request = self.request

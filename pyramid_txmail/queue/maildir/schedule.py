@@ -38,7 +38,7 @@ import time
 from typing import NamedTuple
 
 from ...util.printable import get_logger
-from ...util.private_dirs import fsync_dir
+from .groupcommit import flush_dir
 from ...util.dirlisting import Listing
 from .queue_state import LATEST, epoch
 
@@ -253,7 +253,7 @@ class DeferredIndex:
         if getattr(entry, "claim", None) is not None:
             entry.claim.settle()  # no heartbeat on a file that left cur/
         os.rename(entry.path, os.path.join(self._dir("deferred"), target))
-        fsync_dir(self._dir("deferred"))
+        flush_dir(self._dir("deferred"))
         return type(entry)(self, "deferred", target)
 
     def index(self, filename, due):

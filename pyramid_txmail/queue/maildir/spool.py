@@ -21,13 +21,17 @@ what it queued (see :mod:`pyramid_txmail.queue.maildir.spoolfile`).
 
 Writes are durable: ``O_EXCL`` create in ``tmp/``, write, ``fsync``, rename into
 ``prepared/`` (the vote), rename into ``new/`` and ``fsync`` the directory (the
-finish).  Files are 0600 and directories 0700 whatever
-the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
+finish).  Concurrent transactions of one process share that directory fsync
+(a group commit: :mod:`pyramid_txmail.queue.maildir.groupcommit` says why no
+commit returns before its rename is durable); so do the processor's workers
+moving files into one state directory.  Files are 0600 and directories 0700
+whatever the umask.  Readers skip dotfiles (repoze.sendmail's ``.sending-`` links).
 """
 from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import itertools
 import json
 import os
@@ -37,6 +41,7 @@ import socket
 import time
 
 from . import claims, leftovers
+from .groupcommit import flush_dir
 from ...compose import wire
 from ...util.private_dirs import (  # noqa: F401 (fsync_dir is public here too)
     fsync_dir, make_private_dirs, why_unusable)
@@ -216,7 +221,12 @@ class Spool(DeferredIndex):
         return name
 
     def commit_prepared(self, names):
-        """The finish: move prepared messages into ``new/`` and fsync ``new/``."""
+        """The finish: move prepared messages into ``new/`` and fsync ``new/``.
+
+        The fsync is shared with the finishes of other threads (group commit):
+        it returns once an fsync of ``new/`` that began after these renames
+        has ended.
+        """
         self._publish("prepared", names)
 
     def discard_prepared(self, name):
@@ -231,7 +241,7 @@ class Spool(DeferredIndex):
             os.rename(os.path.join(self._dir(state), name),
                       os.path.join(self._dir("new"), name))
         if names:
-            fsync_dir(self._dir("new"))
+            flush_dir(self._dir("new"))
 
     # -- reading (the processor) ------------------------------------------------
 
@@ -323,7 +333,7 @@ class Spool(DeferredIndex):
             if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
                 raise StateFileBlocked(final) from None
             raise
-        fsync_dir(self._dir("meta"))
+        flush_dir(self._dir("meta"))
 
     def drop_meta(self, name):
         unlink_if_present(os.path.join(self._dir("meta"), name + ".json"))
@@ -357,6 +367,11 @@ class Spool(DeferredIndex):
         try:
             with entry.open() as f:
                 whole = stream_over is None or os.fstat(f.fileno()).st_size <= stream_over
+                if whole:
+                    # Read once and scanned in memory: through the claim's reader the
+                    # scan cost a Python call per line and per seek (an fstat for each
+                    # seek to the end), and the file was read twice.
+                    f = io.BytesIO(f.read())
                 layout = scan(f, body=not whole)
                 if whole or layout.long_body_line:
                     return layout.fromaddr, layout.toaddrs, b"".join(layout.chunks(f))
@@ -382,7 +397,7 @@ class Spool(DeferredIndex):
         source, name = self.locate(entry.state, entry.name)
         name = new_name or name
         os.rename(source, os.path.join(self._dir(state), name))
-        fsync_dir(self._dir(state))
+        flush_dir(self._dir(state))
         return Entry(self, state, name)
 
     def dead_letter_copy(self, fromaddr, toaddrs, message_bytes, meta):
@@ -402,7 +417,7 @@ class Spool(DeferredIndex):
             self.discard_tmp(name)
             self.drop_meta(name)
             raise
-        fsync_dir(self._dir("failed"))
+        flush_dir(self._dir("failed"))
         return Entry(self, "failed", name)
 
     def remove(self, entry):
@@ -452,7 +467,7 @@ class Spool(DeferredIndex):
         recovered = claims.sweep(self._dir("cur"), self._dir("new"), self.names("cur"),
                                  timeout, now)
         if recovered:
-            fsync_dir(self._dir("new"))
+            flush_dir(self._dir("new"))
         return recovered
 
     def next_claim_expiry(self, timeout, now):
