@@ -38,8 +38,8 @@ PROCESSES = (1, 3)
 BEFORE = os.environ.get("TXMAIL_BENCH_BEFORE")
 
 
-def before_env():
-    return dict(os.environ, PYTHONPATH=BEFORE) if BEFORE else None
+def before_env(ctx):
+    return dict(drains.bytecode_env(ctx), PYTHONPATH=BEFORE) if BEFORE else None
 
 
 def sql_label(processes, before=False):
@@ -79,7 +79,8 @@ def drain_sql(ctx, pg, sink, count, processes, env=None):
     outbox = Outbox(ctx, pg, sink, count, f"drain-sql-p{processes}")
     try:
         before = pg.cpu()
-        run = drains.timed(drains.txmail_argv(outbox.ini), sink, env=env,
+        run = drains.timed(drains.txmail_argv(outbox.ini), sink,
+                           env=env or drains.bytecode_env(ctx),
                            processes=processes)
         run.db_cpu = pg.cpu() - before
         what = f"{processes} x txmail-qp on PostgreSQL into {sink.name}"
@@ -98,7 +99,8 @@ def sql_startup(ctx, pg, sink, env=None):
     for _ in range(1 if ctx.options.quick else 1 + max(3, ctx.options.repeats)):
         outbox = Outbox(ctx, pg, sink, 0, "startup-sql")
         try:
-            run = run_timed(drains.txmail_argv(outbox.ini), env=env)
+            run = run_timed(drains.txmail_argv(outbox.ini),
+                            env=env or drains.bytecode_env(ctx))
         finally:
             outbox.close()
         if run.returncode != 0:
@@ -134,12 +136,12 @@ def measure(ctx, pg, count):
         configs.append((label, lambda p=processes: drain_sql(ctx, pg, sink, count, p),
                         processes))
     if BEFORE:
-        old = sql_startup(ctx, pg, sink, before_env())
+        old = sql_startup(ctx, pg, sink, before_env(ctx))
         for processes in PROCESSES:
             label = sql_label(processes, before=True)
             startups[label] = old
             configs.append((label, lambda p=processes: drain_sql(ctx, pg, sink, count, p,
-                                                                 before_env()), processes))
+                                                                 before_env(ctx)), processes))
     runs = {label: [] for label, _, _ in configs}
     for _ in range(ctx.options.repeats):
         for label, drain, _ in configs:  # interleaved
