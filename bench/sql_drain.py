@@ -9,6 +9,11 @@ the same smtp-sink, in one run, interleaved, ``repeats`` times:
   3 ``txmail-qp`` processes at once, each with the default workers, claiming
   with ``FOR UPDATE SKIP LOCKED``.
 
+With ``TXMAIL_BENCH_BEFORE=DIR`` (a directory holding an older copy of the
+``pyramid_txmail`` package, e.g. ``git archive OLD pyramid_txmail | tar -x -C
+DIR``), the PostgreSQL drains are also run with that copy first on
+``PYTHONPATH``, interleaved with the others: before/after rows from one run.
+
 An outbox drain only counts when every row ended ``delivered``.  Besides
 the client's CPU and the sink's, the server's is measured (the postmaster's
 own, its live children's and the reaped backends'): on this machine the
@@ -17,6 +22,7 @@ database shares the cores with everything else.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import drains
 from harness import (BenchError, Target, fmt, median, net_seconds, rate, ratio, run_timed,
@@ -27,11 +33,18 @@ SINK = "smtp-sink"
 SPOOL = "spool: txmail-qp, default workers"
 REPOZE = "spool: repoze.sendmail qp"
 PROCESSES = (1, 3)
+#: A copy of an older pyramid_txmail (the directory holding its package) to drain
+#: beside this one in the same run: before/after figures from one run.
+BEFORE = os.environ.get("TXMAIL_BENCH_BEFORE")
 
 
-def sql_label(processes):
+def before_env(ctx):
+    return dict(drains.bytecode_env(ctx), PYTHONPATH=BEFORE) if BEFORE else None
+
+
+def sql_label(processes, before=False):
     return (f"PostgreSQL: {processes} txmail-qp process{'es' * (processes > 1)}, "
-            "default workers")
+            "default workers" + (" (before: the older code)" if before else ""))
 
 
 def write_ini(directory, url, sink):
@@ -61,12 +74,14 @@ class Outbox:
         self.pg.drop(self.url)
 
 
-def drain_sql(ctx, pg, sink, count, processes):
+def drain_sql(ctx, pg, sink, count, processes, env=None):
     """``processes`` txmail-qp at once over a full outbox; a ChildRun with ``db_cpu``."""
     outbox = Outbox(ctx, pg, sink, count, f"drain-sql-p{processes}")
     try:
         before = pg.cpu()
-        run = drains.timed(drains.txmail_argv(outbox.ini), sink, processes=processes)
+        run = drains.timed(drains.txmail_argv(outbox.ini), sink,
+                           env=env or drains.bytecode_env(ctx),
+                           processes=processes)
         run.db_cpu = pg.cpu() - before
         what = f"{processes} x txmail-qp on PostgreSQL into {sink.name}"
         if run.returncode != 0:
@@ -78,13 +93,14 @@ def drain_sql(ctx, pg, sink, count, processes):
         outbox.close()
 
 
-def sql_startup(ctx, pg, sink):
+def sql_startup(ctx, pg, sink, env=None):
     """Median ``(wall, cpu)`` of txmail-qp over an empty outbox (one warm-up not counted)."""
     runs = []
     for _ in range(1 if ctx.options.quick else 1 + max(3, ctx.options.repeats)):
         outbox = Outbox(ctx, pg, sink, 0, "startup-sql")
         try:
-            run = run_timed(drains.txmail_argv(outbox.ini))
+            run = run_timed(drains.txmail_argv(outbox.ini),
+                            env=env or drains.bytecode_env(ctx))
         finally:
             outbox.close()
         if run.returncode != 0:
@@ -119,6 +135,13 @@ def measure(ctx, pg, count):
         startups[label] = sql
         configs.append((label, lambda p=processes: drain_sql(ctx, pg, sink, count, p),
                         processes))
+    if BEFORE:
+        old = sql_startup(ctx, pg, sink, before_env(ctx))
+        for processes in PROCESSES:
+            label = sql_label(processes, before=True)
+            startups[label] = old
+            configs.append((label, lambda p=processes: drain_sql(ctx, pg, sink, count, p,
+                                                                 before_env(ctx)), processes))
     runs = {label: [] for label, _, _ in configs}
     for _ in range(ctx.options.repeats):
         for label, drain, _ in configs:  # interleaved

@@ -84,10 +84,12 @@ def section(ctx, pg, count):
         "```\n    calls  tottime  cumtime  function\n" + tops + "\n```",
         f"**What limits it**: each message costs {sends / count:.1f} round trips to the "
         f"server, waited for at {wait * 1e6:.0f} us per message in all; claims are made "
-        "a few rows per statement under the pass's candidate lock (the claim returns "
-        "the envelope and a small body), holds() is answered by the lease renewer, a "
-        "first-attempt retire commits without waiting for the WAL flush and every other "
-        "settling commit waits for it (fsync=on).  On this machine the server's CPU "
+        "a few rows per statement, the next batch claimed ahead by a helper thread while "
+        "the current one is handed out (the claim returns the envelope and a small "
+        "body), holds() is answered by the lease renewer, the retires of the workers "
+        "are committed in groups of one statement each, a group of first-attempt "
+        "retires without waiting for the WAL flush, and every other settling commit "
+        "waits for it (fsync=on).  On this machine the server's CPU "
         f"({db_cpu / count * 1e6:.0f} us per message) competes with the client's for "
         "the same cores."])
 

@@ -83,3 +83,25 @@ def test_passes_on_missing_tables_log_one_line_a_minute(db_url, caplog):
         assert errors[0].exc_info is None and "init-db" in errors[0].getMessage()
     finally:
         queue.close()
+
+
+def test_the_start_up_checks_ask_postgresql_once_each(pg_url):
+    """txmail-qp looks at the tables at every start: one catalog query per check
+    (SQLAlchemy's Inspector took eight round trips)."""
+    from pyramid_txmail.queue.sql import SQLQueue, init_db
+
+    queue = SQLQueue(pg_url)
+    init_db(queue.engine)
+    sent = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        sent.append(statement)
+
+    sa.event.listen(queue.engine, "before_cursor_execute", count)
+    try:
+        assert queue.missing_tables() == []
+        queue.check_tables()
+    finally:
+        sa.event.remove(queue.engine, "before_cursor_execute", count)
+        queue.close()
+    assert len(sent) == 2

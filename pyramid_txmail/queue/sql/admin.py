@@ -174,10 +174,10 @@ class SqlAdmin:
     def missing_tables(self):
         """The outbox tables the database lacks (``txmail-queue INI init-db`` creates
         them), or None when the database cannot be asked now (the daemon waits it out)."""
+        from .tables import missing
+
         try:
-            with self.engine.connect() as connection:
-                found = sa.inspect(connection)
-                return [t.name for t in (outbox, outbox_chunk) if not found.has_table(t.name)]
+            return missing(self.engine)
         except sa.exc.SQLAlchemyError:
             return None
 

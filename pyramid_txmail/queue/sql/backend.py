@@ -30,7 +30,6 @@ deleted at once) and then deleted by :meth:`SQLQueue.housekeep`.
 from __future__ import annotations
 
 import contextlib
-import time
 
 import sqlalchemy as sa
 from zope.interface import implementer
@@ -41,11 +40,13 @@ from .admin import SqlAdmin
 from .dbclock import DbClock
 from .engine import log_error, make_engine, schema_problem, unreachable, where as url_where
 from .errors import ClaimLost, PoisonMessage
-from .claiming import CLAIM_BATCH_MAX, READ_COLUMNS, claim_statement, claims_of
+from .claiming import (CLAIM_BATCH_MAX, READ_COLUMNS, STATEMENTS, DriverClaims, claim_params,
+                       claimed_batches, claims_of, handed_out)
 from .leases import LeaseScope, log
 from . import patience
 from .patience import patiently
-from .schema import db_epoch, outbox, outbox_chunk
+from .retiring import RetireGroup, group_sql
+from .schema import PG_EPOCH, db_epoch, outbox, outbox_chunk
 from .store import (attempts_of, autocommit, chunks_on, copy_chunks, enqueue, insert_row,
                     read_chunks)
 
@@ -72,7 +73,7 @@ class SQLQueue(SqlAdmin):
     """The outbox at ``url`` (a SQLAlchemy URL, or an Engine of the processors')."""
 
     def __init__(self, url, *, claim_timeout=3600.0, keep_delivered=KEEP_DELIVERED,
-                 pool_size=5, claim_batch=8):
+                 pool_size=5, claim_batch=8, retire_group=1):
         if isinstance(url, sa.engine.Engine):
             self.engine = url
         else:
@@ -83,6 +84,12 @@ class SQLQueue(SqlAdmin):
         self.keep_delivered = keep_delivered
         self.claim_batch = max(1, min(int(claim_batch), CLAIM_BATCH_MAX))
         self._scope = None
+        #: PostgreSQL: the retires of this process's workers settled in groups
+        #: (:mod:`~pyramid_txmail.queue.sql.retiring`), up to one per worker.
+        self._retires = self._driver_claims = None
+        if self.engine.dialect.name == "postgresql":
+            self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group)
+            self._driver_claims = DriverClaims(self.engine.dialect)
         #: An Event set when the process is asked to stop (txmail-qp sets it): the
         #: wait for a database that is away then ends at once (QueueAway).
         self.stopping = None
@@ -91,7 +98,7 @@ class SQLQueue(SqlAdmin):
     def from_settings(cls, settings):
         return cls(engine_from_settings(settings), claim_timeout=settings.claim_timeout,
                    keep_delivered=settings.keep_delivered,
-                   claim_batch=2 * settings.workers)
+                   claim_batch=2 * settings.workers, retire_group=settings.workers)
 
     def close(self):
         self.engine.dispose()
@@ -152,24 +159,9 @@ class SQLQueue(SqlAdmin):
             stats.errors += 1
             log_error("cannot count the deferred mail", self.where, exc)
             return  # the claims would fail the same way
-        for which in ("queued", "due", "stray"):
-            while True:
-                started = time.monotonic()
-                try:
-                    batch = self._claim_batch(which, now, horizon)
-                except sa.exc.SQLAlchemyError as exc:
-                    stats.errors += 1
-                    log_error("cannot claim the next messages (this pass sends what it "
-                               "claimed before)", self.where, exc)
-                    return
-                if not batch:
-                    break
-                if self._scope is not None:
-                    for claimed in batch:
-                        self._scope.add_fresh(claimed, started)
-                yield from batch
-                if len(batch) < self.claim_batch:
-                    break
+        batches = claimed_batches(self, now, horizon, stats)
+        # within a pass, the next batch is claimed while this one is handed out
+        yield from handed_out(batches, self.claim_batch // 2 if self._scope is not None else 0)
 
     def _not_due(self, now, horizon):
         query = sa.select(sa.func.count()).select_from(outbox).where(
@@ -178,9 +170,13 @@ class SQLQueue(SqlAdmin):
         return self._run(lambda c: c.execute(query).scalar(), "read")
 
     def _claim_batch(self, which, now, horizon):
-        statement, prefix = claim_statement(which, now, horizon, self.claim_batch,
-                                            self.claim_timeout)
-        rows = self._run(lambda c: c.execute(statement).all(), "write")
+        params, prefix = claim_params(which, now, horizon, self.claim_batch,
+                                      self.claim_timeout)
+        if self._driver_claims is not None:
+            rows = self._run(lambda c: self._driver_claims.run(c, which, params), "write")
+        else:
+            statement = STATEMENTS[which]
+            rows = self._run(lambda c: c.execute(statement, params).all(), "write")
         return claims_of(rows, which, prefix)
 
     def claim(self, ticket):
@@ -330,8 +326,15 @@ class SQLQueue(SqlAdmin):
         after a partial delivery that was already acknowledged), defer and
         bury (losing them would move a message back, or out of the dead
         letters), and the retire of a message with a recorded state.
+
+        On PostgreSQL the retires of the process's workers are settled in
+        groups, one statement each (:mod:`~pyramid_txmail.queue.sql.retiring`,
+        which gives the durability argument); such a group commits without
+        waiting for the disk only if each of its retires may.
         """
-        if self.keep_delivered:
+        if self._retires is not None:
+            chunks = self._retires.retire(claimed, not had_state)
+        elif self.keep_delivered:
             chunks = self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
                                                 settled_at=db_epoch(), next_attempt=None),
                                   lazy_commit=not had_state)
@@ -339,6 +342,19 @@ class SQLQueue(SqlAdmin):
             chunks = self._settle(claimed, None, lazy_commit=not had_state)
         if chunks:
             self._drop_chunks(claimed.id)
+
+    def _in_hand(self):
+        scope = self._scope
+        return scope.in_hand() if scope is not None else 0
+
+    def _settle_group(self, pairs, lazy):
+        """Retire ``pairs`` (id, token) in one statement (:mod:`.retiring`); returns
+        ``{id: chunks}`` of the rows this process's tokens still held."""
+        sql = group_sql(not self.keep_delivered, lazy, PG_EPOCH)
+        params = {"ids": [i for i, _ in pairs], "tokens": [t for _, t in pairs]}
+        about = "outbox row" + "s" * (len(pairs) > 1) + " " + ", ".join(str(i) for i, _ in pairs)
+        rows = self._patient(about, lambda c: c.exec_driver_sql(sql, params).all(), "write")
+        return {row[0]: row[1] for row in rows}
 
     def _drop_chunks(self, ident):
         """A delivered body's chunks; if that fails they go with the row (housekeeping)."""

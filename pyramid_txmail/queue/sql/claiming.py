@@ -9,13 +9,21 @@ A small message then costs no read of its own.  The batch is kept small
 (about two per worker, :data:`CLAIM_BATCH_MAX` at most), so rows claimed but
 not yet started wait briefly -- their leases renewed meanwhile -- and the work
 stays spread across processes.
+
+Within a pass the next batch is claimed ahead (:func:`handed_out`), by a
+helper thread, once half of the current one was handed out: the workers,
+which take their next message under one lock, then never wait on that lock
+while a claiming statement makes its round trip.
 """
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 
 import sqlalchemy as sa
 
+from .engine import log_error
 from .leases import Claimed, claimer
 from .schema import db_epoch, outbox
 
@@ -35,32 +43,66 @@ _CLAIM_COLUMNS = tuple(c for c in READ_COLUMNS if c is not outbox.c.body) + (
     .label("body"),)
 
 
-def claim_statement(which, now, horizon, batch, timeout):
-    """``(statement, prefix)``: the UPDATE claiming up to ``batch`` rows of kind
-    ``which`` (``queued``; ``due`` deferred rows; ``stray`` deferred rows due
-    beyond ``horizon``, scheduled by a clock that was ahead).
+def claim_statement(which):
+    """The UPDATE claiming up to ``:batch`` rows of kind ``which`` (``queued``;
+    ``due`` deferred rows; ``stray`` deferred rows due beyond ``:far``,
+    scheduled by a clock that was ahead), built once: a claim only binds
+    :func:`claim_params`.
 
-    Each row's token is ``prefix`` + its id (at most 32 characters): unique
+    Each row's token is ``:prefix`` + its id (at most 32 characters): unique
     per claim, and every settle is conditioned on id and token together.
     """
     if which == "queued":
         where, order = outbox.c.state == "queued", (outbox.c.queued_at, outbox.c.id)
     else:
-        when = (outbox.c.next_attempt <= now if which == "due" else
-                sa.or_(outbox.c.next_attempt > now + horizon,
+        when = (outbox.c.next_attempt <= sa.bindparam("now", type_=sa.Double())
+                if which == "due" else
+                sa.or_(outbox.c.next_attempt > sa.bindparam("far", type_=sa.Double()),
                        outbox.c.next_attempt.is_(None)))
         where, order = (sa.and_(outbox.c.state == "deferred", when),
                         (outbox.c.next_attempt, outbox.c.id))
     pick = (sa.select(outbox.c.id).where(where).order_by(*order)
-            .limit(batch).with_for_update(skip_locked=True))
+            .limit(sa.bindparam("batch", type_=sa.Integer())).with_for_update(skip_locked=True))
+    token = sa.bindparam("prefix", type_=sa.String()) + sa.cast(outbox.c.id, sa.String)
+    return (outbox.update().where(outbox.c.id.in_(pick.scalar_subquery()))
+            .values(state="in_progress", claim_token=token,
+                    claimed_by=sa.bindparam("claimer", type_=sa.String()),
+                    lease_until=db_epoch() + sa.bindparam("timeout", type_=sa.Double()))
+            .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
+                       outbox.c.meta, *_CLAIM_COLUMNS))
+
+
+def claim_params(which, now, horizon, batch, timeout):
+    """``(params, prefix)`` of one claim: a fresh token prefix, and only the values
+    its kind's statement binds."""
     prefix = secrets.token_hex(6) + "."
-    token = sa.literal(prefix, sa.String) + sa.cast(outbox.c.id, sa.String)
-    statement = (outbox.update().where(outbox.c.id.in_(pick.scalar_subquery()))
-                 .values(state="in_progress", claim_token=token, claimed_by=claimer(),
-                         lease_until=db_epoch() + timeout)
-                 .returning(outbox.c.id, outbox.c.queued_at, outbox.c.next_attempt,
-                            outbox.c.meta, *_CLAIM_COLUMNS))
-    return statement, prefix
+    params = {"prefix": prefix, "claimer": claimer(), "timeout": float(timeout),
+              "batch": int(batch), "state": "in_progress"}
+    if which == "due":
+        params["now"] = float(now)
+    elif which == "stray":
+        params["far"] = float(now + horizon)
+    return params, prefix
+
+
+STATEMENTS = {which: claim_statement(which) for which in ("queued", "due", "stray")}
+
+
+class DriverClaims:
+    """The claiming statements compiled once for an engine's dialect, run as text on
+    the driver (``exec_driver_sql``): no statement to build, no cache key to walk,
+    no compiled-cache lookup per claim (PostgreSQL; psycopg returns the JSON and
+    bytea columns as Python objects itself)."""
+
+    def __init__(self, dialect):
+        self.sql = {}
+        for which, statement in STATEMENTS.items():
+            compiled = statement.compile(dialect=dialect)
+            self.sql[which] = (compiled.string, dict(compiled.params))
+
+    def run(self, connection, which, params):
+        sql, fixed = self.sql[which]
+        return connection.exec_driver_sql(sql, {**fixed, **params}).all()
 
 
 def claims_of(rows, which, prefix):
@@ -73,3 +115,74 @@ def claims_of(rows, which, prefix):
     source = "queued" if which == "queued" else "deferred"
     return [Claimed(row.id, f"{prefix}{row.id}", row.queued_at, row.meta, source, row=row)
             for row in rows]
+
+
+def claimed_batches(queue, now, horizon, stats):
+    """``queue``'s claimed batches in queue order: queued rows, then due deferred
+    rows, then strays.  A claim that fails is counted and logged, and ends them
+    (the pass sends what it claimed before); each claim made in a pass is the
+    pass scope's to renew, and to give back if it is never handed out."""
+    for which in ("queued", "due", "stray"):
+        while True:
+            started = time.monotonic()
+            try:
+                batch = queue._claim_batch(which, now, horizon)
+            except sa.exc.SQLAlchemyError as exc:
+                stats.errors += 1
+                log_error("cannot claim the next messages (this pass sends what it "
+                          "claimed before)", queue.where, exc)
+                return
+            if not batch:
+                break
+            scope = queue._scope
+            if scope is not None:
+                for claimed in batch:
+                    scope.add_fresh(claimed, started)
+            yield batch
+            if len(batch) < queue.claim_batch:
+                break
+
+
+class _Ahead:
+    """``next(batches)`` in a helper thread; :meth:`result` waits for it."""
+
+    def __init__(self, batches):
+        self._batch, self._error = [], None
+        self._thread = threading.Thread(target=self._claim, args=(batches,),
+                                        name="txmail-claim-ahead", daemon=True)
+        self._thread.start()
+
+    def _claim(self, batches):
+        try:
+            self._batch = next(batches, [])
+        except BaseException as exc:  # raised where the claims are taken, as before
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._batch
+
+
+def handed_out(batches, ahead_at):
+    """The claims of ``batches`` one by one.  With ``ahead_at``, the next batch is
+    claimed by a helper thread once that many claims of the current one are
+    left, so whoever takes the next claim rarely waits for a round trip; at
+    most one claiming statement runs at a time, and at most two batches are
+    claimed but not handed out.  When the caller stops early, the claim under
+    way is waited for (its rows are then in the pass scope, which gives them
+    back)."""
+    ahead = None
+    batch = next(batches, [])
+    try:
+        while batch:
+            for index, claimed in enumerate(batch):
+                if ahead is None and ahead_at and len(batch) - index <= ahead_at:
+                    ahead = _Ahead(batches)
+                yield claimed
+            batch = ahead.result() if ahead is not None else next(batches, [])
+            ahead = None
+    finally:
+        if ahead is not None:
+            ahead.result()

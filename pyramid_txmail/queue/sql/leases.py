@@ -159,6 +159,10 @@ class LeaseScope:
             since = self._leased.get(claimed.token)
         return since is not None and time.monotonic() - since < self.timeout * VOUCH_SHARE
 
+    def in_hand(self):
+        """How many claims the workers hold now (handed out, not yet settled)."""
+        return len(self._held)
+
     def hand_out(self, claimed):
         with self._lock:
             return self.fresh.pop(claimed.token, None) is not None

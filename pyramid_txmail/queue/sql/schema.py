@@ -121,9 +121,13 @@ def _epoch_default(element, compiler, **kw):
     return "CAST(EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) AS DOUBLE PRECISION)"
 
 
+#: db_epoch() in PostgreSQL's SQL (for the statements written as text).
+PG_EPOCH = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
 @compiles(db_epoch, "postgresql")
 def _epoch_postgresql(element, compiler, **kw):
-    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+    return PG_EPOCH
 
 
 @compiles(db_epoch, "sqlite")
