@@ -13,7 +13,8 @@ import dataclasses
 import os
 
 import drains
-from harness import (SectionResult, Target, fmt, median, net_seconds, rate, ratio,
+import latency
+from harness import (BIN, SectionResult, Target, fmt, median, net_seconds, rate, ratio,
                      table)
 from profiling import profile_section
 
@@ -160,6 +161,29 @@ def _strict(ctx, count=20):
                      "hidden .rejected-* files left"], rows))
 
 
+#: The offered load of the latency figure (messages per second, one per transaction).
+LATENCY_RATE = 100
+
+
+def _latency(ctx, lines):
+    """p50/p90/p99/max of queued-to-accepted for the daemon at LATENCY_RATE msg/s."""
+    count = 300 if ctx.options.quick else 30 * LATENCY_RATE
+    got = latency.measure(ctx.scratch("latency"), BIN, rate=LATENCY_RATE, count=count,
+                          env=drains.bytecode_env(ctx))
+    ms = [f"{value * 1000:.1f}" for value in (got.p50, got.p90, got.p99, got.worst)]
+    lines.append(f"daemon latency at {LATENCY_RATE} msg/s, queued to accepted: p50 {ms[0]} ms, "
+                 f"p99 {ms[2]} ms")
+    return ("### Queued-to-accepted latency of the daemon\n\n"
+            f"`txmail-qp --daemon --no-app` with the default settings; an application "
+            f"process sends {got.count} messages (~2 KB, one per transaction, through "
+            f"`get_mailer`) at a steady {LATENCY_RATE} per second into the spool; an "
+            "aiosmtpd sink in a third process notes when each message's final dot "
+            "arrived.  Latency = that time minus the time the application's commit "
+            f"returned, joined on the Message-ID.  {got.received} of {got.count} received; "
+            f"1-minute load average at the end {got.load:.2f}.\n\n"
+            + table(["p50 ms", "p90 ms", "p99 ms", "max ms"], [ms]))
+
+
 def _label(ctx, workers):
     return next(label for label, kind, w in _configs(ctx) if kind == "txmail" and w == workers)
 
@@ -232,6 +256,7 @@ def run(ctx):
         parts.append(_ceiling(figures[_label(ctx, DEFAULT_WORKERS)], one, repoze,
                               figures.get(SPLIT)))
     parts.append(_strict(ctx))
+    parts.append(_latency(ctx, lines))
     if not all(t.met for t in targets):
         parts.append(profile_section(ctx, ctx.sink(sink), count))
     return SectionResult("Drain: txmail-qp vs repoze.sendmail qp vs smtp-source",

@@ -10,16 +10,15 @@ allowed) that names the closest known key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
 import shlex
 import stat
 
-from pyramid.exceptions import ConfigurationError
 from pyramid.settings import asbool
 
+from .util.config_error import configuration_error
 from .util.printable import get_logger
 
 PREFIX = "mail."
@@ -34,6 +33,8 @@ DEV_DELIVERY_MODES = ("memory", "file", "console", "null")
 FALLBACK_MODES = ("none", "queue")
 #: Who delivers the queue: txmail-qp (cron or a service), or a thread of each web process.
 PROCESSOR_MODES = ("external", "thread")
+#: Whether txmail-qp loads the application (whose subscribers see its events) or not.
+QP_EVENTS_MODES = ("app", "none")
 
 _TRUE = ("true", "yes", "on", "y", "t", "1")
 _FALSE = ("false", "no", "off", "n", "f", "0", "")
@@ -425,6 +426,10 @@ SETTINGS = (
                                        "loop"), 1.0,
             "txmail-qp --daemon: how often to look for new mail when inotify is unavailable; "
             "at least 0.01s."),
+    Setting("qp_events", _choice(QP_EVENTS_MODES), "app",
+            "txmail-qp: app loads the application so that its subscribers see MailSent, "
+            "MailDeferred and MailFailed; none skips loading it (a faster start, no "
+            "events; the app warns at start-up if it subscribes to them)."),
     Setting("file_path", _path, None,
             "mail.delivery = file: the directory each committed message is written to as .eml."),
     Setting("top_level_directory", _str, None,
@@ -514,6 +519,7 @@ class MailSettings:
     host_rest: float = 300.0
     rate_limit: float | None = None
     poll_interval: float = 1.0
+    qp_events: str = "app"
     file_path: str | None = None
     top_level_directory: str | None = None
     redirect_to: tuple = ()
@@ -558,7 +564,7 @@ def _fail(key, value, why):
              if key.endswith("queue_url") else repr(value))
     if len(shown) > 80:  # 400 digits say nothing more than the first 40
         shown = shown[:40] + f"... ({len(shown)} characters)"
-    raise ConfigurationError(f"{key} = {shown}: {why}")
+    raise configuration_error(f"{key} = {shown}: {why}")
 
 
 def settings_prefix(settings, prefix=None):
@@ -576,6 +582,8 @@ def _warn_unknown(key, prefix):
     reads ``mail.debug_mailer``): pyramid_mailer ignores such keys, so they are a
     warning -- naming the closest key of ours, since it may also be a typo.  The
     value is not shown: it may be a password under a misspelt name."""
+    import difflib  # only for an unknown key
+
     close = difflib.get_close_matches(key[len(prefix):], _BY_NAME, n=1, cutoff=0.55)
     hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
     log.warning("%s is not a pyramid_txmail setting and is ignored%s", key, hint)
@@ -618,16 +626,16 @@ def parse_settings(settings, prefix=None, warn=True):
     if "direct_fallback" not in values:
         values["direct_fallback"] = "queue" if values.get("queue_path") else "none"
     if values["delivery"] == "queue" and not has_queue:
-        raise ConfigurationError(f"{prefix}queue_path: required with {prefix}delivery = "
-                                 "queue; set it to a directory for the mail spool (or "
-                                 f"{prefix}queue_url to a database for the SQL outbox)")
+        raise configuration_error(f"{prefix}queue_path: required with {prefix}delivery = "
+                                  "queue; set it to a directory for the mail spool (or "
+                                  f"{prefix}queue_url to a database for the SQL outbox)")
     if values.get("processor") == "thread" and not has_queue:
-        raise ConfigurationError(f"{prefix}processor: thread needs a queue to deliver; set "
-                                 f"{prefix}queue_path (a spool directory) or {prefix}queue_url "
-                                 "(the SQL outbox)")
+        raise configuration_error(f"{prefix}processor: thread needs a queue to deliver; set "
+                                  f"{prefix}queue_path (a spool directory) or {prefix}queue_url "
+                                  "(the SQL outbox)")
     if values.get("direct_fallback") == "queue" and not values.get("queue_path"):
-        raise ConfigurationError(f"{prefix}queue_path: required with {prefix}direct_fallback "
-                                 "= queue; set it to a directory for the mail spool")
+        raise configuration_error(f"{prefix}queue_path: required with {prefix}direct_fallback "
+                                  "= queue; set it to a directory for the mail spool")
     if values["delivery"] == "sendmail":
         from .relay.sendmail import check_app
 
@@ -637,8 +645,8 @@ def parse_settings(settings, prefix=None, warn=True):
             _fail(prefix + "sendmail_app", app, f"{why}; mail.delivery = sendmail needs the "
                   "sendmail binary of the local MTA (e.g. Postfix's /usr/sbin/sendmail)")
     if values["delivery"] == "file" and not values.get("file_path"):
-        raise ConfigurationError(f"{prefix}file_path: required with {prefix}delivery = file; "
-                                 "set it to a directory for the .eml files")
+        raise configuration_error(f"{prefix}file_path: required with {prefix}delivery = file; "
+                                  "set it to a directory for the .eml files")
     # Cross-checks: a key may be absent (its default applies), so each reads the
     # effective value and blames the key that was set.
     timeout = _effective(values, "timeout")

@@ -181,6 +181,11 @@ def test_a_final_dot_slower_than_the_lease_sends_one_copy(tmp_path, db, make_smt
                   "sending, no claim taken, one copy each")
 
 
+def listen_outages_over(log):
+    """Every break of the daemon's LISTEN connection logged so far has its reconnect."""
+    return log.count("the LISTEN connection to") <= log.count("listening for NOTIFY again")
+
+
 def test_postgresql_restarts_under_a_running_daemon(tmp_path, make_smtp_server):
     """``pg_ctl restart`` (fast: every connection cut) while the daemon drains, then while
     it is idle: the daemon stays up, reconnects and LISTENs again, and delivers everything.
@@ -214,6 +219,10 @@ def test_postgresql_restarts_under_a_running_daemon(tmp_path, make_smtp_server):
                 ids += fill(engine, batch // 3, f"after{round_}")
                 wait_for(lambda: settled(engine, len(ids)), "every message delivered",
                          daemon)
+            # the last drain restart's outage is over (its "broke" and its "again" both
+            # logged) before the mark, or its late "again" would pass for the idle one's
+            wait_for(lambda: listen_outages_over(daemon.log()),
+                     "the daemon to LISTEN again after the drain restarts", daemon)
             mark = len(daemon.log())
             pg.restart()  # restarted while idle
             wait_for(lambda: "listening for NOTIFY again" in daemon.log()[mark:],

@@ -37,7 +37,8 @@ from email.message import EmailMessage
 
 from .addresses import LINE_BREAKS, HeaderInjection, InvalidAddress, check_address
 from .message import long_word
-from .mimeparts import Built, Source, binary_part, encoded_words, multipart, text_part
+from .mimeparts import Built, Source, binary_part, encoded_words, multipart
+from .textpart import text_part
 
 __all__ = ["Mail"]
 
@@ -252,18 +253,22 @@ class Mail:
         built = self.build()
         return self.header_message(built), built
 
+    def header_fields(self, built):
+        """``(name, value, raw)`` of every header of the block, in order: raw values
+        are already encoded (written as they are), others are assigned.  What
+        :meth:`header_message` holds, for ``prepare``'s fast path to write."""
+        return [*self._headers, ("MIME-Version", "1.0", False),
+                *((name, value, False) for name, value in built.content_headers())]
+
     def header_message(self, built):
         """An ``EmailMessage`` holding only the header block (for ``prepare``)."""
         # Raw (already encoded) values are written as they are, never refolded.
         message = EmailMessage(policy=email.policy.default.clone(refold_source="none"))
-        for name, value, raw in self._headers:
+        for name, value, raw in self.header_fields(built):
             if raw:
                 message.set_raw(name, value)
             else:
                 message[name] = value
-        message["MIME-Version"] = "1.0"
-        for name, value in built.content_headers():
-            message[name] = value
         message.set_payload("")
         return message
 

@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import email.header
-import email.headerregistry
 import email.policy
 import email.utils
 import itertools
 import re
 from email.message import Message
 
-from . import mimeparts, wire
+from . import fastbody, headblock, wire
 from .addresses import (LINE_BREAKS, HeaderInjection, InvalidAddress,  # noqa: F401 (public here)
                         MessageError, NoRecipients, NoSender, _validated, check_address)
 from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
 from .pyramid_mailer_message import coerce as coerce_pyramid_mailer_message
 
+from .serialize import FOLD as _FOLD
+from .serialize import long_word  # noqa: F401 (the builder imports it from here)
+from .serialize import rewrite_addresses, serialize
+
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
-_ADDRESS_HEADERS = {"from", "sender", "reply-to", "to", "cc"}
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # used with fullmatch: "$" would pass "X\n"
-_FOLD = re.compile(r"\r?\n[ \t]")
+_RAW_BREAK = re.compile(f"[{re.escape(LINE_BREAKS)}]")
+_CR_LF = re.compile(r"[\r\n]")
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A message ready for the spool or the relay."""
@@ -69,7 +71,7 @@ def check_headers(message):
     is written as it is, and the ``email`` package breaks it wherever
     ``str.splitlines`` would (U+0085, U+2028... too): none of those may be in
     it.  A parsed header's text is checked for CR and LF; how it is folded
-    is checked by :func:`_check_folding`.
+    is checked by :func:`~pyramid_txmail.compose.serialize.check_folding`.
     """
     for part in message.walk():
         for name, value in part._headers:
@@ -77,22 +79,8 @@ def check_headers(message):
                 raise HeaderInjection.bad_name(name)
             raw = not hasattr(value, "fold")
             unfolded = _FOLD.sub(" ", str(value))
-            if any(c in (LINE_BREAKS if raw else "\r\n") for c in unfolded):
+            if (_RAW_BREAK if raw else _CR_LF).search(unfolded):
                 raise HeaderInjection.control(name, unfolded)
-
-
-def _check_folding(message, policy):
-    """Every header, as ``policy`` writes it, is one header line and its
-    continuations: a value can never add a header."""
-    for part in message.walk():
-        for name, value in part._headers:
-            try:
-                lines = policy.fold(name, value).split(policy.linesep)
-            except ValueError as exc:  # e.g. an encoded word that decodes to CR LF
-                raise HeaderInjection(name, f"header value cannot be written ({exc})") \
-                    from None
-            if any(line[:1] not in (" ", "\t") for line in lines[1:] if line):
-                raise HeaderInjection.control(name, str(value))
 
 
 def _coerce(message, default_sender=None):
@@ -134,146 +122,82 @@ def _addresses(message, names):
     return found
 
 
-def long_word(text):
-    """True when ``text`` has a run without whitespace that no fold can shorten
-    to a header line (encoded words can)."""
-    return any(len(word) > 76 for word in text.split())
-
-
-def _decoded_words(text):
-    """``text`` with its RFC 2047 encoded words decoded (as it is when it has none,
-    or one in an unknown charset)."""
-    if "=?" not in text:
-        return text
+def _fast_message(message, default_sender, fromaddr, toaddrs, source):
+    """The :mod:`~pyramid_txmail.compose.headblock` path for an email message (its
+    top-level headers checked), or ``None`` for the stdlib path."""
+    policy = headblock.writing_policy(message.policy)
+    if policy is None:
+        return None
+    if message.is_multipart() and not fastbody.parts_fold_cleanly(message, policy):
+        return None
+    saved = message._headers
+    message._headers = list(saved)  # the generator may add a boundary to Content-Type
     try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (LookupError, UnicodeError, ValueError):
-        return text
-
-
-def _mailbox(display, addr, utf8):
-    """One mailbox of a rewritten address header, in lines of at most 78 columns."""
-    if not display:
-        return addr
-    plain = email.utils.formataddr((display, addr)) if display.isascii() and addr.isascii() \
-        else f'"{email.utils.quote(display)}" <{addr}>'
-    if len(plain) <= 76 and "=?" not in display and (utf8 or display.isascii()) \
-            and not any(c in LINE_BREAKS or ord(c) < 32 for c in display):
-        return plain
-    words = mimeparts.encoded_words(display)
-    last = words.rpartition("\n")[2]  # the address on its own line if need be
-    return f"{words}{' ' if len(last) + len(addr) + 4 <= 78 else chr(10) + ' '}<{addr}>"
-
-
-def _rewrite_addresses(message, utf8):
-    """Address headers the ``email`` package would write wrongly, written here.
-
-    * Without SMTPUTF8 the headers must be ASCII, and the ``email`` package
-      would encode ``jorg@bücher.example`` as an encoded word inside the
-      address (or a legacy header whole as one), which RFC 2047 forbids and
-      no reader decodes: such a domain goes as its A-label (``xn--...``).
-    * A display name with a run too long to fold would stay one line over
-      SMTP's 998 octets: it goes as encoded words (which split anywhere).
-    * A line the ``email`` package would fold: its folder can drop the quotes
-      of a long quoted name (':word word...' loses its ':').
-    * A non-ASCII display name: with SMTPUTF8 the ``email`` package writes it
-      unquoted, so "Jö, x" <a@example.com> would read as two mailboxes;
-      without, its folder can encode the comma *between* two mailboxes as
-      ``=?utf-8?q?=2C?=``.  Such names are quoted (SMTPUTF8) or encoded here.
-
-    Rewritten values are stored folded (no line over 78), as raw text the
-    policy writes as it is.
-    """
-    for i, (name, value) in enumerate(message._headers):
-        text = str(value)
-        long_line = len(name) + 2 + len(text) > 78  # the email package would fold it
-        if name.lower() not in _ADDRESS_HEADERS or (
-                text.isascii() and not long_word(text) and "=?" not in text
-                and not long_line):
-            continue
-        pairs = email.utils.getaddresses([text])
-        if not hasattr(value, "fold"):  # a legacy raw value: its names may be encoded words
-            pairs = [(_decoded_words(display), addr) for display, addr in pairs]
-        idn = not utf8 and not all(addr.rpartition("@")[2].isascii() for _, addr in pairs)
-        if not idn and not long_line and not any(long_word(n) or not n.isascii()
-                                                 for n, _ in pairs) \
-                and not (utf8 and not hasattr(value, "fold") and not text.isascii()):
-            continue
-        items = [_mailbox(display, (_validated(addr)[0] or addr) if idn else addr, utf8)
-                 for display, addr in pairs]
-        # From a fresh line: "Reply-To: " and a 75-character encoded word would
-        # pass 78, and the policy would then refold (and change) the name.
-        message._headers[i] = (name, "\n " + ",\n ".join(items))
-
-
-def _encode_long_raw(message, every=False):
-    """An unstructured value with a line over 78 columns and non-ASCII text, as
-    our encoded words: a legacy raw value (UTF-8 over 998 octets without a space
-    could not be folded otherwise), or a parsed one (the email package's folder
-    adds a space where encoded and plain words meet).  ``every``: each one with
-    non-ASCII text, however short -- when the message is not SMTPUTF8 the
-    email package would encode it, and its folder drops the whitespace between
-    two encoded words ("a\xa0  b" arrived as "a\xa0b")."""
-    for i, (name, value) in enumerate(message._headers):
-        text = str(value)
-        if name.lower() in _ADDRESS_HEADERS or text.isascii() or \
-                (not every and max(map(len, text.splitlines() or [""])) + len(name) + 2
-                 <= 78) or \
-                not issubclass(email.policy.default.header_factory[name],
-                               email.headerregistry.UnstructuredHeader):
-            continue
-        # the first word beside the name ("Subject: =?..."), not on a line of its
-        # own: a value starting with a fold reads back with a leading space
-        words = mimeparts.encoded_words(_decoded_words(_FOLD.sub(" ", text)),
-                                        first=78 - len(name) - 2)
-        fits = len(name) + 2 + len(words.split("\n", 1)[0]) <= 78
-        message._headers[i] = (name, words if fits else "\n " + words)
-
-
-def _serialize(message, utf8):
-    policy = message.policy
-    if isinstance(policy, email.policy.EmailPolicy):
-        # raw values (ours, set_raw, parsed) are written as they are: its refolding
-        # can encode the comma between two mailboxes; wire.to_wire keeps 998
-        _encode_long_raw(message, every=not utf8)
-        policy = policy.clone(linesep="\n", utf8=utf8, refold_source="none")
-    elif utf8:  # compat32 cannot write UTF-8 headers: it would encode a mailbox whole
-        # (never refolded: the email package's folder writes a decoded display name
-        # unquoted; long raw values are encoded words already, see _encode_long_raw)
-        _encode_long_raw(message)
-        policy = email.policy.default.clone(linesep="\n", utf8=True, refold_source="none")
-    else:
-        policy = policy.clone(linesep="\n")
+        body = fastbody.body_bytes(message, policy)
+    except Exception:  # noqa: BLE001 -- any payload the generator refuses (bytes,
+        body = None  # an unknown charset...): the stdlib path, after its header checks, says why
+    head = body is not None and headblock.fast_head(message._headers, message.policy,
+                                                    default_sender, fromaddr, toaddrs)
+    message._headers = saved
+    if not head:
+        return None
     try:
-        _check_folding(message, policy)
-        data = message.as_bytes(policy=policy)
-    except (UnicodeError, LookupError) as exc:
-        raise MessageError(f"the message cannot be serialized ({exc}); build it as an "
-                           "email.message.EmailMessage to use non-ASCII text") from None
+        data = fastbody.lf_wire(head.data + body)
+    except ValueError:  # a field too large to re-encode: the stdlib path says so
+        return None
+    return Prepared(head.fromaddr, head.toaddrs, head.message_id, data, source)
+
+
+def _fast_mail(mail, built, default_sender, fromaddr, toaddrs):
+    """The :mod:`~pyramid_txmail.compose.headblock` path for a builder ``Mail`` whose
+    MIME tree is ``built``, or ``None`` for the stdlib path."""
+    pairs = headblock.mail_pairs(mail.header_fields(built))
+    if pairs is None:
+        return None
+    head = headblock.fast_head(pairs, email.policy.default, default_sender, fromaddr,
+                               toaddrs if toaddrs is None else list(toaddrs))
+    if head is None:
+        return None
     try:
-        return wire.to_wire(data).replace(b"\r\n", b"\n")
-    except ValueError as exc:  # a header field too large to re-encode (wire.MAX_REFOLD)
-        raise MessageError(str(exc)) from None
+        data = fastbody.lf_wire(head.data)
+    except ValueError:
+        return None
+    return Prepared(head.fromaddr, head.toaddrs, head.message_id, built.data(data))
 
 
-def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
+def prepare(message, default_sender=None, fromaddr=None, toaddrs=None, *, fast=True):
     """Validate ``message`` and build its envelope and bytes.
 
     ``fromaddr`` / ``toaddrs`` override the envelope taken from the headers
-    (repoze.sendmail's ``send(fromaddr, toaddrs, message)``).
+    (repoze.sendmail's ``send(fromaddr, toaddrs, message)``).  ``fast``: try
+    :mod:`~pyramid_txmail.compose.headblock` first, which writes a common
+    message's header block itself and hands anything else back to the
+    ``email`` package (false: always the ``email`` package; the property test
+    compares the two).
     """
     built = None
     # A builder.Mail, duck-typed (the builder imports this module, never the other
     # way round): its header block is validated here, its body follows.
     split = getattr(message, "split_for_prepare", None)
     if callable(split) and not isinstance(message, Message):
-        message, built = split()
+        if fast:
+            built = message.build()
+            done = _fast_mail(message, built, default_sender, fromaddr, toaddrs)
+            if done is not None:
+                return done
+            message = message.header_message(built)
+        else:
+            message, built = split()
     message, env_from, env_to, source = _coerce(message, default_sender)
     drop_envelope_headers(message)
     decode_raw_octets(message)
     fromaddr = fromaddr or env_from
     toaddrs = list(toaddrs) if toaddrs is not None else env_to
     check_headers(message)
+    if fast and built is None:
+        done = _fast_message(message, default_sender, fromaddr, toaddrs, source)
+        if done is not None:
+            return done
 
     if message["From"] is None:
         if not (default_sender or fromaddr):
@@ -304,8 +228,8 @@ def prepare(message, default_sender=None, fromaddr=None, toaddrs=None):
     # names and subjects are RFC 2047 encoded words otherwise.
     utf8 = wire.needs_smtputf8(fromaddr, [*toaddrs, *header_senders, *reply_to,
                                           *header_recipients])
-    _rewrite_addresses(message, utf8)
-    data = _serialize(message, utf8)
+    rewrite_addresses(message, utf8)
+    data = serialize(message, utf8)
     if built is not None:  # bytes, or a wire.Stream when attachments are read from files
         data = built.data(data)
     return Prepared(fromaddr, toaddrs, str(message["Message-ID"]).strip(), data, source)

@@ -29,8 +29,8 @@ from email.message import EmailMessage
 
 from .wire import Stream
 
-__all__ = ["AttachmentError", "Source", "Built", "text_part", "binary_part", "multipart",
-           "encoded_words"]
+__all__ = ["AttachmentError", "Source", "Built", "Part", "binary_part", "multipart",
+           "encoded_words", "header_part"]
 
 #: Octets read and encoded per step: 1,152 base64 lines of 57 octets (76 characters).
 BLOCK = 57 * 1152
@@ -240,20 +240,9 @@ class Part:
         return [self.head_bytes() + b"\n", *self.body]
 
 
-def _header_part():
+def header_part():
+    """An empty part holding a part's headers (written with PART_POLICY)."""
     return EmailMessage(policy=PART_POLICY)
-
-
-def text_part(text, subtype):
-    """A ``text/<subtype>; charset=utf-8`` part (7bit, quoted-printable or base64)."""
-    part = _header_part()
-    part.set_content(text, subtype=subtype, charset="utf-8")
-    del part["MIME-Version"]
-    body = part.as_bytes(policy=PART_POLICY).partition(b"\n\n")[2]
-    headers = _header_part()
-    for name, value in part.items():
-        headers[name] = value
-    return Part(headers, [body])
 
 
 def binary_part(source, content_type, disposition, filename=None, cid=None):
@@ -265,7 +254,7 @@ def binary_part(source, content_type, disposition, filename=None, cid=None):
     send it: older Outlook versions read only that one.
     """
     maintype, _, subtype = content_type.partition("/")
-    headers = _header_part()
+    headers = header_part()
     rfc2231 = bool(filename) and _misread_when_quoted(filename)  # written below
     headers.set_content(b"", maintype, subtype, cte="base64", disposition=disposition,
                         filename=None if rfc2231 else filename, cid=f"<{cid}>" if cid else None)
@@ -344,7 +333,7 @@ def encoded_words(text, first=75):
 def multipart(subtype, parts, **params):
     """A ``multipart/<subtype>`` part holding ``parts``."""
     boundary = "=_" + secrets.token_hex(16)  # '=_' never occurs in base64 or quoted-printable
-    headers = _header_part()
+    headers = header_part()
     headers["Content-Type"] = f"multipart/{subtype}"
     for key, value in params.items():
         headers.set_param(key, value)

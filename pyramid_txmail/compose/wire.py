@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.policy
 import re
-from email.parser import BytesParser
 
 __all__ = ["MAX_LINE", "MAX_REFOLD", "Stream", "data_section", "to_wire", "refold_field",
            "needs_smtputf8", "has_8bit", "message_id_of", "crlf_chunks"]
@@ -206,7 +204,11 @@ def refold_refusal(name, size, longest):
 
 def _policy(eightbit):
     # Headers that folding at whitespace could not shorten are refolded by
-    # the email package (RFC 2047 encoded words) -- only those over 998.
+    # the email package (RFC 2047 encoded words) -- only those over 998.  Imported
+    # here: the common message never needs it, and txmail-qp's start-up (a cron
+    # pass over an empty spool) paid ~10 ms for it.
+    import email.policy
+
     return email.policy.default.clone(
         linesep="\r\n", max_line_length=MAX_LINE, refold_source="long",
         cte_type="8bit" if eightbit else "7bit")
@@ -227,6 +229,8 @@ def refold_field(field):
                         for line in data[:-2].split(_CRLF)) + _CRLF
     if _fits(folded):
         return folded
+    from email.parser import BytesParser
+
     policy = _policy(True)
     message = BytesParser(policy=policy).parsebytes(folded + _CRLF)
     if len(message) != 1 or message.get_payload():
@@ -236,6 +240,8 @@ def refold_field(field):
 
 
 def _reencode(data, eightbit):
+    from email.parser import BytesParser
+
     policy = _policy(eightbit)
     message = BytesParser(policy=policy).parsebytes(data)
     changed = False

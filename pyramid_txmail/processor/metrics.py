@@ -22,9 +22,8 @@ from __future__ import annotations
 import os
 import tempfile
 
-from pyramid.exceptions import ConfigurationError
-
 from ..relay.result import SENT, TEMPORARY
+from ..util.config_error import configuration_error
 from ..util.printable import get_logger
 from .health import QueueReader
 from .processor import Processor
@@ -40,7 +39,7 @@ def require_prometheus(key):
     try:
         import prometheus_client
     except ImportError:
-        raise ConfigurationError(
+        raise configuration_error(
             f"{key} is set, but prometheus_client is not installed: install "
             "pyramid_txmail[ops] (pip install 'pyramid_txmail[ops]')") from None
     return prometheus_client

@@ -4,17 +4,16 @@
 its processor and, with ``--daemon``, to serve around the daemon's loop; the
 rest of it (and :mod:`.daemon`, :mod:`.processor`) stays as it was.  Nothing is
 set up that the settings and environment do not ask for: no metrics setting
-and no ``$NOTIFY_SOCKET`` gives a plain :class:`~.processor.Processor`.
+and no ``$NOTIFY_SOCKET`` gives a plain :class:`~.processor.Processor`, and a
+one-pass run without them imports neither the health nor the metrics modules
+(their HTTP server and prometheus_client are start-up time a cron pass pays).
 """
 from __future__ import annotations
 
 import contextlib
 
-from pyramid.exceptions import ConfigurationError
-
+from ..util.config_error import configuration_error
 from ..util.printable import get_logger
-from .health import Health, MetricsServer, Progress
-from .metrics import Metrics, MeteredProcessor, write_textfile
 from .processor import Processor
 from .sdnotify import Notifier
 
@@ -29,9 +28,16 @@ class Operations:
         self.notifier = Notifier(environ) if daemon else Notifier({})
         port = settings.metrics_port if daemon else None
         self.wanted = bool(port or settings.metrics_file or self.notifier.enabled)
+        self.progress = self.metrics = self.health = None
+        self.server = None
+        if not (daemon or self.wanted):
+            return  # one plain pass
+        from .health import Health, Progress
+
         self.progress = Progress(queue)
-        self.metrics = None
         if port or settings.metrics_file:
+            from .metrics import Metrics
+
             key = "mail.metrics_port" if port else "mail.metrics_file"
             self.metrics = Metrics(self.progress, key)
         self.health = Health(self.progress, settings)
@@ -39,12 +45,13 @@ class Operations:
             self.progress.listeners.append(self._write_textfile)
         if self.notifier.enabled:
             self.progress.listeners.append(self._status)
-        self.server = None
 
     def processor(self, *args, **kwargs):
         """The processor, metered when anything watches it."""
         if not self.wanted:
             return Processor(*args, **kwargs)
+        from .metrics import MeteredProcessor
+
         return MeteredProcessor(*args, progress=self.progress, metrics=self.metrics, **kwargs)
 
     @contextlib.contextmanager
@@ -52,13 +59,15 @@ class Operations:
         """Around the daemon's loop: the HTTP port, READY, the watchdog, STOPPING."""
         port = self.settings.metrics_port
         if port:
+            from .health import MetricsServer
+
             host = self.settings.metrics_host
             try:
                 self.server = MetricsServer(self.metrics, self.health, host, port).start()
             except OSError as exc:
-                raise ConfigurationError(f"mail.metrics_port = {port} (mail.metrics_host = "
-                                         f"{host}): cannot listen there: {exc.strerror or exc}"
-                                         ) from None
+                raise configuration_error(f"mail.metrics_port = {port} (mail.metrics_host = "
+                                          f"{host}): cannot listen there: "
+                                          f"{exc.strerror or exc}") from None
         try:
             self.notifier.ready(f"serving {self.queue.where}")
             self.notifier.start_watchdog(self.health.progressing)
@@ -70,6 +79,8 @@ class Operations:
                 self.server.close()
 
     def _write_textfile(self, stats):
+        from .metrics import write_textfile
+
         try:
             write_textfile(self.metrics.prom, self.metrics.registry, self.settings.metrics_file)
         except OSError as exc:

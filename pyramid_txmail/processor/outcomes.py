@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from pyramid.threadlocal import manager as threadlocals
-
 from .. import events as mail_events
 from ..queue.interface import ClaimLost, QueueAway
 from ..queue.queue_state import age as queue_age, dead_letter, expired as past_max_age
@@ -275,6 +273,8 @@ class Outcomes:
         """
         if self.registry is None or not found:
             return
+        from pyramid.threadlocal import manager as threadlocals  # only with an app to notify
+
         threadlocals.push({"registry": self.registry, "request": None})
         try:
             if self._shared_manager:

@@ -38,11 +38,10 @@ failed, and the processor starts it with fresh retry state.
 """
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
-
-import transaction
 
 from ..compose import wire
 from ..queue import as_queue
@@ -85,6 +84,8 @@ class Processor(Outcomes):
                  transaction_manager=None, clock=None, rand=random.random,
                  workers=None, limiter=None):
         if registry is not None and transaction_manager is None:
+            import transaction  # only with an app to notify: a pass without one never needs it
+
             transaction_manager = transaction.manager
         self.queue = as_queue(queue)
         self.settings = settings
@@ -95,20 +96,17 @@ class Processor(Outcomes):
         self.clock = clock if clock is not None else getattr(self.queue, "clock", time.time)
         self.rand = rand
         self.transport = None
-        self.relays = None
+        self._relays = None
+        self._relay_hosts = None
         if transport is None and settings.delivery == "sendmail":
             # The queue of sendmail delivery (its fallback) is drained the same way.
             from ..relay.sendmail import SendmailTransport
 
             self.transport_factory = lambda: SendmailTransport.from_settings(settings)
         elif transport is None:
-            from ..relay.smtp import SMTPTransport
-            from ..relay.smtp_session import Relays
-
-            hosts = [(settings.host, settings.port)] + [
+            self._relay_hosts = [(settings.host, settings.port)] + [
                 (h, p or settings.port) for h, p in settings.fallback_hosts]
-            self.relays = Relays(dict.fromkeys(hosts), settings.host_rest)
-            self.transport_factory = lambda: SMTPTransport.from_settings(settings, self.relays)
+            self.transport_factory = self._smtp_transport
         elif hasattr(transport, "deliver"):
             self.transport, self.transport_factory = transport, None
         else:
@@ -118,10 +116,29 @@ class Processor(Outcomes):
             limiter = RateLimiter(settings.rate_limit)
         self.limiter = limiter
         self._dispatch_lock = threading.Lock()
+        self._relays_lock = threading.Lock()
         self._scope = None
         # A manager that is not thread-local must not be used by two workers at once.
-        self._shared_manager = not isinstance(transaction_manager,
-                                              (type(None), transaction.ThreadTransactionManager))
+        self._shared_manager = _shared_manager(transaction_manager)
+
+    @property
+    def relays(self):
+        """Which SMTP relays are resting, shared by the workers' transports (None
+        when the processor does not send over SMTP).  Made, and the SMTP code
+        imported, when first needed: a pass with nothing to send never does."""
+        if self._relay_hosts is None:
+            return None
+        with self._relays_lock:
+            if self._relays is None:
+                from ..relay.smtp_session import Relays
+
+                self._relays = Relays(dict.fromkeys(self._relay_hosts), self.settings.host_rest)
+            return self._relays
+
+    def _smtp_transport(self):
+        from ..relay.smtp import SMTPTransport
+
+        return SMTPTransport.from_settings(self.settings, self.relays)
 
     @property
     def spool(self):
@@ -204,10 +221,14 @@ class Processor(Outcomes):
                           "what it listed before", self.queue.where)
 
     def _worker(self, take, stats, stop):
-        """One worker: its own transport, closed when the pass ends."""
+        """One worker: its own transport, closed when the pass ends; made once the
+        worker has a message, so that an empty pass opens no connection."""
+        first = take()
+        if first is None:
+            return
         transport = self.transport_factory()
         try:
-            self._work(transport, iter(take, None), stats, stop)
+            self._work(transport, itertools.chain((first,), iter(take, None)), stats, stop)
         finally:
             close = getattr(transport, "close", None)
             if close is not None:
@@ -301,6 +322,15 @@ class Processor(Outcomes):
         """Envelope recipients neither delivered nor dead-lettered yet, in order."""
         done = set(job.meta.get("delivered", ())) | set(job.meta.get("failed_recipients", ()))
         return [r for r in dict.fromkeys(job.toaddrs) if r not in done]
+
+
+def _shared_manager(transaction_manager):
+    """Whether ``transaction_manager`` is one object for every thread (None is none)."""
+    if transaction_manager is None:
+        return False
+    import transaction
+
+    return not isinstance(transaction_manager, transaction.ThreadTransactionManager)
 
 
 def _ticket_name(ticket):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import select
 
+#: How ``txmail-qp --daemon`` notices new mail (``--watch``); here rather than in the
+#: spool's watcher module so that reading the command line imports no ctypes.
+WATCH_MODES = ("auto", "inotify", "poll")
+
 
 class WatchUnavailable(OSError):
     """inotify cannot be used here (not Linux, no libc symbol, out of instances)."""

@@ -19,17 +19,15 @@ import os
 import sys
 import textwrap
 
-import plaster
-from pyramid.exceptions import ConfigurationError
-
 from ..processor.daemon import Daemon, Signals
 from ..processor.operate import Operations
 from ..queue import open_queue
 from ..queue.interface import QueueUnavailable
-from ..queue.maildir.watch import WATCH_MODES
-from ..queue.wakeup import Waker, WatchUnavailable
+from ..queue.wakeup import WATCH_MODES, Waker, WatchUnavailable
 from ..settings import SETTINGS, parse_settings, settings_prefix
+from ..util.config_error import is_configuration_error
 from ..util.logformat import apply_log_format
+from .ini import IniFile, is_plain_ini
 from .queue_args import ArgumentParser
 from ..util.printable import get_logger, printable
 
@@ -44,7 +42,7 @@ log = get_logger("pyramid_txmail.scripts.qp")
 _USED = ("queue_path", "queue_url", "host", "port", "username", "password", "tls", "ssl",
          "keyfile", "certfile", "tls_cafile", "timeout", "data_timeout", "debug",
          "claim_timeout", "retry_initial", "retry_max", "max_queue_time", "workers",
-         "poll_interval")
+         "poll_interval", "qp_events")
 
 DESCRIPTION = """\
 Deliver the mail waiting in a pyramid_txmail queue -- the spool directory
@@ -135,7 +133,8 @@ def build_parser():
                         help="the [app:NAME] section to read (default: main)")
     parser.add_argument("--no-app", action="store_true",
                         help="do not load the application: no event subscribers "
-                             "run, only the settings are read")
+                             "run, only the settings are read (as with "
+                             "mail.qp_events = none)")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("-v", "--verbose", action="store_true",
                        help="also log DEBUG messages of pyramid_txmail")
@@ -171,18 +170,37 @@ def split_uri(config_uri, app_name):
     return path, app_name or fragment or "main"
 
 
+def ini_loader(path):
+    """What reads the ini: a plain .ini file directly (:mod:`.ini`, the rules of
+    plaster_pastedeploy without plaster's loader lookup), anything else through
+    plaster as before."""
+    if is_plain_ini(path):
+        return IniFile(path)
+    import plaster
+
+    return plaster.get_loader(path)
+
+
+def _is_plaster_error(exc):
+    plaster = sys.modules.get("plaster")
+    return plaster is not None and isinstance(exc, plaster.PlasterError)
+
+
 def read_app_settings(path, app_name):
     """The raw ``[app:NAME]`` settings, without importing the application."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such ini file")
     try:
-        sections = plaster.get_sections(path)
+        loader = ini_loader(path)
+        sections = loader.get_sections()
         if f"app:{app_name}" not in sections:
             raise ConfigError(f"{path}: no [app:{app_name}] section")
-        return dict(plaster.get_settings(path, f"app:{app_name}"))
+        return dict(loader.get_settings(f"app:{app_name}"))
     except configparser.Error as exc:
         raise ConfigError(_ini_error(path, exc)) from None
-    except (plaster.PlasterError, OSError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (OSError, ValueError)) and not _is_plaster_error(exc):
+            raise
         raise ConfigError(f"{path}: cannot read the ini file: {exc}") from None
 
 
@@ -205,9 +223,10 @@ def _ini_error(path, exc):
 def setup_logging(path, verbose=False, quiet=False):
     """The ini's logging config if it has one, else INFO to stderr."""
     try:
-        has_loggers = "loggers" in plaster.get_sections(path)
+        loader = ini_loader(path)
+        has_loggers = "loggers" in loader.get_sections()
         if has_loggers:
-            plaster.setup_logging(path)
+            loader.setup_logging()
     except Exception as exc:
         raise ConfigError(f"{path}: bad logging configuration: {exc}") from None
     if not has_loggers:
@@ -223,7 +242,9 @@ def mail_settings(raw, path, app_name, prog=PROG, needs="to deliver from"):
     """Parse mail.*; the processor cannot run without a queue to read."""
     try:
         settings = parse_settings(raw)
-    except ConfigurationError as exc:
+    except Exception as exc:
+        if not is_configuration_error(exc):
+            raise
         raise ConfigError(f"{path} [app:{app_name}]: {exc}") from None
     if not settings.queue_path and not getattr(settings, "queue_url", None):
         prefix = settings_prefix(raw)
@@ -288,6 +309,14 @@ def app_registry(path, app_name, load):
         env["closer"]()
 
 
+def load_app(args, settings):
+    """Whether to load the application: its subscribers see the processor's events
+    (``mail.qp_events = app``, the default); ``--no-app`` or ``mail.qp_events = none``
+    skip it -- no framework and no application imports, a start in a fraction of
+    the time, and no events (the app warns at start-up about subscribers to them)."""
+    return not args.no_app and settings.qp_events == "app"
+
+
 def _check_tables(queue, daemon):
     """An SQL outbox without its tables (or with another version's) is a configuration
     problem: exit 78 for one pass; a daemon says so and waits for the migration
@@ -329,7 +358,7 @@ def run(args, signals, waker):
         except WatchUnavailable as exc:
             raise ConfigError(f"--watch {args.watch}: {exc}; use --watch poll") from None
     try:
-        with app_registry(path, app_name, not args.no_app) as registry:
+        with app_registry(path, app_name, load_app(args, settings)) as registry:
             # transport None: one SMTP connection per worker (mail.workers),
             # opened in each pass and closed at its end
             # metrics, /healthz, mail.metrics_file, systemd notify: as the settings ask
@@ -367,13 +396,13 @@ def main(argv=None):
     try:
         with Signals(waker, handle_hup=args.daemon, restore=argv is not None) as signals:
             return run(args, signals, waker)
-    except (ConfigError, ConfigurationError) as exc:
+    except Exception as exc:
+        if not (isinstance(exc, ConfigError) or is_configuration_error(exc)):
+            log.exception("%s: unexpected error", PROG)
+            return EX_SOFTWARE
         message = printable(" ".join(str(exc).split()))
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return EX_CONFIG
-    except Exception:
-        log.exception("%s: unexpected error", PROG)
-        return EX_SOFTWARE
     finally:
         if waker is not None:
             waker.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,7 +30,6 @@ from .deadletters import bury
 from .recovery import recover
 from .schedule import count_in
 from .spool import Spool, SpoolError, enqueued_at
-from .watch import make_watcher
 from ..interface import IClaimed, IPassScope, IQueue, IQueueAdmin, QueueUnavailable
 from ..states import ALL_STATES
 
@@ -38,6 +38,10 @@ log = get_logger("pyramid_txmail.processor")
 #: Threads deleting delivered files from ``done/``: a journalling file system
 #: makes each unlink wait for the journal, and concurrent ones share a commit.
 REAPERS = 4
+#: Delivered files handed to a reaper at a time.  One hand-off per message (a
+#: reaper woken, the interpreter lock passed to it and back) cost the worker
+#: more than the rest of retiring a message; a batch is one hand-off.
+REAP_BATCH = 64
 
 
 @implementer(IClaimed)
@@ -98,6 +102,8 @@ class MaildirQueue:
         self.spool = spool
         self._deferred_now = set()  # files this pass deferred (not "skipped" as well)
         self._reaper = None
+        self._retired = []  # in done/, not yet handed to a reaper
+        self._retired_lock = threading.Lock()
 
     @classmethod
     def open(cls, path, create=False):
@@ -165,6 +171,7 @@ class MaildirQueue:
                 yield _PassScope(heartbeat)
             finally:
                 self._reaper = None
+                self._hand_over_retired(reaper, 0)  # the rest, deleted before the pass ends
 
     def candidates(self, now, horizon, stats):
         """``new/`` oldest first, then the due files of ``deferred/``.
@@ -206,10 +213,23 @@ class MaildirQueue:
         """Out of the queue now (a rename into ``done/``); the file is deleted in
         the background, or here when no pass is running."""
         done = self.spool.retire(claimed.entry, had_state)
-        if self._reaper is not None:
-            self._reaper.submit(self.spool.reap_path, done)
-        else:
+        reaper = self._reaper
+        if reaper is None:
             self.spool.reap_path(done)
+            return
+        with self._retired_lock:
+            self._retired.append(done)
+        self._hand_over_retired(reaper, REAP_BATCH)
+
+    def _hand_over_retired(self, reaper, at_least):
+        """Give the files retired so far to a reaper once there are ``at_least``
+        (a file left in done/ by a crash meanwhile is deleted by the next pass's
+        :meth:`housekeep`: it is out of the queue already)."""
+        with self._retired_lock:
+            if not self._retired or len(self._retired) < at_least:
+                return
+            batch, self._retired = self._retired, []
+        reaper.submit(_reap_all, self.spool.reap_path, batch)
 
     def defer(self, claimed, next_attempt):
         self._deferred_now.add(self.spool.defer(claimed.entry, next_attempt).name)
@@ -233,6 +253,8 @@ class MaildirQueue:
 
     def watcher(self, settings, how="auto"):
         """inotify on ``new/`` (polling on a network file system or with ``poll``)."""
+        from .watch import make_watcher  # ctypes (inotify): only for a daemon
+
         return make_watcher(how, os.path.join(self.spool.path, "new"),
                             settings.poll_interval)
 
@@ -267,3 +289,8 @@ class MaildirQueue:
 
     def read_body(self, msg):
         return admin.read_body(msg)
+
+
+def _reap_all(reap_path, paths):
+    for path in paths:
+        reap_path(path)

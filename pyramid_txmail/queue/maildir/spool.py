@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import itertools
 import json
 import os
@@ -357,6 +358,11 @@ class Spool(DeferredIndex):
         try:
             with entry.open() as f:
                 whole = stream_over is None or os.fstat(f.fileno()).st_size <= stream_over
+                if whole:
+                    # Read once and scanned in memory: through the claim's reader the
+                    # scan cost a Python call per line and per seek (an fstat for each
+                    # seek to the end), and the file was read twice.
+                    f = io.BytesIO(f.read())
                 layout = scan(f, body=not whole)
                 if whole or layout.long_body_line:
                     return layout.fromaddr, layout.toaddrs, b"".join(layout.chunks(f))

@@ -16,11 +16,9 @@ costs nothing); :func:`read_body` reads the rest on request.
 from __future__ import annotations
 
 import dataclasses
-import email.policy
 import os
 import re
 import time
-from email.parser import BytesHeaderParser
 
 from . import claims
 from ...compose.reading import header_items
@@ -62,7 +60,13 @@ def _read_head(path):
 
 
 def _parse_headers(head):
-    """``[(name, value)]`` decoded for reading (RFC 2047 words, folding undone)."""
+    """``[(name, value)]`` decoded for reading (RFC 2047 words, folding undone).
+
+    The email package is imported here, for txmail-queue's listings: the processor
+    imports this module with its queue, and its start-up must not pay for it."""
+    import email.policy
+    from email.parser import BytesHeaderParser
+
     parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
     return [(name, " ".join(value.split())) for name, value in header_items(parsed)]
 

@@ -27,11 +27,11 @@ import sys
 import time
 
 from ...util.printable import get_logger
-from ..wakeup import Waker, WatchLost, WatchUnavailable  # noqa: F401 (public here too)
+from ..wakeup import (WATCH_MODES, Waker, WatchLost,  # noqa: F401 (public here too)
+                      WatchUnavailable)
 
 log = get_logger("pyramid_txmail.watch")
 
-WATCH_MODES = ("auto", "inotify", "poll")
 
 # <sys/inotify.h>
 IN_MOVED_TO = 0x00000080

@@ -1,0 +1,267 @@
+"""Property: the enqueue fast path (compose/headblock.py) gives what the stdlib path gives.
+
+``prepare(msg)`` tries the fast path first; ``prepare(msg, fast=False)`` is the
+``email`` package's path, the reference.  For generated messages of every
+kind ``send`` takes -- EmailMessage, legacy ``Message``, pyramid_mailer
+``Message``, the builder's ``Mail`` -- with well-formed headers and, mixed in,
+the bad-input strategies' values (controls, encoded-word look-alikes,
+non-ASCII, long runs), both calls must end alike: the same envelope, the same
+Message-ID and the same bytes, or the same error.  So the fast path never
+accepts what the stdlib path refuses, and never writes other bytes.
+
+Message-ID and Date are made fixed for the comparison (both paths call
+``email.utils.make_msgid`` / ``formatdate``), and multipart boundaries, which
+are random in both, are compared as placeholders.
+"""
+from __future__ import annotations
+
+import email.utils
+import re
+from contextlib import contextmanager
+from email.message import EmailMessage, Message
+from unittest import mock
+
+import pytest
+from hypothesis import event, example, given
+from hypothesis import strategies as st
+from pyramid_mailer.message import Message as PyramidMailerMessage
+
+from pyramid_txmail.builder import Mail
+from pyramid_txmail.compose import headblock, textpart
+from pyramid_txmail.compose import message as compose
+
+from .badinput_strategies import SPECIALS, header_value, valid_header_name
+from .badinput_support import examples
+
+ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+ODD_LOCAL = ["jane", "a.b", "o'brien", "x+tag", "=?x?q?a?=", "jörg", '"a,b"', "a..b", ".a"]
+ODD_DOMAIN = ["Example.ORG", "bücher.example", "xn--bcher-kva.example", "localhost",
+              "[127.0.0.1]", "-x-.com", "a" * 70 + ".example.com"]
+ODD_DISPLAY = ['"Doe, Jane"', '"Jane  Doe"', '""', "J. Doe", "Jörg Müller",
+               "=?utf-8?q?J=C3=B6rg?=", "(comment) Jane", '"a\\"b"', "x" * 80, "Jane (x)"]
+ODD_LIST = ["", "undisclosed-recipients:;", "a@example.com,b@example.com",
+            "a@example.com,\n b@example.com", "a@example.com, ", "<a@example.com>"]
+
+
+def mostly(plain, odd):
+    """``plain`` four times in five, else one of ``odd`` (a strategy or values)."""
+    odd = odd if isinstance(odd, st.SearchStrategy) else st.sampled_from(odd)
+    return st.integers(0, 4).flatmap(lambda i: odd if i == 0 else plain)
+
+
+clean_address = st.builds(lambda lp, dom: f"{lp}@{dom}",
+                          st.text(st.sampled_from(ATEXT), min_size=1, max_size=10),
+                          st.sampled_from(["example.com", "mail.example.co.uk", "example.org"]))
+words = st.from_regex(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,8}( [A-Za-z0-9'-]{1,8}){0,3}",
+                      fullmatch=True)
+clean_mailbox = clean_address | st.builds(lambda d, a: f"{d} <{a}>",
+                                          words | st.just('"Doe, Jane"'), clean_address)
+clean_list = st.lists(clean_mailbox, min_size=1, max_size=3).map(", ".join)
+clean_subject = st.from_regex(r"[ -~]{0,70}", fullmatch=True)
+
+local = mostly(st.text(st.sampled_from(ATEXT), min_size=1, max_size=10), ODD_LOCAL)
+domain = mostly(st.sampled_from(["example.com", "mail.example.co.uk", "example.org"]),
+                ODD_DOMAIN)
+address = st.builds(lambda lp, dom: f"{lp}@{dom}", local, domain)
+display = mostly(words, st.sampled_from(ODD_DISPLAY) | st.text(max_size=6))
+mailbox = st.one_of(address, st.builds(lambda d, a: f"{d} <{a}>", display, address))
+address_list = mostly(st.lists(mailbox, min_size=1, max_size=3).map(", ".join), ODD_LIST)
+subject = mostly(clean_subject, st.sampled_from(SPECIALS) | header_value)
+body = st.sampled_from(["Hello\n", "Hello\r\nworld\r\n", "Grüße\n", "x" * 1200 + "\n", "",
+                        "From me\n.\n", "line\rbare cr\n"])
+EXTRA_NAMES = ["Message-ID", "Date", "Sender", "Reply-To", "X-Actually-To", "Resent-From",
+               "MIME-Version"]
+EXTRA_VALUES = ["<a.b@example.com>", "Wed, 02 Dec 2026 02:44:39 +0000", "1.0",
+                "  Spaced  out  "]
+extra = st.lists(st.tuples(valid_header_name | st.sampled_from(EXTRA_NAMES),
+                           subject | address_list | st.sampled_from(EXTRA_VALUES)), max_size=3)
+clean_extra = st.lists(st.tuples(valid_header_name, clean_subject), max_size=2)
+envelope = mostly(st.none(), st.tuples(st.none() | address, st.none() | st.lists(address,
+                                                                                 max_size=2)))
+KINDS = ("email", "legacy", "pyramid_mailer", "mail")
+
+_BOUNDARY = re.compile(rb"===============\d+==|=_[0-9a-f]{32}")
+_MSGID = "<1764643479.4242.1234567890@{}>"
+_DATE = "Wed, 02 Dec 2026 02:44:39 +0000"
+
+
+@contextmanager
+def fixed_id_and_date():
+    with mock.patch("email.utils.make_msgid",
+                    lambda idstring=None, domain=None: _MSGID.format(domain)), \
+            mock.patch("email.utils.formatdate", lambda *args, **kwargs: _DATE):
+        yield
+
+
+def build(kind, headers, text, html):
+    """A message of ``kind`` with ``headers`` (name, value), ``text`` and maybe ``html``."""
+    if kind == "mail":
+        fields = dict(headers)
+        return Mail(subject=fields.pop("Subject", None), to=fields.pop("To", None) or None,
+                    cc=fields.pop("Cc", None) or None, bcc=fields.pop("Bcc", None) or None,
+                    sender=fields.pop("From", None) or None,
+                    reply_to=fields.pop("Reply-To", None) or None,
+                    headers=fields, text=text, html=html)
+    if kind == "pyramid_mailer":
+        fields = dict(headers)
+        return PyramidMailerMessage(
+            subject=fields.pop("Subject", ""), sender=fields.pop("From", None),
+            recipients=[fields.pop("To")] if fields.get("To") else [],
+            cc=[fields.pop("Cc")] if fields.get("Cc") else [],
+            bcc=[fields.pop("Bcc")] if fields.get("Bcc") else [],
+            body=text, html=html, extra_headers=fields)
+    message = EmailMessage() if kind == "email" else Message()
+    for name, value in headers:
+        message[name] = value
+    if kind == "email":
+        message.set_content(text)
+        if html is not None:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_payload(text)
+    return message
+
+
+def outcome(kind, headers, text, html, env, default_sender, fast):
+    """``("ok", envelope, Message-ID, bytes)`` or ``("error", type, text)`` of one
+    prepare() of a freshly built message (building can refuse it too)."""
+    fromaddr, toaddrs = env if env is not None else (None, None)
+    with fixed_id_and_date():
+        try:
+            message = build(kind, headers, text, html)
+            prepared = compose.prepare(message, default_sender, fromaddr, toaddrs, fast=fast)
+        except Exception as exc:  # noqa: BLE001 (pyramid_mailer's own refusals too)
+            return ("error", type(exc), str(exc))
+    data = prepared.data if isinstance(prepared.data, bytes) else b"".join(prepared.data)
+    return ("ok", prepared.fromaddr, prepared.toaddrs, prepared.message_id,
+            _BOUNDARY.sub(b"BOUNDARY", data))
+
+
+def headers_of(draw, clean):
+    """Headers of a message: well-formed ones when ``clean``, else with odd and bad
+    values mixed in."""
+    headers = []
+    if draw(st.integers(0, 3)):
+        headers.append(("From", draw(clean_mailbox if clean else mailbox)))
+    headers.append(("To", draw(clean_list if clean else address_list)))
+    for name in ("Cc", "Bcc", "Reply-To"):
+        if draw(st.integers(0, 3)) == 0:
+            headers.append((name, draw(clean_list if clean else address_list)))
+    if draw(st.booleans()):
+        headers.append(("Subject", draw(clean_subject if clean else subject)))
+    headers.extend(draw(clean_extra if clean else extra))
+    return headers
+
+
+@st.composite
+def cases(draw):
+    kind = draw(st.sampled_from(KINDS))
+    clean = draw(st.booleans())
+    html = draw(st.none() | st.just("<p>Hello</p>\n"))
+    return (kind, headers_of(draw, clean), draw(body), html,
+            None if clean else draw(envelope),
+            draw(clean_mailbox if clean else st.none() | mailbox))
+
+
+@examples(300, 3000)
+@given(cases())
+@example(("email", [("From", "Shop <shop@example.com>"), ("To", "jane@example.com"),
+                    ("Subject", "Your order #100001 has shipped")], "Hello\n", None, None, None))
+@example(("legacy", [("To", "a@example.com, B <b@example.com>")], "Hi\n", None, None,
+          "shop@example.com"))
+@example(("mail", [("To", "Jane <jane@example.com>"), ("Subject", "Hi")], "Hi\n",
+          "<p>Hi</p>\n", None, "shop@example.com"))
+@example(("email", [("To", "a@example.com"), ("Subject", "x  y")], "Hi\n", None,
+          (None, ["b@example.com"]), "S <s@example.com>"))
+def test_fast_path_ends_as_the_stdlib_path_does(case):
+    kind, headers, text, html, env, default_sender = case
+    slow = outcome(kind, headers, text, html, env, default_sender, fast=False)
+    taken, patches = _spy()
+    with patches[0], patches[1]:
+        fast = outcome(kind, headers, text, html, env, default_sender, fast=True)
+    event(f"{kind}: {'fast path' if any(taken) else 'stdlib path'}, {fast[0]}")
+    assert fast == slow
+
+
+@examples(300, 3000)
+@given(st.lists(st.builds(lambda d, a: f"{d} <{a}>" if d else a,
+                          st.none() | st.from_regex(
+                              r'[A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+( [A-Za-z0-9.-]+){0,2}'
+                              r'|"[ !#-\[\]-~]{0,10}"', fullmatch=True),
+                          st.from_regex(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9]+){0,2}"
+                                        r"@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+){0,2}",
+                                        fullmatch=True)),
+                min_size=1, max_size=4).map(", ".join))
+def test_simple_addresses_are_what_getaddresses_finds(text):
+    """The fast path's mailbox grammar reads the addresses the email package reads."""
+    found = headblock.simple_addresses(text)
+    if found is not None:
+        assert found == [addr for _, addr in email.utils.getaddresses([text])]
+
+
+def _spy():
+    taken = []
+
+    def wrap(function):
+        def spy(*args, **kwargs):
+            result = function(*args, **kwargs)
+            taken.append(result is not None)
+            return result
+        return spy
+
+    patches = [mock.patch.object(compose, name, wrap(getattr(compose, name)))
+               for name in ("_fast_message", "_fast_mail")]
+    return taken, patches
+
+
+COMMON = [(kind, html, text) for kind in KINDS for html in (None, "<p>Hello</p>\n")
+          for text in ("Hello,\n\nyour parcel left today.\n", "Grüße aus Köln\n")
+          if kind != "legacy" or html is None and text.isascii()]  # legacy: one ASCII part
+
+
+@pytest.mark.parametrize("kind, html, text", COMMON)
+def test_common_messages_take_the_fast_path(kind, html, text):
+    """Plain notifications -- ASCII headers, simple mailboxes, any body -- do not
+    pay the header registry (and give the stdlib path's bytes)."""
+    headers = [("From", "Shop <shop@example.com>"), ("To", "Jane Doe <jane@example.com>"),
+               ("Subject", "Your order #100001 has shipped")]
+    taken, patches = _spy()
+    for patch in patches:
+        patch.start()
+    try:
+        fast = outcome(kind, headers, text, html, None, None, fast=True)
+    finally:
+        for patch in patches:
+            patch.stop()
+    assert taken and taken[-1] is True
+    assert fast == outcome(kind, headers, text, html, None, None, fast=False)
+    assert fast[0] == "ok"
+
+
+@examples(300, 3000)
+@given(st.lists(st.sampled_from(list("ab \t.\r\n\x0b\x0c\x1cé=") + ["x" * 78, "y" * 79]),
+                max_size=12).map("".join) | st.text(max_size=30),
+       st.sampled_from(["plain", "html"]))
+def test_a_text_part_is_the_email_packages(text, subtype):
+    """The builder's text part, its headers made once per encoding, has the headers
+    and body that set_content gives it (7bit, quoted-printable and base64)."""
+    made, reference = textpart.text_part(text, subtype), textpart.text_part_stdlib(text, subtype)
+    assert [(n, str(v)) for n, v in made.headers.items()] == \
+        [(n, str(v)) for n, v in reference.headers.items()]
+    assert made.body == reference.body
+    assert made.head_bytes() == reference.head_bytes()
+
+
+def test_a_payload_the_generator_refuses_is_refused_as_the_stdlib_path_refuses_it():
+    """The fast path writes the body before it checks the headers: an error of the
+    body must not come before the stdlib path's header errors."""
+    def make():
+        message = Message()
+        message["To"] = "not an address"
+        message.set_payload(42)  # no text: the generator raises TypeError
+        return message
+    with pytest.raises(Exception) as slow:
+        compose.prepare(make(), "shop@example.com", fast=False)
+    with pytest.raises(Exception) as fast:
+        compose.prepare(make(), "shop@example.com")
+    assert (type(fast.value), str(fast.value)) == (type(slow.value), str(slow.value))
