@@ -101,8 +101,11 @@ $(MIGRATION_VENV)/.installed: tests/migration_requirements.txt setup.cfg pyproje
 	  --no-deps --no-binary :all: -d $(MIGRATION_VENV)/sdists $(MIGRATION_SDISTS)
 	touch $@
 
+# With bytecode caching even where the environment turns it off
+# (PYTHONDONTWRITEBYTECODE): otherwise every txmail-qp/txmail-queue the tests start
+# compiles pyramid_txmail from source again, and pytest rewrites every test module.
 test: install $(SMTP_SINK) postfix browser migration postgresql ab
-	$(PY) -m pytest $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m demo_app.run
@@ -145,7 +148,7 @@ reliability: install $(SMTP_SINK) postfix postgresql
 	rm -rf $(RELIABILITY_DIR) && mkdir -p $(RELIABILITY_DIR)
 	TXMAIL_RELIABILITY=long TXMAIL_RELIABILITY_OUT=$(CURDIR)/$(RELIABILITY_DIR)/counts.jsonl \
 	  TXMAIL_HYPOTHESIS=gate PYTHONHASHSEED=0 \
-	  $(PY) -m pytest -m reliability -o timeout=1800 -p no:cacheprovider \
+	  env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -m reliability -o timeout=1800 -p no:cacheprovider \
 	    --junitxml=$(RELIABILITY_DIR)/junit.xml $(PYTEST_ARGS); status=$$?; \
 	  $(PY) tests/reliability_report.py $(RELIABILITY_DIR) docs/RELIABILITY.md && exit $$status
 

@@ -9,6 +9,7 @@ server for refusals) and report on them with the spool's output and JSON keys.
 """
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ import time
 import pytest
 from sqlalchemy.engine import make_url
 
-from pyramid_txmail.queue.sql import SQLQueue, enqueue
+from pyramid_txmail.queue.sql import SQLQueue, enqueue, init_db
 
 from .faultserver import fault_server
 from .sql_support import db_url  # noqa: F401 (fixture)
@@ -50,6 +51,25 @@ def write_ini(tmp_path, url, server, extra=""):
 
 def run(*argv):
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=120)
+
+
+def create_tables(ini):
+    """The outbox tables for a test whose subject is not ``init-db``: made in this
+    process (``init_db``, what ``txmail-queue INI init-db`` runs), from the ini's own
+    ``mail.queue_url``.  A console script costs ~1 s of CPU to start; ``init-db`` itself
+    is run as one by the tests about it (the ``outbox`` fixture, the password test, the
+    two tests of an outbox without its tables)."""
+    queue = SQLQueue(_ini_value(ini, "mail.queue_url"))
+    try:
+        init_db(queue.engine)
+    finally:
+        queue.close()
+
+
+def _ini_value(ini, key):
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ini)
+    return parser["app:main"][key]
 
 
 def queue_json(ini, *args):
@@ -110,7 +130,7 @@ def test_the_password_in_the_url_is_never_printed(tmp_path, pg_url, smtp_server)
     every command works, and none of them shows it."""
     url = make_url(pg_url).set(password="S3cret-Pw").render_as_string(hide_password=False)
     ini = write_ini(tmp_path, url, smtp_server)
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     put(url, ["a@example.org"])
     for argv in ([QUEUE, ini, "init-db"], [QP, ini, "--no-app", "-v"],
                  [QUEUE, ini, "status"], [QUEUE, ini, "list", "--json"]):
@@ -130,7 +150,7 @@ REFUSING = {"rcpt": {"later@example.org": "451 4.3.0 mailbox busy, try later",
 def test_deferral_dead_letters_retry_and_purge(tmp_path, db_url, make_smtp_server):
     server = fault_server(make_smtp_server, dict(REFUSING))
     ini = write_ini(tmp_path, db_url, server)
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     [ident] = put(db_url, ["ok@example.org", "later@example.org", "gone@example.org"])
     proc = run(QP, ini, "--no-app")
     assert proc.returncode == 0, proc.stderr
@@ -169,7 +189,7 @@ def test_deferral_dead_letters_retry_and_purge(tmp_path, db_url, make_smtp_serve
 def test_purge_removes_dead_letters_only_when_asked(tmp_path, db_url, make_smtp_server):
     server = fault_server(make_smtp_server, dict(REFUSING))
     ini = write_ini(tmp_path, db_url, server)
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     put(db_url, ["gone@example.org"], n=2)
     assert run(QP, ini, "--no-app").returncode == 0
     assert queue_json(ini, "status")["failed"] == 2
@@ -187,7 +207,7 @@ def test_the_json_keys_are_the_spool_s(tmp_path, db_url, make_smtp_server):
     """status, list and show --json: the same keys on the outbox as on a spool."""
     server = fault_server(make_smtp_server, dict(REFUSING))
     ini = write_ini(tmp_path, db_url, server)
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     put(db_url, ["later@example.org"])
     assert run(QP, ini, "--no-app").returncode == 0
 
@@ -211,7 +231,7 @@ def test_release_puts_back_a_claim_of_a_dead_processor(tmp_path, db_url, smtp_se
     """A claim whose lease ran out (its processor was killed) goes back with
     ``release --stale``; a live one is refused without --force."""
     ini = write_ini(tmp_path, db_url, smtp_server, "mail.claim_timeout = 1s\n")
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     [ident] = put(db_url, ["a@example.org"])
     queue = SQLQueue(db_url, claim_timeout=1.0)
     try:
@@ -259,7 +279,7 @@ def test_the_daemon_is_woken_by_the_commit_on_postgresql(tmp_path, pg_url, smtp_
     "mail" (the commit's notification), not by a timer: the poll interval is an
     hour and no retry or claim is due, so no timer could have started it."""
     ini = write_ini(tmp_path, pg_url, smtp_server, "mail.poll_interval = 1h\n")
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     proc = start_daemon(ini, tmp_path)
     daemons.append(proc)
     wait_until(lambda: "daemon started on" in log_of(proc), WAIT, "the daemon to start")
@@ -281,7 +301,7 @@ def test_an_uncommitted_message_does_not_wake_the_daemon(tmp_path, pg_url, smtp_
                                                          daemons):
     """NOTIFY is delivered at the commit: a rolled-back enqueue is never sent."""
     ini = write_ini(tmp_path, pg_url, smtp_server, "mail.poll_interval = 1h\n")
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     proc = start_daemon(ini, tmp_path)
     daemons.append(proc)
     wait_until(lambda: "daemon started on" in log_of(proc), WAIT, "the daemon to start")
@@ -303,7 +323,7 @@ def test_an_uncommitted_message_does_not_wake_the_daemon(tmp_path, pg_url, smtp_
 
 def test_the_daemon_polls_sqlite(tmp_path, sqlite_url, smtp_server, daemons):
     ini = write_ini(tmp_path, sqlite_url, smtp_server, "mail.poll_interval = 0.2s\n")
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     proc = start_daemon(ini, tmp_path)
     daemons.append(proc)
     wait_until(lambda: "daemon started on" in log_of(proc), WAIT, "the daemon to start")
@@ -321,7 +341,7 @@ def test_the_daemon_retries_a_deferred_message_when_it_is_due(tmp_path, db_url,
     server = fault_server(make_smtp_server, {"rcpt": ["451 4.3.0 try later", "250 OK"]})
     ini = write_ini(tmp_path, db_url, server, "mail.retry_initial = 1s\n"
                     "mail.retry_max = 2s\nmail.poll_interval = 1h\n")
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     [ident] = put(db_url, ["a@example.org"])
     proc = start_daemon(ini, tmp_path)
     daemons.append(proc)
@@ -364,7 +384,7 @@ def test_status_names_the_outbox_url_not_a_spool(tmp_path, pg_url, smtp_server):
     JSON keeps ``spool`` for old readers and has ``queue`` and ``backend`` beside it."""
     url = make_url(pg_url).set(password="S3cret-Pw").render_as_string(hide_password=False)
     ini = write_ini(tmp_path, url, smtp_server)
-    assert run(QUEUE, ini, "init-db").returncode == 0
+    create_tables(ini)
     proc = run(QUEUE, ini, "status")
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]

@@ -402,11 +402,11 @@ def run(args, signals, waker):
 
 
 def main(argv=None):
+    guard_streams()  # before argparse, which prints --help and usage errors
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on a usage error
     if args.watch and not args.daemon:
         parser.error("--watch only applies with --daemon")
-    guard_streams()
     if not supervisor.is_child():
         code = _supervise(args, argv)
         if code is not None:

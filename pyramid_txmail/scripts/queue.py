@@ -315,9 +315,9 @@ def _database_problem(exc, settings):
 
 
 def main(argv=None):
+    guard_streams()  # before argparse, which prints --help and usage errors
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on a usage error
-    guard_streams()
     try:
         code = run(args)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit

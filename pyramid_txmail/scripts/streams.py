@@ -21,7 +21,16 @@ EX_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool killed by it
 
 
 def guard_streams():
-    """Make stdout and stderr write what they cannot encode as backslash escapes."""
+    """Give the command standard streams that exist and never raise on output.
+
+    A process manager or a cron wrapper may start it with fd 0, 1 or 2 closed
+    (``>&-``): Python then has ``sys.stdout = None``, and worse, the next file or
+    socket opened takes that number, so anything written to "stdout" would go
+    into a spool file or the SMTP session.  Each closed one is opened on
+    ``/dev/null`` first.  Then stdout and stderr write what they cannot encode
+    as backslash escapes.
+    """
+    _reopen_closed()
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # a test's StringIO has none
         if reconfigure is not None:
@@ -42,3 +51,17 @@ def quiet_broken_pipe():
     except (OSError, ValueError, AttributeError):  # no real stdout: nothing left to flush
         pass
     return EX_BROKEN_PIPE
+
+
+def _reopen_closed():
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:  # closed: the lowest free number is this one (lower ones are open)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
