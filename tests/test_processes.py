@@ -373,6 +373,8 @@ def test_a_restarted_child_shares_no_database_connection_with_the_parent(tmp_pat
                    "the restarted child running")
         [new] = set(children_of(proc.pid)) - set(kids)
         assert _socket_inodes(new) & parents == set()
+        # nor any other socket of the parent's (its /metrics listener, above all)
+        assert _socket_inodes(new) & _socket_inodes(proc.pid) == set()
         assert health() == "ok"  # the parent's own connection still works
         assert _socket_inodes(proc.pid) & _tcp_inodes_to(pg_port)
     finally:
