@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 
 from pyramid.exceptions import ConfigurationError
 
@@ -120,6 +121,8 @@ class ParentOperations:
         self.health = None
         self.exposition = None
         self.queue = None
+        #: the DBAPI connections the queue view's pool opened (weakly: closed ones go)
+        self._connections = weakref.WeakSet()
         self.is_ready = False
         if self.port or settings.metrics_file:
             key = "mail.metrics_port" if self.port else "mail.metrics_file"
@@ -155,9 +158,17 @@ class ParentOperations:
         return self.metrics_dir is not None
 
     def in_child(self):
-        """In a freshly forked child: let go of the parent's listening socket."""
+        """In a freshly forked child (a restart, after :meth:`_open`): let go of every
+        descriptor the parent's operations own -- its listening socket, its systemd
+        socket, its queue view's database pool -- without closing the parent's."""
         if self.server is not None:
             self.server.httpd.socket.close()
+        self.notifier.forget_in_child()
+        engine = getattr(self.queue, "engine", None)
+        if engine is not None:
+            from . import child
+
+            child.release_inherited_engine(engine, list(self._connections))
 
     def _open(self):
         """The parent's own view of the queue, opened after the children were forked."""
@@ -166,6 +177,12 @@ class ParentOperations:
         from ..queue import open_queue
 
         self.queue = open_queue(self.settings, create=False)
+        engine = getattr(self.queue, "engine", None)
+        if engine is not None:  # what a child forked later must let go of (in_child)
+            from sqlalchemy import event
+
+            event.listen(engine, "connect",
+                         lambda dbapi_connection, record: self._connections.add(dbapi_connection))
         self.progress = Progress(self.queue)
         self.progress.relays = self.relays = ChildrenRelays()
         self.health = Health(self.progress, self.settings)
