@@ -33,6 +33,7 @@ from pyramid.exceptions import ConfigurationError
 from ..util.printable import get_logger
 from .health import Health, MetricsServer, Progress
 from .metrics import QueueCollector, require_prometheus
+from .reporting import PassReports
 from .sdnotify import Notifier
 
 log = get_logger("pyramid_txmail.procmetrics")
@@ -107,7 +108,7 @@ class _RestingCollector:
         yield gauge
 
 
-class ParentOperations:
+class ParentOperations(PassReports):
     """The parent's metrics port, textfile, /healthz and systemd notification."""
 
     def __init__(self, settings, daemon, environ=None):
@@ -181,8 +182,7 @@ class ParentOperations:
         if engine is not None:  # what a child forked later must let go of (in_child)
             from sqlalchemy import event
 
-            event.listen(engine, "connect",
-                         lambda dbapi_connection, record: self._connections.add(dbapi_connection))
+            event.listen(engine, "connect", self._opened)
         self.progress = Progress(self.queue)
         self.progress.relays = self.relays = ChildrenRelays()
         self.health = Health(self.progress, self.settings)
@@ -230,18 +230,15 @@ class ParentOperations:
             if os.environ.get(MULTIPROC_ENV) == self.metrics_dir:
                 del os.environ[MULTIPROC_ENV]
 
-    def _write_textfile(self, stats=None):
-        try:
-            self.textfile.write(self.registry)
-        except OSError as exc:
-            log.error("cannot write the metrics to mail.metrics_file = %s: %s",
-                      self.settings.metrics_file, exc.strerror or exc)
+    def textfile_registry(self):
+        return self.registry
 
-    def _status(self, stats):
+    def _opened(self, dbapi_connection, record):
+        """A connection of the parent's queue view, for a child forked later to let go
+        of.  Only those with a socket of their own can be referred to weakly, and only
+        they need it: sqlite3's connection (a file the child never touches) can be
+        neither."""
         try:
-            status = self.progress.reader.read()
-            depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "
-                     f"failed={status.get('failed', 0)}")
-        except Exception as exc:
-            depth = f"queue unreadable: {type(exc).__name__}"
-        self.notifier.status(f"last pass: {stats.summary()}; {depth}")
+            self._connections.add(dbapi_connection)
+        except TypeError:  # cannot create weak reference: no socket to let go of
+            pass
