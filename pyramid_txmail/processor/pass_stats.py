@@ -13,8 +13,10 @@ class PassStats:
     ``sent``: messages delivered to every remaining recipient and removed;
     ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
     dead letters written to ``failed/`` (refused, expired or poison);
-    ``skipped``: deferred messages not yet due, or claimed by another
-    process first; ``recovered``: stale claims put back into ``new/``, and
+    ``skipped``: deferred messages not yet due; ``taken``: messages another
+    processor claimed first (another ``txmail-qp``, or, with ``mail.processes``,
+    a sibling process of this one: then it is the normal share-out, not a
+    problem) or took from this one while it held them; ``recovered``: stale claims put back into ``new/``, and
     what crashed senders left in ``tmp/`` and ``prepared/``, cleaned up or
     resolved (:mod:`pyramid_txmail.queue.maildir.recovery`);
     ``errors``: messages whose handling raised unexpectedly (logged; the
@@ -27,6 +29,7 @@ class PassStats:
     skipped: int = 0
     recovered: int = 0
     errors: int = 0
+    taken: int = 0
 
     def add(self, other):
         for field in dataclasses.fields(self):
@@ -34,4 +37,5 @@ class PassStats:
 
     def summary(self):
         return (f"sent={self.sent} deferred={self.deferred} failed={self.failed} "
-                f"skipped={self.skipped} recovered={self.recovered} errors={self.errors}")
+                f"skipped={self.skipped} recovered={self.recovered} errors={self.errors} "
+                f"taken={self.taken}")

@@ -254,7 +254,7 @@ class Processor(Outcomes):
         try:
             self._process(transport, ticket, stats)
         except (ClaimLost, FileNotFoundError) as exc:
-            stats.skipped += 1
+            stats.taken += 1
             log.warning("%s: this processor lost its claim while handling it (%s); the "
                         "message is left to whoever holds it now (released by "
                         "`txmail-queue release --force`, or taken after its heartbeat "
@@ -271,8 +271,8 @@ class Processor(Outcomes):
     def _process(self, transport, ticket, stats):
         """Claim, read, attempt and settle one message; a bad one never stops the pass."""
         claimed = self.queue.claim(ticket)
-        if claimed is None:
-            stats.skipped += 1
+        if claimed is None:  # another processor's (a sibling process, another txmail-qp)
+            stats.taken += 1
             return
         self._scope.add(claimed)
         try:
