@@ -88,7 +88,8 @@ class SQLQueue(SqlAdmin):
         #: (:mod:`~pyramid_txmail.queue.sql.retiring`), up to one per worker.
         self._retires = self._driver_claims = None
         if self.engine.dialect.name == "postgresql":
-            self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group)
+            self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group,
+                                        one=self._retire_one)
             self._driver_claims = DriverClaims(self.engine.dialect)
         #: An Event set when the process is asked to stop (txmail-qp sets it): the
         #: wait for a database that is away then ends at once (QueueAway).
@@ -334,14 +335,18 @@ class SQLQueue(SqlAdmin):
         """
         if self._retires is not None:
             chunks = self._retires.retire(claimed, not had_state)
-        elif self.keep_delivered:
-            chunks = self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
-                                                settled_at=db_epoch(), next_attempt=None),
-                                  lazy_commit=not had_state)
-        else:  # kept for no time at all
-            chunks = self._settle(claimed, None, lazy_commit=not had_state)
+        else:
+            chunks = self._retire_one(claimed, not had_state)
         if chunks:
             self._drop_chunks(claimed.id)
+
+    def _retire_one(self, claimed, lazy):
+        """The retire of one row in a statement (and transaction) of its own; its chunks."""
+        if self.keep_delivered:
+            return self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
+                                              settled_at=db_epoch(), next_attempt=None),
+                                lazy_commit=lazy)
+        return self._settle(claimed, None, lazy_commit=lazy)  # kept for no time at all
 
     def _in_hand(self):
         scope = self._scope
@@ -349,12 +354,12 @@ class SQLQueue(SqlAdmin):
 
     def _settle_group(self, pairs, lazy):
         """Retire ``pairs`` (id, token) in one statement (:mod:`.retiring`); returns
-        ``{id: chunks}`` of the rows this process's tokens still held."""
+        ``{(id, token): chunks}`` of the rows this process's tokens still held."""
         sql = group_sql(not self.keep_delivered, lazy, PG_EPOCH)
         params = {"ids": [i for i, _ in pairs], "tokens": [t for _, t in pairs]}
         about = "outbox row" + "s" * (len(pairs) > 1) + " " + ", ".join(str(i) for i, _ in pairs)
         rows = self._patient(about, lambda c: c.exec_driver_sql(sql, params).all(), "write")
-        return {row[0]: row[1] for row in rows}
+        return {(row[0], row[1]): row[2] for row in rows}
 
     def _drop_chunks(self, ident):
         """A delivered body's chunks; if that fails they go with the row (housekeeping)."""
