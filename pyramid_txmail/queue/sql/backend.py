@@ -160,9 +160,14 @@ class SQLQueue(SqlAdmin):
             stats.errors += 1
             log_error("cannot count the deferred mail", self.where, exc)
             return  # the claims would fail the same way
-        batches = claimed_batches(self, now, horizon, stats)
-        # within a pass, the next batch is claimed while this one is handed out
-        yield from handed_out(batches, self.claim_batch // 2 if self._scope is not None else 0)
+        if self._scope is None:
+            yield from handed_out(claimed_batches(self, now, horizon, stats), 0)
+            return
+        # within a pass: first one row per worker, nothing ahead of it (idle processes
+        # share a burst); then the next batch is claimed while this one is handed out
+        half = max(1, self.claim_batch // 2)
+        yield from handed_out(claimed_batches(self, now, horizon, stats, first=half), half,
+                              ahead_of_first=False)
 
     def _not_due(self, now, horizon):
         query = sa.select(sa.func.count()).select_from(outbox).where(
@@ -170,8 +175,8 @@ class SQLQueue(SqlAdmin):
             outbox.c.next_attempt <= now + horizon)
         return self._run(lambda c: c.execute(query).scalar(), "read")
 
-    def _claim_batch(self, which, now, horizon):
-        params, prefix = claim_params(which, now, horizon, self.claim_batch,
+    def _claim_batch(self, which, now, horizon, size=None):
+        params, prefix = claim_params(which, now, horizon, size or self.claim_batch,
                                       self.claim_timeout)
         if self._driver_claims is not None:
             rows = self._run(lambda c: self._driver_claims.run(c, which, params), "write")
