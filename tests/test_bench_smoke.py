@@ -20,6 +20,7 @@ NUMBER = r"\d[\d,]*(?:\.\d+)?"
 
 sys.path.insert(0, str(ROOT / "bench"))
 import harness  # noqa: E402
+import sec_drain  # noqa: E402
 
 #: The quick run takes minutes on a busy 2-core machine (its own subprocess timeout
 #: is 600 s): the suite's 120 s would cut the fixture that runs it.
@@ -72,8 +73,9 @@ def test_quick_run_writes_every_section_with_numbers(quick_run):
     for path in ("txmail", "pyramid_mailer", "floor"):
         cells = _row(enqueue, path)
         assert re.fullmatch(NUMBER, cells[1]) and float(cells[1]) > 0, cells
-    for config in ("txmail-qp, 1 worker", "txmail-qp, 4 workers (default)",
-                   "2 txmail-qp processes x 2 workers",
+    for config in (sec_drain.DEFAULT, "txmail-qp, 1 process, 1 worker",
+                   "txmail-qp, 1 process, 4 workers (the default before mail.processes)",
+                   sec_drain.SPLIT,
                    "repoze.sendmail qp", "smtp-source, 1 session (floor)"):
         for header in ("wall s", "peak RSS MB"):
             cell = _cell(drain, config, header)

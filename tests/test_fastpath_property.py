@@ -79,6 +79,9 @@ clean_extra = st.lists(st.tuples(valid_header_name, clean_subject), max_size=2)
 envelope = mostly(st.none(), st.tuples(st.none() | address, st.none() | st.lists(address,
                                                                                  max_size=2)))
 KINDS = ("email", "legacy", "pyramid_mailer", "mail")
+#: Headers a message has at most one of (policy.header_max_count), and one it may repeat.
+REPEATED = ["To", "From", "Cc", "Bcc", "Reply-To", "Sender", "Subject", "Date", "Message-ID",
+            "MIME-Version", "Content-Type", "X-Tag"]
 
 _BOUNDARY = re.compile(rb"===============\d+==|=_[0-9a-f]{32}")
 _MSGID = "<1764643479.4242.1234567890@{}>"
@@ -96,12 +99,18 @@ def fixed_id_and_date():
 def build(kind, headers, text, html):
     """A message of ``kind`` with ``headers`` (name, value), ``text`` and maybe ``html``."""
     if kind == "mail":
-        fields = dict(headers)
-        return Mail(subject=fields.pop("Subject", None), to=fields.pop("To", None) or None,
-                    cc=fields.pop("Cc", None) or None, bcc=fields.pop("Bcc", None) or None,
-                    sender=fields.pop("From", None) or None,
-                    reply_to=fields.pop("Reply-To", None) or None,
-                    headers=fields, text=text, html=html)
+        # The first of each field the builder names goes to its keyword; every other
+        # header -- a repeat of one of those too -- to headers=, as a list (a dict
+        # would drop the repeats that Mail(headers=[("To", ...)]) can carry).
+        keyword = {"Subject": "subject", "To": "to", "Cc": "cc", "Bcc": "bcc",
+                   "From": "sender", "Reply-To": "reply_to"}
+        fields, rest = {}, []
+        for name, value in headers:
+            if name in keyword and keyword[name] not in fields:
+                fields[keyword[name]] = value if name == "Subject" else value or None
+            else:
+                rest.append((name, value))
+        return Mail(headers=rest, text=text, html=html, **fields)
     if kind == "pyramid_mailer":
         fields = dict(headers)
         return PyramidMailerMessage(
@@ -150,6 +159,10 @@ def headers_of(draw, clean):
     if draw(st.booleans()):
         headers.append(("Subject", draw(clean_subject if clean else subject)))
     headers.extend(draw(clean_extra if clean else extra))
+    if draw(st.integers(0, 3)) == 0:  # a header repeated: the stdlib path's max_count rule
+        name = draw(st.sampled_from(REPEATED))
+        value = draw(st.sampled_from(EXTRA_VALUES) | (clean_list if clean else address_list))
+        headers.insert(draw(st.integers(0, len(headers))), (name, value))
     return headers
 
 
@@ -173,6 +186,16 @@ def cases(draw):
           "<p>Hi</p>\n", None, "shop@example.com"))
 @example(("email", [("To", "a@example.com"), ("Subject", "x  y")], "Hi\n", None,
           (None, ["b@example.com"]), "S <s@example.com>"))
+@example(("mail", [("From", "a@example.com"), ("To", "x@example.com"), ("To", "b@example.com")],
+          "hi\n", None, None, None))
+@example(("mail", [("To", "x@example.com"), ("Subject", "s"), ("Subject", "t")], "hi\n", None,
+          None, "a@example.com"))
+@example(("mail", [("To", "x@example.com"), ("Message-ID", "<a@b.c>"),
+                   ("Message-ID", "<d@e.f>")], "hi\n", None, None, "a@example.com"))
+@example(("mail", [("To", "x@example.com"), ("Subject", "Grüße"), ("Subject", "t")], "hi\n",
+          None, None, "a@example.com"))
+@example(("mail", [("To", "x@example.com"), ("Subject", "s"), ("Subject", "Grüße")], "hi\n",
+          None, None, "a@example.com"))
 def test_fast_path_ends_as_the_stdlib_path_does(case):
     kind, headers, text, html, env, default_sender = case
     slow = outcome(kind, headers, text, html, env, default_sender, fast=False)

@@ -303,3 +303,84 @@ def test_a_storm_of_sigterm_at_the_parent_ends_everything_with_0(setup_for,
     left = spool_state_counts(s.spool)
     assert left == {"new": 4, "cur": 0, "deferred": 0, "failed": 0}  # the rest, untouched
     assert len(ids) == 6 and "Traceback" not in log_of(proc)
+
+
+# -- what a restarted child inherits -------------------------------------------------------
+
+def _socket_inodes(pid):
+    """The inodes of the sockets ``pid`` holds open (/proc/<pid>/fd)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[len("socket:["):-1])
+    return found
+
+
+def _tcp_inodes_to(port):
+    """The inodes of the TCP sockets connected to ``port`` (/proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def test_a_restarted_child_shares_no_database_connection_with_the_parent(tmp_path, pg_url,
+                                                                          smtp_server):
+    """The parent opens its own view of the queue (for /metrics and /healthz) once the
+    first children are up; a child restarted later is forked from it.  Whatever the
+    parent's pool holds then -- a PostgreSQL connection, its socket -- must be neither
+    used nor closed by the child: two processes on one session interleave their
+    protocol messages, and the child's close would end the parent's session."""
+    pytest.importorskip("prometheus_client")
+    from sqlalchemy.engine import make_url
+
+    from .test_sql_qp import log_of as sql_log_of
+    from .test_sql_qp import start_daemon
+    port = free_port()
+    ini = write_ini(tmp_path, pg_url, smtp_server,
+                    f"mail.processes = 2\nmail.metrics_port = {port}\n")
+    assert run(QUEUE, ini, "init-db").returncode == 0
+    proc = start_daemon(ini, tmp_path)
+    try:
+        wait_until(lambda: sql_log_of(proc).count("daemon started on") >= 2, WAIT,
+                   "both processes started")
+
+        def health():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+                return json.loads(r.read())["status"]
+
+        wait_until(lambda: health() == "ok", WAIT, "the parent's /healthz")
+        pg_port = make_url(pg_url).port
+        parents = _socket_inodes(proc.pid) & _tcp_inodes_to(pg_port)
+        assert parents, "the parent holds no PostgreSQL connection: nothing is tested"
+        kids = children_of(proc.pid)
+        os.kill(kids[0], signal.SIGKILL)
+        wait_until(lambda: len(set(children_of(proc.pid)) - set(kids)) == 1, WAIT,
+                   "the child restarted")
+        wait_until(lambda: sql_log_of(proc).count("daemon started on") >= 3, WAIT,
+                   "the restarted child running")
+        [new] = set(children_of(proc.pid)) - set(kids)
+        assert _socket_inodes(new) & parents == set()
+        # nor any other socket of the parent's (its /metrics listener, above all)
+        assert _socket_inodes(new) & _socket_inodes(proc.pid) == set()
+        assert health() == "ok"  # the parent's own connection still works
+        assert _socket_inodes(proc.pid) & _tcp_inodes_to(pg_port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

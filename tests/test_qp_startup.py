@@ -171,3 +171,36 @@ def test_only_plain_ini_paths_skip_plaster(uri, plain):
     from pyramid_txmail.scripts.ini import is_plain_ini
 
     assert is_plain_ini(uri) is plain
+
+
+def _subscription_targets():
+    from pyramid_txmail import events
+    from pyramid_txmail.interfaces import IMailEvent
+    return [("IMailEvent", IMailEvent), ("MailEvent", events.MailEvent),
+            ("MailSent", events.MailSent), ("MailFailed", events.MailFailed)]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _subscription_targets()])
+def test_subscribers_to_a_base_of_the_processors_events_are_a_warning_too(tmp_path, caplog, name):
+    """The rule is the dispatcher's (events.subscribed): a subscriber that a MailSent,
+    MailDeferred or MailFailed would reach is warned about, whatever it names -- a
+    base interface (IMailEvent), a base class (MailEvent) or the class itself."""
+    target = dict(_subscription_targets())[name]
+    with caplog.at_level(logging.WARNING, logger="pyramid_txmail"):
+        _app(tmp_path, "none", target)
+    [record] = [r for r in caplog.records if "qp_events" in r.getMessage()]
+    assert name in record.getMessage()
+
+
+@pytest.mark.parametrize("target", ["Interface", "object", "IMailQueued", "MailQueued"])
+def test_no_warning_for_subscribers_to_everything_or_to_the_apps_own_event(tmp_path, caplog, target):
+    """Subscribers to every event (Interface, object) are not the processor's (they
+    hear the app's own events); MailQueued is notified by the app, not txmail-qp."""
+    from zope.interface import Interface
+    from pyramid_txmail import events
+    from pyramid_txmail.interfaces import IMailQueued
+    subscribe = {"Interface": Interface, "object": object, "IMailQueued": IMailQueued,
+                 "MailQueued": events.MailQueued}[target]
+    with caplog.at_level(logging.WARNING, logger="pyramid_txmail"):
+        _app(tmp_path, "none", subscribe)
+    assert [r for r in caplog.records if "qp_events" in r.getMessage()] == []

@@ -63,6 +63,8 @@ _WRITTEN_AS_DECODED = (headerregistry.UnstructuredHeader, headerregistry.MIMEVer
                        headerregistry.MessageIDHeader)
 _STOCK_FACTORY = email.policy.default.header_factory
 _RECIPIENTS = ("to", "cc", "bcc")
+#: The policy of a builder Mail's header message (builder.Mail.header_message).
+_MAIL_POLICY = email.policy.default.clone(refold_source="none")
 _JOINED = _header_value_parser.TokenList.__str__
 
 
@@ -355,11 +357,26 @@ def mail_pairs(fields):
     """The ``(name, value)`` pairs of a builder Mail's header fields (``(name,
     value, raw)``) as its header message holds them, for :func:`fast_head`;
     ``None`` when the stdlib path must see them (envelope headers to drop, a
-    value it would refuse)."""
+    value it would refuse, a header repeated past its policy's ``max_count``).
+
+    ``header_message`` assigns each field that is not raw (``message[name] =
+    value``), and the email package refuses an assignment when the message
+    already holds ``header_max_count(name)`` headers of that name (one To, one
+    Subject, one Message-ID...; raw ones, added with ``set_raw``, count but are
+    not checked).  The same count is kept here, so a second To -- an extra
+    envelope recipient and two To lines -- is never written by this path.
+    """
     pairs = []
+    seen = {}
     for name, value, raw in fields:
         if not isinstance(name, str) or name.lower() in ("x-actually-from", "x-actually-to"):
             return None
+        low = name.lower()
+        if not raw:
+            limit = _MAIL_POLICY.header_max_count(name)
+            if limit and seen.get(low, 0) >= limit:
+                return None
+        seen[low] = seen.get(low, 0) + 1
         if not raw and not _assigned_as_is(name, value):
             try:
                 name, value = email.policy.default.header_store_parse(name, value)

@@ -23,6 +23,10 @@ log = get_logger("pyramid_txmail.supervisor")
 #: In a child: its link to the parent (None in the parent, or with one process).
 CHILD = None
 
+#: In a child: the parent's database pools and connections it inherited, kept
+#: referenced for the child's life so that no finalizer of theirs ever runs here.
+_INHERITED = []
+
 
 class ChildLink:
     """A child's end of its report pipe: one short line per report (atomic, < PIPE_BUF)."""
@@ -137,3 +141,33 @@ def set_pdeathsig():
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     except (OSError, AttributeError):  # no prctl: the getppid() check still works
         pass
+
+
+def release_inherited_engine(engine, connections=()):
+    """In a freshly forked child: let go of the parent's database ``engine`` without
+    touching the parent's connections (``connections``: the DBAPI connections its
+    pool opened, those still open included).
+
+    A child restarted by the supervisor is forked from a parent that may hold its
+    own view of the queue (:mod:`.procmetrics`: /metrics, /healthz), with a
+    PostgreSQL connection in its pool.  Used by the child, the two processes would
+    interleave their protocol messages on one session; closed by the child (a
+    ``dispose()``, a finalizer's ``PQfinish``), the parent's session would end.  So
+    the pool is replaced without closing anything (SQLAlchemy's
+    ``dispose(close=False)``), the old one and its connections are kept referenced
+    so that they are never finalized here, and only the child's copy of each
+    connection's descriptor is closed (``os.close``: the server sees nothing, the
+    parent's socket stays open).  A connection already closed raises on
+    ``fileno()`` and is skipped: its number may be another descriptor by now.
+    """
+    _INHERITED.append((engine.pool, list(connections)))
+    engine.dispose(close=False)
+    for connection in connections:
+        try:
+            fd = connection.fileno()
+        except Exception:  # noqa: BLE001 -- closed, lost, or no socket (SQLite)
+            continue
+        try:
+            os.close(fd)
+        except OSError:
+            pass

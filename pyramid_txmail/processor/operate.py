@@ -16,12 +16,13 @@ from ..util.config_error import configuration_error
 from ..util.printable import get_logger
 from . import child as child_side
 from .processor import Processor
+from .reporting import PassReports
 from .sdnotify import Notifier
 
 log = get_logger("pyramid_txmail.operate")
 
 
-class Operations:
+class Operations(PassReports):
     def __init__(self, queue, settings, daemon, environ=None):
         self.queue = queue
         self.settings = settings
@@ -88,18 +89,5 @@ class Operations:
             if self.server is not None:
                 self.server.close()
 
-    def _write_textfile(self, stats=None):
-        try:
-            self.textfile.write(self.metrics.registry)
-        except OSError as exc:
-            log.error("cannot write the metrics to mail.metrics_file = %s: %s",
-                      self.settings.metrics_file, exc.strerror or exc)
-
-    def _status(self, stats):
-        try:
-            status = self.progress.reader.read()
-            depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "
-                     f"failed={status.get('failed', 0)}")
-        except Exception as exc:
-            depth = f"queue unreadable: {type(exc).__name__}"
-        self.notifier.status(f"last pass: {stats.summary()}; {depth}")
+    def textfile_registry(self):
+        return self.metrics.registry

@@ -26,12 +26,14 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 
 from pyramid.exceptions import ConfigurationError
 
 from ..util.printable import get_logger
 from .health import Health, MetricsServer, Progress
 from .metrics import QueueCollector, require_prometheus
+from .reporting import PassReports
 from .sdnotify import Notifier
 
 log = get_logger("pyramid_txmail.procmetrics")
@@ -106,7 +108,7 @@ class _RestingCollector:
         yield gauge
 
 
-class ParentOperations:
+class ParentOperations(PassReports):
     """The parent's metrics port, textfile, /healthz and systemd notification."""
 
     def __init__(self, settings, daemon, environ=None):
@@ -120,6 +122,8 @@ class ParentOperations:
         self.health = None
         self.exposition = None
         self.queue = None
+        #: the DBAPI connections the queue view's pool opened (weakly: closed ones go)
+        self._connections = weakref.WeakSet()
         self.is_ready = False
         if self.port or settings.metrics_file:
             key = "mail.metrics_port" if self.port else "mail.metrics_file"
@@ -155,9 +159,17 @@ class ParentOperations:
         return self.metrics_dir is not None
 
     def in_child(self):
-        """In a freshly forked child: let go of the parent's listening socket."""
+        """In a freshly forked child (a restart, after :meth:`_open`): let go of every
+        descriptor the parent's operations own -- its listening socket, its systemd
+        socket, its queue view's database pool -- without closing the parent's."""
         if self.server is not None:
             self.server.httpd.socket.close()
+        self.notifier.forget_in_child()
+        engine = getattr(self.queue, "engine", None)
+        if engine is not None:
+            from . import child
+
+            child.release_inherited_engine(engine, list(self._connections))
 
     def _open(self):
         """The parent's own view of the queue, opened after the children were forked."""
@@ -166,6 +178,11 @@ class ParentOperations:
         from ..queue import open_queue
 
         self.queue = open_queue(self.settings, create=False)
+        engine = getattr(self.queue, "engine", None)
+        if engine is not None:  # what a child forked later must let go of (in_child)
+            from sqlalchemy import event
+
+            event.listen(engine, "connect", self._opened)
         self.progress = Progress(self.queue)
         self.progress.relays = self.relays = ChildrenRelays()
         self.health = Health(self.progress, self.settings)
@@ -213,18 +230,15 @@ class ParentOperations:
             if os.environ.get(MULTIPROC_ENV) == self.metrics_dir:
                 del os.environ[MULTIPROC_ENV]
 
-    def _write_textfile(self, stats=None):
-        try:
-            self.textfile.write(self.registry)
-        except OSError as exc:
-            log.error("cannot write the metrics to mail.metrics_file = %s: %s",
-                      self.settings.metrics_file, exc.strerror or exc)
+    def textfile_registry(self):
+        return self.registry
 
-    def _status(self, stats):
+    def _opened(self, dbapi_connection, record):
+        """A connection of the parent's queue view, for a child forked later to let go
+        of.  Only those with a socket of their own can be referred to weakly, and only
+        they need it: sqlite3's connection (a file the child never touches) can be
+        neither."""
         try:
-            status = self.progress.reader.read()
-            depth = (f"queued={status.get('queued', 0)} deferred={status.get('deferred', 0)} "
-                     f"failed={status.get('failed', 0)}")
-        except Exception as exc:
-            depth = f"queue unreadable: {type(exc).__name__}"
-        self.notifier.status(f"last pass: {stats.summary()}; {depth}")
+            self._connections.add(dbapi_connection)
+        except TypeError:  # cannot create weak reference: no socket to let go of
+            pass

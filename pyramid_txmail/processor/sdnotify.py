@@ -101,6 +101,16 @@ class Notifier:
         if self._thread is not None:
             self._thread.join()
 
+    def forget_in_child(self):
+        """In a process forked from the notifier's (a txmail-qp child): close this
+        process's copy of the socket and never send (systemd listens to the parent).
+        Without the lock: the parent's watchdog thread may have held it at the fork,
+        and that thread does not exist here."""
+        sock, self._sock, self.address = self._sock, None, None
+        self._lock, self._thread = threading.Lock(), None
+        if sock is not None:
+            sock.close()
+
     def close(self):
         self.stop_watchdog()
         with self._lock:
