@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from pyramid_txmail.processor.pass_stats import PassStats
 from pyramid_txmail.queue.sql import outbox
 from pyramid_txmail.queue.sql.errors import ClaimLost
+from pyramid_txmail.queue.sql.leases import Claimed
+from pyramid_txmail.queue.sql.retiring import RetireGroup
 
 from .sql_support import make_queue, put, row, settings
 
@@ -147,9 +149,10 @@ def test_without_delivered_rows_kept_a_group_deletes_them(pg_url):
     queue.close()
 
 
-def test_an_error_of_the_groups_statement_reaches_every_waiter(pg_queue):
-    """Not a false ClaimLost: each waiter gets the statement's own error, and the
-    rows stay claimed (their leases put them back)."""
+def test_an_error_of_the_groups_statement_makes_each_waiter_retire_alone(pg_queue):
+    """Not an outage (here: an error raised as the group's statement goes out): the
+    members retire one at a time, each in a statement of its own, and are delivered
+    -- not left claimed to be sent again when their leases run out."""
     queue = pg_queue
     ids = [put(queue) for _ in range(2)]
 
@@ -161,8 +164,67 @@ def test_an_error_of_the_groups_statement_reaches_every_waiter(pg_queue):
         claims = _in_hand(queue, scope, 2)
         sa.event.listen(queue.engine, "before_cursor_execute", broken)
         try:
-            outcome = _retire_together(queue, claims)
+            with statements(queue) as sent:
+                outcome = _retire_together(queue, claims)
         finally:
             sa.event.remove(queue.engine, "before_cursor_execute", broken)
-    assert {type(e) for e in outcome.values()} == {RuntimeError}
-    assert [row(queue, i).state for i in ids] == ["in_progress"] * 2
+    assert outcome == dict.fromkeys(ids)
+    assert len([s for s in _settles(sent) if "unnest" not in s]) == 2
+    assert [row(queue, i).state for i in ids] == ["delivered"] * 2
+
+
+def test_a_row_refused_by_a_trigger_fails_its_own_retire_only(pg_queue):
+    """One row's retire raises in the database (a trigger; a constraint alike): only
+    that waiter gets the error; the others of its group are delivered, not left
+    claimed to be sent again."""
+    queue = pg_queue
+    ids = [put(queue) for _ in range(3)]
+    culprit = ids[1]
+    with queue.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF OLD.id = {culprit} AND NEW.state = 'delivered' THEN "
+            f"RAISE EXCEPTION 'row {culprit} refuses'; END IF; RETURN NEW; END $$")
+        connection.exec_driver_sql("CREATE TRIGGER refuse_one BEFORE UPDATE ON txmail_outbox "
+                                   "FOR EACH ROW EXECUTE FUNCTION refuse_one()")
+    try:
+        with queue.pass_scope(settings()) as scope:
+            claims = _in_hand(queue, scope, 3)
+            outcome = _retire_together(queue, claims)
+    finally:
+        with queue.engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER refuse_one ON txmail_outbox")
+            connection.exec_driver_sql("DROP FUNCTION refuse_one()")
+    assert outcome[ids[0]] is None and outcome[ids[2]] is None
+    assert isinstance(outcome[culprit], sa.exc.DBAPIError)
+    assert f"row {culprit} refuses" in str(outcome[culprit])
+    assert [row(queue, i).state for i in ids] == ["delivered", "in_progress", "delivered"]
+
+
+def test_two_retires_of_one_row_under_different_tokens_are_told_apart(pg_queue):
+    """A stale claim of a row (released by force, then claimed again by another
+    worker of the same process) meets the current one in a group: only the
+    current token's retire succeeds; the stale one gets ClaimLost, as alone."""
+    queue = pg_queue
+    ident = put(queue)
+    with queue.engine.begin() as connection:
+        connection.execute(outbox.update().where(outbox.c.id == ident).values(
+            state="in_progress", claim_token="new.tok", lease_until=1e12))
+    queue._retires = RetireGroup(queue._settle_group, lambda: 2, 2, window=30.0)
+    outcome = {}
+
+    def worker(token):
+        try:
+            queue._retires.retire(Claimed(ident, token, None, None, "queued"), True)
+            outcome[token] = None
+        except ClaimLost as exc:
+            outcome[token] = exc
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in ("old.tok", "new.tok")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcome["new.tok"] is None
+    assert isinstance(outcome["old.tok"], ClaimLost)
+    assert row(queue, ident).state == "delivered"

@@ -88,7 +88,8 @@ class SQLQueue(SqlAdmin):
         #: (:mod:`~pyramid_txmail.queue.sql.retiring`), up to one per worker.
         self._retires = self._driver_claims = None
         if self.engine.dialect.name == "postgresql":
-            self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group)
+            self._retires = RetireGroup(self._settle_group, self._in_hand, retire_group,
+                                        one=self._retire_one)
             self._driver_claims = DriverClaims(self.engine.dialect)
         #: An Event set when the process is asked to stop (txmail-qp sets it): the
         #: wait for a database that is away then ends at once (QueueAway).
@@ -159,9 +160,14 @@ class SQLQueue(SqlAdmin):
             stats.errors += 1
             log_error("cannot count the deferred mail", self.where, exc)
             return  # the claims would fail the same way
-        batches = claimed_batches(self, now, horizon, stats)
-        # within a pass, the next batch is claimed while this one is handed out
-        yield from handed_out(batches, self.claim_batch // 2 if self._scope is not None else 0)
+        if self._scope is None:
+            yield from handed_out(claimed_batches(self, now, horizon, stats), 0)
+            return
+        # within a pass: first one row per worker, nothing ahead of it (idle processes
+        # share a burst); then the next batch is claimed while this one is handed out
+        half = max(1, self.claim_batch // 2)
+        yield from handed_out(claimed_batches(self, now, horizon, stats, first=half), half,
+                              ahead_of_first=False)
 
     def _not_due(self, now, horizon):
         query = sa.select(sa.func.count()).select_from(outbox).where(
@@ -169,8 +175,8 @@ class SQLQueue(SqlAdmin):
             outbox.c.next_attempt <= now + horizon)
         return self._run(lambda c: c.execute(query).scalar(), "read")
 
-    def _claim_batch(self, which, now, horizon):
-        params, prefix = claim_params(which, now, horizon, self.claim_batch,
+    def _claim_batch(self, which, now, horizon, size=None):
+        params, prefix = claim_params(which, now, horizon, size or self.claim_batch,
                                       self.claim_timeout)
         if self._driver_claims is not None:
             rows = self._run(lambda c: self._driver_claims.run(c, which, params), "write")
@@ -334,14 +340,18 @@ class SQLQueue(SqlAdmin):
         """
         if self._retires is not None:
             chunks = self._retires.retire(claimed, not had_state)
-        elif self.keep_delivered:
-            chunks = self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
-                                                settled_at=db_epoch(), next_attempt=None),
-                                  lazy_commit=not had_state)
-        else:  # kept for no time at all
-            chunks = self._settle(claimed, None, lazy_commit=not had_state)
+        else:
+            chunks = self._retire_one(claimed, not had_state)
         if chunks:
             self._drop_chunks(claimed.id)
+
+    def _retire_one(self, claimed, lazy):
+        """The retire of one row in a statement (and transaction) of its own; its chunks."""
+        if self.keep_delivered:
+            return self._settle(claimed, dict(_CLEAR_CLAIM, state="delivered", body=None,
+                                              settled_at=db_epoch(), next_attempt=None),
+                                lazy_commit=lazy)
+        return self._settle(claimed, None, lazy_commit=lazy)  # kept for no time at all
 
     def _in_hand(self):
         scope = self._scope
@@ -349,12 +359,12 @@ class SQLQueue(SqlAdmin):
 
     def _settle_group(self, pairs, lazy):
         """Retire ``pairs`` (id, token) in one statement (:mod:`.retiring`); returns
-        ``{id: chunks}`` of the rows this process's tokens still held."""
+        ``{(id, token): chunks}`` of the rows this process's tokens still held."""
         sql = group_sql(not self.keep_delivered, lazy, PG_EPOCH)
         params = {"ids": [i for i, _ in pairs], "tokens": [t for _, t in pairs]}
         about = "outbox row" + "s" * (len(pairs) > 1) + " " + ", ".join(str(i) for i, _ in pairs)
         rows = self._patient(about, lambda c: c.exec_driver_sql(sql, params).all(), "write")
-        return {row[0]: row[1] for row in rows}
+        return {(row[0], row[1]): row[2] for row in rows}
 
     def _drop_chunks(self, ident):
         """A delivered body's chunks; if that fails they go with the row (housekeeping)."""

@@ -14,6 +14,12 @@ Within a pass the next batch is claimed ahead (:func:`handed_out`), by a
 helper thread, once half of the current one was handed out: the workers,
 which take their next message under one lock, then never wait on that lock
 while a claiming statement makes its round trip.
+
+The first claim of a pass takes only half a batch (one row per worker) and
+nothing is claimed ahead of it: idle processes woken by the same burst then
+share it (4 processes x 3 workers, 12 messages: 3 each, not 6+6+0+0, outside
+probe of issue 13); a process claims more only once its workers come back
+for it.
 """
 from __future__ import annotations
 
@@ -117,16 +123,18 @@ def claims_of(rows, which, prefix):
             for row in rows]
 
 
-def claimed_batches(queue, now, horizon, stats):
+def claimed_batches(queue, now, horizon, stats, first=None):
     """``queue``'s claimed batches in queue order: queued rows, then due deferred
     rows, then strays.  A claim that fails is counted and logged, and ends them
     (the pass sends what it claimed before); each claim made in a pass is the
-    pass scope's to renew, and to give back if it is never handed out."""
+    pass scope's to renew, and to give back if it is never handed out.  The
+    first batch takes ``first`` rows at most (``queue.claim_batch`` if None)."""
+    size = first or queue.claim_batch
     for which in ("queued", "due", "stray"):
         while True:
             started = time.monotonic()
             try:
-                batch = queue._claim_batch(which, now, horizon)
+                batch = queue._claim_batch(which, now, horizon, size)
             except sa.exc.SQLAlchemyError as exc:
                 stats.errors += 1
                 log_error("cannot claim the next messages (this pass sends what it "
@@ -139,7 +147,8 @@ def claimed_batches(queue, now, horizon, stats):
                 for claimed in batch:
                     scope.add_fresh(claimed, started)
             yield batch
-            if len(batch) < queue.claim_batch:
+            full, size = len(batch) >= size, queue.claim_batch
+            if not full:
                 break
 
 
@@ -165,24 +174,25 @@ class _Ahead:
         return self._batch
 
 
-def handed_out(batches, ahead_at):
+def handed_out(batches, ahead_at, ahead_of_first=True):
     """The claims of ``batches`` one by one.  With ``ahead_at``, the next batch is
     claimed by a helper thread once that many claims of the current one are
-    left, so whoever takes the next claim rarely waits for a round trip; at
+    left (not during the first batch unless ``ahead_of_first``), so whoever takes the next claim rarely waits for a round trip; at
     most one claiming statement runs at a time, and at most two batches are
     claimed but not handed out.  When the caller stops early, the claim under
     way is waited for (its rows are then in the pass scope, which gives them
     back)."""
     ahead = None
     batch = next(batches, [])
+    early = ahead_at if ahead_of_first else 0
     try:
         while batch:
             for index, claimed in enumerate(batch):
-                if ahead is None and ahead_at and len(batch) - index <= ahead_at:
+                if ahead is None and early and len(batch) - index <= early:
                     ahead = _Ahead(batches)
                 yield claimed
             batch = ahead.result() if ahead is not None else next(batches, [])
-            ahead = None
+            ahead, early = None, ahead_at
     finally:
         if ahead is not None:
             ahead.result()

@@ -10,10 +10,10 @@ in hand has a retire waiting (no other worker could join), or
     UPDATE txmail_outbox AS o SET state = 'delivered', ...
     FROM unnest(ids, tokens) AS v(id, token)
     WHERE o.id = v.id AND o.claim_token = v.token AND o.state = 'in_progress'
-    RETURNING o.id, o.chunks
+    RETURNING o.id, v.token, o.chunks
 
 Each row is still conditioned on its own claim token, and each waiter learns
-its own row's outcome: its id not returned means its claim was lost
+its own row's outcome: its (id, token) not returned means its claim was lost
 (:class:`~pyramid_txmail.queue.sql.errors.ClaimLost`, as for a retire of
 its own).  While one group's statement runs, the next retires gather, so a
 busy process settles in groups without waiting for a window at all.
@@ -32,16 +32,25 @@ delivery, the commit does not wait for the WAL flush (as a single retire's
 did: see :meth:`SQLQueue.retire`); any other retire in the group makes it
 synchronous.
 
+A group gives each member exactly the outcome it would have had alone.
+Results are matched by (id, token), never by id only: two retires of the
+same row under different tokens (a stale claim after a forced release and a
+re-claim) may meet in one group, and only the current token's is settled.
 A database that is away is waited for by the leader exactly as a retire of
 its own would be (:mod:`~pyramid_txmail.queue.sql.patience`): every waiter
-of the group then gets the same QueueAway or error, never a false ClaimLost.
+of the group then gets the same QueueAway, never a false ClaimLost.  Any
+other error of the group's statement (a trigger or a constraint refusing
+one row) would otherwise fail the innocent members too, leaving them
+claimed until their leases ran out and sending them again: each member then
+retires alone (``one``, its own statement and transaction, in its own
+thread), so only the culprit gets the error.
 """
 from __future__ import annotations
 
 import threading
 import time
 
-from .errors import ClaimLost
+from .errors import ClaimLost, QueueAway
 
 #: The longest a retire waits for others to join its group (seconds).  Only a
 #: worker still sending makes it wait; once every claim in hand has a retire
@@ -66,16 +75,17 @@ def group_sql(delete, lazy, epoch):
     else:
         head = (f"UPDATE txmail_outbox AS o {_COLUMNS.format(epoch=epoch)}FROM {_FROM} "
                 f"WHERE {_MINE}")
-    return f"{head} RETURNING o.id, o.chunks{_LAZY if lazy else ''}"
+    return f"{head} RETURNING o.id, v.token, o.chunks{_LAZY if lazy else ''}"
 
 
 class _Waiter:
-    __slots__ = ("claimed", "lazy", "wake", "lead", "chunks", "error")
+    __slots__ = ("claimed", "lazy", "wake", "lead", "alone", "chunks", "error")
 
     def __init__(self, claimed, lazy):
         self.claimed, self.lazy = claimed, lazy
         self.wake = threading.Event()
         self.lead = False  # woken to lead the next group, not settled yet
+        self.alone = False  # the group's statement failed: retire by itself
         self.chunks = self.error = None
 
 
@@ -83,14 +93,17 @@ class RetireGroup:
     """Gathers the retires of one process's workers; ``settle`` runs one group.
 
     ``settle(pairs, lazy)`` gets ``[(id, token)]`` and whether every one of
-    them may commit lazily, and returns ``{id: chunks}`` for the rows it
-    settled.  ``in_hand()`` says how many claims the process's workers hold
+    them may commit lazily, and returns ``{(id, token): chunks}`` for the rows
+    it settled.  ``one(claimed, lazy)`` is the retire of one row by itself
+    (returns its chunks, raises ClaimLost): used when the group's statement
+    failed with an error that is not an outage.  ``in_hand()`` says how many claims the process's workers hold
     now (each of them may still join); ``most`` bounds a group.  One group's
     statement runs at a time: the retires arriving meanwhile form the next.
     """
 
-    def __init__(self, settle, in_hand, most, window=WINDOW):
+    def __init__(self, settle, in_hand, most, window=WINDOW, one=None):
         self._settle = settle
+        self._one = one
         self._in_hand = in_hand
         self.most = max(1, int(most))
         self.window = window
@@ -121,6 +134,8 @@ class RetireGroup:
             if not waiter.lead:
                 break
             gather = False  # it waited while the last group ran: no window
+        if waiter.alone:
+            return self._one(claimed, lazy)
         if waiter.error is not None:
             raise waiter.error
         if waiter.chunks is None:
@@ -145,6 +160,13 @@ class RetireGroup:
         try:
             settled = self._settle([(w.claimed.id, w.claimed.token) for w in group],
                                    all(w.lazy for w in group))
+        except Exception as exc:
+            # an outage (QueueAway after the patience path) is every member's; any
+            # other error is one row's: each member tries alone, in its own thread
+            alone = (len(group) > 1 and self._one is not None
+                     and not isinstance(exc, QueueAway))
+            for waiter in group:
+                waiter.alone, waiter.error = alone, (None if alone else exc)
         except BaseException as exc:  # every waiter of the group learns it (re-raised there)
             for waiter in group:
                 waiter.error = exc
@@ -156,7 +178,7 @@ class RetireGroup:
                     successor.lead = True
             for waiter in group:
                 if settled is not None:
-                    waiter.chunks = settled.get(waiter.claimed.id)
+                    waiter.chunks = settled.get((waiter.claimed.id, waiter.claimed.token))
                 waiter.wake.set()
             if successor is not None:
                 successor.wake.set()

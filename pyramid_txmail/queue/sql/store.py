@@ -107,7 +107,7 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
         view = memoryview(data)
         pieces = (view[i:i + CHUNK] for i in range(0, len(data), CHUNK))
         count = write_chunks(connection, ident, pieces)
-        connection.execute(outbox.update().where(outbox.c.id == ident).values(chunks=count))
+        connection.execute(SET_CHUNKS, {"row_id": ident, "chunks": count})
         return ident
     if not isinstance(data, wire.Stream):
         raise TypeError(f"expected the message as bytes or a wire.Stream, not "
@@ -128,8 +128,7 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
             yield block
 
     count = write_chunks(connection, ident, counted())
-    connection.execute(outbox.update().where(outbox.c.id == ident)
-                       .values(chunks=count, size=sum(sizes)))
+    connection.execute(SET_CHUNKS, {"row_id": ident, "chunks": count, "size": sum(sizes)})
     return ident
 
 
@@ -153,82 +152,24 @@ INSERTS = {(settled, notify): insert_statement(settled, notify)
            for settled in (False, True) for notify in (False, True)}
 
 
-class _CompiledInsert:
-    """One outbox INSERT compiled for a dialect and a set of columns, run as text.
-
-    ``execute`` on a Core statement walks it for a cache key, looks the
-    compiled form up and processes every value and the result through
-    SQLAlchemy's machinery: four times what SQLite takes to insert the row.
-    Compiled once, the row goes on the same Connection -- the application's,
-    inside its transaction -- through a bare DB-API cursor when nothing watches
-    the statements (:func:`_unobserved`), else through ``exec_driver_sql`` so
-    that the engine's events and echo see it; only the values that need a bind
-    processor (the JSON columns, as the dialect serialises them) are processed.
-    """
-
-    def __init__(self, dialect, statement, keys):
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-        self.dialect = dialect
-        self.sql = compiled.string
-        self.positional = compiled.positional
-        self.names = tuple(compiled.positiontup or ()) if compiled.positional else None
-        #: the statement's own constants (pg_notify's channel and payload)
-        self.fixed = {k: v for k, v in compiled.params.items() if k not in keys}
-        self.processors = {}
-        for key in keys:
-            process = outbox.c[key].type._cached_bind_processor(dialect)
-            if process is not None and key in ("recipients", "meta"):
-                self.processors[key] = process
-
-    def run(self, connection, row):
-        if self.processors or self.fixed:
-            row = {**row, **self.fixed}
-            for key, process in self.processors.items():
-                row[key] = process(row[key])
-        params = tuple(row[name] for name in self.names) if self.positional else row
-        if _unobserved(connection):
-            return self._on_cursor(connection, params)
-        return connection.exec_driver_sql(self.sql, params).first()[0]
-
-    def _on_cursor(self, connection, params):
-        """The INSERT on a cursor of the Connection's own DB-API connection (so in its
-        transaction), its errors raised as SQLAlchemy's, as ``execute`` would."""
-        dbapi = self.dialect.loaded_dbapi
-        cursor = connection.connection.dbapi_connection.cursor()
-        try:
-            cursor.execute(self.sql, params)
-            return cursor.fetchone()[0]
-        except dbapi.Error as exc:
-            raise sa.exc.DBAPIError.instance(self.sql, params, exc, dbapi.Error,
-                                             dialect=self.dialect) from exc
-        finally:
-            cursor.close()
-
-
-def _unobserved(connection):
-    """Whether ``connection`` may run the INSERT on a bare DB-API cursor: inside a
-    transaction SQLAlchemy began (so its commit is the row's), with no event
-    listener and no echo on it or its engine that would miss the statement --
-    otherwise it goes through ``exec_driver_sql``.  (SQLite: the bare cursor
-    costs a third of ``exec_driver_sql``'s result handling.)"""
-    return (connection.in_transaction() and not connection._has_events
-            and not connection.engine._has_events and not connection._echo)
-
-
-_COMPILED = {}
-
-
 def insert_row(connection, row, notify):
-    dialect = connection.dialect
+    """INSERT ``row`` on ``connection``; its id.
+
+    Always ``connection.execute`` of a Core statement built once
+    (:data:`INSERTS`): on the application's connection everything SQLAlchemy
+    promises for it must apply -- its ``schema_translate_map`` (the row and its
+    chunks go to the same schema), the dialect's and engine's events
+    (``handle_error``, ``do_execute``), the disconnect handling that
+    invalidates a dead connection.  A bare DB-API cursor or precompiled text
+    skipped all of them (outside probe of issue 13); SQLAlchemy's compiled
+    cache keeps the construct cheap."""
     settled = row["state"] != "queued"
-    key = (id(dialect), settled, notify, tuple(row))
-    compiled = _COMPILED.get(key)
-    if compiled is None or compiled.dialect is not dialect:
-        compiled = _CompiledInsert(dialect, INSERTS[settled, notify], tuple(row))
-        if len(_COMPILED) > 256:  # many engines (tests): keep it bounded
-            _COMPILED.clear()
-        _COMPILED[key] = compiled
-    return compiled.run(connection, row)
+    return connection.execute(INSERTS[settled, notify], row).first()[0]
+
+
+#: A chunk row, and a large message's chunk count and size once written (built once).
+CHUNK_INSERT = outbox_chunk.insert()
+SET_CHUNKS = outbox.update().where(outbox.c.id == sa.bindparam("row_id"))
 
 
 def _chain(first, second, rest):
@@ -253,8 +194,7 @@ def write_chunks(connection, ident, pieces):
     """INSERT each piece as chunk ``seq`` 0, 1, ...; returns how many."""
     count = 0
     for seq, piece in enumerate(pieces):
-        connection.execute(outbox_chunk.insert().values(outbox_id=ident, seq=seq,
-                                                        data=piece))
+        connection.execute(CHUNK_INSERT, {"outbox_id": ident, "seq": seq, "data": piece})
         count = seq + 1
     return count
 
