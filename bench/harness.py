@@ -189,6 +189,16 @@ def _wait_listening(port, process, name):
     raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within 15 s")
 
 
+def process_cpu(pid):
+    """User + system seconds process ``pid`` (all its threads) has used so far
+    (/proc/PID/stat; 0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 @dataclasses.dataclass
 class Sink:
     """An SMTP sink process on 127.0.0.1 that every drain of the run shares."""
@@ -198,13 +208,8 @@ class Sink:
     process: subprocess.Popen
 
     def cpu(self):
-        """User + system seconds the sink process has used so far (/proc/PID/stat)."""
-        try:
-            with open(f"/proc/{self.process.pid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system seconds the sink process has used so far."""
+        return process_cpu(self.process.pid)
 
     def stop(self):
         if self.process.poll() is None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import machine
 from harness import (BenchError, SectionResult, Target, _wait_listening, free_port, median,
-                     table)
+                     process_cpu, table)
 
 APP = Path(__file__).resolve().parent / "concurrent_app.py"
 #: (kind of concurrent_app.py, label in the tables), in table order.
@@ -80,12 +80,7 @@ class Server:
 
     def cpu(self):
         """User + system seconds the app's process has used so far (all its threads)."""
-        try:
-            with open(f"/proc/{self.process.pid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self.process.pid)
 
     def url(self):
         return f"http://127.0.0.1:{self.port}/"
