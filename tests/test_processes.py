@@ -295,6 +295,10 @@ def test_a_storm_of_sigterm_at_the_parent_ends_everything_with_0(setup_for,
     wait_until(lambda: gated.handler.arrived >= 2, WAIT, "one message in flight per child")
     for _ in range(2000):  # as fast as kill(2) goes: the parent's handler does nothing
         os.kill(proc.pid, signal.SIGTERM)
+    # the parent forwards the stop; opened before both children took it, the gate would
+    # let a child's worker claim its next message first (seen once at load ~3)
+    wait_until(lambda: log_of(proc).count("SIGTERM taken") >= 2, WAIT,
+               "both children to take the forwarded SIGTERM:\n" + log_of(proc))
     gated.handler.gate.set()
     assert proc.wait(timeout=120) == 0, log_of(proc)
     counts = received(gated)
