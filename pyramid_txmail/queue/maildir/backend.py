@@ -232,7 +232,11 @@ class MaildirQueue:
         reaper.submit(_reap_all, self.spool.reap_path, batch)
 
     def defer(self, claimed, next_attempt):
-        self._deferred_now.add(self.spool.defer(claimed.entry, next_attempt).name)
+        # named before the rename: another worker's listing of deferred/ may see the
+        # file while this one still waits for the directory's (shared) fsync, and must
+        # not count it as skipped
+        self._deferred_now.add(self.spool.deferred_name(claimed.entry, next_attempt))
+        self.spool.defer(claimed.entry, next_attempt)
 
     def bury(self, claimed, state):
         return bury(self.spool, claimed.entry, state).name

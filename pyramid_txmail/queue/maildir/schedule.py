@@ -249,12 +249,16 @@ class DeferredIndex:
         The caller has written ``next_attempt`` (= ``due``) to the state file
         first: the name is an index of it, never the only record.
         """
-        target = indexed_name(due, message_name(entry.name))
+        target = self.deferred_name(entry, due)
         if getattr(entry, "claim", None) is not None:
             entry.claim.settle()  # no heartbeat on a file that left cur/
         os.rename(entry.path, os.path.join(self._dir("deferred"), target))
         flush_dir(self._dir("deferred"))
         return type(entry)(self, "deferred", target)
+
+    def deferred_name(self, entry, due):
+        """The name :meth:`defer` gives ``entry`` in ``deferred/``."""
+        return indexed_name(due, message_name(entry.name))
 
     def index(self, filename, due):
         """Give an unindexed ``deferred/`` file its indexed name; False if it is gone.
