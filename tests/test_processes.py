@@ -290,7 +290,7 @@ def test_a_storm_of_sigterm_at_the_parent_ends_everything_with_0(setup_for,
                                                                   make_smtp_server):
     gated = make_smtp_server(handler=GatedHandler())
     s = setup_for(gated, "mail.processes = 2\n")
-    proc = start(s, "--workers", "1")
+    proc = start(s, "--workers", "1", "-v")  # -v: each child says when it takes the stop
     ids = s.queue(6)
     wait_until(lambda: gated.handler.arrived >= 2, WAIT, "one message in flight per child")
     for _ in range(2000):  # as fast as kill(2) goes: the parent's handler does nothing

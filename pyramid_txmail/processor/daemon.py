@@ -162,8 +162,8 @@ class Signals:
                 else:
                     if self.first_stop is None:
                         self.first_stop = signum
-                        log.info("%s taken: no new message is claimed; the ones in flight "
-                                 "finish, then it stops", signal.Signals(signum).name)
+                        log.debug("%s taken: no new message is claimed; the ones in flight "
+                                  "finish, then it stops", signal.Signals(signum).name)
                     self.stops_received += 1
                     self.stop.set()
                 if self.waker is not None:
