@@ -189,6 +189,17 @@ def _wait_listening(port, process, name):
     raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within 15 s")
 
 
+def stop_process(process):
+    """SIGTERM ``process``, then SIGKILL if it has not ended within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def process_cpu(pid):
     """User + system seconds process ``pid`` (all its threads) has used so far
     (/proc/PID/stat; 0 once it is gone)."""
@@ -212,13 +223,7 @@ class Sink:
         return process_cpu(self.process.pid)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def postfix_tool(name):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import machine
 from harness import (BenchError, SectionResult, Target, _wait_listening, free_port, median,
-                     process_cpu, table)
+                     process_cpu, stop_process, table)
 
 APP = Path(__file__).resolve().parent / "concurrent_app.py"
 #: (kind of concurrent_app.py, label in the tables), in table order.
@@ -94,13 +94,7 @@ class Server:
         return int(files), int(dirs)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
     def check(self):
