@@ -1,5 +1,8 @@
 """Drain: txmail-qp (defaults; 1 process with 1, 2, 4 workers) vs repoze's qp vs smtp-source.
 
+Into smtp-sink, also the daemon's rate: ``txmail-qp --daemon`` with the defaults,
+already running and idle, given a burst of the same count (bench/daemon_drain.py).
+
 All drains of one sink go to the same sink process, on the same queue
 size, each configuration ``repeats`` times (median reported).  Rates are
 given two ways: over the whole wall clock of the child, and net of the
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import daemon_drain
 import drains
 import latency
 from harness import (BIN, SectionResult, Target, fmt, median, net_seconds, rate, ratio,
@@ -35,10 +39,18 @@ def _cores_usable():
 #: The default configuration: mail.processes' default (one process per usable core),
 #: each with mail.workers' default.
 DEFAULT = f"txmail-qp defaults ({_cores_usable()} processes x {DEFAULT_WORKERS} workers)"
+#: The daemon with the default settings, measured on smtp-sink only (its counting
+#: twin records when the last message arrived; see daemon_drain.py).
+DAEMON = "txmail-qp --daemon, defaults, running and idle (start-up excluded)"
+DAEMON_SINK = "smtp-sink"
+DAEMON_TARGET = 6   # x repoze qp
+GOAL = 10           # x repoze qp: how far it is, said, not judged
 
 
-def _configs(ctx):
+def _configs(ctx, sink_name=None):
     configs = [(DEFAULT, "default", None)]
+    if sink_name == DAEMON_SINK:
+        configs.append((DAEMON, "daemon", None))
     configs += [(f"txmail-qp, 1 process, {w} worker{'s' * (w > 1)}"
                  + (" (the default before mail.processes)" if w == DEFAULT_WORKERS else ""),
                  "txmail", w)
@@ -57,6 +69,9 @@ def _drain(ctx, sink, kind, arg, count):
         return drains.drain_txmail(ctx, sink, count, arg)
     if kind == "split":
         return drains.drain_txmail(ctx, sink, count, arg[1], processes=arg[0])
+    if kind == "daemon":
+        counting = ctx.sink("smtp-sink -c", daemon_drain.start_counting_sink)
+        return daemon_drain.drain_daemon(ctx, counting, count)
     if kind == "repoze":
         return drains.drain_repoze(ctx, sink, count)
     return drains.drain_smtp_source(ctx, sink, count, arg)
@@ -68,8 +83,8 @@ def measure(ctx, sink_name, count):
     txmail = drains.startup_of(ctx, "txmail")  # processes start side by side: the same
     startups = {"txmail": txmail, "split": txmail, "repoze": drains.startup_of(ctx, "repoze"),
                 "default": drains.startup_of(ctx, "txmail-default"),
-                "source": drains.Startup(0, 0)}
-    configs = _configs(ctx)
+                "source": drains.Startup(0, 0), "daemon": drains.Startup(0, 0)}
+    configs = _configs(ctx, sink_name)
     runs = {label: [] for label, _, _ in configs}
     for _ in range(ctx.options.repeats):
         for label, kind, arg in configs:  # interleaved
@@ -166,6 +181,57 @@ def _ceiling(default, one, repoze, split=None, single=None):
             "user and system (the profile below shows where one worker's goes).")
 
 
+def _daemon_target(daemon, repoze, sink):
+    measured = ratio(daemon.net_rate, repoze.net_rate)
+    return Target(f"the daemon >= {DAEMON_TARGET}x repoze qp into {sink}",
+                  measured is not None and measured >= DAEMON_TARGET,
+                  f"{fmt(measured, '.2f', 'x')}: {fmt(daemon.net_rate)} vs "
+                  f"{fmt(repoze.net_rate)} msg/s (the daemon running and idle before the "
+                  "burst; repoze qp net of its start-up)")
+
+
+def _how_far_goal(daemon, repoze, figures, count):
+    """How far GOAL x repoze is for the daemon, and the CPU arithmetic that caps it."""
+    if daemon.net_rate is None or repoze.net_rate is None:
+        return ""
+    cores, goal = os.cpu_count() or 1, GOAL * repoze.net_rate
+    both = daemon.cpu_per_message + daemon.sink_cpu_per_message
+    sources = [(n, figures.get(f"smtp-source, {n} session{'s' * (n > 1)} (floor)"))
+               for n in (1, 4)]
+    text = (f"**The daemon, and how far {GOAL}x is.**  The running daemon took a burst of "
+            f"{count} messages at {daemon.net_rate:.0f} msg/s, "
+            f"{daemon.net_rate / repoze.net_rate:.2f}x repoze qp; {GOAL}x would be "
+            f"{goal:.0f} msg/s, {goal / daemon.net_rate:.2f}x what it reached.  On the same "
+            "sink smtp-source reaches " + " and ".join(
+                f"{f.net_rate / repoze.net_rate:.1f}x with {n} session{'s' * (n > 1)} "
+                f"({f.cpu_per_message * 1e6:.0f} us of client and "
+                f"{f.sink_cpu_per_message * 1e6:.0f} us of sink CPU per message)"
+                for n, f in sources if f is not None and f.net_rate) + ".  ")
+    if both <= 0:
+        return text
+    ceiling = cores / both
+    budget = cores / goal - daemon.sink_cpu_per_message
+    text += (f"What holds ours is CPU: the daemon's processes spent "
+             f"{daemon.cpu_per_message * 1e6:.0f} us per message "
+             f"({daemon.user_per_message * 1e6:.0f} us of it user time) and the sink "
+             f"{daemon.sink_cpu_per_message * 1e6:.0f} us, {both * 1e6:.0f} us of client "
+             f"and sink per message; this machine's {cores} cores can then give at most "
+             f"{cores} / {both * 1e6:.0f} us = {ceiling:.0f} msg/s = "
+             f"{ceiling / repoze.net_rate:.1f}x repoze qp (the daemon reached "
+             f"{daemon.net_rate / ceiling:.0%} of that ceiling; the harness and the rest "
+             f"of the machine share the cores).  {GOAL}x needs client and sink together "
+             f"at most {cores} / {goal:.0f} msg/s = {cores / goal * 1e6:.0f} us per "
+             "message: ")
+    if budget > 0:
+        text += (f"with the sink's {daemon.sink_cpu_per_message * 1e6:.0f} us, the daemon's "
+                 f"at most {budget * 1e6:.0f} us, "
+                 f"{daemon.cpu_per_message / budget:.1f}x less than now.")
+    else:
+        text += ("the sink's own CPU per message already exceeds that, so on this machine "
+                 f"{GOAL}x is out of reach whatever the client does.")
+    return text
+
+
 def _strict(ctx, count=20):
     found = drains.strict_sink_check(ctx, count)
     rows = [(name, f"{accepted} of {count}", left, hidden)
@@ -232,6 +298,18 @@ def run(ctx):
                  "than the wall clock on a busy machine; \"cores busy\" is both per "
                  f"second of the net rate (this machine has {os.cpu_count()} cores, "
                  "shared by the sink, the client and this harness).")
+    if DAEMON_SINK in ctx.options.sinks:
+        parts[-1] += (f"  \"{DAEMON}\" (into {DAEMON_SINK} only): `txmail-qp INI --daemon "
+                      "--no-app -q` with the default settings, started on an empty spool, "
+                      f"warmed up with {daemon_drain.WARMUP} messages and idle again; then "
+                      f"the {count} files, written and synced beforehand in a staging "
+                      "directory on the same disk, are renamed into `new/` in one go.  Its "
+                      "wall clock runs from the first rename to the sink's acceptance of "
+                      "the last message (a second smtp-sink, with `-c`: it writes its "
+                      "running count as each final dot arrives, read by this harness "
+                      "every 2 ms), so start-up is excluded and the net rate is the "
+                      "rate; its CPU is the daemon's processes' (parent and children) "
+                      "from the first rename until the spool is empty and they are idle.")
     results = {}
     for sink_name in ctx.options.sinks:
         figures, startups = measure(ctx, sink_name, count)
@@ -266,6 +344,10 @@ def run(ctx):
         targets.append(_target(f"one worker >= 50% of smtp-source's single session ({sink})",
                                ratio(one.net_rate, source.net_rate),
                                ratio(one.wall_rate, source.wall_rate), 0.5, as_percent=True))
+    daemon = figures.get(DAEMON)
+    if daemon is not None:
+        targets.append(_daemon_target(daemon, repoze, sink))
+        parts.append(_how_far_goal(daemon, repoze, figures, count))
     for label, f in figures.items():
         if label.startswith("txmail-qp"):
             lines.append(f"{label} / repoze qp into {sink}: "
