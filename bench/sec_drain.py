@@ -211,18 +211,25 @@ def _how_far_goal(daemon, repoze, figures, count):
         return text
     ceiling = cores / both
     budget = cores / goal - daemon.sink_cpu_per_message
-    text += (f"What holds ours is CPU: the daemon's processes spent "
+    reached = daemon.net_rate / ceiling
+    text += (f"The CPU arithmetic: the daemon's processes spent "
              f"{daemon.cpu_per_message * 1e6:.0f} us per message "
              f"({daemon.user_per_message * 1e6:.0f} us of it user time) and the sink "
              f"{daemon.sink_cpu_per_message * 1e6:.0f} us, {both * 1e6:.0f} us of client "
              f"and sink per message; this machine's {cores} cores can then give at most "
              f"{cores} / {both * 1e6:.0f} us = {ceiling:.0f} msg/s = "
-             f"{ceiling / repoze.net_rate:.1f}x repoze qp (the daemon reached "
-             f"{daemon.net_rate / ceiling:.0%} of that ceiling; the harness and the rest "
-             f"of the machine share the cores).  {GOAL}x needs client and sink together "
-             f"at most {cores} / {goal:.0f} msg/s = {cores / goal * 1e6:.0f} us per "
-             "message: ")
-    if budget > 0:
+             f"{ceiling / repoze.net_rate:.1f}x repoze qp, the ceiling.  The daemon reached "
+             f"{reached:.0%} of it"
+             + (": the cores were nearly full" if reached >= 0.8 else
+                ", so for the rest of the burst neither client nor sink was computing "
+                "(they waited -- on what is not measured here -- or other load on the "
+                "machine held the cores)") + f".  {GOAL}x needs client and sink together at "
+             f"most {cores} / {goal:.0f} msg/s = {cores / goal * 1e6:.0f} us per message: ")
+    if daemon.cpu_per_message <= budget:
+        text += (f"the daemon's {daemon.cpu_per_message * 1e6:.0f} us (with the sink's "
+                 f"{daemon.sink_cpu_per_message * 1e6:.0f} us) is already within it, so "
+                 "what holds it at this size is waiting, not CPU.")
+    elif budget > 0:
         text += (f"with the sink's {daemon.sink_cpu_per_message * 1e6:.0f} us, the daemon's "
                  f"at most {budget * 1e6:.0f} us, "
                  f"{daemon.cpu_per_message / budget:.1f}x less than now.")
