@@ -15,6 +15,10 @@ thread of this process reads every couple of milliseconds; the last message's
 arrival is the read that first saw the count reach it.  It is a second
 smtp-sink (same program, same options, plus ``-c``), started once per run, so
 that the other drains' sink pays nothing for the counter.
+
+The drain section (sec_drain.py) runs it beside the other drains and takes
+from here the target (the daemon >= 6x repoze qp) and the paragraph on how far
+10x is, with the CPU arithmetic: cores / (client + sink CPU per message).
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ import time
 from pathlib import Path
 
 import drains
-from harness import (BIN, POSTFIX_ENV, BenchError, ChildRun, Sink, _peak_rss_kb,
-                     _wait_listening, free_port, postfix_tool, stop_process)
+from harness import (BIN, POSTFIX_ENV, BenchError, ChildRun, Sink, Target, _peak_rss_kb,
+                     _wait_listening, fmt, free_port, postfix_tool, ratio, stop_process)
 
 #: Messages delivered before the measured burst: every worker process's first
 #: delivery (lazy imports, first connection) is then behind it.
@@ -37,16 +41,20 @@ WARMUP = 40
 READ_EVERY = 0.002
 #: The daemon counts as idle once its processes used no CPU for this long.
 IDLE_FOR = 0.3
-_COUNT = re.compile(rb"mesg=(\d+)\r")
+DAEMON_TARGET = 6   # x repoze qp (issue 14)
+GOAL = 10           # x repoze qp: how far it is is said, not judged
+_COUNTERS = re.compile(rb"sess=(\d+) quit=\d+ mesg=(\d+)\r")
 
 
 class CountingSink(Sink):
-    """smtp-sink with ``-c``: :meth:`reached` says when its count reached a number."""
+    """smtp-sink with ``-c``: :meth:`reached` says when its count reached a number,
+    :attr:`sessions` how many SMTP sessions have ended."""
 
     def __init__(self, port, process):
         super().__init__("smtp-sink (counting)", port, process)
         self._changed = threading.Condition()
         self._history = [(0, 0.0)]  # (count, perf_counter time of the read that saw it)
+        self.sessions = 0
         threading.Thread(target=self._read, name="smtp-sink-counter", daemon=True).start()
 
     @property
@@ -62,11 +70,14 @@ class CountingSink(Sink):
             if not chunk:
                 return
             tail = (tail + chunk)[-256:]
-            counts = _COUNT.findall(tail)
-            if counts and int(counts[-1]) > self._history[-1][0]:
+            counters = _COUNTERS.findall(tail)
+            if counters:
+                sessions, count = (int(n) for n in counters[-1])
                 with self._changed:
-                    self._history.append((int(counts[-1]), seen))
-                    self._changed.notify_all()
+                    self.sessions = sessions
+                    if count > self._history[-1][0]:
+                        self._history.append((count, seen))
+                        self._changed.notify_all()
             time.sleep(READ_EVERY)
 
     def reached(self, count, daemon, timeout):
@@ -155,7 +166,9 @@ def _settle(spool, daemon, timeout=60.0):
 
 def drain_daemon(ctx, sink, count, warmup=WARMUP, timeout=300.0):
     """One burst of ``count`` into a running, idle daemon: a :class:`ChildRun` whose
-    wall is first rename -> last acceptance, CPU the daemon's processes' meanwhile."""
+    wall is first rename -> last acceptance, CPU the daemon's processes' meanwhile,
+    and ``smtp_sessions`` the sessions the daemon opened for it (all ended once the
+    spool is empty and the daemon idle: its connections live for one pass)."""
     base = ctx.scratch("drain-daemon")
     spool, burst, early = base / "spool", base / "burst", base / "warmup"
     ctx.fill(spool, 0)
@@ -173,7 +186,7 @@ def drain_daemon(ctx, sink, count, warmup=WARMUP, timeout=300.0):
         sink.reached(before + warmup, daemon, timeout)
         _settle(spool, daemon)
         user, system = tree_times(daemon.pid)
-        sink_cpu, first = sink.cpu(), sink.count
+        sink_cpu, first, sessions = sink.cpu(), sink.count, sink.sessions
         start = time.perf_counter()
         _move_all(burst / "new", spool / "new")
         last = sink.reached(first + count, daemon, timeout)
@@ -181,7 +194,7 @@ def drain_daemon(ctx, sink, count, warmup=WARMUP, timeout=300.0):
         user, system = (a - b for a, b in zip(tree_times(daemon.pid), (user, system)))
         sink_cpu = sink.cpu() - sink_cpu
         peak = max(_peak_rss_kb(pid) for pid in _tree(daemon.pid))
-        delivered = sink.count - first
+        delivered, sessions = sink.count - first, sink.sessions - sessions
     finally:
         stop_process(daemon)
     stderr = err_path.read_text(errors="replace")
@@ -189,5 +202,74 @@ def drain_daemon(ctx, sink, count, warmup=WARMUP, timeout=300.0):
         raise BenchError(f"txmail-qp --daemon: exit status {daemon.returncode} after a "
                          f"burst of {count}, {delivered} accepted by the sink; stderr: "
                          f"{' | '.join(stderr.strip().splitlines()[-3:]) or '(empty)'}")
-    return ChildRun(argv, last - start, peak, user + system, user, daemon.returncode,
-                    stderr, sink_cpu)
+    run = ChildRun(argv, last - start, peak, user + system, user, daemon.returncode,
+                   stderr, sink_cpu)
+    run.smtp_sessions = sessions  # ended during the burst: one per worker and pass
+    return run
+
+
+# -- what the drain section says about it ----------------------------------------
+
+
+def target(daemon, repoze, sink):
+    """The issue's target for the daemon (a :class:`Target`), from the drain's figures."""
+    measured = ratio(daemon.net_rate, repoze.net_rate)
+    return Target(f"the daemon >= {DAEMON_TARGET}x repoze qp into {sink}",
+                  measured is not None and measured >= DAEMON_TARGET,
+                  f"{fmt(measured, '.2f', 'x')}: {fmt(daemon.net_rate)} vs "
+                  f"{fmt(repoze.net_rate)} msg/s (the daemon running and idle before the "
+                  "burst; repoze qp net of its start-up)")
+
+
+def how_far_goal(daemon, repoze, figures, count):
+    """How far GOAL x repoze is for the daemon, and the CPU arithmetic that caps it."""
+    if daemon.net_rate is None or repoze.net_rate is None:
+        return ""
+    cores, goal = os.cpu_count() or 1, GOAL * repoze.net_rate
+    both = daemon.cpu_per_message + daemon.sink_cpu_per_message
+    sources = [(n, figures.get(f"smtp-source, {n} session{'s' * (n > 1)} (floor)"))
+               for n in (1, 4)]
+    text = (f"**The daemon, and how far {GOAL}x is.**  The running daemon took a burst of "
+            f"{count} messages at {daemon.net_rate:.0f} msg/s, "
+            f"{daemon.net_rate / repoze.net_rate:.2f}x repoze qp; {GOAL}x would be "
+            f"{goal:.0f} msg/s, {goal / daemon.net_rate:.2f}x what it reached"
+            + ("" if not daemon.smtp_sessions else
+               f"; it opened {daemon.smtp_sessions:.0f} SMTP sessions for the burst "
+               f"({count / daemon.smtp_sessions:.0f} messages per session: a connection "
+               "lives for one pass of one worker)")
+            + ".  On the same "
+            "sink smtp-source reaches " + " and ".join(
+                f"{f.net_rate / repoze.net_rate:.1f}x with {n} session{'s' * (n > 1)} "
+                f"({f.cpu_per_message * 1e6:.0f} us of client and "
+                f"{f.sink_cpu_per_message * 1e6:.0f} us of sink CPU per message)"
+                for n, f in sources if f is not None and f.net_rate) + ".  ")
+    if both <= 0:
+        return text
+    ceiling = cores / both
+    budget = cores / goal - daemon.sink_cpu_per_message
+    reached = daemon.net_rate / ceiling
+    text += (f"The CPU arithmetic: the daemon's processes spent "
+             f"{daemon.cpu_per_message * 1e6:.0f} us per message "
+             f"({daemon.user_per_message * 1e6:.0f} us of it user time) and the sink "
+             f"{daemon.sink_cpu_per_message * 1e6:.0f} us, {both * 1e6:.0f} us of client "
+             f"and sink per message; this machine's {cores} cores can then give at most "
+             f"{cores} / {both * 1e6:.0f} us = {ceiling:.0f} msg/s = "
+             f"{ceiling / repoze.net_rate:.1f}x repoze qp, the ceiling.  The daemon reached "
+             f"{reached:.0%} of it"
+             + (": the cores were nearly full" if reached >= 0.8 else
+                ", so for the rest of the burst neither client nor sink was computing "
+                "(they waited -- on what is not measured here -- or other load on the "
+                "machine held the cores)") + f".  {GOAL}x needs client and sink together at "
+             f"most {cores} / {goal:.0f} msg/s = {cores / goal * 1e6:.0f} us per message: ")
+    if daemon.cpu_per_message <= budget:
+        text += (f"the daemon's {daemon.cpu_per_message * 1e6:.0f} us (with the sink's "
+                 f"{daemon.sink_cpu_per_message * 1e6:.0f} us) is already within it, so "
+                 "what holds it at this size is waiting, not CPU.")
+    elif budget > 0:
+        text += (f"with the sink's {daemon.sink_cpu_per_message * 1e6:.0f} us, the daemon's "
+                 f"at most {budget * 1e6:.0f} us, "
+                 f"{daemon.cpu_per_message / budget:.1f}x less than now.")
+    else:
+        text += ("the sink's own CPU per message already exceeds that, so on this machine "
+                 f"{GOAL}x is out of reach whatever the client does.")
+    return text

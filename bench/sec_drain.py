@@ -43,8 +43,6 @@ DEFAULT = f"txmail-qp defaults ({_cores_usable()} processes x {DEFAULT_WORKERS} 
 #: twin records when the last message arrived; see daemon_drain.py).
 DAEMON = "txmail-qp --daemon, defaults, running and idle (start-up excluded)"
 DAEMON_SINK = "smtp-sink"
-DAEMON_TARGET = 6   # x repoze qp
-GOAL = 10           # x repoze qp: how far it is, said, not judged
 
 
 def _configs(ctx, sink_name=None):
@@ -100,9 +98,11 @@ def measure(ctx, sink_name, count):
         cpu = max(median([r.cpu for r in got]) - starts * startups[kind].cpu, 0) / count
         user = max(median([r.user for r in got]) - starts * startups[kind].user, 0) / count
         sink_cpu = median([r.sink_cpu for r in got]) / count
+        sessions = [getattr(r, "smtp_sessions", None) for r in got]
         figures[label] = Figure(wall, rate(count, wall), rate(count, net), cpu, user,
                                 sink_cpu, max(r.peak_rss_kb for r in got),
-                                [r.wall for r in got])
+                                [r.wall for r in got],
+                                None if None in sessions else median(sessions))
     return figures, startups
 
 
@@ -116,6 +116,7 @@ class Figure:
     sink_cpu_per_message: float  # what the sink spent on each message meanwhile
     peak_rss_kb: int
     walls: list
+    smtp_sessions: float = None  # the daemon's burst: SMTP sessions it opened (median)
 
 
 def _cores(figure, per_message):
@@ -179,64 +180,6 @@ def _ceiling(default, one, repoze, split=None, single=None):
     body += _split_note(single or default, split)  # against one process, 4 workers
     return (head + body + "  What would lift it in any case: less CPU per message, "
             "user and system (the profile below shows where one worker's goes).")
-
-
-def _daemon_target(daemon, repoze, sink):
-    measured = ratio(daemon.net_rate, repoze.net_rate)
-    return Target(f"the daemon >= {DAEMON_TARGET}x repoze qp into {sink}",
-                  measured is not None and measured >= DAEMON_TARGET,
-                  f"{fmt(measured, '.2f', 'x')}: {fmt(daemon.net_rate)} vs "
-                  f"{fmt(repoze.net_rate)} msg/s (the daemon running and idle before the "
-                  "burst; repoze qp net of its start-up)")
-
-
-def _how_far_goal(daemon, repoze, figures, count):
-    """How far GOAL x repoze is for the daemon, and the CPU arithmetic that caps it."""
-    if daemon.net_rate is None or repoze.net_rate is None:
-        return ""
-    cores, goal = os.cpu_count() or 1, GOAL * repoze.net_rate
-    both = daemon.cpu_per_message + daemon.sink_cpu_per_message
-    sources = [(n, figures.get(f"smtp-source, {n} session{'s' * (n > 1)} (floor)"))
-               for n in (1, 4)]
-    text = (f"**The daemon, and how far {GOAL}x is.**  The running daemon took a burst of "
-            f"{count} messages at {daemon.net_rate:.0f} msg/s, "
-            f"{daemon.net_rate / repoze.net_rate:.2f}x repoze qp; {GOAL}x would be "
-            f"{goal:.0f} msg/s, {goal / daemon.net_rate:.2f}x what it reached.  On the same "
-            "sink smtp-source reaches " + " and ".join(
-                f"{f.net_rate / repoze.net_rate:.1f}x with {n} session{'s' * (n > 1)} "
-                f"({f.cpu_per_message * 1e6:.0f} us of client and "
-                f"{f.sink_cpu_per_message * 1e6:.0f} us of sink CPU per message)"
-                for n, f in sources if f is not None and f.net_rate) + ".  ")
-    if both <= 0:
-        return text
-    ceiling = cores / both
-    budget = cores / goal - daemon.sink_cpu_per_message
-    reached = daemon.net_rate / ceiling
-    text += (f"The CPU arithmetic: the daemon's processes spent "
-             f"{daemon.cpu_per_message * 1e6:.0f} us per message "
-             f"({daemon.user_per_message * 1e6:.0f} us of it user time) and the sink "
-             f"{daemon.sink_cpu_per_message * 1e6:.0f} us, {both * 1e6:.0f} us of client "
-             f"and sink per message; this machine's {cores} cores can then give at most "
-             f"{cores} / {both * 1e6:.0f} us = {ceiling:.0f} msg/s = "
-             f"{ceiling / repoze.net_rate:.1f}x repoze qp, the ceiling.  The daemon reached "
-             f"{reached:.0%} of it"
-             + (": the cores were nearly full" if reached >= 0.8 else
-                ", so for the rest of the burst neither client nor sink was computing "
-                "(they waited -- on what is not measured here -- or other load on the "
-                "machine held the cores)") + f".  {GOAL}x needs client and sink together at "
-             f"most {cores} / {goal:.0f} msg/s = {cores / goal * 1e6:.0f} us per message: ")
-    if daemon.cpu_per_message <= budget:
-        text += (f"the daemon's {daemon.cpu_per_message * 1e6:.0f} us (with the sink's "
-                 f"{daemon.sink_cpu_per_message * 1e6:.0f} us) is already within it, so "
-                 "what holds it at this size is waiting, not CPU.")
-    elif budget > 0:
-        text += (f"with the sink's {daemon.sink_cpu_per_message * 1e6:.0f} us, the daemon's "
-                 f"at most {budget * 1e6:.0f} us, "
-                 f"{daemon.cpu_per_message / budget:.1f}x less than now.")
-    else:
-        text += ("the sink's own CPU per message already exceeds that, so on this machine "
-                 f"{GOAL}x is out of reach whatever the client does.")
-    return text
 
 
 def _strict(ctx, count=20):
@@ -353,8 +296,8 @@ def run(ctx):
                                ratio(one.wall_rate, source.wall_rate), 0.5, as_percent=True))
     daemon = figures.get(DAEMON)
     if daemon is not None:
-        targets.append(_daemon_target(daemon, repoze, sink))
-        parts.append(_how_far_goal(daemon, repoze, figures, count))
+        targets.append(daemon_drain.target(daemon, repoze, sink))
+        parts.append(daemon_drain.how_far_goal(daemon, repoze, figures, count))
     for label, f in figures.items():
         if label.startswith("txmail-qp"):
             lines.append(f"{label} / repoze qp into {sink}: "
