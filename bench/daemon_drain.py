@@ -267,8 +267,9 @@ def how_far_goal(daemon, repoze, figures, count):
                  "what holds it at this size is waiting, not CPU.")
     elif budget > 0:
         text += (f"with the sink's {daemon.sink_cpu_per_message * 1e6:.0f} us, the daemon's "
-                 f"at most {budget * 1e6:.0f} us, "
-                 f"{daemon.cpu_per_message / budget:.1f}x less than now.")
+                 f"at most {budget * 1e6:.0f} us against "
+                 f"{daemon.cpu_per_message * 1e6:.0f} us now (a cut of "
+                 f"{1 - budget / daemon.cpu_per_message:.0%}).")
     else:
         text += ("the sink's own CPU per message already exceeds that, so on this machine "
                  f"{GOAL}x is out of reach whatever the client does.")
