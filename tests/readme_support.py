@@ -170,6 +170,17 @@ def helpers(project, document, root):
         assert result.returncode == 0 and f"{passed} passed" in result.stdout, \
             result.stdout + result.stderr
 
+    def quick_start_app():
+        """The Quick start's files (docs/getting-started.rst: ``development.ini``,
+        ``myapp/__init__.py``) in this project, and its spool, which the app creates
+        when it starts: what a chapter that builds on the Quick start takes as given."""
+        from pyramid.paster import get_app
+
+        chapter = root / "docs" / "getting-started.rst"
+        for name in ("development.ini", "myapp/__init__.py"):
+            write_file(name, named_block(chapter, name))
+        get_app(str(project / "development.ini"))
+
     def relay_received(ini):
         """Run ``txmail-qp INI`` as the example shows it, with a local relay at its
         ``mail.host`` (a copy of the ini beside it that names the relay's port); return
@@ -203,7 +214,7 @@ def helpers(project, document, root):
 
     return {"project": project, "write_file": write_file, "run_pytest": run_pytest,
             "log_lines": log_lines, "spool_messages": spool_messages,
-            "relay_received": relay_received,
+            "relay_received": relay_received, "quick_start_app": quick_start_app,
             "memory_request": memory_request,
             "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
                                                                       message_id),
