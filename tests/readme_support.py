@@ -81,6 +81,19 @@ def check_postfix_main_cf(text, postconf):
     return None
 
 
+def check_output(shown, actual, project, where):
+    """A console example's output is the command's real output: ``...`` stands for
+    what changes from run to run, whitespace runs (a wrapped line) compare equal, and
+    the project directory is ``/srv/app`` as the examples call it."""
+    import doctest
+
+    actual = actual.replace(str(project) + "/", APP_DIR)
+    checker = doctest.OutputChecker()
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    assert checker.check_output(shown, actual, flags), (
+        f"{where}: the output shown is not the real one\n--- shown\n{shown}--- real\n{actual}")
+
+
 def run_daemon(argv, project, env, started="daemon started"):
     """Run ``txmail-qp ... --daemon`` until it logs that it started, then SIGTERM it."""
     proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE,
@@ -181,15 +194,15 @@ def helpers(project, document, root):
             write_file(name, named_block(chapter, name))
         get_app(str(project / "development.ini"))
 
-    def relay_received(ini):
+    def relay_received(ini, script=None):
         """Run ``txmail-qp INI`` as the example shows it, with a local relay at its
-        ``mail.host`` (a copy of the ini beside it that names the relay's port); return
-        what the relay received."""
+        ``mail.host`` (a copy of the ini beside it that names the relay's port; ``script``
+        its replies, see tests/smtpserver.py); return what the relay received."""
         import sys
 
         from .smtpserver import SMTPServer
 
-        with SMTPServer() as relay:
+        with SMTPServer(script) as relay:
             copy = project / f"relay-{ini}"
             copy.write_text(re.sub(r"^mail\.host = .*$",
                                    f"mail.host = {relay.host}\nmail.port = {relay.port}",
@@ -234,9 +247,11 @@ def dead_letter(project, path, name, message_id):
             f"Message-ID: {message_id}\n\nHello\n").encode()
     refused = [RecipientResult("bob@example.org", PERMANENT, 550, "5.1.1 no such user")]
     now = time.time()
+    attempt = {"attempt": 1, "time": now, "results": [r.as_dict() for r in refused]}
     entry = spool.dead_letter_copy("site@example.com", ["bob@example.org"], data, dead_meta(
-        {"queued_at": now}, message_id, refused, "permanent failure: bob@example.org: 550 "
-        "5.1.1 no such user", now, None))
+        {"queued_at": now, "attempts": 1, "first_attempt": now, "last_attempt": now,
+         "history": [attempt]}, message_id, refused,
+        "permanent failure: bob@example.org: 550 5.1.1 no such user", now, None))
     failed, meta = pathlib.Path(spool.path, "failed"), pathlib.Path(spool.path, "meta")
     os.rename(failed / entry.name, failed / name)
     os.rename(meta / (entry.name + ".json"), meta / (name + ".json"))

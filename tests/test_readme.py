@@ -26,7 +26,11 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
     written to the file its ``:name:`` names (the templates the python blocks render).
 ``console``
     each command (after ``$ `` when the block shows output) runs in the project
-    directory with this venv's scripts and must exit 0.  ``make TARGET`` runs as
+    directory with this venv's scripts and must exit 0.  The lines shown after a
+    ``$ `` command are its output: the real output must match them (doctest's
+    ``ELLIPSIS`` -- ``...`` stands for what changes from run to run, such as an age
+    -- and ``NORMALIZE_WHITESPACE``, so a long line may be wrapped; the project
+    directory reads as ``/srv/app``).  ``make TARGET`` runs as
     ``make -n TARGET`` in the repository (running it is what this suite is);
     ``txmail-qp ... --daemon`` runs until it logs that it started, then gets SIGTERM
     and must exit 0.  ``/srv/app/`` -- where the examples install the app -- is
@@ -145,19 +149,30 @@ def evaluate_text(example):
 
 
 def commands(text):
+    """``(command, output shown or None)`` for each command of a console block."""
     lines = [line for line in textwrap.dedent(text).splitlines() if line.strip()]
-    if any(line.startswith("$ ") for line in lines):
-        lines = [line[2:] for line in lines if line.startswith("$ ")]
-    return [line for line in lines if not line.lstrip().startswith("#")]
+    if not any(line.startswith("$ ") for line in lines):
+        return [(line, None) for line in lines if not line.lstrip().startswith("#")]
+    shown = []
+    for line in lines:
+        if line.startswith("$ "):
+            shown.append((line[2:], []))
+        else:
+            shown[-1][1].append(line)
+    return [(command, "\n".join(output) + "\n" if output else None)
+            for command, output in shown]
 
 
 def evaluate_console(example):
-    for line in commands(str(example.parsed)):
-        run_command(example, line)
+    for line, output in commands(str(example.parsed)):
+        result = run_command(example, line)
+        if output is not None:
+            readme_support.check_output(output, result.stdout, example.namespace["project"],
+                                        f"{where(example)}: {line!r}")
 
 
 def evaluate_crontab(example):
-    for line in commands(str(example.parsed)):
+    for line, _ in commands(str(example.parsed)):
         fields = line.split(None, 5)
         assert len(fields) == 6 and all(re.fullmatch(r"[\d*/,-]+", f) for f in fields[:5]), \
             f"not a crontab line: {line!r}"
@@ -180,6 +195,7 @@ def run_command(example, line):
                                 timeout=120)
     assert result.returncode == 0, (f"{where(example)}: {line!r} exited "
                                     f"{result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 EVALUATORS = {"python": evaluate_python, "ini": evaluate_ini, "jinja": evaluate_jinja,
