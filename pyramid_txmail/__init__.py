@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import importlib
 
+#: The release (PEP 440).  The one place it is written: pyproject.toml reads it from here
+#: (setuptools' ``attr:``, parsed without importing), so ``importlib.metadata.version``
+#: agrees.  A literal, not a metadata lookup: a cron pass imports this package and must
+#: not pay for ``importlib.metadata`` (tests/test_qp_startup.py).
+__version__ = "0.1.0.dev0"
+
 __all__ = [
     "Delivery", "Mailer", "NoTransaction", "TransactionEnded", "NoQueue", "DeliveryFailed",
     "MailSettings", "get_mailer", "includeme",

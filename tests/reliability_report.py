@@ -62,7 +62,7 @@ the quick ones).  Rerun it to refresh this file.
 
 `make reliability` is a gate: the same commit gives the same result on every clone.  Its
 property tests are derandomized (hypothesis draws each test's examples from a hash of its
-code; no example database; hypothesis pinned in setup.cfg), and every case found so far runs
+code; no example database; hypothesis pinned in pyproject.toml), and every case found so far runs
 first as an explicit example (tests/badinput_pinned.py).  New cases are looked for
 separately, by `make explore` (random seeds, a time budget, findings in
 test-artifacts/explore/FINDINGS.md); each finding is pinned, seen to fail, and fixed, so the
