@@ -200,9 +200,7 @@ def helpers(project, document, root):
         its replies, see tests/smtpserver.py); return what the relay received."""
         import sys
 
-        from .smtpserver import SMTPServer
-
-        with SMTPServer(script) as relay:
+        with local_relay(script) as relay:
             copy = project / f"relay-{ini}"
             copy.write_text(re.sub(r"^mail\.host = .*$",
                                    f"mail.host = {relay.host}\nmail.port = {relay.port}",
@@ -228,12 +226,21 @@ def helpers(project, document, root):
     return {"project": project, "write_file": write_file, "run_pytest": run_pytest,
             "log_lines": log_lines, "spool_messages": spool_messages,
             "relay_received": relay_received, "quick_start_app": quick_start_app,
+            "local_relay": local_relay,
             "memory_request": memory_request,
             "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
                                                                       message_id),
             "claimed": lambda path, name, message_id: claimed(project, path, name, message_id),
             "named_block": lambda name, other=None: named_block(
                 root / other if other else document, name)}
+
+
+def local_relay(script=None):
+    """A real SMTP server on 127.0.0.1 (tests/smtpserver.py), as a context manager:
+    ``relay.host``, ``relay.port``, ``relay.messages``."""
+    from .smtpserver import SMTPServer
+
+    return SMTPServer(script)
 
 
 def dead_letter(project, path, name, message_id):
