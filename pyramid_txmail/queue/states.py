@@ -65,6 +65,7 @@ SPOOL_LIFECYCLE = (
     ("deferred", "cur", "claimed when its retry is due"),
     ("cur", "failed", "a permanent failure (5yz), or mail.max_queue_time: dead letter"),
     ("tmp", "failed", "a copy for the refused recipients when others accepted"),
+    ("tmp", "new", "direct delivery's fallback: what the relay deferred"),
     ("cur", "new", "a dead processor's claim, after mail.claim_timeout"),
     ("tmp", GONE, "a crashed write, after mail.commit_grace"),
     ("prepared", "failed", "a crashed commit in doubt, after mail.commit_grace: dead letter"),
