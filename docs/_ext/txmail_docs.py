@@ -6,6 +6,8 @@ the documentation is built, so a page cannot drift from what the package does.
 ``txmail-settings``
     the settings reference: every key of :data:`pyramid_txmail.settings.SETTINGS`
     with its default and meaning.
+``txmail-interfaces``
+    the zope.interface interfaces of a module, read from the interfaces.
 ``txmail-states``
     the states of a queued message and the moves between them, drawn from the
     transition tables :data:`pyramid_txmail.queue.states.SPOOL_LIFECYCLE` and
@@ -48,6 +50,46 @@ class SettingsDirective(SphinxDirective):
         self.state.nested_parse(StringList(lines, source="pyramid_txmail/settings_table.py"),
                                 self.content_offset, container)
         return container.children
+
+
+class InterfacesDirective(SettingsDirective):
+    """``.. txmail-interfaces:: MODULE``: the zope.interface interfaces a module offers.
+
+    autodoc documents classes and functions, not ``Interface`` objects; this lists
+    each interface of MODULE's namespace (re-exported ones too) with its bases,
+    attributes and methods, read from the interfaces themselves.
+    """
+
+    required_arguments = 1
+
+    def run(self):
+        import importlib
+        import inspect
+
+        from zope.interface.interface import InterfaceClass, Method
+
+        module = importlib.import_module(self.arguments[0])
+        lines = [f".. py:currentmodule:: {module.__name__}", ""]
+        for name, iface in sorted(vars(module).items()):
+            if not isinstance(iface, InterfaceClass) or name == "Interface":
+                continue
+            bases = ", ".join(f"{b.__module__}.{b.__name__}" for b in iface.__bases__
+                              if b.__name__ != "Interface")
+            lines += [f".. py:class:: {name}", ""]
+            if bases:
+                lines += [f"   Extends {bases}.", ""]
+            lines += ["   " + line for line in inspect.cleandoc(iface.__doc__ or "").splitlines()]
+            lines.append("")
+            for member in iface.names(all=False):
+                item = iface[member]
+                if isinstance(item, Method):
+                    lines.append(f"   .. py:method:: {member}{item.getSignatureString()}")
+                else:
+                    lines.append(f"   .. py:attribute:: {member}")
+                lines.append("")
+                doc = inspect.cleandoc(item.getDoc() or "")
+                lines += ["      " + line for line in doc.splitlines()] + [""]
+        return self.parse_lines(lines)
 
 
 def graph_node(directive, dot, caption):
@@ -95,6 +137,7 @@ class TimelineDirective(SphinxDirective):
 
 def setup(app):
     app.add_directive("txmail-settings", SettingsDirective)
+    app.add_directive("txmail-interfaces", InterfacesDirective)
     app.add_directive("txmail-states", StatesDirective)
     app.add_directive("txmail-timeline", TimelineDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
