@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql,ops]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql,ops,docs]'
 	touch $@
 
 $(SMTP_SINK):
@@ -119,11 +119,28 @@ $(WHEELHOUSE)/.filled: pyproject.toml tests/wheelhouse_requirements.py $(VENV)/.
 # With bytecode caching even where the environment turns it off
 # (PYTHONDONTWRITEBYTECODE): otherwise every txmail-qp/txmail-queue the tests start
 # compiles pyramid_txmail from source again, and pytest rewrites every test module.
-test: install $(SMTP_SINK) postfix browser migration postgresql ab wheelhouse
+test: install $(SMTP_SINK) postfix browser migration postgresql ab wheelhouse graphviz
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m demo_app.run
+
+# The documentation: `make docs` builds docs/ into docs/_build/html with warnings as
+# errors (tests/test_docs_build.py runs the same build in `make test`).  Its pictures need
+# graphviz's `dot` (Debian's graphviz), installed with apt only when it is missing.
+GRAPHVIZ_PACKAGES := graphviz
+.PHONY: graphviz docs
+graphviz:
+	@if command -v dot >/dev/null; then :; else \
+	  echo "Installing $(GRAPHVIZ_PACKAGES) (dot) for the documentation's diagrams"; \
+	  $(APT_GET) install -y -qq --no-install-recommends $(GRAPHVIZ_PACKAGES) || \
+	  { $(APT_GET) update -qq && \
+	    $(APT_GET) install -y -qq --no-install-recommends $(GRAPHVIZ_PACKAGES); }; \
+	fi
+
+docs: install graphviz
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "The documentation: docs/_build/html/index.html"
 
 # ApacheBench (`ab`, Debian's apache2-utils) drives the benchmark's `concurrent` section
 # (bench/sec_concurrent.py: a Pyramid view under waitress, `ab -c 8`); installed with apt
@@ -145,7 +162,8 @@ $(PY_SPY): $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check py-spy
 	touch $@
 
-# Benchmarks (bench/run.py --help), ~20 min; writes bench/RESULTS.md.
+# Benchmarks (bench/run.py --help), ~20 min; writes bench/RESULTS.md and its plots
+# (bench/*.svg, drawn by bench/plots.py, which the docs' benchmarks page shows).
 # BENCH_ARGS=--quick for a smoke run of every section.
 BENCH_ARGS ?=
 .PHONY: bench
@@ -179,4 +197,5 @@ explore: install $(SMTP_SINK) postfix
 	  $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(MIGRATION_VENV) .deps var build *.egg-info .pytest_cache test-artifacts
+	rm -rf $(VENV) $(MIGRATION_VENV) .deps var build *.egg-info .pytest_cache test-artifacts \
+	  docs/_build
