@@ -150,7 +150,7 @@ SETTINGS = (
                        "``1m`` (a live commit's files must not be cleaned up)")),
     Setting("commit_check", _callable, None,
             "Dotted name of check(message_id, registry) -> True/False/None: did the "
-            "transaction of a message left in prepared/ commit? (see README, Crashes)",
+            "transaction of a message left in prepared/ commit? (see the docs, Transactions)",
             reference=("``pkg.module:check``, asked whether the transaction of an in-doubt "
                        "message committed (see :doc:`Crashes and the commit <transactions>`)")),
     Setting("retry_initial", parse_duration, 300.0, "First retry delay after a temporary failure.",
@@ -164,7 +164,7 @@ SETTINGS = (
     Setting("processor", _choice(PROCESSOR_MODES), "external",
             "Who delivers the queue: external (txmail-qp from cron or as a service) or "
             "thread (a background thread in each web process, started by its first request; "
-            "see README, In-app processor thread).",
+            "see the docs, Operating it).",
             reference=("who delivers the queue: ``external`` (``txmail-qp`` from cron or as a "
                        "service) or ``thread`` (a thread in each web process; see :doc:`In-app "
                        "processor thread <operating>`)")),
@@ -225,7 +225,7 @@ SETTINGS = (
             "Staging: send every message to these addresses instead of its recipients.",
             reference=("staging: every message goes to these addresses instead (comma-separated "
                        "or one per line; see :doc:`Staging redirect <devtools>`)")),
-    # DKIM signing at send time (pyramid_txmail.relay.dkim; README, DKIM signing).
+    # DKIM signing at send time (pyramid_txmail.relay.dkim; docs/sending.rst).
     Setting("dkim_private_key", _path, None,
             "DKIM: the PEM RSA private key of mail.dkim_domain (mode 0600 or 0400, owned "
             "by the process user); read at startup.",
@@ -256,7 +256,7 @@ SETTINGS = (
             default_text="relaxed/relaxed"),
     # The preview page (pyramid_txmail.preview).
     Setting("preview_allow", _bool, False,
-            "Allow the preview page outside development (see README, Preview page).",
+            "Allow the preview page outside development (see the docs, Development tools).",
             reference=("allow the preview page outside development (see :doc:`Preview page "
                        "<devtools>`)")),
     Setting("preview_dirs", _paths, (),

@@ -33,15 +33,22 @@ class Step:
         self.actor, self.call, self.spool, self.row = actor, call, spool, row
 
 
+#: The spool's steps inside our vote and finish: where the file is after each.
+SPOOL_CALLS = {"write_tmp": "write_tmp: written, fsynced", "prepare": "prepare: renamed",
+               "commit_prepared": "commit_prepared: renamed, new/ fsynced"}
+
+
 @contextlib.contextmanager
-def recording_calls(cls, actor, note):
-    """Wrap ``cls``'s protocol methods so each call is ``note(actor, name)`` after it ran."""
-    saved = {name: cls.__dict__[name] for name in PROTOCOL if name in cls.__dict__}
+def recording_calls(cls, actor, note, names=PROTOCOL):
+    """Wrap ``cls``'s methods ``names`` so each call is ``note(actor, label)`` after it
+    ran (``names`` maps a method to its label, or lists methods labelled by name)."""
+    labels = names if isinstance(names, dict) else {name: name for name in names}
+    saved = {name: cls.__dict__[name] for name in labels if name in cls.__dict__}
 
     def wrap(name, method):
         def recorded(self, *args, **kwargs):
             result = method(self, *args, **kwargs)
-            note(actor, name)
+            note(actor, labels[name])
             return result
         return recorded
 
@@ -88,6 +95,7 @@ def _run(here, settings_for, spool_of, steps):
     from pyramid_txmail import get_mailer
     from pyramid_txmail.interfaces import IMailQueued
     from pyramid_txmail.mailer.datamanager import MailDataManager
+    from pyramid_txmail.queue.maildir.spool import Spool
     from pyramid_txmail.queue.sql import init_db, outbox
 
     url = "sqlite:///" + os.path.join(here, "app.sqlite")
@@ -124,6 +132,7 @@ def _run(here, settings_for, spool_of, steps):
     session = sessionmaker(bind=engine)()
     zope.sqlalchemy.register(session, transaction_manager=tm)
     with recording_calls(MailDataManager, "pyramid_txmail", note), \
+            recording_calls(Spool, "the spool", note, SPOOL_CALLS), \
             recording_calls(SessionDataManager, "database (zope.sqlalchemy)", note):
         with tm:
             session.execute(users.insert().values(email="ann@example.com"))

@@ -127,8 +127,10 @@ class TimelineDirective(SphinxDirective):
         outbox_steps = commit_recording.record_outbox_commit()
         return [
             graph_node(self, commit_recording.timeline_dot(spool_steps, "spool"),
-                       "A view's send() and the request's commit, with the Maildir spool "
-                       "(recorded from a real transaction when these docs were built)"),
+                       "A view's send() and the request's commit, with the Maildir spool, "
+                       "recorded from a real transaction when these docs were built: each "
+                       "row is a call as it returned (so the spool's steps come before the "
+                       "vote and finish they belong to), and what another process saw then"),
             graph_node(self, commit_recording.timeline_dot(outbox_steps, "outbox"),
                        "The same with the SQL outbox: one commit of the application's "
                        "database (recorded likewise, on SQLite)"),
