@@ -125,18 +125,24 @@ test: install $(SMTP_SINK) postfix browser migration postgresql ab wheelhouse gr
 demo: install
 	$(PY) -m demo_app.run
 
+# $(call apt_when_missing,COMMAND,PACKAGES,WHAT FOR): Debian's PACKAGES installed with apt
+# only when COMMAND is missing (apt-get update first when the lists are stale).
+define apt_when_missing
+@if command -v $(1) >/dev/null; then :; else \
+  echo "Installing $(2) $(3)"; \
+  $(APT_GET) install -y -qq --no-install-recommends $(2) || \
+  { $(APT_GET) update -qq && \
+    $(APT_GET) install -y -qq --no-install-recommends $(2); }; \
+fi
+endef
+
 # The documentation: `make docs` builds docs/ into docs/_build/html with warnings as
 # errors (tests/test_docs_build.py runs the same build in `make test`).  Its pictures need
 # graphviz's `dot` (Debian's graphviz), installed with apt only when it is missing.
 GRAPHVIZ_PACKAGES := graphviz
 .PHONY: graphviz docs
 graphviz:
-	@if command -v dot >/dev/null; then :; else \
-	  echo "Installing $(GRAPHVIZ_PACKAGES) (dot) for the documentation's diagrams"; \
-	  $(APT_GET) install -y -qq --no-install-recommends $(GRAPHVIZ_PACKAGES) || \
-	  { $(APT_GET) update -qq && \
-	    $(APT_GET) install -y -qq --no-install-recommends $(GRAPHVIZ_PACKAGES); }; \
-	fi
+	$(call apt_when_missing,dot,$(GRAPHVIZ_PACKAGES),(dot) for the documentation's diagrams)
 
 docs: install graphviz
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
@@ -148,12 +154,7 @@ docs: install graphviz
 AB_PACKAGES := apache2-utils
 .PHONY: ab
 ab:
-	@if command -v ab >/dev/null; then :; else \
-	  echo "Installing $(AB_PACKAGES) (ab) for the benchmark's concurrent section"; \
-	  $(APT_GET) install -y -qq --no-install-recommends $(AB_PACKAGES) || \
-	  { $(APT_GET) update -qq && \
-	    $(APT_GET) install -y -qq --no-install-recommends $(AB_PACKAGES); }; \
-	fi
+	$(call apt_when_missing,ab,$(AB_PACKAGES),(ab) for the benchmark's concurrent section)
 
 # py-spy (from PyPI, into the venv) samples the concurrent section's app when a target
 # is missed (`--gil`: where the interpreter lock is held), for RESULTS.md's "why".

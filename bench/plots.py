@@ -59,10 +59,10 @@ def table_under(found, prefix, index=0):
 
 
 def number(text):
+    """The first number in a cell, or None for a cell without one (``n/a``: a quick
+    run's figure too small to measure); such a row is left out of its plot."""
     match = re.search(r"-?[0-9][0-9,]*\.?[0-9]*", text)
-    if not match:
-        raise ValueError(f"no number in {text!r}")
-    return float(match.group(0).replace(",", ""))
+    return float(match.group(0).replace(",", "")) if match else None
 
 
 def target_ratio(target, measured):
@@ -87,7 +87,7 @@ def target_ratio(target, measured):
     percent = re.search(r"([0-9.]+)%", measured)
     if percent:
         return float(percent.group(1)) / 100, line, sense
-    raise ValueError(f"no ratio in {measured!r}")
+    return None, line, sense  # not measured (n/a): left out
 
 
 def _figure(height):
@@ -125,12 +125,14 @@ def plot_targets(found, path):
     labels, values, lines, colours = [], [], [], []
     for row in rows:
         value, line, sense = target_ratio(row["target"], row["measured"])
+        if value is None:
+            continue
         labels.append(textwrap.shorten(row["target"], 95, placeholder="..."))
         values.append(max(value, 0.01))  # a log axis: 0.00x drawn at its left edge
         lines.append(line)
         colours.append(MET if row["met"].strip("* ") == "yes" else MISSED)
-    figure, axes = _figure(0.42 * len(rows) + 1.6)
-    ys = range(len(rows))[::-1]
+    figure, axes = _figure(0.42 * len(values) + 1.6)
+    ys = range(len(values))[::-1]
     axes.barh(list(ys), values, color=colours, height=0.6)
     for y, line in zip(ys, lines):
         axes.plot([line, line], [y - 0.4, y + 0.4], color="black", linewidth=2)
@@ -152,9 +154,11 @@ def plot_drain(found, path):
     labels, values, colours = [], [], []
     for title, rows in sinks:
         for row in rows:
-            name = row["configuration"]
+            name, value = row["configuration"], number(row["msg/s (net)"])
+            if value is None:
+                continue
             labels.append(f"{name} ({title[5:]})")
-            values.append(number(row["msg/s (net)"]))
+            values.append(value)
             colours.append(ANCHOR if "repoze" in name else FLOOR if "smtp-source" in name
                            else NEUTRAL)
     ys = list(range(len(values)))[::-1]
@@ -181,7 +185,8 @@ def _optional(found, prefix):
 
 
 def plot_enqueue(found, path):
-    rows = table_under(found, "Enqueue: durable commit")
+    rows = [row for row in table_under(found, "Enqueue: durable commit")
+            if number(row["us / message"]) is not None]
     figure, axes = _figure(1.2 + 0.45 * len(rows))
     names = [row["path"] for row in rows]
     values = [number(row["us / message"]) for row in rows]

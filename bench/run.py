@@ -188,6 +188,10 @@ def draw_plots(results):
         print(f"bench/run.py: the plots were not drawn: {exc}; install the docs extra "
               "(pip install -e '.[docs]') and run bench/plots.py", file=sys.stderr)
         return 1
+    except (ValueError, KeyError) as exc:  # a table plots.py cannot read: say which
+        print(f"bench/run.py: the plots were not drawn from {results}: {exc!r} "
+              "(the results are written; fix bench/plots.py and run it)", file=sys.stderr)
+        return 1
     for path in written:
         print(f"plot written to {path}")
     return 0
