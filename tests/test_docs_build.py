@@ -15,7 +15,7 @@ import pytest
 import pyramid_txmail
 from pyramid_txmail.settings import SETTINGS, shown_default
 
-from .docs_support import build_docs, table_rows
+from .docs_support import DOCS, build_docs, table_rows
 
 #: The public modules and the API page's section for each (their ``__all__``).
 PUBLIC_MODULES = ("testing", "preview", "toolbar", "debug", "builder")
@@ -82,10 +82,42 @@ def test_the_pictures_are_generated_into_the_pages(html):
     the("outbox state diagram", ">in_progress</text>", ">delivered</text>")
     spool_timeline = the("spool timeline", "tpc_vote", "commit_prepared")
     outbox_timeline = the("outbox timeline", "tpc_vote", "outbox row: queued")
-    # The recorded order: the file is in prepared/ after our vote, in new/ after our finish.
-    assert spool_timeline.index("tpc_vote") < spool_timeline.index("new/")
+    assert spool_timeline.index("tpc_vote") < spool_timeline.index("commit_prepared")
     assert "outbox row: queued" in outbox_timeline
     benchmarks = (html / "benchmarks.html").read_text()
     for plot in ("targets.svg", "drain.svg", "enqueue.svg"):
         assert f'src="_images/{plot}"' in benchmarks
         assert "<svg" in (html / "_images" / plot).read_text()
+
+
+def test_the_recorded_timeline_is_the_commit_the_docs_describe():
+    """What the timeline picture shows, asserted: our vote writes the message into tmp/
+    and prepared/ before the database commits, the finish publishes it into new/ after,
+    and MailQueued follows; with the SQL outbox the row commits with the application's."""
+    import sys
+
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        import commit_recording
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+
+    seen = [(s.actor, s.call.split(":")[0], ", ".join(s.spool), s.row)
+            for s in commit_recording.record_spool_commit()]
+    database = "database (zope.sqlalchemy)"
+    order = [step[:2] for step in seen]
+    assert order.index(("the spool", "write_tmp")) < order.index(("the spool", "prepare")) \
+        < order.index(("pyramid_txmail", "tpc_vote")) < order.index((database, "tpc_vote")) \
+        < order.index(("the spool", "commit_prepared")) \
+        < order.index(("pyramid_txmail", "tpc_finish")) \
+        < order.index(("subscriber", "MailQueued event"))
+    by_call = {step[:2]: step[2:] for step in seen}
+    assert by_call[("the spool", "write_tmp")] == ("tmp/", False)
+    assert by_call[("pyramid_txmail", "tpc_vote")] == ("prepared/", False)
+    assert by_call[(database, "tpc_vote")] == ("prepared/", True)  # the database's commit
+    assert by_call[("the spool", "commit_prepared")] == ("new/", True)
+
+    outbox = {(s.actor, s.call): (", ".join(s.spool), s.row)
+              for s in commit_recording.record_outbox_commit()}
+    assert outbox[("view", "mailer.send(message)")] == ("", False)
+    assert outbox[(database, "tpc_vote")] == ("outbox row: queued", True)
