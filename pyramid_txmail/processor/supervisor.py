@@ -59,8 +59,8 @@ import time
 
 from ..util.printable import get_logger
 from . import child as child_side
-from .child import (for_this_process, is_child, processes_setting,  # noqa: F401 (qp's hooks)
-                    reporting, says_for_all, tell_parent)
+from .child import (for_this_process, is_child, prefer_own_share,  # noqa: F401 (qp's hooks)
+                    processes_setting, reporting, says_for_all, tell_parent)
 from .daemon import reopen_log_files
 from .pass_stats import PassStats
 
@@ -116,6 +116,7 @@ class Supervisor:
         self.quick_deaths = 0
         self.restart_at = {}  # index -> monotonic time of the planned restart
         self.all_ready = False
+        self.run_started = None  # epoch seconds, before the first child is forked
         self._ready = set()
         self._pids = set()  # every child started (the start line names them)  # indexes of the children that reached their first pass
         self._selector = None
@@ -146,6 +147,7 @@ class Supervisor:
         saved = {s: signal.signal(s, _noted) for s in _SIGNALS}
         saved_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
+            self.run_started = time.time()
             for index in range(self.processes):
                 self._start(index, child_main)
             return self._loop(child_main)
@@ -208,7 +210,8 @@ class Supervisor:
         if self.operations is not None:
             self.operations.in_child()
         child_side.become(index, self.processes, write_fd, parent,
-                          counting=bool(self.operations is not None and self.operations.counting))
+                          counting=bool(self.operations is not None and self.operations.counting),
+                          run_started=self.run_started)
         if os.getppid() != parent:  # died before PDEATHSIG was set
             return EX_SOFTWARE
         return child_main()

@@ -153,6 +153,14 @@ class IQueue(Interface):
         ``time.time`` for a spool).  A Processor or Daemon given no ``clock``
         uses it, so that every time it records or compares agrees."""
 
+    def prefer_share(index, count, since=None):
+        """Optional: this is process ``index`` of ``count`` draining the queue together
+        (``mail.processes``); take that share of the messages first, then the others'
+        (a preference: a sibling that is slow or gone must never leave mail waiting).
+        ``since``: when their one-pass run began (None for a daemon), so that what a
+        sibling deferred during the run is not counted as ``skipped`` here.  A backend
+        whose claims do not race (the SQL outbox's ``SKIP LOCKED``) has none."""
+
     def next_due(settings, now, horizon=None):
         """Epoch seconds when something becomes due without new mail arriving (the earliest
         retry, the earliest claim that may turn stale), or None.  A retry due more than
