@@ -172,27 +172,35 @@ def test_a_siblings_deferral_during_the_pass_is_not_skipped(tmp_path):
     assert stats.skipped == 2  # the next pass finds both waiting
 
 
-def test_a_one_pass_run_does_not_skip_what_a_sibling_deferred_since_it_began(tmp_path):
+def in_share(names, index, count=2):
+    return [n for n in names if Share(index, count).holds(n)]
+
+
+def test_a_one_pass_run_counts_its_share_of_what_waited_when_the_run_began(tmp_path):
     """A child may start its pass after a sibling has already deferred mail of the
-    same run: not skipped either (the file's mtime is its claim's, during the run)."""
+    same run: not skipped (the file's mtime is its claim's, during the run); and each
+    child counts its own share of what waits, so the run's total counts it once."""
     spool = Spool(str(tmp_path / "spool"))
-    before_run, during_run = fill(spool, 2)
+    names = list(fill(spool, 20))
+    (before_run, during_run), (theirs, *_) = in_share(names, 0)[:2], in_share(names, 1)
     queue = MaildirQueue(spool)
-    defer(queue, before_run, FUTURE)
-    deferred = os.path.join(spool.path, "deferred", spool.deferred_file(before_run))
     run_started = time.time()
-    os.utime(deferred, (run_started - 600, run_started - 600))  # claimed long before
-    defer(MaildirQueue(spool), during_run, FUTURE)  # a sibling, after the run began
-    os.utime(os.path.join(spool.path, "deferred", spool.deferred_file(during_run)),
-             (run_started + 1, run_started + 1))  # (coarse file clocks: said outright)
-    queue.prefer_share(0, 2, since=run_started)
+    for name, when in ((before_run, run_started - 600), (theirs, run_started - 600),
+                       (during_run, run_started + 1)):  # (file clocks are coarse: said
+        defer(queue, name, FUTURE)                         # outright, as a claim sets it)
+        path = os.path.join(spool.path, "deferred", spool.deferred_file(name))
+        os.utime(path, (when, when))
+    counted = []
+    for index in (0, 1):
+        queue.prefer_share(index, 2, since=run_started)
+        stats = PassStats()
+        tickets(queue, stats)
+        counted.append(stats.skipped)
+    assert counted == [1, 1]  # before_run, theirs: once each; during_run is the run's
+    queue.prefer_share(0, 2)  # a daemon's pass: all three were there when it began
     stats = PassStats()
     tickets(queue, stats)
-    assert stats.skipped == 1
-    queue.prefer_share(0, 2)  # a daemon's pass: both were there when it began
-    stats = PassStats()
-    tickets(queue, stats)
-    assert stats.skipped == 2
+    assert stats.skipped == 3
 
 
 # -- txmail-qp with two processes -------------------------------------------------------
@@ -222,6 +230,19 @@ def test_two_processes_deliver_each_message_once_and_seldom_race(tmp_path, smtp_
     assert received(smtp_server) == {(m, "b@example.org"): 1 for m in made.values()}
     assert taken <= DRAIN // 20, proc.stderr  # the old figure: DRAIN
     assert spool.names("new") == spool.names("cur") == []
+
+
+def test_a_one_pass_run_by_two_processes_counts_each_waiting_message_once(tmp_path,
+                                                                          smtp_server):
+    spool = Spool(str(tmp_path / "spool"))
+    names = list(fill(spool, 10))
+    queue = MaildirQueue(spool)
+    for name in names[:6]:
+        defer(queue, name, FUTURE)
+    proc = run_qp(write_ini(tmp_path, smtp_server, "mail.processes = 2\n"))
+    assert proc.returncode == 0, proc.stderr
+    # (each process used to count all six: skipped=12)
+    assert SUMMARY.search(proc.stderr).groups()[:5] == ("4", "0", "0", "6", "0"), proc.stderr
 
 
 class StuckFirst(ScriptedHandler):

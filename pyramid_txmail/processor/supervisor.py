@@ -4,8 +4,10 @@ Why processes: a worker thread holds the GIL while it builds, reads and records 
 message, so one process tops out near one core's worth of Python however many
 ``mail.workers`` it has; N processes use N cores.  They need no coordination with
 each other: claims are atomic on both backends (a rename on the spool, a row lock
-in the SQL outbox), so each child is exactly today's single-process ``txmail-qp``
-with ``mail.processes = 1``.  The parent only starts, watches and stops them.
+in the SQL outbox), so each child is today's single-process ``txmail-qp`` with
+``mail.processes = 1``, told only which share of a spool to take first (child
+``i`` of ``N``: :func:`.child.prefer_own_share`), so that the children do not all
+race for the same files (issue 14).  The parent only starts, watches and stops them.
 
 Fork, not spawn, and *before* any thread or connection exists: ``txmail-qp`` has
 then read its ini and imported its modules, nothing more (no queue opened, no

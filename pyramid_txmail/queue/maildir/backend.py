@@ -197,8 +197,7 @@ class MaildirQueue:
         listing = self.spool.deferred_files()
         due, later = self.spool.due_files(now, horizon, errors, listing)
         stats.errors += len(errors)
-        since = self.share.since if self.share is not None else None
-        stats.skipped += shares.waiting(self.spool, later, before, listing, since)
+        stats.skipped += shares.waiting(self.spool, later, before, listing, self.share)
         for filename in shares.due_files(self.spool, due, self.share, misses):
             yield "deferred", filename
 

@@ -25,7 +25,9 @@ LOCKED`` and needs none of this) take everything in the plain order.
 
 What counts as waiting (``skipped``): a deferred file not yet due that was
 in ``deferred/`` when the pass began -- not one this pass or a sibling
-deferred meanwhile (:func:`waiting`).
+deferred meanwhile; in a one-pass run of several processes, what was waiting
+when the run began, each process counting its own share, so that the run's
+total counts each message once (:func:`waiting`).
 """
 from __future__ import annotations
 
@@ -137,20 +139,23 @@ def _present(spool):
     return set(indexed).union(unindexed)
 
 
-def waiting(spool, later, before, now, since=None):
+def waiting(spool, later, before, now, share=None):
     """How many of ``later`` (files of ``deferred/`` not due, from the listing
     ``now``) were waiting when the pass began: ``before`` and ``now`` are
-    :meth:`~.schedule.DeferredIndex.deferred_files` then and now.  A file deferred since -- by this pass, or by a sibling -- is not waiting
-    but this pass's news (counted as ``deferred`` by whoever deferred it).
+    :meth:`~.schedule.DeferredIndex.deferred_files` then and now.  A file
+    deferred since -- by this pass, or by a sibling -- is not waiting but this
+    pass's news (counted as ``deferred`` by whoever deferred it).
 
-    ``since`` (a one-pass run of several processes: when the run began) also
-    leaves out what a sibling deferred after the run began but before this
-    process's pass did (it may start later than its siblings): a claim sets the
-    file's mtime (:func:`~.claims.take`) and deferring keeps it, so a file
-    claimed during the run has an mtime from then on.  It costs an ``lstat`` per
-    waiting file, once per run; a daemon's pass (``since`` None) costs nothing
-    while ``deferred/`` is unchanged.
+    A one-pass run of several processes (``share.since``: when the run began)
+    counts what was waiting when the *run* began, and each process its own
+    share of it, so that the run's total counts each message once.  A sibling
+    may have deferred mail of this run before this process's pass began (it
+    may start later): a claim sets the file's mtime (:func:`~.claims.take`)
+    and deferring keeps it, so a file claimed during the run has an mtime
+    from then on.  That costs an ``lstat`` per waiting file of the share, once
+    per run; a daemon's pass costs nothing while ``deferred/`` is unchanged.
     """
+    since = share.since if shares_out(share) else None
     if now is before and since is None:
         return len(later)  # the same listing: nothing came or went since
     indexed, unindexed = before
@@ -158,7 +163,8 @@ def waiting(spool, later, before, now, since=None):
     found = [f for f in later if _in_sorted(indexed, f) or message_name(f) in renamed]
     if since is None:
         return len(found)
-    return sum(1 for f in found if _mtime(spool, f) < since)
+    return sum(1 for f in found
+               if share.holds(message_name(f)) and _mtime(spool, f) < since)
 
 
 def _mtime(spool, filename):
