@@ -89,7 +89,16 @@ class IPassScope(Interface):
 
 
 class IQueue(Interface):
-    """What :class:`~pyramid_txmail.processor.processor.Processor` needs from a backend."""
+    """What :class:`~pyramid_txmail.processor.processor.Processor` needs from a backend.
+
+    Not declared, as a backend need not have it: ``prefer_share(index, count,
+    since=None)`` -- this process is ``index`` of ``count`` draining the queue
+    together (``mail.processes``): take that share of the messages first, then the
+    others' (a preference: a sibling that is slow or gone must never leave mail
+    waiting); ``since`` is when their one-pass run began (None for a daemon), for
+    ``skipped``.  The spool has it (:mod:`pyramid_txmail.queue.maildir.shares`); the
+    SQL outbox, whose claims do not race (``SKIP LOCKED``), has none.
+    """
 
     where = Attribute("The queue's name in log lines: the spool path, or the database URL "
                       "without its password.")
@@ -152,14 +161,6 @@ class IQueue(Interface):
         database's for the SQL outbox, shared by processors on many machines;
         ``time.time`` for a spool).  A Processor or Daemon given no ``clock``
         uses it, so that every time it records or compares agrees."""
-
-    def prefer_share(index, count, since=None):
-        """Optional: this is process ``index`` of ``count`` draining the queue together
-        (``mail.processes``); take that share of the messages first, then the others'
-        (a preference: a sibling that is slow or gone must never leave mail waiting).
-        ``since``: when their one-pass run began (None for a daemon), so that what a
-        sibling deferred during the run is not counted as ``skipped`` here.  A backend
-        whose claims do not race (the SQL outbox's ``SKIP LOCKED``) has none."""
 
     def next_due(settings, now, horizon=None):
         """Epoch seconds when something becomes due without new mail arriving (the earliest
