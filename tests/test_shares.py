@@ -160,7 +160,7 @@ def test_a_siblings_deferral_during_the_pass_is_not_skipped(tmp_path):
     spool = Spool(str(tmp_path / "spool"))
     waiting, mine, siblings = fill(spool, 3)
     queue, sibling = MaildirQueue(spool), MaildirQueue(spool)
-    defer(queue, waiting, FUTURE)  # in deferred/ before the pass: skipped
+    defer(MaildirQueue(spool), waiting, FUTURE)  # an earlier run's: skipped
     stats = PassStats()
     walk = queue.candidates(time.time(), None, stats)
     assert next(walk) in (("new", mine), ("new", siblings))  # the pass has begun
@@ -185,11 +185,12 @@ def test_a_one_pass_run_counts_its_share_of_what_waited_when_the_run_began(tmp_p
     (before_run, during_run), (theirs, *_) = in_share(names, 0)[:2], in_share(names, 1)
     queue = MaildirQueue(spool)
     run_started = time.time()
-    for name, when in ((before_run, run_started - 600), (theirs, run_started - 600),
-                       (during_run, run_started + 1)):  # (file clocks are coarse: said
-        defer(queue, name, FUTURE)                         # outright, as a claim sets it)
+    # a claim sets the file's mtime; said outright here (file clocks are coarse)
+    for name, claimed_at in ((before_run, run_started - 600), (theirs, run_started - 600),
+                             (during_run, run_started + 1)):
+        defer(MaildirQueue(spool), name, FUTURE)
         path = os.path.join(spool.path, "deferred", spool.deferred_file(name))
-        os.utime(path, (when, when))
+        os.utime(path, (claimed_at, claimed_at))
     counted = []
     for index in (0, 1):
         queue.prefer_share(index, 2, since=run_started)
