@@ -363,6 +363,7 @@ def run(args, signals, waker):
         settings = dataclasses.replace(settings, workers=args.workers)
     settings = supervisor.for_this_process(settings)  # a child: its share (see --processes)
     queue = open_queue_or_exit(settings)
+    supervisor.prefer_own_share(queue, args.daemon)  # a child: its share first (issue 14)
     if hasattr(queue, "stopping"):  # the SQL outbox: a SIGTERM ends its waits for the database
         queue.stopping = signals.stop
     if not wait_for_tables(queue, args.daemon, signals):
