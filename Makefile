@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql,ops]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[testing,demo,sql,ops,docs]'
 	touch $@
 
 $(SMTP_SINK):
@@ -119,11 +119,34 @@ $(WHEELHOUSE)/.filled: pyproject.toml tests/wheelhouse_requirements.py $(VENV)/.
 # With bytecode caching even where the environment turns it off
 # (PYTHONDONTWRITEBYTECODE): otherwise every txmail-qp/txmail-queue the tests start
 # compiles pyramid_txmail from source again, and pytest rewrites every test module.
-test: install $(SMTP_SINK) postfix browser migration postgresql ab wheelhouse
+test: install $(SMTP_SINK) postfix browser migration postgresql ab wheelhouse graphviz
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m demo_app.run
+
+# $(call apt_when_missing,COMMAND,PACKAGES,WHAT FOR): Debian's PACKAGES installed with apt
+# only when COMMAND is missing (apt-get update first when the lists are stale).
+define apt_when_missing
+@if command -v $(1) >/dev/null; then :; else \
+  echo "Installing $(2) $(3)"; \
+  $(APT_GET) install -y -qq --no-install-recommends $(2) || \
+  { $(APT_GET) update -qq && \
+    $(APT_GET) install -y -qq --no-install-recommends $(2); }; \
+fi
+endef
+
+# The documentation: `make docs` builds docs/ into docs/_build/html with warnings as
+# errors (tests/test_docs_build.py runs the same build in `make test`).  Its pictures need
+# graphviz's `dot` (Debian's graphviz), installed with apt only when it is missing.
+GRAPHVIZ_PACKAGES := graphviz
+.PHONY: graphviz docs
+graphviz:
+	$(call apt_when_missing,dot,$(GRAPHVIZ_PACKAGES),(dot) for the documentation's diagrams)
+
+docs: install graphviz
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "The documentation: docs/_build/html/index.html"
 
 # ApacheBench (`ab`, Debian's apache2-utils) drives the benchmark's `concurrent` section
 # (bench/sec_concurrent.py: a Pyramid view under waitress, `ab -c 8`); installed with apt
@@ -131,12 +154,7 @@ demo: install
 AB_PACKAGES := apache2-utils
 .PHONY: ab
 ab:
-	@if command -v ab >/dev/null; then :; else \
-	  echo "Installing $(AB_PACKAGES) (ab) for the benchmark's concurrent section"; \
-	  $(APT_GET) install -y -qq --no-install-recommends $(AB_PACKAGES) || \
-	  { $(APT_GET) update -qq && \
-	    $(APT_GET) install -y -qq --no-install-recommends $(AB_PACKAGES); }; \
-	fi
+	$(call apt_when_missing,ab,$(AB_PACKAGES),(ab) for the benchmark's concurrent section)
 
 # py-spy (from PyPI, into the venv) samples the concurrent section's app when a target
 # is missed (`--gil`: where the interpreter lock is held), for RESULTS.md's "why".
@@ -145,7 +163,8 @@ $(PY_SPY): $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check py-spy
 	touch $@
 
-# Benchmarks (bench/run.py --help), ~20 min; writes bench/RESULTS.md.
+# Benchmarks (bench/run.py --help), ~20 min; writes bench/RESULTS.md and its plots
+# (bench/*.svg, drawn by bench/plots.py, which the docs' benchmarks page shows).
 # BENCH_ARGS=--quick for a smoke run of every section.
 BENCH_ARGS ?=
 .PHONY: bench
@@ -179,4 +198,5 @@ explore: install $(SMTP_SINK) postfix
 	  $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(MIGRATION_VENV) .deps var build *.egg-info .pytest_cache test-artifacts
+	rm -rf $(VENV) $(MIGRATION_VENV) .deps var build *.egg-info .pytest_cache test-artifacts \
+	  docs/_build

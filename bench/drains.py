@@ -44,7 +44,7 @@ def write_ini(directory, spool, sink, workers=None, qp_processes=1):
 
 
 def txmail_argv(ini, workers=None):
-    """txmail-qp as cron runs it (README: ``-q``), no app (no subscribers to load)."""
+    """txmail-qp as cron runs it (docs/operating.rst: ``-q``), no app (no subscribers to load)."""
     argv = [BIN / "txmail-qp", ini, "--no-app", "-q"]
     if workers is not None and qp_has_workers_flag():
         argv += ["--workers", str(workers)]

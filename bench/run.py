@@ -176,6 +176,24 @@ def main(argv=None):
     for target in (t for r in results for t in r.targets):
         print(f"   [{'met' if target.met else 'MISSED'}] {target.text}: {target.detail}")
     print(f"results written to {args.out}")
+    return draw_plots(args.out)
+
+
+def draw_plots(results):
+    """The plots of ``results`` beside it (bench/plots.py; the docs show them)."""
+    try:
+        import plots
+        written = plots.write_plots(results)
+    except ImportError as exc:  # matplotlib: the docs extra, which `make install` installs
+        print(f"bench/run.py: the plots were not drawn: {exc}; install the docs extra "
+              "(pip install -e '.[docs]') and run bench/plots.py", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError) as exc:  # a table plots.py cannot read: say which
+        print(f"bench/run.py: the plots were not drawn from {results}: {exc!r} "
+              "(the results are written; fix bench/plots.py and run it)", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"plot written to {path}")
     return 0
 
 

@@ -88,7 +88,7 @@ def findings_report(runs, minutes, started):
     lines = ["# Exploration findings", "",
              f"`make explore`: {len(runs)} runs of the property tests with random seeds in "
              f"{minutes:g} minutes, started {time.strftime('%Y-%m-%d %H:%M UTC', started)}, "
-             f"hypothesis {hypothesis.__version__}.  Not the gate: see README.rst, "
+             f"hypothesis {hypothesis.__version__}.  Not the gate: see docs/reliability.rst, "
              "\"Reliability suite\".", "",
              "| test | seed | outcome |", "|---|---|---|"]
     lines += [f"| {r['node']} | {r['seed']} | {r['outcome']} |" for r in runs]

@@ -1,8 +1,10 @@
-"""Helpers for tests/test_readme.py: what the README's examples take as given.
+"""Helpers for tests/test_readme.py: what the examples of README.rst and docs/*.rst
+take as given.
 
-The names returned by :func:`helpers` are the namespace of the README's python
-blocks; the invisible blocks (``.. invisible-code-block: python``) use them to set
-up a ``request`` or a ``registry`` and to check what an example did.
+The names returned by :func:`helpers` are the namespace each document's python
+blocks start with; the invisible blocks (``.. invisible-code-block: python``) use
+them to set up a ``request`` or a ``registry``, to write the files a chapter takes
+from another (``named_block``), and to check what an example did.
 """
 from __future__ import annotations
 
@@ -79,6 +81,19 @@ def check_postfix_main_cf(text, postconf):
     return None
 
 
+def check_output(shown, actual, project, where):
+    """A console example's output is the command's real output: ``...`` stands for
+    what changes from run to run, whitespace runs (a wrapped line) compare equal, and
+    the project directory is ``/srv/app`` as the examples call it."""
+    import doctest
+
+    actual = actual.replace(str(project) + "/", APP_DIR)
+    checker = doctest.OutputChecker()
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    assert checker.check_output(shown, actual, flags), (
+        f"{where}: the output shown is not the real one\n--- shown\n{shown}--- real\n{actual}")
+
+
 def run_daemon(argv, project, env, started="daemon started"):
     """Run ``txmail-qp ... --daemon`` until it logs that it started, then SIGTERM it."""
     proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE,
@@ -99,17 +114,33 @@ def run_daemon(argv, project, env, started="daemon started"):
     return subprocess.CompletedProcess(argv, proc.returncode, "".join(output) + out, "")
 
 
-def readme_block(readme, name):
-    """The text of the README block whose ``:name:`` is ``name``."""
-    text = readme.read_text()
-    match = re.search(r"^\.\. code-block:: \w+\n +:name: " + re.escape(name) +
-                      r"\n\n((?: {4}.*\n|\n)+)", text, re.M)
-    assert match, f"no block with caption {name}"
-    return re.sub(r"^ {4}", "", match.group(1), flags=re.M).strip("\n") + "\n"
+def block_file_name(options):
+    """The file a code block is: ``:caption:`` in docs/ (Sphinx), ``:name:`` in
+    README.rst (docutils' code directive, which PyPI renders, has no caption)."""
+    return (options.get("caption") or options.get("name") or "").strip()
 
 
-def helpers(project, readme):
-    """The namespace the README's python blocks start with."""
+def named_block(document, name):
+    """The text of the code block of ``document`` that is the file ``name``."""
+    text = document.read_text()
+    match = re.search(r"^\.\. code-block:: \w+\n((?: +:\w+:.*\n)*?) +:(?:name|caption): " +
+                      re.escape(name) + r"\n((?: +:\w+:.*\n)*)\n((?: {4}.*\n|\n)+)", text, re.M)
+    assert match, f"no block in {document.name} that is the file {name}"
+    return re.sub(r"^ {4}", "", match.group(3), flags=re.M).strip("\n") + "\n"
+
+
+def labels(text):
+    """The Sphinx labels a document defines: ``.. _label:`` targets and ``:name:``
+    options, lower-cased as Sphinx compares them."""
+    found = re.findall(r"^\.\. _([^:`]+):\s*$", text, re.M)
+    found += re.findall(r"^\s+:name:\s*(\S.*?)\s*$", text, re.M)
+    return [label.lower() for label in found]
+
+
+def helpers(project, document, root):
+    """The namespace a document's python blocks start with.  ``named_block(name)``
+    reads a block of this document; ``named_block(name, "docs/getting-started.rst")``
+    one of another (a chapter's set-up copies the files it builds on)."""
 
     def write_file(name, content):
         path = project / name
@@ -152,6 +183,35 @@ def helpers(project, readme):
         assert result.returncode == 0 and f"{passed} passed" in result.stdout, \
             result.stdout + result.stderr
 
+    def quick_start_app():
+        """The Quick start's files (docs/getting-started.rst: ``development.ini``,
+        ``myapp/__init__.py``) in this project, and its spool, which the app creates
+        when it starts: what a chapter that builds on the Quick start takes as given."""
+        from pyramid.paster import get_app
+
+        chapter = root / "docs" / "getting-started.rst"
+        for name in ("development.ini", "myapp/__init__.py"):
+            write_file(name, named_block(chapter, name))
+        get_app(str(project / "development.ini"))
+
+    def relay_received(ini, script=None):
+        """Run ``txmail-qp INI`` as the example shows it, with a local relay at its
+        ``mail.host`` (a copy of the ini beside it that names the relay's port; ``script``
+        its replies, see tests/smtpserver.py); return what the relay received."""
+        import sys
+
+        with local_relay(script) as relay:
+            copy = project / f"relay-{ini}"
+            copy.write_text(re.sub(r"^mail\.host = .*$",
+                                   f"mail.host = {relay.host}\nmail.port = {relay.port}",
+                                   (project / ini).read_text(), count=1, flags=re.M))
+            qp = pathlib.Path(sys.executable).parent / "txmail-qp"
+            result = subprocess.run([str(qp), str(copy)], cwd=project, capture_output=True,
+                                    text=True, timeout=120,
+                                    env=dict(os.environ, PYTHONPATH=str(project)))
+            assert result.returncode == 0, result.stdout + result.stderr
+            return list(relay.messages)
+
     @contextlib.contextmanager
     def log_lines(name, level=logging.INFO):
         """Collect the messages logged under ``name`` (at ``level`` or above)."""
@@ -165,11 +225,22 @@ def helpers(project, readme):
 
     return {"project": project, "write_file": write_file, "run_pytest": run_pytest,
             "log_lines": log_lines, "spool_messages": spool_messages,
+            "relay_received": relay_received, "quick_start_app": quick_start_app,
+            "local_relay": local_relay,
             "memory_request": memory_request,
             "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
                                                                       message_id),
             "claimed": lambda path, name, message_id: claimed(project, path, name, message_id),
-            "readme_block": lambda name: readme_block(readme, name)}
+            "named_block": lambda name, other=None: named_block(
+                root / other if other else document, name)}
+
+
+def local_relay(script=None):
+    """A real SMTP server on 127.0.0.1 (tests/smtpserver.py), as a context manager:
+    ``relay.host``, ``relay.port``, ``relay.messages``."""
+    from .smtpserver import SMTPServer
+
+    return SMTPServer(script)
 
 
 def dead_letter(project, path, name, message_id):
@@ -183,9 +254,11 @@ def dead_letter(project, path, name, message_id):
             f"Message-ID: {message_id}\n\nHello\n").encode()
     refused = [RecipientResult("bob@example.org", PERMANENT, 550, "5.1.1 no such user")]
     now = time.time()
+    attempt = {"attempt": 1, "time": now, "results": [r.as_dict() for r in refused]}
     entry = spool.dead_letter_copy("site@example.com", ["bob@example.org"], data, dead_meta(
-        {"queued_at": now}, message_id, refused, "permanent failure: bob@example.org: 550 "
-        "5.1.1 no such user", now, None))
+        {"queued_at": now, "attempts": 1, "first_attempt": now, "last_attempt": now,
+         "history": [attempt]}, message_id, refused,
+        "permanent failure: bob@example.org: 550 5.1.1 no such user", now, None))
     failed, meta = pathlib.Path(spool.path, "failed"), pathlib.Path(spool.path, "meta")
     os.rename(failed / entry.name, failed / name)
     os.rename(meta / (entry.name + ".json"), meta / (name + ".json"))

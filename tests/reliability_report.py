@@ -66,7 +66,7 @@ code; no example database; hypothesis pinned in pyproject.toml), and every case 
 first as an explicit example (tests/badinput_pinned.py).  New cases are looked for
 separately, by `make explore` (random seeds, a time budget, findings in
 test-artifacts/explore/FINDINGS.md); each finding is pinned, seen to fail, and fixed, so the
-gate keeps it fixed.  README.rst, "Reliability suite", has the workflow.
+gate keeps it fixed.  docs/reliability.rst has the workflow.
 """
 
 EXPLAIN = """\

@@ -167,6 +167,15 @@ def test_quick_run_leaves_the_committed_results_and_its_spools_alone(quick_run):
     assert list((base / "work").iterdir()) == []  # the run's scratch spools are removed
 
 
+def test_quick_run_draws_its_plots_beside_its_results(quick_run):
+    """bench/plots.py's figures (the docs' benchmarks page) go beside --out, from its tables."""
+    done, out, before, after, base = quick_run
+    assert done.returncode == 0, done.stderr
+    for plot in ("targets.svg", "drain.svg", "enqueue.svg"):
+        assert f"plot written to {base / plot}" in done.stdout
+        assert "<svg" in (base / plot).read_text()
+
+
 def test_a_bad_option_is_a_usage_error_naming_it():
     done = subprocess.run([sys.executable, str(RUN), "--sizes", "ten"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

@@ -451,7 +451,8 @@ def test_help_tells_how_to_run_the_daemon():
 
 
 def test_readme_documents_operating_the_queue():
-    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.rst")).read()
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "docs",
+                               "operating.rst")).read()
     for text in ("* * * * *  /srv/app/.venv/bin/txmail-qp", "--daemon", "--watch", "--workers",
                  "SIGHUP", "Type=simple", "ExecStart=/srv/app/.venv/bin/txmail-qp",
                  "Restart=on-failure", "KillSignal=SIGTERM", "TimeoutStopSec=",

@@ -1,13 +1,24 @@
-"""Every code example in README.rst runs, as written, in document order (issue 12, 7b).
+"""Every code example in README.rst and docs/*.rst runs, as written, in document order
+(issues 12 and 16).
+
+Each document runs on its own: its own namespace, its own project directory, in
+any order and alone (``pytest tests/test_readme.py -k queues`` runs
+docs/queues.rst, ``-k frontpage`` README.rst; a test id is ``STEM-lineN``).  So a chapter carries, in
+invisible blocks, the set-up it needs (e.g. the Quick start's files, copied from
+docs/getting-started.rst with ``named_block``).
 
 Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 
 ``python``
-    run in one namespace shared by the whole README.  A block with a
-    ``:name:`` that names a file (``myapp/__init__.py``) is that file: it is
-    written into the project directory instead, and later blocks import it.
+    run in one namespace shared by the whole document.  A block that names a
+    file (``myapp/__init__.py``) is that file: it is written into the project
+    directory instead, and later blocks import it.  The file name is the block's
+    ``:name:`` in README.rst (docutils' code directive, which PyPI renders, has no
+    ``:caption:``) and its ``:caption:`` in docs/ (Sphinx shows it above the
+    block; a ``:name:`` there is a label, global to the site, and the same file in
+    two chapters would be a duplicate label, which fails the ``-W`` build).
 ``ini``
-    written to the file its ``:name:`` names, if any; every section's ``mail.*``
+    written to the file it names, if any; every section's ``mail.*``
     keys go through ``parse_settings`` with no warning (a typo is a failure); a
     systemd unit's ``ExecStart=`` runs as a console command (below); Postfix's
     ``main.cf`` is checked by Postfix's own ``postconf`` (no unused parameter).
@@ -15,7 +26,11 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
     written to the file its ``:name:`` names (the templates the python blocks render).
 ``console``
     each command (after ``$ `` when the block shows output) runs in the project
-    directory with this venv's scripts and must exit 0.  ``make TARGET`` runs as
+    directory with this venv's scripts and must exit 0.  The lines shown after a
+    ``$ `` command are its output: the real output must match them (doctest's
+    ``ELLIPSIS`` -- ``...`` stands for what changes from run to run, such as an age
+    -- and ``NORMALIZE_WHITESPACE``, so a long line may be wrapped; the project
+    directory reads as ``/srv/app``).  ``make TARGET`` runs as
     ``make -n TARGET`` in the repository (running it is what this suite is);
     ``txmail-qp ... --daemon`` runs until it logs that it started, then gets SIGTERM
     and must exit 0.  ``/srv/app/`` -- where the examples install the app -- is
@@ -29,7 +44,7 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 takes as given (a ``request``, a ``registry``) and check what it did.  The project
 directory is a fresh temporary directory, the working directory while the
 examples run.  A literal block (``::``) or a language without an evaluator fails
-``test_every_example_has_a_runner``: nothing in the README goes unchecked.
+``test_every_example_has_a_runner``: nothing in the documentation goes unchecked.
 """
 from __future__ import annotations
 
@@ -39,7 +54,6 @@ import os
 import pathlib
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import textwrap
@@ -53,6 +67,8 @@ from . import readme_support
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"
+#: Every document whose examples run: the front page and the Sphinx chapters.
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.rst"))]
 BIN = pathlib.Path(sys.executable).parent
 POSTCONF = ROOT / ".deps/postfix/usr/sbin/postconf"
 LANGUAGES = ("python", "ini", "jinja", "console", "text")
@@ -63,9 +79,13 @@ def option(example, name):
 
 
 def file_name(example):
-    """The file a block is: its ``:name:`` (docutils' code directive, which PyPI
-    renders, has no ``:caption:``)."""
-    return option(example, "name")
+    """The file a block is: its ``:caption:`` (docs/) or ``:name:`` (README.rst)."""
+    return readme_support.block_file_name(example.region.lexemes.get("options") or {})
+
+
+def where(example):
+    """``docs/queues.rst line 42``: where an example is, for a failure's message."""
+    return f"{pathlib.Path(example.path).relative_to(ROOT)} line {example.line}"
 
 
 def project_file(example, name=None):
@@ -108,10 +128,10 @@ def evaluate_ini(example):
         run_command(example, parser["Service"]["ExecStart"])
         return None
     for section in parser.sections():
-        where = f"README line {example.line} [{section}]"
-        readme_support.check_mail_settings(dict(parser[section]), where)
+        section_where = f"{where(example)} [{section}]"
+        readme_support.check_mail_settings(dict(parser[section]), section_where)
         if "pyramid.includes" in parser[section]:  # the app these settings make starts
-            readme_support.check_includes(dict(parser[section]), where)
+            readme_support.check_includes(dict(parser[section]), section_where)
     return None
 
 
@@ -128,19 +148,30 @@ def evaluate_text(example):
 
 
 def commands(text):
+    """``(command, output shown or None)`` for each command of a console block."""
     lines = [line for line in textwrap.dedent(text).splitlines() if line.strip()]
-    if any(line.startswith("$ ") for line in lines):
-        lines = [line[2:] for line in lines if line.startswith("$ ")]
-    return [line for line in lines if not line.lstrip().startswith("#")]
+    if not any(line.startswith("$ ") for line in lines):
+        return [(line, None) for line in lines if not line.lstrip().startswith("#")]
+    shown = []
+    for line in lines:
+        if line.startswith("$ "):
+            shown.append((line[2:], []))
+        else:
+            shown[-1][1].append(line)
+    return [(command, "\n".join(output) + "\n" if output else None)
+            for command, output in shown]
 
 
 def evaluate_console(example):
-    for line in commands(str(example.parsed)):
-        run_command(example, line)
+    for line, output in commands(str(example.parsed)):
+        result = run_command(example, line)
+        if output is not None:
+            readme_support.check_output(output, result.stdout, example.namespace["project"],
+                                        f"{where(example)}: {line!r}")
 
 
 def evaluate_crontab(example):
-    for line in commands(str(example.parsed)):
+    for line, _ in commands(str(example.parsed)):
         fields = line.split(None, 5)
         assert len(fields) == 6 and all(re.fullmatch(r"[\d*/,-]+", f) for f in fields[:5]), \
             f"not a crontab line: {line!r}"
@@ -161,49 +192,85 @@ def run_command(example, line):
     else:
         result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
                                 timeout=120)
-    assert result.returncode == 0, (f"README line {example.line}: {line!r} exited "
+    assert result.returncode == 0, (f"{where(example)}: {line!r} exited "
                                     f"{result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
 
 
 EVALUATORS = {"python": evaluate_python, "ini": evaluate_ini, "jinja": evaluate_jinja,
               "console": evaluate_console, "text": evaluate_text}
 
 
-def parse_readme():
-    return Document.parse(str(README), *[CodeBlockParser(language, evaluator)
-                                          for language, evaluator in EVALUATORS.items()])
+def parse(path):
+    return Document.parse(str(path), *[CodeBlockParser(language, evaluator)
+                                        for language, evaluator in EVALUATORS.items()])
 
 
-DOCUMENT = parse_readme()
-EXAMPLES = list(DOCUMENT.examples())
+PARSED = {path: parse(path) for path in DOCUMENTS}
+EXAMPLES = [example for document in PARSED.values() for example in document.examples()]
+
+
+class Project:
+    """The example project of the document being run: a fresh directory, the working
+    directory and on sys.path while that document's examples run; its modules are
+    forgotten when the next document starts (or the module's tests end)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self.document = self.path = None
+
+    def enter(self, document):
+        if document is self.document:
+            return
+        self.leave()
+        self.document = document
+        self.path = self.tmp_path_factory.mktemp(pathlib.Path(document.path).stem + "_project")
+        self.old_cwd, self.old_modules = os.getcwd(), set(sys.modules)
+        os.chdir(self.path)
+        sys.path.insert(0, str(self.path))
+        document.namespace.clear()
+        document.namespace.update(readme_support.helpers(self.path, pathlib.Path(document.path),
+                                                         ROOT))
+        document.namespace["previous_text_block"] = lambda: document.namespace["_text"]
+
+    def leave(self):
+        if self.document is None:
+            return
+        os.chdir(self.old_cwd)
+        sys.path.remove(str(self.path))
+        for name in set(sys.modules) - self.old_modules:
+            if getattr(sys.modules[name], "__file__", None) and \
+                    str(self.path) in str(sys.modules[name].__file__):
+                del sys.modules[name]
+        import transaction
+
+        transaction.abort()
+        self.document = self.path = None
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """The example project's directory: the working directory and on sys.path while
-    the examples run (its modules are forgotten afterwards)."""
-    path = tmp_path_factory.mktemp("readme_project")
-    old_cwd, old_modules = os.getcwd(), set(sys.modules)
-    os.chdir(path)
-    sys.path.insert(0, str(path))
-    DOCUMENT.namespace.clear()
-    DOCUMENT.namespace.update(readme_support.helpers(path, README))
-    DOCUMENT.namespace["previous_text_block"] = lambda: DOCUMENT.namespace["_text"]
-    yield path
-    os.chdir(old_cwd)
-    sys.path.remove(str(path))
-    for name in set(sys.modules) - old_modules:
-        if getattr(sys.modules[name], "__file__", None) and \
-                str(path) in str(sys.modules[name].__file__):
-            del sys.modules[name]
-    import transaction
-
-    transaction.abort()
+def projects(tmp_path_factory):
+    projects = Project(tmp_path_factory)
+    yield projects
+    projects.leave()
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: f"line{e.line}")
-def test_readme_example(example, project, caplog):
+def document_id(path):
+    """A chapter's stem (``getting-started``); README.rst is ``frontpage`` (``-k`` matches
+    this module's name, so ``-k README`` would select every document)."""
+    path = pathlib.Path(path)
+    return "frontpage" if path == README else path.stem
+
+
+def example_id(example):
+    """``getting-started-line52``: ``-k getting-started`` runs one chapter alone."""
+    return f"{document_id(example.path)}-line{example.line}"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=example_id)
+def test_document_example(example, projects, caplog):
     caplog.set_level(logging.INFO)
+    projects.enter(example.document)
     example.evaluate()
 
 
@@ -219,12 +286,32 @@ def test_readme_is_valid_restructuredtext():
     assert warnings.getvalue() == ""
 
 
-def test_every_example_has_a_runner():
+@pytest.mark.parametrize("path", DOCUMENTS, ids=document_id)
+def test_every_example_has_a_runner(path):
     """No literal block (``::``) and no code block in a language nobody runs."""
-    text = README.read_text()
+    text = path.read_text()
     literal = [number for number, line in enumerate(text.splitlines(), 1)
                if line.rstrip().endswith("::") and not line.lstrip().startswith("..")]
     assert literal == [], f"literal blocks at lines {literal}: use a code-block with a language"
     languages = re.findall(r"^\s*\.\. code-block:: *(\S+)", text, re.M)
     assert set(languages) <= set(LANGUAGES), set(languages) - set(LANGUAGES)
-    assert len(EXAMPLES) >= len(languages)
+    assert len(list(PARSED[path].examples())) >= len(languages)
+
+
+def test_every_document_is_run():
+    """README.rst and the chapters: a chapter added to docs/ is picked up here."""
+    assert {path.name for path in DOCUMENTS} >= {
+        "README.rst", "getting-started.rst", "sending.rst", "transactions.rst", "queues.rst",
+        "direct.rst", "testing.rst", "devtools.rst", "migration.rst", "operating.rst",
+        "postfix.rst", "security.rst"}
+
+
+def test_no_label_twice_in_the_docs():
+    """A label (``.. _name:``, a block's ``:name:``) is global to the Sphinx site: the
+    same one twice is a duplicate-label warning, which fails the ``-W`` build.  Files are
+    named by ``:caption:`` in docs/ (see the module's docstring)."""
+    seen = {}
+    for path in DOCUMENTS[1:]:
+        for label in readme_support.labels(path.read_text()):
+            seen.setdefault(label, []).append(path.name)
+    assert {label: where for label, where in seen.items() if len(where) > 1} == {}

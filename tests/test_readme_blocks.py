@@ -1,8 +1,9 @@
-"""Each python example of README.rst can be copied on its own (issue 12, probe12 9).
+"""Each python example of README.rst and docs/*.rst can be copied on its own (issue 12,
+probe12 9; issue 16).
 
-test_readme.py runs the README in document order, in one namespace -- which
-lets a block lean on the imports of the block before it, and a reader who
-copies that block alone gets a NameError.  Here every ``.. code-block::
+test_readme.py runs each document in order, in one namespace -- which lets a
+block lean on the imports of the block before it, and a reader who copies
+that block alone gets a NameError.  Here every ``.. code-block::
 python`` is read on its own: each name it uses must be bound in the block
 itself (an import, an assignment, a parameter) or be one of the few things
 the prose hands over (``request`` in a view...), listed below.
@@ -14,7 +15,8 @@ import builtins
 import pathlib
 import textwrap
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.rst"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
 
 #: Names a block may use without defining them: what the prose around it says a
 #: view or the app already has.
@@ -65,7 +67,8 @@ def free_names(source):
 def test_every_python_example_runs_when_copied_alone():
     """Was: the block at line 172 needed ``registry`` and ``msg``, the one at 1472
     ``testing`` and ``get_mailer``, the after-commit hook ``transaction``."""
-    blocks = list(python_blocks(README.read_text()))
-    assert len(blocks) > 5
-    missing = {line: sorted(free_names(source) - GIVEN) for line, source in blocks}
-    assert {line: names for line, names in missing.items() if names} == {}
+    blocks = [(f"{path.name}:{line}", source) for path in DOCUMENTS
+              for line, source in python_blocks(path.read_text())]
+    assert len(blocks) > 10
+    missing = {where: sorted(free_names(source) - GIVEN) for where, source in blocks}
+    assert {where: names for where, names in missing.items() if names} == {}

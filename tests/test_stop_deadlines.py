@@ -32,7 +32,7 @@ from .test_sql_qp import log_of as sql_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(ROOT, "docs", "examples", "txmail-qp.service")
-README = os.path.join(ROOT, "README.rst")
+README = os.path.join(ROOT, "docs", "operating.rst")  # where README's operating text moved
 DEFAULT = in_flight_deadline(MailSettings())
 
 
@@ -50,7 +50,7 @@ def test_the_shipped_unit_stops_no_sooner_than_a_message_in_flight_may_take():
 
 def test_the_readme_shows_the_shipped_unit_byte_for_byte():
     readme = _readme()
-    head = ".. code-block:: ini\n    :name: docs/examples/txmail-qp.service\n\n"
+    head = ".. code-block:: ini\n    :caption: docs/examples/txmail-qp.service\n\n"
     block = readme.split(head, 1)[1]
     shown = []
     for line in block.splitlines():

@@ -3,8 +3,8 @@
 pyramid_mailer.debug's counterpart.  pyramid_mailer writes every message into
 ``./mail`` (under the working directory) the moment ``send`` is called; here it is
 ``mail.delivery = file``: a file appears only when the transaction commits, written
-to a hidden temporary file and renamed into place (see README, Development
-deliveries).  The directory is, in this order, ``mail.file_path``,
+to a hidden temporary file and renamed into place (see docs/devtools.rst,
+Development deliveries).  The directory is, in this order, ``mail.file_path``,
 ``mail.top_level_directory`` (the key pyramid_mailer's ``DebugMailer.from_settings``
 reads) or ``mail`` under the working directory, as pyramid_mailer.debug uses; it is
 created 0700.  Each file is the message with ``X-Envelope-From:`` /

@@ -31,8 +31,9 @@ _INHERITED = []
 class ChildLink:
     """A child's end of its report pipe: one short line per report (atomic, < PIPE_BUF)."""
 
-    def __init__(self, index, count, fd, parent):
+    def __init__(self, index, count, fd, parent, run_started=None):
         self.index, self.count, self.fd, self.parent = index, count, fd, parent
+        self.run_started = run_started  # epoch seconds: the parent's, before the first fork
         self.ready_sent = False
         self.counting = False  # delivery counters into the parent's metrics directory
 
@@ -90,6 +91,20 @@ def for_this_process(settings):
                                metrics_file=None)
 
 
+def prefer_own_share(queue, daemon):
+    """In a child, tell ``queue`` which share of the messages this process takes first.
+
+    Every child would otherwise list the whole queue and race its siblings for the
+    same messages, losing half its claims (issue 14).  A queue whose claims do not
+    race (the SQL outbox) has no ``prefer_share`` and is left as it is.  A one-pass
+    run also says when it began: what a sibling deferred since is not ``skipped`` here.
+    """
+    prefer = getattr(queue, "prefer_share", None)
+    if CHILD is None or prefer is None:
+        return
+    prefer(CHILD.index, CHILD.count, since=None if daemon else CHILD.run_started)
+
+
 def reporting(run_pass, stop=None):
     """In a child, ``run_pass`` that tells the parent it is up (first pass) and what each
     pass did; it also ends the daemon if the parent is gone (``stop`` is set)."""
@@ -121,10 +136,10 @@ def reporting(run_pass, stop=None):
     return run
 
 
-def become(index, count, fd, parent, counting=False):
+def become(index, count, fd, parent, counting=False, run_started=None):
     """This process is child ``index`` of ``count``, reporting on ``fd`` to ``parent``."""
     global CHILD
-    CHILD = ChildLink(index, count, fd, parent)
+    CHILD = ChildLink(index, count, fd, parent, run_started)
     CHILD.counting = counting
     return CHILD
 

@@ -235,7 +235,7 @@ def includeme_processor(config, settings):
             f"mail.metrics_port = {settings.metrics_port}: not served with mail.processor "
             "= thread (one port cannot be bound by each web process); run txmail-qp "
             "--daemon as a service for /metrics and /healthz, or print the queue's gauges "
-            "with `txmail-queue INI metrics` (README, In-app processor thread)")
+            "with `txmail-queue INI metrics` (docs/operating.rst, In-app processor thread)")
     inapp = InAppProcessor(settings, config.registry)
     config.add_subscriber(inapp.on_new_request, NewRequest)
     inapp.install_sigterm()

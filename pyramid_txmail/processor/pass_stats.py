@@ -13,10 +13,13 @@ class PassStats:
     ``sent``: messages delivered to every remaining recipient and removed;
     ``deferred``: messages moved to ``deferred/`` for a retry; ``failed``:
     dead letters written to ``failed/`` (refused, expired or poison);
-    ``skipped``: deferred messages not yet due; ``taken``: messages another
-    processor claimed first (another ``txmail-qp``, or, with ``mail.processes``,
-    a sibling process of this one: then it is the normal share-out, not a
-    problem) or took from this one while it held them; ``recovered``: stale claims put back into ``new/``, and
+    ``skipped``: deferred messages not yet due that were waiting when the pass
+    began (with ``mail.processes``, one pass of them all: when the run began) --
+    not those deferred since, by this pass or a sibling; ``taken``: messages
+    another processor claimed first (another ``txmail-qp``, or, with
+    ``mail.processes``, a sibling process of this one: each takes its own share
+    first, so few -- :mod:`pyramid_txmail.queue.maildir.shares`) or took from
+    this one while it held them; ``recovered``: stale claims put back into ``new/``, and
     what crashed senders left in ``tmp/`` and ``prepared/``, cleaned up or
     resolved (:mod:`pyramid_txmail.queue.maildir.recovery`);
     ``errors``: messages whose handling raised unexpectedly (logged; the

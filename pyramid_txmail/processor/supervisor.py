@@ -4,8 +4,10 @@ Why processes: a worker thread holds the GIL while it builds, reads and records 
 message, so one process tops out near one core's worth of Python however many
 ``mail.workers`` it has; N processes use N cores.  They need no coordination with
 each other: claims are atomic on both backends (a rename on the spool, a row lock
-in the SQL outbox), so each child is exactly today's single-process ``txmail-qp``
-with ``mail.processes = 1``.  The parent only starts, watches and stops them.
+in the SQL outbox), so each child is today's single-process ``txmail-qp`` with
+``mail.processes = 1``, told only which share of a spool to take first (child
+``i`` of ``N``: :func:`.child.prefer_own_share`), so that the children do not all
+race for the same files (issue 14).  The parent only starts, watches and stops them.
 
 Fork, not spawn, and *before* any thread or connection exists: ``txmail-qp`` has
 then read its ini and imported its modules, nothing more (no queue opened, no
@@ -59,8 +61,8 @@ import time
 
 from ..util.printable import get_logger
 from . import child as child_side
-from .child import (for_this_process, is_child, processes_setting,  # noqa: F401 (qp's hooks)
-                    reporting, says_for_all, tell_parent)
+from .child import (for_this_process, is_child, prefer_own_share,  # noqa: F401 (qp's hooks)
+                    processes_setting, reporting, says_for_all, tell_parent)
 from .daemon import reopen_log_files
 from .pass_stats import PassStats
 
@@ -116,6 +118,7 @@ class Supervisor:
         self.quick_deaths = 0
         self.restart_at = {}  # index -> monotonic time of the planned restart
         self.all_ready = False
+        self.run_started = None  # epoch seconds, before the first child is forked
         self._ready = set()
         self._pids = set()  # every child started (the start line names them)  # indexes of the children that reached their first pass
         self._selector = None
@@ -146,6 +149,7 @@ class Supervisor:
         saved = {s: signal.signal(s, _noted) for s in _SIGNALS}
         saved_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
+            self.run_started = time.time()
             for index in range(self.processes):
                 self._start(index, child_main)
             return self._loop(child_main)
@@ -208,7 +212,8 @@ class Supervisor:
         if self.operations is not None:
             self.operations.in_child()
         child_side.become(index, self.processes, write_fd, parent,
-                          counting=bool(self.operations is not None and self.operations.counting))
+                          counting=bool(self.operations is not None and self.operations.counting),
+                          run_started=self.run_started)
         if os.getppid() != parent:  # died before PDEATHSIG was set
             return EX_SOFTWARE
         return child_main()

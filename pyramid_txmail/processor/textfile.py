@@ -4,7 +4,7 @@ A Prometheus counter starts at zero with its process.  Scraped over HTTP from
 a long-running daemon that is what ``rate()``/``increase()`` expect; but a
 cron line runs one ``txmail-qp`` per pass, and each wrote its own counts:
 ``txmail_messages_total{outcome="failed"}`` read 1, 1, 1 after three failing
-passes and vanished after an idle one, so the README's alert on
+passes and vanished after an idle one, so the documented alert on
 ``increase(...[1h])`` never fired (outside probe of issue 15, finding 2).
 
 So the textfile's counters and histograms are cumulative: a small state file

@@ -108,8 +108,8 @@ def _epilog():
             "  writes the metrics to mail.metrics_file (textfile collector).  Under\n"
             "  systemd Type=notify it sends READY=1, STATUS=, WATCHDOG=1, STOPPING=1.\n"
             "\n"
-            "example systemd unit (/etc/systemd/system/txmail-qp.service), see README\n"
-            "and docs/examples/txmail-qp.service:\n"
+            "example systemd unit (/etc/systemd/system/txmail-qp.service), see\n"
+            "docs/operating.rst and docs/examples/txmail-qp.service:\n"
             "  [Service]\n"
             "  Type=notify\n"
             "  WatchdogSec=120\n"
@@ -363,6 +363,7 @@ def run(args, signals, waker):
         settings = dataclasses.replace(settings, workers=args.workers)
     settings = supervisor.for_this_process(settings)  # a child: its share (see --processes)
     queue = open_queue_or_exit(settings)
+    supervisor.prefer_own_share(queue, args.daemon)  # a child: its share first (issue 14)
     if hasattr(queue, "stopping"):  # the SQL outbox: a SIGTERM ends its waits for the database
         queue.stopping = signals.stop
     if not wait_for_tables(queue, args.daemon, signals):

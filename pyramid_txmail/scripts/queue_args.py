@@ -244,7 +244,7 @@ def build_parser():
          "Create the SQL outbox's tables and indexes in the database that\n"
          "mail.queue_url names, for an application without Alembic (one with\n"
          "Alembic adds pyramid_txmail's migrations or metadata to its own instead:\n"
-         "see the README).  Tables that exist already are left as they are, so it\n"
+         "see docs/queues.rst).  Tables that exist already are left as they are, so it\n"
          "is safe to run again.  An error without mail.queue_url (a spool needs no\n"
          "set-up: the application creates it when it starts).",
          ["init-db", "init-db --app-name worker"])

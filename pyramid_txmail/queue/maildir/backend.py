@@ -28,7 +28,7 @@ from . import spool_admin as admin
 from .claims import Heartbeat, heartbeat_interval
 from .deadletters import bury
 from .recovery import recover
-from .schedule import count_in
+from . import shares
 from .spool import Spool, SpoolError, enqueued_at
 from ..interface import IClaimed, IPassScope, IQueue, IQueueAdmin, QueueUnavailable
 from ..states import ALL_STATES
@@ -100,7 +100,8 @@ class MaildirQueue:
 
     def __init__(self, spool):
         self.spool = spool
-        self._deferred_now = set()  # files this pass deferred (not "skipped" as well)
+        self.share = None  # which files to take first (prefer_share)
+        self.lost_claims = 0  # claims of this object lost to another process, ever
         self._reaper = None
         self._retired = []  # in done/, not yet handed to a reaper
         self._retired_lock = threading.Lock()
@@ -163,7 +164,6 @@ class MaildirQueue:
     def pass_scope(self, settings):
         """The heartbeat thread of the pass's claims, and the threads that delete
         what it retired from ``done/`` (finished before the pass returns)."""
-        self._deferred_now = set()
         with Heartbeat(heartbeat_interval(settings.claim_timeout)) as heartbeat, \
                 ThreadPoolExecutor(REAPERS, thread_name_prefix="txmail-reaper") as reaper:
             self._reaper = reaper
@@ -173,28 +173,44 @@ class MaildirQueue:
                 self._reaper = None
                 self._hand_over_retired(reaper, 0)  # the rest, deleted before the pass ends
 
+    def prefer_share(self, index, count, since=None):
+        """Take first the files of share ``index`` of ``count`` (process ``index`` of
+        ``txmail-qp``'s ``count``), then the others' (:mod:`.shares`); ``since``: when
+        their one-pass run began.  A preference only: nothing is ever left waiting."""
+        self.share = shares.Share(index, count, since)
+
     def candidates(self, now, horizon, stats):
-        """``new/`` oldest first, then the due files of ``deferred/``.
+        """``new/`` oldest first, then the due files of ``deferred/``; with a share
+        (:meth:`prefer_share`), each state's files of the share first.
 
         ``deferred/`` is read from its names (:mod:`pyramid_txmail.queue.maildir.schedule`):
         one listing, and a state file is opened only for a message that is due
         -- a pass costs O(due), not O(deferred).  A problem with one deferred
         file is that file's alone (:meth:`~pyramid_txmail.queue.maildir.schedule.DeferredIndex.due_files`).
+        ``skipped`` counts what was waiting when the pass began (:func:`.shares.waiting`).
         """
-        for name in self.spool.iter_names("new"):
+        before = self.spool.deferred_files()  # runs at the first ticket: before any claim
+        misses = self._lost_claims
+        for name in shares.new_names(self.spool, self.share, misses):
             yield "new", name
         errors = []
-        due, later = self.spool.due_files(now, horizon, errors)
+        listing = self.spool.deferred_files()
+        due, later = self.spool.due_files(now, horizon, errors, listing)
         stats.errors += len(errors)
-        # those this very pass deferred were counted as deferred, not skipped
-        stats.skipped += len(later) - count_in(later, self._deferred_now)
-        for filename in due:
+        stats.skipped += shares.waiting(self.spool, later, before, listing, self.share)
+        for filename in shares.due_files(self.spool, due, self.share, misses):
             yield "deferred", filename
+
+    def _lost_claims(self):
+        return self.lost_claims
 
     def claim(self, ticket):
         state, name = ticket
         entry = self.spool.claim(state, name)
-        return None if entry is None else Claimed(entry)
+        if entry is None:
+            self.lost_claims += 1  # (a lost increment under a race is harmless: a hint)
+            return None
+        return Claimed(entry)
 
     def read(self, claimed, stream_over):
         return self.spool.read(claimed.entry, stream_over=stream_over)
@@ -232,10 +248,6 @@ class MaildirQueue:
         reaper.submit(_reap_all, self.spool.reap_path, batch)
 
     def defer(self, claimed, next_attempt):
-        # named before the rename: another worker's listing of deferred/ may see the
-        # file while this one still waits for the directory's (shared) fsync, and must
-        # not count it as skipped
-        self._deferred_now.add(self.spool.deferred_name(claimed.entry, next_attempt))
         self.spool.defer(claimed.entry, next_attempt)
 
     def bury(self, claimed, state):

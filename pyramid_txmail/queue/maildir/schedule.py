@@ -137,6 +137,12 @@ class DeferredIndex:
         """``(indexed, unindexed)`` file names in ``deferred/``, indexed ones sorted."""
         return self.listing("deferred", _split_listing).get()
 
+    def deferred_files(self):
+        """``(indexed, unindexed)`` file names in ``deferred/`` now, as :meth:`due_files`
+        reads them: the very same object again while the directory has not changed
+        (:mod:`pyramid_txmail.util.dirlisting`), which a caller may test with ``is``."""
+        return self._listing()
+
     def scheduled(self):
         """Every file in ``deferred/`` as :class:`Scheduled`: unindexed first, then by due."""
         indexed, unindexed = self._listing()
@@ -144,7 +150,7 @@ class DeferredIndex:
         found.sort(key=lambda s: (s.stamp or "", s.filename))
         return found
 
-    def due_files(self, now, horizon=None, errors=None):
+    def due_files(self, now, horizon=None, errors=None, listing=None):
         """``(due, later)``: file names in ``deferred/`` due at ``now`` (earliest
         first) and the others.
 
@@ -159,8 +165,10 @@ class DeferredIndex:
         unreadable state file, a failed rename) stays with it: it is
         logged with its name, appended to ``errors`` (a list, for the
         pass's count), and the file is left as it is for a later pass.
+        ``listing``: a :meth:`deferred_files` the caller has just taken (else
+        it is taken here).
         """
-        indexed, unindexed = self._listing()
+        indexed, unindexed = listing if listing is not None else self._listing()
         split_at = bisect.bisect_left(indexed, stamp(now) + "\x7f")
         far = _far_at(indexed, now, horizon)
         due, later, indexed_now = list(indexed[:split_at]), indexed[split_at:far], []
@@ -307,11 +315,3 @@ def _far_at(indexed, now, horizon):
 def _beyond(next_attempt, now, horizon):
     return horizon is not None and next_attempt > now + horizon
 
-
-def count_in(sorted_names, names):
-    """How many of ``names`` are in the sorted sequence ``sorted_names`` (bisect each)."""
-    found = 0
-    for name in names:
-        i = bisect.bisect_left(sorted_names, name)
-        found += i < len(sorted_names) and sorted_names[i] == name
-    return found

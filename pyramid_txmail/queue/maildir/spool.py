@@ -255,17 +255,19 @@ class Spool(DeferredIndex):
             return []
         return sorted(names, key=_age_key)
 
-    def iter_names(self, state, batch=None):
+    def iter_names(self, state, batch=None, newest_first=False):
         """The message names in a state, in sorted batches of at most ``batch``.
 
         Memory stays bounded however long the queue: the directory is read
-        as a stream and each batch is sorted oldest first.  A queue shorter
-        than ``batch`` (the usual case) comes out strictly oldest first; a
-        longer backlog is taken batch by batch, in directory order.
+        as a stream and each batch is sorted oldest first (``newest_first``:
+        newest first).  A queue shorter than ``batch`` (the usual case) comes
+        out strictly in that order; a longer backlog is taken batch by batch,
+        in directory order.
         """
         batch = batch or BATCH
         if state == "deferred":  # message names, as names() gives them
-            yield from self.names(state)
+            names = self.names(state)
+            yield from reversed(names) if newest_first else names
             return
         try:
             entries = os.scandir(self._dir(state))
@@ -279,10 +281,10 @@ class Spool(DeferredIndex):
                     continue
                 names.append(name)
                 if len(names) >= batch:
-                    names.sort(key=_age_key)
+                    names.sort(key=_age_key, reverse=newest_first)
                     yield from names
                     names = []
-            names.sort(key=_age_key)
+            names.sort(key=_age_key, reverse=newest_first)
             yield from names
 
     def count(self, state):

@@ -1,0 +1,188 @@
+"""The commit timeline, recorded from real transactions while the docs are built.
+
+:func:`record_spool_commit` runs a script's transaction the way a view's runs
+under pyramid_tm: an application row through a zope.sqlalchemy session on a
+SQLite file, and a mail through ``get_mailer(...).send()`` into a real Maildir
+spool, both in a temporary directory.  Every two-phase-commit call that the
+``transaction`` package makes on the two data managers is recorded (by wrapping
+their classes' methods for the duration), and after each one what another
+process could see: which spool directory holds the message, and whether the
+application's row is committed.  :func:`record_outbox_commit` does the same
+with the SQL outbox, where the mail is a row in the same database transaction.
+
+The picture is drawn from these steps only, so it shows the order the code
+really follows.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from email.message import EmailMessage
+
+#: The two-phase commit protocol's calls, in the order ``transaction`` makes them.
+PROTOCOL = ("tpc_begin", "commit", "tpc_vote", "tpc_finish", "abort", "tpc_abort")
+SPOOL_DIRS = ("tmp", "prepared", "new")
+
+
+class Step:
+    """One recorded moment: who was called, and what another process saw after it."""
+
+    def __init__(self, actor, call, spool, row):
+        self.actor, self.call, self.spool, self.row = actor, call, spool, row
+
+
+#: The spool's steps inside our vote and finish: where the file is after each.
+SPOOL_CALLS = {"write_tmp": "write_tmp: written, fsynced", "prepare": "prepare: renamed",
+               "commit_prepared": "commit_prepared: renamed, new/ fsynced"}
+
+
+@contextlib.contextmanager
+def recording_calls(cls, actor, note, names=PROTOCOL):
+    """Wrap ``cls``'s methods ``names`` so each call is ``note(actor, label)`` after it
+    ran (``names`` maps a method to its label, or lists methods labelled by name)."""
+    labels = names if isinstance(names, dict) else {name: name for name in names}
+    saved = {name: cls.__dict__[name] for name in labels if name in cls.__dict__}
+
+    def wrap(name, method):
+        def recorded(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            note(actor, labels[name])
+            return result
+        return recorded
+
+    for name, method in saved.items():
+        setattr(cls, name, wrap(name, method))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(cls, name, method)
+
+
+def welcome():
+    message = EmailMessage()
+    message["From"] = "app@example.com"
+    message["To"] = "ann@example.com"
+    message["Subject"] = "Welcome"
+    message.set_content("Thanks for signing up.\n")
+    return message
+
+
+def _record(settings_for, spool_of):
+    """Run one transaction: a row and a mail; the steps seen."""
+    steps = []
+    quiet = logging.getLogger("pyramid_txmail")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its INFO lines are the build's noise, not the page's
+    try:
+        with tempfile.TemporaryDirectory(prefix="txmail-docs-") as here:
+            _run(here, settings_for, spool_of, steps)
+    finally:
+        quiet.setLevel(level)
+    return steps
+
+
+def _run(here, settings_for, spool_of, steps):
+    import sqlalchemy as sa
+    import transaction
+    import zope.sqlalchemy
+    from pyramid.config import Configurator
+    from sqlalchemy.orm import sessionmaker
+    from zope.sqlalchemy.datamanager import SessionDataManager
+
+    from pyramid_txmail import get_mailer
+    from pyramid_txmail.interfaces import IMailQueued
+    from pyramid_txmail.mailer.datamanager import MailDataManager
+    from pyramid_txmail.queue.maildir.spool import Spool
+    from pyramid_txmail.queue.sql import init_db, outbox
+
+    url = "sqlite:///" + os.path.join(here, "app.sqlite")
+    engine = sa.create_engine(url)
+    users = sa.Table("users", sa.MetaData(), sa.Column("email", sa.String, primary_key=True))
+    users.metadata.create_all(engine)
+    init_db(engine)
+    spool = spool_of(here)
+
+    def seen():
+        """What another process sees now: the spool's files, the committed rows."""
+        where = [d + "/" for d in SPOOL_DIRS if spool and os.listdir(os.path.join(spool, d))]
+        with engine.connect() as other:
+            row = other.execute(sa.select(users.c.email)).first() is not None
+            mail = other.execute(sa.select(outbox.c.state)).scalar()
+        if mail:
+            where.append(f"outbox row: {mail}")
+        return where, row
+
+    def note(actor, call):
+        if call == "abort" and any(s.call == "tpc_finish" for s in steps):
+            # transaction calls abort() on each data manager once the after-commit
+            # hooks have run: a clean-up, nothing is undone.
+            call = "abort (clean-up after the commit)"
+        steps.append(Step(actor, call, *seen()))
+
+    config = Configurator(settings=settings_for(here, url))
+    config.include("pyramid_txmail")
+    config.add_subscriber(lambda event: note("subscriber", "MailQueued event"),
+                          IMailQueued)
+    registry = config.registry
+    config.commit()
+    tm = transaction.TransactionManager(explicit=True)
+    session = sessionmaker(bind=engine)()
+    zope.sqlalchemy.register(session, transaction_manager=tm)
+    with recording_calls(MailDataManager, "pyramid_txmail", note), \
+            recording_calls(Spool, "the spool", note, SPOOL_CALLS), \
+            recording_calls(SessionDataManager, "database (zope.sqlalchemy)", note):
+        with tm:
+            session.execute(users.insert().values(email="ann@example.com"))
+            zope.sqlalchemy.mark_changed(session, tm)  # raw SQL: say the session wrote
+            note("view", "INSERT the application's row")
+            get_mailer(registry, tm, session=session).send(welcome())
+            note("view", "mailer.send(message)")
+    note("view", "the request has returned")
+    session.close()
+    engine.dispose()
+
+
+def record_spool_commit():
+    """The steps of a commit with ``mail.queue_path`` (the Maildir spool)."""
+    return _record(lambda here, url: {"mail.queue_path": os.path.join(here, "spool"),
+                                       "mail.delivery": "queue"},
+                   lambda here: os.path.join(here, "spool"))
+
+
+def record_outbox_commit():
+    """The steps of a commit with ``mail.queue_url`` (the SQL outbox, in the app's database)."""
+    return _record(lambda here, url: {"mail.queue_url": url, "mail.delivery": "queue"}, lambda here: None)
+
+
+def _cell(text, header=False, colour=None):
+    from html import escape
+
+    inner = f"<B>{escape(text)}</B>" if header else escape(text)
+    background = f' BGCOLOR="{colour}"' if colour else ""
+    return f'<TD ALIGN="LEFT"{background}>{inner or " "}</TD>'
+
+
+def timeline_dot(steps, name):
+    """A table drawn by graphviz: one row per recorded step, one column per participant."""
+    actors = []
+    for step in steps:
+        if step.actor not in actors:
+            actors.append(step.actor)
+    header = "".join(_cell(h, header=True) for h in ["#"] + actors +
+                     ["mail, as another process sees it", "application's row"])
+    rows = [f"<TR>{header}</TR>"]
+    for number, step in enumerate(steps, 1):
+        calls = [_cell(step.call if actor == step.actor else "",
+                       colour="#cfe2f3" if actor == step.actor else None) for actor in actors]
+        mail = ", ".join(step.spool) or "nothing yet"
+        rows.append("<TR>" + _cell(str(number)) + "".join(calls) + _cell(mail) +
+                    _cell("committed" if step.row else "not committed",
+                          colour="#d9ead3" if step.row else None) + "</TR>")
+    table = ('<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="5">'
+             + "".join(rows) + "</TABLE>")
+    return (f"digraph {name}_timeline {{\n"
+            '  node [shape=plaintext, fontname="sans-serif", fontsize=11];\n'
+            f"  steps [label=<{table}>];\n}}")
