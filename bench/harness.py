@@ -297,10 +297,11 @@ class Context:
         self._scratch = 0
         self._template = None
 
-    def sink(self, name):
-        """The sink ``name``, started on first use and shared by the whole run."""
+    def sink(self, name, start=None):
+        """The sink ``name``, started on first use (by ``start()``, default the
+        :data:`SINK_STARTERS` entry) and shared by the whole run."""
         if name not in self._sinks:
-            self._sinks[name] = SINK_STARTERS[name]()
+            self._sinks[name] = (start or SINK_STARTERS[name])()
         sink = self._sinks[name]
         if sink.process.poll() is not None:
             raise BenchError(f"the {name} sink died (status {sink.process.returncode})")

@@ -1,5 +1,8 @@
 """Drain: txmail-qp (defaults; 1 process with 1, 2, 4 workers) vs repoze's qp vs smtp-source.
 
+Into smtp-sink, also the daemon's rate: ``txmail-qp --daemon`` with the defaults,
+already running and idle, given a burst of the same count (bench/daemon_drain.py).
+
 All drains of one sink go to the same sink process, on the same queue
 size, each configuration ``repeats`` times (median reported).  Rates are
 given two ways: over the whole wall clock of the child, and net of the
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import daemon_drain
 import drains
 import latency
 from harness import (BIN, SectionResult, Target, fmt, median, net_seconds, rate, ratio,
@@ -35,10 +39,16 @@ def _cores_usable():
 #: The default configuration: mail.processes' default (one process per usable core),
 #: each with mail.workers' default.
 DEFAULT = f"txmail-qp defaults ({_cores_usable()} processes x {DEFAULT_WORKERS} workers)"
+#: The daemon with the default settings, measured on smtp-sink only (its counting
+#: twin records when the last message arrived; see daemon_drain.py).
+DAEMON = "txmail-qp --daemon, defaults, running and idle (start-up excluded)"
+DAEMON_SINK = "smtp-sink"
 
 
-def _configs(ctx):
+def _configs(ctx, sink_name=None):
     configs = [(DEFAULT, "default", None)]
+    if sink_name == DAEMON_SINK:
+        configs.append((DAEMON, "daemon", None))
     configs += [(f"txmail-qp, 1 process, {w} worker{'s' * (w > 1)}"
                  + (" (the default before mail.processes)" if w == DEFAULT_WORKERS else ""),
                  "txmail", w)
@@ -57,6 +67,9 @@ def _drain(ctx, sink, kind, arg, count):
         return drains.drain_txmail(ctx, sink, count, arg)
     if kind == "split":
         return drains.drain_txmail(ctx, sink, count, arg[1], processes=arg[0])
+    if kind == "daemon":
+        counting = ctx.sink("smtp-sink -c", daemon_drain.start_counting_sink)
+        return daemon_drain.drain_daemon(ctx, counting, count)
     if kind == "repoze":
         return drains.drain_repoze(ctx, sink, count)
     return drains.drain_smtp_source(ctx, sink, count, arg)
@@ -68,8 +81,8 @@ def measure(ctx, sink_name, count):
     txmail = drains.startup_of(ctx, "txmail")  # processes start side by side: the same
     startups = {"txmail": txmail, "split": txmail, "repoze": drains.startup_of(ctx, "repoze"),
                 "default": drains.startup_of(ctx, "txmail-default"),
-                "source": drains.Startup(0, 0)}
-    configs = _configs(ctx)
+                "source": drains.Startup(0, 0), "daemon": drains.Startup(0, 0)}
+    configs = _configs(ctx, sink_name)
     runs = {label: [] for label, _, _ in configs}
     for _ in range(ctx.options.repeats):
         for label, kind, arg in configs:  # interleaved
@@ -85,9 +98,11 @@ def measure(ctx, sink_name, count):
         cpu = max(median([r.cpu for r in got]) - starts * startups[kind].cpu, 0) / count
         user = max(median([r.user for r in got]) - starts * startups[kind].user, 0) / count
         sink_cpu = median([r.sink_cpu for r in got]) / count
+        sessions = [getattr(r, "smtp_sessions", None) for r in got]
         figures[label] = Figure(wall, rate(count, wall), rate(count, net), cpu, user,
                                 sink_cpu, max(r.peak_rss_kb for r in got),
-                                [r.wall for r in got])
+                                [r.wall for r in got],
+                                None if None in sessions else median(sessions))
     return figures, startups
 
 
@@ -101,6 +116,7 @@ class Figure:
     sink_cpu_per_message: float  # what the sink spent on each message meanwhile
     peak_rss_kb: int
     walls: list
+    smtp_sessions: float = None  # the daemon's burst: SMTP sessions it opened (median)
 
 
 def _cores(figure, per_message):
@@ -232,6 +248,18 @@ def run(ctx):
                  "than the wall clock on a busy machine; \"cores busy\" is both per "
                  f"second of the net rate (this machine has {os.cpu_count()} cores, "
                  "shared by the sink, the client and this harness).")
+    if DAEMON_SINK in ctx.options.sinks:
+        parts[-1] += (f"  \"{DAEMON}\" (into {DAEMON_SINK} only): `txmail-qp INI --daemon "
+                      "--no-app -q` with the default settings, started on an empty spool, "
+                      f"warmed up with {daemon_drain.WARMUP} messages and idle again; then "
+                      f"the {count} files, written and synced beforehand in a staging "
+                      "directory on the same disk, are renamed into `new/` in one go.  Its "
+                      "wall clock runs from the first rename to the sink's acceptance of "
+                      "the last message (a second smtp-sink, with `-c`: it writes its "
+                      "running count as each final dot arrives, read by this harness "
+                      "every 2 ms), so start-up is excluded and the net rate is the "
+                      "rate; its CPU is the daemon's processes' (parent and children) "
+                      "from the first rename until the spool is empty and they are idle.")
     results = {}
     for sink_name in ctx.options.sinks:
         figures, startups = measure(ctx, sink_name, count)
@@ -266,6 +294,10 @@ def run(ctx):
         targets.append(_target(f"one worker >= 50% of smtp-source's single session ({sink})",
                                ratio(one.net_rate, source.net_rate),
                                ratio(one.wall_rate, source.wall_rate), 0.5, as_percent=True))
+    daemon = figures.get(DAEMON)
+    if daemon is not None:
+        targets.append(daemon_drain.target(daemon, repoze, sink))
+        parts.append(daemon_drain.how_far_goal(daemon, repoze, figures, count))
     for label, f in figures.items():
         if label.startswith("txmail-qp"):
             lines.append(f"{label} / repoze qp into {sink}: "
