@@ -21,8 +21,9 @@ from .settings_table import SETTINGS, Setting, shown_default
 from .settings_values import (
     DELIVERY_MODES, DEV_DELIVERY_MODES, FALLBACK_MODES, MAX_DURATION, MAX_PROCESSES,
     MIN_COMMIT_GRACE, MIN_DURATION, MIN_POLL_INTERVAL, MIN_RATE, PROCESSOR_MODES,
-    QP_EVENTS_MODES, _address, _shown_url, parse_duration, usable_cores)
+    QP_EVENTS_MODES, _address, _shown_url, parse_duration)
 from .util.config_error import configuration_error
+from .util.cpus import usable_cores
 from .util.printable import get_logger
 
 PREFIX = "mail."

@@ -31,13 +31,6 @@ QP_EVENTS_MODES = ("app", "none")
 MAX_PROCESSES = 64
 
 
-def usable_cores():
-    """The cores this process may run on (its affinity mask: a container or
-    ``taskset`` may allow fewer than the machine has), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 _TRUE = ("true", "yes", "on", "y", "t", "1")
