@@ -89,3 +89,19 @@ def test_other_suffixes_select_other_renderers(request_, tmp_path):
     with pytest.raises(MissingTemplate, match="note.txt.mako"):
         render_mail(request_, str(tmp_path / "note"), {}, to="a@example.com",
                     text_suffix=".txt.mako", html_suffix=".html.mako")
+
+
+def test_no_subject_template_and_no_subject_is_a_warning_naming_the_template(request_, caplog):
+    """A mail with no Subject is valid but rarely meant: say which template was missing."""
+    with caplog.at_level("WARNING", logger="pyramid_txmail.templates"):
+        mail = render_mail(request_, "tests:templates/text_only", {"name": "B"},
+                           to="b@example.com")
+    assert mail.subject is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "mail template 'tests:templates/text_only': no subject= and no "
+        "tests:templates/text_only.subject.jinja2, so the mail has no Subject"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pyramid_txmail.templates"):
+        render_mail(request_, "tests:templates/text_only", {"name": "B"},
+                    to="b@example.com", subject="Given")
+    assert caplog.records == []

@@ -14,12 +14,16 @@ both.  Any Pyramid renderer works: pass other suffixes (``.txt.mako``...).
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 
 from pyramid.path import AssetResolver, caller_package
 from pyramid.renderers import render
 
+from ..util.printable import get_logger
 from .builder import Mail
+
+log = get_logger("pyramid_txmail.templates")
 
 __all__ = ["render_mail", "MissingTemplate"]
 
@@ -37,7 +41,20 @@ def _asset_spec(name, package):
 
 
 def _exists(spec):
-    return AssetResolver().resolve(spec).exists()
+    """Whether the template file ``spec`` names exists.
+
+    Through importlib.resources, not Pyramid's AssetResolver (pkg_resources),
+    which cannot look into a package whose loader it does not know -- e.g. pytest's
+    assertion-rewriting loader, which pytest >= 9 puts on every package of a
+    distribution with a pytest plugin (ours) and on test packages.
+    """
+    if os.path.isabs(spec) or ":" not in spec:
+        return os.path.isfile(spec)
+    package, _, path = spec.partition(":")
+    try:
+        return importlib.resources.files(package).joinpath(path).is_file()
+    except (ModuleNotFoundError, TypeError):  # no such package, or a plain module
+        return AssetResolver().resolve(spec).exists()
 
 
 def render_mail(request, name, context=None, *, text_suffix=".txt.jinja2",
@@ -65,6 +82,10 @@ def render_mail(request, name, context=None, *, text_suffix=".txt.jinja2",
 
     text = rendered("text") if "text" in found else None
     html = rendered("html") if "html" in found else None
-    if "subject" not in mail and "subject" in found:
-        mail["subject"] = " ".join(rendered("subject").split())
+    if "subject" not in mail:
+        if "subject" in found:
+            mail["subject"] = " ".join(rendered("subject").split())
+        else:  # allowed (RFC 5322 needs no Subject), but rarely what was meant
+            log.warning("mail template %r: no subject= and no %s%s, so the mail has no "
+                        "Subject", name, base, subject_suffix)
     return Mail(text=text, html=html, **mail)

@@ -47,9 +47,11 @@ def take_pyramid_mailer_include(config):
     if PyramidMailerIMailer is None:  # not installed: nobody can include it
         return
     if config.action_state.processSpec(PYRAMID_MAILER_INCLUDE):
-        log.info(
+        # DEBUG: this runs in every app (and txmail-qp child) with pyramid_mailer
+        # installed, whether or not anything includes it later.
+        log.debug(
             "pyramid_txmail provides request.mailer and pyramid_mailer's IMailer: a later "
-            "config.include('pyramid_mailer') (e.g. by a plugin) is skipped")
+            "config.include('pyramid_mailer') (e.g. by a plugin) will be skipped")
         return
     from pyramid.exceptions import ConfigurationError
 

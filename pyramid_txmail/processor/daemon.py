@@ -330,5 +330,6 @@ class Daemon:
         asked = self.signals.stops_received
         again = (f" (asked {asked} times; a repeated signal still lets the "
                  "message in flight finish -- SIGKILL abandons it)" if asked > 1 else "")
-        log.info("%s stopped on %s after %d passes%s: %s", self.name,
-                 self.signals.first_stop_name(), self.passes, again, self.totals.summary())
+        log.info("%s stopped on %s after %d %s%s: %s", self.name,
+                 self.signals.first_stop_name(), self.passes,
+                 "pass" if self.passes == 1 else "passes", again, self.totals.summary())
