@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 import machine  # noqa: E402
+import tried  # noqa: E402
 
 #: section name -> the module in bench/ whose ``run(ctx)`` measures it; the
 #: order is the order of RESULTS.md.  A new section is one more line here.
@@ -133,6 +134,7 @@ def render(ctx, results, started, elapsed, argv, loads):
            "", "## Targets", "",
            harness.table(["target", "met", "measured"],
                          [(t.text, "yes" if t.met else "**no**", t.detail) for t in targets])]
+    out += tried.markdown([t for t in targets if not t.met])
     for result in results:
         out += ["", f"## {result.title}", "", result.markdown]
     return "\n".join(out) + "\n"

@@ -98,6 +98,21 @@ def test_quick_run_writes_every_section_with_numbers(quick_run):
     assert "[met]" in done.stdout or "[MISSED]" in done.stdout
 
 
+def test_every_missed_target_says_what_limits_it_and_what_was_tried(quick_run):
+    """A missed target is never a bare "no": bench/tried.py has an entry for it."""
+    done, out, *_ = quick_run
+    text = out.read_text()
+    missed = [cells[0] for cells in _rows(_section(text, "Targets"))
+              if len(cells) == 3 and cells[1] == "**no**"]
+    if not missed:
+        assert "## What limits each missed target" not in text
+        return
+    why = _section(text, "What limits each missed target")
+    for target in missed:
+        assert f"### {target}\n" in why, target
+    assert "Nothing recorded yet" not in why
+
+
 def _rows(text, *first_cells):
     """The cells of every Markdown table row starting with ``first_cells``."""
     found = []
