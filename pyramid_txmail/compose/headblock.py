@@ -66,6 +66,8 @@ _RECIPIENTS = ("to", "cc", "bcc")
 #: The policy of a builder Mail's header message (builder.Mail.header_message).
 _MAIL_POLICY = email.policy.default.clone(refold_source="none")
 _JOINED = _header_value_parser.TokenList.__str__
+_RAW_BREAK = re.compile(f"[{re.escape(LINE_BREAKS)}]")  # where a raw value breaks a line
+_CR_LF = re.compile(r"[\r\n]")
 
 
 class Head:
@@ -340,8 +342,15 @@ def _checked(name, value):
     """``check_headers``' test of one header: no value may start a header line."""
     if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
         return False
-    breaks = LINE_BREAKS if type(value) is str else "\r\n"
-    return not any(c in breaks for c in FOLD.sub(" ", str(value)))
+    breaks = _RAW_BREAK if type(value) is str else _CR_LF
+    return breaks.search(FOLD.sub(" ", str(value))) is None
+
+
+@functools.lru_cache(maxsize=256)
+def _max_count(low):
+    """``header_max_count`` of the header named ``low`` (lowercase) in a Mail's header
+    message: fixed for a name, and the registry makes a class each time it is asked."""
+    return _MAIL_POLICY.header_max_count(low)
 
 
 def _assigned_as_is(name, value):
@@ -373,7 +382,7 @@ def mail_pairs(fields):
             return None
         low = name.lower()
         if not raw:
-            limit = _MAIL_POLICY.header_max_count(name)
+            limit = _max_count(low)
             if limit and seen.get(low, 0) >= limit:
                 return None
         seen[low] = seen.get(low, 0) + 1
