@@ -10,10 +10,12 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
 from email.mime.text import MIMEText
+from unittest import mock
 
 import pytest
 import transaction
@@ -171,6 +173,24 @@ def test_an_address_is_recorded_as_percent_encoding_writes_it(address):
     unchanged: whatever the address, the record holds what quote writes."""
     assert spoolfile._quote(address) == urllib.parse.quote(address, safe="@+",
                                                            errors="strict")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a@example.com", "x.y+z@mail.example.org", "a,b@example.com",
+                                 '"b c"@example.com', "=?x?q?y?=@example.com", "jörg@example.com",
+                                 "d%e@example.com", "", "a\n@example.com", "~_-.@x"]),
+                min_size=1, max_size=4))
+def test_the_common_envelope_is_written_as_every_envelope_is(addresses):
+    """envelope_lines writes a plain envelope without its checks and encodings: the
+    same bytes (or error) as with them."""
+    def lines():
+        try:
+            return envelope_lines(addresses[0], addresses[1:])
+        except ValueError as exc:
+            return str(exc)
+    written = lines()
+    with mock.patch.object(spoolfile, "_UNQUOTED", re.compile(r"(?!)")):  # matches nothing
+        assert written == lines()
 
 
 def test_txmail_queue_show_reads_the_exact_envelope_however_long(tmp_path):

@@ -83,8 +83,14 @@ def _repoze_value(text):
 
 def envelope_lines(fromaddr, toaddrs):
     """The envelope record and repoze.sendmail's lines that start a queue file."""
-    _check(fromaddr, "the envelope sender")
     toaddrs = list(toaddrs)
+    everyone = (fromaddr, *toaddrs)
+    if toaddrs and all(type(a) is str and _UNQUOTED.fullmatch(a) for a in everyone):
+        # the common case, as the lines below write it: nothing to check, quote,
+        # encode for repoze.sendmail or leave out (no control, "=?" or comma)
+        return (f"From txmail-envelope-1 {' '.join(everyone)}\nX-Actually-From: "
+                f"{fromaddr}\nX-Actually-To: {','.join(toaddrs)}\n").encode("ascii")
+    _check(fromaddr, "the envelope sender")
     if not toaddrs:
         raise ValueError("the envelope has no recipient")
     for address in toaddrs:
