@@ -225,3 +225,26 @@ def test_processor_on_a_full_disk_loses_nothing(disk, make_smtp_server):
            "whose acceptance could not be recorded, gets it again once there is room "
            "(at-least-once, as after a crash)",
            **found.counts())
+
+
+def test_a_write_cut_short_is_continued_until_the_whole_message_is_in_the_file(
+        tmp_path, monkeypatch):
+    """The vote writes a message with ``os.write``, which may write part of it
+    without an error (a signal, a nearly full disk): the rest follows, and the
+    file holds the whole message before its fsync."""
+    from pyramid_txmail.queue.maildir.spoolfile import envelope_lines
+
+    spool = Spool(str(tmp_path / "spool"))
+    real_write, sizes = os.write, []
+
+    def short_write(fd, data):
+        sizes.append(real_write(fd, bytes(data[:100])))
+        return sizes[-1]
+
+    monkeypatch.setattr(os, "write", short_write)
+    data = b"Subject: x\n\n" + b"y" * 1000 + b"\n"
+    name = spool.prepare("a@example.com", ["b@example.com"], data)
+    monkeypatch.undo()
+    with open(tmp_path / "spool" / "prepared" / name, "rb") as f:
+        assert f.read() == envelope_lines("a@example.com", ["b@example.com"]) + data
+    assert len(sizes) > 10

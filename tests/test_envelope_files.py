@@ -10,16 +10,22 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 from email.mime.text import MIMEText
+from unittest import mock
 
 import pytest
 import transaction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.settings import parse_settings
 from pyramid_txmail.queue.maildir.spool import Spool
+from pyramid_txmail.queue.maildir import spoolfile
 from pyramid_txmail.queue.maildir.spoolfile import envelope_lines, split_envelope
 
 from .envelope_support import Sender, session_envelopes
@@ -157,6 +163,34 @@ def test_the_record_is_the_first_line_and_message_lines_cannot_join_it():
     fromaddr, toaddrs, message = split_envelope(data)
     assert (fromaddr, toaddrs) == ("a@example.com", ('"b c"@example.com', "d%e@example.com"))
     assert message == b"Subject: x\n\nbody\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1)
+       | st.from_regex(r"[A-Za-z0-9_.~@+%,\"\\ -]{1,20}", fullmatch=True))
+def test_an_address_is_recorded_as_percent_encoding_writes_it(address):
+    """The record skips ``urllib.parse.quote`` for an address it would give back
+    unchanged: whatever the address, the record holds what quote writes."""
+    assert spoolfile._quote(address) == urllib.parse.quote(address, safe="@+",
+                                                           errors="strict")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a@example.com", "x.y+z@mail.example.org", "a,b@example.com",
+                                 '"b c"@example.com', "=?x?q?y?=@example.com", "jörg@example.com",
+                                 "d%e@example.com", "", "a\n@example.com", "~_-.@x"]),
+                min_size=1, max_size=4))
+def test_the_common_envelope_is_written_as_every_envelope_is(addresses):
+    """envelope_lines writes a plain envelope without its checks and encodings: the
+    same bytes (or error) as with them."""
+    def lines():
+        try:
+            return envelope_lines(addresses[0], addresses[1:])
+        except ValueError as exc:
+            return str(exc)
+    written = lines()
+    with mock.patch.object(spoolfile, "_UNQUOTED", re.compile(r"(?!)")):  # matches nothing
+        assert written == lines()
 
 
 def test_txmail_queue_show_reads_the_exact_envelope_however_long(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import re
 from contextlib import contextmanager
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from unittest import mock
 
@@ -134,10 +135,15 @@ def build(kind, headers, text, html):
 def outcome(kind, headers, text, html, env, default_sender, fast):
     """``("ok", envelope, Message-ID, bytes)`` or ``("error", type, text)`` of one
     prepare() of a freshly built message (building can refuse it too)."""
+    return prepared_by(lambda: build(kind, headers, text, html), env, default_sender, fast)
+
+
+def prepared_by(make, env, default_sender, fast):
+    """:func:`outcome` of the message ``make()`` builds."""
     fromaddr, toaddrs = env if env is not None else (None, None)
     with fixed_id_and_date():
         try:
-            message = build(kind, headers, text, html)
+            message = make()
             prepared = compose.prepare(message, default_sender, fromaddr, toaddrs, fast=fast)
         except Exception as exc:  # noqa: BLE001 (pyramid_mailer's own refusals too)
             return ("error", type(exc), str(exc))
@@ -288,3 +294,100 @@ def test_a_payload_the_generator_refuses_is_refused_as_the_stdlib_path_refuses_i
     with pytest.raises(Exception) as fast:
         compose.prepare(make(), "shop@example.com")
     assert (type(fast.value), str(fast.value)) == (type(slow.value), str(slow.value))
+
+
+def people_strategy(text):
+    """A builder argument naming people: ``text`` (a mailbox), an ``Address``, a
+    ``(name, address)`` pair, or a list of these."""
+    names = st.sampled_from(["", "Jane Doe", "Doe, Jane", "Jörg Müller", 'Say "hi"',
+                             "=?utf-8?q?x?=", "x" * 80]) | words
+    person = st.one_of(
+        text, st.tuples(names, clean_address if text is clean_mailbox else address),
+        st.builds(lambda name, local_part, dom: ("Address", name, local_part, dom),
+                  st.sampled_from(["", "Jane", "Doe, Jane", "Grüße"]),
+                  st.text(st.sampled_from(ATEXT), min_size=1, max_size=10),
+                  st.sampled_from(["example.com", "example.org", "bücher.example"])))
+    return person, st.none() | person | st.lists(person, min_size=1, max_size=3)
+
+
+CLEAN_PEOPLE, ODD_PEOPLE = people_strategy(clean_mailbox), people_strategy(mailbox)
+attachment = st.tuples(st.binary(max_size=300),
+                       st.none() | st.sampled_from(["a.pdf", "Grüße.txt", "x" * 90 + ".png",
+                                                    '"q".txt', "=?x?q?y?=.bin"]),
+                       st.none() | st.sampled_from(["text/plain", "image/png"]))
+
+
+def _person(item):
+    """A drawn person as the builder takes it (``Address`` objects are made here)."""
+    if isinstance(item, tuple) and item[0] == "Address":
+        return Address(item[1], item[2], item[3])
+    return item
+
+
+def _people(value):
+    return [_person(v) for v in value] if isinstance(value, list) else _person(value)
+
+
+@st.composite
+def mail_cases(draw):
+    """Keyword arguments of a Mail, its attachments and inline part, an envelope and a
+    default sender: every kind of value the builder takes, well-formed half the time."""
+    clean = draw(st.booleans())
+    person, people = CLEAN_PEOPLE if clean else ODD_PEOPLE
+    found = {key: _people(draw(people)) for key in ("to", "cc", "bcc", "reply_to")}
+    if clean and found["to"] is None:
+        found["to"] = _people(draw(person))
+    headers = draw(clean_extra if clean else extra)
+    kwargs = dict(found, sender=_person(draw(st.none() | person)),
+                  subject=draw(st.none() | (clean_subject if clean else subject)),
+                  text=draw(st.none() | body), html=draw(st.none() | st.just("<p>Hi</p>\n")),
+                  headers=dict(headers) if draw(st.booleans()) else headers)
+    attachments = draw(st.lists(attachment, max_size=2))
+    inline = draw(st.none() | st.binary(min_size=1, max_size=100))
+    return (kwargs, attachments, inline, None if clean else draw(envelope),
+            draw(clean_mailbox if clean else st.none() | clean_mailbox))
+
+
+def make_mail(kwargs, attachments, inline):
+    mail = Mail(**kwargs)
+    for data, filename, content_type in attachments:
+        mail.attach(data, filename, content_type)
+    if inline is not None:
+        mail.inline(inline, cid="logo@example.com", content_type="image/png")
+    return mail
+
+
+@examples(300, 3000)
+@given(mail_cases())
+@example(({"to": [("Jörg Müller", "jorg@example.com"), "b@example.com"],
+           "sender": ("Shop", "shop@example.com"), "subject": "Hi", "text": "Hi\n",
+           "html": "<p>Hi</p>\n", "headers": {"List-Unsubscribe": "<https://x.example/u>"}},
+          [(b"%PDF", "a.pdf", None)], b"png", None, None))
+def test_a_mail_ends_on_the_fast_path_as_on_the_stdlib_path(case):
+    """Every input the builder takes -- addresses as text, ``Address`` objects and
+    pairs, lists of them, headers as a dict or pairs, attachments, an inline part --
+    gives the stdlib path's envelope, Message-ID and bytes, or its error."""
+    kwargs, attachments, inline, env, default_sender = case
+
+    def make():
+        return make_mail(kwargs, attachments, inline)
+
+    slow = prepared_by(make, env, default_sender, fast=False)
+    taken, patches = _spy()
+    with patches[0], patches[1]:
+        fast = prepared_by(make, env, default_sender, fast=True)
+    event(f"mail: {'fast path' if any(taken) else 'stdlib path'}, {fast[0]}")
+    assert fast == slow
+
+
+@pytest.mark.parametrize("now", [1764643479.25, 1764643479.9999996, 1764643480.0])
+def test_the_date_stamp_is_formatdates_for_that_instant(now):
+    """The fast path's Date, made once a second, is what ``formatdate`` makes at that
+    instant -- also just before a second ends, where formatdate rounds into the next."""
+    expected = email.utils.formatdate(now, localtime=True)
+    with mock.patch.object(headblock.time, "time", lambda: now):
+        assert headblock._date_stamp() == expected
+        assert headblock._date_stamp() == expected  # remembered, or made again
+    later = now + 1
+    with mock.patch.object(headblock.time, "time", lambda: later):
+        assert headblock._date_stamp() == email.utils.formatdate(later, localtime=True)

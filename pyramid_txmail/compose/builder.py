@@ -51,6 +51,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Headers the builder writes itself; ``headers=`` may not set them.
 _BUILT_HEADERS = {"content-type", "content-transfer-encoding", "content-disposition",
                   "content-id", "mime-version"}
+#: Made once: ``message["MIME-Version"] = "1.0"`` parses it through the header
+#: registry each time (a header object is immutable, so every Mail can share it).
+_MIME_VERSION = email.policy.default.header_factory("MIME-Version", "1.0")
 
 
 def _encoded_words(text, header_name=None):
@@ -257,7 +260,7 @@ class Mail:
         """``(name, value, raw)`` of every header of the block, in order: raw values
         are already encoded (written as they are), others are assigned.  What
         :meth:`header_message` holds, for ``prepare``'s fast path to write."""
-        return [*self._headers, ("MIME-Version", "1.0", False),
+        return [*self._headers, ("MIME-Version", _MIME_VERSION, False),
                 *((name, value, False) for name, value in built.content_headers())]
 
     def header_message(self, built):

@@ -58,7 +58,9 @@ def body_bytes(message, policy):
         return b""
     if isinstance(payload, str) and message.get_content_maintype() not in ("multipart",
                                                                            "message"):
-        return _NEWLINES.sub("\n", payload).encode("ascii", "surrogateescape")
+        if "\r" in payload:  # else every line already ends as the generator ends it
+            payload = _NEWLINES.sub("\n", payload)
+        return payload.encode("ascii", "surrogateescape")
     out = io.BytesIO()
     generator = _BodyGenerator(out, mangle_from_=False, policy=policy)
     generator.top = message

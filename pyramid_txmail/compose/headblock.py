@@ -31,14 +31,14 @@ import email.policy
 import email.utils
 import functools
 import re
+import time
 from email import _header_value_parser, headerregistry
 
 from . import wire
-from .addresses import LINE_BREAKS, _validated
+from .addresses import _validated
 from .serialize import ADDRESS_HEADERS, FOLD
 
-__all__ = ["Head", "fast_head", "mail_pairs", "simple_addresses", "tree_text",
-           "writing_policy"]
+__all__ = ["Head", "fast_head", "simple_addresses", "tree_text", "writing_policy"]
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")
 #: Printable ASCII, no space at either end: a header object's text written as it is.
@@ -63,8 +63,6 @@ _WRITTEN_AS_DECODED = (headerregistry.UnstructuredHeader, headerregistry.MIMEVer
                        headerregistry.MessageIDHeader)
 _STOCK_FACTORY = email.policy.default.header_factory
 _RECIPIENTS = ("to", "cc", "bcc")
-#: The policy of a builder Mail's header message (builder.Mail.header_message).
-_MAIL_POLICY = email.policy.default.clone(refold_source="none")
 _JOINED = _header_value_parser.TokenList.__str__
 
 
@@ -239,6 +237,32 @@ def _rewrite_free(name, text):
 
 
 _last_date = (None, None)
+_FORMATDATE = email.utils.formatdate
+_last_stamp = (None, None)
+
+
+def _date_stamp():
+    """``email.utils.formatdate(localtime=True)``, made once a second.
+
+    The stamp names whole seconds and the local offset of that second, so
+    within one second it is the same string (it cost ~4 us a message).  Near
+    the end of a second it is made afresh: ``formatdate`` rounds the time to
+    microseconds, which can carry it into the next second.  A ``formatdate``
+    replaced in ``email.utils`` (a test fixing the date) is called every time,
+    as the stdlib path calls it.
+    """
+    global _last_stamp
+    if email.utils.formatdate is not _FORMATDATE:
+        return email.utils.formatdate(localtime=True)
+    now = time.time()
+    second = int(now)
+    last = _last_stamp
+    if last[0] == second and now - second < 0.999:
+        return last[1]
+    stamp = _FORMATDATE(now, localtime=True)
+    if now - second < 0.999:
+        _last_stamp = (second, stamp)
+    return stamp
 
 
 def _date_text(stamp):
@@ -321,7 +345,7 @@ def fast_head(headers, policy, default_sender=None, fromaddr=None, toaddrs=None)
             return None
         added.append(f"Message-ID: {message_id}\n")
     if "date" not in present:
-        stamp = email.utils.formatdate(localtime=True)
+        stamp = _date_stamp()
         added.append(f"Date: {stamp if legacy else _date_text(stamp)}\n")
     lines = []
     for name, value, tree in kept:
@@ -334,55 +358,3 @@ def fast_head(headers, policy, default_sender=None, fromaddr=None, toaddrs=None)
     lines.extend(added)
     lines.append("\n")
     return Head(fromaddr, toaddrs, message_id, "".join(lines).encode("ascii"))
-
-
-def _checked(name, value):
-    """``check_headers``' test of one header: no value may start a header line."""
-    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-        return False
-    breaks = LINE_BREAKS if type(value) is str else "\r\n"
-    return not any(c in breaks for c in FOLD.sub(" ", str(value)))
-
-
-def _assigned_as_is(name, value):
-    """True when ``message[name] = value`` would hold and write ``value`` as it is
-    (an unstructured header of one plain line), so it can go as a raw value."""
-    cls = _STOCK_FACTORY.registry.get(name.lower(), _STOCK_FACTORY.default_class)
-    return type(value) is str and issubclass(cls, headerregistry.UnstructuredHeader) \
-        and "=?" not in value and _ONE_LINE.fullmatch(value) is not None \
-        and len(name) + 2 + len(value) <= _MAX
-
-
-def mail_pairs(fields):
-    """The ``(name, value)`` pairs of a builder Mail's header fields (``(name,
-    value, raw)``) as its header message holds them, for :func:`fast_head`;
-    ``None`` when the stdlib path must see them (envelope headers to drop, a
-    value it would refuse, a header repeated past its policy's ``max_count``).
-
-    ``header_message`` assigns each field that is not raw (``message[name] =
-    value``), and the email package refuses an assignment when the message
-    already holds ``header_max_count(name)`` headers of that name (one To, one
-    Subject, one Message-ID...; raw ones, added with ``set_raw``, count but are
-    not checked).  The same count is kept here, so a second To -- an extra
-    envelope recipient and two To lines -- is never written by this path.
-    """
-    pairs = []
-    seen = {}
-    for name, value, raw in fields:
-        if not isinstance(name, str) or name.lower() in ("x-actually-from", "x-actually-to"):
-            return None
-        low = name.lower()
-        if not raw:
-            limit = _MAIL_POLICY.header_max_count(name)
-            if limit and seen.get(low, 0) >= limit:
-                return None
-        seen[low] = seen.get(low, 0) + 1
-        if not raw and not _assigned_as_is(name, value):
-            try:
-                name, value = email.policy.default.header_store_parse(name, value)
-            except ValueError:
-                return None
-        if not _checked(name, value):
-            return None
-        pairs.append((name, value))
-    return pairs

@@ -14,7 +14,7 @@ import itertools
 import re
 from email.message import Message
 
-from . import fastbody, headblock, wire
+from . import fastbody, headblock, mailfields, wire
 from .addresses import (LINE_BREAKS, HeaderInjection, InvalidAddress,  # noqa: F401 (public here)
                         MessageError, NoRecipients, NoSender, _validated, check_address)
 from .envelope import decode_raw_octets, drop_envelope_headers, encoded_word_in_address
@@ -151,7 +151,7 @@ def _fast_message(message, default_sender, fromaddr, toaddrs, source):
 def _fast_mail(mail, built, default_sender, fromaddr, toaddrs):
     """The :mod:`~pyramid_txmail.compose.headblock` path for a builder ``Mail`` whose
     MIME tree is ``built``, or ``None`` for the stdlib path."""
-    pairs = headblock.mail_pairs(mail.header_fields(built))
+    pairs = mailfields.mail_pairs(mail.header_fields(built))
     if pairs is None:
         return None
     head = headblock.fast_head(pairs, email.policy.default, default_sender, fromaddr,

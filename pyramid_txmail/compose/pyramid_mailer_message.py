@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import copy
 import email.utils
+import re
 
 from .addresses import LINE_BREAKS, HeaderInjection, InvalidAddress, _validated, check_address
+from .headblock import simple_addresses
 
+_LINE_BREAK = re.compile(f"[{re.escape(LINE_BREAKS)}]")
 #: pyramid_mailer's fields and the header each one becomes.
 ADDRESS_FIELDS = (("To", "recipients"), ("Cc", "cc"), ("Bcc", "bcc"))
 
@@ -25,7 +28,7 @@ def check_fields(message):
                for address in getattr(message, attr) or ()]
     fields += list(dict(message.extra_headers or {}).items())
     for name, value in fields:
-        if value and any(c in LINE_BREAKS for c in str(value)):
+        if value and _LINE_BREAK.search(str(value)):
             raise HeaderInjection.control(name, str(value))
 
 
@@ -39,7 +42,8 @@ def one_mailbox(header, item):
     text = str(item)
     if _validated(text)[1] is None:  # a bare address: taken as it is, never re-parsed
         return check_address(header, text)
-    pairs = email.utils.getaddresses([text])
+    simple = simple_addresses(text)  # what getaddresses finds, without its parser
+    pairs = [("", a) for a in simple] if simple is not None else email.utils.getaddresses([text])
     if len(pairs) != 1 or not pairs[0][1]:
         raise InvalidAddress(header, text, "expected one address per item, such as "
                              "'a@example.com' or 'Name <a@example.com>'")

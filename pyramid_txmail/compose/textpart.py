@@ -33,7 +33,9 @@ def text_part(text, subtype):
     cte, payload = _encode_text(text, "utf-8", None, PART_POLICY)
     headers = header_part()
     headers._headers = list(_text_headers(subtype, cte))
-    return Part(headers, [_NEWLINES.sub("\n", payload).encode("ascii")])
+    if "\r" in payload:  # else every line already ends as the generator ends it
+        payload = _NEWLINES.sub("\n", payload)
+    return Part(headers, [payload.encode("ascii")])
 
 
 _encode_text = getattr(email.contentmanager, "_encode_text", None)

@@ -199,7 +199,8 @@ class MailDataManager:
         pass
 
     def tpc_vote(self, txn):
-        self.voting = [p for p in self.messages if all(p is not d for d in self.dropped)]
+        self.voting = [p for p in self.messages if all(p is not d for d in self.dropped)] \
+            if self.dropped else list(self.messages)
         self.voted = self.outbox.vote(self.voting)
 
     def tpc_finish(self, txn):
@@ -224,8 +225,11 @@ class MailDataManager:
         if not status:
             return
         messages = list(self.published)
+        # published is what was voted, taken from messages: when nothing was dropped
+        # and the counts agree, every message was published (no quadratic search)
         unpublished = [p for p in self.messages if all(p is not q for q in messages)
-                       and all(p is not d for d in self.dropped)]
+                       and all(p is not d for d in self.dropped)] \
+            if self.dropped or len(messages) != len(self.messages) else []
         if unpublished:  # never expected: say so rather than report them as sent
             log.error("%d message(s) were handed to the mailer but never written by the "
                       "commit (%s): not reported as sent", len(unpublished),

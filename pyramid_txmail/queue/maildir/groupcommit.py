@@ -78,6 +78,7 @@ class DirectoryFlush:
         self._cond = threading.Condition(threading.Lock())
         self._next = _Batch()   # whoever arrives now waits for this flush
         self._running = False
+        self._waiting = 0       # callers in wait(): a lone committer notifies nobody
 
     def flush(self):
         """Return once an fsync of the directory that began after this call has ended.
@@ -92,7 +93,11 @@ class DirectoryFlush:
                 if mine.ended:
                     break
                 if self._running:
-                    self._cond.wait()
+                    self._waiting += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._waiting -= 1
                 else:  # nothing runs, and ours has not ended: so ours is next
                     self._lead(mine)
             error = mine.error
@@ -125,7 +130,8 @@ class DirectoryFlush:
             else:
                 self._next.merged_into = batch
                 self._next = batch
-            self._cond.notify_all()
+            if self._waiting:  # counted under the lock, before wait() released it
+                self._cond.notify_all()
 
 
 _flushes = {}
@@ -138,9 +144,12 @@ def flush_dir(path):
     Call it after the rename (or create) in ``path`` that must be durable;
     when it returns, it is.
     """
-    key = os.path.abspath(path)
-    flush = _flushes.get(key)
+    # Keys are absolute, normalized paths: one the caller gives as such (the
+    # spool's are) is found without abspath, which cost more than the rest; a
+    # relative one never matches a key, so it is resolved against today's cwd.
+    flush = _flushes.get(path)
     if flush is None:
+        key = os.path.abspath(path)
         with _flushes_lock:
             flush = _flushes.setdefault(key, DirectoryFlush(key))
     flush.flush()

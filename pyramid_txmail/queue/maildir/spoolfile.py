@@ -51,6 +51,7 @@ RECORD = b"From txmail-envelope-"
 _RECORD_V1 = RECORD + b"1 "
 _TOKEN = re.compile(rb"(?:[A-Za-z0-9._~@+-]|%[0-9A-F]{2})+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~@+-]+")  # urllib.parse.quote's safe set, with "@+"
 ENVELOPE_FIELDS = (b"x-actually-from", b"x-actually-to")
 _ENCODED_WORDS = re.compile(r"(?:=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=\s*)+")
 
@@ -65,6 +66,8 @@ def _check(address, what):
 
 
 def _quote(address):
+    if _UNQUOTED.fullmatch(address):  # what quote() gives back as it is (most addresses)
+        return address
     try:
         return urllib.parse.quote(address, safe="@+", errors="strict")
     except UnicodeError:
@@ -80,8 +83,14 @@ def _repoze_value(text):
 
 def envelope_lines(fromaddr, toaddrs):
     """The envelope record and repoze.sendmail's lines that start a queue file."""
-    _check(fromaddr, "the envelope sender")
     toaddrs = list(toaddrs)
+    everyone = (fromaddr, *toaddrs)
+    if toaddrs and all(type(a) is str and _UNQUOTED.fullmatch(a) for a in everyone):
+        # the common case, as the lines below write it: nothing to check, quote,
+        # encode for repoze.sendmail or leave out (no control, "=?" or comma)
+        return (f"From txmail-envelope-1 {' '.join(everyone)}\nX-Actually-From: "
+                f"{fromaddr}\nX-Actually-To: {','.join(toaddrs)}\n").encode("ascii")
+    _check(fromaddr, "the envelope sender")
     if not toaddrs:
         raise ValueError("the envelope has no recipient")
     for address in toaddrs:
