@@ -44,8 +44,13 @@ class QueueOutbox:
         self.spool = spool
 
     def vote(self, messages):
-        return write_all(messages, lambda p: self.spool.prepare(p.fromaddr, p.toaddrs, p.data),
-                         self.discard, f"the mail spool {self.spool.path}")
+        where = f"the mail spool {self.spool.path}"
+        names = write_all(messages, lambda p: self.spool.prepare(p.fromaddr, p.toaddrs, p.data),
+                          self.discard, where)
+        if names:  # durable before the database commits (Spool.settle_prepared)
+            write_all([None], lambda _: self.spool.settle_prepared(),
+                      lambda _: self.discard(names), where)
+        return names
 
     def finish(self, names):
         self.spool.commit_prepared(names)

@@ -219,9 +219,8 @@ class Spool(DeferredIndex):
         ``tmp/`` then only ever holds writes that never finished, which no
         transaction can have committed (we vote before any database
         commits), while ``prepared/`` holds messages whose transaction was
-        deciding.  The rename needs no directory fsync of its own: the
-        database's commit, after it, flushes the file system's journal on
-        ext4 and XFS, and the finish fsyncs ``new/``.
+        deciding.  The vote ends with :meth:`settle_prepared`, which makes
+        these renames durable before any other resource commits.
         """
         name = self.write_tmp(fromaddr, toaddrs, message_bytes)
         try:
@@ -230,6 +229,19 @@ class Spool(DeferredIndex):
             self.discard_tmp(name)
             raise
         return name
+
+    def settle_prepared(self):
+        """The end of the vote: fsync ``prepared/`` (shared with concurrent votes).
+
+        Without it a power loss after the database's commit -- a database on
+        another host or file system, whose commit flushes nothing here -- and
+        before the finish's fsync of ``new/`` could bring a committed message
+        back in ``tmp/``, where it reads as a vote that never finished and is
+        deleted after ``mail.commit_grace``.  With it, such a message is in
+        ``prepared/``: in doubt, resolved by ``mail.commit_check`` or dead-lettered,
+        never deleted unasked.
+        """
+        flush_dir(self._dirs["prepared"])
 
     def commit_prepared(self, names):
         """The finish: move prepared messages into ``new/`` and fsync ``new/``.
