@@ -247,3 +247,99 @@ def test_the_spool_makes_exactly_the_moves_of_its_lifecycle_table(
         == [[]] * 5
     check_moves(seen, SPOOL_LIFECYCLE)
     check_code_ran(seen, moving_functions(FILE_CALLS), SPOOL_EXEMPT)
+
+
+#: The same for the SQL outbox.
+OUTBOX_NOT_MOVES = {
+    "pyramid_txmail.queue.sql.leases.renew":
+        "renews the leases of a pass's claims (lease_until only): no state changes",
+}
+#: Functions that build a statement once, at import, and the function that runs it
+#: (which must have run).
+OUTBOX_BUILDERS = {
+    "pyramid_txmail.queue.sql.claiming.claim_statement":
+        "pyramid_txmail.queue.sql.backend.SQLQueue._claim_batch",
+    "pyramid_txmail.queue.sql.store.insert_statement": "pyramid_txmail.queue.sql.store.insert_row",
+}
+OUTBOX_EXEMPT = {
+    **OUTBOX_NOT_MOVES,
+    **{builder: f"builds a statement once, at import; {runner} runs it"
+       for builder, runner in OUTBOX_BUILDERS.items()},
+    "pyramid_txmail.queue.sql.retiring.group_sql":
+        "PostgreSQL's retire of a group of rows in one statement: the moves of "
+        "SQLQueue._retire_one (in_progress -> delivered / deleted), which SQLite runs",
+}
+
+
+def test_the_outbox_makes_exactly_the_moves_of_its_lifecycle_table(tmp_path, make_smtp_server):
+    url = "sqlite:///" + str(tmp_path / "app.sqlite")
+    with watch_outbox() as seen:
+        engine = sa.create_engine(url)
+        init_db(engine)
+        with engine.begin() as connection:
+            for statement in OUTBOX_TRIGGERS:
+                connection.exec_driver_sql(statement.format(created=CREATED, gone=GONE))
+        server = make_smtp_server(SCRIPT)
+        config = Configurator(settings={"mail.queue_url": url, "mail.delivery": "queue"})
+        config.include("pyramid_txmail")
+        tm = transaction.TransactionManager(explicit=True)
+        session = sessionmaker(bind=engine)()
+        zope.sqlalchemy.register(session, transaction_manager=tm)
+
+        def send(*addresses):
+            for to in addresses:
+                with tm:
+                    get_mailer(config.registry, tm, session=session).send(message(to))
+
+        send("ann@example.org", "busy@example.org", "gone@example.org",
+             "ok@example.org, gone@example.org", "cy@example.org")
+        # A processor that claims them and dies: its leases (claim_timeout, at least 1 s)
+        # run out.
+        abandoned = SQLQueue(url, claim_timeout=1.0)
+        assert claim_all(abandoned), "the abandoned claim"
+        send("poison@example.org", "dee@example.org")
+        with engine.begin() as connection, seen.paused():  # a hand-made row, a bad state
+            connection.exec_driver_sql("UPDATE txmail_outbox SET recipients = '[]' "
+                                       "WHERE recipients LIKE '%poison@%'")
+            connection.exec_driver_sql("UPDATE txmail_outbox SET meta = '\"not a record\"' "
+                                       "WHERE recipients LIKE '%dee@%'")
+        time.sleep(1.5)  # sets the scene: past the lease; nothing is asserted on timing
+
+        queue = SQLQueue(url, claim_timeout=1.0, keep_delivered=0.001)
+        clock = Clock()
+        qp = make_processor(queue, server, clock, queue_url=url, claim_timeout="1s",
+                            keep_delivered="0.001s")
+        stats = qp.run_once()
+        assert (stats.sent, stats.failed, stats.recovered) == (2, 4, 5), stats
+        server.handler.script = {}
+        clock.now += 2 * HOUR
+        assert qp.run_once().sent == 1  # busy, due now
+        server.handler.script = SCRIPT
+        send("busy@example.org", "busy@example.org")
+        qp.run_once()
+        first, second = queue.messages(("deferred",))
+        queue.retry(first)  # txmail-queue retry
+        queue.purge(second)  # txmail-queue purge --state deferred
+        first, second, *_ = queue.messages(("failed",))
+        queue.retry(first)
+        queue.purge(second)
+        claim_all(abandoned)
+        queue.release_claim(queue.messages(("cur",))[0], 1.0, force=True)  # txmail-queue release
+        with queue.pass_scope(parse_settings({})):  # a pass stopped before handing out
+            candidates = queue.candidates(time.time(), 10 ** 9, PassStats())
+            next(candidates)
+            candidates.close()
+        server.handler.script = {}
+        qp.run_once()
+        qp.run_once()  # deletes the delivered rows past mail.keep_delivered
+        send("fay@example.org")
+        at_once = SQLQueue(url, keep_delivered=0)  # delivered: the row deleted at once
+        at_once.retire(claim_all(at_once)[0])
+        read_outbox_moves(engine, seen)
+        for done in (queue, abandoned, at_once):
+            done.close()
+        session.close()
+        engine.dispose()
+    check_moves(seen, OUTBOX_LIFECYCLE)
+    check_code_ran(seen, moving_functions(ROW_CALLS, SQL_TEXTS), OUTBOX_EXEMPT)
+    assert set(OUTBOX_BUILDERS.values()) - seen.functions() == set()
