@@ -17,7 +17,7 @@ from pyramid_txmail.settings import SETTINGS, shown_default
 
 from pyramid_txmail.queue.states import OUTBOX_LIFECYCLE, SPOOL_LIFECYCLE
 
-from .docs_support import DOCS, build_docs, docs_extension, edge_labels, table_rows
+from .docs_support import build_docs, docs_extension, edge_labels, table_rows
 
 lifecycle_graph = docs_extension("lifecycle_graph")
 

@@ -1,15 +1,22 @@
 """The lifecycle tables the docs draw are what the queues really do (issue 16).
 
-docs/_ext/txmail_docs.py draws the state diagram of a queued message from
-:data:`pyramid_txmail.queue.states.SPOOL_LIFECYCLE` and ``OUTBOX_LIFECYCLE``.
-Here every move of those tables is made for real -- a transaction through the
-mailer, txmail-qp's processor against a real SMTP server on 127.0.0.1 that
-accepts, defers or refuses, what a crash leaves behind, ``txmail-queue``'s retry
-and purge -- while the moves are recorded where they happen: every rename,
-unlink and file creation under the spool, and, for the SQL outbox, SQLite
-triggers that log each row's state change.  The moves seen must be exactly the
-table's rows: a move the code makes that the table lacks fails, and so does a
-row of the table that no run makes.
+docs/_ext/lifecycle_graph.py draws the state diagrams of a queued message from
+:data:`pyramid_txmail.queue.states.SPOOL_LIFECYCLE` and ``OUTBOX_LIFECYCLE``: one
+row per cause of a move, each naming the code that makes it.  Here every cause is
+made to happen for real -- transactions that commit, abort or hit a full disk,
+direct delivery's fallback, txmail-qp's processor against a real SMTP server on
+127.0.0.1 that accepts, defers or refuses, what a crash leaves behind (with
+``mail.commit_check`` answering yes, no and don't know), poison and corrupt state,
+``txmail-queue``'s retry, purge and release -- while the moves are recorded where
+they happen, with the functions on the stack (tests/lifecycle_support.py): every
+rename, unlink and file creation under the spool, and, for the SQL outbox, SQLite
+triggers that log each row's state change.  Each move seen must be explained by a
+row (the innermost row whose code was on its stack), and every row must have been
+seen: a move the code makes that the table lacks fails, and so does a row no run
+makes.  And the meta-check: every function of the queue backends and the scripts
+that renames or deletes a file, or changes outbox rows (found by reading the
+source), must have run here, or be exempt with a reason -- so a new way of moving
+a message fails this test until it is driven here and has its row.
 """
 from __future__ import annotations
 
@@ -29,15 +36,15 @@ from pyramid_txmail.processor.processor import Processor
 from pyramid_txmail.queue.maildir import spool_admin
 from pyramid_txmail.queue.maildir.spool import Spool
 from pyramid_txmail.queue.sql import SQLQueue, init_db
-from pyramid_txmail.queue.states import CREATED, GONE, OUTBOX_LIFECYCLE, SPOOL_LIFECYCLE
 from pyramid_txmail.processor.pass_stats import PassStats
+from pyramid_txmail.queue.states import CREATED, GONE, OUTBOX_LIFECYCLE, SPOOL_LIFECYCLE
 from pyramid_txmail.relay.smtp import SMTPTransport
 from pyramid_txmail.settings import parse_settings
 
 from .lifecycle_support import (
-    OUTBOX_TRIGGERS, explained, moving_functions, read_outbox_moves, unexplained, watch_outbox,
-    watch_spool, FILE_CALLS, ROW_CALLS, SQL_TEXTS)
-from .sql_support import claim_all, states
+    FILE_CALLS, OUTBOX_TRIGGERS, ROW_CALLS, SQL_TEXTS, explained, moving_functions,
+    read_outbox_moves, unexplained, watch_outbox, watch_spool)
+from .sql_support import claim_all
 
 #: The relay's answers, by recipient: everyone else is accepted.
 SCRIPT = {"rcpt": {"busy@example.org": "451 4.3.0 try later",
@@ -148,8 +155,8 @@ def check_code_ran(seen, moving, exempt):
     assert set(exempt) <= moving, "an exemption for code that no longer moves anything"
 
 
-#: Functions of queue/ and scripts/ that rename, delete or create files but move no
-#: message between states, and why (the meta-check's exemptions).
+#: Functions of queue/ and scripts/ that rename or delete files but move no message
+#: between states, and why (the meta-check's exemptions).
 SPOOL_EXEMPT = {
     "pyramid_txmail.queue.maildir.spool._unlink_quietly":
         "removes a half-written state file (meta/.NAME.tmp) when writing it failed",
