@@ -54,3 +54,30 @@ def table_rows(page, wanted):
     parser = TableRows(wanted)
     parser.feed(page.read_text())
     return parser.rows
+
+
+def docs_extension(name):
+    """A module of docs/_ext (where Sphinx's conf.py puts it on the path), imported."""
+    import importlib
+
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+
+
+def edge_labels(svg):
+    """``{(from, to): label}`` of a graphviz SVG: each edge's ``<title>`` (``a->b``)
+    and the lines of its label's ``<text>`` elements, joined by newlines."""
+    import xml.etree.ElementTree as ET
+
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    labels = {}
+    for group in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}g"):
+        if group.get("class") != "edge":
+            continue
+        source, target = group.find("svg:title", ns).text.split("->")
+        lines = [text.text or "" for text in group.iterfind(".//svg:text", ns)]
+        labels[(source, target)] = "\n".join(lines)
+    return labels

@@ -3,7 +3,9 @@
 The docs are built as ``make docs`` builds them, served on 127.0.0.1 (graphviz's
 SVGs are ``<object>`` elements, whose documents a page may read only from the
 same origin, which ``file://`` is not), and Debian's chromium opens the
-transactions page -- the queue's state diagram must have drawn its states --
+transactions page -- the queue's state diagram must have drawn its states, and every
+picture must be shown at its natural size (scrolling sideways when wider than the
+column), never shrunk to small print --
 and the benchmarks page -- each plot must have loaded with a size.  A screenshot
 of each page goes to ``test-artifacts/docs/``.  Never skipped: chromium missing
 is a failure (tests/chromium.py).
@@ -34,7 +36,11 @@ for (const object of document.querySelectorAll('object.graphviz')) {
   const svg = object.contentDocument && object.contentDocument.querySelector('svg');
   if (!svg) return null;
   const box = object.getBoundingClientRect();
+  const width = svg.getAttribute('width');  // graphviz's: "816pt"
   drawn.push({width: box.width, height: box.height,
+              natural: parseFloat(width) * (width.endsWith('pt') ? 4 / 3 : 1),
+              column: object.parentElement.clientWidth,
+              scrolls: object.parentElement.scrollWidth > object.parentElement.clientWidth,
               nodes: Array.from(svg.querySelectorAll('g.node > title'), t => t.textContent)});
 }
 return drawn.length ? drawn : null;
@@ -81,6 +87,14 @@ def test_the_state_diagram_renders_on_the_transactions_page(site, browser):
     assert states["width"] > 0 and states["height"] > 0
     timelines = [d for d in drawn if d["nodes"] == ["steps"]]
     assert len(timelines) == 2 and all(t["width"] > 0 for t in timelines)
+    for picture in drawn:  # at the size its text was laid out for, never shrunk to fit;
+        # wider than the column, it scrolls sideways within its figure
+        assert abs(picture["width"] - picture["natural"]) < 2, picture
+        assert picture["scrolls"] == (picture["natural"] > picture["column"] + 1), picture
+    for kind, shot in (("txmail-timeline", "timeline.png"), ("txmail-diagram", "states.png")):
+        browser.execute_script(f"document.querySelector('figure.{kind}')"
+                               ".scrollIntoView({behavior: 'instant', block: 'start'})")
+        browser.save_screenshot(os.path.join(ARTIFACTS, shot))
 
 
 def test_the_benchmark_plots_render_on_the_benchmarks_page(site, browser):

@@ -15,7 +15,11 @@ import pytest
 import pyramid_txmail
 from pyramid_txmail.settings import SETTINGS, shown_default
 
-from .docs_support import DOCS, build_docs, table_rows
+from pyramid_txmail.queue.states import OUTBOX_LIFECYCLE, SPOOL_LIFECYCLE
+
+from .docs_support import build_docs, docs_extension, edge_labels, table_rows
+
+lifecycle_graph = docs_extension("lifecycle_graph")
 
 #: The public modules and the API page's section for each (their ``__all__``).
 PUBLIC_MODULES = ("testing", "preview", "toolbar", "debug", "builder")
@@ -78,8 +82,15 @@ def test_the_pictures_are_generated_into_the_pages(html):
         assert len(found) == 1, f"one {what} on the transactions page, found {len(found)}"
         return found[0]
 
-    the("spool state diagram", ">prepared/</text>", ">failed/</text>")
-    the("outbox state diagram", ">in_progress</text>", ">delivered</text>")
+    spool_states = the("spool state diagram", ">prepared/</text>", ">failed/</text>")
+    outbox_states = the("outbox state diagram", ">in_progress</text>", ">delivered</text>")
+    for svg, lifecycle in ((spool_states, SPOOL_LIFECYCLE), (outbox_states, OUTBOX_LIFECYCLE)):
+        drawn = {edge: " ".join(label.split())  # graphviz indents with no-break spaces
+                 for edge, label in edge_labels(svg).items()}
+        assert drawn == {edge: " ".join(" ".join(lifecycle_graph.edge_label(causes)).split())
+                         for edge, causes in lifecycle_graph.edges(lifecycle).items()}
+        for row in lifecycle:  # every edge carries every cause of its move
+            assert row.cause in drawn[row[:2]].replace("\u2022 ", ""), row
     spool_timeline = the("spool timeline", "tpc_vote", "commit_prepared")
     outbox_timeline = the("outbox timeline", "tpc_vote", "outbox row: queued")
     assert spool_timeline.index("tpc_vote") < spool_timeline.index("commit_prepared")
@@ -91,17 +102,12 @@ def test_the_pictures_are_generated_into_the_pages(html):
 
 
 def test_the_recorded_timeline_is_the_commit_the_docs_describe():
-    """What the timeline picture shows, asserted: our vote writes the message into tmp/
-    and prepared/ before the database commits, the finish publishes it into new/ after,
-    and MailQueued follows; with the SQL outbox the row commits with the application's."""
-    import sys
-
-    sys.path.insert(0, str(DOCS / "_ext"))
-    try:
-        import commit_recording
-    finally:
-        sys.path.remove(str(DOCS / "_ext"))
-
+    """What the timeline picture shows, asserted: in a request, pyramid_tm commits after
+    the view returned; our vote writes the message into tmp/ and prepared/ before the
+    database commits, the finish publishes it into new/ after; MailQueued comes after the
+    response callbacks and before the response goes back to the server (a finished
+    callback); with the SQL outbox the row commits with the application's."""
+    commit_recording = docs_extension("commit_recording")
     seen = [(s.actor, s.call.split(":")[0], ", ".join(s.spool), s.row)
             for s in commit_recording.record_spool_commit()]
     database = "database (zope.sqlalchemy)"
@@ -110,14 +116,22 @@ def test_the_recorded_timeline_is_the_commit_the_docs_describe():
         < order.index(("pyramid_txmail", "tpc_vote")) < order.index((database, "tpc_vote")) \
         < order.index(("the spool", "commit_prepared")) \
         < order.index(("pyramid_txmail", "tpc_finish")) \
-        < order.index(("subscriber", "MailQueued event"))
+        < order.index(("the request (Pyramid)", "response callback")) \
+        < order.index(("subscriber", "MailQueued event")) \
+        == len(order) - 2
+    assert order[:3] == [("view", "INSERT the application's row"),
+                         ("view", "request.mailer.send(message)"), ("view", "the view returns")]
+    assert order[-1] == ("the request (Pyramid)", "the response goes back to the server")
     by_call = {step[:2]: step[2:] for step in seen}
     assert by_call[("the spool", "write_tmp")] == ("tmp/", False)
     assert by_call[("pyramid_txmail", "tpc_vote")] == ("prepared/", False)
     assert by_call[(database, "tpc_vote")] == ("prepared/", True)  # the database's commit
     assert by_call[("the spool", "commit_prepared")] == ("new/", True)
 
-    outbox = {(s.actor, s.call): (", ".join(s.spool), s.row)
-              for s in commit_recording.record_outbox_commit()}
-    assert outbox[("view", "mailer.send(message)")] == ("", False)
+    outbox_steps = commit_recording.record_outbox_commit()
+    outbox = {(s.actor, s.call): (", ".join(s.spool), s.row) for s in outbox_steps}
+    assert outbox[("view", "request.mailer.send(message)")] == ("", False)
+    assert [(s.actor, s.call) for s in outbox_steps][-2:] == [
+        ("subscriber", "MailQueued event"),
+        ("the request (Pyramid)", "the response goes back to the server")]
     assert outbox[(database, "tpc_vote")] == ("outbox row: queued", True)

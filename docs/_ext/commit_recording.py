@@ -1,17 +1,22 @@
-"""The commit timeline, recorded from real transactions while the docs are built.
+"""The commit timeline, recorded from a real Pyramid request while the docs are built.
 
-:func:`record_spool_commit` runs a script's transaction the way a view's runs
-under pyramid_tm: an application row through a zope.sqlalchemy session on a
-SQLite file, and a mail through ``get_mailer(...).send()`` into a real Maildir
-spool, both in a temporary directory.  Every two-phase-commit call that the
-``transaction`` package makes on the two data managers is recorded (by wrapping
-their classes' methods for the duration), and after each one what another
-process could see: which spool directory holds the message, and whether the
-application's row is committed.  :func:`record_outbox_commit` does the same
-with the SQL outbox, where the mail is a row in the same database transaction.
+:func:`record_spool_commit` builds a small Pyramid application -- pyramid_tm,
+pyramid_txmail, a zope.sqlalchemy session on a SQLite file, a Maildir spool, all in a
+temporary directory -- and sends it one request through its WSGI app (the router,
+pyramid_tm's tween, response and finished callbacks).  Its view inserts an
+application row and sends a mail with ``request.mailer.send()``.  Every
+two-phase-commit call that the ``transaction`` package makes on the two data
+managers is recorded (by wrapping their classes' methods for the duration), as are
+the view's steps, the request's response callbacks, the ``MailQueued`` subscriber
+and the moment the WSGI app hands the response back to the server; after each one,
+what another process could see: which spool directory holds the message, and
+whether the application's row is committed.  :func:`record_outbox_commit` does the
+same with the SQL outbox, where the mail is a row in the same database transaction.
 
-The picture is drawn from these steps only, so it shows the order the code
-really follows.
+The picture is drawn from these steps only, so it shows the order the code really
+follows in a request -- ``MailQueued`` included, which a request notifies from a
+finished callback, after pyramid_tm's commit and the response callbacks and
+before the response leaves the application.
 """
 from __future__ import annotations
 
@@ -86,13 +91,13 @@ def _record(settings_for, spool_of):
 
 def _run(here, settings_for, spool_of, steps):
     import sqlalchemy as sa
-    import transaction
     import zope.sqlalchemy
     from pyramid.config import Configurator
+    from pyramid.request import Request
+    from pyramid.response import Response
     from sqlalchemy.orm import sessionmaker
     from zope.sqlalchemy.datamanager import SessionDataManager
 
-    from pyramid_txmail import get_mailer
     from pyramid_txmail.interfaces import IMailQueued
     from pyramid_txmail.mailer.datamanager import MailDataManager
     from pyramid_txmail.queue.maildir.spool import Spool
@@ -123,25 +128,44 @@ def _run(here, settings_for, spool_of, steps):
         steps.append(Step(actor, call, *seen()))
 
     config = Configurator(settings=settings_for(here, url))
+    config.include("pyramid_tm")
     config.include("pyramid_txmail")
-    config.add_subscriber(lambda event: note("subscriber", "MailQueued event"),
-                          IMailQueued)
-    registry = config.registry
-    config.commit()
-    tm = transaction.TransactionManager(explicit=True)
-    session = sessionmaker(bind=engine)()
-    zope.sqlalchemy.register(session, transaction_manager=tm)
+    config.add_subscriber(lambda event: note("subscriber", "MailQueued event"), IMailQueued)
+    sessions = sessionmaker(bind=engine)
+
+    def dbsession(request):  # the usual cookiecutter's request.dbsession
+        session = sessions()
+        zope.sqlalchemy.register(session, transaction_manager=request.tm)
+        request.add_finished_callback(lambda request: session.close())
+        return session
+
+    def signup(request):
+        request.dbsession.execute(users.insert().values(email="ann@example.com"))
+        zope.sqlalchemy.mark_changed(request.dbsession)  # raw SQL: say the session wrote
+        note("view", "INSERT the application's row")
+        request.mailer.send(welcome())
+        note("view", "request.mailer.send(message)")
+        request.add_response_callback(
+            lambda request, response: note("the request (Pyramid)", "response callback"))
+        note("view", "the view returns")
+        return Response("Welcome!")
+
+    config.add_request_method(dbsession, reify=True)
+    config.add_route("signup", "/signup")
+    config.add_view(signup, route_name="signup", request_method="POST")
+    app = config.make_wsgi_app()
+
+    def server(environ, start_response):
+        body = app(environ, start_response)
+        note("the request (Pyramid)", "the response goes back to the server")
+        return body
+
     with recording_calls(MailDataManager, "pyramid_txmail", note), \
             recording_calls(Spool, "the spool", note, SPOOL_CALLS), \
             recording_calls(SessionDataManager, "database (zope.sqlalchemy)", note):
-        with tm:
-            session.execute(users.insert().values(email="ann@example.com"))
-            zope.sqlalchemy.mark_changed(session, tm)  # raw SQL: say the session wrote
-            note("view", "INSERT the application's row")
-            get_mailer(registry, tm, session=session).send(welcome())
-            note("view", "mailer.send(message)")
-    note("view", "the request has returned")
-    session.close()
+        response = Request.blank("/signup", method="POST").get_response(server)
+    if response.status_code != 200:
+        raise RuntimeError(f"the recorded request failed: {response.status}\n{response.text}")
     engine.dispose()
 
 
@@ -154,35 +178,42 @@ def record_spool_commit():
 
 def record_outbox_commit():
     """The steps of a commit with ``mail.queue_url`` (the SQL outbox, in the app's database)."""
-    return _record(lambda here, url: {"mail.queue_url": url, "mail.delivery": "queue"}, lambda here: None)
+    return _record(lambda here, url: {"mail.queue_url": url, "mail.delivery": "queue"},
+                   lambda here: None)
+
+
+#: A colour per participant, for the "who" column (the others: none).
+ACTOR_COLOURS = {"view": "#fff2cc", "pyramid_txmail": "#cfe2f3", "the spool": "#cfe2f3",
+                 "database (zope.sqlalchemy)": "#d9d2e9", "the request (Pyramid)": "#fce5cd",
+                 "subscriber": "#d9ead3"}
 
 
 def _cell(text, header=False, colour=None):
     from html import escape
 
-    inner = f"<B>{escape(text)}</B>" if header else escape(text)
+    inner = "<BR/>".join(escape(line) for line in text.split("\n"))  # a header: two lines
+    inner = f"<B>{inner}</B>" if header else inner
     background = f' BGCOLOR="{colour}"' if colour else ""
     return f'<TD ALIGN="LEFT"{background}>{inner or " "}</TD>'
 
 
 def timeline_dot(steps, name):
-    """A table drawn by graphviz: one row per recorded step, one column per participant."""
-    actors = []
-    for step in steps:
-        if step.actor not in actors:
-            actors.append(step.actor)
-    header = "".join(_cell(h, header=True) for h in ["#"] + actors +
-                     ["mail, as another process sees it", "application's row"])
+    """A table drawn by graphviz: one row per recorded step -- who was called, the
+    call, what another process saw after it.  Five columns, not one per participant:
+    narrow enough to be read at its natural size on a page."""
+    header = "".join(_cell(h, header=True) for h in
+                     ("#", "who", "call", "mail, as another\nprocess sees it",
+                      "application's\nrow"))
     rows = [f"<TR>{header}</TR>"]
     for number, step in enumerate(steps, 1):
-        calls = [_cell(step.call if actor == step.actor else "",
-                       colour="#cfe2f3" if actor == step.actor else None) for actor in actors]
         mail = ", ".join(step.spool) or "nothing yet"
-        rows.append("<TR>" + _cell(str(number)) + "".join(calls) + _cell(mail) +
+        rows.append("<TR>" + _cell(str(number)) +
+                    _cell(step.actor, colour=ACTOR_COLOURS.get(step.actor)) +
+                    _cell(step.call) + _cell(mail) +
                     _cell("committed" if step.row else "not committed",
                           colour="#d9ead3" if step.row else None) + "</TR>")
-    table = ('<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="5">'
+    table = ('<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="4">'
              + "".join(rows) + "</TABLE>")
     return (f"digraph {name}_timeline {{\n"
-            '  node [shape=plaintext, fontname="sans-serif", fontsize=11];\n'
+            '  node [shape=plaintext, fontname="sans-serif", fontsize=12];\n'
             f"  steps [label=<{table}>];\n}}")

@@ -1,8 +1,9 @@
 """The DOT source of a queue's state diagram, from a lifecycle table in the code.
 
-A table is ``(from, to, what moves it)`` rows
+A table is ``(from, to, cause, code)`` rows, one per cause of a move
 (:data:`pyramid_txmail.queue.states.SPOOL_LIFECYCLE`, ``OUTBOX_LIFECYCLE``); every
-state and edge drawn is one of its rows, and nothing else is.
+state and edge drawn comes from its rows, and nothing else does.  A move with
+several causes is one edge whose label lists every one of them (each cause once).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def dot(lifecycle, name):
              'fontname="sans-serif", fontsize=11];',
              '  edge [fontname="sans-serif", fontsize=9, color="#555555"];']
     states = []
-    for source, target, _ in lifecycle:
+    for source, target, *_ in lifecycle:
         for state in (source, target):
             if state not in states:
                 states.append(state)
@@ -39,8 +40,28 @@ def dot(lifecycle, name):
             label += f"\\n({LABELS[state]})"
         colour = COLOURS.get(state, "#ffffff")
         lines.append(f"  {quoted(state)} [label={quoted(label)}, fillcolor={quoted(colour)}];")
-    for source, target, why in lifecycle:
-        label = "\\n".join(textwrap.wrap(why, 24))  # DOT's line break: narrow, taller
+    for (source, target), causes in edges(lifecycle).items():
+        label = "\\n".join(edge_label(causes))  # DOT's line break: narrow, taller
         lines.append(f"  {quoted(source)} -> {quoted(target)} [label={quoted(label)}];")
     lines.append("}")
     return "\n".join(lines)
+
+
+def edges(lifecycle):
+    """``{(from, to): [cause, ...]}`` in the table's order, each cause once."""
+    found = {}
+    for source, target, cause, *_ in lifecycle:
+        causes = found.setdefault((source, target), [])
+        if cause not in causes:
+            causes.append(cause)
+    return found
+
+
+def edge_label(causes):
+    """The label's lines: each cause wrapped to 26 characters, a bullet before each
+    when there are several."""
+    if len(causes) == 1:
+        return textwrap.wrap(causes[0], 26, break_on_hyphens=False)
+    return [line for cause in causes  # txmail-queue, --stale: never split at a hyphen
+            for line in textwrap.wrap(cause, 26, initial_indent="\u2022 ",
+                                      subsequent_indent="  ", break_on_hyphens=False)]

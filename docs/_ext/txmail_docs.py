@@ -14,11 +14,14 @@ the documentation is built, so a page cannot drift from what the package does.
     :data:`pyramid_txmail.queue.states.OUTBOX_LIFECYCLE` (which
     tests/test_queue_lifecycle.py checks against real runs).
 ``txmail-timeline``
-    the two-phase commit of a message, recorded from a real transaction over a
-    real spool in a temporary directory (and over the SQL outbox in a temporary
-    SQLite database) while the documentation is built (:mod:`commit_recording`).
+    the two-phase commit of a message, recorded from a real Pyramid request
+    (pyramid_tm) over a real spool in a temporary directory (and over the SQL
+    outbox in a temporary SQLite database) while the documentation is built
+    (:mod:`commit_recording`).
 """
 from __future__ import annotations
+
+import os
 
 from docutils import nodes
 from docutils.statemachine import StringList
@@ -92,13 +95,15 @@ class InterfacesDirective(SettingsDirective):
         return self.parse_lines(lines)
 
 
-def graph_node(directive, dot, caption):
-    """A ``sphinx.ext.graphviz`` node of ``dot`` (rendered as SVG by its ``dot``)."""
+def graph_node(directive, dot, caption, kind="txmail-diagram"):
+    """A ``sphinx.ext.graphviz`` node of ``dot`` (rendered as SVG by its ``dot``), in a
+    figure of class ``kind``: _ext/static/txmail.css shows it at its natural size,
+    scrolling sideways where the page is narrower, never shrunk to unreadable text."""
     node = graphviz()
     node["code"] = dot
     node["options"] = {"docname": directive.env.docname}
     node["alt"] = caption
-    figure = nodes.figure("", node, classes=["txmail-diagram"])
+    figure = nodes.figure("", node, classes=["txmail-diagram", kind])
     figure += nodes.caption("", caption)
     return figure
 
@@ -111,11 +116,14 @@ class StatesDirective(SphinxDirective):
 
         return [
             graph_node(self, lifecycle_graph.dot(SPOOL_LIFECYCLE, "spool"),
-                       "The Maildir spool: a message's directory as it moves "
-                       "(pyramid_txmail.queue.states.SPOOL_LIFECYCLE)"),
+                       "The Maildir spool: a message's directory as it moves; each arrow "
+                       "lists every cause of that move "
+                       "(pyramid_txmail.queue.states.SPOOL_LIFECYCLE, checked against "
+                       "real runs by tests/test_queue_lifecycle.py)"),
             graph_node(self, lifecycle_graph.dot(OUTBOX_LIFECYCLE, "outbox"),
-                       "The SQL outbox: a row's state column "
-                       "(pyramid_txmail.queue.states.OUTBOX_LIFECYCLE)"),
+                       "The SQL outbox: a row's state column, each arrow with every cause "
+                       "of that move (pyramid_txmail.queue.states.OUTBOX_LIFECYCLE, "
+                       "checked likewise)"),
         ]
 
 
@@ -127,17 +135,25 @@ class TimelineDirective(SphinxDirective):
         outbox_steps = commit_recording.record_outbox_commit()
         return [
             graph_node(self, commit_recording.timeline_dot(spool_steps, "spool"),
-                       "A view's send() and the request's commit, with the Maildir spool, "
-                       "recorded from a real transaction when these docs were built: each "
-                       "row is a call as it returned (so the spool's steps come before the "
-                       "vote and finish they belong to), and what another process saw then"),
+                       "A request whose view inserts a row and calls request.mailer.send(), "
+                       "with the Maildir spool, recorded from a real Pyramid request "
+                       "(pyramid_tm, the router's callbacks) when these docs were built: "
+                       "each row is a call as it returned (so the spool's steps come before "
+                       "the vote and finish they belong to), and what another process saw "
+                       "then. pyramid_tm commits after the view has returned; in a request, "
+                       "MailQueued is notified from a finished callback -- after the "
+                       "response callbacks, before the response goes back to the server",
+                       "txmail-timeline"),
             graph_node(self, commit_recording.timeline_dot(outbox_steps, "outbox"),
-                       "The same with the SQL outbox: one commit of the application's "
-                       "database (recorded likewise, on SQLite)"),
+                       "The same request with the SQL outbox: one commit of the "
+                       "application's database (recorded likewise, on SQLite)",
+                       "txmail-timeline"),
         ]
 
 
 def setup(app):
+    app.config.html_static_path.append(os.path.join(os.path.dirname(__file__), "static"))
+    app.add_css_file("txmail.css")
     app.add_directive("txmail-settings", SettingsDirective)
     app.add_directive("txmail-interfaces", InterfacesDirective)
     app.add_directive("txmail-states", StatesDirective)
