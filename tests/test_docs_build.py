@@ -104,7 +104,8 @@ def test_the_pictures_are_generated_into_the_pages(html):
 def test_the_recorded_timeline_is_the_commit_the_docs_describe():
     """What the timeline picture shows, asserted: in a request, pyramid_tm commits after
     the view returned; our vote writes the message into tmp/ and prepared/ before the
-    database commits, the finish publishes it into new/ after; MailQueued comes after the
+    database commits (prepared/ fsynced: durable before the database's commit), the
+    finish publishes it into new/ after; MailQueued comes after the
     response callbacks and before the response goes back to the server (a finished
     callback); with the SQL outbox the row commits with the application's."""
     commit_recording = docs_extension("commit_recording")
@@ -113,6 +114,7 @@ def test_the_recorded_timeline_is_the_commit_the_docs_describe():
     database = "database (zope.sqlalchemy)"
     order = [step[:2] for step in seen]
     assert order.index(("the spool", "write_tmp")) < order.index(("the spool", "prepare")) \
+        < order.index(("the spool", "settle_prepared")) \
         < order.index(("pyramid_txmail", "tpc_vote")) < order.index((database, "tpc_vote")) \
         < order.index(("the spool", "commit_prepared")) \
         < order.index(("pyramid_txmail", "tpc_finish")) \

@@ -40,6 +40,7 @@ class Step:
 
 #: The spool's steps inside our vote and finish: where the file is after each.
 SPOOL_CALLS = {"write_tmp": "write_tmp: written, fsynced", "prepare": "prepare: renamed",
+               "settle_prepared": "settle_prepared: prepared/ fsynced",
                "commit_prepared": "commit_prepared: renamed, new/ fsynced"}
 
 
