@@ -108,8 +108,8 @@ def _message_id_in(head):
     start = 0 if lowered.startswith(b"message-id") else lowered.find(b"\nmessage-id") + 1
     while start > 0 or (start == 0 and lowered.startswith(b"message-id")):
         found = _MESSAGE_ID_REST.match(head, start + len(b"message-id"))
-        if found:
-            return wire.message_id_value(found.group(1))
+        if found:  # unfolded as wire.message_id_value does (its re.sub, without the regex)
+            return b" ".join(found.group(1).split()).decode("ascii", errors="replace") or None
         start = lowered.find(b"\nmessage-id", start) + 1
         if start == 0:
             return None
