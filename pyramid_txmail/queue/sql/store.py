@@ -253,7 +253,11 @@ def notified(connection):
     (``begin_nested()``, which zope.sqlalchemy uses for the transaction
     manager's savepoints), still active; and not a connection in autocommit,
     where each row commits on its own.  In any other case the row carries
-    the NOTIFY again, which costs a little and is never wrong.
+    the NOTIFY again, which costs a little and is never wrong.  A savepoint
+    made in raw SQL (``SAVEPOINT x`` as text) is not seen: rolling back to it
+    past the first row takes the NOTIFY with it, and the later rows wait for
+    the daemon's next timed pass (``RESCAN_INTERVAL``, 60 s), as the rows of
+    a commit made while no daemon listened do.
     """
     sent = connection.info.get(NOTIFIED)
     if sent is None:
