@@ -104,15 +104,13 @@ def _message_id_in(head):
     multi-line regular expression did at every position), and only the
     candidates are matched.
     """
-    lowered = head.lower()
-    start = 0 if lowered.startswith(b"message-id") else lowered.find(b"\nmessage-id") + 1
-    while start > 0 or (start == 0 and lowered.startswith(b"message-id")):
+    lines = b"\n" + head.lower()  # each header line now starts after a LF
+    start = lines.find(b"\nmessage-id")  # where the name starts in head
+    while start >= 0:
         found = _MESSAGE_ID_REST.match(head, start + len(b"message-id"))
         if found:  # unfolded as wire.message_id_value does (its re.sub, without the regex)
             return b" ".join(found.group(1).split()).decode("ascii", errors="replace") or None
-        start = lowered.find(b"\nmessage-id", start) + 1
-        if start == 0:
-            return None
+        start = lines.find(b"\nmessage-id", start + 1)
     return None
 
 
