@@ -103,7 +103,7 @@ ENQUEUE_GROUPS = (
     ("SQLAlchemy's cache key and compiled-statement lookup", ("_compile_w_cache",)),
     ("the driver and the database (execute, fetch the id)", ("do_execute", "first")),
     ("the message and envelope (Message-ID, 8-bit checks, envelope checks)",
-     ("message_id_of", "check_envelope", "_head_of")),
+     ("message_id_of", "_message_id_in", "check_envelope", "_head_of")),
 )
 
 
@@ -160,9 +160,10 @@ def _enqueue_verdict(rows):
     """What limits ``enqueue()``: its largest measured parts, and what they are for."""
     parts = sorted(rows, key=lambda row: -float(row[1]))[:2]
     return (f"**What limits it**: the largest parts are {parts[0][0]} ({parts[0][1]} us) "
-            f"and {parts[1][0]} ({parts[1][1]} us).  Beyond the application's INSERT, the "
-            "outbox row returns its id (`RETURNING`, with `pg_notify` in it on "
-            "PostgreSQL), so the driver fetches a row and SQLAlchemy builds a result; "
+            f"and {parts[1][0]} ({parts[1][1]} us).  Beyond the application's INSERT, "
+            "on PostgreSQL the outbox row returns its id (`RETURNING`, with the "
+            "transaction's one `pg_notify` in it for its first row), so the driver fetches "
+            "a row and SQLAlchemy builds a result (SQLite's id is the cursor's lastrowid); "
             "enqueue finds the Message-ID in the message, checks the envelope and the "
             "lines' lengths, and encodes the recipients as JSON.  On SQLite, where an "
             "INSERT into a local file costs tens of microseconds, that fixed Python work "

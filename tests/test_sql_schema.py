@@ -113,3 +113,23 @@ def test_claims_use_the_partial_indexes_among_many_settled_rows(pg_url):
     assert "ix_txmail_outbox_deferred" in plans["due"], plans["due"]
     assert "Seq Scan" not in plans["queued"] + plans["due"], plans
     queue.close()
+
+
+def test_the_reap_of_delivered_rows_uses_the_settled_index_on_sqlite(sqlite_url):
+    """SQLite uses a partial index only when the query's own literals imply its WHERE:
+    with the state as a bound parameter, the reap that runs at every pass of the
+    daemon scanned the whole table.  The plan of the statement it really sends."""
+    queue = SQLQueue(sqlite_url, keep_delivered=86400.0)
+    init_db(queue.engine)
+    plans = []
+
+    def explain(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("SELECT txmail_outbox.id") and "settled_at" in statement:
+            plans.append(" ".join(row[3] for row in cursor.connection.execute(
+                "EXPLAIN QUERY PLAN " + statement, parameters)))
+
+    sa.event.listen(queue.engine, "before_cursor_execute", explain)
+    assert queue.reap_delivered() == 0
+    sa.event.remove(queue.engine, "before_cursor_execute", explain)
+    assert plans and "ix_txmail_outbox_settled" in plans[0], plans
+    queue.close()

@@ -8,6 +8,8 @@ or as a Stream read one chunk at a time.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import sqlalchemy as sa
 
 from pyramid_txmail.compose import wire
@@ -146,3 +148,21 @@ def test_lines_fit_across_block_boundaries(data, fits, block):
     from pyramid_txmail.queue.sql.store import lines_fit
 
     assert lines_fit(data, block) is fits
+
+
+_HEADER_PIECES = st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\n", b"a", b" ", b"\t", b":",
+                                  b"Message-ID", b"message-id: <a@b>", b"MESSAGE-ID:",
+                                  b"X-Message-ID: <x@y>", b"<id@x>", b"Message-Id-Foo: 1",
+                                  b"\r\n\t<folded@x>"])
+
+
+@given(st.lists(_HEADER_PIECES, max_size=16).map(b"".join))
+@settings(max_examples=2000, deadline=None)
+def test_enqueues_message_id_lookup_agrees_with_wire(data):
+    """enqueue finds the header block and the Message-ID with bytes.find (faster than
+    the regular expressions); it must find what wire.message_id_of finds."""
+    from pyramid_txmail.queue.sql.store import _head_of, _message_id_in
+
+    head = _head_of(data)
+    assert head == wire._HEADERS_END.split(data, 1)[0]
+    assert _message_id_in(head) == wire.message_id_of(data)

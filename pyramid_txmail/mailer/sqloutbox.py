@@ -222,7 +222,8 @@ class SqlOutbox:
 
         self.finder = settings.queue_session
         self.queue_url = make_url(settings.queue_url)
-        self._seen = set()  # the session databases already compared with queue_url
+        self._seen = {}  # id -> the session engines' URLs already looked at
+        self._databases = set()  # what they name, compared with queue_url once each
 
     def check_database(self, connection):
         """WARN (once per database) when the session writes elsewhere than ``mail.queue_url``.
@@ -233,11 +234,14 @@ class SqlOutbox:
         URL comparison cannot tell from a wrong one.
         """
         url = connection.engine.url
-        key = _shown(url)
-        if key in self._seen:
+        if self._seen.get(id(url)) is url:  # looked at already (URL's hash renders it)
             return
-        self._seen.add(key)
-        if _database_of(url) != _database_of(self.queue_url):
+        self._seen[id(url)] = url  # kept, so that its id names no other URL
+        database = _database_of(url)
+        if database in self._databases:
+            return
+        self._databases.add(database)
+        if database != _database_of(self.queue_url):
             log.warning("%s: the session writes the mail rows to %s, but mail.queue_url is "
                         "%s, which txmail-qp drains: unless both name the same database, "
                         "that mail is never sent; point mail.queue_url at the application's "

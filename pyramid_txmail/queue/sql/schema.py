@@ -58,6 +58,11 @@ def parse_id(text):
     return value if 0 < value <= MAX_ID else None
 
 
+#: The settled rows' index's WHERE (a query that may use that index repeats it: SQLite's
+#: planner does not infer it from ``state = 'delivered'``).
+SETTLED_WHERE = "state IN ('failed', 'delivered')"
+
+
 def _partial(name, *columns, where):
     return sa.Index(name, *columns, postgresql_where=sa.text(where),
                     sqlite_where=sa.text(where))
@@ -89,8 +94,7 @@ outbox = sa.Table(
     _partial("ix_txmail_outbox_queued", "queued_at", "id", where="state = 'queued'"),
     _partial("ix_txmail_outbox_deferred", "next_attempt", where="state = 'deferred'"),
     _partial("ix_txmail_outbox_leases", "lease_until", where="state = 'in_progress'"),
-    _partial("ix_txmail_outbox_settled", "state", "settled_at",
-             where="state IN ('failed', 'delivered')"),
+    _partial("ix_txmail_outbox_settled", "state", "settled_at", where=SETTLED_WHERE),
     sa.Index("ix_txmail_outbox_message_id", "message_id"),
     sqlite_autoincrement=True,  # ids never reused: the poll watcher looks for a newer one
 )

@@ -23,7 +23,8 @@ from .schema import CHUNK, db_epoch, outbox, outbox_chunk
 #: The channel processors LISTEN on.
 CHANNEL = "txmail_outbox"
 
-_HEADERS_END = re.compile(rb"\r?\n\r?\n")
+#: What follows "Message-ID" at the start of a header line (as in wire's own pattern).
+_MESSAGE_ID_REST = re.compile(rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 
 
 def check_envelope(fromaddr, toaddrs):
@@ -31,7 +32,9 @@ def check_envelope(fromaddr, toaddrs):
 
     The envelope is stored as a record of its own, character for character;
     what a database text column cannot hold (a NUL, an unpaired surrogate)
-    is refused here rather than altered.
+    is refused here rather than altered.  The usual envelope (ASCII strs, no
+    NUL) is recognised in one pass over all of it; anything else is looked at
+    address by address, for an error that names the one at fault.
     """
     if not isinstance(fromaddr, str):
         raise ValueError(f"the envelope sender must be a str, not {type(fromaddr).__name__}")
@@ -41,6 +44,10 @@ def check_envelope(fromaddr, toaddrs):
     recipients = list(toaddrs)
     if not recipients:
         raise ValueError("the envelope has no recipient")
+    if all(type(r) is str for r in recipients):
+        together = fromaddr.join(recipients) + fromaddr
+        if together.isascii() and "\0" not in together:
+            return fromaddr, recipients
     for role, address in [("sender", fromaddr)] + [("recipient", r) for r in recipients]:
         if not isinstance(address, str):
             raise ValueError(f"envelope {role} {address!r} is not a str")
@@ -75,8 +82,36 @@ def lines_fit(data, block=CHUNK):
 
 
 def _head_of(data):
-    match = _HEADERS_END.search(data)
-    return data[:match.start()] if match else data
+    """The header block of ``data``: up to its first empty line (``\\r?\\n\\r?\\n``, as
+    :func:`~pyramid_txmail.compose.wire.message_id_of` looks for it), or all of it.
+
+    Found with ``bytes.find``, three times faster than that regular expression
+    (which has no literal to skip ahead to): this runs at every enqueue.
+    """
+    end = len(data)
+    for gap in (b"\n\r\n", b"\n\n"):  # CRLF first: usually the only one to look for
+        found = data.find(gap, 0, end + len(gap))  # only a match that could start before end
+        if found >= 0:
+            end = min(end, found - 1 if found and data[found - 1] == 13 else found)  # CR
+    return data[:end]
+
+
+def _message_id_in(head):
+    """The Message-ID of a header block, as :func:`wire.message_id_of` finds it: the
+    first line that starts with "Message-ID" (any case) followed by a colon.
+
+    A lower-cased copy is searched for the name (what the case-insensitive,
+    multi-line regular expression did at every position), and only the
+    candidates are matched.
+    """
+    lines = b"\n" + head.lower()  # each header line now starts after a LF
+    start = lines.find(b"\nmessage-id")  # where the name starts in head
+    while start >= 0:
+        found = _MESSAGE_ID_REST.match(head, start + len(b"message-id"))
+        if found:  # unfolded as wire.message_id_value does (its re.sub, without the regex)
+            return b" ".join(found.group(1).split()).decode("ascii", errors="replace") or None
+        start = lines.find(b"\nmessage-id", start + 1)
+    return None
 
 
 def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queued",
@@ -90,20 +125,23 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     dead-letter copies.)
     """
     sender, recipients = check_envelope(fromaddr, toaddrs)
-    row = {"state": state, "sender": sender, "recipients": recipients,
-           "attempts": attempts_of(meta)}
-    if meta is not None:  # a new message's NULL needs no JSON encoding
-        row["meta"] = meta
-    notify = connection.dialect.name == "postgresql" and state == "queued"
+    if state == "queued" and meta is None:  # a new message: NEW_ROW writes the constants
+        row = {"sender": sender, "recipients": recipients}
+    else:
+        row = {"state": state, "sender": sender, "recipients": recipients,
+               "attempts": attempts_of(meta), "chunks": 0}
+        if meta is not None:  # a new message's NULL needs no JSON encoding
+            row["meta"] = meta
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
         head = _head_of(data)  # searched for once: the Message-ID is in it
-        row.update(message_id=message_id or wire.message_id_of(head), size=len(data),
+        row.update(message_id=message_id or _message_id_in(head), size=len(data),
                    eightbit=not data.isascii(), head_8bit=not head.isascii(),
                    wire_ready=len(data) <= CHUNK or lines_fit(data))
+        row["body"] = data if len(data) <= CHUNK else None
+        ident = _insert(connection, row)
         if len(data) <= CHUNK:
-            return insert_row(connection, dict(row, body=data, chunks=0), notify)
-        ident = insert_row(connection, dict(row, body=None, chunks=0), notify)
+            return ident
         view = memoryview(data)
         pieces = (view[i:i + CHUNK] for i in range(0, len(data), CHUNK))
         count = write_chunks(connection, ident, pieces)
@@ -118,8 +156,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
     first = next(blocks, b"")
     second = next(blocks, None)
     if second is None:  # it fits in the row
-        return insert_row(connection, dict(row, body=first, size=len(first), chunks=0), notify)
-    ident = insert_row(connection, dict(row, body=None, size=0, chunks=0), notify)
+        return _insert(connection, dict(row, body=first, size=len(first)))
+    ident = _insert(connection, dict(row, body=None, size=0))
     sizes = []
 
     def counted():
@@ -138,9 +176,10 @@ def attempts_of(meta):
 
 
 def insert_statement(settled, notify):
-    """The INSERT of one row: times from the database's clock, the id returned and,
-    with ``notify``, ``pg_notify`` in the same RETURNING (one round trip; it runs
-    once, for the one row).  Built once: an enqueue only binds its values."""
+    """The INSERT of any row (a dead letter's, a copy's): times from the database's
+    clock, the id returned and, with ``notify``, ``pg_notify`` in the same
+    RETURNING (one round trip; it runs once, for the one row).  Built once: an
+    enqueue only binds its values."""
     times = {"queued_at": db_epoch()}
     if settled:  # a dead letter is settled as it is written
         times["settled_at"] = db_epoch()
@@ -153,18 +192,79 @@ INSERTS = {(settled, notify): insert_statement(settled, notify)
 
 
 def insert_row(connection, row, notify):
-    """INSERT ``row`` on ``connection``; its id.
+    """INSERT ``row`` (every column but the times) on ``connection``; its id.
 
     Always ``connection.execute`` of a Core statement built once
-    (:data:`INSERTS`): on the application's connection everything SQLAlchemy
-    promises for it must apply -- its ``schema_translate_map`` (the row and its
-    chunks go to the same schema), the dialect's and engine's events
-    (``handle_error``, ``do_execute``), the disconnect handling that
-    invalidates a dead connection.  A bare DB-API cursor or precompiled text
-    skipped all of them (outside probe of issue 13); SQLAlchemy's compiled
-    cache keeps the construct cheap."""
+    (:data:`INSERTS`, :data:`NEW_ROW`): on the application's connection
+    everything SQLAlchemy promises for it must apply -- its
+    ``schema_translate_map`` (the row and its chunks go to the same schema),
+    the dialect's and engine's events (``handle_error``, ``do_execute``), the
+    disconnect handling that invalidates a dead connection.  A bare DB-API
+    cursor or precompiled text skipped all of them (outside probe of issue
+    13); SQLAlchemy's compiled cache keeps the construct cheap."""
     settled = row["state"] != "queued"
     return connection.execute(INSERTS[settled, notify], row).first()[0]
+
+
+def _literal(sql):
+    return sa.literal_column(sql)
+
+
+#: A new queued message (the application's send): what every new row has in common
+#: is written in the statement, so only the message's own values are bound and
+#: converted.  SQLite returns the id as the cursor's lastrowid (no RETURNING: no
+#: result row to fetch and build); PostgreSQL returns it, and the first row of a
+#: transaction carries the transaction's NOTIFY in the same RETURNING.
+NEW_ROW = outbox.insert().values(state=_literal("'queued'"), attempts=_literal("0"),
+                                 chunks=_literal("0"), queued_at=db_epoch())
+NEW_ROW_ID = NEW_ROW.returning(outbox.c.id)
+NEW_ROW_NOTIFY = NEW_ROW_ID.returning(sa.func.pg_notify(_literal(f"'{CHANNEL}'"),
+                                                        _literal("''")))
+
+#: ``connection.info`` key: the (transaction, savepoint) whose NOTIFY is sent.
+NOTIFIED = "pyramid_txmail.notified"
+
+
+def _insert(connection, row):
+    """INSERT a row of :func:`enqueue`'s; its id."""
+    if "state" in row:  # a dead letter (never announced) or a row with history
+        notify = row["state"] == "queued" and connection.dialect.name == "postgresql"
+        return insert_row(connection, row, notify)
+    if connection.dialect.name != "postgresql":
+        return connection.execute(NEW_ROW, row).lastrowid
+    if notified(connection):
+        return connection.execute(NEW_ROW_ID, row).scalar()
+    ident = connection.execute(NEW_ROW_NOTIFY, row).first()[0]
+    connection.info[NOTIFIED] = (connection.get_transaction(),
+                                 connection.get_nested_transaction())
+    return ident
+
+
+def notified(connection):
+    """Whether the NOTIFY that wakes the daemons is already in this transaction.
+
+    One per transaction is enough: PostgreSQL delivers notifications at the
+    commit (and folds identical ones anyway), so later rows of the same
+    transaction need not carry it.  "The same" is strict, so that no rollback
+    can take the only NOTIFY away from a row that stays: the same
+    SQLAlchemy transaction object, still active, at the same savepoint
+    (``begin_nested()``, which zope.sqlalchemy uses for the transaction
+    manager's savepoints), still active; and not a connection in autocommit,
+    where each row commits on its own.  In any other case the row carries
+    the NOTIFY again, which costs a little and is never wrong.  A savepoint
+    made in raw SQL (``SAVEPOINT x`` as text) is not seen: rolling back to it
+    past the first row takes the NOTIFY with it, and the later rows wait for
+    the daemon's next timed pass (``RESCAN_INTERVAL``, 60 s), as the rows of
+    a commit made while no daemon listened do.
+    """
+    sent = connection.info.get(NOTIFIED)
+    if sent is None:
+        return False
+    root, nested = sent
+    return (root is connection.get_transaction() and root.is_active
+            and nested is connection.get_nested_transaction()
+            and (nested is None or nested.is_active)
+            and getattr(connection.connection.dbapi_connection, "autocommit", True) is False)
 
 
 #: A chunk row, and a large message's chunk count and size once written (built once).
