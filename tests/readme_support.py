@@ -26,13 +26,119 @@ APP_DIR = "/srv/app/"
 VENV_BIN = "/srv/app/.venv/bin/"
 
 
-def local_path(arg, project, bin_dir):
+#: The TCP ports the examples listen on (the relay, the web server), each replaced by a
+#: free one while a document runs: other programs on this machine (the demo, another
+#: run of these tests) may hold them.
+EXAMPLE_PORTS = (8025, 6543)
+
+
+def local_path(line, project, bin_dir):
     """``/srv/app/.venv/bin/txmail-qp`` → this venv's; ``/srv/app/x.ini`` → the project's."""
-    if arg.startswith(VENV_BIN):
-        return str(bin_dir / arg[len(VENV_BIN):])
-    if arg.startswith(APP_DIR):
-        return str(project / arg[len(APP_DIR):])
-    return arg
+    return line.replace(VENV_BIN, f"{bin_dir}/").replace(APP_DIR, f"{project}/")
+
+
+def free_ports():
+    """``{example port: a free port of 127.0.0.1}`` for one document's run."""
+    import socket
+
+    ports = {}
+    for example in EXAMPLE_PORTS:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports[example] = sock.getsockname()[1]
+    return ports
+
+
+def with_ports(text, ports):
+    """``text`` with each example port replaced by its free port (see :data:`EXAMPLE_PORTS`)."""
+    for example, free in ports.items():
+        text = re.sub(rf"(?<![\d.]){example}(?!\d)", str(free), text)
+    return text
+
+
+def without_ports(text, ports):
+    """The real output as the examples say it: each free port read as its example port."""
+    for example, free in ports.items():
+        text = re.sub(rf"(?<![\d.]){free}(?!\d)", str(example), text)
+    return text
+
+
+#: Variables of this test run that a reader's shell does not have: the project
+#: directory is never on the path unless a command says so (``PYTHONPATH=. pserve``).
+_NOT_IN_A_SHELL = ("PYTHONPATH", "PYTHONSAFEPATH", "PYTHONHOME", "VIRTUAL_ENV")
+
+
+def shell_env(bin_dir, installed=None):
+    """The environment of a reader's shell with this venv activated: this process's,
+    without PYTHONPATH and pytest's own variables, the venv's scripts first on PATH.
+    ``installed``: the project directory of an application the chapter's reader has
+    installed (``quick_start_app(installed=True)``), importable as if pip-installed."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in _NOT_IN_A_SHELL and not k.startswith("PYTEST_")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    if installed:
+        env["PYTHONPATH"] = str(installed)
+    return env
+
+
+def listening(port):
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_a_port(ports, proc, what):
+    """Wait until something listens on one of ``ports`` (a background command -- a relay,
+    a server -- has started), or fail when the command exits first."""
+    deadline = time.monotonic() + 60  # a generous bound on start-up, not a measurement
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what}: exited {proc.returncode}"
+        if any(listening(port) for port in ports):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: nothing listens on any of {ports} after 60 s")
+
+
+class Background:
+    """The long-running commands of a document (a relay, ``pserve``), as the reader runs
+    them in another terminal: started in the project directory, stopped (SIGTERM) when
+    the document ends; ``output(i)`` is what the i-th printed so far."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, line, project, env, ports, where):
+        free = [port for port in ports if not listening(port)]
+        log = open(project / f".background-{len(self.procs)}.log", "w+")
+        # PYTHONUNBUFFERED: each line shows at once, as on the reader's terminal
+        proc = subprocess.Popen(["bash", "-c", line], cwd=project,
+                                env=dict(env, PYTHONUNBUFFERED="1"), stdout=log,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc.log = log
+        self.procs.append(proc)
+        try:
+            wait_for_a_port(free, proc, where)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.output(-1)}") from None
+
+    def output(self, index):
+        log = self.procs[index].log
+        log.flush()
+        return pathlib.Path(log.name).read_text()
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # its own session: bash and its command
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            proc.log.close()
+        self.procs = []
 
 
 class _Collect(logging.Handler):
@@ -97,6 +203,7 @@ def check_output(shown, actual, project, where):
 def run_daemon(argv, project, env, started="daemon started"):
     """Run ``txmail-qp ... --daemon`` until it logs that it started, then SIGTERM it."""
     proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE,
+                            start_new_session=True,
                             stderr=subprocess.STDOUT, text=True)
     output = []
     deadline = time.monotonic() + 60  # a generous bound on start-up, not a measurement
@@ -106,7 +213,7 @@ def run_daemon(argv, project, env, started="daemon started"):
             line = proc.stdout.readline()
             output.append(line)
             if started in line:
-                proc.send_signal(signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)
                 break
     else:
         proc.kill()
@@ -137,8 +244,8 @@ def labels(text):
     return [label.lower() for label in found]
 
 
-def helpers(project, document, root):
-    """The namespace a document's python blocks start with.  ``named_block(name)``
+def helpers(project, document, root, namespace):
+    """Fill ``namespace``, the one a document's python blocks start with.  ``named_block(name)``
     reads a block of this document; ``named_block(name, "docs/getting-started.rst")``
     one of another (a chapter's set-up copies the files it builds on)."""
 
@@ -183,16 +290,22 @@ def helpers(project, document, root):
         assert result.returncode == 0 and f"{passed} passed" in result.stdout, \
             result.stdout + result.stderr
 
-    def quick_start_app():
+    def quick_start_app(installed=False):
         """The Quick start's files (docs/getting-started.rst: ``development.ini``,
         ``myapp/__init__.py``) in this project, and its spool, which the app creates
-        when it starts: what a chapter that builds on the Quick start takes as given."""
+        when it starts: what a chapter that builds on the Quick start takes as given.
+        ``installed``: the reader's application is installed in the venv (``pip install
+        -e .``, as a deployed one is), so every console command can import it -- here
+        by the project directory on their PYTHONPATH.  A chapter whose reader has only
+        the files (the quick start itself, testing) does not say so."""
         from pyramid.paster import get_app
 
         chapter = root / "docs" / "getting-started.rst"
         for name in ("development.ini", "myapp/__init__.py"):
             write_file(name, named_block(chapter, name))
         get_app(str(project / "development.ini"))
+        if installed:
+            namespace["_installed"] = project
 
     def relay_received(ini, script=None):
         """Run ``txmail-qp INI`` as the example shows it, with a local relay at its
@@ -223,7 +336,7 @@ def helpers(project, document, root):
         finally:
             logger.removeHandler(handler)
 
-    return {"project": project, "write_file": write_file, "run_pytest": run_pytest,
+    namespace.update({"project": project, "write_file": write_file, "run_pytest": run_pytest,
             "log_lines": log_lines, "spool_messages": spool_messages,
             "relay_received": relay_received, "quick_start_app": quick_start_app,
             "local_relay": local_relay,
@@ -232,7 +345,8 @@ def helpers(project, document, root):
                                                                       message_id),
             "claimed": lambda path, name, message_id: claimed(project, path, name, message_id),
             "named_block": lambda name, other=None: named_block(
-                root / other if other else document, name)}
+                root / other if other else document, name)})
+    return namespace
 
 
 def local_relay(script=None):

@@ -95,9 +95,11 @@ def project_file(example, name=None):
 
 
 def write_named(example):
+    """Write the file a block is; the examples' ports become this run's free ones."""
     path = project_file(example)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(str(example.parsed)))
+    path.write_text(readme_support.with_ports(textwrap.dedent(str(example.parsed)),
+                                              example.namespace["_ports"]))
     return path
 
 
@@ -162,12 +164,31 @@ def commands(text):
             for command, output in shown]
 
 
+#: Console commands shown without their output, and why: what runs until stopped (a
+#: ``--daemon``, a block with ``:class: background``), ``make`` (run as ``make -n``) and
+#: ``pip install`` (its output depends on what the reader's venv has).  Any other command
+#: of a block without ``$ `` must print nothing; one that prints shows its output.
+def output_not_shown(line):
+    words = line.split()
+    return ("--daemon" in words or words[:1] == ["make"] or words[:2] == ["pip", "install"]
+            or words[:4] == ["python", "-m", "pip", "install"])
+
+
 def evaluate_console(example):
+    background = option(example, "class") == "background"
     for line, output in commands(str(example.parsed)):
+        if background:
+            assert output is None, f"{where(example)}: a background command shows no output"
+            start_background(example, line)
+            continue
         result = run_command(example, line)
         if output is not None:
             readme_support.check_output(output, result.stdout, example.namespace["project"],
                                         f"{where(example)}: {line!r}")
+        elif not output_not_shown(line):
+            assert result.stdout == "", (
+                f"{where(example)}: {line!r} prints something; show it (``$ `` and its "
+                f"output) or say why not (see output_not_shown)\n{result.stdout}")
 
 
 def evaluate_crontab(example):
@@ -178,20 +199,40 @@ def evaluate_crontab(example):
         run_command(example, fields[5])
 
 
+def shell_line(example, line):
+    """The command as this machine runs it: ``/srv/app`` is the project directory, the
+    examples' ports are free ones (readme_support.EXAMPLE_PORTS)."""
+    namespace = example.namespace
+    return readme_support.with_ports(
+        readme_support.local_path(line, namespace["project"], BIN), namespace["_ports"])
+
+
+def start_background(example, line):
+    """A command the reader leaves running in another terminal (``:class: background``)."""
+    namespace = example.namespace
+    env = readme_support.shell_env(BIN, namespace.get("_installed"))
+    namespace["_background"].start(shell_line(example, line), namespace["project"], env,
+                                   namespace["_ports"].values(), where(example))
+
+
 def run_command(example, line):
+    """Run ``line`` as the reader's shell does: bash, in the project directory, with this
+    venv activated and nothing else (the project is not on PYTHONPATH unless the line
+    says so).  What it prints on stdout and stderr is its output, as on a terminal."""
     project = example.namespace["project"]
-    argv = [readme_support.local_path(arg, project, BIN)
-            for arg in shlex.split(line, comments=True)]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(project))
-    if argv[0] == "make":
-        result = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, env=env,
+    env = readme_support.shell_env(BIN, example.namespace.get("_installed"))
+    shell = shell_line(example, line)
+    if shell.split()[0] == "make":
+        result = subprocess.run(["make", "-n", *shlex.split(shell, comments=True)[1:]], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)
-    elif "--daemon" in argv:
-        result = readme_support.run_daemon(argv, project, env)
+    elif "--daemon" in shell.split():
+        result = readme_support.run_daemon(["bash", "-c", shell], project, env)
     else:
-        result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
+        result = subprocess.run(["bash", "-c", shell], cwd=project, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 timeout=120)
+        result.stdout = readme_support.without_ports(result.stdout,
+                                                     example.namespace["_ports"])
     assert result.returncode == 0, (f"{where(example)}: {line!r} exited "
                                     f"{result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -229,13 +270,17 @@ class Project:
         os.chdir(self.path)
         sys.path.insert(0, str(self.path))
         document.namespace.clear()
-        document.namespace.update(readme_support.helpers(self.path, pathlib.Path(document.path),
-                                                         ROOT))
+        readme_support.helpers(self.path, pathlib.Path(document.path), ROOT, document.namespace)
         document.namespace["previous_text_block"] = lambda: document.namespace["_text"]
+        document.namespace["_ports"] = readme_support.free_ports()
+        document.namespace["_background"] = background = readme_support.Background()
+        #: what the i-th background command (a relay, pserve) has printed so far
+        document.namespace["background_output"] = background.output
 
     def leave(self):
         if self.document is None:
             return
+        self.document.namespace["_background"].stop()
         os.chdir(self.old_cwd)
         sys.path.remove(str(self.path))
         for name in set(sys.modules) - self.old_modules:
@@ -315,3 +360,34 @@ def test_no_label_twice_in_the_docs():
         for label in readme_support.labels(path.read_text()):
             seen.setdefault(label, []).append(path.name)
     assert {label: where for label, where in seen.items() if len(where) > 1} == {}
+
+
+def bench_figures(results):
+    """The figures README.rst quotes, as bench/RESULTS.md (the last full run) has them."""
+    def find(pattern):
+        match = re.search(pattern, results, re.M)
+        assert match, f"bench/RESULTS.md has no line matching {pattern!r}"
+        return match.groups()
+
+    [txmail_us] = find(r"^\| txmail \| (\d+) \|")
+    [mailer_us] = find(r"^\| pyramid_mailer \| (\d+) \|")
+    [concurrent] = find(r"^\| 8 concurrent requests.*= ([\d.]+x) \|$")
+    [drain] = find(r"^\| drain with default settings.*\| ([\d.]+x) net of start-up")
+    worst_leg, mailer_attachment = find(
+        r"^\| peak memory for a 50 MiB attachment.*worst txmail leg ([\d.]+)x; "
+        r"pyramid_mailer ([\d.]+x)")
+    return {"durable commit": f"the durable commit costs {txmail_us} µs a message",
+            "send_to_queue": f"``send_to_queue`` ({mailer_us} µs)",
+            "concurrent": f"served at {concurrent} pyramid_mailer's rate",
+            "drain": f"{drain} as fast as repoze.sendmail's ``qp``",
+            "attachment": ("adds no measurable memory" if float(worst_leg) < 0.05 else
+                           f"adds {worst_leg}x its size"),
+            "pyramid_mailer attachment": f"peaks at {mailer_attachment} its size"}
+
+
+def test_readme_figures_are_the_benchmarks():
+    """README.rst's figures are bench/RESULTS.md's: a new run that changes one fails here
+    until the README says the new figure (the chapters link to the benchmarks page)."""
+    readme = " ".join(README.read_text().split())
+    figures = bench_figures((ROOT / "bench" / "RESULTS.md").read_text())
+    assert {what: text for what, text in figures.items() if text not in readme} == {}
