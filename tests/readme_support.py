@@ -16,6 +16,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -302,27 +303,40 @@ def helpers(project, document, root, namespace):
 
         chapter = root / "docs" / "getting-started.rst"
         for name in ("development.ini", "myapp/__init__.py"):
-            write_file(name, named_block(chapter, name))
+            write_file(name, with_ports(named_block(chapter, name), namespace["_ports"]))
         get_app(str(project / "development.ini"))
         if installed:
             namespace["_installed"] = project
 
-    def relay_received(ini, script=None):
+    def relay_running():
+        """The relay a chapter's reader already has, at the Quick start's ``mail.host``
+        and ``mail.port`` (8025): aiosmtpd's printing relay, as the README starts it,
+        left running until the document ends; returns the index of its output for
+        ``background_output``."""
+        background = namespace["_background"]
+        background.start(f"python -m aiosmtpd -n -l localhost:{namespace['_ports'][8025]}",
+                         project, shell_env(pathlib.Path(sys.executable).parent),
+                         [namespace["_ports"][8025]], "the relay at mail.port")
+        return len(background.procs) - 1
+
+    def relay_received(ini, script=None, log=None):
         """Run ``txmail-qp INI`` as the example shows it, with a local relay at its
         ``mail.host`` (a copy of the ini beside it that names the relay's port; ``script``
-        its replies, see tests/smtpserver.py); return what the relay received."""
-        import sys
-
+        its replies, see tests/smtpserver.py); return what the relay received.  ``log``:
+        a list that gets what txmail-qp wrote on stderr (its log)."""
         with local_relay(script) as relay:
             copy = project / f"relay-{ini}"
+            text = re.sub(r"^mail\.port = .*\n", "", (project / ini).read_text(), flags=re.M)
             copy.write_text(re.sub(r"^mail\.host = .*$",
                                    f"mail.host = {relay.host}\nmail.port = {relay.port}",
-                                   (project / ini).read_text(), count=1, flags=re.M))
+                                   text, count=1, flags=re.M))
             qp = pathlib.Path(sys.executable).parent / "txmail-qp"
             result = subprocess.run([str(qp), str(copy)], cwd=project, capture_output=True,
                                     text=True, timeout=120,
                                     env=dict(os.environ, PYTHONPATH=str(project)))
             assert result.returncode == 0, result.stdout + result.stderr
+            if log is not None:
+                log.append(result.stderr)
             return list(relay.messages)
 
     @contextlib.contextmanager
@@ -339,10 +353,11 @@ def helpers(project, document, root, namespace):
     namespace.update({"project": project, "write_file": write_file, "run_pytest": run_pytest,
             "log_lines": log_lines, "spool_messages": spool_messages,
             "relay_received": relay_received, "quick_start_app": quick_start_app,
+            "relay_running": relay_running,
             "local_relay": local_relay,
             "memory_request": memory_request,
-            "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
-                                                                      message_id),
+            "dead_letter": lambda path, name, message_id: dead_letter(
+                project, path, name, message_id, relay_received),
             "claimed": lambda path, name, message_id: claimed(project, path, name, message_id),
             "named_block": lambda name, other=None: named_block(
                 root / other if other else document, name)})
@@ -357,25 +372,19 @@ def local_relay(script=None):
     return SMTPServer(script)
 
 
-def dead_letter(project, path, name, message_id):
-    """A dead letter named ``name`` in the spool at ``path``, as ``txmail-qp`` leaves one."""
-    from pyramid_txmail.queue.maildir.queue_state import dead_letter as dead_meta
-    from pyramid_txmail.relay.result import PERMANENT, RecipientResult
+def dead_letter(project, path, name, message_id, relay_received):
+    """A dead letter named ``name`` in the spool at ``path``, made as ``txmail-qp`` makes
+    one: queued (under that name, so that the examples can show it), then refused with a
+    550 by a relay, in a real pass over ``production.ini`` (whose spool ``path`` is)."""
     from pyramid_txmail.queue.maildir.spool import Spool
 
     spool = Spool(str(project / path))
     data = (f"From: site@example.com\nTo: bob@example.org\nSubject: Welcome\n"
             f"Message-ID: {message_id}\n\nHello\n").encode()
-    refused = [RecipientResult("bob@example.org", PERMANENT, 550, "5.1.1 no such user")]
-    now = time.time()
-    attempt = {"attempt": 1, "time": now, "results": [r.as_dict() for r in refused]}
-    entry = spool.dead_letter_copy("site@example.com", ["bob@example.org"], data, dead_meta(
-        {"queued_at": now, "attempts": 1, "first_attempt": now, "last_attempt": now,
-         "history": [attempt]}, message_id, refused,
-        "permanent failure: bob@example.org: 550 5.1.1 no such user", now, None))
-    failed, meta = pathlib.Path(spool.path, "failed"), pathlib.Path(spool.path, "meta")
-    os.rename(failed / entry.name, failed / name)
-    os.rename(meta / (entry.name + ".json"), meta / (name + ".json"))
+    tmp = spool.write_tmp("site@example.com", ["bob@example.org"], data)
+    os.rename(pathlib.Path(spool.path, "tmp", tmp), pathlib.Path(spool.path, "new", name))
+    assert relay_received("production.ini", {"rcpt": "550 5.1.1 no such user"}) == []
+    assert pathlib.Path(spool.path, "failed", name).exists()
 
 
 def claimed(project, path, name, message_id):

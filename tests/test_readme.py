@@ -185,7 +185,7 @@ def evaluate_console(example):
         if output is not None:
             readme_support.check_output(output, result.stdout, example.namespace["project"],
                                         f"{where(example)}: {line!r}")
-        elif not output_not_shown(line):
+        elif not output_not_shown(line):  # shown with no output: it prints none
             assert result.stdout == "", (
                 f"{where(example)}: {line!r} prints something; show it (``$ `` and its "
                 f"output) or say why not (see output_not_shown)\n{result.stdout}")
