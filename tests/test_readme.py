@@ -391,3 +391,11 @@ def test_readme_figures_are_the_benchmarks():
     readme = " ".join(README.read_text().split())
     figures = bench_figures((ROOT / "bench" / "RESULTS.md").read_text())
     assert {what: text for what, text in figures.items() if text not in readme} == {}
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=document_id)
+def test_extras_are_quoted(path):
+    """``pip install pyramid_txmail[toolbar]`` unquoted is a glob to zsh ("no matches
+    found"): every extras spec the documents show is in quotes."""
+    unquoted = re.findall(r"pip install (?:-\S+ )*([^'\"\s`]+\[[^\]]*\])", path.read_text())
+    assert unquoted == []
