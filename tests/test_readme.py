@@ -3,9 +3,9 @@
 
 Each document runs on its own: its own namespace, its own project directory, in
 any order and alone (``pytest tests/test_readme.py -k queues`` runs
-docs/queues.rst, ``-k frontpage`` README.rst; a test id is ``STEM-lineN``).  So a chapter carries, in
-invisible blocks, the set-up it needs (e.g. the Quick start's files, copied from
-docs/getting-started.rst with ``named_block``).
+docs/queues.rst, ``-k frontpage`` README.rst; a test id is ``STEM-lineN``).  So a chapter
+carries, in invisible blocks, the set-up it needs (e.g. the Quick start's files, copied
+from docs/getting-started.rst with ``named_block``).
 
 Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 
@@ -25,23 +25,35 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 ``jinja``
     written to the file its ``:name:`` names (the templates the python blocks render).
 ``console``
-    each command (after ``$ `` when the block shows output) runs in the project
-    directory with this venv's scripts and must exit 0.  The lines shown after a
-    ``$ `` command are its output: the real output must match them (doctest's
-    ``ELLIPSIS`` -- ``...`` stands for what changes from run to run, such as an age
-    -- and ``NORMALIZE_WHITESPACE``, so a long line may be wrapped; the project
-    directory reads as ``/srv/app``).  ``make TARGET`` runs as
-    ``make -n TARGET`` in the repository (running it is what this suite is);
-    ``txmail-qp ... --daemon`` runs until it logs that it started, then gets SIGTERM
-    and must exit 0.  ``/srv/app/`` -- where the examples install the app -- is
-    the project directory, ``/srv/app/.venv/bin/`` this venv's scripts.
+    each command (after ``$ `` when the block shows output) runs as the reader's
+    shell runs it (issue 16): ``bash -c`` in the project directory, this venv's
+    scripts first on PATH, and nothing of this test run's environment -- the project
+    directory is NOT on PYTHONPATH unless the command says so (``PYTHONPATH=. pserve
+    development.ini``) or the chapter's reader has their app installed
+    (``quick_start_app(installed=True)``); it must exit 0.  What it prints (stdout
+    and stderr, as on a terminal) is its output, and the lines shown after a ``$ ``
+    command must match it (doctest's ``ELLIPSIS`` -- ``...`` stands for what changes
+    from run to run, such as an age -- and ``NORMALIZE_WHITESPACE``, so a long line
+    may be wrapped; the project directory reads as ``/srv/app``).  A command shown
+    without output must print nothing, unless ``output_not_shown`` says why:
+    ``make TARGET`` runs as ``make -n TARGET`` in the repository (running it is what
+    this suite is); ``txmail-qp ... --daemon`` runs until it logs that it started,
+    then gets SIGTERM and must exit 0; ``pip install`` prints what the venv has.  A
+    block with ``:class: background`` is what the reader leaves running in another
+    terminal (a relay, ``pserve``): started, waited for until it listens, stopped
+    when the document ends; ``background_output(i)`` is what it printed.  The
+    examples' ports (8025, 6543) are free ones here, in commands and ini files alike.
+    ``/srv/app/`` -- where the examples install the app -- is the project
+    directory, ``/srv/app/.venv/bin/`` this venv's scripts.
 ``text``
     output and listings: nothing to run (an invisible block after one may compare
     it with what the code says).  One with ``:class: crontab`` is a crontab line:
     the five time fields are checked and the command runs as above.
 
-``.. invisible-code-block: python`` blocks (not rendered) set up what an example
-takes as given (a ``request``, a ``registry``) and check what it did.  The project
+``.. invisible-code-block: python`` blocks (not rendered) provide what the reader
+already has (a ``request``, a ``registry``, a relay, an installed app) and check what an
+example did; they never perform a step the reader needs (creating a directory or a
+table, running a command, sending the mail): that is a visible example.  The project
 directory is a fresh temporary directory, the working directory while the
 examples run.  A literal block (``::``) or a language without an evaluator fails
 ``test_every_example_has_a_runner``: nothing in the documentation goes unchecked.
@@ -223,8 +235,9 @@ def run_command(example, line):
     env = readme_support.shell_env(BIN, example.namespace.get("_installed"))
     shell = shell_line(example, line)
     if shell.split()[0] == "make":
-        result = subprocess.run(["make", "-n", *shlex.split(shell, comments=True)[1:]], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=60)
+        make = ["make", "-n", *shlex.split(shell, comments=True)[1:]]
+        result = subprocess.run(make, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
     elif "--daemon" in shell.split():
         result = readme_support.run_daemon(["bash", "-c", shell], project, env)
     else:
