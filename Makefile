@@ -138,10 +138,15 @@ endef
 
 # The documentation: `make docs` builds docs/ into docs/_build/html with warnings as
 # errors (tests/test_docs_build.py runs the same build in `make test`).  Its pictures need
-# graphviz's `dot` (Debian's graphviz), installed with apt only when it is missing.
+# graphviz's `dot` (Debian's graphviz), installed with apt only when it is missing; where
+# there is no apt-get it stops and says to install graphviz with the system's package manager.
 GRAPHVIZ_PACKAGES := graphviz
 .PHONY: graphviz docs
 graphviz:
+	@command -v dot >/dev/null || command -v apt-get >/dev/null || { \
+	  echo "make docs: install graphviz (the \`dot\` command) with your package manager" \
+	       "(apt-get/dnf/zypper/apk install graphviz, brew install graphviz): its diagrams need it" >&2; \
+	  exit 1; }
 	$(call apt_when_missing,dot,$(GRAPHVIZ_PACKAGES),(dot) for the documentation's diagrams)
 
 docs: install graphviz

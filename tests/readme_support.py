@@ -16,6 +16,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -26,13 +27,119 @@ APP_DIR = "/srv/app/"
 VENV_BIN = "/srv/app/.venv/bin/"
 
 
-def local_path(arg, project, bin_dir):
+#: The TCP ports the examples listen on (the relay, the web server), each replaced by a
+#: free one while a document runs: other programs on this machine (the demo, another
+#: run of these tests) may hold them.
+EXAMPLE_PORTS = (8025, 6543)
+
+
+def local_path(line, project, bin_dir):
     """``/srv/app/.venv/bin/txmail-qp`` → this venv's; ``/srv/app/x.ini`` → the project's."""
-    if arg.startswith(VENV_BIN):
-        return str(bin_dir / arg[len(VENV_BIN):])
-    if arg.startswith(APP_DIR):
-        return str(project / arg[len(APP_DIR):])
-    return arg
+    return line.replace(VENV_BIN, f"{bin_dir}/").replace(APP_DIR, f"{project}/")
+
+
+def free_ports():
+    """``{example port: a free port of 127.0.0.1}`` for one document's run."""
+    import socket
+
+    ports = {}
+    for example in EXAMPLE_PORTS:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports[example] = sock.getsockname()[1]
+    return ports
+
+
+def with_ports(text, ports):
+    """``text`` with each example port replaced by its free port (see :data:`EXAMPLE_PORTS`)."""
+    for example, free in ports.items():
+        text = re.sub(rf"(?<![\d.]){example}(?!\d)", str(free), text)
+    return text
+
+
+def without_ports(text, ports):
+    """The real output as the examples say it: each free port read as its example port."""
+    for example, free in ports.items():
+        text = re.sub(rf"(?<![\d.]){free}(?!\d)", str(example), text)
+    return text
+
+
+#: Variables of this test run that a reader's shell does not have: the project
+#: directory is never on the path unless a command says so (``PYTHONPATH=. pserve``).
+_NOT_IN_A_SHELL = ("PYTHONPATH", "PYTHONSAFEPATH", "PYTHONHOME", "VIRTUAL_ENV")
+
+
+def shell_env(bin_dir, installed=None):
+    """The environment of a reader's shell with this venv activated: this process's,
+    without PYTHONPATH and pytest's own variables, the venv's scripts first on PATH.
+    ``installed``: the project directory of an application the chapter's reader has
+    installed (``quick_start_app(installed=True)``), importable as if pip-installed."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in _NOT_IN_A_SHELL and not k.startswith("PYTEST_")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(bin_dir.parent)
+    if installed:
+        env["PYTHONPATH"] = str(installed)
+    return env
+
+
+def listening(port):
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_a_port(ports, proc, what):
+    """Wait until something listens on one of ``ports`` (a background command -- a relay,
+    a server -- has started), or fail when the command exits first."""
+    deadline = time.monotonic() + 60  # a generous bound on start-up, not a measurement
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what}: exited {proc.returncode}"
+        if any(listening(port) for port in ports):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: nothing listens on any of {ports} after 60 s")
+
+
+class Background:
+    """The long-running commands of a document (a relay, ``pserve``), as the reader runs
+    them in another terminal: started in the project directory, stopped (SIGTERM) when
+    the document ends; ``output(i)`` is what the i-th printed so far."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, line, project, env, ports, where):
+        free = [port for port in ports if not listening(port)]
+        log = open(project / f".background-{len(self.procs)}.log", "w+")
+        # PYTHONUNBUFFERED: each line shows at once, as on the reader's terminal
+        proc = subprocess.Popen(["bash", "-c", line], cwd=project,
+                                env=dict(env, PYTHONUNBUFFERED="1"), stdout=log,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc.log = log
+        self.procs.append(proc)
+        try:
+            wait_for_a_port(free, proc, where)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.output(-1)}") from None
+
+    def output(self, index):
+        log = self.procs[index].log
+        log.flush()
+        return pathlib.Path(log.name).read_text()
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)  # its own session: bash and its command
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            proc.log.close()
+        self.procs = []
 
 
 class _Collect(logging.Handler):
@@ -45,11 +152,12 @@ class _Collect(logging.Handler):
 
 
 def check_mail_settings(section, where):
-    """The ``mail.*`` keys of an ini section parse, with no warning (no unknown key)."""
+    """The ``mail.*`` keys of an ini section parse, with no warning of pyramid_txmail
+    (no unknown key, no unsafe value)."""
     if not any(k.startswith("mail.") for k in section):
         return
     handler = _Collect()
-    logger = logging.getLogger("pyramid_txmail.settings")
+    logger = logging.getLogger("pyramid_txmail")
     logger.addHandler(handler)
     try:
         parse_settings({k: v for k, v in section.items() if k != "here"})
@@ -59,14 +167,22 @@ def check_mail_settings(section, where):
 
 
 def check_includes(section, where):
-    """An app configured with these settings (``pyramid.includes`` and all) starts."""
+    """An app configured with these settings (``pyramid.includes`` and all) starts, and
+    pyramid_txmail logs no warning while it does (a snippet the reader copies must not
+    greet them with one: a missing ``mail.delivery``, an unsafe combination...)."""
     from pyramid.config import Configurator
 
     settings = {k: v for k, v in section.items() if k != "here"}
+    handler = _Collect()
+    logger = logging.getLogger("pyramid_txmail")
+    logger.addHandler(handler)
     try:
         Configurator(settings=settings).make_wsgi_app()
     except Exception as exc:
         raise AssertionError(f"{where}: the app does not start: {exc!r}") from exc
+    finally:
+        logger.removeHandler(handler)
+    assert handler.records == [], f"{where}: pyramid_txmail warns: {handler.records}"
 
 
 def check_postfix_main_cf(text, postconf):
@@ -97,6 +213,7 @@ def check_output(shown, actual, project, where):
 def run_daemon(argv, project, env, started="daemon started"):
     """Run ``txmail-qp ... --daemon`` until it logs that it started, then SIGTERM it."""
     proc = subprocess.Popen(argv, cwd=project, env=env, stdout=subprocess.PIPE,
+                            start_new_session=True,
                             stderr=subprocess.STDOUT, text=True)
     output = []
     deadline = time.monotonic() + 60  # a generous bound on start-up, not a measurement
@@ -106,7 +223,7 @@ def run_daemon(argv, project, env, started="daemon started"):
             line = proc.stdout.readline()
             output.append(line)
             if started in line:
-                proc.send_signal(signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)
                 break
     else:
         proc.kill()
@@ -137,8 +254,8 @@ def labels(text):
     return [label.lower() for label in found]
 
 
-def helpers(project, document, root):
-    """The namespace a document's python blocks start with.  ``named_block(name)``
+def helpers(project, document, root, namespace):
+    """Fill ``namespace``, the one a document's python blocks start with.  ``named_block(name)``
     reads a block of this document; ``named_block(name, "docs/getting-started.rst")``
     one of another (a chapter's set-up copies the files it builds on)."""
 
@@ -173,43 +290,52 @@ def helpers(project, document, root):
         request.tm.begin()
         return request, outbox
 
-    def run_pytest(path, passed):
-        """Run the test file ``path`` of the project with pytest, in a subprocess."""
-        import sys
-
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                 path], cwd=project, capture_output=True, text=True, timeout=300,
-                                env=dict(os.environ, PYTHONPATH=str(project)))
-        assert result.returncode == 0 and f"{passed} passed" in result.stdout, \
-            result.stdout + result.stderr
-
-    def quick_start_app():
+    def quick_start_app(installed=False):
         """The Quick start's files (docs/getting-started.rst: ``development.ini``,
         ``myapp/__init__.py``) in this project, and its spool, which the app creates
-        when it starts: what a chapter that builds on the Quick start takes as given."""
+        when it starts: what a chapter that builds on the Quick start takes as given.
+        ``installed``: the reader's application is installed in the venv (``pip install
+        -e .``, as a deployed one is), so every console command can import it -- here
+        by the project directory on their PYTHONPATH.  A chapter whose reader has only
+        the files (the quick start itself, testing) does not say so."""
         from pyramid.paster import get_app
 
         chapter = root / "docs" / "getting-started.rst"
         for name in ("development.ini", "myapp/__init__.py"):
-            write_file(name, named_block(chapter, name))
+            write_file(name, with_ports(named_block(chapter, name), namespace["_ports"]))
         get_app(str(project / "development.ini"))
+        if installed:
+            namespace["_installed"] = project
 
-    def relay_received(ini, script=None):
+    def relay_running():
+        """The relay a chapter's reader already has, at the Quick start's ``mail.host``
+        and ``mail.port`` (8025): aiosmtpd's printing relay, as the README starts it,
+        left running until the document ends; returns the index of its output for
+        ``background_output``."""
+        background = namespace["_background"]
+        background.start(f"python -m aiosmtpd -n -l localhost:{namespace['_ports'][8025]}",
+                         project, shell_env(pathlib.Path(sys.executable).parent),
+                         [namespace["_ports"][8025]], "the relay at mail.port")
+        return len(background.procs) - 1
+
+    def relay_received(ini, script=None, log=None):
         """Run ``txmail-qp INI`` as the example shows it, with a local relay at its
         ``mail.host`` (a copy of the ini beside it that names the relay's port; ``script``
-        its replies, see tests/smtpserver.py); return what the relay received."""
-        import sys
-
+        its replies, see tests/smtpserver.py); return what the relay received.  ``log``:
+        a list that gets what txmail-qp wrote on stderr (its log)."""
         with local_relay(script) as relay:
             copy = project / f"relay-{ini}"
+            text = re.sub(r"^mail\.port = .*\n", "", (project / ini).read_text(), flags=re.M)
             copy.write_text(re.sub(r"^mail\.host = .*$",
                                    f"mail.host = {relay.host}\nmail.port = {relay.port}",
-                                   (project / ini).read_text(), count=1, flags=re.M))
+                                   text, count=1, flags=re.M))
             qp = pathlib.Path(sys.executable).parent / "txmail-qp"
             result = subprocess.run([str(qp), str(copy)], cwd=project, capture_output=True,
                                     text=True, timeout=120,
                                     env=dict(os.environ, PYTHONPATH=str(project)))
             assert result.returncode == 0, result.stdout + result.stderr
+            if log is not None:
+                log.append(result.stderr)
             return list(relay.messages)
 
     @contextlib.contextmanager
@@ -223,16 +349,18 @@ def helpers(project, document, root):
         finally:
             logger.removeHandler(handler)
 
-    return {"project": project, "write_file": write_file, "run_pytest": run_pytest,
+    namespace.update({"project": project, "write_file": write_file,
             "log_lines": log_lines, "spool_messages": spool_messages,
             "relay_received": relay_received, "quick_start_app": quick_start_app,
+            "relay_running": relay_running,
             "local_relay": local_relay,
             "memory_request": memory_request,
-            "dead_letter": lambda path, name, message_id: dead_letter(project, path, name,
-                                                                      message_id),
+            "dead_letter": lambda path, name, message_id: dead_letter(
+                project, path, name, message_id, relay_received),
             "claimed": lambda path, name, message_id: claimed(project, path, name, message_id),
             "named_block": lambda name, other=None: named_block(
-                root / other if other else document, name)}
+                root / other if other else document, name)})
+    return namespace
 
 
 def local_relay(script=None):
@@ -243,25 +371,19 @@ def local_relay(script=None):
     return SMTPServer(script)
 
 
-def dead_letter(project, path, name, message_id):
-    """A dead letter named ``name`` in the spool at ``path``, as ``txmail-qp`` leaves one."""
-    from pyramid_txmail.queue.maildir.queue_state import dead_letter as dead_meta
-    from pyramid_txmail.relay.result import PERMANENT, RecipientResult
+def dead_letter(project, path, name, message_id, relay_received):
+    """A dead letter named ``name`` in the spool at ``path``, made as ``txmail-qp`` makes
+    one: queued (under that name, so that the examples can show it), then refused with a
+    550 by a relay, in a real pass over ``production.ini`` (whose spool ``path`` is)."""
     from pyramid_txmail.queue.maildir.spool import Spool
 
     spool = Spool(str(project / path))
     data = (f"From: site@example.com\nTo: bob@example.org\nSubject: Welcome\n"
             f"Message-ID: {message_id}\n\nHello\n").encode()
-    refused = [RecipientResult("bob@example.org", PERMANENT, 550, "5.1.1 no such user")]
-    now = time.time()
-    attempt = {"attempt": 1, "time": now, "results": [r.as_dict() for r in refused]}
-    entry = spool.dead_letter_copy("site@example.com", ["bob@example.org"], data, dead_meta(
-        {"queued_at": now, "attempts": 1, "first_attempt": now, "last_attempt": now,
-         "history": [attempt]}, message_id, refused,
-        "permanent failure: bob@example.org: 550 5.1.1 no such user", now, None))
-    failed, meta = pathlib.Path(spool.path, "failed"), pathlib.Path(spool.path, "meta")
-    os.rename(failed / entry.name, failed / name)
-    os.rename(meta / (entry.name + ".json"), meta / (name + ".json"))
+    tmp = spool.write_tmp("site@example.com", ["bob@example.org"], data)
+    os.rename(pathlib.Path(spool.path, "tmp", tmp), pathlib.Path(spool.path, "new", name))
+    assert relay_received("production.ini", {"rcpt": "550 5.1.1 no such user"}) == []
+    assert pathlib.Path(spool.path, "failed", name).exists()
 
 
 def claimed(project, path, name, message_id):

@@ -3,9 +3,9 @@
 
 Each document runs on its own: its own namespace, its own project directory, in
 any order and alone (``pytest tests/test_readme.py -k queues`` runs
-docs/queues.rst, ``-k frontpage`` README.rst; a test id is ``STEM-lineN``).  So a chapter carries, in
-invisible blocks, the set-up it needs (e.g. the Quick start's files, copied from
-docs/getting-started.rst with ``named_block``).
+docs/queues.rst, ``-k frontpage`` README.rst; a test id is ``STEM-lineN``).  So a chapter
+carries, in invisible blocks, the set-up it needs (e.g. the Quick start's files, copied
+from docs/getting-started.rst with ``named_block``).
 
 Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 
@@ -25,23 +25,35 @@ Sybil finds the examples; each ``.. code-block::`` language has its evaluator:
 ``jinja``
     written to the file its ``:name:`` names (the templates the python blocks render).
 ``console``
-    each command (after ``$ `` when the block shows output) runs in the project
-    directory with this venv's scripts and must exit 0.  The lines shown after a
-    ``$ `` command are its output: the real output must match them (doctest's
-    ``ELLIPSIS`` -- ``...`` stands for what changes from run to run, such as an age
-    -- and ``NORMALIZE_WHITESPACE``, so a long line may be wrapped; the project
-    directory reads as ``/srv/app``).  ``make TARGET`` runs as
-    ``make -n TARGET`` in the repository (running it is what this suite is);
-    ``txmail-qp ... --daemon`` runs until it logs that it started, then gets SIGTERM
-    and must exit 0.  ``/srv/app/`` -- where the examples install the app -- is
-    the project directory, ``/srv/app/.venv/bin/`` this venv's scripts.
+    each command (after ``$ `` when the block shows output) runs as the reader's
+    shell runs it (issue 16): ``bash -c`` in the project directory, this venv's
+    scripts first on PATH, and nothing of this test run's environment -- the project
+    directory is NOT on PYTHONPATH unless the command says so (``PYTHONPATH=. pserve
+    development.ini``) or the chapter's reader has their app installed
+    (``quick_start_app(installed=True)``); it must exit 0.  What it prints (stdout
+    and stderr, as on a terminal) is its output, and the lines shown after a ``$ ``
+    command must match it (doctest's ``ELLIPSIS`` -- ``...`` stands for what changes
+    from run to run, such as an age -- and ``NORMALIZE_WHITESPACE``, so a long line
+    may be wrapped; the project directory reads as ``/srv/app``).  A command shown
+    without output must print nothing, unless ``output_not_shown`` says why:
+    ``make TARGET`` runs as ``make -n TARGET`` in the repository (running it is what
+    this suite is); ``txmail-qp ... --daemon`` runs until it logs that it started,
+    then gets SIGTERM and must exit 0; ``pip install`` prints what the venv has.  A
+    block with ``:class: background`` is what the reader leaves running in another
+    terminal (a relay, ``pserve``): started, waited for until it listens, stopped
+    when the document ends; ``background_output(i)`` is what it printed.  The
+    examples' ports (8025, 6543) are free ones here, in commands and ini files alike.
+    ``/srv/app/`` -- where the examples install the app -- is the project
+    directory, ``/srv/app/.venv/bin/`` this venv's scripts.
 ``text``
     output and listings: nothing to run (an invisible block after one may compare
     it with what the code says).  One with ``:class: crontab`` is a crontab line:
     the five time fields are checked and the command runs as above.
 
-``.. invisible-code-block: python`` blocks (not rendered) set up what an example
-takes as given (a ``request``, a ``registry``) and check what it did.  The project
+``.. invisible-code-block: python`` blocks (not rendered) provide what the reader
+already has (a ``request``, a ``registry``, a relay, an installed app) and check what an
+example did; they never perform a step the reader needs (creating a directory or a
+table, running a command, sending the mail): that is a visible example.  The project
 directory is a fresh temporary directory, the working directory while the
 examples run.  A literal block (``::``) or a language without an evaluator fails
 ``test_every_example_has_a_runner``: nothing in the documentation goes unchecked.
@@ -95,9 +107,11 @@ def project_file(example, name=None):
 
 
 def write_named(example):
+    """Write the file a block is; the examples' ports become this run's free ones."""
     path = project_file(example)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(str(example.parsed)))
+    path.write_text(readme_support.with_ports(textwrap.dedent(str(example.parsed)),
+                                              example.namespace["_ports"]))
     return path
 
 
@@ -162,12 +176,31 @@ def commands(text):
             for command, output in shown]
 
 
+#: Console commands shown without their output, and why: what runs until stopped (a
+#: ``--daemon``, a block with ``:class: background``), ``make`` (run as ``make -n``) and
+#: ``pip install`` (its output depends on what the reader's venv has).  Any other command
+#: of a block without ``$ `` must print nothing; one that prints shows its output.
+def output_not_shown(line):
+    words = line.split()
+    return ("--daemon" in words or words[:1] == ["make"] or words[:2] == ["pip", "install"]
+            or words[:4] == ["python", "-m", "pip", "install"])
+
+
 def evaluate_console(example):
+    background = option(example, "class") == "background"
     for line, output in commands(str(example.parsed)):
+        if background:
+            assert output is None, f"{where(example)}: a background command shows no output"
+            start_background(example, line)
+            continue
         result = run_command(example, line)
         if output is not None:
             readme_support.check_output(output, result.stdout, example.namespace["project"],
                                         f"{where(example)}: {line!r}")
+        elif not output_not_shown(line):  # shown with no output: it prints none
+            assert result.stdout == "", (
+                f"{where(example)}: {line!r} prints something; show it (``$ `` and its "
+                f"output) or say why not (see output_not_shown)\n{result.stdout}")
 
 
 def evaluate_crontab(example):
@@ -178,20 +211,41 @@ def evaluate_crontab(example):
         run_command(example, fields[5])
 
 
+def shell_line(example, line):
+    """The command as this machine runs it: ``/srv/app`` is the project directory, the
+    examples' ports are free ones (readme_support.EXAMPLE_PORTS)."""
+    namespace = example.namespace
+    return readme_support.with_ports(
+        readme_support.local_path(line, namespace["project"], BIN), namespace["_ports"])
+
+
+def start_background(example, line):
+    """A command the reader leaves running in another terminal (``:class: background``)."""
+    namespace = example.namespace
+    env = readme_support.shell_env(BIN, namespace.get("_installed"))
+    namespace["_background"].start(shell_line(example, line), namespace["project"], env,
+                                   namespace["_ports"].values(), where(example))
+
+
 def run_command(example, line):
+    """Run ``line`` as the reader's shell does: bash, in the project directory, with this
+    venv activated and nothing else (the project is not on PYTHONPATH unless the line
+    says so).  What it prints on stdout and stderr is its output, as on a terminal."""
     project = example.namespace["project"]
-    argv = [readme_support.local_path(arg, project, BIN)
-            for arg in shlex.split(line, comments=True)]
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=str(project))
-    if argv[0] == "make":
-        result = subprocess.run(["make", "-n", *argv[1:]], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=60)
-    elif "--daemon" in argv:
-        result = readme_support.run_daemon(argv, project, env)
+    env = readme_support.shell_env(BIN, example.namespace.get("_installed"))
+    shell = shell_line(example, line)
+    if shell.split()[0] == "make":
+        make = ["make", "-n", *shlex.split(shell, comments=True)[1:]]
+        result = subprocess.run(make, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
+    elif "--daemon" in shell.split():
+        result = readme_support.run_daemon(["bash", "-c", shell], project, env)
     else:
-        result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
+        result = subprocess.run(["bash", "-c", shell], cwd=project, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 timeout=120)
+        result.stdout = readme_support.without_ports(result.stdout,
+                                                     example.namespace["_ports"])
     assert result.returncode == 0, (f"{where(example)}: {line!r} exited "
                                     f"{result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -229,13 +283,17 @@ class Project:
         os.chdir(self.path)
         sys.path.insert(0, str(self.path))
         document.namespace.clear()
-        document.namespace.update(readme_support.helpers(self.path, pathlib.Path(document.path),
-                                                         ROOT))
+        readme_support.helpers(self.path, pathlib.Path(document.path), ROOT, document.namespace)
         document.namespace["previous_text_block"] = lambda: document.namespace["_text"]
+        document.namespace["_ports"] = readme_support.free_ports()
+        document.namespace["_background"] = background = readme_support.Background()
+        #: what the i-th background command (a relay, pserve) has printed so far
+        document.namespace["background_output"] = background.output
 
     def leave(self):
         if self.document is None:
             return
+        self.document.namespace["_background"].stop()
         os.chdir(self.old_cwd)
         sys.path.remove(str(self.path))
         for name in set(sys.modules) - self.old_modules:
@@ -315,3 +373,42 @@ def test_no_label_twice_in_the_docs():
         for label in readme_support.labels(path.read_text()):
             seen.setdefault(label, []).append(path.name)
     assert {label: where for label, where in seen.items() if len(where) > 1} == {}
+
+
+def bench_figures(results):
+    """The figures README.rst quotes, as bench/RESULTS.md (the last full run) has them."""
+    def find(pattern):
+        match = re.search(pattern, results, re.M)
+        assert match, f"bench/RESULTS.md has no line matching {pattern!r}"
+        return match.groups()
+
+    [txmail_us] = find(r"^\| txmail \| (\d+) \|")
+    [mailer_us] = find(r"^\| pyramid_mailer \| (\d+) \|")
+    [concurrent] = find(r"^\| 8 concurrent requests.*= ([\d.]+x) \|$")
+    [drain] = find(r"^\| drain with default settings.*\| ([\d.]+x) net of start-up")
+    worst_leg, mailer_attachment = find(
+        r"^\| peak memory for a 50 MiB attachment.*worst txmail leg ([\d.]+)x; "
+        r"pyramid_mailer ([\d.]+x)")
+    return {"durable commit": f"the durable commit costs {txmail_us} µs a message",
+            "send_to_queue": f"``send_to_queue`` ({mailer_us} µs)",
+            "concurrent": f"served at {concurrent} pyramid_mailer's rate",
+            "drain": f"{drain} as fast as repoze.sendmail's ``qp``",
+            "attachment": ("adds no measurable memory" if float(worst_leg) < 0.05 else
+                           f"adds {worst_leg}x its size"),
+            "pyramid_mailer attachment": f"peaks at {mailer_attachment} its size"}
+
+
+def test_readme_figures_are_the_benchmarks():
+    """README.rst's figures are bench/RESULTS.md's: a new run that changes one fails here
+    until the README says the new figure (the chapters link to the benchmarks page)."""
+    readme = " ".join(README.read_text().split())
+    figures = bench_figures((ROOT / "bench" / "RESULTS.md").read_text())
+    assert {what: text for what, text in figures.items() if text not in readme} == {}
+
+
+@pytest.mark.parametrize("path", DOCUMENTS, ids=document_id)
+def test_extras_are_quoted(path):
+    """``pip install pyramid_txmail[toolbar]`` unquoted is a glob to zsh ("no matches
+    found"): every extras spec the documents show is in quotes."""
+    unquoted = re.findall(r"pip install (?:-\S+ )*([^'\"\s`]+\[[^\]]*\])", path.read_text())
+    assert unquoted == []
