@@ -84,3 +84,17 @@ def test_this_machine_gives_a_sane_answer():
     never more than the affinity mask."""
     cores = cpus.usable_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("proc_line, cpu_max, expected", [
+    ("0::/", "1 100000", 1),                      # a sliver of a core is still one process
+    ("0::/", "9" * 400 + " 1", None),              # beyond any machine: no limit
+    ("0::/a\x00b", "100000 100000", 1),            # a NUL in the path: the root's quota
+    ("0::/", "-5 100000", None),
+    ("garbage without colons", "100000 100000", None),
+])
+def test_odd_cgroup_files_never_crash_and_never_give_zero(tmp_path, proc_line, cpu_max,
+                                                          expected):
+    root, proc = tree(tmp_path, [proc_line], {"cpu.max": cpu_max + "\n"})
+    assert cpus.quota_cores(root, proc) == expected
+    assert cpus.usable_cores(root, proc) >= 1

@@ -105,3 +105,11 @@ def test_no_subject_template_and_no_subject_is_a_warning_naming_the_template(req
         render_mail(request_, "tests:templates/text_only", {"name": "B"},
                     to="b@example.com", subject="Given")
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("name", ["sys:welcome", "os.path:welcome"])
+def test_a_module_without_files_has_no_templates(request_, name):
+    """A built-in or frozen module (no files to look in) is a MissingTemplate naming
+    the template, not pkg_resources' NotImplementedError."""
+    with pytest.raises(MissingTemplate, match=name):
+        render_mail(request_, name, {}, to="a@example.com")

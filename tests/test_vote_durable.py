@@ -97,3 +97,46 @@ def test_prepared_is_fsynced_after_its_renames_and_before_the_database_votes(
     # and the finish still publishes into new/ and fsyncs it
     assert watched.index(("database", "vote")) < watched.index(("fsync-dir", "new"))
     assert sorted(os.listdir(tmp_path / "spool" / "new")).__len__() == count
+
+
+@pytest.mark.parametrize("where", ["second message", "settle"])
+@pytest.mark.parametrize("exception", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_during_the_vote_leaves_nothing_in_the_spool(tmp_path, monkeypatch,
+                                                                  where, exception):
+    """KeyboardInterrupt (Ctrl-C) or SystemExit (a gunicorn sync worker told to stop)
+    inside the vote: the transaction aborts, and no file is left in prepared/ or tmp/
+    -- one left there would later be dead-lettered as 'in doubt: the process died
+    during the commit', for a transaction that aborted in a live process."""
+    from pyramid_txmail.queue.maildir.spool import Spool
+
+    real_prepare, real_settle = Spool.prepare, Spool.settle_prepared
+    calls = []
+
+    def prepare(self, *args):
+        calls.append(args)
+        if where == "second message" and len(calls) == 2:
+            raise exception()
+        return real_prepare(self, *args)
+
+    def settle(self):
+        if where == "settle":
+            raise exception()
+        return real_settle(self)
+
+    monkeypatch.setattr(Spool, "prepare", prepare)
+    monkeypatch.setattr(Spool, "settle_prepared", settle)
+    spool = tmp_path / "spool"
+    config = Configurator(settings={"mail.delivery": "queue", "mail.queue_path": str(spool),
+                                    "mail.default_sender": "site@example.com"})
+    config.include("pyramid_txmail")
+    manager = transaction.TransactionManager(explicit=True)
+    mailer = get_mailer(config.registry, manager)
+    with pytest.raises(exception):
+        with manager:
+            for number in range(3):
+                msg = EmailMessage()
+                msg["To"] = f"user{number}@example.com"
+                msg.set_content("hello")
+                mailer.send(msg)
+    for state in ("tmp", "prepared", "new"):
+        assert os.listdir(spool / state) == [], state

@@ -54,7 +54,10 @@ def _exists(spec):
     try:
         return importlib.resources.files(package).joinpath(path).is_file()
     except (ModuleNotFoundError, TypeError):  # no such package, or a plain module
-        return AssetResolver().resolve(spec).exists()
+        try:
+            return AssetResolver().resolve(spec).exists()
+        except NotImplementedError:  # a built-in or frozen module: it has no files
+            return False
 
 
 def render_mail(request, name, context=None, *, text_suffix=".txt.jinja2",

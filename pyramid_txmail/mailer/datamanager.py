@@ -42,7 +42,10 @@ def write_all(messages, write, discard, where):
 
     A failure discards what was already written and raises an ``OSError``
     naming ``where`` (the directory) and saying that the transaction is
-    aborted -- the vote fails, so nothing commits.
+    aborted -- the vote fails, so nothing commits.  Any other exception
+    (KeyboardInterrupt, a worker's SystemExit) discards them too and goes on
+    as it is: the transaction aborts, and a file left in ``prepared/`` would
+    later read as a process that died in the commit.
     """
     written = []
     try:
@@ -52,6 +55,9 @@ def write_all(messages, write, discard, where):
         discard(written)
         raise OSError(exc.errno, f"cannot write {where}: {exc.strerror}; the transaction "
                       "is aborted") from exc
+    except BaseException:
+        discard(written)
+        raise
     return written
 
 

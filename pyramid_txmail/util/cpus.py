@@ -56,14 +56,21 @@ def quota_cores(root=None, proc_cgroup=None):
         elif "cpu" in controllers.split(","):
             for mount in _V1_CPU_MOUNTS:
                 limits += _along(os.path.join(root, mount), path, _v1_limit)
-    return math.ceil(min(limits) - 1e-9) if limits else None
+    if not limits:
+        return None
+    tightest = min(limits)
+    # a positive quota is at least one process; a huge one is no limit at all
+    return max(1, math.ceil(tightest - 1e-9)) if tightest < 1 << 20 else None
 
 
 def _along(base, path, read_limit):
     """The limits on ``path`` and each of its ancestors under ``base``.  Inside a
     cgroup namespace the process's own cgroup is mounted at ``base`` itself, and
     ``path`` is ``/``."""
-    if not os.path.isdir(base):
+    try:
+        if not os.path.isdir(base):
+            return []
+    except ValueError:  # a NUL byte
         return []
     limits, parts = [], [p for p in path.split("/") if p]
     for depth in range(len(parts), -1, -1):
@@ -74,10 +81,12 @@ def _along(base, path, read_limit):
 
 
 def _read(path):
+    """The whitespace-separated fields of a cgroup file, or None: missing, unreadable
+    or not text (a path with a NUL byte from an odd /proc/self/cgroup included)."""
     try:
         with open(path, encoding="ascii") as file:
             return file.read().split()
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
 
 
@@ -103,6 +112,6 @@ def _cores(quota, period):
         quota, period = int(quota), int(period)
     except ValueError:
         return None
-    if quota <= 0 or period <= 0:
-        return None
+    if quota <= 0 or period <= 0 or quota // period >= 1 << 20:
+        return None  # no quota, or one beyond any machine (and any float)
     return quota / period

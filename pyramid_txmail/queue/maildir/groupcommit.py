@@ -1,7 +1,8 @@
 """Group commit: concurrent flushes of one spool directory share one ``fsync``.
 
-A transaction's finish renames its message into ``new/`` and must not return
-before the rename is on disk, which takes an ``fsync`` of ``new/``.  Eight
+A transaction's vote renames its messages into ``prepared/`` and its finish
+into ``new/``; neither may return before its renames are on disk, which takes
+an ``fsync`` of that directory.  Eight
 waitress threads committing at once used to make eight such fsyncs, one
 after the other on the disk.  But one fsync of a directory makes every entry
 renamed into it *before the fsync started* durable; so :func:`flush_dir`
@@ -48,8 +49,8 @@ process would have to be told from a slow one: not worth it here.
 
 The vote's own flush (the file's ``fsync`` in ``tmp/``) is not shared: one
 file's fsync does not write another file's data, so each message needs its
-own.  The vote's rename into ``prepared/`` has no fsync to share (see
-:meth:`Spool.prepare`).
+own.  The vote's renames into ``prepared/`` are flushed here too, once per
+vote (:meth:`Spool.settle_prepared`: durable before another resource commits).
 """
 from __future__ import annotations
 
