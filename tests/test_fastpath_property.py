@@ -12,6 +12,13 @@ accepts what the stdlib path refuses, and never writes other bytes.
 Message-ID and Date are made fixed for the comparison (both paths call
 ``email.utils.make_msgid`` / ``formatdate``), and multipart boundaries, which
 are random in both, are compared as placeholders.
+
+Messages may carry attachments, so that a multipart part is nested in
+another (body + html + attachment): the fast path once left the boundaries
+it gave nested parts on a legacy message, which the stdlib path then wrote
+unfolded (84 columns where the reference folds at 78) once a non-ASCII
+mailbox made the message SMTPUTF8 -- a pyramid_mailer ``Message`` with
+``body=``, ``html=`` and an attachment (poison2 finding 2).
 """
 from __future__ import annotations
 
@@ -20,11 +27,15 @@ import re
 from contextlib import contextmanager
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from unittest import mock
 
 import pytest
 from hypothesis import event, example, given
 from hypothesis import strategies as st
+from pyramid_mailer.message import Attachment as PyramidMailerAttachment
 from pyramid_mailer.message import Message as PyramidMailerMessage
 
 from pyramid_txmail.builder import Mail
@@ -97,8 +108,15 @@ def fixed_id_and_date():
         yield
 
 
-def build(kind, headers, text, html):
-    """A message of ``kind`` with ``headers`` (name, value), ``text`` and maybe ``html``."""
+#: ``(filename, content type, data)`` of an attachment (text, so every kind can take it)
+ATTACHMENTS = [("a.txt", "text/plain", b"data\n"), ("r.pdf", "application/pdf", b"%PDF-1.4\n"),
+               ("Grüße.txt", "text/plain", b"Gr\xc3\xbc\xc3\x9fe\n")]
+attachments = st.lists(st.sampled_from(ATTACHMENTS), max_size=2)
+
+
+def build(kind, headers, text, html, attached=()):
+    """A message of ``kind`` with ``headers`` (name, value), ``text``, maybe ``html``
+    and ``attached`` files (:data:`ATTACHMENTS`)."""
     if kind == "mail":
         # The first of each field the builder names goes to its keyword; every other
         # header -- a repeat of one of those too -- to headers=, as a list (a dict
@@ -111,7 +129,10 @@ def build(kind, headers, text, html):
                 fields[keyword[name]] = value if name == "Subject" else value or None
             else:
                 rest.append((name, value))
-        return Mail(headers=rest, text=text, html=html, **fields)
+        mail = Mail(headers=rest, text=text, html=html, **fields)
+        for filename, content_type, data in attached:
+            mail.attach(data, filename, content_type)
+        return mail
     if kind == "pyramid_mailer":
         fields = dict(headers)
         return PyramidMailerMessage(
@@ -119,23 +140,46 @@ def build(kind, headers, text, html):
             recipients=[fields.pop("To")] if fields.get("To") else [],
             cc=[fields.pop("Cc")] if fields.get("Cc") else [],
             bcc=[fields.pop("Bcc")] if fields.get("Bcc") else [],
-            body=text, html=html, extra_headers=fields)
-    message = EmailMessage() if kind == "email" else Message()
+            body=text, html=html, extra_headers=fields,
+            attachments=[PyramidMailerAttachment(f, t, d) for f, t, d in attached])
+    if kind == "legacy" and (html is not None or attached):
+        message = _legacy_multipart(text, html, attached)
+    else:
+        message = EmailMessage() if kind == "email" else Message()
     for name, value in headers:
         message[name] = value
     if kind == "email":
         message.set_content(text)
         if html is not None:
             message.add_alternative(html, subtype="html")
-    else:
+        for filename, content_type, data in attached:
+            maintype, _, subtype = content_type.partition("/")
+            message.add_attachment(data, maintype, subtype, filename=filename)
+    elif not message.is_multipart():
         message.set_payload(text)
     return message
 
 
-def outcome(kind, headers, text, html, env, default_sender, fast):
+def _legacy_multipart(text, html, attached):
+    """A compat32 MIME tree as code written for pyramid_mailer's era builds one."""
+    body = MIMEText(text)
+    if html is not None:
+        body = MIMEMultipart("alternative", _subparts=[body, MIMEText(html, "html")])
+    if not attached:
+        return body
+    message = MIMEMultipart("mixed", _subparts=[body])
+    for filename, content_type, data in attached:
+        part = MIMEApplication(data, content_type.partition("/")[2])
+        part.add_header("Content-Disposition", "attachment", filename=filename)
+        message.attach(part)
+    return message
+
+
+def outcome(kind, headers, text, html, env, default_sender, fast, attached=()):
     """``("ok", envelope, Message-ID, bytes)`` or ``("error", type, text)`` of one
     prepare() of a freshly built message (building can refuse it too)."""
-    return prepared_by(lambda: build(kind, headers, text, html), env, default_sender, fast)
+    return prepared_by(lambda: build(kind, headers, text, html, attached), env,
+                       default_sender, fast)
 
 
 def prepared_by(make, env, default_sender, fast):
@@ -179,7 +223,7 @@ def cases(draw):
     html = draw(st.none() | st.just("<p>Hello</p>\n"))
     return (kind, headers_of(draw, clean), draw(body), html,
             None if clean else draw(envelope),
-            draw(clean_mailbox if clean else st.none() | mailbox))
+            draw(clean_mailbox if clean else st.none() | mailbox), draw(attachments))
 
 
 @examples(300, 3000)
@@ -203,12 +247,58 @@ def cases(draw):
 @example(("mail", [("To", "x@example.com"), ("Subject", "s"), ("Subject", "Grüße")], "hi\n",
           None, None, "a@example.com"))
 def test_fast_path_ends_as_the_stdlib_path_does(case):
-    kind, headers, text, html, env, default_sender = case
-    slow = outcome(kind, headers, text, html, env, default_sender, fast=False)
+    kind, headers, text, html, env, default_sender, *attached = case
+    attached = attached[0] if attached else ()
+    slow = outcome(kind, headers, text, html, env, default_sender, False, attached)
     taken, patches = _spy()
     with patches[0], patches[1]:
-        fast = outcome(kind, headers, text, html, env, default_sender, fast=True)
-    event(f"{kind}: {'fast path' if any(taken) else 'stdlib path'}, {fast[0]}")
+        fast = outcome(kind, headers, text, html, env, default_sender, True, attached)
+    event(f"{kind}: {'fast path' if any(taken) else 'stdlib path'}, {fast[0]}"
+          f"{', attachments' if attached else ''}")
+    assert fast == slow
+
+
+#: Non-ASCII mailboxes: each makes a message SMTPUTF8 (RFC 6531), wherever it is.
+UTF8_MAILBOXES = ["jörg@example.com", "Jörg <jörg@example.com>", "shop@bücher.example",
+                  "Bücher <info@bücher.example>"]
+#: Where a non-ASCII mailbox goes: a header, the envelope, or the default sender.
+UTF8_PLACES = ("From", "To", "Cc", "fromaddr", "toaddrs", "default_sender")
+
+
+@st.composite
+def nested_utf8_cases(draw):
+    """A message of any kind whose text, html and attachments nest one multipart
+    in another, with a non-ASCII mailbox in one of :data:`UTF8_PLACES`."""
+    kind = draw(st.sampled_from(KINDS))
+    place, utf8 = draw(st.sampled_from(UTF8_PLACES)), draw(st.sampled_from(UTF8_MAILBOXES))
+    headers = [("From", draw(clean_mailbox)), ("To", draw(clean_list)),
+               ("Subject", draw(clean_subject))]
+    env, default_sender = None, draw(clean_mailbox)
+    if place in ("From", "To", "Cc"):
+        headers = [(n, v) for n, v in headers if n != place] + [(place, utf8)]
+    elif place == "fromaddr":
+        env = (utf8.rpartition("<")[2].rstrip(">"), None)
+    elif place == "toaddrs":
+        env = (None, [utf8.rpartition("<")[2].rstrip(">")])
+    else:
+        headers, default_sender = headers[1:], utf8
+    attached = draw(st.lists(st.sampled_from(ATTACHMENTS), min_size=1, max_size=2))
+    text = draw(st.sampled_from(["Hello\n", "Grüße\n"]))
+    return kind, headers, text, "<p>Hello</p>\n", env, default_sender, attached
+
+
+@examples(100, 1000)
+@given(nested_utf8_cases())
+@example(("pyramid_mailer", [("From", "s@example.org"), ("To", "rü@exämple.org"),
+                             ("Subject", "hi")], "plain", "<p>html</p>", None, None,
+          [("a.txt", "text/plain", b"data")]))
+def test_nested_parts_of_an_smtputf8_message_as_on_the_stdlib_path(case):
+    """body + html + attachments and a non-ASCII mailbox anywhere: every part's
+    headers, nested ones too, are written as the stdlib path writes them."""
+    kind, headers, text, html, env, default_sender, attached = case
+    slow = outcome(kind, headers, text, html, env, default_sender, False, attached)
+    fast = outcome(kind, headers, text, html, env, default_sender, True, attached)
+    event(f"{kind}: {slow[0]}")
     assert fast == slow
 
 

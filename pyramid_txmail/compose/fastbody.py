@@ -15,7 +15,7 @@ from email.generator import BytesGenerator
 
 from . import wire
 
-__all__ = ["body_bytes", "lf_wire", "parts_fold_cleanly"]
+__all__ = ["body_bytes", "lf_wire", "own_headers", "parts_fold_cleanly", "restore_headers"]
 
 
 class _BodyGenerator(BytesGenerator):
@@ -66,6 +66,23 @@ def body_bytes(message, policy):
     generator.top = message
     generator.flatten(message, unixfrom=False)
     return out.getvalue()
+
+
+def own_headers(message):
+    """Give ``message`` and each of its parts a copy of its header list, for the
+    generator to change (it adds boundaries); returns the originals for
+    :func:`restore_headers`."""
+    parts = message.walk() if message.is_multipart() else (message,)
+    saved = [(part, part._headers) for part in parts]
+    for part, headers in saved:
+        part._headers = list(headers)
+    return saved
+
+
+def restore_headers(saved):
+    """Put back the header lists :func:`own_headers` saved."""
+    for part, headers in saved:
+        part._headers = headers
 
 
 def _encodes(text):

@@ -130,15 +130,18 @@ def _fast_message(message, default_sender, fromaddr, toaddrs, source):
         return None
     if message.is_multipart() and not fastbody.parts_fold_cleanly(message, policy):
         return None
-    saved = message._headers
-    message._headers = list(saved)  # the generator may add a boundary to Content-Type
+    # The generator gives every multipart part without one a boundary (set_boundary),
+    # stored under the part's policy: on a legacy message, a raw string that the
+    # stdlib path's SMTPUTF8 policy writes as it is, unfolded, where the same
+    # header made by that policy is folded.  So the attempt leaves no part changed.
+    saved = fastbody.own_headers(message)
     try:
         body = fastbody.body_bytes(message, policy)
     except Exception:  # noqa: BLE001 -- any payload the generator refuses (bytes,
         body = None  # an unknown charset...): the stdlib path, after its header checks, says why
     head = body is not None and headblock.fast_head(message._headers, message.policy,
                                                     default_sender, fromaddr, toaddrs)
-    message._headers = saved
+    fastbody.restore_headers(saved)
     if not head:
         return None
     try:

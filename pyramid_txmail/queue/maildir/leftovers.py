@@ -11,13 +11,15 @@ used to stop every pass for good (issue 11, round 2, finding 1).  So:
 * a directory with something in it, or an entry this user may not delete, is
   left as it is -- somebody's files are not ours to delete -- and said once
   per process (a warning naming the path and what to do), not every pass;
-* one already gone (another process took it) is fine.
+* one already gone (another process took it), or with a name too long to
+  exist, is fine.
 
 No error from one entry ever leaves these functions: the caller's loop goes
 on with the next entry.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -52,6 +54,8 @@ def remove(path):
     except FileNotFoundError:
         return False
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # no such entry can exist (a state file of
+            return False  # a name too long to have one: namelimits)
         report_once(path, f"cannot be examined ({exc.strerror}); left as it is")
         return False
     try:

@@ -235,7 +235,14 @@ class DeferredIndex:
         return due, (min(times) if times else None)
 
     def _meta_next_attempt(self, name):
-        """The state file's ``next_attempt``; None when it has none that is a time."""
+        """The state file's ``next_attempt``; None when it has none that is a time.
+
+        None too for a name the spool cannot index (``DUE~NAME`` would be too
+        long: :mod:`~pyramid_txmail.queue.maildir.namelimits`), whatever its state
+        file says: it is due now, and claiming it dead-letters it.
+        """
+        if self.name_problem(name):
+            return None
         meta = self.read_meta(name)
         next_attempt = meta.get("next_attempt") if isinstance(meta, dict) else None
         found = epoch(next_attempt)

@@ -40,8 +40,9 @@ import re
 import socket
 import time
 
-from . import claims, leftovers
+from . import claims, leftovers, namelimits
 from .groupcommit import flush_dir
+from .namelimits import meta_file, meta_temp
 from ...compose import wire
 from ...util.private_dirs import (  # noqa: F401 (fsync_dir is public here too)
     fsync_dir, make_private_dirs, why_unusable)
@@ -165,6 +166,14 @@ class Spool(DeferredIndex):
             why = why_unusable(directory)
             if why:
                 raise SpoolError(f"{directory}: the spool directory {why}")
+        #: The longest file name the spool's directories take, in bytes.
+        self.name_max = namelimits.name_max(self._dirs.values())
+
+    def name_problem(self, name):
+        """Why message ``name`` cannot go through this spool (a name too long
+        for a name derived from it: :mod:`~pyramid_txmail.queue.maildir.namelimits`),
+        or ``None``."""
+        return namelimits.too_long(name, self.name_max)
 
     def _dir(self, state):
         return self._dirs.get(state) or os.path.join(self.path, state)
@@ -315,9 +324,12 @@ class Spool(DeferredIndex):
 
     def read_meta(self, name):
         """The state file as a dict: ``{}`` if none, ``corrupt_meta`` (and
-        ``meta_problem``) if it cannot be trusted."""
+        ``meta_problem``) if it cannot be trusted.
+
+        A name too long to have a state file (ENAMETOOLONG) has none.
+        """
         try:
-            with open_regular_file(os.path.join(self._dir("meta"), name + ".json")) as f:
+            with open_regular_file(os.path.join(self._dir("meta"), meta_file(name))) as f:
                 meta = json.load(f)
             if not isinstance(meta, dict):  # [], 42, null: every reader expects keys
                 return {"corrupt_meta": True, "meta_problem": "not a JSON object"}
@@ -328,6 +340,10 @@ class Spool(DeferredIndex):
             return {"corrupt_meta": True, "meta_problem": exc.strerror}
         except ValueError:
             return {"corrupt_meta": True}
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                return {}
+            raise
 
     def write_meta(self, name, meta):
         """Replace a message's state file atomically (write, fsync, rename).
@@ -337,8 +353,8 @@ class Spool(DeferredIndex):
         of the data without an error, so it is repeated until all of it is
         written, and the temporary file is removed when anything fails.
         """
-        final = os.path.join(self._dir("meta"), name + ".json")
-        tmp = os.path.join(self._dir("meta"), f".{name}.{os.getpid()}.tmp")
+        final = os.path.join(self._dir("meta"), meta_file(name))
+        tmp = os.path.join(self._dir("meta"), meta_temp(name, os.getpid()))
         data = memoryview(json.dumps(meta, indent=1, sort_keys=True).encode())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
         try:
@@ -361,20 +377,22 @@ class Spool(DeferredIndex):
         flush_dir(self._dir("meta"))
 
     def drop_meta(self, name):
-        unlink_if_present(os.path.join(self._dir("meta"), name + ".json"))
+        unlink_if_present(os.path.join(self._dir("meta"), meta_file(name)))
 
     def claim(self, state, name):
         """Atomically take a message for sending; ``None`` if another took it.
 
         The entry holds the claim (see :mod:`pyramid_txmail.queue.maildir.claims`): call
-        its ``release()`` once the file has left ``cur/``.
+        its ``release()`` once the file has left ``cur/``.  Its ``problem`` says why
+        it is poison before it is read: not a regular file, or a name too long
+        for the names the spool would derive from it (:meth:`name_problem`).
         """
         source, name = self.locate(state, name)  # deferred/DUE~NAME → cur/NAME
         taken = claims.take(source, os.path.join(self._dir("cur"), name))
         if taken is None:
             return None
         claim, problem = taken
-        return Entry(self, "cur", name, claim=claim, problem=problem)
+        return Entry(self, "cur", name, claim=claim, problem=problem or self.name_problem(name))
 
     def read(self, entry, stream_over=None):
         """``(fromaddr, toaddrs, message)`` of an entry (PoisonMessage if bad).
