@@ -222,3 +222,20 @@ def test_prepare_leaves_the_callers_message_untouched_multipart_too():
     assert b"Bcc" not in prepared.data and b"hidden" not in prepared.data
     assert b"<p>html</p>" in prepared.data
     assert prepared.toaddrs == ("a@example.org", "hidden@example.org")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_message_id_too_long_for_one_header_line_is_refused_in_the_view(fast):
+    """A Message-ID cannot be folded: over 998 octets its line breaks SMTP's limit and
+    the SQL outbox's column (refused by PostgreSQL at the commit, after the view)."""
+    from pyramid_txmail.compose.message import MAX_MESSAGE_ID, MessageError, prepare
+
+    msg = EmailMessage()
+    msg["From"], msg["To"] = "a@example.com", "b@example.com"
+    msg.set_content("hi")
+    longest = "<" + "x" * (MAX_MESSAGE_ID - len("<@example.com>")) + "@example.com>"
+    msg["Message-ID"] = longest
+    assert prepare(msg, fast=fast).message_id == longest
+    msg.replace_header("Message-ID", longest.replace("<", "<y", 1))
+    with pytest.raises(MessageError, match=r"^Message-ID: .* at most 986 octets"):
+        prepare(msg, fast=fast)

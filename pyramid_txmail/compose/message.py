@@ -45,6 +45,20 @@ class Prepared:
     sequence: int = dataclasses.field(default_factory=lambda: next(_SEQUENCE),
                                       compare=False, repr=False)
 
+    def __post_init__(self):
+        # A Message-ID has no place to fold, so a long one is one long line: over
+        # 998 octets it breaks the wire's line limit (a relay may refuse or cut it)
+        # and the SQL outbox's message_id column, which PostgreSQL would refuse at
+        # the commit -- after the view.  Refused here, in the view, on every path.
+        if len(self.message_id.encode("utf-8", "surrogateescape")) > MAX_MESSAGE_ID:
+            raise MessageError(f"Message-ID: {len(self.message_id)} characters long; at "
+                               f"most {MAX_MESSAGE_ID} octets fit on one header line "
+                               "(RFC 5322's 998, less 'Message-ID: ')")
+
+
+#: The longest Message-ID value that fits one 998-octet header line.
+MAX_MESSAGE_ID = 998 - len("Message-ID: ")
+
 
 _SEQUENCE = itertools.count()
 
