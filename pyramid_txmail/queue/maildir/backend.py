@@ -173,11 +173,12 @@ class MaildirQueue:
                 self._reaper = None
                 self._hand_over_retired(reaper, 0)  # the rest, deleted before the pass ends
 
-    def prefer_share(self, index, count, since=None):
+    def prefer_share(self, index, count, waiting_before=None):
         """Take first the files of share ``index`` of ``count`` (process ``index`` of
-        ``txmail-qp``'s ``count``), then the others' (:mod:`.shares`); ``since``: when
-        their one-pass run began.  A preference only: nothing is ever left waiting."""
-        self.share = shares.Share(index, count, since)
+        ``txmail-qp``'s ``count``), then the others' (:mod:`.shares`);
+        ``waiting_before``: ``deferred/``'s listing when their one-pass run began
+        (:func:`.shares.waiting`).  A preference only: nothing is ever left waiting."""
+        self.share = shares.Share(index, count, waiting_before)
 
     def candidates(self, now, horizon, stats):
         """``new/`` oldest first, then the due files of ``deferred/``; with a share
