@@ -101,6 +101,7 @@ class MaildirQueue:
     def __init__(self, spool):
         self.spool = spool
         self.share = None  # which files to take first (prefer_share)
+        self._waiting_memo = {}  # a daemon's share of deferred/ not due (shares.waiting)
         self.lost_claims = 0  # claims of this object lost to another process, ever
         self._reaper = None
         self._retired = []  # in done/, not yet handed to a reaper
@@ -198,7 +199,8 @@ class MaildirQueue:
         listing = self.spool.deferred_files()
         due, later = self.spool.due_files(now, horizon, errors, listing)
         stats.errors += len(errors)
-        stats.skipped += shares.waiting(self.spool, later, before, listing, self.share)
+        stats.skipped += shares.waiting(self.spool, later, before, listing, self.share,
+                                        self._waiting_memo)
         for filename in shares.due_files(self.spool, due, self.share, misses):
             yield "deferred", filename
 

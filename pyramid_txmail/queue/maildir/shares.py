@@ -166,7 +166,7 @@ def _present(spool):
     return set(indexed).union(unindexed)
 
 
-def waiting(spool, later, before, now, share=None):
+def waiting(spool, later, before, now, share=None, memo=None):
     """How many of ``later`` (files of ``deferred/`` not due, from the listing
     ``now``) were waiting when the pass began: ``before`` and ``now`` are
     :meth:`~.schedule.DeferredIndex.deferred_files` then and now.  A file
@@ -180,13 +180,22 @@ def waiting(spool, later, before, now, share=None):
     a sibling may have deferred mail of this run before this process's pass
     began.  No mtime is read: a clock stepped back, or a file server's clock
     ahead, would have them say that nothing waited.  A daemon's pass costs
-    nothing while ``deferred/`` is unchanged and there is one process.
+    nothing while ``deferred/`` is unchanged: one process counts ``later``, and
+    several keep their count in ``memo`` (a dict, the caller's), taken again only
+    when the listing (compared with ``is``) or the slice of it not due changed
+    (``later`` is a sorted run of the listing: its length and ends say which).
     """
     several = shares_out(share)
     if several and share.waiting_before is not None:
         before = share.waiting_before
     elif now is before and not several:
         return len(later)  # the same listing: nothing came or went since
+    elif now is before and memo is not None:
+        window = (len(later), later[0], later[-1]) if later else (0,)
+        if memo.get("listing") is not now or memo.get("later") != window:
+            memo.update(listing=now, later=window,
+                        count=sum(1 for f in later if share.holds(message_name(f))))
+        return memo["count"]
     if now is not before:
         indexed, unindexed = before
         renamed = {message_name(f) for f in unindexed}  # may have been indexed meanwhile
