@@ -151,8 +151,10 @@ class Supervisor:
         saved = {s: signal.signal(s, _noted) for s in _SIGNALS}
         saved_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
-            if not self.daemon:
-                self.waiting_before = _waiting_before(self.settings)
+            if not self.daemon and self.settings.queue_path and not self.settings.queue_url:
+                from ..queue.maildir.shares import waiting_at_run_start
+
+                self.waiting_before = waiting_at_run_start(self.settings.queue_path)
             for index in range(self.processes):
                 self._start(index, child_main)
             return self._loop(child_main)
@@ -428,21 +430,6 @@ def _missing(unreported):
     whose = "its counts are" if len(unreported) == 1 else "their counts are"
     noun = "process" if len(unreported) == 1 else "processes"
     return f" ({len(unreported)} {noun} {', '.join(hows)}: {whose} missing)"
-
-
-def _waiting_before(settings):
-    """``deferred/``'s listing before a one-pass run's children are forked, for their
-    ``skipped`` (:func:`pyramid_txmail.queue.maildir.shares.waiting`); None for the SQL
-    outbox, or a spool the children will say is unusable.  One listing: the children
-    inherit it (copy-on-write pages) instead of each trusting the files' mtimes."""
-    if settings.queue_url or not settings.queue_path:
-        return None
-    from ..queue.maildir.spool import Spool, SpoolError
-
-    try:
-        return Spool(settings.queue_path, create=False).deferred_files()
-    except (SpoolError, OSError):
-        return None
 
 
 def _preload(settings):

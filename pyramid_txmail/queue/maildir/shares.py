@@ -205,6 +205,19 @@ def waiting(spool, later, before, now, share=None, memo=None):
     return sum(1 for f in later if share.holds(message_name(f)))
 
 
+def waiting_at_run_start(path):
+    """The spool ``path``'s ``deferred/`` listing, taken by ``txmail-qp``'s parent
+    before it forks the children of a one-pass run (:attr:`Share.waiting_before`);
+    None for a spool the children will say is unusable.  One listing: the children
+    inherit it (copy-on-write pages) instead of each trusting the files' mtimes."""
+    from .spool import Spool
+
+    try:
+        return Spool(path, create=False).deferred_files()
+    except OSError:  # SpoolError too: each child says what is wrong with the spool
+        return None
+
+
 def _in_sorted(names, name):
     i = bisect.bisect_left(names, name)
     return i < len(names) and names[i] == name
