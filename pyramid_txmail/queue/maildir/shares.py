@@ -20,11 +20,14 @@ files first, then the others' that are still there.
 A thief must not walk the names as another thief does: when one child hung,
 its two siblings both took its share newest first and met at nearly every
 file (``taken``: 195 of 600 messages, N = 3).  So a thief takes the others'
-shares starting with the next one after its own (``i + 1``, ``i + 2``, ...),
-and within a share first the names of its own part of it (the next CRC-32
-digit, ``crc // N``, is ``i`` modulo ``N``: the thieves of one share start in
-different parts), each part in an order of its own (CRC-32 of ``"i:name"``)
-that no owner (oldest first) or other thief follows (:meth:`Share.steal_key`).
+shares starting with the next one after its own (``i + 1``, ``i + 2``, ...);
+and a share's ``N - 1`` possible thieves have each a part of it of their
+own (the next CRC-32 digit, ``crc // N``, modulo ``N - 1``), which each
+takes first, newest first: it meets the owner (oldest first) once in the
+middle, and another thief not at all.  The rest of the share, the other
+thieves' parts, it takes in an order of its own (CRC-32 of ``"i:name"``),
+which no owner or thief follows (:meth:`Share.steal_order`).  With two
+processes a share has one thief, whose part is all of it: newest first.
 
 A message keeps its share in every state: a deferred file is hashed by its
 message name, not by its ``DUE~NAME`` file name.  One process (N = 1),
@@ -76,13 +79,26 @@ class Share:
         ``deferred/``, whose files are hashed by their message name)."""
         return zlib.crc32(os.fsencode(name)) % self.count == self.index
 
-    def steal_key(self, name):
-        """Where message ``name`` (of another share) comes in this thief's walk: the
-        next share after its own first; within a share, its own part of it first;
-        within a part, an order of this process's own (the module's docstring)."""
-        crc, count = zlib.crc32(os.fsencode(name)), self.count
-        return ((crc % count - self.index) % count, (crc // count - self.index) % count,
-                zlib.crc32(f"{self.index}:{name}".encode("utf-8", "surrogateescape")))
+    def steal_order(self, names, name_of=None):
+        """``names`` of the others' shares (oldest or earliest due first) in this
+        thief's order: the next share after its own first; within a share, its own
+        part of it newest first, then the other thieves' parts in an order of this
+        process's own (the module's docstring).  ``name_of(name)``: the message name
+        a share is reckoned by (a deferred file's is not its file name)."""
+        count, index = self.count, self.index
+
+        def key(item):
+            position, name = item
+            message = name_of(name) if name_of is not None else name
+            crc = zlib.crc32(os.fsencode(message))
+            share = crc % count
+            rank = (index - share - 1) % count  # 0 .. N-2 among the share's thieves
+            part = (crc // count % (count - 1) - rank) % (count - 1)
+            within = -position if part == 0 else zlib.crc32(
+                f"{index}:{message}".encode("utf-8", "surrogateescape"))
+            return (share - index) % count, part, within
+
+        return [name for _, name in sorted(enumerate(names), key=key)]
 
 
 def shares_out(share):
@@ -93,7 +109,7 @@ def shares_out(share):
 def new_names(spool, share, misses=None):
     """The names of ``new/`` to try: this share's oldest first, then -- from a
     listing taken again once those are handed out -- the others' in this thief's
-    order (:meth:`Share.steal_key`).
+    order (:meth:`Share.steal_order`).
 
     ``misses()`` (optional) counts the claims this process lost so far.  One lost
     while it walks a listing means it has met a sibling coming from the other end
@@ -106,17 +122,17 @@ def new_names(spool, share, misses=None):
         yield from spool.iter_names("new")
         return
     yield from _listed(spool, share.holds, None, misses)
-    yield from _listed(spool, lambda name: not share.holds(name), share.steal_key, misses)
+    yield from _listed(spool, lambda name: not share.holds(name), share.steal_order, misses)
 
 
 def _listed(spool, wanted, order, misses):
-    """The ``wanted`` names of ``new/`` oldest first (or sorted by ``order``), listed
-    again after a lost claim (:func:`new_names`)."""
+    """The ``wanted`` names of ``new/`` oldest first (or as ``order`` of them puts
+    them), listed again after a lost claim (:func:`new_names`)."""
     for relists_left in range(RELISTS, -1, -1):
         missed = misses() if misses is not None else None
         names = spool.iter_names("new")
         if order is not None:
-            names = iter(sorted((n for n in names if wanted(n)), key=order))
+            names = iter(order([n for n in names if wanted(n)]))
         try:
             for name in names:
                 if not wanted(name):
@@ -134,7 +150,7 @@ def _listed(spool, wanted, order, misses):
 def due_files(spool, due, share, misses=None):
     """The due ``deferred/`` files of ``due`` (earliest first) to try: this share's,
     then the others' that are still in ``deferred/`` by then, in this thief's order
-    (:meth:`Share.steal_key` of their message names).
+    (:meth:`Share.steal_order`).
     After a lost claim (``misses()``, as in :func:`new_names`), the files no longer
     in ``deferred/`` are left out."""
     if not shares_out(share):
@@ -144,7 +160,7 @@ def due_files(spool, due, share, misses=None):
     yield from _still_there(spool, [f for f, mine in zip(due, ours) if mine], misses)
     others = [f for f, mine in zip(due, ours) if not mine]
     if others:
-        others.sort(key=lambda filename: share.steal_key(message_name(filename)))
+        others = share.steal_order(others, message_name)
         yield from _still_there(spool, others, misses, _present(spool))
 
 
