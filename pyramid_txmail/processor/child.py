@@ -31,9 +31,10 @@ _INHERITED = []
 class ChildLink:
     """A child's end of its report pipe: one short line per report (atomic, < PIPE_BUF)."""
 
-    def __init__(self, index, count, fd, parent, run_started=None):
+    def __init__(self, index, count, fd, parent, waiting_before=None):
         self.index, self.count, self.fd, self.parent = index, count, fd, parent
-        self.run_started = run_started  # epoch seconds: the parent's, before the first fork
+        #: A one-pass run's ``deferred/`` listing, the parent's before the first fork
+        self.waiting_before = waiting_before
         self.ready_sent = False
         self.counting = False  # delivery counters into the parent's metrics directory
 
@@ -97,12 +98,14 @@ def prefer_own_share(queue, daemon):
     Every child would otherwise list the whole queue and race its siblings for the
     same messages, losing half its claims (issue 14).  A queue whose claims do not
     race (the SQL outbox) has no ``prefer_share`` and is left as it is.  A one-pass
-    run also says when it began: what a sibling deferred since is not ``skipped`` here.
+    run also hands over what waited in ``deferred/`` when it began (the parent's
+    listing): what a sibling deferred since is not ``skipped`` here.
     """
     prefer = getattr(queue, "prefer_share", None)
     if CHILD is None or prefer is None:
         return
-    prefer(CHILD.index, CHILD.count, since=None if daemon else CHILD.run_started)
+    prefer(CHILD.index, CHILD.count,
+           waiting_before=None if daemon else CHILD.waiting_before)
 
 
 def reporting(run_pass, stop=None):
@@ -136,10 +139,10 @@ def reporting(run_pass, stop=None):
     return run
 
 
-def become(index, count, fd, parent, counting=False, run_started=None):
+def become(index, count, fd, parent, counting=False, waiting_before=None):
     """This process is child ``index`` of ``count``, reporting on ``fd`` to ``parent``."""
     global CHILD
-    CHILD = ChildLink(index, count, fd, parent, run_started)
+    CHILD = ChildLink(index, count, fd, parent, waiting_before)
     CHILD.counting = counting
     return CHILD
 

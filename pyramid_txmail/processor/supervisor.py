@@ -94,6 +94,7 @@ class _Child:
     def __init__(self, index, pid, fd, started):
         self.index, self.pid, self.fd, self.started = index, pid, fd, started
         self.ready = False
+        self.reported = False  # a one-pass child's counts arrived
         self.buffer = b""
 
 
@@ -118,7 +119,8 @@ class Supervisor:
         self.quick_deaths = 0
         self.restart_at = {}  # index -> monotonic time of the planned restart
         self.all_ready = False
-        self.run_started = None  # epoch seconds, before the first child is forked
+        self.waiting_before = None  # a one-pass run's deferred/ listing, before the forks
+        self.unreported = []  # one-pass children that ended without their pass's counts
         self._ready = set()
         self._pids = set()  # every child started (the start line names them)  # indexes of the children that reached their first pass
         self._selector = None
@@ -149,7 +151,10 @@ class Supervisor:
         saved = {s: signal.signal(s, _noted) for s in _SIGNALS}
         saved_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
-            self.run_started = time.time()
+            if not self.daemon and self.settings.queue_path and not self.settings.queue_url:
+                from ..queue.maildir.shares import waiting_at_run_start
+
+                self.waiting_before = waiting_at_run_start(self.settings.queue_path)
             for index in range(self.processes):
                 self._start(index, child_main)
             return self._loop(child_main)
@@ -213,7 +218,7 @@ class Supervisor:
             self.operations.in_child()
         child_side.become(index, self.processes, write_fd, parent,
                           counting=bool(self.operations is not None and self.operations.counting),
-                          run_started=self.run_started)
+                          waiting_before=self.waiting_before)
         if os.getppid() != parent:  # died before PDEATHSIG was set
             return EX_SOFTWARE
         return child_main()
@@ -306,6 +311,7 @@ class Supervisor:
             stats = PassStats(**report.pop("stats"))
             if not self.daemon:
                 self.totals.add(stats)
+                child.reported = True
             if self.operations is not None:
                 self.operations.pass_done(stats, child.index, report)
         elif kind == "config":
@@ -343,6 +349,8 @@ class Supervisor:
 
     def _ended(self, child, wait_status):
         status = _status_of(wait_status)
+        if not self.daemon and not child.reported:
+            self.unreported.append(wait_status)
         if not self.daemon or self.stopping is not None:  # a daemon: how it stopped
             self.statuses.append(status)
         lived = self.clock() - child.started
@@ -395,8 +403,8 @@ class Supervisor:
         if worst == EX_CONFIG:
             log.debug("txmail-qp: configuration error (exit status 78)")
         elif not self.daemon:
-            log.info("txmail-qp pass by %d processes: %s (exit status %d)", self.processes,
-                     self.totals.summary(), worst)
+            log.info("txmail-qp pass by %d processes: %s%s (exit status %d)", self.processes,
+                     self.totals.summary(), _missing(self.unreported), worst)
         elif self.stopping is not None:
             log.info("txmail-qp stopped on %s: %d processes ended (exit status %d)",
                      signal.Signals(self.stopping).name, self.processes, worst)
@@ -411,6 +419,17 @@ def supervise(processes, settings, daemon, child_main):
 
         operations = ParentOperations(settings, daemon)
     return Supervisor(processes, settings, daemon=daemon, operations=operations).run(child_main)
+
+
+def _missing(unreported):
+    """What the one-pass summary lacks: `` (1 process killed by SIGKILL: its counts
+    are missing)``, or nothing when every child reported its pass."""
+    if not unreported:
+        return ""
+    hows = sorted({_how(status) for status in unreported})
+    whose = "its counts are" if len(unreported) == 1 else "their counts are"
+    noun = "process" if len(unreported) == 1 else "processes"
+    return f" ({len(unreported)} {noun} {', '.join(hows)}: {whose} missing)"
 
 
 def _preload(settings):

@@ -92,12 +92,12 @@ class IQueue(Interface):
     """What :class:`~pyramid_txmail.processor.processor.Processor` needs from a backend.
 
     Not declared, as a backend need not have it: ``prefer_share(index, count,
-    since=None)`` -- this process is ``index`` of ``count`` draining the queue
+    waiting_before=None)`` -- this process is ``index`` of ``count`` draining the queue
     together (``mail.processes``): take that share of the messages first, then the
     others' (a preference: a sibling that is slow or gone must never leave mail
-    waiting); ``since`` is when their one-pass run began (None for a daemon), for
-    ``skipped``.  The spool has it (:mod:`pyramid_txmail.queue.maildir.shares`); the
-    SQL outbox, whose claims do not race (``SKIP LOCKED``), has none.
+    waiting); ``waiting_before`` is what waited when their one-pass run began (None
+    for a daemon), for ``skipped``.  The spool has it
+    (:mod:`pyramid_txmail.queue.maildir.shares`); the SQL outbox, whose claims do not race (``SKIP LOCKED``), has none.
     """
 
     where = Attribute("The queue's name in log lines: the spool path, or the database URL "

@@ -101,6 +101,7 @@ class MaildirQueue:
     def __init__(self, spool):
         self.spool = spool
         self.share = None  # which files to take first (prefer_share)
+        self._waiting_memo = {}  # a daemon's share of deferred/ not due (shares.waiting)
         self.lost_claims = 0  # claims of this object lost to another process, ever
         self._reaper = None
         self._retired = []  # in done/, not yet handed to a reaper
@@ -173,11 +174,12 @@ class MaildirQueue:
                 self._reaper = None
                 self._hand_over_retired(reaper, 0)  # the rest, deleted before the pass ends
 
-    def prefer_share(self, index, count, since=None):
+    def prefer_share(self, index, count, waiting_before=None):
         """Take first the files of share ``index`` of ``count`` (process ``index`` of
-        ``txmail-qp``'s ``count``), then the others' (:mod:`.shares`); ``since``: when
-        their one-pass run began.  A preference only: nothing is ever left waiting."""
-        self.share = shares.Share(index, count, since)
+        ``txmail-qp``'s ``count``), then the others' (:mod:`.shares`);
+        ``waiting_before``: ``deferred/``'s listing when their one-pass run began
+        (:func:`.shares.waiting`).  A preference only: nothing is ever left waiting."""
+        self.share = shares.Share(index, count, waiting_before)
 
     def candidates(self, now, horizon, stats):
         """``new/`` oldest first, then the due files of ``deferred/``; with a share
@@ -197,7 +199,8 @@ class MaildirQueue:
         listing = self.spool.deferred_files()
         due, later = self.spool.due_files(now, horizon, errors, listing)
         stats.errors += len(errors)
-        stats.skipped += shares.waiting(self.spool, later, before, listing, self.share)
+        stats.skipped += shares.waiting(self.spool, later, before, listing, self.share,
+                                        self._waiting_memo)
         for filename in shares.due_files(self.spool, due, self.share, misses):
             yield "deferred", filename
 
