@@ -183,3 +183,32 @@ def test_a_storm_of_sigterm_ends_a_one_pass_run_with_0(setup_for, gated):
            messages=len(ids), delivered=WORKERS, held=len(left["new"]),
            detail=f"exit 0 ({thread.sent:,} signals sent, until it had exited); the messages "
                   "in flight delivered once, the rest left in new/")
+
+
+def test_a_storm_of_sigterm_ends_a_one_pass_run_of_two_processes_with_0(setup_for, gated):
+    """The parent of a one-pass run logs its summary with its exit status, then exits
+    with that status: a SIGTERM of the storm still arriving after the summary does not
+    turn it into 143 (found by an outside probe with 5 quick SIGTERMs)."""
+    import subprocess
+
+    from .test_daemon import QP
+
+    s = setup_for(gated, "mail.processes = 2\n")
+    s.queue(QUEUED)
+    log_path = s.tmp_path / "once.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([QP, str(s.ini), "--no-app", "--workers", "1"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    s.procs.append(proc)
+    wait_until(lambda: gated.handler.arrived == 2, timeout=START_WAIT,
+               what="one message in flight per child")
+    thread, halfway = _storm_in_background(proc.pid, [signal.SIGTERM], STORM)
+    halfway.wait(60)
+    gated.handler.gate.set()
+    thread.join(120)
+    log = log_path.read_text()
+    assert proc.wait(timeout=90) == 0, log
+    assert "processes ended (exit status 0)" in log or "(exit status 0)" in log, log
+    assert thread.sent > STORM // 2  # the storm went on while the run ended
+    counts = received(gated)
+    assert all(n == 1 for n in counts.values()) and len({m for m, _ in counts}) == 2

@@ -132,8 +132,13 @@ class Supervisor:
 
     # -- the parent's loop ---------------------------------------------------------
 
-    def run(self, child_main):
-        """Start the children, supervise them, return the exit status."""
+    def run(self, child_main, restore=True):
+        """Start the children, supervise them, return the exit status.
+
+        ``restore``: put the signal handlers back at the end.  The txmail-qp
+        process itself passes False: its stop signals stay ignored until it exits,
+        so that a late SIGTERM of a storm cannot turn the status it has just
+        logged into 143 (as in the single-process path, ``Signals(restore=)``)."""
         if threading.active_count() > 1:
             from pyramid.exceptions import ConfigurationError
 
@@ -163,7 +168,8 @@ class Supervisor:
                 _kill(child.pid, signal.SIGKILL)
             signal.set_wakeup_fd(saved_fd)
             for signum, handler in saved.items():
-                signal.signal(signum, handler)
+                signal.signal(signum, handler if restore or signum == signal.SIGCHLD
+                              else signal.SIG_IGN)
             self._selector.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -411,14 +417,16 @@ class Supervisor:
         return worst
 
 
-def supervise(processes, settings, daemon, child_main):
-    """``txmail-qp`` with several processes: run them, return the exit status."""
+def supervise(processes, settings, daemon, child_main, restore=True):
+    """``txmail-qp`` with several processes: run them, return the exit status
+    (``restore``: see :meth:`Supervisor.run`)."""
     operations = None
     if daemon or settings.metrics_file:
         from .procmetrics import ParentOperations
 
         operations = ParentOperations(settings, daemon)
-    return Supervisor(processes, settings, daemon=daemon, operations=operations).run(child_main)
+    return Supervisor(processes, settings, daemon=daemon,
+                      operations=operations).run(child_main, restore)
 
 
 def _missing(unreported):

@@ -456,7 +456,9 @@ def _supervise(args, argv):
         apply_log_format(settings.log_format)
         if args.workers is not None:
             settings = dataclasses.replace(settings, workers=args.workers)
-        return supervisor.supervise(processes, settings, args.daemon, lambda: main(argv))
+        # argv None: the txmail-qp process itself (see main's Signals)
+        return supervisor.supervise(processes, settings, args.daemon, lambda: main(argv),
+                                    restore=argv is not None)
     except Exception as exc:
         if not (isinstance(exc, ConfigError) or is_configuration_error(exc)):
             raise
