@@ -11,20 +11,24 @@ from __future__ import annotations
 
 TRIED = {
     "durable enqueue": (
-        "What limits it: the commit's disk work is the floor's (2 fsyncs, 2 renames: "
-        "strace), so the difference is Python CPU -- `send()` (validation, the envelope, "
-        "serializing the message) and the commit's bookkeeping (transaction, data "
-        "manager, events) -- against a floor that is only the disk work.  See \"Why "
-        "durable enqueue is above the floor\" below.  The ratio depends on the disk: on a "
-        "loaded disk (floor 7,394 us) it was 1.20x, met; on this run's fast disk the same "
-        "CPU weighs more.\n\n"
-        "Tried: the enqueue fast path (compose/headblock.py, fastbody.py, serialize.py: "
-        "the header block validated and serialized without the email package's header "
-        "registry; `send()` 5.3x less CPU than the stdlib path); a group commit of `new/`'s "
-        "fsync (it helps concurrent commits, not a serial loop); prepare(Mail) through the "
-        "fast path; one write per message instead of a buffered file, the Date stamp "
-        "made once a second, a lone committer's group commit without a hand-off "
-        "(enqfast)."),
+        "What limits it: the disk.  Our commit makes three fsyncs -- the message file, "
+        "`prepared/` at the vote, `new/` at the finish -- where the floor makes two (the "
+        "file and `new/`).  The fsync of `prepared/` makes the vote durable before the "
+        "database commits: with the database on another host, a power loss between its "
+        "commit and our finish could otherwise bring a committed message back in `tmp/`, "
+        "which reads as an unfinished vote and is deleted (added after an outside probe "
+        "found it).  So a two-phase commit that is durable cannot come within 1.25x of a "
+        "two-fsync floor on a disk where a directory fsync is a fifth of the floor; "
+        "concurrent commits share each directory fsync (group commit), see the concurrent "
+        "section's fsyncs per request.  The CPU part is small: `send()` about 90-130 us "
+        "(\"Why durable enqueue is above the floor\" below).  On a slow, loaded disk "
+        "(floor 7,394 us in an earlier run) the ratio was 1.20x.\n\n"
+        "Tried: the enqueue fast path (the header block validated and serialized without "
+        "the email package's header registry: `send()` 5.3x less CPU); the group commit; "
+        "prepare(Mail) through the fast path; one write per message instead of a buffered "
+        "file, the Date stamp made once a second, a lone committer's group commit without "
+        "a hand-off, the directories' paths joined once (enqfast: send() and the commit's "
+        "CPU a third lower for every input kind)."),
     "8 concurrent requests: pyramid_txmail >= 1.2x": (
         "What limits it: the app is CPU-bound under the interpreter lock (see \"Why: "
         "where the interpreter lock is held\").  The largest single share is the view "
@@ -44,7 +48,8 @@ TRIED = {
         "`txmail-mail` row for the cost with our own builder.\n\n"
         "Tried: as above."),
     "the daemon >=": (
-        "What limits it: CPU.  Client and sink share 2 cores; the section's \"how far 10x "
+        "What limits it: CPU (in the run this entry was written after: 4.71x; 390 us of "
+        "daemon CPU per message, the ceiling on 2 cores 6.3x, 10x needing 40% less CPU).  Client and sink share 2 cores; the section's \"how far 10x "
         "is\" paragraph gives the ceiling (2 cores / CPU per message of client + sink) and "
         "what fraction of it the daemon reaches.  See the drain profile below.\n\n"
         "Tried: several processes by default (`mail.processes`), each child taking its "
