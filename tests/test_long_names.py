@@ -213,3 +213,25 @@ def test_every_derived_name_is_counted(tmp_path):
     with pytest.raises(OSError) as caught:
         open(os.path.join(spool.path, state, longest), "w")
     assert caught.value.errno == errno.ENAMETOOLONG
+
+
+def test_processes_racing_to_bury_in_doubt_long_names_leave_no_orphan_state(tmp_path):
+    """Each txmail-qp child runs recovery: all of them reach for the same long-named
+    files in prepared/, and each writes the dead letter's state file under its fresh
+    name before it moves the message.  The children that lose the move must remove
+    theirs: every state file in meta/ belongs to a dead letter."""
+    spool = make_spool(tmp_path)
+    for number in range(20):
+        queued = queue(spool, f"<doubt{number}@example.org>")
+        name = f"{number:02d}" + "p" * (spool.name_max - 17)  # too long for DUE~NAME
+        os.rename(os.path.join(spool.path, "new", queued),
+                  os.path.join(spool.path, "prepared", name))
+        os.utime(os.path.join(spool.path, "prepared", name), (1, 1))
+    ini = write_ini(tmp_path, extra=["mail.commit_grace = 1m"])
+    done = run(QP, ini, "--no-app", "--processes", "3")
+    assert done.returncode == 0, done.stderr
+    failed = spool.names("failed")
+    assert len(failed) == 20 and spool.names("prepared") == []
+    metas = sorted(n[:-len(".json")] for n in os.listdir(os.path.join(spool.path, "meta"))
+                   if n.endswith(".json"))
+    assert metas == sorted(failed)

@@ -140,3 +140,39 @@ def test_an_interrupt_during_the_vote_leaves_nothing_in_the_spool(tmp_path, monk
                 mailer.send(msg)
     for state in ("tmp", "prepared", "new"):
         assert os.listdir(spool / state) == [], state
+
+
+@pytest.mark.parametrize("message", [1, 3])
+def test_an_interrupt_right_after_the_rename_into_prepared_leaves_nothing(tmp_path, monkeypatch,
+                                                                          message):
+    """The rename has happened, the interrupt comes before the name is handed back (a
+    SIGINT handled at the next bytecode): the file is in prepared/, not tmp/, and the
+    vote's clean-up must find it there (an outside probe left one this way)."""
+    from pyramid_txmail.queue.maildir import spool as spool_module
+
+    real_rename, renames = os.rename, []
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        if "/prepared/" in os.fspath(dst):
+            renames.append(dst)
+            if len(renames) == message:
+                raise KeyboardInterrupt()
+
+    monkeypatch.setattr(spool_module.os, "rename", rename)
+    spool = tmp_path / "spool"
+    config = Configurator(settings={"mail.delivery": "queue", "mail.queue_path": str(spool),
+                                    "mail.default_sender": "site@example.com"})
+    config.include("pyramid_txmail")
+    manager = transaction.TransactionManager(explicit=True)
+    mailer = get_mailer(config.registry, manager)
+    with pytest.raises(KeyboardInterrupt):
+        with manager:
+            for number in range(3):
+                msg = EmailMessage()
+                msg["To"] = f"user{number}@example.com"
+                msg.set_content("hello")
+                mailer.send(msg)
+    assert len(renames) == message
+    for state in ("tmp", "prepared", "new"):
+        assert os.listdir(spool / state) == [], state

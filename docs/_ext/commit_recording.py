@@ -161,6 +161,12 @@ def _run(here, settings_for, spool_of, steps):
         note("the request (Pyramid)", "the response goes back to the server")
         return body
 
+    import transaction
+
+    # pyramid_tm begins the request's transaction on the thread's manager, which
+    # aborts one left open there (by the process that builds the docs -- a test
+    # suite, say): its data managers' abort would be recorded as this request's.
+    transaction.manager.abort()
     with recording_calls(MailDataManager, "pyramid_txmail", note), \
             recording_calls(Spool, "the spool", note, SPOOL_CALLS), \
             recording_calls(SessionDataManager, "database (zope.sqlalchemy)", note):

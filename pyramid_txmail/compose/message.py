@@ -50,8 +50,9 @@ class Prepared:
         # 998 octets it breaks the wire's line limit (a relay may refuse or cut it)
         # and the SQL outbox's message_id column, which PostgreSQL would refuse at
         # the commit -- after the view.  Refused here, in the view, on every path.
-        if len(self.message_id.encode("utf-8", "surrogateescape")) > MAX_MESSAGE_ID:
-            raise MessageError(f"Message-ID: {len(self.message_id)} characters long; at "
+        octets = len(self.message_id.encode("utf-8", "surrogateescape"))
+        if octets > MAX_MESSAGE_ID:
+            raise MessageError(f"Message-ID: {octets} octets long; at "
                                f"most {MAX_MESSAGE_ID} octets fit on one header line "
                                "(RFC 5322's 998, less 'Message-ID: ')")
 

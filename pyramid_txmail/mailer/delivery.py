@@ -45,12 +45,16 @@ class QueueOutbox:
 
     def vote(self, messages):
         where = f"the mail spool {self.spool.path}"
-        names = write_all(messages, lambda p: self.spool.prepare(p.fromaddr, p.toaddrs, p.data),
-                          self.discard, where)
+        names = []  # filled by the spool as each file reaches prepared/ (see Spool.prepare)
+
+        def discard(_written):
+            self.discard(names)
+
+        write_all(messages, lambda p: self.spool.prepare(p.fromaddr, p.toaddrs, p.data, names),
+                  discard, where)
         if names:  # durable before the database commits (Spool.settle_prepared)
-            write_all([None], lambda _: self.spool.settle_prepared(),
-                      lambda _: self.discard(names), where)
-        return names
+            write_all([None], lambda _: self.spool.settle_prepared(), discard, where)
+        return list(names)
 
     def finish(self, names):
         self.spool.commit_prepared(names)

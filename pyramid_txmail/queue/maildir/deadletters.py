@@ -49,6 +49,10 @@ def _bury_renamed(spool, entry, meta, why):
     meta = dict(meta, reason=f"{reason}; so it was dead-lettered as failed/{fresh}")
     meta["dead_letter_of"] = meta.get("dead_letter_of") or entry.name
     spool.write_meta(fresh, meta)
-    where = spool.move(entry, "failed", new_name=fresh)
+    try:
+        where = spool.move(entry, "failed", new_name=fresh)
+    except BaseException:  # e.g. another processor buried it first: no orphan state
+        spool.drop_meta(fresh)
+        raise
     log.error("%s: %s; dead-lettered as failed/%s", entry.name, why, fresh)
     return where

@@ -222,7 +222,7 @@ class Spool(DeferredIndex):
 
     # -- the transaction's two phases (the data manager) ----------------------
 
-    def prepare(self, fromaddr, toaddrs, message_bytes):
+    def prepare(self, fromaddr, toaddrs, message_bytes, names=None):
         """The vote: write and fsync into ``tmp/``, then rename into ``prepared/``.
 
         ``tmp/`` then only ever holds writes that never finished, which no
@@ -230,12 +230,22 @@ class Spool(DeferredIndex):
         commits), while ``prepared/`` holds messages whose transaction was
         deciding.  The vote ends with :meth:`settle_prepared`, which makes
         these renames durable before any other resource commits.
+
+        ``names``: a list the name is added to as soon as the file is in
+        ``prepared/`` -- the caller's record of what to discard, which an
+        interrupt between this return and the caller's own bookkeeping cannot
+        miss.  An interrupt in here removes the file from wherever it is.
         """
         name = self.write_tmp(fromaddr, toaddrs, message_bytes)
         try:
             os.rename(f"{self._dirs['tmp']}/{name}", f"{self._dirs['prepared']}/{name}")
+            if names is not None:
+                names.append(name)
         except BaseException:
             self.discard_tmp(name)
+            self.discard_prepared(name)
+            if names is not None and name in names:
+                names.remove(name)
             raise
         return name
 
