@@ -223,7 +223,7 @@ def target(daemon, repoze, sink):
 
 def how_far_goal(daemon, repoze, figures, count):
     """How far GOAL x repoze is for the daemon, and the CPU arithmetic that caps it."""
-    if daemon.net_rate is None or repoze.net_rate is None:
+    if not daemon.net_rate or not repoze.net_rate:  # None, or 0 in a tiny quick run
         return ""
     cores, goal = os.cpu_count() or 1, GOAL * repoze.net_rate
     both = daemon.cpu_per_message + daemon.sink_cpu_per_message

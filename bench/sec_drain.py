@@ -126,8 +126,8 @@ def _cores(figure, per_message):
 
 def _split_note(default, split):
     """What draining with processes instead of threads says about the limit."""
-    if split is None or split.net_rate is None:
-        return ""
+    if split is None or split.net_rate is None or not default.net_rate:
+        return ""  # a quick run's drain can end within its start-up: no net rate
     gain = split.net_rate / default.net_rate
     if gain >= 1.25:
         verdict = ("so the limit is mostly inside one process -- the interpreter lock's "
