@@ -125,21 +125,7 @@ def test_an_interrupt_during_the_vote_leaves_nothing_in_the_spool(tmp_path, monk
 
     monkeypatch.setattr(Spool, "prepare", prepare)
     monkeypatch.setattr(Spool, "settle_prepared", settle)
-    spool = tmp_path / "spool"
-    config = Configurator(settings={"mail.delivery": "queue", "mail.queue_path": str(spool),
-                                    "mail.default_sender": "site@example.com"})
-    config.include("pyramid_txmail")
-    manager = transaction.TransactionManager(explicit=True)
-    mailer = get_mailer(config.registry, manager)
-    with pytest.raises(exception):
-        with manager:
-            for number in range(3):
-                msg = EmailMessage()
-                msg["To"] = f"user{number}@example.com"
-                msg.set_content("hello")
-                mailer.send(msg)
-    for state in ("tmp", "prepared", "new"):
-        assert os.listdir(spool / state) == [], state
+    _commit_three_expecting(tmp_path, exception)
 
 
 @pytest.mark.parametrize("message", [1, 3])
@@ -160,19 +146,25 @@ def test_an_interrupt_right_after_the_rename_into_prepared_leaves_nothing(tmp_pa
                 raise KeyboardInterrupt()
 
     monkeypatch.setattr(spool_module.os, "rename", rename)
+    _commit_three_expecting(tmp_path, KeyboardInterrupt)
+    assert len(renames) == message
+
+
+def _commit_three_expecting(tmp_path, exception):
+    """Send three mails in one transaction, whose commit raises ``exception``; then
+    nothing may be left in the spool's tmp/, prepared/ or new/."""
     spool = tmp_path / "spool"
     config = Configurator(settings={"mail.delivery": "queue", "mail.queue_path": str(spool),
                                     "mail.default_sender": "site@example.com"})
     config.include("pyramid_txmail")
     manager = transaction.TransactionManager(explicit=True)
     mailer = get_mailer(config.registry, manager)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(exception):
         with manager:
             for number in range(3):
                 msg = EmailMessage()
                 msg["To"] = f"user{number}@example.com"
                 msg.set_content("hello")
                 mailer.send(msg)
-    assert len(renames) == message
     for state in ("tmp", "prepared", "new"):
         assert os.listdir(spool / state) == [], state
