@@ -103,7 +103,7 @@ ENQUEUE_GROUPS = (
     ("SQLAlchemy's cache key and compiled-statement lookup", ("_compile_w_cache",)),
     ("the driver and the database (execute, fetch the id)", ("do_execute", "first")),
     ("the message and envelope (Message-ID, 8-bit checks, envelope checks)",
-     ("message_id_of", "_message_id_in", "check_envelope", "_head_of")),
+     ("message_id_of", "message_id_in", "check_envelope", "header_block")),
 )
 
 

@@ -159,10 +159,13 @@ _HEADER_PIECES = st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\n", b"a", b" ", b"
 @given(st.lists(_HEADER_PIECES, max_size=16).map(b"".join))
 @settings(max_examples=2000, deadline=None)
 def test_enqueues_message_id_lookup_agrees_with_wire(data):
-    """enqueue finds the header block and the Message-ID with bytes.find (faster than
-    the regular expressions); it must find what wire.message_id_of finds."""
-    from pyramid_txmail.queue.sql.store import _head_of, _message_id_in
-
-    head = _head_of(data)
+    """enqueue (and wire.message_id_of, which the processor and relays call) finds the
+    header block and the Message-ID with bytes.find (faster than the regular
+    expressions); it must find what those regular expressions find."""
+    head = wire.header_block(data)
     assert head == wire._HEADERS_END.split(data, 1)[0]
-    assert _message_id_in(head) == wire.message_id_of(data)
+    found = wire._MESSAGE_ID_FIELD.search(head)
+    reference = wire.message_id_value(found.group(1)) if found else None
+    assert wire.message_id_in(head) == reference
+    assert wire.message_id_of(data) == reference
+    assert wire.message_id_of(memoryview(data)) == reference

@@ -23,8 +23,6 @@ from .schema import CHUNK, db_epoch, outbox, outbox_chunk
 #: The channel processors LISTEN on.
 CHANNEL = "txmail_outbox"
 
-#: What follows "Message-ID" at the start of a header line (as in wire's own pattern).
-_MESSAGE_ID_REST = re.compile(rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
 
 
 def check_envelope(fromaddr, toaddrs):
@@ -81,39 +79,6 @@ def lines_fit(data, block=CHUNK):
     return True
 
 
-def _head_of(data):
-    """The header block of ``data``: up to its first empty line (``\\r?\\n\\r?\\n``, as
-    :func:`~pyramid_txmail.compose.wire.message_id_of` looks for it), or all of it.
-
-    Found with ``bytes.find``, three times faster than that regular expression
-    (which has no literal to skip ahead to): this runs at every enqueue.
-    """
-    end = len(data)
-    for gap in (b"\n\r\n", b"\n\n"):  # CRLF first: usually the only one to look for
-        found = data.find(gap, 0, end + len(gap))  # only a match that could start before end
-        if found >= 0:
-            end = min(end, found - 1 if found and data[found - 1] == 13 else found)  # CR
-    return data[:end]
-
-
-def _message_id_in(head):
-    """The Message-ID of a header block, as :func:`wire.message_id_of` finds it: the
-    first line that starts with "Message-ID" (any case) followed by a colon.
-
-    A lower-cased copy is searched for the name (what the case-insensitive,
-    multi-line regular expression did at every position), and only the
-    candidates are matched.
-    """
-    lines = b"\n" + head.lower()  # each header line now starts after a LF
-    start = lines.find(b"\nmessage-id")  # where the name starts in head
-    while start >= 0:
-        found = _MESSAGE_ID_REST.match(head, start + len(b"message-id"))
-        if found:  # unfolded as wire.message_id_value does (its re.sub, without the regex)
-            return b" ".join(found.group(1).split()).decode("ascii", errors="replace") or None
-        start = lines.find(b"\nmessage-id", start + 1)
-    return None
-
-
 def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queued",
             meta=None):
     """INSERT one message into the outbox in ``connection``'s transaction; returns its id.
@@ -134,8 +99,8 @@ def enqueue(connection, fromaddr, toaddrs, data, *, message_id=None, state="queu
             row["meta"] = meta
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
-        head = _head_of(data)  # searched for once: the Message-ID is in it
-        row.update(message_id=message_id or _message_id_in(head), size=len(data),
+        head = wire.header_block(data)  # searched for once: the Message-ID is in it
+        row.update(message_id=message_id or wire.message_id_in(head), size=len(data),
                    eightbit=not data.isascii(), head_8bit=not head.isascii(),
                    wire_ready=len(data) <= CHUNK or lines_fit(data))
         row["body"] = data if len(data) <= CHUNK else None
