@@ -209,8 +209,7 @@ def waiting(spool, later, before, now, share=None, memo=None):
     elif now is before and memo is not None:
         window = (len(later), later[0], later[-1]) if later else (0,)
         if memo.get("listing") is not now or memo.get("later") != window:
-            memo.update(listing=now, later=window,
-                        count=sum(1 for f in later if share.holds(message_name(f))))
+            memo.update(listing=now, later=window, count=_in_share(share, later))
         return memo["count"]
     if now is not before:
         indexed, unindexed = before
@@ -218,7 +217,12 @@ def waiting(spool, later, before, now, share=None, memo=None):
         later = [f for f in later if _in_sorted(indexed, f) or message_name(f) in renamed]
     if not several:
         return len(later)
-    return sum(1 for f in later if share.holds(message_name(f)))
+    return _in_share(share, later)
+
+
+def _in_share(share, deferred_files):
+    """How many of ``deferred_files`` (``DUE~NAME`` or plain names) are ``share``'s."""
+    return sum(1 for f in deferred_files if share.holds(message_name(f)))
 
 
 def waiting_at_run_start(path):
